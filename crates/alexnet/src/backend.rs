@@ -1,0 +1,140 @@
+//! The backend contract: the operations a network needs, over buffers that live
+//! wherever the backend keeps them (host memory for the CPU backends, device
+//! memory for a GPU). [`crate::Network`] is written against this trait only.
+//!
+//! Every operation works on the first `n` images of its buffers; buffers are sized
+//! once for the largest batch. Conventions are those of [`crate::layers`]: forward
+//! overwrites its output, backward overwrites `dx` and adds into `dw`/`db`.
+
+use crate::error::Result;
+use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+
+pub trait Backend: Send + Sync {
+    /// A block of `f32` values owned by the backend.
+    type Buffer: Send;
+
+    /// A short description for reports: "cpu (2 threads, avx512)".
+    fn describe(&self) -> String;
+
+    /// A zeroed buffer of `len` values.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+    /// Copies `src` into the start of `dst`.
+    fn upload(&self, src: &[f32], dst: &mut Self::Buffer);
+    /// Copies the start of `src` into `dst`.
+    fn download(&self, src: &Self::Buffer, dst: &mut [f32]);
+    fn fill(&self, buf: &mut Self::Buffer, value: f32);
+    /// Copies the first `len` values of `src` into `dst`.
+    fn copy(&self, len: usize, src: &Self::Buffer, dst: &mut Self::Buffer);
+    /// Waits until queued work has finished (for timing); a no-op on the CPU.
+    fn synchronize(&self) {}
+
+    fn conv_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        b: &Self::Buffer,
+        y: &mut Self::Buffer,
+    );
+    /// `dx` is `None` where the input gradient is not needed (the first layer).
+    fn conv_backward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        dy: &Self::Buffer,
+        dw: &mut Self::Buffer,
+        db: &mut Self::Buffer,
+        dx: Option<&mut Self::Buffer>,
+    );
+    fn linear_forward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        b: &Self::Buffer,
+        y: &mut Self::Buffer,
+    );
+    fn linear_backward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        dy: &Self::Buffer,
+        dw: &mut Self::Buffer,
+        db: &mut Self::Buffer,
+        dx: Option<&mut Self::Buffer>,
+    );
+    /// In place on the first `len` values.
+    fn relu_forward(&self, len: usize, x: &mut Self::Buffer);
+    /// In place on the gradient, from the ReLU's output `y`.
+    fn relu_backward(&self, len: usize, y: &Self::Buffer, d: &mut Self::Buffer);
+    fn tanh_forward(&self, len: usize, x: &mut Self::Buffer);
+    fn tanh_backward(&self, len: usize, y: &Self::Buffer, d: &mut Self::Buffer);
+    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &Self::Buffer, y: &mut Self::Buffer);
+    fn lrn_backward(
+        &self,
+        g: &LrnGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    );
+    fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Self::Buffer, y: &mut Self::Buffer);
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    );
+    fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Self::Buffer, y: &mut Self::Buffer);
+    fn avg_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    );
+    fn dropout_forward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Self::Buffer,
+        x: &Self::Buffer,
+        y: &mut Self::Buffer,
+    );
+    fn dropout_backward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    );
+    /// Mean softmax cross-entropy over `n` rows of `classes` logits; writes the
+    /// gradient of that mean into `dlogits` and returns the loss.
+    fn softmax_cross_entropy(
+        &self,
+        classes: usize,
+        n: usize,
+        logits: &Self::Buffer,
+        labels: &[u32],
+        dlogits: &mut Self::Buffer,
+    ) -> f32;
+    /// The paper's SGD step on one parameter tensor (see [`crate::optim`]).
+    fn sgd_update(
+        &self,
+        w: &mut Self::Buffer,
+        dw: &Self::Buffer,
+        v: &mut Self::Buffer,
+        lr: f32,
+        momentum: f32,
+        decay: f32,
+    );
+}

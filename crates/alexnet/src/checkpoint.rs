@@ -1,0 +1,215 @@
+//! Checkpoints in safetensors: every parameter under its PyTorch-style name and
+//! shape (`conv1.weight` `[96, 3, 11, 11]`), optionally the SGD velocities under
+//! `velocity.<name>`, and metadata: the network description (TOML), the step and
+//! any caller-provided fields. Files are written to a temporary name and renamed,
+//! so a crash never leaves a half-written checkpoint under the real name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::net::Network;
+use crate::spec::NetSpec;
+
+/// The `format` metadata value that marks our checkpoints.
+pub const FORMAT: &str = "alexnet-checkpoint-v1";
+const VELOCITY_PREFIX: &str = "velocity.";
+
+fn ckpt_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// A checkpoint read into memory.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub spec: NetSpec,
+    pub step: u64,
+    /// All metadata fields, including `format`, `spec` and `step`.
+    pub metadata: BTreeMap<String, String>,
+    /// Tensors by name: shape and values.
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+/// Writes the net's parameters (and velocities, when `with_velocity`) to `path` atomically.
+pub fn save<B: Backend>(
+    net: &Network<B>,
+    path: &Path,
+    step: u64,
+    with_velocity: bool,
+    extra: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut metadata: HashMap<String, String> =
+        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    metadata.insert("format".into(), FORMAT.into());
+    metadata.insert("spec".into(), net.spec().to_toml());
+    metadata.insert("step".into(), step.to_string());
+
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (index, p) in net.params().iter().enumerate() {
+        let bytes = |values: Vec<f32>| {
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        owned.push((
+            p.info.name.clone(),
+            p.info.shape.clone(),
+            bytes(net.param_values(index)),
+        ));
+        if with_velocity {
+            owned.push((
+                format!("{VELOCITY_PREFIX}{}", p.info.name),
+                p.info.shape.clone(),
+                bytes(net.param_velocity(index)),
+            ));
+        }
+    }
+    let views = owned
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| ckpt_error(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| ckpt_error(path, format!("cannot serialise: {e}")))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| ckpt_error(path, "not a file path"))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Reads a checkpoint, checking its format and that every tensor is f32 and whole.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let tensors = SafeTensors::deserialize(&bytes)
+        .map_err(|e| ckpt_error(path, format!("not a readable safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| ckpt_error(path, format!("unreadable header: {e}")))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    match metadata.get("format") {
+        Some(f) if f == FORMAT => {}
+        other => {
+            return Err(ckpt_error(
+                path,
+                format!(
+                    "expected metadata format = {FORMAT}, found {}",
+                    other.map_or("none", String::as_str)
+                ),
+            ));
+        }
+    }
+    let spec_text = metadata
+        .get("spec")
+        .ok_or_else(|| ckpt_error(path, "metadata has no network description (spec)"))?;
+    let spec = NetSpec::from_toml(spec_text, &format!("{} (spec)", path.display()))?;
+    let step = metadata
+        .get("step")
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| ckpt_error(path, format!("step '{s}' is not a number")))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    let mut out = HashMap::new();
+    for (name, view) in tensors.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(ckpt_error(
+                path,
+                format!(
+                    "tensor {name}: expected dtype F32, found {:?}",
+                    view.dtype()
+                ),
+            ));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(Checkpoint {
+        spec,
+        step,
+        metadata,
+        tensors: out,
+    })
+}
+
+impl Checkpoint {
+    /// Copies the parameters (and velocities, when `with_velocity`) into `net`,
+    /// checking that every tensor the net has is present with the right shape.
+    pub fn apply<B: Backend>(
+        &self,
+        net: &mut Network<B>,
+        path: &Path,
+        with_velocity: bool,
+    ) -> Result<()> {
+        for index in 0..net.params().len() {
+            let info = net.params()[index].info.clone();
+            let (shape, values) = self.tensors.get(&info.name).ok_or_else(|| {
+                ckpt_error(
+                    path,
+                    format!(
+                        "tensor {} is missing (the net has shape {:?})",
+                        info.name, info.shape
+                    ),
+                )
+            })?;
+            if *shape != info.shape {
+                return Err(ckpt_error(
+                    path,
+                    format!(
+                        "tensor {}: expected shape {:?}, found {:?}",
+                        info.name, info.shape, shape
+                    ),
+                ));
+            }
+            net.set_param_values(index, values)?;
+            if with_velocity {
+                let name = format!("{VELOCITY_PREFIX}{}", info.name);
+                let (_, velocity) = self
+                    .tensors
+                    .get(&name)
+                    .filter(|(s, _)| *s == info.shape)
+                    .ok_or_else(|| {
+                        ckpt_error(path, format!("tensor {name} is missing or misshapen"))
+                    })?;
+                net.set_param_velocity(index, velocity)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Convolution as im2col + GEMM, one image per thread.
+//!
+//! For each image and group, the input patches are unfolded into a matrix `col`
+//! of `patch_len x out_plane` (one row per input channel and kernel tap), so that
+//! the group's output is `W_g [out_per_group x patch_len] * col`. Backward reuses
+//! the same unfolding: `dW_g += dY_g * col^T` and `dcol = W_g^T * dY_g`, folded back
+//! into the input gradient (col2im).
+
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use super::gemm::{Layout, matmul};
+use super::scratch::with_scratch;
+use crate::layers::ConvGeometry;
+
+/// The output columns `ox` whose tap `kx` lands inside the input row (not in padding).
+fn valid_columns(g: &ConvGeometry, kx: usize) -> Range<usize> {
+    let (s, p, ow, iw) = (g.stride, g.pad, g.output.width, g.input.width);
+    let lo = if p > kx { (p - kx).div_ceil(s) } else { 0 }.min(ow);
+    let hi = if iw + p > kx {
+        ((iw + p - kx - 1) / s + 1).min(ow)
+    } else {
+        0
+    };
+    lo..hi.max(lo)
+}
+
+/// The input row that output row `oy` reads for tap `ky`, if it is not padding.
+fn input_row(g: &ConvGeometry, oy: usize, ky: usize) -> Option<usize> {
+    let row = (oy * g.stride + ky).checked_sub(g.pad)?;
+    (row < g.input.height).then_some(row)
+}
+
+/// Unfolds one group of one image into `col` (`patch_len x out_plane`).
+fn im2col(g: &ConvGeometry, image: &[f32], group: usize, col: &mut [f32]) {
+    let (k, s, ow, oh) = (g.kernel, g.stride, g.output.width, g.output.height);
+    let in_plane = g.input.height * g.input.width;
+    let ci = g.in_per_group();
+    for c in 0..ci {
+        let plane = &image[(group * ci + c) * in_plane..][..in_plane];
+        for ky in 0..k {
+            for kx in 0..k {
+                let cols = valid_columns(g, kx);
+                let row = &mut col[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    let out = &mut row[oy * ow..][..ow];
+                    let Some(iy) = input_row(g, oy, ky) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    out[..cols.start].fill(0.0);
+                    out[cols.end..].fill(0.0);
+                    // Input column of output column `ox` is `ox * s + kx - pad`.
+                    let src = &plane[iy * g.input.width..][..g.input.width];
+                    if s == 1 {
+                        let first = cols.start + kx - g.pad;
+                        out[cols.clone()].copy_from_slice(&src[first..first + cols.len()]);
+                    } else {
+                        for ox in cols.clone() {
+                            out[ox] = src[ox * s + kx - g.pad];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the columns of `col` back into the input-gradient image (the transpose of im2col).
+fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32]) {
+    let (k, s, ow, oh) = (g.kernel, g.stride, g.output.width, g.output.height);
+    let in_plane = g.input.height * g.input.width;
+    let ci = g.in_per_group();
+    for c in 0..ci {
+        let plane = &mut image[(group * ci + c) * in_plane..][..in_plane];
+        for ky in 0..k {
+            for kx in 0..k {
+                let cols = valid_columns(g, kx);
+                let row = &col[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    let Some(iy) = input_row(g, oy, ky) else {
+                        continue;
+                    };
+                    let src = &row[oy * ow..][..ow];
+                    let dst = &mut plane[iy * g.input.width..][..g.input.width];
+                    for ox in cols.clone() {
+                        dst[ox * s + kx - g.pad] += src[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward pass of one image: unfold and multiply each group, then add the bias.
+fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], threads: usize) {
+    let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
+    with_scratch(kl * plane, |col| {
+        for group in 0..g.groups {
+            im2col(g, x, group, col);
+            matmul(
+                co,
+                plane,
+                kl,
+                &w[group * co * kl..][..co * kl],
+                Layout::Normal,
+                col,
+                Layout::Normal,
+                &mut y[group * co * plane..][..co * plane],
+                false,
+                threads,
+            );
+        }
+    });
+    for (channel, bias) in y.chunks_exact_mut(plane).zip(b) {
+        channel.iter_mut().for_each(|v| *v += bias);
+    }
+}
+
+pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let (il, ol) = (g.input.len(), g.output.len());
+    let threads = rayon::current_num_threads();
+    let images = x[..n * il]
+        .par_chunks_exact(il)
+        .zip(y[..n * ol].par_chunks_exact_mut(ol));
+    if n >= threads {
+        images.for_each(|(x, y)| forward_image(g, x, w, b, y, 1));
+    } else {
+        // Too few images to keep every thread busy: parallelise inside the products.
+        for (x, y) in x[..n * il]
+            .chunks_exact(il)
+            .zip(y[..n * ol].chunks_exact_mut(ol))
+        {
+            forward_image(g, x, w, b, y, threads);
+        }
+    }
+}
+
+/// Backward pass over a run of images, adding into `dw`/`db` and writing `dx`.
+fn backward_images(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+    threads: usize,
+) {
+    let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
+    let (il, ol) = (g.input.len(), g.output.len());
+    let images = dy.len() / ol;
+    with_scratch(2 * kl * plane, |scratch| {
+        let (col, dcol) = scratch.split_at_mut(kl * plane);
+        for img in 0..images {
+            let x = &x[img * il..][..il];
+            let dy = &dy[img * ol..][..ol];
+            if let Some(dx) = dx.as_deref_mut() {
+                dx[img * il..][..il].fill(0.0);
+            }
+            for group in 0..g.groups {
+                let dy_g = &dy[group * co * plane..][..co * plane];
+                im2col(g, x, group, col);
+                matmul(
+                    co,
+                    kl,
+                    plane,
+                    dy_g,
+                    Layout::Normal,
+                    col,
+                    Layout::Transposed,
+                    &mut dw[group * co * kl..][..co * kl],
+                    true,
+                    threads,
+                );
+                if let Some(dx) = dx.as_deref_mut() {
+                    matmul(
+                        kl,
+                        plane,
+                        co,
+                        &w[group * co * kl..][..co * kl],
+                        Layout::Transposed,
+                        dy_g,
+                        Layout::Normal,
+                        dcol,
+                        false,
+                        threads,
+                    );
+                    col2im(g, dcol, group, &mut dx[img * il..][..il]);
+                }
+            }
+            for (channel, bias_grad) in dy.chunks_exact(plane).zip(db.iter_mut()) {
+                *bias_grad += channel.iter().sum::<f32>();
+            }
+        }
+    });
+}
+
+/// Per-chunk parameter-gradient sums, kept between calls so that they are allocated once.
+static PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+pub fn backward(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    let (il, ol) = (g.input.len(), g.output.len());
+    let (x, dy) = (&x[..n * il], &dy[..n * ol]);
+    let threads = rayon::current_num_threads();
+    if threads.min(n) <= 1 {
+        let dx = dx.map(|dx| &mut dx[..n * il]);
+        backward_images(g, x, w, dy, dw, db, dx, threads);
+        return;
+    }
+    // The batch is split into one contiguous chunk per thread; each chunk sums its
+    // parameter gradients into its own zeroed partial, and the partials are added
+    // into `dw`/`db` in a fixed order, so results do not depend on scheduling.
+    let per_chunk = n.div_ceil(threads);
+    let chunks = n.div_ceil(per_chunk);
+    let param_len = dw.len() + db.len();
+    let mut partials = PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
+    if partials.len() < chunks * param_len {
+        partials.resize(chunks * param_len, 0.0);
+    }
+    let partials = &mut partials[..chunks * param_len];
+    partials.fill(0.0);
+    let weight_len = dw.len();
+    let work = partials
+        .par_chunks_exact_mut(param_len)
+        .zip(x.par_chunks(per_chunk * il))
+        .zip(dy.par_chunks(per_chunk * ol));
+    match dx {
+        Some(dx) => work
+            .zip(dx[..n * il].par_chunks_mut(per_chunk * il))
+            .for_each(|(((partial, x), dy), dx)| {
+                let (pw, pb) = partial.split_at_mut(weight_len);
+                backward_images(g, x, w, dy, pw, pb, Some(dx), 1);
+            }),
+        None => work.for_each(|((partial, x), dy)| {
+            let (pw, pb) = partial.split_at_mut(weight_len);
+            backward_images(g, x, w, dy, pw, pb, None, 1);
+        }),
+    }
+    for partial in partials.chunks_exact(param_len) {
+        let (pw, pb) = partial.split_at(weight_len);
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+}

@@ -1,0 +1,69 @@
+//! Element-wise passes (activations, dropout, the SGD update), split into large
+//! blocks across threads and vectorised within each block.
+
+use rayon::prelude::*;
+
+use super::simd;
+
+/// Values per parallel block: big enough to amortise scheduling, small enough to balance.
+const BLOCK: usize = 1 << 16;
+
+pub fn relu_forward(x: &mut [f32]) {
+    x.par_chunks_mut(BLOCK)
+        .for_each(|x| simd::dispatch(|| x.iter_mut().for_each(|v| *v = v.max(0.0))));
+}
+
+pub fn relu_backward(y: &[f32], d: &mut [f32]) {
+    d.par_chunks_mut(BLOCK)
+        .zip(y.par_chunks(BLOCK))
+        .for_each(|(d, y)| {
+            simd::dispatch(|| {
+                d.iter_mut().zip(y).for_each(|(d, &y)| {
+                    if y <= 0.0 {
+                        *d = 0.0
+                    }
+                })
+            })
+        });
+}
+
+pub fn tanh_forward(x: &mut [f32]) {
+    x.par_chunks_mut(BLOCK)
+        .for_each(|x| x.iter_mut().for_each(|v| *v = v.tanh()));
+}
+
+pub fn tanh_backward(y: &[f32], d: &mut [f32]) {
+    d.par_chunks_mut(BLOCK)
+        .zip(y.par_chunks(BLOCK))
+        .for_each(|(d, y)| {
+            simd::dispatch(|| d.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y))
+        });
+}
+
+/// `out = a * b`, element by element (dropout forward and backward).
+pub fn multiply(a: &[f32], b: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(BLOCK)
+        .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
+        .for_each(|(out, (a, b))| {
+            simd::dispatch(|| {
+                out.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&a, &b))| *o = a * b)
+            })
+        });
+}
+
+/// The paper's update: `v <- momentum*v - decay*lr*w - lr*dw; w <- w + v`.
+pub fn sgd_update(w: &mut [f32], dw: &[f32], v: &mut [f32], lr: f32, momentum: f32, decay: f32) {
+    let decay_lr = decay * lr;
+    w.par_chunks_mut(BLOCK)
+        .zip(dw.par_chunks(BLOCK).zip(v.par_chunks_mut(BLOCK)))
+        .for_each(|(w, (dw, v))| {
+            simd::dispatch(|| {
+                for i in 0..w.len() {
+                    v[i] = momentum * v[i] - decay_lr * w[i] - lr * dw[i];
+                    w[i] += v[i];
+                }
+            })
+        });
+}

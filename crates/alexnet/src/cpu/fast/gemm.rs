@@ -1,0 +1,84 @@
+//! Matrix products on the `gemm` crate (AVX-512 kernels chosen at run time).
+
+use gemm::Parallelism;
+
+/// How a matrix operand is stored, row-major either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// An `r x c` operand stored as `r` rows of `c`.
+    Normal,
+    /// An `r x c` operand stored as its transpose: `c` rows of `r`.
+    Transposed,
+}
+
+/// `c[m x n] (+)= a[m x k] * b[k x n]`, all row-major, with `c` overwritten unless
+/// `accumulate`. `threads > 1` lets the product itself use that many rayon threads.
+///
+/// Panics if a slice is too short for its shape: that is a bug in the caller, and
+/// the check keeps the unsafe call below sound.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_layout: Layout,
+    b: &[f32],
+    b_layout: Layout,
+    c: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "matmul operand too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // Column stride, row stride of each operand.
+    let (a_cs, a_rs) = match a_layout {
+        Layout::Normal => (1, k as isize),
+        Layout::Transposed => (m as isize, 1),
+    };
+    let (b_cs, b_rs) = match b_layout {
+        Layout::Normal => (1, n as isize),
+        Layout::Transposed => (k as isize, 1),
+    };
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the lengths were checked above against the strides chosen for each
+    // layout, and `c` does not alias `a` or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! The fast CPU kernels: GEMM-based convolution and linear layers, and
+//! vectorised, multi-threaded passes for everything else. Each is tested against
+//! [`super::reference`].
+
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod linear;
+pub mod lrn;
+pub mod pool;
+pub mod scratch;
+pub mod simd;

@@ -1,0 +1,334 @@
+//! The two CPU backends: [`Cpu`], the fast one, and [`ReferenceCpu`], which runs
+//! the readable reference loops of [`reference`] through the same contract, so
+//! whole networks can be compared layer by layer and step by step.
+
+pub mod fast;
+pub mod reference;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+
+/// The fast CPU backend: GEMM-based convolutions, vectorised passes, all threads
+/// of the current rayon pool.
+#[derive(Clone, Debug, Default)]
+pub struct Cpu;
+
+/// The reference backend: naive loops on one thread. Slow; for tests.
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceCpu;
+
+fn zeroed(len: usize) -> Result<Vec<f32>> {
+    Ok(vec![0.0; len])
+}
+
+/// The operations both CPU backends share: plain host memory.
+macro_rules! host_buffers {
+    () => {
+        type Buffer = Vec<f32>;
+        fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+            zeroed(len)
+        }
+        fn upload(&self, src: &[f32], dst: &mut Vec<f32>) {
+            dst[..src.len()].copy_from_slice(src);
+        }
+        fn download(&self, src: &Vec<f32>, dst: &mut [f32]) {
+            dst.copy_from_slice(&src[..dst.len()]);
+        }
+        fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+            buf.fill(value);
+        }
+        fn copy(&self, len: usize, src: &Vec<f32>, dst: &mut Vec<f32>) {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+    };
+}
+
+impl Backend for Cpu {
+    host_buffers!();
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            fast::simd::instruction_set()
+        )
+    }
+    fn conv_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        fast::conv::forward(g, n, x, w, b, y)
+    }
+    fn conv_backward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+    ) {
+        fast::conv::backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+    }
+    fn linear_forward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        fast::linear::forward(g, n, x, w, b, y)
+    }
+    fn linear_backward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+    ) {
+        fast::linear::backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+    }
+    fn relu_forward(&self, len: usize, x: &mut Vec<f32>) {
+        fast::elementwise::relu_forward(&mut x[..len])
+    }
+    fn relu_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+        fast::elementwise::relu_backward(&y[..len], &mut d[..len])
+    }
+    fn tanh_forward(&self, len: usize, x: &mut Vec<f32>) {
+        fast::elementwise::tanh_forward(&mut x[..len])
+    }
+    fn tanh_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+        fast::elementwise::tanh_backward(&y[..len], &mut d[..len])
+    }
+    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        fast::lrn::forward(g, n, x, y)
+    }
+    fn lrn_backward(
+        &self,
+        g: &LrnGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        fast::lrn::backward(g, n, x, dy, dx)
+    }
+    fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        fast::pool::max_forward(g, n, x, y)
+    }
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        fast::pool::max_backward(g, n, x, dy, dx)
+    }
+    fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        fast::pool::avg_forward(g, n, x, y)
+    }
+    fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        fast::pool::avg_backward(g, n, dy, dx)
+    }
+    fn dropout_forward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Vec<f32>,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        let len = n * g.len;
+        fast::elementwise::multiply(&x[..len], &mask[..len], &mut y[..len])
+    }
+    fn dropout_backward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        let len = n * g.len;
+        fast::elementwise::multiply(&dy[..len], &mask[..len], &mut dx[..len])
+    }
+    fn softmax_cross_entropy(
+        &self,
+        classes: usize,
+        n: usize,
+        logits: &Vec<f32>,
+        labels: &[u32],
+        dlogits: &mut Vec<f32>,
+    ) -> f32 {
+        // A few thousand values per batch: the reference is fast enough.
+        reference::softmax_cross_entropy(classes, n, logits, labels, dlogits)
+    }
+    fn sgd_update(
+        &self,
+        w: &mut Vec<f32>,
+        dw: &Vec<f32>,
+        v: &mut Vec<f32>,
+        lr: f32,
+        momentum: f32,
+        decay: f32,
+    ) {
+        fast::elementwise::sgd_update(w, dw, v, lr, momentum, decay)
+    }
+}
+
+impl Backend for ReferenceCpu {
+    host_buffers!();
+
+    fn describe(&self) -> String {
+        "cpu reference (naive loops, 1 thread)".to_string()
+    }
+    fn conv_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        reference::conv_forward(g, n, x, w, b, y)
+    }
+    fn conv_backward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+    ) {
+        reference::conv_backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+    }
+    fn linear_forward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        reference::linear_forward(g, n, x, w, b, y)
+    }
+    fn linear_backward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        db: &mut Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+    ) {
+        reference::linear_backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+    }
+    fn relu_forward(&self, len: usize, x: &mut Vec<f32>) {
+        reference::relu_forward(&mut x[..len])
+    }
+    fn relu_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+        reference::relu_backward(&y[..len], &mut d[..len])
+    }
+    fn tanh_forward(&self, len: usize, x: &mut Vec<f32>) {
+        reference::tanh_forward(&mut x[..len])
+    }
+    fn tanh_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+        reference::tanh_backward(&y[..len], &mut d[..len])
+    }
+    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        reference::lrn_forward(g, n, x, y)
+    }
+    fn lrn_backward(
+        &self,
+        g: &LrnGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        reference::lrn_backward(g, n, x, dy, dx)
+    }
+    fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        reference::max_pool_forward(g, n, x, y)
+    }
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        reference::max_pool_backward(g, n, x, dy, dx)
+    }
+    fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+        reference::avg_pool_forward(g, n, x, y)
+    }
+    fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+        reference::avg_pool_backward(g, n, dy, dx)
+    }
+    fn dropout_forward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Vec<f32>,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        reference::dropout_forward(g, n, mask, x, y)
+    }
+    fn dropout_backward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        reference::dropout_backward(g, n, mask, dy, dx)
+    }
+    fn softmax_cross_entropy(
+        &self,
+        classes: usize,
+        n: usize,
+        logits: &Vec<f32>,
+        labels: &[u32],
+        dlogits: &mut Vec<f32>,
+    ) -> f32 {
+        reference::softmax_cross_entropy(classes, n, logits, labels, dlogits)
+    }
+    fn sgd_update(
+        &self,
+        w: &mut Vec<f32>,
+        dw: &Vec<f32>,
+        v: &mut Vec<f32>,
+        lr: f32,
+        momentum: f32,
+        decay: f32,
+    ) {
+        reference::sgd_update(w, dw, v, lr, momentum, decay)
+    }
+}

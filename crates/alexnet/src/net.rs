@@ -1,0 +1,511 @@
+//! The network: buffers planned once from a [`Plan`], and the forward pass,
+//! backward pass and SGD step over them on any [`Backend`].
+//!
+//! Buffers: one per parameter tensor for values, gradients and velocities (the
+//! three share one layout: index `i` is the same tensor in each); one activation
+//! buffer per non-in-place layer, sized for `max_batch` images; two gradient
+//! buffers large enough for any activation, used in turn as the gradient flows
+//! back. Nothing is allocated by a step after construction.
+
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::optim::Sgd;
+use crate::plan::{Init, Op, ParamInfo, Plan};
+use crate::rng::Rng;
+use crate::spec::NetSpec;
+
+/// Whether a forward pass is for training (dropout active) or for testing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Test,
+}
+
+/// A parameter tensor with its gradient and SGD velocity.
+pub struct Param<Buf> {
+    pub info: ParamInfo,
+    pub value: Buf,
+    pub grad: Buf,
+    pub velocity: Buf,
+}
+
+/// Seconds spent in each layer's forward and backward pass, when recorded.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTimes {
+    pub forward: Vec<f64>,
+    pub backward: Vec<f64>,
+}
+
+pub struct Network<B: Backend> {
+    backend: B,
+    plan: Plan,
+    max_batch: usize,
+    params: Vec<Param<B::Buffer>>,
+    activations: Vec<B::Buffer>,
+    gradients: [B::Buffer; 2],
+    /// One mask buffer per dropout layer (indexed like `plan.layers`).
+    masks: Vec<Option<B::Buffer>>,
+    /// Host staging for drawing masks; sized for the largest dropout layer.
+    mask_host: Vec<f32>,
+    /// When set, the next training forward pass uses masks given by the caller.
+    masks_given: bool,
+    rng: Rng,
+    /// Images in the current batch (set by `set_input`).
+    batch: usize,
+    times: Option<LayerTimes>,
+}
+
+fn input_error(what: &str, expected: String, found: String) -> Error {
+    Error::Input {
+        what: what.to_string(),
+        expected,
+        found,
+    }
+}
+
+impl<B: Backend> Network<B> {
+    /// Builds the net described by `spec` for batches of up to `max_batch` images,
+    /// initialised as the paper does (Gaussian weights, constant biases) from `seed`.
+    pub fn new(backend: B, spec: &NetSpec, max_batch: usize, seed: u64) -> Result<Network<B>> {
+        let plan = Plan::new(spec)?;
+        if max_batch == 0 {
+            return Err(input_error("batch size", "at least 1".into(), "0".into()));
+        }
+        let mut rng = Rng::new(seed);
+        let mut params = Vec::with_capacity(plan.params.len());
+        for info in &plan.params {
+            let host: Vec<f32> = match info.init {
+                Init::Gaussian(std) => (0..info.len())
+                    .map(|_| (rng.normal() * std as f64) as f32)
+                    .collect(),
+                Init::Constant(c) => vec![c; info.len()],
+            };
+            let mut value = backend.alloc(info.len())?;
+            backend.upload(&host, &mut value);
+            params.push(Param {
+                info: info.clone(),
+                value,
+                grad: backend.alloc(info.len())?,
+                velocity: backend.alloc(info.len())?,
+            });
+        }
+        let activations = plan
+            .activations
+            .iter()
+            .map(|len| backend.alloc(len * max_batch))
+            .collect::<Result<Vec<_>>>()?;
+        let largest = plan.activations.iter().copied().max().unwrap_or(0) * max_batch;
+        let gradients = [backend.alloc(largest)?, backend.alloc(largest)?];
+        let mut masks = Vec::with_capacity(plan.layers.len());
+        let mut mask_len = 0;
+        for layer in &plan.layers {
+            masks.push(match &layer.op {
+                Op::Dropout { geometry } => {
+                    mask_len = mask_len.max(geometry.len * max_batch);
+                    Some(backend.alloc(geometry.len * max_batch)?)
+                }
+                _ => None,
+            });
+        }
+        Ok(Network {
+            backend,
+            plan,
+            max_batch,
+            params,
+            activations,
+            gradients,
+            masks,
+            mask_host: vec![0.0; mask_len],
+            masks_given: false,
+            rng,
+            batch: 0,
+            times: None,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    pub fn spec(&self) -> &NetSpec {
+        &self.plan.spec
+    }
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+    pub fn params(&self) -> &[Param<B::Buffer>] {
+        &self.params
+    }
+    /// The generator behind dropout masks (its state goes into checkpoints).
+    pub fn rng(&self) -> &Rng {
+        &self.rng
+    }
+    pub fn set_rng(&mut self, rng: Rng) {
+        self.rng = rng;
+    }
+
+    /// Starts (or stops) recording the time of each layer's passes.
+    pub fn record_layer_times(&mut self, on: bool) {
+        self.times = on.then(|| LayerTimes {
+            forward: vec![0.0; self.plan.layers.len()],
+            backward: vec![0.0; self.plan.layers.len()],
+        });
+    }
+    /// Accumulated per-layer seconds since recording started.
+    pub fn layer_times(&self) -> Option<&LayerTimes> {
+        self.times.as_ref()
+    }
+
+    /// Index of a parameter tensor by name (`conv1.weight`).
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.info.name == name)
+    }
+
+    /// A parameter tensor's values, copied to the host.
+    pub fn param_values(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend.download(&self.params[index].value, &mut host);
+        host
+    }
+    pub fn param_grad(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend.download(&self.params[index].grad, &mut host);
+        host
+    }
+    pub fn param_velocity(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend
+            .download(&self.params[index].velocity, &mut host);
+        host
+    }
+
+    /// Replaces a parameter tensor's values; the length must match its shape.
+    pub fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.params[index].info;
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} values (shape {:?})", info.len(), info.shape),
+                format!("{} values", values.len()),
+            ));
+        }
+        self.backend.upload(values, &mut self.params[index].value);
+        Ok(())
+    }
+    pub fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.params[index].info;
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} velocity values", info.len()),
+                format!("{} values", values.len()),
+            ));
+        }
+        self.backend
+            .upload(values, &mut self.params[index].velocity);
+        Ok(())
+    }
+
+    /// Loads a batch of images (NCHW, `n * channels * height * width` values).
+    pub fn set_input(&mut self, images: &[f32]) -> Result<usize> {
+        let per_image = self.plan.activations[0];
+        if images.is_empty() || images.len() % per_image != 0 {
+            return Err(input_error(
+                "input batch",
+                format!(
+                    "a whole number of {} images ({per_image} values each)",
+                    self.plan.input_shape()
+                ),
+                format!("{} values", images.len()),
+            ));
+        }
+        let n = images.len() / per_image;
+        if n > self.max_batch {
+            return Err(input_error(
+                "input batch",
+                format!(
+                    "at most {} images (the batch size the net was built for)",
+                    self.max_batch
+                ),
+                format!("{n} images"),
+            ));
+        }
+        self.backend.upload(images, &mut self.activations[0]);
+        self.batch = n;
+        Ok(n)
+    }
+
+    /// Uses these masks (one per dropout layer, in order, `n * len` values of 0 or
+    /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
+    /// For comparing with another implementation that drew its own.
+    pub fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
+        let n = self.batch;
+        let mut given = masks.iter();
+        for (layer, mask) in self.plan.layers.iter().zip(self.masks.iter_mut()) {
+            let (Op::Dropout { geometry }, Some(buffer)) = (&layer.op, mask) else {
+                continue;
+            };
+            let host = given.next().ok_or_else(|| {
+                input_error(
+                    "dropout masks",
+                    "one mask per dropout layer".into(),
+                    format!("{}", masks.len()),
+                )
+            })?;
+            if host.len() != n * geometry.len {
+                return Err(input_error(
+                    &layer.label,
+                    format!("a mask of {} values", n * geometry.len),
+                    format!("{} values", host.len()),
+                ));
+            }
+            self.backend.upload(host, buffer);
+        }
+        self.masks_given = true;
+        Ok(())
+    }
+
+    fn draw_masks(&mut self) {
+        let n = self.batch;
+        for (layer, mask) in self.plan.layers.iter().zip(self.masks.iter_mut()) {
+            let (Op::Dropout { geometry }, Some(buffer)) = (&layer.op, mask) else {
+                continue;
+            };
+            let host = &mut self.mask_host[..n * geometry.len];
+            let (p, keep) = (geometry.p as f64, geometry.keep_scale());
+            for v in host.iter_mut() {
+                *v = if self.rng.uniform() < p { 0.0 } else { keep };
+            }
+            self.backend.upload(host, buffer);
+        }
+    }
+
+    /// Runs the loaded batch through the net.
+    pub fn forward(&mut self, mode: Mode) {
+        let n = self.batch;
+        assert!(n > 0, "forward called before set_input");
+        if mode == Mode::Train && !self.masks_given {
+            self.draw_masks();
+        }
+        self.masks_given = false;
+        for index in 0..self.plan.layers.len() {
+            let started = self.times.as_ref().map(|_| Instant::now());
+            self.forward_layer(index, n, mode);
+            if let (Some(times), Some(started)) = (self.times.as_mut(), started) {
+                self.backend.synchronize();
+                times.forward[index] += started.elapsed().as_secs_f64();
+            }
+        }
+    }
+
+    fn forward_layer(&mut self, index: usize, n: usize, mode: Mode) {
+        let layer = &self.plan.layers[index];
+        let be = &self.backend;
+        if layer.op.in_place() {
+            let x = &mut self.activations[layer.src];
+            let len = n * layer.output.len();
+            match layer.op {
+                Op::Relu { .. } => be.relu_forward(len, x),
+                Op::Tanh { .. } => be.tanh_forward(len, x),
+                _ => unreachable!("only activations run in place"),
+            }
+            return;
+        }
+        let (before, after) = self.activations.split_at_mut(layer.dst);
+        let (x, y) = (&before[layer.src], &mut after[0]);
+        match &layer.op {
+            Op::Conv { geometry, weight } => be.conv_forward(
+                geometry,
+                n,
+                x,
+                &self.params[*weight].value,
+                &self.params[weight + 1].value,
+                y,
+            ),
+            Op::Linear { geometry, weight } => be.linear_forward(
+                geometry,
+                n,
+                x,
+                &self.params[*weight].value,
+                &self.params[weight + 1].value,
+                y,
+            ),
+            Op::Lrn { geometry } => be.lrn_forward(geometry, n, x, y),
+            Op::MaxPool { geometry } => be.max_pool_forward(geometry, n, x, y),
+            Op::AvgPool { geometry } => be.avg_pool_forward(geometry, n, x, y),
+            Op::Dropout { geometry } => match mode {
+                Mode::Train => {
+                    let mask = self.masks[index]
+                        .as_ref()
+                        .expect("dropout layers own a mask");
+                    be.dropout_forward(geometry, n, mask, x, y)
+                }
+                // Inverted dropout is the identity at test time.
+                Mode::Test => be.copy(n * geometry.len, x, y),
+            },
+            Op::Relu { .. } | Op::Tanh { .. } => unreachable!("handled above"),
+        }
+    }
+
+    /// The class scores of the current batch (`n x classes`), copied to the host.
+    pub fn logits(&self) -> Vec<f32> {
+        let last = self.plan.layers.last().expect("a plan has layers");
+        let mut host = vec![0.0; self.batch * self.plan.classes()];
+        self.backend
+            .download(&self.activations[last.dst], &mut host);
+        host
+    }
+
+    /// Runs `images` forward in test mode and returns the logits.
+    pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.set_input(images)?;
+        self.forward(Mode::Test);
+        Ok(self.logits())
+    }
+
+    /// Zeroes the parameter gradients, then adds the gradient of the mean
+    /// cross-entropy of the last forward pass against `labels`. Returns the loss.
+    pub fn backward(&mut self, labels: &[u32]) -> Result<f32> {
+        let n = self.batch;
+        let classes = self.plan.classes();
+        if labels.len() != n {
+            return Err(input_error(
+                "labels",
+                format!("{n} labels, one per image"),
+                labels.len().to_string(),
+            ));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+            return Err(input_error(
+                "labels",
+                format!("class indices below {classes}"),
+                bad.to_string(),
+            ));
+        }
+        for p in &mut self.params {
+            self.backend.fill(&mut p.grad, 0.0);
+        }
+        let last = self.plan.layers.last().expect("a plan has layers");
+        let loss = self.backend.softmax_cross_entropy(
+            classes,
+            n,
+            &self.activations[last.dst],
+            labels,
+            &mut self.gradients[0],
+        );
+        // `current` holds the gradient of the layer's output; each non-in-place
+        // layer writes its input gradient into the other buffer and the roles swap.
+        let mut current = 0;
+        for index in (0..self.plan.layers.len()).rev() {
+            let started = self.times.as_ref().map(|_| Instant::now());
+            if self.backward_layer(index, n, current) {
+                current = 1 - current;
+            }
+            if let (Some(times), Some(started)) = (self.times.as_mut(), started) {
+                self.backend.synchronize();
+                times.backward[index] += started.elapsed().as_secs_f64();
+            }
+        }
+        Ok(loss)
+    }
+
+    /// Backward through one layer; returns whether the gradient moved to the other buffer.
+    fn backward_layer(&mut self, index: usize, n: usize, current: usize) -> bool {
+        let layer = &self.plan.layers[index];
+        let be = &self.backend;
+        let [g0, g1] = &mut self.gradients;
+        let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
+        let y = &self.activations[layer.dst];
+        let x = &self.activations[layer.src];
+        // The network input needs no gradient.
+        let needs_dx = layer.src != 0;
+        match &layer.op {
+            Op::Relu { .. } => {
+                be.relu_backward(n * layer.output.len(), y, dy);
+                false
+            }
+            Op::Tanh { .. } => {
+                be.tanh_backward(n * layer.output.len(), y, dy);
+                false
+            }
+            Op::Conv { geometry, weight } => {
+                let (weights, bias) = self.params.split_at_mut(weight + 1);
+                let w = &mut weights[*weight];
+                be.conv_backward(
+                    geometry,
+                    n,
+                    x,
+                    &w.value,
+                    dy,
+                    &mut w.grad,
+                    &mut bias[0].grad,
+                    needs_dx.then_some(dx),
+                );
+                true
+            }
+            Op::Linear { geometry, weight } => {
+                let (weights, bias) = self.params.split_at_mut(weight + 1);
+                let w = &mut weights[*weight];
+                be.linear_backward(
+                    geometry,
+                    n,
+                    x,
+                    &w.value,
+                    dy,
+                    &mut w.grad,
+                    &mut bias[0].grad,
+                    needs_dx.then_some(dx),
+                );
+                true
+            }
+            _ if !needs_dx => false,
+            Op::Lrn { geometry } => {
+                be.lrn_backward(geometry, n, x, dy, dx);
+                true
+            }
+            Op::MaxPool { geometry } => {
+                be.max_pool_backward(geometry, n, x, dy, dx);
+                true
+            }
+            Op::AvgPool { geometry } => {
+                be.avg_pool_backward(geometry, n, dy, dx);
+                true
+            }
+            Op::Dropout { geometry } => {
+                let mask = self.masks[index]
+                    .as_ref()
+                    .expect("dropout layers own a mask");
+                be.dropout_backward(geometry, n, mask, dy, dx);
+                true
+            }
+        }
+    }
+
+    /// One SGD update of every parameter from the gradients of the last backward pass.
+    pub fn sgd_step(&mut self, sgd: &Sgd) {
+        for p in &mut self.params {
+            let decay = if p.info.decay { sgd.weight_decay } else { 0.0 };
+            self.backend.sgd_update(
+                &mut p.value,
+                &p.grad,
+                &mut p.velocity,
+                sgd.learning_rate,
+                sgd.momentum,
+                decay,
+            );
+        }
+    }
+
+    /// Forward, backward and SGD update on one batch; returns the loss.
+    pub fn train_step(&mut self, images: &[f32], labels: &[u32], sgd: &Sgd) -> Result<f32> {
+        self.set_input(images)?;
+        self.forward(Mode::Train);
+        let loss = self.backward(labels)?;
+        self.sgd_step(sgd);
+        Ok(loss)
+    }
+}

@@ -1,0 +1,554 @@
+//! Turns a [`NetSpec`] into a [`Plan`]: every layer's geometry, every parameter
+//! tensor with its name, shape and initialisation, and which activation buffer each
+//! layer reads and writes. All validation of a description happens here, once;
+//! errors name the layer, what was expected and what was found.
+
+use crate::error::{Error, Result};
+use crate::layers::{
+    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
+};
+use crate::spec::{LayerSpec, NetSpec};
+
+/// How a parameter tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Zero-mean Gaussian with this standard deviation.
+    Gaussian(f32),
+    Constant(f32),
+}
+
+/// One parameter tensor: `conv1.weight`, `conv1.bias`, ...
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// Whether weight decay applies (weights yes, biases no: the paper's rule names weights).
+    pub decay: bool,
+}
+
+impl ParamInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a planned layer computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `weight` indexes [`Plan::params`]; the bias is `weight + 1`.
+    Conv {
+        geometry: ConvGeometry,
+        weight: usize,
+    },
+    Linear {
+        geometry: LinearGeometry,
+        weight: usize,
+    },
+    Relu {
+        len: usize,
+    },
+    Tanh {
+        len: usize,
+    },
+    Lrn {
+        geometry: LrnGeometry,
+    },
+    MaxPool {
+        geometry: PoolGeometry,
+    },
+    AvgPool {
+        geometry: PoolGeometry,
+    },
+    Dropout {
+        geometry: DropoutGeometry,
+    },
+}
+
+impl Op {
+    /// Element-wise activations overwrite their input buffer: their backward needs
+    /// only their output, and no layer's backward needs its own output, so nothing
+    /// is lost (see `Plan::new` for the one combination that is refused).
+    pub fn in_place(&self) -> bool {
+        matches!(self, Op::Relu { .. } | Op::Tanh { .. })
+    }
+}
+
+/// A layer in the plan, with the activation buffers it reads and writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedLayer {
+    /// "layer 5 (conv2)" or "layer 6 (relu)": how errors and reports name it.
+    pub label: String,
+    pub op: Op,
+    pub input: Shape,
+    pub output: Shape,
+    /// Index of the activation buffer read (0 is the network input).
+    pub src: usize,
+    /// Index of the activation buffer written (equal to `src` for in-place layers).
+    pub dst: usize,
+}
+
+/// A validated network: layers, parameters and activation buffers.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub spec: NetSpec,
+    pub layers: Vec<PlannedLayer>,
+    pub params: Vec<ParamInfo>,
+    /// Values per image of each activation buffer; buffer 0 is the input.
+    pub activations: Vec<usize>,
+}
+
+fn shape_error(label: &str, expected: String, found: String, hint: Option<&str>) -> Error {
+    Error::Shape {
+        layer: label.to_string(),
+        expected,
+        found,
+        hint: hint.map(str::to_string),
+    }
+}
+
+impl Plan {
+    pub fn new(spec: &NetSpec) -> Result<Plan> {
+        let input = Shape::new(spec.input.channels, spec.input.height, spec.input.width);
+        if input.is_empty() {
+            return Err(shape_error(
+                "input",
+                "channels, height and width of at least 1".into(),
+                input.to_string(),
+                None,
+            ));
+        }
+        if spec.classes == 0 {
+            return Err(shape_error(
+                "classes",
+                "at least 1".into(),
+                "0".into(),
+                None,
+            ));
+        }
+        let mut layers = Vec::new();
+        let mut params = Vec::new();
+        let mut activations = vec![input.len()];
+        let mut shape = input;
+        let mut previous_was_activation = false;
+        let mut classes_layer_seen = false;
+
+        for (index, layer) in spec.layers.iter().enumerate() {
+            let label = match layer {
+                LayerSpec::Conv(c) => format!("layer {} ({})", index + 1, c.name),
+                LayerSpec::Linear(l) => format!("layer {} ({})", index + 1, l.name),
+                other => format!("layer {} ({})", index + 1, kind_name(other)),
+            };
+            if classes_layer_seen {
+                return Err(shape_error(
+                    &label,
+                    "nothing after the classifier (the linear layer without `out`)".into(),
+                    kind_name(layer).into(),
+                    Some("give the earlier linear layer an explicit `out`"),
+                ));
+            }
+            let (op, output) = match layer {
+                LayerSpec::Conv(c) => {
+                    if c.out == 0 || c.kernel == 0 || c.stride == 0 || c.groups == 0 {
+                        return Err(shape_error(
+                            &label,
+                            "out, kernel, stride and groups of at least 1".into(),
+                            format!(
+                                "out {} kernel {} stride {} groups {}",
+                                c.out, c.kernel, c.stride, c.groups
+                            ),
+                            None,
+                        ));
+                    }
+                    if shape.channels % c.groups != 0 || c.out % c.groups != 0 {
+                        return Err(shape_error(
+                            &label,
+                            format!(
+                                "input and output channels divisible by groups = {}",
+                                c.groups
+                            ),
+                            format!("{} input and {} output channels", shape.channels, c.out),
+                            None,
+                        ));
+                    }
+                    let side = |s| ConvGeometry::output_side(s, c.kernel, c.stride, c.pad);
+                    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
+                        return Err(shape_error(
+                            &label,
+                            format!(
+                                "an input of at least {k}x{k} after padding {p}",
+                                k = c.kernel,
+                                p = c.pad
+                            ),
+                            format!("{shape}"),
+                            Some("use a smaller kernel, more padding or a larger input"),
+                        ));
+                    };
+                    let output = Shape::new(c.out, h, w);
+                    let geometry = ConvGeometry {
+                        input: shape,
+                        output,
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        pad: c.pad,
+                        groups: c.groups,
+                    };
+                    let weight = params.len();
+                    params.push(ParamInfo {
+                        name: format!("{}.weight", c.name),
+                        shape: vec![c.out, shape.channels / c.groups, c.kernel, c.kernel],
+                        init: Init::Gaussian(c.init_std),
+                        decay: true,
+                    });
+                    params.push(ParamInfo {
+                        name: format!("{}.bias", c.name),
+                        shape: vec![c.out],
+                        init: Init::Constant(c.bias_init),
+                        decay: false,
+                    });
+                    (Op::Conv { geometry, weight }, output)
+                }
+                LayerSpec::Linear(l) => {
+                    let outputs = match l.out {
+                        Some(0) => {
+                            return Err(shape_error(
+                                &label,
+                                "out of at least 1".into(),
+                                "0".into(),
+                                None,
+                            ));
+                        }
+                        Some(n) => n,
+                        None => {
+                            classes_layer_seen = true;
+                            spec.classes
+                        }
+                    };
+                    let geometry = LinearGeometry {
+                        inputs: shape.len(),
+                        outputs,
+                    };
+                    let weight = params.len();
+                    params.push(ParamInfo {
+                        name: format!("{}.weight", l.name),
+                        shape: vec![outputs, shape.len()],
+                        init: Init::Gaussian(l.init_std),
+                        decay: true,
+                    });
+                    params.push(ParamInfo {
+                        name: format!("{}.bias", l.name),
+                        shape: vec![outputs],
+                        init: Init::Constant(l.bias_init),
+                        decay: false,
+                    });
+                    (Op::Linear { geometry, weight }, Shape::new(outputs, 1, 1))
+                }
+                LayerSpec::Relu | LayerSpec::Tanh => {
+                    if previous_was_activation || layers.is_empty() {
+                        return Err(shape_error(
+                            &label,
+                            "an activation after a convolution, linear, pooling, LRN or dropout layer".into(),
+                            if layers.is_empty() { "it first".into() } else { "another activation right before it".into() },
+                            Some("activations work in place on the previous layer's output; two in a row would lose what the first one's backward needs"),
+                        ));
+                    }
+                    let len = shape.len();
+                    let op = if matches!(layer, LayerSpec::Relu) {
+                        Op::Relu { len }
+                    } else {
+                        Op::Tanh { len }
+                    };
+                    (op, shape)
+                }
+                LayerSpec::Lrn(n) => {
+                    if n.size == 0 || n.size % 2 == 0 {
+                        return Err(shape_error(
+                            &label,
+                            "an odd window size (the window is centred on each channel)".into(),
+                            n.size.to_string(),
+                            None,
+                        ));
+                    }
+                    if n.groups == 0 || shape.channels % n.groups != 0 {
+                        return Err(shape_error(
+                            &label,
+                            format!("channels divisible by groups = {}", n.groups),
+                            format!("{} channels", shape.channels),
+                            None,
+                        ));
+                    }
+                    if n.k <= 0.0 || n.alpha < 0.0 || n.beta < 0.0 {
+                        return Err(shape_error(
+                            &label,
+                            "k > 0, alpha >= 0 and beta >= 0".into(),
+                            format!("k {} alpha {} beta {}", n.k, n.alpha, n.beta),
+                            None,
+                        ));
+                    }
+                    let geometry = LrnGeometry {
+                        shape,
+                        size: n.size,
+                        alpha: n.alpha,
+                        beta: n.beta,
+                        k: n.k,
+                        groups: n.groups,
+                    };
+                    (Op::Lrn { geometry }, shape)
+                }
+                LayerSpec::MaxPool(p) | LayerSpec::AvgPool(p) => {
+                    let side = |s| PoolGeometry::output_side(s, p.size, p.stride);
+                    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
+                        return Err(shape_error(
+                            &label,
+                            format!(
+                                "an input of at least {s}x{s} and size, stride of at least 1",
+                                s = p.size
+                            ),
+                            format!("{shape}, size {} stride {}", p.size, p.stride),
+                            None,
+                        ));
+                    };
+                    let output = Shape::new(shape.channels, h, w);
+                    let geometry = PoolGeometry {
+                        input: shape,
+                        output,
+                        size: p.size,
+                        stride: p.stride,
+                    };
+                    let op = if matches!(layer, LayerSpec::MaxPool(_)) {
+                        Op::MaxPool { geometry }
+                    } else {
+                        Op::AvgPool { geometry }
+                    };
+                    (op, output)
+                }
+                LayerSpec::Dropout(d) => {
+                    if !(0.0..1.0).contains(&d.p) {
+                        return Err(shape_error(
+                            &label,
+                            "p in [0, 1)".into(),
+                            d.p.to_string(),
+                            None,
+                        ));
+                    }
+                    let geometry = DropoutGeometry {
+                        len: shape.len(),
+                        p: d.p,
+                    };
+                    (Op::Dropout { geometry }, shape)
+                }
+            };
+            if output.is_empty() {
+                return Err(shape_error(
+                    &label,
+                    "a non-empty output".into(),
+                    output.to_string(),
+                    None,
+                ));
+            }
+            previous_was_activation = op.in_place();
+            let src = activations.len() - 1;
+            let dst = if op.in_place() {
+                src
+            } else {
+                activations.push(output.len());
+                activations.len() - 1
+            };
+            layers.push(PlannedLayer {
+                label,
+                op,
+                input: shape,
+                output,
+                src,
+                dst,
+            });
+            shape = output;
+        }
+
+        let expected_out = Shape::new(spec.classes, 1, 1);
+        if shape != expected_out {
+            return Err(shape_error(
+                "output",
+                format!("{} class scores from a last linear layer", spec.classes),
+                format!("{shape} values"),
+                Some("end the net with a linear layer without `out`"),
+            ));
+        }
+        Ok(Plan {
+            spec: spec.clone(),
+            layers,
+            params,
+            activations,
+        })
+    }
+
+    /// Total number of learned values.
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(ParamInfo::len).sum()
+    }
+
+    /// Multiply-adds of one image's forward pass through convolutions and linear layers.
+    pub fn forward_macs(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match &l.op {
+                Op::Conv { geometry, .. } => geometry.forward_macs(),
+                Op::Linear { geometry, .. } => geometry.weight_len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    pub fn input_shape(&self) -> Shape {
+        Shape::new(
+            self.spec.input.channels,
+            self.spec.input.height,
+            self.spec.input.width,
+        )
+    }
+
+    pub fn classes(&self) -> usize {
+        self.spec.classes
+    }
+}
+
+fn kind_name(layer: &LayerSpec) -> &'static str {
+    match layer {
+        LayerSpec::Conv(_) => "conv",
+        LayerSpec::Linear(_) => "linear",
+        LayerSpec::Relu => "relu",
+        LayerSpec::Tanh => "tanh",
+        LayerSpec::Lrn(_) => "lrn",
+        LayerSpec::MaxPool(_) => "max-pool",
+        LayerSpec::AvgPool(_) => "avg-pool",
+        LayerSpec::Dropout(_) => "dropout",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alexnet_has_the_papers_shapes_and_parameter_count() {
+        let plan = Plan::new(&NetSpec::preset("alexnet").unwrap()).unwrap();
+        assert_eq!(plan.parameter_count(), 60_965_224);
+        let conv_outputs: Vec<Shape> = plan
+            .layers
+            .iter()
+            .filter(|l| matches!(l.op, Op::Conv { .. }))
+            .map(|l| l.output)
+            .collect();
+        assert_eq!(
+            conv_outputs,
+            vec![
+                Shape::new(96, 55, 55),
+                Shape::new(256, 27, 27),
+                Shape::new(384, 13, 13),
+                Shape::new(384, 13, 13),
+                Shape::new(256, 13, 13),
+            ]
+        );
+        let names: Vec<&str> = plan.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names[0], "conv1.weight");
+        assert_eq!(plan.params[2].shape, vec![256, 48, 5, 5]);
+        assert_eq!(plan.params[14].shape, vec![1000, 4096]);
+        // Biases start at 1 in conv2, conv4, conv5, fc6 and fc7, at 0 elsewhere.
+        let ones: Vec<&str> = plan
+            .params
+            .iter()
+            .filter(|p| p.init == Init::Constant(1.0))
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            ones,
+            [
+                "conv2.bias",
+                "conv4.bias",
+                "conv5.bias",
+                "fc6.bias",
+                "fc7.bias"
+            ]
+        );
+        // About 0.72 G multiply-adds per image (paper-scale figure quoted in PAPER.md).
+        let gmacs = plan.forward_macs() as f64 / 1e9;
+        assert!((0.70..0.74).contains(&gmacs), "{gmacs}");
+    }
+
+    #[test]
+    fn owt_matches_torchvision_parameter_count() {
+        let plan = Plan::new(&NetSpec::preset("alexnet-owt").unwrap()).unwrap();
+        assert_eq!(plan.parameter_count(), 61_100_840);
+    }
+
+    #[test]
+    fn cifar_preset_fits_28_and_32_pixel_inputs() {
+        for (c, s) in [(1, 28), (3, 32), (1, 32), (3, 28)] {
+            let spec = NetSpec::preset("cifar").unwrap().with_input(c, s, s);
+            Plan::new(&spec).unwrap();
+        }
+    }
+
+    #[test]
+    fn groups_that_do_not_divide_are_rejected_naming_the_layer() {
+        let mut spec = NetSpec::preset("alexnet").unwrap();
+        if let LayerSpec::Conv(c) = &mut spec.layers[4] {
+            c.out = 255;
+        }
+        let err = Plan::new(&spec).unwrap_err().to_string();
+        assert!(err.contains("layer 5 (conv2)"), "{err}");
+        assert!(err.contains("divisible by groups = 2"), "{err}");
+        assert!(err.contains("255 output"), "{err}");
+    }
+
+    #[test]
+    fn too_small_an_input_is_rejected_naming_the_layer() {
+        let spec = NetSpec::preset("alexnet").unwrap().with_input(3, 32, 32);
+        let err = Plan::new(&spec).unwrap_err().to_string();
+        assert!(err.contains("max-pool") || err.contains("conv"), "{err}");
+        assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn mismatched_channels_between_description_and_input_are_caught() {
+        let mut spec = NetSpec::preset("alexnet").unwrap();
+        if let LayerSpec::Lrn(n) = &mut spec.layers[2] {
+            n.size = 4;
+        }
+        let err = Plan::new(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("layer 3 (lrn)") && err.contains("odd"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_activations_in_a_row_are_refused() {
+        let mut spec = NetSpec::preset("cifar").unwrap();
+        spec.layers.insert(3, LayerSpec::Tanh);
+        let err = Plan::new(&spec).unwrap_err().to_string();
+        assert!(err.contains("layer 4 (tanh)"), "{err}");
+    }
+
+    #[test]
+    fn a_net_without_a_classifier_is_refused() {
+        let mut spec = NetSpec::preset("cifar").unwrap();
+        spec.layers.pop();
+        let err = Plan::new(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("output") && err.contains("10 class scores"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn in_place_layers_share_their_input_buffer() {
+        let plan = Plan::new(&NetSpec::preset("alexnet").unwrap()).unwrap();
+        for l in &plan.layers {
+            assert_eq!(l.op.in_place(), l.src == l.dst, "{}", l.label);
+        }
+    }
+}
