@@ -1,0 +1,190 @@
+//! `alexnet bench`: images per second for the training step (forward, backward
+//! and SGD) and for inference, latency at batch 1, peak memory, and the time of
+//! each layer's forward and backward pass, on random data.
+
+use std::time::Instant;
+
+use alexnet::plan::Op;
+use alexnet::rng::Rng;
+use alexnet::{Backend, Cpu, Mode, NetSpec, Network, Sgd};
+use anyhow::{Result, bail};
+use clap::Args;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A preset name or the path of a TOML description.
+    #[arg(long, default_value = "alexnet")]
+    arch: String,
+    /// Seconds to run each measurement for (after one warm-up step).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Batch sizes of the training-step measurements.
+    #[arg(long, value_delimiter = ',', default_value = "128,64")]
+    train_batch: Vec<usize>,
+    /// Batch size of the inference measurement.
+    #[arg(long, default_value_t = 64)]
+    infer_batch: usize,
+    /// Training steps to time per layer (0 skips the breakdown).
+    #[arg(long, default_value_t = 2)]
+    layer_steps: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux), if known.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+struct Batch {
+    images: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+fn random_batch(rng: &mut Rng, n: usize, image_len: usize, classes: usize) -> Batch {
+    // Pixel values on the paper's scale: 0-255 minus a mean, so roughly +-128.
+    let images = (0..n * image_len).map(|_| (rng.uniform() * 256.0 - 128.0) as f32).collect();
+    let labels = (0..n).map(|_| rng.below(classes) as u32).collect();
+    Batch { images, labels }
+}
+
+/// Runs `step` once to warm up, then repeatedly for at least `seconds` (and twice);
+/// returns seconds per step.
+fn time_steps(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+    step()?;
+    let started = Instant::now();
+    let mut steps = 0;
+    while steps < 2 || started.elapsed().as_secs_f64() < seconds {
+        step()?;
+        steps += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() / steps as f64)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let spec = NetSpec::resolve(&args.arch)?;
+    let max_batch = args.train_batch.iter().copied().chain([args.infer_batch, 1]).max().unwrap_or(1);
+    if args.train_batch.contains(&0) || args.infer_batch == 0 {
+        bail!("batch sizes must be at least 1");
+    }
+    let mut net = Network::new(Cpu, &spec, max_batch, 1)?;
+    let plan = net.plan().clone();
+    let image_len = plan.input_shape().len();
+    let classes = plan.classes();
+    let mut rng = Rng::new(2);
+    let sgd = Sgd::from_recipe(&spec.recipe);
+    let backend = net.backend().describe();
+
+    let mut train = Vec::new();
+    for &batch in &args.train_batch {
+        let data = random_batch(&mut rng, batch, image_len, classes);
+        let per_step = time_steps(args.seconds, || {
+            let loss = net.train_step(&data.images, &data.labels, &sgd)?;
+            if !loss.is_finite() {
+                bail!("loss became {loss}");
+            }
+            Ok(())
+        })?;
+        train.push(json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}));
+    }
+    let train_peak = peak_resident_bytes();
+
+    let data = random_batch(&mut rng, args.infer_batch, image_len, classes);
+    let per_batch = time_steps(args.seconds, || {
+        net.predict(&data.images)?;
+        Ok(())
+    })?;
+    let inference = json!({"batch": args.infer_batch, "images_per_s": args.infer_batch as f64 / per_batch});
+
+    let one = random_batch(&mut rng, 1, image_len, classes);
+    let latency = time_steps(args.seconds.min(5.0), || {
+        net.predict(&one.images)?;
+        Ok(())
+    })?;
+
+    let mut layers = Vec::new();
+    if args.layer_steps > 0 {
+        let batch = args.train_batch[0];
+        let data = random_batch(&mut rng, batch, image_len, classes);
+        net.record_layer_times(true);
+        for _ in 0..args.layer_steps {
+            net.set_input(&data.images)?;
+            net.forward(Mode::Train);
+            net.backward(&data.labels)?;
+        }
+        let times = net.layer_times().expect("recording is on").clone();
+        net.record_layer_times(false);
+        for (index, layer) in plan.layers.iter().enumerate() {
+            let steps = args.layer_steps as f64;
+            let macs = match &layer.op {
+                Op::Conv { geometry, .. } => geometry.forward_macs(),
+                Op::Linear { geometry, .. } => geometry.weight_len(),
+                _ => 0,
+            } as f64
+                * batch as f64;
+            let (fwd, bwd) = (times.forward[index] / steps, times.backward[index] / steps);
+            layers.push(json!({
+                "layer": layer.label,
+                "output": layer.output.to_string(),
+                "forward_ms": fwd * 1e3,
+                "backward_ms": bwd * 1e3,
+                // Forward is 2 flops per multiply-add; backward twice that (data and weights).
+                "forward_gflops": if macs > 0.0 { 2.0 * macs / fwd / 1e9 } else { 0.0 },
+                "backward_gflops": if macs > 0.0 && bwd > 0.0 { 4.0 * macs / bwd / 1e9 } else { 0.0 },
+            }));
+        }
+    }
+
+    let report = json!({
+        "arch": spec.name,
+        "backend": backend,
+        "threads": rayon::current_num_threads(),
+        "train": train,
+        "inference": inference,
+        "latency_batch1_ms": latency * 1e3,
+        "peak_resident_bytes_training": train_peak,
+        "peak_resident_bytes": peak_resident_bytes(),
+        "layers": layers,
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    println!("alexnet bench: {} on {}", spec.name, backend);
+    for t in report["train"].as_array().into_iter().flatten() {
+        println!(
+            "  training step, batch {:>3}: {:>8.1} images/s ({:.0} ms/step)",
+            t["batch"], t["images_per_s"].as_f64().unwrap_or(0.0), t["ms_per_step"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "  inference,     batch {:>3}: {:>8.1} images/s",
+        args.infer_batch,
+        args.infer_batch as f64 / per_batch
+    );
+    println!("  latency,       batch   1: {:>8.2} ms", latency * 1e3);
+    if let Some(peak) = train_peak {
+        println!("  peak resident memory after training: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+    }
+    if !layers.is_empty() {
+        println!("\n  per layer, training batch {} (ms):", args.train_batch[0]);
+        println!("  {:<22} {:>12} {:>10} {:>10} {:>9} {:>9}", "layer", "output", "forward", "backward", "fwd GF/s", "bwd GF/s");
+        for l in &layers {
+            println!(
+                "  {:<22} {:>12} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",
+                l["layer"].as_str().unwrap_or(""),
+                l["output"].as_str().unwrap_or(""),
+                l["forward_ms"].as_f64().unwrap_or(0.0),
+                l["backward_ms"].as_f64().unwrap_or(0.0),
+                l["forward_gflops"].as_f64().unwrap_or(0.0),
+                l["backward_gflops"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Every fast CPU kernel against the readable reference, on random inputs: small
+//! geometries that hit the edge cases (stride, padding, groups, windows clipped
+//! at group borders) and the real sizes of the paper's layers.
+//!
+//! Tolerances: the fast kernels sum in a different order (blocked GEMM, vector
+//! lanes), so fp32 results differ by rounding; 1e-5 relative to the largest value
+//! covers sums of a few thousand terms with margin, and any indexing error gives
+//! errors of order 1.
+
+mod common;
+
+use alexnet::cpu::{fast, reference};
+use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape};
+use alexnet::rng::Rng;
+use common::{assert_close, random};
+
+const TOL: f32 = 1e-5;
+
+fn conv(input: Shape, out: usize, kernel: usize, stride: usize, pad: usize, groups: usize) -> ConvGeometry {
+    let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
+    ConvGeometry {
+        input,
+        output: Shape::new(out, side(input.height), side(input.width)),
+        kernel,
+        stride,
+        pad,
+        groups,
+    }
+}
+
+fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let x = random(&mut rng, n * g.input.len(), 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.1);
+    let b = random(&mut rng, g.output.channels, 0.1);
+    let dy = random(&mut rng, n * g.output.len(), 1.0);
+    let mut y_ref = vec![0.0; n * g.output.len()];
+    let mut y_fast = vec![f32::NAN; n * g.output.len()];
+    reference::conv_forward(g, n, &x, &w, &b, &mut y_ref);
+    fast::conv::forward(g, n, &x, &w, &b, &mut y_fast);
+    assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
+
+    // Gradients start non-zero to check that they accumulate.
+    let dw0 = random(&mut rng, g.weight_len(), 1.0);
+    let db0 = random(&mut rng, g.output.channels, 1.0);
+    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), db0.clone(), vec![0.0; n * g.input.len()]);
+    let (mut dw_fast, mut db_fast, mut dx_fast) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
+    reference::conv_backward(g, n, &x, &w, &dy, &mut dw_ref, &mut db_ref, Some(&mut dx_ref));
+    fast::conv::backward(g, n, &x, &w, &dy, &mut dw_fast, &mut db_fast, Some(&mut dx_fast));
+    assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
+    assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
+    assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
+
+    // Without an input gradient the parameter gradients are the same.
+    let (mut dw_none, mut db_none) = (dw0, db0);
+    fast::conv::backward(g, n, &x, &w, &dy, &mut dw_none, &mut db_none, None);
+    assert_close(&format!("{name} dw without dx"), &dw_none, &dw_ref, TOL);
+}
+
+#[test]
+fn conv_small_geometries() {
+    let cases = [
+        ("1x1", conv(Shape::new(3, 5, 5), 4, 1, 1, 0, 1)),
+        ("3x3 pad 1", conv(Shape::new(4, 7, 6), 6, 3, 1, 1, 1)),
+        ("5x5 pad 2 groups 2", conv(Shape::new(4, 9, 9), 6, 5, 1, 2, 2)),
+        ("11x11 stride 4 pad 2", conv(Shape::new(3, 31, 31), 8, 11, 4, 2, 1)),
+        ("stride 2 odd pad", conv(Shape::new(2, 8, 11), 4, 3, 2, 3, 2)),
+        ("pad larger than kernel", conv(Shape::new(2, 4, 4), 2, 2, 3, 3, 1)),
+        ("groups 4", conv(Shape::new(8, 6, 6), 8, 3, 1, 1, 4)),
+    ];
+    for (i, (name, g)) in cases.iter().enumerate() {
+        for n in [1, 3] {
+            check_conv(name, g, n, i as u64 * 10 + n as u64);
+        }
+    }
+}
+
+#[test]
+fn conv_at_the_papers_sizes() {
+    let cases = [
+        ("conv1", conv(Shape::new(3, 224, 224), 96, 11, 4, 2, 1)),
+        ("conv2", conv(Shape::new(96, 27, 27), 256, 5, 1, 2, 2)),
+        ("conv3", conv(Shape::new(256, 13, 13), 384, 3, 1, 1, 1)),
+        ("conv4", conv(Shape::new(384, 13, 13), 384, 3, 1, 1, 2)),
+        ("conv5", conv(Shape::new(384, 13, 13), 256, 3, 1, 1, 2)),
+    ];
+    for (i, (name, g)) in cases.iter().enumerate() {
+        check_conv(name, g, 2, 100 + i as u64);
+    }
+}
+
+fn check_linear(g: LinearGeometry, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let x = random(&mut rng, n * g.inputs, 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.1);
+    let b = random(&mut rng, g.outputs, 0.1);
+    let dy = random(&mut rng, n * g.outputs, 1.0);
+    let (mut y_ref, mut y_fast) = (vec![0.0; n * g.outputs], vec![f32::NAN; n * g.outputs]);
+    reference::linear_forward(&g, n, &x, &w, &b, &mut y_ref);
+    fast::linear::forward(&g, n, &x, &w, &b, &mut y_fast);
+    let name = format!("linear {}->{} batch {n}", g.inputs, g.outputs);
+    assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
+    let dw0 = random(&mut rng, g.weight_len(), 1.0);
+    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), vec![0.5; g.outputs], vec![0.0; n * g.inputs]);
+    let (mut dw_fast, mut db_fast, mut dx_fast) = (dw0, vec![0.5; g.outputs], vec![f32::NAN; n * g.inputs]);
+    reference::linear_backward(&g, n, &x, &w, &dy, &mut dw_ref, &mut db_ref, Some(&mut dx_ref));
+    fast::linear::backward(&g, n, &x, &w, &dy, &mut dw_fast, &mut db_fast, Some(&mut dx_fast));
+    assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
+    assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
+    assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
+}
+
+#[test]
+fn linear_small_and_paper_sizes() {
+    check_linear(LinearGeometry { inputs: 7, outputs: 3 }, 1, 1);
+    check_linear(LinearGeometry { inputs: 33, outputs: 17 }, 5, 2);
+    // fc6, fc7, fc8 of the paper, at batch 2.
+    check_linear(LinearGeometry { inputs: 9216, outputs: 4096 }, 2, 3);
+    check_linear(LinearGeometry { inputs: 4096, outputs: 4096 }, 2, 4);
+    check_linear(LinearGeometry { inputs: 4096, outputs: 1000 }, 2, 5);
+}
+
+fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let len = n * g.shape.len();
+    // Values of the size ReLU outputs have at the paper's pixel scale, so that
+    // alpha * sum(a^2) is comparable with k and the normalisation matters.
+    let x: Vec<f32> = random(&mut rng, len, 60.0).into_iter().map(f32::abs).collect();
+    let dy = random(&mut rng, len, 1.0);
+    let (mut y_ref, mut y_fast) = (vec![0.0; len], vec![f32::NAN; len]);
+    reference::lrn_forward(&g, n, &x, &mut y_ref);
+    fast::lrn::forward(&g, n, &x, &mut y_fast);
+    let name = format!("lrn {} size {} groups {} beta {}", g.shape, g.size, g.groups, g.beta);
+    assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
+    let (mut dx_ref, mut dx_fast) = (vec![0.0; len], vec![f32::NAN; len]);
+    reference::lrn_backward(&g, n, &x, &dy, &mut dx_ref);
+    fast::lrn::backward(&g, n, &x, &dy, &mut dx_fast);
+    assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
+}
+
+#[test]
+fn lrn_small_and_paper_sizes() {
+    let paper = |shape, groups| LrnGeometry { shape, size: 5, alpha: 1e-4, beta: 0.75, k: 2.0, groups };
+    check_lrn(paper(Shape::new(7, 3, 4), 1), 2, 1);
+    check_lrn(paper(Shape::new(8, 3, 3), 2), 2, 2);
+    check_lrn(LrnGeometry { size: 3, beta: 0.5, k: 1.0, ..paper(Shape::new(6, 2, 5), 3) }, 1, 3);
+    check_lrn(paper(Shape::new(96, 55, 55), 2), 1, 4);
+    check_lrn(paper(Shape::new(256, 27, 27), 2), 1, 5);
+    check_lrn(paper(Shape::new(96, 55, 55), 1), 1, 6);
+}
+
+fn pool(input: Shape, size: usize, stride: usize) -> PoolGeometry {
+    let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
+    PoolGeometry { input, output: Shape::new(input.channels, side(input.height), side(input.width)), size, stride }
+}
+
+#[test]
+fn pooling_small_and_paper_sizes() {
+    let cases = [
+        pool(Shape::new(2, 7, 7), 3, 2),
+        pool(Shape::new(3, 8, 6), 2, 2),
+        pool(Shape::new(1, 5, 9), 3, 1),
+        pool(Shape::new(96, 55, 55), 3, 2),
+        pool(Shape::new(256, 27, 27), 3, 2),
+        pool(Shape::new(256, 13, 13), 3, 2),
+    ];
+    for (i, g) in cases.iter().enumerate() {
+        let mut rng = Rng::new(i as u64);
+        let n = 2;
+        let (il, ol) = (n * g.input.len(), n * g.output.len());
+        // Half the inputs are zero, as after a ReLU, so ties are common.
+        let x: Vec<f32> = random(&mut rng, il, 1.0).into_iter().map(|v| v.max(0.0)).collect();
+        let dy = random(&mut rng, ol, 1.0);
+        let name = format!("pool {} size {} stride {}", g.input, g.size, g.stride);
+        let (mut y_ref, mut y_fast) = (vec![0.0; ol], vec![f32::NAN; ol]);
+        reference::max_pool_forward(g, n, &x, &mut y_ref);
+        fast::pool::max_forward(g, n, &x, &mut y_fast);
+        assert_eq!(y_fast, y_ref, "{name}: max forward");
+        let (mut dx_ref, mut dx_fast) = (vec![0.0; il], vec![f32::NAN; il]);
+        reference::max_pool_backward(g, n, &x, &dy, &mut dx_ref);
+        fast::pool::max_backward(g, n, &x, &dy, &mut dx_fast);
+        assert_close(&format!("{name} max dx"), &dx_fast, &dx_ref, TOL);
+        reference::avg_pool_forward(g, n, &x, &mut y_ref);
+        fast::pool::avg_forward(g, n, &x, &mut y_fast);
+        assert_close(&format!("{name} avg forward"), &y_fast, &y_ref, TOL);
+        reference::avg_pool_backward(g, n, &dy, &mut dx_ref);
+        fast::pool::avg_backward(g, n, &dy, &mut dx_fast);
+        assert_close(&format!("{name} avg dx"), &dx_fast, &dx_ref, TOL);
+    }
+}
+
+#[test]
+fn elementwise_passes() {
+    let mut rng = Rng::new(9);
+    // Longer than one parallel block, and not a multiple of the vector width.
+    let len = 200_003;
+    let x = random(&mut rng, len, 2.0);
+    let d = random(&mut rng, len, 1.0);
+
+    let (mut r, mut f) = (x.clone(), x.clone());
+    reference::relu_forward(&mut r);
+    fast::elementwise::relu_forward(&mut f);
+    assert_eq!(f, r, "relu forward");
+    let (mut dr, mut df) = (d.clone(), d.clone());
+    reference::relu_backward(&r, &mut dr);
+    fast::elementwise::relu_backward(&r, &mut df);
+    assert_eq!(df, dr, "relu backward");
+
+    let (mut r, mut f) = (x.clone(), x.clone());
+    reference::tanh_forward(&mut r);
+    fast::elementwise::tanh_forward(&mut f);
+    assert_close("tanh forward", &f, &r, TOL);
+    let (mut dr, mut df) = (d.clone(), d.clone());
+    reference::tanh_backward(&r, &mut dr);
+    fast::elementwise::tanh_backward(&r, &mut df);
+    assert_close("tanh backward", &df, &dr, TOL);
+
+    let g = DropoutGeometry { len, p: 0.5 };
+    let mask: Vec<f32> = (0..len).map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 }).collect();
+    let (mut r, mut f) = (vec![0.0; len], vec![f32::NAN; len]);
+    reference::dropout_forward(&g, 1, &mask, &x, &mut r);
+    fast::elementwise::multiply(&x, &mask, &mut f);
+    assert_eq!(f, r, "dropout forward");
+
+    let (mut w_ref, mut v_ref) = (x.clone(), d.clone());
+    let (mut w_fast, mut v_fast) = (x.clone(), d.clone());
+    let grad = random(&mut rng, len, 1.0);
+    reference::sgd_update(&mut w_ref, &grad, &mut v_ref, 0.01, 0.9, 0.0005);
+    fast::elementwise::sgd_update(&mut w_fast, &grad, &mut v_fast, 0.01, 0.9, 0.0005);
+    assert_close("sgd weights", &w_fast, &w_ref, 1e-6);
+    assert_close("sgd velocity", &v_fast, &v_ref, 1e-6);
+}
