@@ -84,8 +84,15 @@ fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32]) {
                     };
                     let src = &row[oy * ow..][..ow];
                     let dst = &mut plane[iy * g.input.width..][..g.input.width];
-                    for ox in cols.clone() {
-                        dst[ox * s + kx - g.pad] += src[ox];
+                    if s == 1 {
+                        // Contiguous on both sides: a plain vectorisable add.
+                        let first = cols.start + kx - g.pad;
+                        let dst = &mut dst[first..first + cols.len()];
+                        dst.iter_mut().zip(&src[cols.clone()]).for_each(|(d, v)| *d += v);
+                    } else {
+                        for ox in cols.clone() {
+                            dst[ox * s + kx - g.pad] += src[ox];
+                        }
                     }
                 }
             }
