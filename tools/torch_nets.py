@@ -207,10 +207,17 @@ class Net(nn.Module):
 
     @torch.no_grad()
     def init_paper(self, generator: torch.Generator | None = None) -> None:
-        """The paper's initialisation: weights N(0, init_std^2), biases bias_init."""
+        """The paper's initialisation: weights N(0, init_std^2), biases bias_init.
+
+        Values are drawn where `generator` lives and then copied, so a CPU generator
+        gives the same weights to a net on any device.
+        """
         for name, (std, bias) in self.init.items():
             module = self.learned[name]
-            module.weight.normal_(0.0, std, generator=generator)
+            w = module.weight
+            device = generator.device if generator is not None else w.device
+            drawn = torch.empty(w.shape, dtype=w.dtype, device=device).normal_(0.0, std, generator=generator)
+            w.copy_(drawn)
             module.bias.fill_(bias)
 
 

@@ -48,7 +48,9 @@ struct Batch {
 
 fn random_batch(rng: &mut Rng, n: usize, image_len: usize, classes: usize) -> Batch {
     // Pixel values on the paper's scale: 0-255 minus a mean, so roughly +-128.
-    let images = (0..n * image_len).map(|_| (rng.uniform() * 256.0 - 128.0) as f32).collect();
+    let images = (0..n * image_len)
+        .map(|_| (rng.uniform() * 256.0 - 128.0) as f32)
+        .collect();
     let labels = (0..n).map(|_| rng.below(classes) as u32).collect();
     Batch { images, labels }
 }
@@ -68,7 +70,13 @@ fn time_steps(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64>
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let spec = NetSpec::resolve(&args.arch)?;
-    let max_batch = args.train_batch.iter().copied().chain([args.infer_batch, 1]).max().unwrap_or(1);
+    let max_batch = args
+        .train_batch
+        .iter()
+        .copied()
+        .chain([args.infer_batch, 1])
+        .max()
+        .unwrap_or(1);
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
@@ -99,7 +107,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         net.predict(&data.images)?;
         Ok(())
     })?;
-    let inference = json!({"batch": args.infer_batch, "images_per_s": args.infer_batch as f64 / per_batch});
+    let inference =
+        json!({"batch": args.infer_batch, "images_per_s": args.infer_batch as f64 / per_batch});
 
     let one = random_batch(&mut rng, 1, image_len, classes);
     let latency = time_steps(args.seconds.min(5.0), || {
@@ -128,14 +137,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
             } as f64
                 * batch as f64;
             let (fwd, bwd) = (times.forward[index] / steps, times.backward[index] / steps);
+            // Backward computes the weight gradient and, except for a layer reading the
+            // network input, the input gradient: two products of the forward's size.
+            let backward_products = if layer.src == 0 { 2.0 } else { 4.0 };
             layers.push(json!({
                 "layer": layer.label,
                 "output": layer.output.to_string(),
                 "forward_ms": fwd * 1e3,
                 "backward_ms": bwd * 1e3,
-                // Forward is 2 flops per multiply-add; backward twice that (data and weights).
+                // 2 flops per multiply-add.
                 "forward_gflops": if macs > 0.0 { 2.0 * macs / fwd / 1e9 } else { 0.0 },
-                "backward_gflops": if macs > 0.0 && bwd > 0.0 { 4.0 * macs / bwd / 1e9 } else { 0.0 },
+                "backward_gflops": if macs > 0.0 && bwd > 0.0 { backward_products * macs / bwd / 1e9 } else { 0.0 },
             }));
         }
     }
@@ -159,7 +171,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for t in report["train"].as_array().into_iter().flatten() {
         println!(
             "  training step, batch {:>3}: {:>8.1} images/s ({:.0} ms/step)",
-            t["batch"], t["images_per_s"].as_f64().unwrap_or(0.0), t["ms_per_step"].as_f64().unwrap_or(0.0)
+            t["batch"],
+            t["images_per_s"].as_f64().unwrap_or(0.0),
+            t["ms_per_step"].as_f64().unwrap_or(0.0)
         );
     }
     println!(
@@ -169,11 +183,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!("  latency,       batch   1: {:>8.2} ms", latency * 1e3);
     if let Some(peak) = train_peak {
-        println!("  peak resident memory after training: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+        println!(
+            "  peak resident memory after training: {:.2} GiB",
+            peak as f64 / (1u64 << 30) as f64
+        );
     }
     if !layers.is_empty() {
-        println!("\n  per layer, training batch {} (ms):", args.train_batch[0]);
-        println!("  {:<22} {:>12} {:>10} {:>10} {:>9} {:>9}", "layer", "output", "forward", "backward", "fwd GF/s", "bwd GF/s");
+        println!(
+            "\n  per layer, training batch {} (ms):",
+            args.train_batch[0]
+        );
+        println!(
+            "  {:<22} {:>12} {:>10} {:>10} {:>9} {:>9}",
+            "layer", "output", "forward", "backward", "fwd GF/s", "bwd GF/s"
+        );
         for l in &layers {
             println!(
                 "  {:<22} {:>12} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",

@@ -21,7 +21,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
         spec = spec.with_classes(classes);
     }
     let plan = Plan::new(&spec)?;
-    println!("{}: input {}, {} classes", spec.name, plan.input_shape(), plan.classes());
+    println!(
+        "{}: input {}, {} classes",
+        spec.name,
+        plan.input_shape(),
+        plan.classes()
+    );
     println!("{:<22} {:>14} {:>12}", "layer", "output", "parameters");
     for layer in &plan.layers {
         let params = match &layer.op {
@@ -30,7 +35,12 @@ pub fn run(args: InfoArgs) -> Result<()> {
             }
             _ => 0,
         };
-        println!("{:<22} {:>14} {:>12}", layer.label, layer.output.to_string(), params);
+        println!(
+            "{:<22} {:>14} {:>12}",
+            layer.label,
+            layer.output.to_string(),
+            params
+        );
     }
     println!(
         "total {} parameters, {:.3} G multiply-adds per image forward",

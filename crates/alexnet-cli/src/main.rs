@@ -7,7 +7,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "alexnet", version, about = "AlexNet (Krizhevsky, Sutskever, Hinton 2012) in Rust")]
+#[command(
+    name = "alexnet",
+    version,
+    about = "AlexNet (Krizhevsky, Sutskever, Hinton 2012) in Rust"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -27,7 +31,9 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
     }
     match cli.command {
         Command::Bench(args) => bench::run(args),

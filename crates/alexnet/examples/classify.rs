@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut net = Network::new(Cpu, &ckpt.spec, batch, 0)?;
     ckpt.apply(&mut net, &path, false)?;
     let shape = net.plan().input_shape();
-    println!("loaded {} (step {}), input {shape}", ckpt.spec.name, ckpt.step);
+    println!(
+        "loaded {} (step {}), input {shape}",
+        ckpt.spec.name, ckpt.step
+    );
 
     // A batch of synthetic images: vertical gradients of different strengths.
     let mut images = Vec::with_capacity(batch * shape.len());
@@ -47,7 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let classes = net.plan().classes();
     let probabilities = softmax_rows(&net.predict(&images)?, classes);
     for (i, row) in probabilities.chunks_exact(classes).enumerate() {
-        let (best, p) = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("classes > 0");
+        let (best, p) = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .expect("classes > 0");
         println!("image {i}: class {best} with probability {p:.3}");
     }
     Ok(())

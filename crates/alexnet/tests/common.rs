@@ -5,7 +5,9 @@ use alexnet::rng::Rng;
 
 /// `n` values uniform in [-scale, scale).
 pub fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
-    (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * scale) as f32).collect()
+    (0..n)
+        .map(|_| ((rng.uniform() * 2.0 - 1.0) * scale) as f32)
+        .collect()
 }
 
 /// Asserts max|ours - theirs| <= tol * max(max|theirs|, floor), naming the tensor.

@@ -10,13 +10,22 @@
 mod common;
 
 use alexnet::cpu::{fast, reference};
-use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape};
+use alexnet::layers::{
+    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
+};
 use alexnet::rng::Rng;
 use common::{assert_close, random};
 
 const TOL: f32 = 1e-5;
 
-fn conv(input: Shape, out: usize, kernel: usize, stride: usize, pad: usize, groups: usize) -> ConvGeometry {
+fn conv(
+    input: Shape,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> ConvGeometry {
     let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
     ConvGeometry {
         input,
@@ -43,10 +52,30 @@ fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
     // Gradients start non-zero to check that they accumulate.
     let dw0 = random(&mut rng, g.weight_len(), 1.0);
     let db0 = random(&mut rng, g.output.channels, 1.0);
-    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), db0.clone(), vec![0.0; n * g.input.len()]);
-    let (mut dw_fast, mut db_fast, mut dx_fast) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
-    reference::conv_backward(g, n, &x, &w, &dy, &mut dw_ref, &mut db_ref, Some(&mut dx_ref));
-    fast::conv::backward(g, n, &x, &w, &dy, &mut dw_fast, &mut db_fast, Some(&mut dx_fast));
+    let (mut dw_ref, mut db_ref, mut dx_ref) =
+        (dw0.clone(), db0.clone(), vec![0.0; n * g.input.len()]);
+    let (mut dw_fast, mut db_fast, mut dx_fast) =
+        (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
+    reference::conv_backward(
+        g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_ref,
+        &mut db_ref,
+        Some(&mut dx_ref),
+    );
+    fast::conv::backward(
+        g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_fast,
+        &mut db_fast,
+        Some(&mut dx_fast),
+    );
     assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
     assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
     assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
@@ -62,10 +91,22 @@ fn conv_small_geometries() {
     let cases = [
         ("1x1", conv(Shape::new(3, 5, 5), 4, 1, 1, 0, 1)),
         ("3x3 pad 1", conv(Shape::new(4, 7, 6), 6, 3, 1, 1, 1)),
-        ("5x5 pad 2 groups 2", conv(Shape::new(4, 9, 9), 6, 5, 1, 2, 2)),
-        ("11x11 stride 4 pad 2", conv(Shape::new(3, 31, 31), 8, 11, 4, 2, 1)),
-        ("stride 2 odd pad", conv(Shape::new(2, 8, 11), 4, 3, 2, 3, 2)),
-        ("pad larger than kernel", conv(Shape::new(2, 4, 4), 2, 2, 3, 3, 1)),
+        (
+            "5x5 pad 2 groups 2",
+            conv(Shape::new(4, 9, 9), 6, 5, 1, 2, 2),
+        ),
+        (
+            "11x11 stride 4 pad 2",
+            conv(Shape::new(3, 31, 31), 8, 11, 4, 2, 1),
+        ),
+        (
+            "stride 2 odd pad",
+            conv(Shape::new(2, 8, 11), 4, 3, 2, 3, 2),
+        ),
+        (
+            "pad larger than kernel",
+            conv(Shape::new(2, 4, 4), 2, 2, 3, 3, 1),
+        ),
         ("groups 4", conv(Shape::new(8, 6, 6), 8, 3, 1, 1, 4)),
     ];
     for (i, (name, g)) in cases.iter().enumerate() {
@@ -101,10 +142,30 @@ fn check_linear(g: LinearGeometry, n: usize, seed: u64) {
     let name = format!("linear {}->{} batch {n}", g.inputs, g.outputs);
     assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
     let dw0 = random(&mut rng, g.weight_len(), 1.0);
-    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), vec![0.5; g.outputs], vec![0.0; n * g.inputs]);
-    let (mut dw_fast, mut db_fast, mut dx_fast) = (dw0, vec![0.5; g.outputs], vec![f32::NAN; n * g.inputs]);
-    reference::linear_backward(&g, n, &x, &w, &dy, &mut dw_ref, &mut db_ref, Some(&mut dx_ref));
-    fast::linear::backward(&g, n, &x, &w, &dy, &mut dw_fast, &mut db_fast, Some(&mut dx_fast));
+    let (mut dw_ref, mut db_ref, mut dx_ref) =
+        (dw0.clone(), vec![0.5; g.outputs], vec![0.0; n * g.inputs]);
+    let (mut dw_fast, mut db_fast, mut dx_fast) =
+        (dw0, vec![0.5; g.outputs], vec![f32::NAN; n * g.inputs]);
+    reference::linear_backward(
+        &g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_ref,
+        &mut db_ref,
+        Some(&mut dx_ref),
+    );
+    fast::linear::backward(
+        &g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_fast,
+        &mut db_fast,
+        Some(&mut dx_fast),
+    );
     assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
     assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
     assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
@@ -112,12 +173,47 @@ fn check_linear(g: LinearGeometry, n: usize, seed: u64) {
 
 #[test]
 fn linear_small_and_paper_sizes() {
-    check_linear(LinearGeometry { inputs: 7, outputs: 3 }, 1, 1);
-    check_linear(LinearGeometry { inputs: 33, outputs: 17 }, 5, 2);
+    check_linear(
+        LinearGeometry {
+            inputs: 7,
+            outputs: 3,
+        },
+        1,
+        1,
+    );
+    check_linear(
+        LinearGeometry {
+            inputs: 33,
+            outputs: 17,
+        },
+        5,
+        2,
+    );
     // fc6, fc7, fc8 of the paper, at batch 2.
-    check_linear(LinearGeometry { inputs: 9216, outputs: 4096 }, 2, 3);
-    check_linear(LinearGeometry { inputs: 4096, outputs: 4096 }, 2, 4);
-    check_linear(LinearGeometry { inputs: 4096, outputs: 1000 }, 2, 5);
+    check_linear(
+        LinearGeometry {
+            inputs: 9216,
+            outputs: 4096,
+        },
+        2,
+        3,
+    );
+    check_linear(
+        LinearGeometry {
+            inputs: 4096,
+            outputs: 4096,
+        },
+        2,
+        4,
+    );
+    check_linear(
+        LinearGeometry {
+            inputs: 4096,
+            outputs: 1000,
+        },
+        2,
+        5,
+    );
 }
 
 fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
@@ -125,12 +221,18 @@ fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
     let len = n * g.shape.len();
     // Values of the size ReLU outputs have at the paper's pixel scale, so that
     // alpha * sum(a^2) is comparable with k and the normalisation matters.
-    let x: Vec<f32> = random(&mut rng, len, 60.0).into_iter().map(f32::abs).collect();
+    let x: Vec<f32> = random(&mut rng, len, 60.0)
+        .into_iter()
+        .map(f32::abs)
+        .collect();
     let dy = random(&mut rng, len, 1.0);
     let (mut y_ref, mut y_fast) = (vec![0.0; len], vec![f32::NAN; len]);
     reference::lrn_forward(&g, n, &x, &mut y_ref);
     fast::lrn::forward(&g, n, &x, &mut y_fast);
-    let name = format!("lrn {} size {} groups {} beta {}", g.shape, g.size, g.groups, g.beta);
+    let name = format!(
+        "lrn {} size {} groups {} beta {}",
+        g.shape, g.size, g.groups, g.beta
+    );
     assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
     let (mut dx_ref, mut dx_fast) = (vec![0.0; len], vec![f32::NAN; len]);
     reference::lrn_backward(&g, n, &x, &dy, &mut dx_ref);
@@ -140,10 +242,26 @@ fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
 
 #[test]
 fn lrn_small_and_paper_sizes() {
-    let paper = |shape, groups| LrnGeometry { shape, size: 5, alpha: 1e-4, beta: 0.75, k: 2.0, groups };
+    let paper = |shape, groups| LrnGeometry {
+        shape,
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        groups,
+    };
     check_lrn(paper(Shape::new(7, 3, 4), 1), 2, 1);
     check_lrn(paper(Shape::new(8, 3, 3), 2), 2, 2);
-    check_lrn(LrnGeometry { size: 3, beta: 0.5, k: 1.0, ..paper(Shape::new(6, 2, 5), 3) }, 1, 3);
+    check_lrn(
+        LrnGeometry {
+            size: 3,
+            beta: 0.5,
+            k: 1.0,
+            ..paper(Shape::new(6, 2, 5), 3)
+        },
+        1,
+        3,
+    );
     check_lrn(paper(Shape::new(96, 55, 55), 2), 1, 4);
     check_lrn(paper(Shape::new(256, 27, 27), 2), 1, 5);
     check_lrn(paper(Shape::new(96, 55, 55), 1), 1, 6);
@@ -151,7 +269,12 @@ fn lrn_small_and_paper_sizes() {
 
 fn pool(input: Shape, size: usize, stride: usize) -> PoolGeometry {
     let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
-    PoolGeometry { input, output: Shape::new(input.channels, side(input.height), side(input.width)), size, stride }
+    PoolGeometry {
+        input,
+        output: Shape::new(input.channels, side(input.height), side(input.width)),
+        size,
+        stride,
+    }
 }
 
 #[test]
@@ -169,7 +292,10 @@ fn pooling_small_and_paper_sizes() {
         let n = 2;
         let (il, ol) = (n * g.input.len(), n * g.output.len());
         // Half the inputs are zero, as after a ReLU, so ties are common.
-        let x: Vec<f32> = random(&mut rng, il, 1.0).into_iter().map(|v| v.max(0.0)).collect();
+        let x: Vec<f32> = random(&mut rng, il, 1.0)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
         let dy = random(&mut rng, ol, 1.0);
         let name = format!("pool {} size {} stride {}", g.input, g.size, g.stride);
         let (mut y_ref, mut y_fast) = (vec![0.0; ol], vec![f32::NAN; ol]);
@@ -216,7 +342,9 @@ fn elementwise_passes() {
     assert_close("tanh backward", &df, &dr, TOL);
 
     let g = DropoutGeometry { len, p: 0.5 };
-    let mask: Vec<f32> = (0..len).map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 }).collect();
+    let mask: Vec<f32> = (0..len)
+        .map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 })
+        .collect();
     let (mut r, mut f) = (vec![0.0; len], vec![f32::NAN; len]);
     reference::dropout_forward(&g, 1, &mask, &x, &mut r);
     fast::elementwise::multiply(&x, &mask, &mut f);

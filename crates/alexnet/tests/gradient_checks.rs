@@ -5,14 +5,18 @@
 //! to about 1e-8 relative, so 1e-6 catches any wrong term.
 
 use alexnet::cpu::reference as r;
-use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape};
+use alexnet::layers::{
+    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
+};
 use alexnet::rng::Rng;
 
 const EPS: f64 = 1e-6;
 const TOL: f64 = 1e-6;
 
 fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
-    (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (rng.uniform() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -21,7 +25,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// Compares `analytic` with central differences of `loss` over every value of `v`.
 fn check(what: &str, v: &mut [f64], analytic: &[f64], loss: &mut dyn FnMut(&[f64]) -> f64) {
-    let scale = analytic.iter().fold(0.0f64, |m, g| m.max(g.abs())).max(1e-3);
+    let scale = analytic
+        .iter()
+        .fold(0.0f64, |m, g| m.max(g.abs()))
+        .max(1e-3);
     for i in 0..v.len() {
         let keep = v[i];
         v[i] = keep + EPS;
@@ -68,15 +75,24 @@ fn conv_gradients() {
         };
         let name = format!("conv groups {groups} stride {stride} pad {pad}");
         let (w0, b0) = (w.clone(), b.clone());
-        check(&format!("{name} dx"), &mut x.clone(), &dx, &mut |x| forward(x, &w0, &b0));
-        check(&format!("{name} dw"), &mut w, &dw, &mut |w| forward(&x, w, &b0));
-        check(&format!("{name} db"), &mut b, &db, &mut |b| forward(&x, &w0, b));
+        check(&format!("{name} dx"), &mut x.clone(), &dx, &mut |x| {
+            forward(x, &w0, &b0)
+        });
+        check(&format!("{name} dw"), &mut w, &dw, &mut |w| {
+            forward(&x, w, &b0)
+        });
+        check(&format!("{name} db"), &mut b, &db, &mut |b| {
+            forward(&x, &w0, b)
+        });
     }
 }
 
 #[test]
 fn linear_gradients() {
-    let g = LinearGeometry { inputs: 6, outputs: 4 };
+    let g = LinearGeometry {
+        inputs: 6,
+        outputs: 4,
+    };
     let n = 3;
     let mut rng = Rng::new(1);
     let x = random(&mut rng, n * 6, 1.0);
@@ -91,7 +107,9 @@ fn linear_gradients() {
         dot(&y, &proj)
     };
     let (w0, b0) = (w.clone(), b.clone());
-    check("linear dx", &mut x.clone(), &dx, &mut |x| forward(x, &w0, &b0));
+    check("linear dx", &mut x.clone(), &dx, &mut |x| {
+        forward(x, &w0, &b0)
+    });
     check("linear dw", &mut w, &dw, &mut |w| forward(&x, w, &b0));
     check("linear db", &mut b, &db, &mut |b| forward(&x, &w0, b));
 }
@@ -100,26 +118,56 @@ fn linear_gradients() {
 fn activation_gradients() {
     let mut rng = Rng::new(2);
     // Keep ReLU inputs away from its kink at zero.
-    let mut x: Vec<f64> = random(&mut rng, 50, 1.0).into_iter().map(|v| v + 0.1f64.copysign(v)).collect();
+    let mut x: Vec<f64> = random(&mut rng, 50, 1.0)
+        .into_iter()
+        .map(|v| v + 0.1f64.copysign(v))
+        .collect();
     let proj = random(&mut rng, 50, 1.0);
     for tanh in [false, true] {
         let forward = |x: &[f64]| {
             let mut y = x.to_vec();
-            if tanh { r::tanh_forward(&mut y) } else { r::relu_forward(&mut y) }
+            if tanh {
+                r::tanh_forward(&mut y)
+            } else {
+                r::relu_forward(&mut y)
+            }
             y
         };
         let y = forward(&x);
         let mut d = proj.clone();
-        if tanh { r::tanh_backward(&y, &mut d) } else { r::relu_backward(&y, &mut d) }
-        check(if tanh { "tanh dx" } else { "relu dx" }, &mut x, &d, &mut |x| dot(&forward(x), &proj));
+        if tanh {
+            r::tanh_backward(&y, &mut d)
+        } else {
+            r::relu_backward(&y, &mut d)
+        }
+        check(
+            if tanh { "tanh dx" } else { "relu dx" },
+            &mut x,
+            &d,
+            &mut |x| dot(&forward(x), &proj),
+        );
     }
 }
 
 #[test]
 fn lrn_gradients() {
     let cases = [
-        LrnGeometry { shape: Shape::new(8, 2, 3), size: 5, alpha: 1e-4, beta: 0.75, k: 2.0, groups: 2 },
-        LrnGeometry { shape: Shape::new(7, 2, 2), size: 3, alpha: 0.01, beta: 0.6, k: 1.0, groups: 1 },
+        LrnGeometry {
+            shape: Shape::new(8, 2, 3),
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 2.0,
+            groups: 2,
+        },
+        LrnGeometry {
+            shape: Shape::new(7, 2, 2),
+            size: 3,
+            alpha: 0.01,
+            beta: 0.6,
+            k: 1.0,
+            groups: 1,
+        },
     ];
     for g in cases {
         let n = 2;
@@ -144,7 +192,12 @@ fn pooling_gradients() {
     let input = Shape::new(2, 7, 7);
     for (size, stride) in [(3, 2), (2, 2)] {
         let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
-        let g = PoolGeometry { input, output: Shape::new(2, side(7), side(7)), size, stride };
+        let g = PoolGeometry {
+            input,
+            output: Shape::new(2, side(7), side(7)),
+            size,
+            stride,
+        };
         let n = 2;
         let mut rng = Rng::new(4);
         // Distinct values: a finite difference across a tie would be meaningless.
@@ -155,17 +208,27 @@ fn pooling_gradients() {
         let proj = random(&mut rng, n * g.output.len(), 1.0);
         let mut dx = vec![0.0; x.len()];
         r::max_pool_backward(&g, n, &x, &proj, &mut dx);
-        check(&format!("max pool {size}/{stride}"), &mut x.clone(), &dx, &mut |x| {
-            let mut y = vec![0.0; proj.len()];
-            r::max_pool_forward(&g, n, x, &mut y);
-            dot(&y, &proj)
-        });
+        check(
+            &format!("max pool {size}/{stride}"),
+            &mut x.clone(),
+            &dx,
+            &mut |x| {
+                let mut y = vec![0.0; proj.len()];
+                r::max_pool_forward(&g, n, x, &mut y);
+                dot(&y, &proj)
+            },
+        );
         r::avg_pool_backward(&g, n, &proj, &mut dx);
-        check(&format!("avg pool {size}/{stride}"), &mut x, &dx, &mut |x| {
-            let mut y = vec![0.0; proj.len()];
-            r::avg_pool_forward(&g, n, x, &mut y);
-            dot(&y, &proj)
-        });
+        check(
+            &format!("avg pool {size}/{stride}"),
+            &mut x,
+            &dx,
+            &mut |x| {
+                let mut y = vec![0.0; proj.len()];
+                r::avg_pool_forward(&g, n, x, &mut y);
+                dot(&y, &proj)
+            },
+        );
     }
 }
 
@@ -173,7 +236,9 @@ fn pooling_gradients() {
 fn dropout_gradients() {
     let g = DropoutGeometry { len: 10, p: 0.5 };
     let mut rng = Rng::new(5);
-    let mask: Vec<f64> = (0..20).map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 }).collect();
+    let mask: Vec<f64> = (0..20)
+        .map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 })
+        .collect();
     let mut x = random(&mut rng, 20, 1.0);
     let proj = random(&mut rng, 20, 1.0);
     let mut dx = vec![0.0; 20];

@@ -14,7 +14,10 @@ use common::{assert_close, random};
 /// The paper's layout at a tenth of the width, on 67x67 inputs: every kind of
 /// layer of the real net with its kernel sizes, strides, groups and per-tower LRN.
 fn paper_mini() -> NetSpec {
-    let mut spec = NetSpec::preset("alexnet").unwrap().with_input(3, 67, 67).with_classes(10);
+    let mut spec = NetSpec::preset("alexnet")
+        .unwrap()
+        .with_input(3, 67, 67)
+        .with_classes(10);
     for layer in &mut spec.layers {
         match layer {
             alexnet::spec::LayerSpec::Conv(c) => c.out /= 8,
@@ -25,7 +28,11 @@ fn paper_mini() -> NetSpec {
     spec
 }
 
-fn run_steps<B: Backend>(backend: B, spec: &NetSpec, steps: usize) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+fn run_steps<B: Backend>(
+    backend: B,
+    spec: &NetSpec,
+    steps: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
     let batch = 4;
     let mut net = Network::new(backend, spec, batch, 11).unwrap();
     let mut rng = Rng::new(5);
@@ -37,19 +44,34 @@ fn run_steps<B: Backend>(backend: B, spec: &NetSpec, steps: usize) -> (Vec<f32>,
         losses.push(net.train_step(&images, &labels, &sgd).unwrap());
     }
     let logits = net.predict(&images).unwrap();
-    let params = (0..net.params().len()).map(|i| net.param_values(i)).collect();
+    let params = (0..net.params().len())
+        .map(|i| net.param_values(i))
+        .collect();
     (losses, logits, params)
 }
 
 #[test]
 fn fast_backend_trains_like_the_reference() {
-    for spec in [paper_mini(), NetSpec::preset("cifar").unwrap().with_input(1, 28, 28)] {
+    for spec in [
+        paper_mini(),
+        NetSpec::preset("cifar").unwrap().with_input(1, 28, 28),
+    ] {
         let (loss_fast, logits_fast, params_fast) = run_steps(Cpu, &spec, 3);
         let (loss_ref, logits_ref, params_ref) = run_steps(ReferenceCpu, &spec, 3);
         // Rounding differences grow a little over steps; 1e-4 relative is still far
         // below what any wrong index or missing term would produce.
-        assert_close(&format!("{} losses", spec.name), &loss_fast, &loss_ref, 1e-4);
-        assert_close(&format!("{} logits", spec.name), &logits_fast, &logits_ref, 1e-4);
+        assert_close(
+            &format!("{} losses", spec.name),
+            &loss_fast,
+            &loss_ref,
+            1e-4,
+        );
+        assert_close(
+            &format!("{} logits", spec.name),
+            &logits_fast,
+            &logits_ref,
+            1e-4,
+        );
         let plan = alexnet::Plan::new(&spec).unwrap();
         for (info, (f, r)) in plan.params.iter().zip(params_fast.iter().zip(&params_ref)) {
             assert_close(&format!("{} {}", spec.name, info.name), f, r, 1e-4);
@@ -68,8 +90,17 @@ fn paper_initialisation() {
                 assert_eq!(std, 0.01, "{}", p.info.name);
                 let n = values.len() as f64;
                 let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let sd = (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
-                assert!(mean.abs() < 0.01 * 5.0 / n.sqrt(), "{} mean {mean}", p.info.name);
+                let sd = (values
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / n)
+                    .sqrt();
+                assert!(
+                    mean.abs() < 0.01 * 5.0 / n.sqrt(),
+                    "{} mean {mean}",
+                    p.info.name
+                );
                 assert!((sd - 0.01).abs() < 0.0005, "{} std {sd}", p.info.name);
             }
             Init::Constant(c) => assert!(values.iter().all(|&v| v == c), "{}", p.info.name),
@@ -89,10 +120,14 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     let mut net = Network::new(Cpu, &spec, 2, 1).unwrap();
     let mut rng = Rng::new(1);
     let images = random(&mut rng, 2 * net.plan().input_shape().len(), 100.0);
-    net.train_step(&images, &[1, 2], &Sgd::from_recipe(&spec.recipe)).unwrap();
+    net.train_step(&images, &[1, 2], &Sgd::from_recipe(&spec.recipe))
+        .unwrap();
     let extra = BTreeMap::from([("note".to_string(), "test".to_string())]);
     checkpoint::save(&net, &path, 1, true, &extra).unwrap();
-    assert!(!dir.join(".net.safetensors.tmp").exists(), "temporary file left behind");
+    assert!(
+        !dir.join(".net.safetensors.tmp").exists(),
+        "temporary file left behind"
+    );
 
     let loaded = checkpoint::load(&path).unwrap();
     assert_eq!(loaded.spec, spec);
@@ -101,7 +136,10 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     assert_eq!(loaded.tensors["conv1.weight"].0, vec![12, 3, 11, 11]);
     let mut fresh = Network::new(Cpu, &loaded.spec, 2, 99).unwrap();
     loaded.apply(&mut fresh, &path, true).unwrap();
-    assert_eq!(fresh.predict(&images).unwrap(), net.predict(&images).unwrap());
+    assert_eq!(
+        fresh.predict(&images).unwrap(),
+        net.predict(&images).unwrap()
+    );
     for i in 0..net.params().len() {
         assert_eq!(fresh.param_velocity(i), net.param_velocity(i));
     }
@@ -112,15 +150,25 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
         c.out = 16;
     }
     let mut other = Network::new(Cpu, &wider, 1, 1).unwrap();
-    let err = loaded.apply(&mut other, &path, false).unwrap_err().to_string();
-    assert!(err.contains("conv1.weight") && err.contains("[16, 3, 11, 11]") && err.contains("[12, 3, 11, 11]"), "{err}");
+    let err = loaded
+        .apply(&mut other, &path, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv1.weight")
+            && err.contains("[16, 3, 11, 11]")
+            && err.contains("[12, 3, 11, 11]"),
+        "{err}"
+    );
 
     // Not a checkpoint at all.
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
     let err = checkpoint::load(&junk).unwrap_err().to_string();
     assert!(err.contains("junk.safetensors"), "{err}");
-    let err = checkpoint::load(&dir.join("missing.safetensors")).unwrap_err().to_string();
+    let err = checkpoint::load(&dir.join("missing.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -131,7 +179,10 @@ fn bad_inputs_are_refused_with_a_message() {
     let mut net = Network::new(Cpu, &spec, 2, 1).unwrap();
     let err = net.set_input(&[0.0; 100]).unwrap_err().to_string();
     assert!(err.contains("3x32x32"), "{err}");
-    let err = net.set_input(&vec![0.0; 3 * 3 * 32 * 32]).unwrap_err().to_string();
+    let err = net
+        .set_input(&vec![0.0; 3 * 3 * 32 * 32])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at most 2 images"), "{err}");
     net.set_input(&vec![0.0; 3 * 32 * 32]).unwrap();
     net.forward(Mode::Train);
@@ -161,7 +212,10 @@ fn dropout_is_the_identity_at_test_time_and_random_in_training() {
 /// A small learnable task: each class is a fixed random pattern plus noise.
 #[test]
 fn the_cifar_net_learns_a_simple_task() {
-    let spec = NetSpec::preset("cifar").unwrap().with_input(1, 28, 28).with_classes(4);
+    let spec = NetSpec::preset("cifar")
+        .unwrap()
+        .with_input(1, 28, 28)
+        .with_classes(4);
     let batch = 32;
     let mut net = Network::new(Cpu, &spec, batch, 7).unwrap();
     let mut rng = Rng::new(8);
@@ -173,7 +227,11 @@ fn the_cifar_net_learns_a_simple_task() {
         let labels: Vec<u32> = (0..batch).map(|_| rng.below(4) as u32).collect();
         let mut images = Vec::with_capacity(batch * len);
         for &l in &labels {
-            images.extend(patterns[l as usize].iter().map(|&v| v + ((rng.uniform() - 0.5) * 100.0) as f32));
+            images.extend(
+                patterns[l as usize]
+                    .iter()
+                    .map(|&v| v + ((rng.uniform() - 0.5) * 100.0) as f32),
+            );
         }
         (images, labels)
     };
@@ -190,8 +248,21 @@ fn the_cifar_net_learns_a_simple_task() {
     let correct = logits
         .chunks_exact(4)
         .zip(&labels)
-        .filter(|(row, l)| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 == **l as usize)
+        .filter(|(row, l)| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+                == **l as usize
+        })
         .count();
-    assert!((first - (4f32).ln()).abs() < 0.2, "initial loss {first} should be near ln 4");
-    assert!(correct >= batch * 3 / 4, "only {correct} of {batch} right after training");
+    assert!(
+        (first - (4f32).ln()).abs() < 0.2,
+        "initial loss {first} should be near ln 4"
+    );
+    assert!(
+        correct >= batch * 3 / 4,
+        "only {correct} of {batch} right after training"
+    );
 }

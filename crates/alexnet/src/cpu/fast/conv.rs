@@ -88,7 +88,9 @@ fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32]) {
                         // Contiguous on both sides: a plain vectorisable add.
                         let first = cols.start + kx - g.pad;
                         let dst = &mut dst[first..first + cols.len()];
-                        dst.iter_mut().zip(&src[cols.clone()]).for_each(|(d, v)| *d += v);
+                        dst.iter_mut()
+                            .zip(&src[cols.clone()])
+                            .for_each(|(d, v)| *d += v);
                     } else {
                         for ox in cols.clone() {
                             dst[ox * s + kx - g.pad] += src[ox];

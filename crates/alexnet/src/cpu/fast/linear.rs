@@ -29,7 +29,18 @@ pub fn forward(g: &LinearGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y:
     let y = &mut y[..n * g.outputs];
     with_scratch(n * g.outputs, |yt| {
         // y^T[out x n] = W[out x in] * x^T, x stored [n x in].
-        matmul(g.outputs, n, g.inputs, w, Layout::Normal, x, Layout::Transposed, yt, false, threads);
+        matmul(
+            g.outputs,
+            n,
+            g.inputs,
+            w,
+            Layout::Normal,
+            x,
+            Layout::Transposed,
+            yt,
+            false,
+            threads,
+        );
         transpose(yt, g.outputs, n, y);
     });
     for row in y.chunks_exact_mut(g.outputs) {
@@ -56,10 +67,32 @@ pub fn backward(
         let (dyt, dxt) = scratch.split_at_mut(n * g.outputs);
         transpose(dy, n, g.outputs, dyt);
         // dW[out x in] += dY^T[out x n] * x[n x in].
-        matmul(g.outputs, g.inputs, n, dyt, Layout::Normal, x, Layout::Normal, dw, true, threads);
+        matmul(
+            g.outputs,
+            g.inputs,
+            n,
+            dyt,
+            Layout::Normal,
+            x,
+            Layout::Normal,
+            dw,
+            true,
+            threads,
+        );
         if let Some(dx) = dx {
             // dX^T[in x n] = W^T[in x out] * dY^T[out x n], W stored [out x in].
-            matmul(g.inputs, n, g.outputs, w, Layout::Transposed, dyt, Layout::Normal, dxt, false, threads);
+            matmul(
+                g.inputs,
+                n,
+                g.outputs,
+                w,
+                Layout::Transposed,
+                dyt,
+                Layout::Normal,
+                dxt,
+                false,
+                threads,
+            );
             transpose(dxt, g.inputs, n, &mut dx[..n * g.inputs]);
         }
     });

@@ -1,20 +1,26 @@
 //! Per-thread scratch memory that grows to the largest request and is then
 //! reused, so that a training step allocates nothing after the first.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's scratch buffer of at least `len` values (contents
-/// unspecified). Not re-entrant: `f` must not ask for scratch itself.
+/// unspecified). The buffer is taken out of the thread-local slot for the call,
+/// so a nested call (rayon may run another task on this thread while `f` waits)
+/// gets a fresh buffer instead of aliasing this one.
 pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        f(&mut buf[..len])
-    })
+    let mut buf = SCRATCH.with(Cell::take);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let result = f(&mut buf[..len]);
+    SCRATCH.with(|slot| {
+        // Keep the larger of this buffer and any left by a nested call.
+        let other = slot.take();
+        slot.set(if other.len() > buf.len() { other } else { buf });
+    });
+    result
 }
