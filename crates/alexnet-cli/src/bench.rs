@@ -41,6 +41,8 @@ fn peak_resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+const BENCH_LEARNING_RATE: f32 = 1e-5;
+
 struct Batch {
     images: Vec<f32>,
     labels: Vec<u32>,
@@ -85,7 +87,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let image_len = plan.input_shape().len();
     let classes = plan.classes();
     let mut rng = Rng::new(2);
-    let sgd = Sgd::from_recipe(&spec.recipe);
+    // Speed does not depend on the learning rate; a small one keeps the loss finite
+    // while the same random batch is trained on again and again (at the recipe's
+    // 0.01 it diverges within a few steps). tools/bench_pytorch.py uses the same.
+    let sgd = Sgd { learning_rate: BENCH_LEARNING_RATE, ..Sgd::from_recipe(&spec.recipe) };
     let backend = net.backend().describe();
 
     let mut train = Vec::new();

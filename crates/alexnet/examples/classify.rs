@@ -7,7 +7,6 @@
 //! comes from the file). Without one, a freshly initialised `cifar` net is saved
 //! to a temporary file first, so the example runs on its own.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use alexnet::{Cpu, NetSpec, Network, checkpoint, softmax_rows};
@@ -19,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let spec = NetSpec::preset("cifar")?.with_input(1, 28, 28);
             let net = Network::new(Cpu, &spec, 1, 42)?;
             let path = std::env::temp_dir().join("alexnet-example.safetensors");
-            checkpoint::save(&net, &path, 0, false, &BTreeMap::new())?;
+            checkpoint::save(&net, &path, &checkpoint::SaveOptions::default())?;
             println!("saved a fresh {} net to {}", spec.name, path.display());
             path
         }

@@ -36,38 +36,42 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
-/// Writes the net's parameters (and velocities, when `with_velocity`) to `path` atomically.
-pub fn save<B: Backend>(
-    net: &Network<B>,
-    path: &Path,
-    step: u64,
-    with_velocity: bool,
-    extra: &BTreeMap<String, String>,
-) -> Result<()> {
+/// What a checkpoint holds besides the parameters.
+#[derive(Clone, Debug, Default)]
+pub struct SaveOptions {
+    pub step: u64,
+    /// Also store the SGD velocities (needed to resume training exactly).
+    pub with_velocity: bool,
+    /// Extra metadata fields (training state, preprocessing, class names).
+    pub metadata: BTreeMap<String, String>,
+    /// Extra tensors (for instance the mean image): name, shape, values.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+/// A tensor's values as little-endian bytes.
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Writes the net's parameters and what `options` asks for to `path` atomically.
+pub fn save<B: Backend>(net: &Network<B>, path: &Path, options: &SaveOptions) -> Result<()> {
     let mut metadata: HashMap<String, String> =
-        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        options.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     metadata.insert("format".into(), FORMAT.into());
     metadata.insert("spec".into(), net.spec().to_toml());
-    metadata.insert("step".into(), step.to_string());
+    metadata.insert("step".into(), options.step.to_string());
 
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape, values) in &options.tensors {
+        owned.push((name.clone(), shape.clone(), le_bytes(values)));
+    }
     for (index, p) in net.params().iter().enumerate() {
-        let bytes = |values: Vec<f32>| {
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-        };
-        owned.push((
-            p.info.name.clone(),
-            p.info.shape.clone(),
-            bytes(net.param_values(index)),
-        ));
-        if with_velocity {
+        owned.push((p.info.name.clone(), p.info.shape.clone(), le_bytes(&net.param_values(index))));
+        if options.with_velocity {
             owned.push((
                 format!("{VELOCITY_PREFIX}{}", p.info.name),
                 p.info.shape.clone(),
-                bytes(net.param_velocity(index)),
+                le_bytes(&net.param_velocity(index)),
             ));
         }
     }

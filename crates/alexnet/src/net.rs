@@ -29,6 +29,8 @@ pub struct Param<Buf> {
     pub value: Buf,
     pub grad: Buf,
     pub velocity: Buf,
+    /// Frozen parameters keep their values: the SGD step skips them (fine-tuning).
+    pub frozen: bool,
 }
 
 /// Seconds spent in each layer's forward and backward pass, when recorded.
@@ -89,6 +91,7 @@ impl<B: Backend> Network<B> {
                 value,
                 grad: backend.alloc(info.len())?,
                 velocity: backend.alloc(info.len())?,
+                frozen: false,
             });
         }
         let activations = plan
@@ -360,6 +363,17 @@ impl<B: Backend> Network<B> {
         host
     }
 
+    /// The output of layer `index` (of `plan().layers`) for the current batch, copied
+    /// to the host: `n x output` values. In-place activations have already been
+    /// applied to their input layer's output, so a linear layer followed by a ReLU
+    /// yields the rectified values (the paper's fc7 features).
+    pub fn layer_output(&self, index: usize) -> Vec<f32> {
+        let layer = &self.plan.layers[index];
+        let mut host = vec![0.0; self.batch * layer.output.len()];
+        self.backend.download(&self.activations[layer.dst], &mut host);
+        host
+    }
+
     /// Runs `images` forward in test mode and returns the logits.
     pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
         self.set_input(images)?;
@@ -485,9 +499,15 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    /// One SGD update of every parameter from the gradients of the last backward pass.
+    /// Freezes (or unfreezes) a parameter tensor: frozen ones are not updated.
+    pub fn set_frozen(&mut self, index: usize, frozen: bool) {
+        self.params[index].frozen = frozen;
+    }
+
+    /// One SGD update of every parameter that is not frozen, from the gradients of
+    /// the last backward pass.
     pub fn sgd_step(&mut self, sgd: &Sgd) {
-        for p in &mut self.params {
+        for p in self.params.iter_mut().filter(|p| !p.frozen) {
             let decay = if p.info.decay { sgd.weight_decay } else { 0.0 };
             self.backend.sgd_update(
                 &mut p.value,

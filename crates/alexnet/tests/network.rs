@@ -122,8 +122,13 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     let images = random(&mut rng, 2 * net.plan().input_shape().len(), 100.0);
     net.train_step(&images, &[1, 2], &Sgd::from_recipe(&spec.recipe))
         .unwrap();
-    let extra = BTreeMap::from([("note".to_string(), "test".to_string())]);
-    checkpoint::save(&net, &path, 1, true, &extra).unwrap();
+    let options = checkpoint::SaveOptions {
+        step: 1,
+        with_velocity: true,
+        metadata: BTreeMap::from([("note".to_string(), "test".to_string())]),
+        tensors: vec![("preprocess.mean".to_string(), vec![2], vec![1.5, 2.5])],
+    };
+    checkpoint::save(&net, &path, &options).unwrap();
     assert!(
         !dir.join(".net.safetensors.tmp").exists(),
         "temporary file left behind"
@@ -133,6 +138,7 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     assert_eq!(loaded.spec, spec);
     assert_eq!(loaded.step, 1);
     assert_eq!(loaded.metadata["note"], "test");
+    assert_eq!(loaded.tensors["preprocess.mean"], (vec![2], vec![1.5, 2.5]));
     assert_eq!(loaded.tensors["conv1.weight"].0, vec![12, 3, 11, 11]);
     let mut fresh = Network::new(Cpu, &loaded.spec, 2, 99).unwrap();
     loaded.apply(&mut fresh, &path, true).unwrap();

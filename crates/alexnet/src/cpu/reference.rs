@@ -377,7 +377,9 @@ pub fn softmax_cross_entropy<T: Float>(
         let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
         let sum = row.iter().fold(T::zero(), |s, &v| s + (v - max).exp());
         let label = labels[img] as usize;
-        loss = loss - ((row[label] - max).exp() / sum).ln();
+        // ln(sum) - (x_label - max) rather than -ln(exp(x_label - max) / sum): the
+        // latter underflows to ln(0) = -inf once a logit is ~100 below the largest.
+        loss = loss + sum.ln() - (row[label] - max);
         for c in 0..classes {
             let p = (row[c] - max).exp() / sum;
             let target = if c == label { T::one() } else { T::zero() };
@@ -400,5 +402,19 @@ pub fn sgd_update<T: Float>(
     for i in 0..w.len() {
         v[i] = momentum * v[i] - decay * lr * w[i] - lr * dw[i];
         w[i] = w[i] + v[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_stays_finite_for_far_apart_logits() {
+        let logits = [0.0f32, 200.0, -300.0];
+        let mut d = [0.0f32; 3];
+        let loss = softmax_cross_entropy(3, 1, &logits, &[2], &mut d);
+        assert_eq!(loss, 500.0);
+        assert_eq!(d, [0.0, 1.0, -1.0]);
     }
 }
