@@ -126,7 +126,9 @@ fn conv_at_the_papers_sizes() {
         ("conv5", conv(Shape::new(384, 13, 13), 256, 3, 1, 1, 2)),
     ];
     for (i, (name, g)) in cases.iter().enumerate() {
-        check_conv(name, g, 2, 100 + i as u64);
+        for n in [1, 2] {
+            check_conv(name, g, n, 100 + i as u64);
+        }
     }
 }
 

@@ -34,17 +34,23 @@ fn input_row(g: &ConvGeometry, oy: usize, ky: usize) -> Option<usize> {
 
 /// Unfolds one group of one image into `col` (`patch_len x out_plane`).
 fn im2col(g: &ConvGeometry, image: &[f32], group: usize, col: &mut [f32]) {
-    let (k, s, ow, oh) = (g.kernel, g.stride, g.output.width, g.output.height);
+    im2col_rows(g, image, group, 0..g.output.height, col);
+}
+
+/// Unfolds only the output rows `rows` (`patch_len x rows.len() * out_width`).
+fn im2col_rows(g: &ConvGeometry, image: &[f32], group: usize, rows: Range<usize>, col: &mut [f32]) {
+    let (k, s, ow) = (g.kernel, g.stride, g.output.width);
     let in_plane = g.input.height * g.input.width;
     let ci = g.in_per_group();
+    let width = rows.len() * ow;
     for c in 0..ci {
         let plane = &image[(group * ci + c) * in_plane..][..in_plane];
         for ky in 0..k {
             for kx in 0..k {
                 let cols = valid_columns(g, kx);
-                let row = &mut col[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
-                for oy in 0..oh {
-                    let out = &mut row[oy * ow..][..ow];
+                let row = &mut col[((c * k + ky) * k + kx) * width..][..width];
+                for (r, oy) in rows.clone().enumerate() {
+                    let out = &mut row[r * ow..][..ow];
                     let Some(iy) = input_row(g, oy, ky) else {
                         out.fill(0.0);
                         continue;
@@ -136,14 +142,62 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
     if n >= threads {
         images.for_each(|(x, y)| forward_image(g, x, w, b, y, 1));
     } else {
-        // Too few images to keep every thread busy: parallelise inside the products.
+        // Too few images to keep every thread busy: split each image's output rows.
         for (x, y) in x[..n * il]
             .chunks_exact(il)
             .zip(y[..n * ol].chunks_exact_mut(ol))
         {
-            forward_image(g, x, w, b, y, threads);
+            forward_image_split(g, x, w, b, y, threads);
         }
     }
+}
+
+/// A pointer that may be shared between threads that write disjoint parts of its target.
+#[derive(Clone, Copy)]
+struct DisjointWrites(*mut f32);
+// SAFETY: used only where every thread writes a part of the buffer no other thread touches.
+unsafe impl Send for DisjointWrites {}
+unsafe impl Sync for DisjointWrites {}
+
+/// Forward pass of one image with its output rows shared among `threads`: each
+/// thread unfolds and multiplies its own band of rows for every group.
+fn forward_image_split(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], threads: usize) {
+    let (co, kl, plane, ow, oh) = (g.out_per_group(), g.patch_len(), g.out_plane(), g.output.width, g.output.height);
+    assert!(y.len() >= g.output.len());
+    let band = oh.div_ceil(threads.max(1));
+    let target = DisjointWrites(y.as_mut_ptr());
+    (0..oh.div_ceil(band)).into_par_iter().for_each(|index| {
+        let rows = index * band..((index + 1) * band).min(oh);
+        let width = rows.len() * ow;
+        with_scratch((kl + g.output.channels) * width, |scratch| {
+            let (col, out) = scratch.split_at_mut(kl * width);
+            for group in 0..g.groups {
+                im2col_rows(g, x, group, rows.clone(), col);
+                matmul(
+                    co,
+                    width,
+                    kl,
+                    &w[group * co * kl..][..co * kl],
+                    Layout::Normal,
+                    col,
+                    Layout::Normal,
+                    &mut out[group * co * width..][..co * width],
+                    false,
+                    1,
+                );
+            }
+            let target = target;
+            for (channel, bias) in b.iter().enumerate() {
+                // SAFETY: this band owns output rows `rows` of every channel: the
+                // range below lies inside `y` (checked above) and no other band
+                // writes it.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(target.0.add(channel * plane + rows.start * ow), width)
+                };
+                dst.iter_mut().zip(&out[channel * width..][..width]).for_each(|(d, v)| *d = v + bias);
+            }
+        });
+    });
 }
 
 /// Backward pass over a run of images, adding into `dw`/`db` and writing `dx`.
