@@ -90,7 +90,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Speed does not depend on the learning rate; a small one keeps the loss finite
     // while the same random batch is trained on again and again (at the recipe's
     // 0.01 it diverges within a few steps). tools/bench_pytorch.py uses the same.
-    let sgd = Sgd { learning_rate: BENCH_LEARNING_RATE, ..Sgd::from_recipe(&spec.recipe) };
+    let sgd = Sgd {
+        learning_rate: BENCH_LEARNING_RATE,
+        ..Sgd::from_recipe(&spec.recipe)
+    };
     let backend = net.backend().describe();
 
     let mut train = Vec::new();

@@ -1,9 +1,16 @@
-//! `alexnet info`: the layers of a net, their output shapes and parameters.
+//! `alexnet info`: a net's layers, output shapes and parameters; a checkpoint's
+//! network, training state and preprocessing; a dataset's classes, splits, image
+//! size, mean and colour principal components.
+
+use std::path::PathBuf;
 
 use alexnet::plan::Op;
-use alexnet::{NetSpec, Plan};
+use alexnet::{NetSpec, Plan, checkpoint};
+use alexnet_data::Dataset;
 use anyhow::Result;
 use clap::Args;
+
+use crate::preprocess::Preprocess;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -13,18 +20,21 @@ pub struct InfoArgs {
     /// Override the number of classes.
     #[arg(long)]
     classes: Option<usize>,
+    /// Describe this checkpoint instead (its own network).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Describe this prepared dataset instead.
+    #[arg(long)]
+    data: Option<PathBuf>,
 }
 
-pub fn run(args: InfoArgs) -> Result<()> {
-    let mut spec = NetSpec::resolve(&args.arch)?;
-    if let Some(classes) = args.classes {
-        spec = spec.with_classes(classes);
-    }
-    let plan = Plan::new(&spec)?;
+fn print_plan(plan: &Plan) {
+    let spec = &plan.spec;
     println!(
-        "{}: input {}, {} classes",
+        "{}: input {} ({:?} pixels), {} classes",
         spec.name,
         plan.input_shape(),
+        spec.input.pixels,
         plan.classes()
     );
     println!("{:<22} {:>14} {:>12}", "layer", "output", "parameters");
@@ -47,5 +57,66 @@ pub fn run(args: InfoArgs) -> Result<()> {
         plan.parameter_count(),
         plan.forward_macs() as f64 / 1e9
     );
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    if let Some(path) = &args.data {
+        let dataset = Dataset::open(path)?;
+        let info = dataset.info();
+        println!(
+            "dataset {} ({}): {}x{}x{} images",
+            info.name, info.source, info.channels, info.height, info.width
+        );
+        for (split, count) in &info.splits {
+            println!("  split {split}: {count} images");
+        }
+        let shown: Vec<String> = info
+            .classes
+            .iter()
+            .take(10)
+            .map(|c| format!("{} ({})", c.name, c.id))
+            .collect();
+        println!(
+            "  {} classes: {}{}",
+            info.classes.len(),
+            shown.join(", "),
+            if info.classes.len() > 10 { ", ..." } else { "" }
+        );
+        let mean = dataset.mean();
+        let plane = info.height * info.width;
+        for c in 0..info.channels {
+            let m = mean[c * plane..][..plane]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / plane as f64;
+            println!("  mean of channel {c}: {m:.2}");
+        }
+        println!("  colour PCA eigenvalues: {:?}", info.pca_eigenvalues);
+        return Ok(());
+    }
+    if let Some(path) = &args.checkpoint {
+        let ckpt = checkpoint::load(path)?;
+        println!("checkpoint {} at step {}", path.display(), ckpt.step);
+        if let Some(state) = ckpt.metadata.get("train_state") {
+            println!("training state: {state}");
+        }
+        if let Ok(pre) = Preprocess::from_checkpoint(&ckpt) {
+            println!(
+                "preprocessing: stored {:?}, mean image subtracted: {}, trained on {} ({} classes)",
+                pre.stored,
+                pre.subtract_mean,
+                pre.dataset,
+                pre.class_names.len()
+            );
+        }
+        print_plan(&Plan::new(&ckpt.spec)?);
+        return Ok(());
+    }
+    let mut spec = NetSpec::resolve(&args.arch)?;
+    if let Some(classes) = args.classes {
+        spec = spec.with_classes(classes);
+    }
+    print_plan(&Plan::new(&spec)?);
     Ok(())
 }

@@ -1,7 +1,21 @@
 //! The `alexnet` command.
 
 mod bench;
+mod chart;
+mod classify;
+mod evaluate;
+mod features;
 mod info;
+mod kernels;
+mod output;
+mod plot;
+mod prepare;
+mod preprocess;
+mod progress;
+mod train;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +36,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Turn image folders or MNIST/CIFAR files into a prepared dataset.
+    Prepare(prepare::PrepareArgs),
+    /// Train a net on a prepared dataset with the paper's recipe.
+    Train(train::TrainArgs),
+    /// Top-1 and top-5 error of a checkpoint on a dataset split.
+    Eval(evaluate::EvalArgs),
+    /// The most probable classes of image files.
+    Classify(classify::ClassifyArgs),
+    /// Write the last hidden layer's activations for a dataset split.
+    Features(features::FeaturesArgs),
+    /// Find the images nearest to queries by their features (the paper's Figure 4).
+    Similar(features::SimilarArgs),
+    /// Draw training curves from metrics logs (the paper's Figure 1).
+    Plot(plot::PlotArgs),
+    /// Draw the first layer's kernels (the paper's Figure 3).
+    Kernels(kernels::KernelsArgs),
     /// Time training and inference of a net on random data, with a per-layer breakdown.
     Bench(bench::BenchArgs),
     /// Show a network's layers, shapes and parameter counts.
@@ -35,7 +65,22 @@ fn main() -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
+    let threads = rayon::current_num_threads();
     match cli.command {
+        Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => {
+            // Ctrl-C asks the trainer to write a checkpoint and stop after the current step.
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
+            train::run(args, interrupted)
+        }
+        Command::Eval(args) => evaluate::run(args, threads),
+        Command::Classify(args) => classify::run(args),
+        Command::Features(args) => features::run_features(args, threads),
+        Command::Similar(args) => features::run_similar(args),
+        Command::Plot(args) => plot::run(args),
+        Command::Kernels(args) => kernels::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
     }

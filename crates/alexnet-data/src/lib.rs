@@ -1,8 +1,39 @@
 //! # alexnet-data
 //!
-//! Datasets for the `alexnet` engine: preparing photo folders and the small
-//! image sets into prepared datasets, and loading them with the paper's
-//! augmentation. This crate is not written yet: it holds the place the data
-//! pipeline takes in the workspace, so the dependency direction
-//! (`alexnet-cli` → `alexnet-data` → nothing of the engine's internals) is fixed
-//! from the start.
+//! Datasets for the `alexnet` engine: sources (photo folders in ImageNet's layout,
+//! MNIST/Fashion-MNIST IDX files, CIFAR binary batches) prepared once into a
+//! dataset directory of fixed-size records, then read through memory maps and fed
+//! to training with the paper's augmentation (Section 4.1): random crops and
+//! reflections, PCA colour shifts, mean-image subtraction, and the ten test patches.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use alexnet_data::{Dataset, Loader, LoaderConfig, View};
+//!
+//! let dataset = Dataset::open(Path::new("data/imagenet")).unwrap();
+//! let split = dataset.split("train").unwrap();
+//! let config = LoaderConfig::new(128, View::paper_train(224, 224), 42, 0);
+//! let loader = Loader::new(split, config, dataset.mean_shared(), dataset.info()).unwrap();
+//! for batch in loader {
+//!     // batch.images: 128 x 3 x 224 x 224 f32, NCHW; batch.labels: 128 labels.
+//! }
+//! ```
+//!
+//! Modules: [`format`](mod@format) (the files on disk), [`dataset`] (opening and checking a
+//! dataset), [`prepare`] (writing one from a source), [`loader`] (batches).
+
+pub mod dataset;
+pub mod error;
+pub mod format;
+pub mod loader;
+pub mod prepare;
+mod stats;
+
+pub use dataset::{Dataset, DatasetInfo, Split};
+pub use error::{Error, Result};
+pub use format::ClassInfo;
+pub use loader::{Batch, Loader, LoaderConfig, View, holdout};
+pub use prepare::{
+    FolderOptions, IdxNames, PrepareOptions, SourceKind, Summary, detect_source, load_photo,
+    prepare_cifar, prepare_folder, prepare_idx,
+};

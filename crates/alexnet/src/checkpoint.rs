@@ -55,8 +55,11 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Writes the net's parameters and what `options` asks for to `path` atomically.
 pub fn save<B: Backend>(net: &Network<B>, path: &Path, options: &SaveOptions) -> Result<()> {
-    let mut metadata: HashMap<String, String> =
-        options.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut metadata: HashMap<String, String> = options
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     metadata.insert("format".into(), FORMAT.into());
     metadata.insert("spec".into(), net.spec().to_toml());
     metadata.insert("step".into(), options.step.to_string());
@@ -66,7 +69,11 @@ pub fn save<B: Backend>(net: &Network<B>, path: &Path, options: &SaveOptions) ->
         owned.push((name.clone(), shape.clone(), le_bytes(values)));
     }
     for (index, p) in net.params().iter().enumerate() {
-        owned.push((p.info.name.clone(), p.info.shape.clone(), le_bytes(&net.param_values(index))));
+        owned.push((
+            p.info.name.clone(),
+            p.info.shape.clone(),
+            le_bytes(&net.param_values(index)),
+        ));
         if options.with_velocity {
             owned.push((
                 format!("{VELOCITY_PREFIX}{}", p.info.name),

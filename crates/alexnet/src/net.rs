@@ -370,7 +370,8 @@ impl<B: Backend> Network<B> {
     pub fn layer_output(&self, index: usize) -> Vec<f32> {
         let layer = &self.plan.layers[index];
         let mut host = vec![0.0; self.batch * layer.output.len()];
-        self.backend.download(&self.activations[layer.dst], &mut host);
+        self.backend
+            .download(&self.activations[layer.dst], &mut host);
         host
     }
 

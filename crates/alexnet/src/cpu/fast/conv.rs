@@ -161,8 +161,21 @@ unsafe impl Sync for DisjointWrites {}
 
 /// Forward pass of one image with its output rows shared among `threads`: each
 /// thread unfolds and multiplies its own band of rows for every group.
-fn forward_image_split(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], threads: usize) {
-    let (co, kl, plane, ow, oh) = (g.out_per_group(), g.patch_len(), g.out_plane(), g.output.width, g.output.height);
+fn forward_image_split(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    threads: usize,
+) {
+    let (co, kl, plane, ow, oh) = (
+        g.out_per_group(),
+        g.patch_len(),
+        g.out_plane(),
+        g.output.width,
+        g.output.height,
+    );
     assert!(y.len() >= g.output.len());
     let band = oh.div_ceil(threads.max(1));
     let target = DisjointWrites(y.as_mut_ptr());
@@ -192,9 +205,14 @@ fn forward_image_split(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mu
                 // range below lies inside `y` (checked above) and no other band
                 // writes it.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(target.0.add(channel * plane + rows.start * ow), width)
+                    std::slice::from_raw_parts_mut(
+                        target.0.add(channel * plane + rows.start * ow),
+                        width,
+                    )
                 };
-                dst.iter_mut().zip(&out[channel * width..][..width]).for_each(|(d, v)| *d = v + bias);
+                dst.iter_mut()
+                    .zip(&out[channel * width..][..width])
+                    .for_each(|(d, v)| *d = v + bias);
             }
         });
     });

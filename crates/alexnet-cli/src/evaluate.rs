@@ -1,0 +1,210 @@
+//! Evaluation shared by `train` (validation each epoch) and `eval`: top-1 and
+//! top-5 error over a split, with the centre crop or the paper's ten patches
+//! (softmax averaged over the views), optionally per class and as a confusion matrix.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alexnet::{Cpu, Network, checkpoint, softmax_rows};
+use alexnet_data::{Dataset, Loader, LoaderConfig, Split, View};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::preprocess::Preprocess;
+
+/// Counts over an evaluated split.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    pub images: usize,
+    pub top1_errors: usize,
+    pub top5_errors: usize,
+    pub loss_sum: f64,
+    /// `confusion[true][predicted]`, when requested.
+    pub confusion: Option<Vec<Vec<u64>>>,
+}
+
+impl Evaluation {
+    pub fn top1_error(&self) -> f64 {
+        self.top1_errors as f64 / self.images.max(1) as f64
+    }
+    pub fn top5_error(&self) -> f64 {
+        self.top5_errors as f64 / self.images.max(1) as f64
+    }
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.images.max(1) as f64
+    }
+}
+
+/// The evaluation view of a net's input: centre crop, or ten patches.
+pub fn eval_view(preprocess: &Preprocess, height: usize, width: usize, ten_crop: bool) -> View {
+    View {
+        crop_height: height,
+        crop_width: width,
+        random_crop: false,
+        mirror: false,
+        pca_std: 0.0,
+        subtract_mean: preprocess.subtract_mean,
+        ten_crop,
+    }
+}
+
+/// Evaluates `net` on `split` (or the subset `indices` of it).
+pub fn evaluate(
+    net: &mut Network<Cpu>,
+    split: Split,
+    indices: Option<Arc<Vec<u32>>>,
+    view: View,
+    dataset: &Dataset,
+    threads: usize,
+    with_confusion: bool,
+) -> Result<Evaluation> {
+    let classes = net.plan().classes();
+    let views = if view.ten_crop { 10 } else { 1 };
+    let batch = (net.max_batch() / views).max(1);
+    if batch * views > net.max_batch() {
+        bail!(
+            "the net holds {} images at once, fewer than the {views} views of one image",
+            net.max_batch()
+        );
+    }
+    let config = LoaderConfig {
+        batch,
+        view,
+        seed: 0,
+        epoch: 0,
+        shuffle: false,
+        start_batch: 0,
+        indices,
+        threads,
+        queue: 2,
+        drop_last: false,
+    };
+    let mean = Arc::new(dataset.mean().to_vec());
+    let loader = Loader::new(split, config, mean, dataset.info())?;
+    let mut result = Evaluation {
+        confusion: with_confusion.then(|| vec![vec![0; classes]; classes]),
+        ..Evaluation::default()
+    };
+    for batch in loader {
+        let logits = net.predict(&batch.images)?;
+        let probabilities = softmax_rows(&logits, classes);
+        for (image, &label) in batch.labels.iter().enumerate().take(batch.count) {
+            // Average the softmax over this image's views (one, or the ten patches).
+            let mut mean = vec![0.0f32; classes];
+            for v in 0..batch.views {
+                let row = &probabilities[(image * batch.views + v) * classes..][..classes];
+                mean.iter_mut()
+                    .zip(row)
+                    .for_each(|(m, p)| *m += p / batch.views as f32);
+            }
+            let ranked = top_k(&mean, 5);
+            let label = label as usize;
+            result.images += 1;
+            if ranked[0] != label {
+                result.top1_errors += 1;
+            }
+            if !ranked.contains(&label) {
+                result.top5_errors += 1;
+            }
+            result.loss_sum -= (mean[label].max(1e-30) as f64).ln();
+            if let Some(confusion) = result.confusion.as_mut() {
+                confusion[label][ranked[0]] += 1;
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    order.truncate(k);
+    order
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint written by `alexnet train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A prepared dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Average the softmax over the paper's ten patches (corners, centre, reflections).
+    #[arg(long)]
+    ten_crop: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Print JSON, with per-class accuracy and the confusion matrix.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
+    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let preprocess = Preprocess::from_checkpoint(&ckpt)?;
+    let dataset = Dataset::open(&args.data)
+        .with_context(|| format!("opening dataset {}", args.data.display()))?;
+    let split = dataset.split(&args.split)?;
+    let views = if args.ten_crop { 10 } else { 1 };
+    let mut net = Network::new(Cpu, &ckpt.spec, args.batch.max(1) * views, 0)?;
+    ckpt.apply(&mut net, &args.checkpoint, false)?;
+    let shape = net.plan().input_shape();
+    crate::train::check_compatible(&dataset, &ckpt.spec)?;
+    let view = eval_view(&preprocess, shape.height, shape.width, args.ten_crop);
+    let started = std::time::Instant::now();
+    let result = evaluate(&mut net, split, None, view, &dataset, threads, args.json)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let confusion = result.confusion.clone().unwrap_or_default();
+        let per_class: Vec<_> = confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let total: u64 = row.iter().sum();
+                json!({
+                    "class": dataset.info().classes.get(c).map(|k| k.name.clone()),
+                    "images": total,
+                    "accuracy": if total > 0 { row[c] as f64 / total as f64 } else { 0.0 },
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "checkpoint": args.checkpoint.display().to_string(),
+                "data": args.data.display().to_string(),
+                "split": args.split,
+                "views": views,
+                "images": result.images,
+                "top1_error": result.top1_error(),
+                "top5_error": result.top5_error(),
+                "loss": result.mean_loss(),
+                "seconds": seconds,
+                "per_class": per_class,
+                "confusion": confusion,
+            })
+        );
+    } else {
+        println!(
+            "{} images of '{}', {}: top-1 error {:.2}%, top-5 error {:.2}% ({:.1} s)",
+            result.images,
+            args.split,
+            if args.ten_crop {
+                "ten patches"
+            } else {
+                "centre crop"
+            },
+            100.0 * result.top1_error(),
+            100.0 * result.top5_error(),
+            seconds
+        );
+    }
+    Ok(())
+}

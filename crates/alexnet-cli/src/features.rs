@@ -1,0 +1,241 @@
+//! `alexnet features` and `alexnet similar`: the activations of the last hidden
+//! layer (fc7, 4096 values after its ReLU) for every image of a dataset split, and
+//! the images whose vectors lie nearest to a query's in Euclidean distance, drawn
+//! as a grid: the paper's Figure 4.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alexnet::plan::Op;
+use alexnet::{Cpu, Mode, Network, checkpoint};
+use alexnet_data::{Dataset, Loader, LoaderConfig};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use image::{Rgb, RgbImage};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::evaluate::eval_view;
+use crate::preprocess::Preprocess;
+
+#[derive(Args)]
+pub struct FeaturesArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A prepared dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The layer whose outputs are the features (default: the last hidden linear layer).
+    #[arg(long)]
+    layer: Option<String>,
+    /// At most this many images (from the start of the split).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Output file (safetensors: `features` [N, D] and `labels` [N]).
+    #[arg(long, default_value = "features.safetensors")]
+    out: PathBuf,
+}
+
+/// Index (in the plan) of the layer called `name`, or of the last linear layer
+/// before the classifier.
+fn feature_layer(net: &Network<Cpu>, name: Option<&str>) -> Result<usize> {
+    let layers = &net.plan().layers;
+    let linear: Vec<usize> = layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| matches!(l.op, Op::Linear { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    match name {
+        Some(name) => layers
+            .iter()
+            .position(|l| l.label.ends_with(&format!("({name})")))
+            .with_context(|| format!("the net has no layer named '{name}'")),
+        None if linear.len() >= 2 => Ok(linear[linear.len() - 2]),
+        None => bail!("the net has no hidden linear layer; name one with --layer"),
+    }
+}
+
+pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
+    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let preprocess = Preprocess::from_checkpoint(&ckpt)?;
+    let dataset = Dataset::open(&args.data)?;
+    let split = dataset.split(&args.split)?;
+    let mut net = Network::new(Cpu, &ckpt.spec, args.batch.max(1), 0)?;
+    ckpt.apply(&mut net, &args.checkpoint, false)?;
+    crate::train::check_compatible(&dataset, &ckpt.spec)?;
+    let layer = feature_layer(&net, args.layer.as_deref())?;
+    let dim = net.plan().layers[layer].output.len();
+    let count = args.limit.unwrap_or(split.len()).min(split.len());
+    let shape = net.plan().input_shape();
+    let config = LoaderConfig {
+        batch: args.batch.max(1),
+        view: eval_view(&preprocess, shape.height, shape.width, false),
+        seed: 0,
+        epoch: 0,
+        shuffle: false,
+        start_batch: 0,
+        indices: Some(Arc::new((0..count as u32).collect())),
+        threads,
+        queue: 2,
+        drop_last: false,
+    };
+    let loader = Loader::new(split, config, dataset.mean_shared(), dataset.info())?;
+    let mut features = Vec::with_capacity(count * dim);
+    let mut labels = Vec::with_capacity(count);
+    for batch in loader {
+        net.set_input(&batch.images)?;
+        net.forward(Mode::Test);
+        features.extend(net.layer_output(layer));
+        labels.extend(batch.labels.iter().map(|&l| l as f32));
+    }
+    let metadata = HashMap::from([
+        ("data".to_string(), args.data.display().to_string()),
+        ("split".to_string(), args.split.clone()),
+        ("layer".to_string(), net.plan().layers[layer].label.clone()),
+        (
+            "checkpoint".to_string(),
+            args.checkpoint.display().to_string(),
+        ),
+    ]);
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (fb, lb) = (bytes(&features), bytes(&labels));
+    let tensors = vec![
+        (
+            "features".to_string(),
+            TensorView::new(Dtype::F32, vec![labels.len(), dim], &fb)?,
+        ),
+        (
+            "labels".to_string(),
+            TensorView::new(Dtype::F32, vec![labels.len()], &lb)?,
+        ),
+    ];
+    let file = safetensors::serialize(tensors, &Some(metadata))?;
+    crate::output::write_atomically(&args.out, &file)?;
+    println!(
+        "{} vectors of {dim} values from {} to {}",
+        labels.len(),
+        net.plan().layers[layer].label,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SimilarArgs {
+    /// A features file written by `alexnet features`.
+    #[arg(long)]
+    features: PathBuf,
+    /// Indices (within the features file) of the query images.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
+    queries: Vec<usize>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 6)]
+    k: usize,
+    /// Pixels per image cell in the grid.
+    #[arg(long, default_value_t = 96)]
+    cell: u32,
+    #[arg(long, default_value = "similar.png")]
+    out: PathBuf,
+}
+
+/// Indices of the `k` rows of `features` nearest to row `query` (itself excluded).
+pub fn nearest(features: &[f32], dim: usize, query: usize, k: usize) -> Vec<(usize, f32)> {
+    let q = &features[query * dim..][..dim];
+    let mut distances: Vec<(usize, f32)> = features
+        .chunks_exact(dim)
+        .enumerate()
+        .filter(|(i, _)| *i != query)
+        .map(|(i, row)| {
+            (
+                i,
+                row.iter()
+                    .zip(q)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+                    .sqrt(),
+            )
+        })
+        .collect();
+    distances.sort_by(|a, b| a.1.total_cmp(&b.1));
+    distances.truncate(k);
+    distances
+}
+
+pub fn run_similar(args: SimilarArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.features)
+        .with_context(|| format!("reading {}", args.features.display()))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a features file", args.features.display()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let view = file
+        .tensor("features")
+        .context("the file has no `features` tensor")?;
+    let [count, dim] = view.shape()[..] else {
+        bail!("`features` should be two-dimensional")
+    };
+    let features: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let data = meta
+        .get("data")
+        .context("the features file does not name its dataset")?;
+    let split_name = meta
+        .get("split")
+        .context("the features file does not name its split")?;
+    let dataset = Dataset::open(std::path::Path::new(data))?;
+    let split = dataset.split(split_name)?;
+    let info = dataset.info();
+    let cell = args.cell;
+    let columns = args.k + 1;
+    let mut grid = RgbImage::from_pixel(
+        columns as u32 * (cell + 4) + 8,
+        args.queries.len() as u32 * (cell + 4),
+        Rgb([255, 255, 255]),
+    );
+    for (row, &query) in args.queries.iter().enumerate() {
+        if query >= count {
+            bail!(
+                "query {query} is beyond the {count} vectors of {}",
+                args.features.display()
+            );
+        }
+        let neighbours = nearest(&features, dim, query, args.k);
+        let mut shown = vec![query];
+        shown.extend(neighbours.iter().map(|(i, _)| *i));
+        println!(
+            "query {query}: {}",
+            neighbours
+                .iter()
+                .map(|(i, d)| format!("{i} ({d:.1})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (column, &index) in shown.iter().enumerate() {
+            let (pixels, _) = split.image(index);
+            // The query stands apart from its neighbours by a wider gap.
+            let x0 = column as u32 * (cell + 4) + if column > 0 { 8 } else { 0 };
+            let y0 = row as u32 * (cell + 4);
+            for y in 0..cell {
+                for x in 0..cell {
+                    let sy = y as usize * info.height / cell as usize;
+                    let sx = x as usize * info.width / cell as usize;
+                    let channel = |c: usize| {
+                        pixels[(c.min(info.channels - 1) * info.height + sy) * info.width + sx]
+                    };
+                    grid.put_pixel(x0 + x, y0 + y, Rgb([channel(0), channel(1), channel(2)]));
+                }
+            }
+        }
+    }
+    crate::output::save_png(&grid, &args.out)?;
+    println!("{}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! How fast the loader turns stored 256x256 RGB images into the paper's 224x224
+//! training inputs (random crop, reflection, PCA colour shift, mean subtraction),
+//! on one thread, on synthetic data.
+//!
+//! `cargo run -p alexnet-data --example loader_bench [-- images seconds]`
+//!
+//! The dataset is written straight from the format's public pieces (manifest,
+//! shard header, records) into a temporary directory, so this also shows the
+//! format at work without any source files.
+
+use std::io::Write;
+use std::time::Instant;
+
+use alexnet_data::format::{
+    self, FileInfo, Manifest, Pca, ShardHeader, ShardInfo, SplitManifest, record_bytes,
+};
+use alexnet_data::{ClassInfo, Dataset, Loader, LoaderConfig, View};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let images: usize = args.next().map_or(512, |a| a.parse().expect("image count"));
+    let seconds: f64 = args.next().map_or(3.0, |a| a.parse().expect("seconds"));
+    let (c, h, w) = (3usize, 256usize, 256usize);
+    let dir = std::env::temp_dir().join(format!("alexnet-loader-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Synthetic images: a cheap generator's bytes, labels cycling over 1000 classes.
+    let record = record_bytes(c, h, w).unwrap();
+    let shard_path = dir.join(format::shard_file_name("train", 0));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&shard_path).unwrap());
+    let header = ShardHeader {
+        channels: c as u32,
+        height: h as u32,
+        width: w as u32,
+        count: images as u64,
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut put = |bytes: &[u8]| {
+        crc.update(bytes);
+        file.write_all(bytes).unwrap();
+    };
+    put(&header.to_bytes());
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut pixels = vec![0u8; record - 4];
+    for i in 0..images {
+        put(&((i % 1000) as u32).to_le_bytes());
+        for p in pixels.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *p = (state >> 56) as u8;
+        }
+        put(&pixels);
+    }
+    file.flush().unwrap();
+    drop(file);
+    let mean = vec![127.5f32; c * h * w];
+    let mean_bytes: Vec<u8> = mean.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join(format::MEAN_FILE), &mean_bytes).unwrap();
+    let manifest = Manifest {
+        format: format::FORMAT.into(),
+        version: format::VERSION,
+        name: "synthetic".into(),
+        source: "loader_bench".into(),
+        channels: c,
+        height: h,
+        width: w,
+        classes: (0..1000)
+            .map(|k| ClassInfo {
+                id: format!("c{k}"),
+                name: format!("class {k}"),
+            })
+            .collect(),
+        mean: FileInfo {
+            file: format::MEAN_FILE.into(),
+            bytes: mean_bytes.len() as u64,
+            crc32: crc32fast::hash(&mean_bytes),
+        },
+        // ImageNet-like colour statistics (variances on the 0-255 scale).
+        pca: Pca {
+            eigenvalues: [14_140.0, 1_220.0, 293.0],
+            eigenvectors: [
+                [0.5675, 0.5808, 0.5836],
+                [-0.7192, -0.0045, 0.6948],
+                [0.4009, -0.8140, 0.4203],
+            ],
+        },
+        splits: vec![SplitManifest {
+            name: "train".into(),
+            images: images as u64,
+            shards: vec![ShardInfo {
+                file: format::shard_file_name("train", 0),
+                images: images as u64,
+                bytes: std::fs::metadata(&shard_path).unwrap().len(),
+                crc32: crc.finalize(),
+            }],
+        }],
+    };
+    std::fs::write(
+        dir.join(format::MANIFEST_FILE),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+
+    let ds = Dataset::open(&dir).unwrap();
+    let split = ds.split("train").unwrap();
+    println!(
+        "loader: {images} stored images of {c}x{h}x{w} ({:.0} MB) -> 224x224 f32, \
+         random crop + mirror + PCA colour + mean, batch 128",
+        (images * record) as f64 / 1e6
+    );
+    // A long epoch (the stored images visited many times over through `indices`)
+    // so that the few batch buffers allocated at the start are amortised, as in a
+    // real epoch of thousands of batches.
+    let indices: Vec<u32> = (0..images * 64).map(|i| (i % images) as u32).collect();
+    let indices = std::sync::Arc::new(indices);
+    for (threads, label) in [(0, "in the caller's thread"), (1, "one worker thread")] {
+        let mut config = LoaderConfig::new(128, View::paper_train(224, 224), 1, 0);
+        config.threads = threads;
+        config.indices = Some(indices.clone());
+        let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
+        // One batch first, so page faults of the first touch are not timed.
+        let first = loader.next().unwrap();
+        loader.recycle(first);
+        let started = Instant::now();
+        let mut done = 0usize;
+        while started.elapsed().as_secs_f64() < seconds {
+            let Some(batch) = loader.next() else { break };
+            done += batch.count;
+            loader.recycle(batch);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = done as f64 / elapsed;
+        println!(
+            "{label:>23}: {rate:>6.0} images/s ({:.0} µs per image, {:.2} GB/s of f32 written)",
+            1e6 / rate,
+            rate * (3 * 224 * 224 * 4) as f64 / 1e9
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

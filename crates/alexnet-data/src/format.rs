@@ -1,0 +1,312 @@
+//! The on-disk format of a prepared dataset: a directory holding
+//!
+//! - `dataset.json`, the manifest ([`Manifest`]): format name and version, the
+//!   dataset's name, the stored image shape, the classes, the mean image file, the
+//!   colour PCA of the training pixels, and per split its image count and shards
+//!   (file name, images, byte length, CRC-32);
+//! - shard files `<split>-<nnnnn>.shard`: a 32-byte header ([`ShardHeader`]) followed
+//!   by fixed-size records `[label: u32 LE][pixels: u8, channels x height x width]`;
+//! - `mean.bin`: the per-pixel mean of the training split, `f32` LE, CHW;
+//! - `skipped.txt`, when anything was left out: each source item skipped, a tab, the reason.
+//!
+//! Fixed-size records make image `i` a multiplication away, so a memory map of the
+//! shards is the whole loader's storage; the checksums in the manifest let a reader
+//! prove a shard whole before trusting its records.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, dataset_error, io_error};
+
+/// The `format` value of every manifest.
+pub const FORMAT: &str = "alexnet-dataset";
+/// The manifest version this crate writes and reads.
+pub const VERSION: u32 = 1;
+/// The manifest's file name inside a dataset directory.
+pub const MANIFEST_FILE: &str = "dataset.json";
+/// The mean image's file name inside a dataset directory.
+pub const MEAN_FILE: &str = "mean.bin";
+/// The list of source files left out, inside a dataset directory.
+pub const SKIPPED_FILE: &str = "skipped.txt";
+
+/// The first eight bytes of every shard.
+pub const SHARD_MAGIC: [u8; 8] = *b"ALXSHARD";
+/// The shard layout version this crate writes and reads.
+pub const SHARD_VERSION: u32 = 1;
+/// Bytes before the first record of a shard.
+pub const SHARD_HEADER_BYTES: usize = 32;
+/// Bytes of the label in front of each record's pixels.
+pub const LABEL_BYTES: usize = 4;
+
+/// Stored images are at most this tall and wide: larger values in a manifest are
+/// taken as corruption rather than trusted to size allocations.
+pub const MAX_SIDE: usize = 1 << 15;
+
+/// The manifest, `dataset.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`] for files this crate writes.
+    pub version: u32,
+    pub name: String,
+    /// Where the images came from, in words (for people; never parsed).
+    #[serde(default)]
+    pub source: String,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Classes in label order: label `k` is `classes[k]`.
+    pub classes: Vec<ClassInfo>,
+    pub mean: FileInfo,
+    pub pca: Pca,
+    /// Splits in the order they were written (`train` first).
+    pub splits: Vec<SplitManifest>,
+}
+
+/// One class: a stable identifier (a folder name, a WordNet id, a digit) and a
+/// human-readable name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassInfo {
+    pub id: String,
+    pub name: String,
+}
+
+/// A file of the dataset with its length and checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub file: String,
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// The principal components of the training pixels' colour, on the 0-255 scale.
+///
+/// `eigenvalues` are the variances along each component, largest first;
+/// `eigenvectors[i]` is the unit vector of component `i` (a row, indexed by
+/// channel). For grey images only component 0 is used: its eigenvalue is the grey
+/// variance and its vector `[1, 0, 0]`; the others are zero.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pca {
+    pub eigenvalues: [f32; 3],
+    pub eigenvectors: [[f32; 3]; 3],
+}
+
+/// One split in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitManifest {
+    pub name: String,
+    pub images: u64,
+    pub shards: Vec<ShardInfo>,
+}
+
+/// One shard in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub file: String,
+    pub images: u64,
+    /// The whole file's length, header included.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the whole file, header included.
+    pub crc32: u32,
+}
+
+/// Bytes of one record: the label and the pixels. `None` when the product overflows.
+pub fn record_bytes(channels: usize, height: usize, width: usize) -> Option<usize> {
+    channels
+        .checked_mul(height)?
+        .checked_mul(width)?
+        .checked_add(LABEL_BYTES)
+}
+
+/// Bytes of a shard of `images` records. `None` when the product overflows.
+pub fn shard_bytes(record: usize, images: u64) -> Option<u64> {
+    (record as u64)
+        .checked_mul(images)?
+        .checked_add(SHARD_HEADER_BYTES as u64)
+}
+
+/// A shard's header: magic, layout version, image shape and record count, little-endian.
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0..8 | magic `ALXSHARD` |
+/// | 8..12 | version (u32) |
+/// | 12..16 | channels (u32) |
+/// | 16..20 | height (u32) |
+/// | 20..24 | width (u32) |
+/// | 24..32 | record count (u64) |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub count: u64,
+}
+
+impl ShardHeader {
+    pub fn to_bytes(&self) -> [u8; SHARD_HEADER_BYTES] {
+        let mut out = [0u8; SHARD_HEADER_BYTES];
+        out[0..8].copy_from_slice(&SHARD_MAGIC);
+        out[8..12].copy_from_slice(&SHARD_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&self.channels.to_le_bytes());
+        out[16..20].copy_from_slice(&self.height.to_le_bytes());
+        out[20..24].copy_from_slice(&self.width.to_le_bytes());
+        out[24..32].copy_from_slice(&self.count.to_le_bytes());
+        out
+    }
+
+    /// Reads a header from the start of `bytes`, checking magic and version.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<ShardHeader> {
+        if bytes.len() < SHARD_HEADER_BYTES {
+            return Err(dataset_error(
+                path,
+                format!(
+                    "expected a {SHARD_HEADER_BYTES}-byte shard header, found a file of {} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
+        if bytes[0..8] != SHARD_MAGIC {
+            return Err(dataset_error(
+                path,
+                format!(
+                    "expected shard magic {:?}, found {:?}",
+                    String::from_utf8_lossy(&SHARD_MAGIC),
+                    String::from_utf8_lossy(&bytes[0..8])
+                ),
+            ));
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let version = u32_at(8);
+        if version != SHARD_VERSION {
+            return Err(dataset_error(
+                path,
+                format!("expected shard version {SHARD_VERSION}, found {version}"),
+            ));
+        }
+        Ok(ShardHeader {
+            channels: u32_at(12),
+            height: u32_at(16),
+            width: u32_at(20),
+            count: u64::from_le_bytes(bytes[24..32].try_into().unwrap()),
+        })
+    }
+}
+
+/// Writes one shard: a placeholder header, the records as they come, then the real
+/// header once the count is known. The checksum is kept as the records stream
+/// past, so finishing never reads the file back.
+pub(crate) struct ShardWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    records: crc32fast::Hasher,
+    count: u64,
+    shape: [usize; 3],
+}
+
+impl ShardWriter {
+    pub fn create(path: &Path, shape: [usize; 3]) -> Result<ShardWriter> {
+        let file = File::create(path).map_err(io_error(path))?;
+        let mut file = BufWriter::with_capacity(1 << 20, file);
+        file.write_all(&[0u8; SHARD_HEADER_BYTES])
+            .map_err(io_error(path))?;
+        Ok(ShardWriter {
+            path: path.to_path_buf(),
+            file,
+            records: crc32fast::Hasher::new(),
+            count: 0,
+            shape,
+        })
+    }
+
+    /// Appends one record; `pixels` must hold exactly one image in CHW order.
+    pub fn push(&mut self, label: u32, pixels: &[u8]) -> Result<()> {
+        debug_assert_eq!(pixels.len(), self.shape.iter().product::<usize>());
+        let label = label.to_le_bytes();
+        self.records.update(&label);
+        self.records.update(pixels);
+        self.file.write_all(&label).map_err(io_error(&self.path))?;
+        self.file.write_all(pixels).map_err(io_error(&self.path))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the real header, syncs the file, and returns its manifest entry.
+    pub fn finish(self) -> Result<ShardInfo> {
+        let ShardWriter {
+            path,
+            file,
+            records,
+            count,
+            shape,
+        } = self;
+        let io = io_error(&path);
+        let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        let header = ShardHeader {
+            channels: shape[0] as u32,
+            height: shape[1] as u32,
+            width: shape[2] as u32,
+            count,
+        }
+        .to_bytes();
+        let io = io_error(&path);
+        let written = (|| {
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header)?;
+            file.sync_all()?;
+            file.metadata()
+        })()
+        .map_err(io)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        crc.combine(&records);
+        let record = record_bytes(shape[0], shape[1], shape[2]).expect("shape checked by caller");
+        debug_assert_eq!(Some(written.len()), shard_bytes(record, count));
+        Ok(ShardInfo {
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            images: count,
+            bytes: written.len(),
+            crc32: crc.finalize(),
+        })
+    }
+}
+
+/// The shard file name for shard `index` of `split`.
+pub fn shard_file_name(split: &str, index: usize) -> String {
+    format!("{split}-{index:05}.shard")
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never
+/// sees half a file under the real name.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let io = io_error(path);
+    (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })()
+    .map_err(io)
+}
+
+/// Little-endian bytes of `values`.
+pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
