@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alexnet::plan::Op;
 use alexnet::{Cpu, Mode, Network, checkpoint};
 use alexnet_data::{Dataset, Loader, LoaderConfig};
 use anyhow::{Context, Result, bail};
@@ -40,23 +39,23 @@ pub struct FeaturesArgs {
     out: PathBuf,
 }
 
-/// Index (in the plan) of the layer called `name`, or of the last linear layer
-/// before the classifier.
+/// Index (in the plan) of the layer called `name`, or by default of the layer
+/// whose output the classifier reads: the paper's fc7 activations (after ReLU;
+/// dropout is the identity at test time) for `alexnet`.
 fn feature_layer(net: &Network<Cpu>, name: Option<&str>) -> Result<usize> {
     let layers = &net.plan().layers;
-    let linear: Vec<usize> = layers
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| matches!(l.op, Op::Linear { .. }))
-        .map(|(i, _)| i)
-        .collect();
     match name {
         Some(name) => layers
             .iter()
             .position(|l| l.label.ends_with(&format!("({name})")))
             .with_context(|| format!("the net has no layer named '{name}'")),
-        None if linear.len() >= 2 => Ok(linear[linear.len() - 2]),
-        None => bail!("the net has no hidden linear layer; name one with --layer"),
+        None => {
+            let classifier = layers.last().context("the net has no layers")?;
+            layers
+                .iter()
+                .rposition(|l| l.dst == classifier.src)
+                .context("the classifier reads the input image directly; name a layer with --layer")
+        }
     }
 }
 

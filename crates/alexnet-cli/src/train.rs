@@ -433,7 +433,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
     while (run.state.epoch as usize) < settings.epochs {
         let config = LoaderConfig {
             batch: settings.batch,
-            view: train_view.clone(),
+            view: train_view,
             seed: settings.seed,
             epoch: run.state.epoch,
             shuffle: true,
@@ -534,7 +534,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             &mut run.net,
             val_split,
             val_indices.clone(),
-            eval_net_view.clone(),
+            eval_net_view,
             &dataset,
             args.loader_threads,
             false,

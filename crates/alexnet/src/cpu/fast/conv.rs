@@ -159,6 +159,14 @@ struct DisjointWrites(*mut f32);
 unsafe impl Send for DisjointWrites {}
 unsafe impl Sync for DisjointWrites {}
 
+impl DisjointWrites {
+    /// Through a method, so closures capture the whole wrapper (which is `Sync`)
+    /// rather than its raw-pointer field (which is not).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Forward pass of one image with its output rows shared among `threads`: each
 /// thread unfolds and multiplies its own band of rows for every group.
 fn forward_image_split(
@@ -199,14 +207,13 @@ fn forward_image_split(
                     1,
                 );
             }
-            let target = target;
             for (channel, bias) in b.iter().enumerate() {
                 // SAFETY: this band owns output rows `rows` of every channel: the
                 // range below lies inside `y` (checked above) and no other band
                 // writes it.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
-                        target.0.add(channel * plane + rows.start * ow),
+                        target.ptr().add(channel * plane + rows.start * ow),
                         width,
                     )
                 };
