@@ -1,0 +1,325 @@
+//! The command-line workflow end to end on a small generated dataset: prepare,
+//! train, resume (bit for bit), evaluate, classify, features, similar images,
+//! figures, and the refusals that protect a run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alexnet::rng::Rng;
+
+fn alexnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(["--threads", "2"])
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("the alexnet binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = alexnet(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "alexnet {args:?} failed:\n{text}");
+    text
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = alexnet(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "alexnet {args:?} should have failed:\n{text}"
+    );
+    text
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("alexnet-workflow-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes MNIST-style IDX files: each class is a bright bar at its own height plus noise.
+fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [count as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((count as u32).to_be_bytes());
+    for _ in 0..count {
+        let class = rng.below(10);
+        labels.push(class as u8);
+        for y in 0..28 {
+            for _x in 0..28 {
+                let bar = if y / 3 == class { 200.0 } else { 20.0 };
+                images.push((bar + rng.uniform() * 50.0) as u8);
+            }
+        }
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
+fn dataset(root: &Path) -> PathBuf {
+    let source = root.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let mut rng = Rng::new(3);
+    write_idx(&source, "train", 240, &mut rng);
+    write_idx(&source, "t10k", 60, &mut rng);
+    let data = root.join("data");
+    ok(&[
+        "prepare",
+        source.to_str().unwrap(),
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    data
+}
+
+/// The tensors of a checkpoint, by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    out.sort();
+    out
+}
+
+const TRAIN: &[&str] = &[
+    "train",
+    "--arch",
+    "cifar",
+    "--batch",
+    "16",
+    "--holdout",
+    "40",
+    "--epochs",
+    "3",
+    "--quiet",
+];
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args: Vec<&str> = TRAIN.to_vec();
+    args.extend([
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    args.extend(extra);
+    ok(&args)
+}
+
+#[test]
+fn resuming_gives_the_same_weights_bit_for_bit() {
+    let root = temp_dir("resume");
+    let data = dataset(&root);
+    // 200 training images in batches of 16: 12 steps per epoch, so 14 steps cross
+    // an epoch end (validation, schedule, best checkpoint) and stop mid-epoch.
+    let straight = root.join("straight");
+    train(&data, &straight, &["--max-steps", "14"]);
+    let resumed = root.join("resumed");
+    train(&data, &resumed, &["--max-steps", "5"]);
+    train(&data, &resumed, &["--max-steps", "14", "--resume"]);
+
+    let (a, b) = (
+        tensors(&straight.join("last.safetensors")),
+        tensors(&resumed.join("last.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().any(|(name, _)| name.starts_with("velocity.")),
+        "velocities are stored"
+    );
+    for ((name_a, data_a), (name_b, data_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(
+            data_a == data_b,
+            "{name_a} differs between the straight and the resumed run"
+        );
+    }
+    // The epoch line was written once in each run.
+    let log = std::fs::read_to_string(resumed.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"kind\":\"epoch\""))
+            .count(),
+        1,
+        "{log}"
+    );
+
+    // A resume with other settings is refused and says why.
+    let text = fails(
+        &[
+            TRAIN,
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                resumed.to_str().unwrap(),
+                "--resume",
+                "--seed",
+                "9",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        text.contains("other settings") && text.contains("seed"),
+        "{text}"
+    );
+    // Starting a new run over an existing one is refused.
+    let text = fails(
+        &[
+            TRAIN,
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                resumed.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(text.contains("--resume"), "{text}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message() {
+    let root = temp_dir("diverge");
+    let data = dataset(&root);
+    let out = root.join("run");
+    let mut args: Vec<&str> = TRAIN.to_vec();
+    args.extend([
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lr",
+        "1e30",
+    ]);
+    let text = fails(&args);
+    assert!(text.contains("the loss became"), "{text}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn trained_checkpoints_serve_every_command() {
+    let root = temp_dir("commands");
+    let data = dataset(&root);
+    let run = root.join("run");
+    train(&data, &run, &["--lr", "0.002"]);
+    let best = run.join("best.safetensors");
+    let best = best.to_str().unwrap();
+    let d = data.to_str().unwrap();
+
+    let text = ok(&["eval", "--checkpoint", best, "--data", d]);
+    assert!(
+        text.contains("60 images of 'test'") && text.contains("top-1 error"),
+        "{text}"
+    );
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        best,
+        "--data",
+        d,
+        "--ten-crop",
+        "--json",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(value["views"], 10);
+    assert_eq!(value["confusion"].as_array().unwrap().len(), 10);
+
+    // One good image and one broken one: the good one is classified, the exit status fails.
+    let good = root.join("bar.png");
+    image::GrayImage::from_fn(40, 40, |_, y| {
+        image::Luma([if y / 4 == 2 { 220 } else { 30 }])
+    })
+    .save(&good)
+    .unwrap();
+    let broken = root.join("broken.jpg");
+    std::fs::write(&broken, b"not a picture").unwrap();
+    let text = fails(&[
+        "classify",
+        "--checkpoint",
+        best,
+        good.to_str().unwrap(),
+        broken.to_str().unwrap(),
+    ]);
+    assert!(text.contains("bar.png") && text.contains('%'), "{text}");
+    assert!(
+        text.contains("broken.jpg") && text.contains("1 of 2 images"),
+        "{text}"
+    );
+
+    let features = root.join("features.safetensors");
+    let text = ok(&[
+        "features",
+        "--checkpoint",
+        best,
+        "--data",
+        d,
+        "--out",
+        features.to_str().unwrap(),
+    ]);
+    assert!(text.contains("60 vectors"), "{text}");
+    let grid = root.join("similar.png");
+    ok(&[
+        "similar",
+        "--features",
+        features.to_str().unwrap(),
+        "--queries",
+        "0,1",
+        "--k",
+        "3",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    let image = image::open(&grid).unwrap();
+    assert_eq!(image.height(), 2 * (96 + 4));
+
+    let curves = root.join("curves.png");
+    ok(&[
+        "plot",
+        run.to_str().unwrap(),
+        "--threshold",
+        "25",
+        "--out",
+        curves.to_str().unwrap(),
+    ]);
+    assert!(image::open(&curves).is_ok());
+    let kernels = root.join("kernels.png");
+    ok(&[
+        "kernels",
+        "--checkpoint",
+        best,
+        "--out",
+        kernels.to_str().unwrap(),
+    ]);
+    assert!(image::open(&kernels).is_ok());
+    let text = ok(&["info", "--checkpoint", best]);
+    assert!(
+        text.contains("fc10") && text.contains("training state"),
+        "{text}"
+    );
+    let text = ok(&["info", "--data", d]);
+    assert!(text.contains("split train: 240 images"), "{text}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
