@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use alexnet::checkpoint::{self, SaveOptions};
 use alexnet::rng::Rng;
-use alexnet::spec::{LayerSpec, PixelScale};
+use alexnet::spec::{LayerSpec, PixelScale, Schedule};
 use alexnet::{Cpu, Mode, NetSpec, Network, Sgd};
 use alexnet_data::{Dataset, Loader, LoaderConfig, View, holdout};
 use anyhow::{Context, Result, bail};
@@ -79,12 +79,14 @@ pub struct TrainArgs {
     /// Dropout probability for every dropout layer (default: the description's).
     #[arg(long)]
     dropout: Option<f32>,
-    #[arg(long, value_enum, default_value = "plateau")]
-    schedule: ScheduleKind,
-    /// Plateau schedule: epochs without improvement before the rate is divided.
-    #[arg(long, default_value_t = 3)]
-    patience: usize,
-    /// Steps schedule: the epochs at which the rate is divided.
+    /// When to divide the learning rate (default: the recipe's).
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Plateau schedule: epochs without improvement before the rate is divided
+    /// (default: the recipe's).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Steps schedule: the epochs after which the rate is divided (default: the recipe's).
     #[arg(long, value_delimiter = ',')]
     lr_steps: Vec<usize>,
     /// How many times the rate may be divided (default: the recipe's).
@@ -278,9 +280,16 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         epochs: args.epochs.unwrap_or(recipe.epochs),
         momentum: args.momentum.unwrap_or(recipe.momentum),
         weight_decay: args.weight_decay.unwrap_or(recipe.weight_decay),
-        schedule: args.schedule,
-        patience: args.patience,
-        lr_steps: args.lr_steps.clone(),
+        schedule: args.schedule.unwrap_or(match recipe.schedule {
+            Schedule::Plateau => ScheduleKind::Plateau,
+            Schedule::Steps => ScheduleKind::Steps,
+        }),
+        patience: args.patience.unwrap_or(recipe.patience),
+        lr_steps: if args.lr_steps.is_empty() {
+            recipe.lr_steps.clone()
+        } else {
+            args.lr_steps.clone()
+        },
         max_drops: args.max_drops.unwrap_or(recipe.lr_drops),
         lr_drop_factor: recipe.lr_drop_factor,
         holdout: if dataset.split_names().iter().any(|s| s == "val") {

@@ -316,7 +316,7 @@ fn trained_checkpoints_serve_every_command() {
     assert!(image::open(&kernels).is_ok());
     let text = ok(&["info", "--checkpoint", best]);
     assert!(
-        text.contains("fc10") && text.contains("training state"),
+        text.contains("fc4") && text.contains("training state"),
         "{text}"
     );
     let text = ok(&["info", "--data", d]);

@@ -528,9 +528,11 @@ mod tests {
     #[test]
     fn two_activations_in_a_row_are_refused() {
         let mut spec = NetSpec::preset("cifar").unwrap();
-        spec.layers.insert(3, LayerSpec::Tanh);
+        // The preset's second layer is conv1's ReLU.
+        assert_eq!(spec.layers[1], LayerSpec::Relu);
+        spec.layers.insert(2, LayerSpec::Tanh);
         let err = Plan::new(&spec).unwrap_err().to_string();
-        assert!(err.contains("layer 4 (tanh)"), "{err}");
+        assert!(err.contains("layer 3 (tanh)"), "{err}");
     }
 
     #[test]

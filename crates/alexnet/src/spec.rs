@@ -55,9 +55,26 @@ pub struct Recipe {
     /// Decay applied to weights (not biases): v <- m*v - decay*lr*w - lr*grad.
     pub weight_decay: f32,
     pub epochs: usize,
-    /// How many times the learning rate is divided when validation error stops improving.
+    /// How many times the learning rate may be divided.
     pub lr_drops: usize,
     pub lr_drop_factor: f32,
+    /// When the learning rate is divided.
+    pub schedule: Schedule,
+    /// Plateau schedule: epochs without a better validation error before dividing.
+    pub patience: usize,
+    /// Steps schedule: the epochs after which the rate is divided.
+    pub lr_steps: Vec<usize>,
+}
+
+/// When the learning rate is divided.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// When validation error has not improved for `patience` epochs (the paper).
+    #[default]
+    Plateau,
+    /// After the epochs listed in `lr_steps`.
+    Steps,
 }
 
 impl Default for Recipe {
@@ -70,6 +87,9 @@ impl Default for Recipe {
             epochs: 90,
             lr_drops: 3,
             lr_drop_factor: 0.1,
+            schedule: Schedule::Plateau,
+            patience: 3,
+            lr_steps: Vec::new(),
         }
     }
 }

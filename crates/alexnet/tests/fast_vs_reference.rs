@@ -117,6 +117,25 @@ fn conv_small_geometries() {
 }
 
 #[test]
+fn conv_with_several_images_per_product() {
+    // Small output planes put several images side by side in one product, as
+    // many as the batch allows while every thread still gets work: batches of 8
+    // and 11 exercise full and ragged runs.
+    let cases = [
+        ("3x3 pad 1 on 6x6", conv(Shape::new(4, 6, 6), 6, 3, 1, 1, 2)),
+        (
+            "conv4 of the paper",
+            conv(Shape::new(384, 13, 13), 384, 3, 1, 1, 2),
+        ),
+    ];
+    for (i, (name, g)) in cases.iter().enumerate() {
+        for n in [8, 11] {
+            check_conv(name, g, n, 200 + i as u64 * 10 + n as u64);
+        }
+    }
+}
+
+#[test]
 fn conv_at_the_papers_sizes() {
     let cases = [
         ("conv1", conv(Shape::new(3, 224, 224), 96, 11, 4, 2, 1)),

@@ -32,13 +32,23 @@ fn input_row(g: &ConvGeometry, oy: usize, ky: usize) -> Option<usize> {
     (row < g.input.height).then_some(row)
 }
 
-/// Unfolds one group of one image into `col` (`patch_len x out_plane`).
-fn im2col(g: &ConvGeometry, image: &[f32], group: usize, col: &mut [f32]) {
-    im2col_rows(g, image, group, 0..g.output.height, col);
+/// Unfolds one group of one image into `col` (`patch_len` rows, `row_stride` apart,
+/// of `out_plane` values each). A stride wider than the plane leaves room for other
+/// images' columns beside this one's.
+fn im2col(g: &ConvGeometry, image: &[f32], group: usize, col: &mut [f32], row_stride: usize) {
+    im2col_rows(g, image, group, 0..g.output.height, col, row_stride);
 }
 
-/// Unfolds only the output rows `rows` (`patch_len x rows.len() * out_width`).
-fn im2col_rows(g: &ConvGeometry, image: &[f32], group: usize, rows: Range<usize>, col: &mut [f32]) {
+/// Unfolds only the output rows `rows` (`patch_len` rows of `rows.len() * out_width`
+/// values, `row_stride` apart).
+fn im2col_rows(
+    g: &ConvGeometry,
+    image: &[f32],
+    group: usize,
+    rows: Range<usize>,
+    col: &mut [f32],
+    row_stride: usize,
+) {
     let (k, s, ow) = (g.kernel, g.stride, g.output.width);
     let in_plane = g.input.height * g.input.width;
     let ci = g.in_per_group();
@@ -48,7 +58,7 @@ fn im2col_rows(g: &ConvGeometry, image: &[f32], group: usize, rows: Range<usize>
         for ky in 0..k {
             for kx in 0..k {
                 let cols = valid_columns(g, kx);
-                let row = &mut col[((c * k + ky) * k + kx) * width..][..width];
+                let row = &mut col[((c * k + ky) * k + kx) * row_stride..][..width];
                 for (r, oy) in rows.clone().enumerate() {
                     let out = &mut row[r * ow..][..ow];
                     let Some(iy) = input_row(g, oy, ky) else {
@@ -73,8 +83,9 @@ fn im2col_rows(g: &ConvGeometry, image: &[f32], group: usize, rows: Range<usize>
     }
 }
 
-/// Adds the columns of `col` back into the input-gradient image (the transpose of im2col).
-fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32]) {
+/// Adds the columns of `col` (rows `row_stride` apart) back into the input-gradient
+/// image: the transpose of im2col.
+fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32], row_stride: usize) {
     let (k, s, ow, oh) = (g.kernel, g.stride, g.output.width, g.output.height);
     let in_plane = g.input.height * g.input.width;
     let ci = g.in_per_group();
@@ -83,7 +94,7 @@ fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32]) {
         for ky in 0..k {
             for kx in 0..k {
                 let cols = valid_columns(g, kx);
-                let row = &col[((c * k + ky) * k + kx) * oh * ow..][..oh * ow];
+                let row = &col[((c * k + ky) * k + kx) * row_stride..][..oh * ow];
                 for oy in 0..oh {
                     let Some(iy) = input_row(g, oy, ky) else {
                         continue;
@@ -113,7 +124,7 @@ fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32
     let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
     with_scratch(kl * plane, |col| {
         for group in 0..g.groups {
-            im2col(g, x, group, col);
+            im2col(g, x, group, col, plane);
             matmul(
                 co,
                 plane,
@@ -133,14 +144,58 @@ fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32
     }
 }
 
+/// Forward pass of several images side by side in one product per group, the
+/// results then moved to each image's place and the bias added.
+fn forward_images(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
+    let (il, ol) = (g.input.len(), g.output.len());
+    let count = x.len() / il;
+    if count == 1 {
+        return forward_image(g, x, w, b, y, 1);
+    }
+    let width = count * plane;
+    with_scratch(kl * width + co * width, |scratch| {
+        let (col, out) = scratch.split_at_mut(kl * width);
+        for group in 0..g.groups {
+            for i in 0..count {
+                im2col(g, &x[i * il..][..il], group, &mut col[i * plane..], width);
+            }
+            matmul(
+                co,
+                width,
+                kl,
+                &w[group * co * kl..][..co * kl],
+                Layout::Normal,
+                col,
+                Layout::Normal,
+                out,
+                false,
+                1,
+            );
+            for i in 0..count {
+                for o in 0..co {
+                    let channel = group * co + o;
+                    let bias = b[channel];
+                    let dst = &mut y[i * ol + channel * plane..][..plane];
+                    dst.iter_mut()
+                        .zip(&out[o * width + i * plane..][..plane])
+                        .for_each(|(d, v)| *d = v + bias);
+                }
+            }
+        }
+    });
+}
+
 pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
-    let images = x[..n * il]
-        .par_chunks_exact(il)
-        .zip(y[..n * ol].par_chunks_exact_mut(ol));
     if n >= threads {
-        images.for_each(|(x, y)| forward_image(g, x, w, b, y, 1));
+        // Runs of images side by side, but never so long that a thread is left idle.
+        let per_product = images_per_product(g).min(n / threads).max(1);
+        x[..n * il]
+            .par_chunks(per_product * il)
+            .zip(y[..n * ol].par_chunks_mut(per_product * ol))
+            .for_each(|(x, y)| forward_images(g, x, w, b, y));
     } else {
         // Too few images to keep every thread busy: split each image's output rows.
         for (x, y) in x[..n * il]
@@ -193,7 +248,7 @@ fn forward_image_split(
         with_scratch((kl + g.output.channels) * width, |scratch| {
             let (col, out) = scratch.split_at_mut(kl * width);
             for group in 0..g.groups {
-                im2col_rows(g, x, group, rows.clone(), col);
+                im2col_rows(g, x, group, rows.clone(), col, width);
                 matmul(
                     co,
                     width,
@@ -226,6 +281,8 @@ fn forward_image_split(
 }
 
 /// Backward pass over a run of images, adding into `dw`/`db` and writing `dx`.
+/// Images are taken `images_per_product(g)` at a time, side by side in the
+/// unfolded matrix, so that small output planes still make long products.
 fn backward_images(
     g: &ConvGeometry,
     x: &[f32],
@@ -239,24 +296,41 @@ fn backward_images(
     let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
     let (il, ol) = (g.input.len(), g.output.len());
     let images = dy.len() / ol;
-    with_scratch(2 * kl * plane, |scratch| {
-        let (col, dcol) = scratch.split_at_mut(kl * plane);
-        for img in 0..images {
-            let x = &x[img * il..][..il];
-            let dy = &dy[img * ol..][..ol];
+    let per_product = images_per_product(g).min(images).max(1);
+    let widest = per_product * plane;
+    with_scratch(2 * kl * widest + co * widest, |scratch| {
+        let (col, rest) = scratch.split_at_mut(kl * widest);
+        let (dcol, dy_side_by_side) = rest.split_at_mut(kl * widest);
+        for first in (0..images).step_by(per_product) {
+            let count = per_product.min(images - first);
+            let width = count * plane;
             if let Some(dx) = dx.as_deref_mut() {
-                dx[img * il..][..il].fill(0.0);
+                dx[first * il..(first + count) * il].fill(0.0);
             }
             for group in 0..g.groups {
-                let dy_g = &dy[group * co * plane..][..co * plane];
-                im2col(g, x, group, col);
+                // Output gradients of the run, side by side: [out_per_group x width].
+                for i in 0..count {
+                    let dy_g = &dy[(first + i) * ol + group * co * plane..][..co * plane];
+                    for o in 0..co {
+                        dy_side_by_side[o * width + i * plane..][..plane]
+                            .copy_from_slice(&dy_g[o * plane..][..plane]);
+                    }
+                    im2col(
+                        g,
+                        &x[(first + i) * il..][..il],
+                        group,
+                        &mut col[i * plane..],
+                        width,
+                    );
+                }
+                let dy_g = &dy_side_by_side[..co * width];
                 matmul(
                     co,
                     kl,
-                    plane,
+                    width,
                     dy_g,
                     Layout::Normal,
-                    col,
+                    &col[..kl * width],
                     Layout::Transposed,
                     &mut dw[group * co * kl..][..co * kl],
                     true,
@@ -265,24 +339,43 @@ fn backward_images(
                 if let Some(dx) = dx.as_deref_mut() {
                     matmul(
                         kl,
-                        plane,
+                        width,
                         co,
                         &w[group * co * kl..][..co * kl],
                         Layout::Transposed,
                         dy_g,
                         Layout::Normal,
-                        dcol,
+                        &mut dcol[..kl * width],
                         false,
                         threads,
                     );
-                    col2im(g, dcol, group, &mut dx[img * il..][..il]);
+                    for i in 0..count {
+                        col2im(
+                            g,
+                            &dcol[i * plane..],
+                            group,
+                            &mut dx[(first + i) * il..][..il],
+                            width,
+                        );
+                    }
                 }
-            }
-            for (channel, bias_grad) in dy.chunks_exact(plane).zip(db.iter_mut()) {
-                *bias_grad += channel.iter().sum::<f32>();
             }
         }
     });
+    for dy in dy.chunks_exact(ol) {
+        for (channel, bias_grad) in dy.chunks_exact(plane).zip(db.iter_mut()) {
+            *bias_grad += channel.iter().sum::<f32>();
+        }
+    }
+}
+
+/// Products shorter than this many columns waste the GEMM kernel's set-up.
+const MIN_PRODUCT_COLUMNS: usize = 512;
+
+/// How many images to place side by side in one product: one for large output
+/// planes (conv1, conv2 of the paper), several for small ones (13x13 and below).
+fn images_per_product(g: &ConvGeometry) -> usize {
+    MIN_PRODUCT_COLUMNS.div_ceil(g.out_plane()).max(1)
 }
 
 /// Per-chunk parameter-gradient sums, kept between calls so that they are allocated once.
