@@ -147,13 +147,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
-    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let split = dataset.split(&args.split)?;
     let views = if args.ten_crop { 10 } else { 1 };
-    let mut net = Network::new(Cpu, &ckpt.spec, args.batch.max(1) * views, 0)?;
+    let mut net = Network::new_zeroed(Cpu, &ckpt.spec, args.batch.max(1) * views)?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     crate::train::check_compatible(&dataset, &ckpt.spec)?;

@@ -60,11 +60,11 @@ fn feature_layer(net: &Network<Cpu>, name: Option<&str>) -> Result<usize> {
 }
 
 pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
-    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let dataset = Dataset::open(&args.data)?;
     let split = dataset.split(&args.split)?;
-    let mut net = Network::new(Cpu, &ckpt.spec, args.batch.max(1), 0)?;
+    let mut net = Network::new_zeroed(Cpu, &ckpt.spec, args.batch.max(1))?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     crate::train::check_compatible(&dataset, &ckpt.spec)?;
     let layer = feature_layer(&net, args.layer.as_deref())?;

@@ -96,7 +96,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(path) = &args.checkpoint {
-        let ckpt = checkpoint::load(path)?;
+        let ckpt = checkpoint::load_weights(path)?;
         println!("checkpoint {} at step {}", path.display(), ckpt.step);
         if let Some(state) = ckpt.metadata.get("train_state") {
             println!("training state: {state}");

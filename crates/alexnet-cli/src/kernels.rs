@@ -38,7 +38,7 @@ fn towers(plan: &Plan) -> usize {
 }
 
 pub fn run(args: KernelsArgs) -> Result<()> {
-    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let plan = Plan::new(&ckpt.spec)?;
     let Some((layer, weight)) = plan.layers.iter().find_map(|l| match &l.op {
         Op::Conv { weight, .. } => Some((l, *weight)),

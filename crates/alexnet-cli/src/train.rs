@@ -233,14 +233,15 @@ struct Run {
 }
 
 impl Run {
-    fn save(&self, path: &Path) -> Result<()> {
+    /// Writes a checkpoint; velocities only where training may resume from it.
+    fn save(&self, path: &Path, with_velocity: bool) -> Result<()> {
         let mut metadata = BTreeMap::new();
         let mut tensors = Vec::new();
         self.preprocess.store(&mut metadata, &mut tensors);
         metadata.insert(STATE_KEY.into(), serde_json::to_string(&self.state)?);
         let options = SaveOptions {
             step: self.state.step,
-            with_velocity: true,
+            with_velocity,
             metadata,
             tensors,
         };
@@ -328,7 +329,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             );
         }
         check_compatible(&dataset, &ckpt.spec)?;
-        let mut net = Network::new(Cpu, &ckpt.spec, settings.batch, settings.seed)?;
+        let mut net = Network::new_zeroed(Cpu, &ckpt.spec, settings.batch)?;
         ckpt.apply(&mut net, &last_path, true)?;
         net.set_rng(Rng::from_state(state.rng));
         (net, state)
@@ -466,7 +467,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             if interrupted.load(Ordering::SeqCst) {
                 progress.finish();
                 run.state.rng = run.net.rng().state();
-                run.save(&last_path)?;
+                run.save(&last_path, true)?;
                 eprintln!(
                     "interrupted: checkpoint written to {} (continue with --resume)",
                     last_path.display()
@@ -518,12 +519,12 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             }
             if run.state.step % args.checkpoint_every == 0 {
                 run.state.rng = run.net.rng().state();
-                run.save(&last_path)?;
+                run.save(&last_path, true)?;
             }
             if args.max_steps.is_some_and(|max| run.state.step >= max) {
                 progress.finish();
                 run.state.rng = run.net.rng().state();
-                run.save(&last_path)?;
+                run.save(&last_path, true)?;
                 eprintln!(
                     "stopped after {} steps (--max-steps); checkpoint {}",
                     run.state.step,
@@ -597,9 +598,9 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         run.state.epoch_errors = 0;
         run.state.epoch_images = 0;
         run.state.rng = run.net.rng().state();
-        run.save(&last_path)?;
+        run.save(&last_path, true)?;
         if improved {
-            run.save(&run.out.join(BEST))?;
+            run.save(&run.out.join(BEST), false)?;
         }
     }
     eprintln!(
@@ -613,7 +614,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
 /// Copies every parameter of `path` whose name and shape match the net; others
 /// (a last layer for another number of classes) keep their fresh initialisation.
 fn load_initial_weights(net: &mut Network<Cpu>, path: &Path) -> Result<()> {
-    let ckpt = checkpoint::load(path)?;
+    let ckpt = checkpoint::load_weights(path)?;
     let mut kept_fresh = Vec::new();
     for index in 0..net.params().len() {
         let info = net.params()[index].info.clone();

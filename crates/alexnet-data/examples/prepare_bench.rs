@@ -14,7 +14,9 @@ use alexnet_data::{FolderOptions, PrepareOptions, prepare_folder};
 use image::{Rgb, RgbImage};
 
 fn main() {
-    let images: usize = std::env::args().nth(1).map_or(400, |a| a.parse().expect("image count"));
+    let images: usize = std::env::args()
+        .nth(1)
+        .map_or(400, |a| a.parse().expect("image count"));
     let root = std::env::temp_dir().join(format!("alexnet-prepare-bench-{}", std::process::id()));
     let mut rng = Rng::new(1);
     for i in 0..images {
@@ -28,16 +30,23 @@ fn main() {
             Rgb([r, g, ((x + y) % 256) as u8])
         });
         let mut bytes = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&photo).unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&photo)
+            .unwrap();
         std::fs::write(class.join(format!("{i}.jpg")), bytes).unwrap();
     }
     for threads in [1, rayon::current_num_threads()] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let out = root.join(format!("out-{threads}"));
         let mut options = PrepareOptions::new(&out);
         options.progress = false;
         let started = Instant::now();
-        let summary = pool.install(|| prepare_folder(&FolderOptions::new(&root.join("train")), &options)).unwrap();
+        let summary = pool
+            .install(|| prepare_folder(&FolderOptions::new(&root.join("train")), &options))
+            .unwrap();
         let seconds = started.elapsed().as_secs_f64();
         println!(
             "prepare, {threads} thread(s): {images} JPEGs of 500x375 -> 256x256 in {seconds:.2} s: {:.0} images/s ({:.0} per thread); {} skipped",

@@ -115,7 +115,24 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Reads a checkpoint, checking its format and that every tensor is f32 and whole.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    load_filtered(path, |_| true)
+}
+
+/// Reads a checkpoint without its SGD velocities: all that inference needs.
+pub fn load_weights(path: &Path) -> Result<Checkpoint> {
+    load_filtered(path, |name| !name.starts_with(VELOCITY_PREFIX))
+}
+
+fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint> {
+    let file = std::fs::File::open(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    // SAFETY: the map is only read, and only while this function runs. Mapping is
+    // unsound only if another process truncates or rewrites the file meanwhile;
+    // this program never changes a checkpoint in place (it writes a new file and
+    // renames it over the old one), so the mapped file stays as it was.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: e,
     })?;
@@ -154,7 +171,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .transpose()?
         .unwrap_or(0);
     let mut out = HashMap::new();
-    for (name, view) in tensors.tensors() {
+    for (name, view) in tensors.tensors().into_iter().filter(|(name, _)| keep(name)) {
         if view.dtype() != Dtype::F32 {
             return Err(ckpt_error(
                 path,

@@ -71,6 +71,22 @@ impl<B: Backend> Network<B> {
     /// Builds the net described by `spec` for batches of up to `max_batch` images,
     /// initialised as the paper does (Gaussian weights, constant biases) from `seed`.
     pub fn new(backend: B, spec: &NetSpec, max_batch: usize, seed: u64) -> Result<Network<B>> {
+        Network::build(backend, spec, max_batch, seed, true)
+    }
+
+    /// Builds the net with every parameter at zero, for weights that will be
+    /// loaded from a checkpoint: it skips drawing tens of millions of random numbers.
+    pub fn new_zeroed(backend: B, spec: &NetSpec, max_batch: usize) -> Result<Network<B>> {
+        Network::build(backend, spec, max_batch, 0, false)
+    }
+
+    fn build(
+        backend: B,
+        spec: &NetSpec,
+        max_batch: usize,
+        seed: u64,
+        initialise: bool,
+    ) -> Result<Network<B>> {
         let plan = Plan::new(spec)?;
         if max_batch == 0 {
             return Err(input_error("batch size", "at least 1".into(), "0".into()));
@@ -78,13 +94,23 @@ impl<B: Backend> Network<B> {
         let mut rng = Rng::new(seed);
         let mut params = Vec::with_capacity(plan.params.len());
         for info in &plan.params {
+            let mut value = backend.alloc(info.len())?;
+            if !initialise {
+                params.push(Param {
+                    info: info.clone(),
+                    value,
+                    grad: backend.alloc(info.len())?,
+                    velocity: backend.alloc(info.len())?,
+                    frozen: false,
+                });
+                continue;
+            }
             let host: Vec<f32> = match info.init {
                 Init::Gaussian(std) => (0..info.len())
                     .map(|_| (rng.normal() * std as f64) as f32)
                     .collect(),
                 Init::Constant(c) => vec![c; info.len()],
             };
-            let mut value = backend.alloc(info.len())?;
             backend.upload(&host, &mut value);
             params.push(Param {
                 info: info.clone(),
