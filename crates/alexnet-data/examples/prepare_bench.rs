@@ -24,7 +24,7 @@ fn main() {
         std::fs::create_dir_all(&class).unwrap();
         let (a, b) = (rng.uniform() * 255.0, rng.uniform() * 255.0);
         let photo = RgbImage::from_fn(500, 375, |x, y| {
-            let noise = (rng.uniform() * 40.0) as f64;
+            let noise = rng.uniform() * 40.0;
             let r = (a * x as f64 / 500.0 + noise).min(255.0) as u8;
             let g = (b * y as f64 / 375.0 + noise).min(255.0) as u8;
             Rgb([r, g, ((x + y) % 256) as u8])
