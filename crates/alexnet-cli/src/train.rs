@@ -308,6 +308,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         bail!("--batch and --epochs must be at least 1");
     }
 
+    let wanted_spec = fit_spec(base, &dataset, args.dropout);
     // Build the net: from the last checkpoint when resuming, else fresh (or from --init-from).
     let (net, state) = if args.resume {
         let ckpt = checkpoint::load(&last_path).with_context(|| {
@@ -328,6 +329,15 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
                 settings
             );
         }
+        if ckpt.spec != wanted_spec {
+            bail!(
+                "--resume: the run in {} trains the network '{}', which differs from --arch {} (as fitted to this \
+                 dataset); resume with the --arch the run was started with",
+                args.out.display(),
+                ckpt.spec.name,
+                args.arch
+            );
+        }
         check_compatible(&dataset, &ckpt.spec)?;
         let mut net = Network::new_zeroed(Cpu, &ckpt.spec, settings.batch)?;
         ckpt.apply(&mut net, &last_path, true)?;
@@ -340,7 +350,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
                 args.out.display()
             );
         }
-        let spec = fit_spec(base, &dataset, args.dropout);
+        let spec = wanted_spec;
         check_compatible(&dataset, &spec)?;
         let mut net = Network::new(Cpu, &spec, settings.batch, settings.seed)?;
         if let Some(init) = &args.init_from {

@@ -183,6 +183,23 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
         text.contains("other settings") && text.contains("seed"),
         "{text}"
     );
+    // So is a resume with another network.
+    let text = fails(
+        &[
+            TRAIN,
+            &[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                resumed.to_str().unwrap(),
+                "--resume",
+                "--dropout",
+                "0.3",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(text.contains("differs from --arch"), "{text}");
     // Starting a new run over an existing one is refused.
     let text = fails(
         &[
@@ -197,6 +214,64 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
         .concat(),
     );
     assert!(text.contains("--resume"), "{text}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
+    let root = temp_dir("interrupt");
+    let data = dataset(&root);
+    let out = root.join("run");
+    // Many epochs, so the run is still going when the interrupt comes.
+    let args = [
+        "--threads",
+        "2",
+        "train",
+        "--arch",
+        "cifar",
+        "--batch",
+        "16",
+        "--holdout",
+        "40",
+        "--epochs",
+        "100000",
+        "--quiet",
+        "--log-every",
+        "1",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training is under way, then interrupt it as Ctrl-C would.
+    let log = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 3) {
+        assert!(started.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "an interrupted run exits cleanly: {text}"
+    );
+    assert!(text.contains("interrupted: checkpoint written"), "{text}");
+    // The checkpoint is whole and the run resumes from it.
+    let steps = std::fs::read_to_string(&log).unwrap().lines().count();
+    let until = (steps + 5).to_string();
+    ok(&[&args[2..], &["--resume", "--max-steps", &until]].concat());
     std::fs::remove_dir_all(&root).unwrap();
 }
 
