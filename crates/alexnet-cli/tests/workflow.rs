@@ -244,7 +244,7 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         out.to_str().unwrap(),
     ];
     let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(&args)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
