@@ -95,23 +95,15 @@ impl<B: Backend> Network<B> {
         let mut params = Vec::with_capacity(plan.params.len());
         for info in &plan.params {
             let mut value = backend.alloc(info.len())?;
-            if !initialise {
-                params.push(Param {
-                    info: info.clone(),
-                    value,
-                    grad: backend.alloc(info.len())?,
-                    velocity: backend.alloc(info.len())?,
-                    frozen: false,
-                });
-                continue;
+            if initialise {
+                let host: Vec<f32> = match info.init {
+                    Init::Gaussian(std) => (0..info.len())
+                        .map(|_| (rng.normal() * std as f64) as f32)
+                        .collect(),
+                    Init::Constant(c) => vec![c; info.len()],
+                };
+                backend.upload(&host, &mut value);
             }
-            let host: Vec<f32> = match info.init {
-                Init::Gaussian(std) => (0..info.len())
-                    .map(|_| (rng.normal() * std as f64) as f32)
-                    .collect(),
-                Init::Constant(c) => vec![c; info.len()],
-            };
-            backend.upload(&host, &mut value);
             params.push(Param {
                 info: info.clone(),
                 value,
