@@ -21,11 +21,14 @@ use crate::preprocess::Preprocess;
 pub struct FeaturesArgs {
     #[arg(long)]
     checkpoint: PathBuf,
-    /// A prepared dataset directory.
-    #[arg(long)]
-    data: PathBuf,
+    /// A prepared dataset directory (or give image files instead).
+    #[arg(long, required_unless_present = "images")]
+    data: Option<PathBuf>,
     #[arg(long, default_value = "test")]
     split: String,
+    /// Image files, instead of a dataset.
+    #[arg(conflicts_with = "data")]
+    images: Vec<PathBuf>,
     /// The layer whose outputs are the features (default: the last hidden linear layer).
     #[arg(long)]
     layer: Option<String>,
@@ -62,45 +65,63 @@ fn feature_layer(net: &Network<Cpu>, name: Option<&str>) -> Result<usize> {
 pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let dataset = Dataset::open(&args.data)?;
-    let split = dataset.split(&args.split)?;
     let mut net = Network::new_zeroed(Cpu, &ckpt.spec, args.batch.max(1))?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
-    crate::train::check_compatible(&dataset, &ckpt.spec)?;
     let layer = feature_layer(&net, args.layer.as_deref())?;
     let dim = net.plan().layers[layer].output.len();
-    let count = args.limit.unwrap_or(split.len()).min(split.len());
     let shape = net.plan().input_shape();
-    let config = LoaderConfig {
-        batch: args.batch.max(1),
-        view: eval_view(&preprocess, shape.height, shape.width, false),
-        seed: 0,
-        epoch: 0,
-        shuffle: false,
-        start_batch: 0,
-        indices: Some(Arc::new((0..count as u32).collect())),
-        threads,
-        queue: 2,
-        drop_last: false,
-    };
-    let loader = Loader::new(split, config, dataset.mean_shared(), dataset.info())?;
-    let mut features = Vec::with_capacity(count * dim);
-    let mut labels = Vec::with_capacity(count);
-    for batch in loader {
-        net.set_input(&batch.images)?;
-        net.forward(Mode::Test);
-        features.extend(net.layer_output(layer));
-        labels.extend(batch.labels.iter().map(|&l| l as f32));
-    }
-    let metadata = HashMap::from([
-        ("data".to_string(), args.data.display().to_string()),
-        ("split".to_string(), args.split.clone()),
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut metadata = HashMap::from([
         ("layer".to_string(), net.plan().layers[layer].label.clone()),
         (
             "checkpoint".to_string(),
             args.checkpoint.display().to_string(),
         ),
     ]);
+    if let Some(data) = &args.data {
+        let dataset = Dataset::open(data)?;
+        let split = dataset.split(&args.split)?;
+        crate::train::check_compatible(&dataset, &ckpt.spec)?;
+        let count = args.limit.unwrap_or(split.len()).min(split.len());
+        let config = LoaderConfig {
+            batch: args.batch.max(1),
+            view: eval_view(&preprocess, shape.height, shape.width, false),
+            seed: 0,
+            epoch: 0,
+            shuffle: false,
+            start_batch: 0,
+            indices: Some(Arc::new((0..count as u32).collect())),
+            threads,
+            queue: 2,
+            drop_last: false,
+        };
+        let loader = Loader::new(split, config, dataset.mean_shared(), dataset.info())?;
+        for batch in loader {
+            net.set_input(&batch.images)?;
+            net.forward(Mode::Test);
+            features.extend(net.layer_output(layer));
+            labels.extend(batch.labels.iter().map(|&l| l as f32));
+        }
+        metadata.insert("data".to_string(), data.display().to_string());
+        metadata.insert("split".to_string(), args.split.clone());
+    } else {
+        // Image files: each prepared as `classify` does; labels are unknown (-1).
+        for path in &args.images {
+            let input = crate::classify::load_input(path, &preprocess, shape.height, shape.width)
+                .with_context(|| format!("reading {}", path.display()))?;
+            net.set_input(&input)?;
+            net.forward(Mode::Test);
+            features.extend(net.layer_output(layer));
+            labels.push(-1.0);
+        }
+        let names: Vec<String> = args
+            .images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        metadata.insert("images".to_string(), serde_json::to_string(&names)?);
+    }
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (fb, lb) = (bytes(&features), bytes(&labels));
     let tensors = vec![
@@ -183,15 +204,45 @@ pub fn run_similar(args: SimilarArgs) -> Result<()> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    let data = meta
-        .get("data")
-        .context("the features file does not name its dataset")?;
-    let split_name = meta
-        .get("split")
-        .context("the features file does not name its split")?;
-    let dataset = Dataset::open(std::path::Path::new(data))?;
-    let split = dataset.split(split_name)?;
-    let info = dataset.info();
+    // Where the pictures come from: the dataset split, or the image files, that
+    // the vectors were computed from. Each yields (pixels CHW, channels, height, width).
+    enum Source {
+        Split(alexnet_data::Split, [usize; 3]),
+        Files(Vec<PathBuf>),
+    }
+    let source = if let Some(images) = meta.get("images") {
+        Source::Files(
+            serde_json::from_str(images).context("the features file's image list is unreadable")?,
+        )
+    } else {
+        let data = meta
+            .get("data")
+            .context("the features file names neither a dataset nor images")?;
+        let split_name = meta
+            .get("split")
+            .context("the features file does not name its split")?;
+        let dataset = Dataset::open(std::path::Path::new(data))?;
+        let info = dataset.info();
+        Source::Split(
+            dataset.split(split_name)?,
+            [info.channels, info.height, info.width],
+        )
+    };
+    let picture = |index: usize| -> Result<(Vec<u8>, [usize; 3])> {
+        match &source {
+            Source::Split(split, shape) => Ok((split.image(index).0.to_vec(), *shape)),
+            Source::Files(paths) => {
+                let path = paths
+                    .get(index)
+                    .context("the features file lists fewer images than vectors")?;
+                let side = args.cell as usize;
+                Ok((
+                    alexnet_data::load_photo(path, args.cell, crate::classify::MAX_PIXELS)?,
+                    [3, side, side],
+                ))
+            }
+        }
+    };
     let cell = args.cell;
     let columns = args.k + 1;
     let mut grid = RgbImage::from_pixel(
@@ -218,17 +269,16 @@ pub fn run_similar(args: SimilarArgs) -> Result<()> {
                 .join(", ")
         );
         for (column, &index) in shown.iter().enumerate() {
-            let (pixels, _) = split.image(index);
+            let (pixels, [channels, height, width]) = picture(index)?;
             // The query stands apart from its neighbours by a wider gap.
             let x0 = column as u32 * (cell + 4) + if column > 0 { 8 } else { 0 };
             let y0 = row as u32 * (cell + 4);
             for y in 0..cell {
                 for x in 0..cell {
-                    let sy = y as usize * info.height / cell as usize;
-                    let sx = x as usize * info.width / cell as usize;
-                    let channel = |c: usize| {
-                        pixels[(c.min(info.channels - 1) * info.height + sy) * info.width + sx]
-                    };
+                    let sy = y as usize * height / cell as usize;
+                    let sx = x as usize * width / cell as usize;
+                    let channel =
+                        |c: usize| pixels[(c.min(channels - 1) * height + sy) * width + sx];
                     grid.put_pixel(x0 + x, y0 + y, Rgb([channel(0), channel(1), channel(2)]));
                 }
             }

@@ -370,6 +370,34 @@ fn trained_checkpoints_serve_every_command() {
     let image = image::open(&grid).unwrap();
     assert_eq!(image.height(), 2 * (96 + 4));
 
+    // Features of image files, and their neighbours drawn from the files.
+    let file_features = root.join("file-features.safetensors");
+    let text = ok(&[
+        "features",
+        "--checkpoint",
+        best,
+        good.to_str().unwrap(),
+        good.to_str().unwrap(),
+        "--out",
+        file_features.to_str().unwrap(),
+    ]);
+    assert!(text.contains("2 vectors"), "{text}");
+    let text = ok(&[
+        "similar",
+        "--features",
+        file_features.to_str().unwrap(),
+        "--queries",
+        "0",
+        "--k",
+        "1",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("query 0: 1 (0.0)"),
+        "identical images are at distance 0: {text}"
+    );
+
     let curves = root.join("curves.png");
     ok(&[
         "plot",
