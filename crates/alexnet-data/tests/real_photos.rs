@@ -1,0 +1,93 @@
+//! Real photographs (CC0 / public domain, from scikit-image; see photos/README.md)
+//! through `prepare`: a baseline JPEG, RGB PNGs and a greyscale PNG become
+//! 256x256 RGB records, the shorter side rescaled and the centre kept.
+
+mod common;
+
+use std::path::Path;
+
+use alexnet_data::{Dataset, FolderOptions, PrepareOptions, load_photo, prepare_folder};
+use common::TempDir;
+
+const PHOTOS: &[(&str, &str)] = &[
+    ("cat", "chelsea.png"),
+    ("coffee", "coffee.png"),
+    ("coins", "coins.png"),
+    ("rocket", "rocket.jpg"),
+];
+
+fn photo(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/photos")
+        .join(name)
+}
+
+#[test]
+fn real_photos_are_prepared_the_papers_way() {
+    let tmp = TempDir::new("real-photos");
+    for (class, file) in PHOTOS {
+        let dir = tmp.join("train").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(photo(file), dir.join(file)).unwrap();
+    }
+    let mut options = PrepareOptions::new(&tmp.join("data"));
+    options.progress = false;
+    let summary = prepare_folder(&FolderOptions::new(&tmp.join("train")), &options).unwrap();
+    assert_eq!(summary.skipped, 0, "{summary}");
+    let dataset = Dataset::open(&tmp.join("data")).unwrap();
+    let info = dataset.info();
+    assert_eq!((info.channels, info.height, info.width), (3, 256, 256));
+    let classes: Vec<&str> = info.classes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(classes, ["cat", "coffee", "coins", "rocket"]);
+    let split = dataset.split("train").unwrap();
+    assert_eq!(split.len(), 4);
+    let plane = 256 * 256;
+    for i in 0..4 {
+        let (pixels, label) = split.image(i);
+        let file = PHOTOS[label as usize].1;
+        // Each stored image is what `load_photo` gives for the same file.
+        assert_eq!(
+            pixels,
+            load_photo(&photo(file), 256, 100_000_000)
+                .unwrap()
+                .as_slice(),
+            "{file}"
+        );
+        let (r, g, b) = (
+            &pixels[..plane],
+            &pixels[plane..2 * plane],
+            &pixels[2 * plane..],
+        );
+        let spread = r.iter().max().unwrap() - r.iter().min().unwrap();
+        assert!(
+            spread > 100,
+            "{file}: a photograph has contrast (red spans {spread})"
+        );
+        if file == "coins.png" {
+            assert!(
+                r == g && g == b,
+                "the greyscale photo becomes three equal channels"
+            );
+        } else {
+            assert!(r != g, "{file}: a colour photo keeps distinct channels");
+        }
+    }
+    // The tabby cat is warm: more red than blue on average.
+    let (pixels, _) = (0..4)
+        .map(|i| split.image(i))
+        .find(|(_, l)| *l == 0)
+        .unwrap();
+    let mean = |c: usize| {
+        pixels[c * plane..(c + 1) * plane]
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>()
+            / plane as f64
+    };
+    assert!(
+        mean(0) > mean(2) + 10.0,
+        "cat: red {} blue {}",
+        mean(0),
+        mean(2)
+    );
+}
