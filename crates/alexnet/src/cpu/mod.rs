@@ -1,5 +1,5 @@
 //! The two CPU backends: [`Cpu`], the fast one, and [`ReferenceCpu`], which runs
-//! the readable reference loops of [`reference`] through the same contract, so
+//! the readable reference loops of [`reference`](mod@reference) through the same contract, so
 //! whole networks can be compared layer by layer and step by step.
 
 pub mod fast;
