@@ -4,6 +4,7 @@ mod bench;
 mod chart;
 mod classify;
 mod evaluate;
+mod experiment;
 mod features;
 mod info;
 mod kernels;
@@ -48,6 +49,8 @@ enum Command {
     Features(features::FeaturesArgs),
     /// Find the images nearest to queries by their features (the paper's Figure 4).
     Similar(features::SimilarArgs),
+    /// Run one of the paper's experiments (variants of one net, several seeds) and report.
+    Experiment(experiment::ExperimentArgs),
     /// Draw training curves from metrics logs (the paper's Figure 1).
     Plot(plot::PlotArgs),
     /// Draw the first layer's kernels (the paper's Figure 3).
@@ -79,6 +82,7 @@ fn main() -> Result<()> {
         Command::Classify(args) => classify::run(args),
         Command::Features(args) => features::run_features(args, threads),
         Command::Similar(args) => features::run_similar(args),
+        Command::Experiment(args) => experiment::run(args, threads),
         Command::Plot(args) => plot::run(args),
         Command::Kernels(args) => kernels::run(args),
         Command::Bench(args) => bench::run(args),

@@ -507,3 +507,62 @@ fn the_papers_net_trains_on_photos() {
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn an_experiment_trains_its_variants_and_reports() {
+    let root = temp_dir("experiment");
+    let data = dataset(&root);
+    let out = root.join("lrn");
+    let text = ok(&[
+        "experiment",
+        "lrn",
+        "--data",
+        data.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--holdout",
+        "40",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("| with LRN |") && text.contains("| without LRN |"),
+        "{text}"
+    );
+    assert!(text.contains("The paper: response normalisation"), "{text}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let variants = results["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    for v in variants {
+        assert_eq!(v["runs"], 2);
+        assert!(v["test_error"]["mean"].as_f64().is_some(), "{v}");
+    }
+    // The threshold rule: the first variant's mean training error after half its epochs.
+    let threshold = results["threshold_train_error"].as_f64().unwrap();
+    assert!(threshold > 0.0 && threshold < 1.0, "{threshold}");
+    assert!(image::open(out.join("figure.png")).is_ok());
+    // Running it again reuses the finished runs.
+    let again = ok(&[
+        "experiment",
+        "lrn",
+        "--data",
+        data.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--holdout",
+        "40",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(again.contains("already done"), "{again}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -1,0 +1,558 @@
+//! `alexnet experiment`: the paper's ablations, each as one command. Every
+//! experiment derives its variants from one base description (the `cifar`
+//! preset by default), trains each variant with the same seeds, data order and
+//! budget, then reports the final training and test error (mean and spread over
+//! the seeds), the epochs and seconds each variant needed to reach a training
+//! error threshold fixed by a stated rule, and a figure of training error
+//! against epochs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use alexnet::spec::{LayerSpec, NetSpec};
+use alexnet::{Cpu, Network, checkpoint};
+use alexnet_data::Dataset;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, ValueEnum};
+use serde_json::json;
+
+use crate::chart::{LineChart, Series};
+use crate::evaluate::{eval_view, evaluate};
+use crate::preprocess::Preprocess;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Experiment {
+    /// ReLU against tanh (Figure 1: six times faster to 25% training error on CIFAR-10).
+    ReluVsTanh,
+    /// With and without local response normalisation (CIFAR-10: 13% -> 11% test error).
+    Lrn,
+    /// Overlapping 3/2 pooling against plain 2/2 (-0.4% top-1 on ImageNet).
+    OverlappingPool,
+    /// With and without dropout (less overfitting, about twice the iterations).
+    Dropout,
+    /// Two towers against one tower with half the kernels (-1.7% top-1 on ImageNet).
+    Towers,
+}
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    #[arg(value_enum)]
+    name: Experiment,
+    /// A prepared dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// The description the variants are derived from (a preset name or a TOML file).
+    #[arg(long, default_value = "cifar")]
+    base: String,
+    /// Seeds per variant.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Epochs per run (the budget; default: 4).
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Learning rate (default: the base recipe's).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Batch size (default: the base recipe's).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Training images held out for validation (as `train --holdout`).
+    #[arg(long, default_value_t = 5000)]
+    holdout: usize,
+    /// Training-error threshold in percent. Default rule, fixed before the runs: the
+    /// training error the first variant reaches, on average over the seeds, after
+    /// half of its epochs.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Stop each run after this many steps (for short checks).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Output directory (runs, results.md, results.json, figure.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One network of an experiment.
+struct Variant {
+    name: &'static str,
+    spec: NetSpec,
+    /// Drawn dashed in the figure (tanh, as in the paper's Figure 1).
+    dashed: bool,
+}
+
+/// The paper's claim for each experiment, quoted beside our result.
+fn paper_claim(experiment: Experiment) -> &'static str {
+    match experiment {
+        Experiment::ReluVsTanh => {
+            "ReLU reaches 25% training error on CIFAR-10 six times faster than tanh (Figure 1)"
+        }
+        Experiment::Lrn => {
+            "response normalisation: CIFAR-10 test error 13% without, 11% with (Section 3.3)"
+        }
+        Experiment::OverlappingPool => {
+            "overlapping 3/2 pooling: -0.4% top-1, -0.3% top-5 on ImageNet (Section 3.4)"
+        }
+        Experiment::Dropout => {
+            "dropout reduces overfitting, roughly doubling the iterations to converge (Section 4.2)"
+        }
+        Experiment::Towers => {
+            "two towers: -1.7% top-1, -1.2% top-5 against one tower with half the kernels (Section 3.2)"
+        }
+    }
+}
+
+fn map_layers(spec: &NetSpec, f: impl FnMut(&LayerSpec) -> Option<LayerSpec>) -> NetSpec {
+    let mut out = spec.clone();
+    out.layers = spec.layers.iter().filter_map(f).collect();
+    out
+}
+
+/// The variants of an experiment, the base's own form first.
+fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
+    let keep = |l: &LayerSpec| Some(l.clone());
+    let base_variant = |name| Variant {
+        name,
+        spec: base.clone(),
+        dashed: false,
+    };
+    let count = |pred: fn(&LayerSpec) -> bool| base.layers.iter().filter(|l| pred(l)).count();
+    let v = match experiment {
+        Experiment::ReluVsTanh => {
+            if count(|l| matches!(l, LayerSpec::Relu)) == 0 {
+                bail!("the base description has no ReLU to replace");
+            }
+            let tanh = map_layers(base, |l| {
+                Some(if *l == LayerSpec::Relu {
+                    LayerSpec::Tanh
+                } else {
+                    l.clone()
+                })
+            });
+            vec![
+                base_variant("relu"),
+                Variant {
+                    name: "tanh",
+                    spec: tanh,
+                    dashed: true,
+                },
+            ]
+        }
+        Experiment::Lrn => {
+            if count(|l| matches!(l, LayerSpec::Lrn(_))) == 0 {
+                bail!("the base description has no LRN layer to remove");
+            }
+            let without = map_layers(base, |l| {
+                if matches!(l, LayerSpec::Lrn(_)) {
+                    None
+                } else {
+                    keep(l)
+                }
+            });
+            vec![
+                base_variant("with LRN"),
+                Variant {
+                    name: "without LRN",
+                    spec: without,
+                    dashed: true,
+                },
+            ]
+        }
+        Experiment::OverlappingPool => {
+            if count(|l| matches!(l, LayerSpec::MaxPool(p) if p.size > p.stride)) == 0 {
+                bail!("the base description has no overlapping max pooling");
+            }
+            let plain = map_layers(base, |l| match l {
+                LayerSpec::MaxPool(p) if p.size > p.stride => {
+                    Some(LayerSpec::MaxPool(alexnet::spec::PoolSpec {
+                        size: p.stride,
+                        stride: p.stride,
+                    }))
+                }
+                other => keep(other),
+            });
+            vec![
+                base_variant("overlapping 3/2"),
+                Variant {
+                    name: "plain 2/2",
+                    spec: plain,
+                    dashed: true,
+                },
+            ]
+        }
+        Experiment::Dropout => {
+            if count(|l| matches!(l, LayerSpec::Dropout(_))) == 0 {
+                bail!("the base description has no dropout layer to remove");
+            }
+            let without = map_layers(base, |l| {
+                if matches!(l, LayerSpec::Dropout(_)) {
+                    None
+                } else {
+                    keep(l)
+                }
+            });
+            vec![
+                base_variant("with dropout"),
+                Variant {
+                    name: "without dropout",
+                    spec: without,
+                    dashed: true,
+                },
+            ]
+        }
+        Experiment::Towers => {
+            // Two towers: every convolution after the first and every LRN split in
+            // two groups (the paper's layout); one tower: the same layers with half
+            // the kernels and no groups.
+            let mut convolutions = 0;
+            let two = map_layers(base, |l| match l {
+                LayerSpec::Conv(c) => {
+                    convolutions += 1;
+                    let groups = if convolutions > 1 { 2 } else { c.groups };
+                    Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
+                        groups,
+                        ..c.clone()
+                    }))
+                }
+                LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
+                    groups: 2,
+                    ..n.clone()
+                })),
+                other => keep(other),
+            });
+            let one = map_layers(base, |l| match l {
+                LayerSpec::Conv(c) => Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
+                    out: c.out / 2,
+                    groups: 1,
+                    ..c.clone()
+                })),
+                LayerSpec::Linear(f) => Some(LayerSpec::Linear(alexnet::spec::LinearSpec {
+                    out: f.out.map(|o| o / 2),
+                    ..f.clone()
+                })),
+                LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
+                    groups: 1,
+                    ..n.clone()
+                })),
+                other => keep(other),
+            });
+            vec![
+                Variant {
+                    name: "two towers",
+                    spec: two,
+                    dashed: false,
+                },
+                Variant {
+                    name: "one tower, half the kernels",
+                    spec: one,
+                    dashed: true,
+                },
+            ]
+        }
+    };
+    Ok(v)
+}
+
+/// `train` flags for one run, parsed by the same parser as the command line.
+#[derive(Parser)]
+struct TrainCommand {
+    #[command(flatten)]
+    args: crate::train::TrainArgs,
+}
+
+fn mean_and_spread(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+/// (epoch, training error, elapsed seconds) of each epoch line of a run's log.
+fn epoch_curve(run: &Path) -> Result<Vec<(f64, f64, f64)>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .with_context(|| format!("reading {}", run.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "epoch")
+        .filter_map(|v| {
+            Some((
+                v["epoch"].as_f64()?,
+                v["train_error"].as_f64()?,
+                v["elapsed_s"].as_f64()?,
+            ))
+        })
+        .collect())
+}
+
+/// The first epoch (and its elapsed time) at which the training error is at or below `threshold`.
+fn time_to(curve: &[(f64, f64, f64)], threshold: f64) -> Option<(f64, f64)> {
+    curve
+        .iter()
+        .find(|(_, e, _)| *e <= threshold)
+        .map(|(ep, _, s)| (*ep, *s))
+}
+
+pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
+    let dataset = Dataset::open(&args.data)
+        .with_context(|| format!("opening dataset {}", args.data.display()))?;
+    let base = NetSpec::resolve(&args.base)?;
+    let variants = variants(args.name, &base)?;
+    let experiment_name = format!("{:?}", args.name).to_lowercase();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs/experiments").join(&experiment_name));
+    std::fs::create_dir_all(&out)?;
+
+    // Train every variant with every seed (runs already finished are kept).
+    let mut runs: Vec<Vec<PathBuf>> = Vec::new();
+    for (index, variant) in variants.iter().enumerate() {
+        let spec_path = out.join(format!("variant{index}.toml"));
+        crate::output::write_atomically(&spec_path, variant.spec.to_toml().as_bytes())?;
+        let mut seeds = Vec::new();
+        for seed in 1..=args.seeds {
+            let run_dir = out.join(format!("variant{index}-seed{seed}"));
+            seeds.push(run_dir.clone());
+            if run_dir.join("last.safetensors").exists() && run_dir.join("done").exists() {
+                eprintln!("{} seed {seed}: already done", variant.name);
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(&run_dir);
+            eprintln!("{} seed {seed}: training", variant.name);
+            let mut argv: Vec<String> = vec![
+                "train".into(),
+                "--data".into(),
+                args.data.display().to_string(),
+                "--arch".into(),
+                spec_path.display().to_string(),
+                "--out".into(),
+                run_dir.display().to_string(),
+                "--epochs".into(),
+                args.epochs.to_string(),
+                "--seed".into(),
+                seed.to_string(),
+                "--holdout".into(),
+                args.holdout.to_string(),
+                "--quiet".into(),
+            ];
+            if let Some(batch) = args.batch {
+                argv.extend(["--batch".into(), batch.to_string()]);
+            }
+            if let Some(lr) = args.lr {
+                argv.extend(["--lr".into(), lr.to_string()]);
+            }
+            if let Some(max) = args.max_steps {
+                argv.extend(["--max-steps".into(), max.to_string()]);
+            }
+            let command = TrainCommand::try_parse_from(&argv)?;
+            crate::train::run(command.args, Arc::new(AtomicBool::new(false)))?;
+            std::fs::write(run_dir.join("done"), b"")?;
+        }
+        runs.push(seeds);
+    }
+
+    // The threshold rule: given, or the first variant's mean training error after half its epochs.
+    let curves: Vec<Vec<Vec<(f64, f64, f64)>>> = runs
+        .iter()
+        .map(|seeds| seeds.iter().map(|r| epoch_curve(r)).collect::<Result<_>>())
+        .collect::<Result<_>>()?;
+    let threshold = match args.threshold {
+        Some(t) => t / 100.0,
+        None => {
+            let half = (args.epochs as f64 / 2.0).ceil();
+            let at_half: Vec<f64> = curves[0]
+                .iter()
+                .filter_map(|c| c.iter().find(|(e, _, _)| *e >= half).map(|p| p.1))
+                .collect();
+            if at_half.is_empty() {
+                bail!("no epoch finished: the threshold rule needs at least one epoch per run");
+            }
+            mean_and_spread(&at_half).0
+        }
+    };
+
+    // Test error of each run's last weights.
+    let test_split = dataset
+        .split_names()
+        .into_iter()
+        .find(|s| s == "test" || s == "val");
+    let mut rows = Vec::new();
+    let mut series = Vec::new();
+    for (index, (variant, seeds)) in variants.iter().zip(&runs).enumerate() {
+        let mut train_errors = Vec::new();
+        let mut test_errors = Vec::new();
+        let mut epochs_to = Vec::new();
+        let mut seconds_to = Vec::new();
+        for (seed, run_dir) in seeds.iter().enumerate() {
+            let curve = &curves[index][seed];
+            if let Some(last) = curve.last() {
+                train_errors.push(last.1);
+            }
+            if let Some((e, s)) = time_to(curve, threshold) {
+                epochs_to.push(e);
+                seconds_to.push(s);
+            }
+            if let Some(split) = &test_split {
+                let path = run_dir.join("last.safetensors");
+                let ckpt = checkpoint::load_weights(&path)?;
+                let preprocess = Preprocess::from_checkpoint(&ckpt)?;
+                let mut net = Network::new_zeroed(Cpu, &ckpt.spec, 100)?;
+                ckpt.apply(&mut net, &path, false)?;
+                let shape = net.plan().input_shape();
+                let view = eval_view(&preprocess, shape.height, shape.width, false);
+                let result = evaluate(
+                    &mut net,
+                    dataset.split(split)?,
+                    None,
+                    view,
+                    &dataset,
+                    threads,
+                    false,
+                )?;
+                test_errors.push(result.top1_error());
+            }
+            series.push(Series {
+                label: format!("{} (seed {})", variant.name, seed + 1),
+                points: curve.iter().map(|(e, err, _)| (*e, err * 100.0)).collect(),
+                dashed: variant.dashed,
+                colour: index,
+            });
+        }
+        let (train_mean, train_sd) = mean_and_spread(&train_errors);
+        let (test_mean, test_sd) = mean_and_spread(&test_errors);
+        let (epochs_mean, _) = mean_and_spread(&epochs_to);
+        let (seconds_mean, _) = mean_and_spread(&seconds_to);
+        rows.push(json!({
+            "variant": variant.name,
+            "runs": seeds.len(),
+            "final_train_error": {"mean": train_mean, "sd": train_sd},
+            "test_error": if test_errors.is_empty() { json!(null) } else { json!({"mean": test_mean, "sd": test_sd}) },
+            "reached_threshold": epochs_to.len(),
+            "epochs_to_threshold": if epochs_to.len() == seeds.len() { json!(epochs_mean) } else { json!(null) },
+            "seconds_to_threshold": if seconds_to.len() == seeds.len() { json!(seconds_mean) } else { json!(null) },
+        }));
+    }
+
+    let results = json!({
+        "experiment": experiment_name,
+        "data": args.data.display().to_string(),
+        "base": base.name,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "threshold_train_error": threshold,
+        "threshold_rule": if args.threshold.is_some() { "given" } else { "first variant's mean training error after half its epochs" },
+        "paper": paper_claim(args.name),
+        "variants": rows,
+    });
+    crate::output::write_atomically(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    let markdown = markdown_table(&results);
+    crate::output::write_atomically(&out.join("results.md"), markdown.as_bytes())?;
+    let chart = LineChart {
+        title: format!("{experiment_name} on {}", dataset.info().name),
+        x_label: "epochs".into(),
+        y_label: "training error (%)".into(),
+        series,
+        reference: Some((
+            threshold * 100.0,
+            format!("threshold {:.1}%", threshold * 100.0),
+        )),
+    };
+    crate::output::save_png(&chart.render(900, 540), &out.join("figure.png"))?;
+    print!("{markdown}");
+    println!("\n{} (results.json, results.md, figure.png)", out.display());
+    Ok(())
+}
+
+fn percent(value: &serde_json::Value) -> String {
+    match (value["mean"].as_f64(), value["sd"].as_f64()) {
+        (Some(m), Some(s)) => format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s),
+        _ => "–".into(),
+    }
+}
+
+fn markdown_table(results: &serde_json::Value) -> String {
+    let mut text = format!(
+        "### {} ({} seeds, {} epochs each)\n\nThreshold: {:.2}% training error ({}).\n\n\
+         | variant | final training error (%) | test error (%) | epochs to threshold | seconds to threshold |\n\
+         |---|---|---|---|---|\n",
+        results["experiment"].as_str().unwrap_or(""),
+        results["seeds"],
+        results["epochs"],
+        100.0 * results["threshold_train_error"].as_f64().unwrap_or(0.0),
+        results["threshold_rule"].as_str().unwrap_or(""),
+    );
+    let rows = results["variants"].as_array().cloned().unwrap_or_default();
+    for row in &rows {
+        let reached = row["reached_threshold"].as_u64().unwrap_or(0);
+        let runs = row["runs"].as_u64().unwrap_or(0);
+        let time = |key: &str, digits: usize| match row[key].as_f64() {
+            Some(v) => format!("{v:.digits$}"),
+            None => format!("not reached by {} of {runs}", runs - reached),
+        };
+        text += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row["variant"].as_str().unwrap_or(""),
+            percent(&row["final_train_error"]),
+            percent(&row["test_error"]),
+            time("epochs_to_threshold", 1),
+            time("seconds_to_threshold", 0),
+        );
+    }
+    // Whether the first two variants differ by more than their spread.
+    if let [a, b, ..] = rows.as_slice() {
+        let (am, asd) = (
+            a["final_train_error"]["mean"].as_f64().unwrap_or(0.0),
+            a["final_train_error"]["sd"].as_f64().unwrap_or(0.0),
+        );
+        let (bm, bsd) = (
+            b["final_train_error"]["mean"].as_f64().unwrap_or(0.0),
+            b["final_train_error"]["sd"].as_f64().unwrap_or(0.0),
+        );
+        let within = (am - bm).abs() <= asd + bsd;
+        text += &format!(
+            "\nFinal training errors {} the seeds' spread.\n",
+            if within {
+                "differ by no more than"
+            } else {
+                "differ by more than"
+            }
+        );
+    }
+    text += &format!(
+        "\nThe paper: {}.\n",
+        results["paper"].as_str().unwrap_or("")
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_experiment_derives_valid_variants_from_the_cifar_preset() {
+        let base = NetSpec::preset("cifar").unwrap().with_input(1, 28, 28);
+        for experiment in Experiment::value_variants() {
+            let variants = variants(*experiment, &base).unwrap();
+            assert_eq!(variants.len(), 2);
+            for v in &variants {
+                alexnet::Plan::new(&v.spec)
+                    .unwrap_or_else(|e| panic!("{experiment:?} {}: {e}", v.name));
+            }
+            assert_ne!(variants[0].spec, variants[1].spec, "{experiment:?}");
+        }
+        let tanh = &variants(Experiment::ReluVsTanh, &base).unwrap()[1].spec;
+        assert!(!tanh.layers.contains(&LayerSpec::Relu) && tanh.layers.contains(&LayerSpec::Tanh));
+    }
+
+    #[test]
+    fn threshold_times_come_from_the_first_epoch_at_or_below() {
+        let curve = [(1.0, 0.5, 10.0), (2.0, 0.3, 20.0), (3.0, 0.2, 30.0)];
+        assert_eq!(time_to(&curve, 0.3), Some((2.0, 20.0)));
+        assert_eq!(time_to(&curve, 0.1), None);
+    }
+}
