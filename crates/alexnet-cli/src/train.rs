@@ -473,6 +473,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         );
         let mut window_started = Instant::now();
         let mut window_images = 0usize;
+        let mut window_errors = 0usize;
         for batch in loader {
             if interrupted.load(Ordering::SeqCst) {
                 progress.finish();
@@ -515,17 +516,22 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             run.state.epoch_errors += errors as u64;
             run.state.epoch_images += batch.count as u64;
             window_images += batch.count;
+            window_errors += errors;
             let rate = window_images as f64 / window_started.elapsed().as_secs_f64().max(1e-9);
             progress.step(loss, rate);
             if run.state.step % args.log_every == 0 {
                 let line = json!({
                     "kind": "step", "step": run.state.step, "epoch": run.state.epoch + 1,
+                    "epochs_done": run.state.epoch as f64 + run.state.batch_in_epoch as f64 / batches as f64,
                     "loss": loss, "lr": run.state.learning_rate, "images_per_s": rate,
+                    // Training error over the steps since the previous line (dropout and augmentation on).
+                    "train_error": window_errors as f64 / window_images.max(1) as f64,
                     "elapsed_s": run.started.elapsed().as_secs_f64(),
                 });
                 run.log(line)?;
                 window_started = Instant::now();
                 window_images = 0;
+                window_errors = 0;
             }
             if run.state.step % args.checkpoint_every == 0 {
                 run.state.rng = run.net.rng().state();
