@@ -328,6 +328,12 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs/experiments").join(&experiment_name));
     std::fs::create_dir_all(&out)?;
 
+    // Step lines every 100 steps (the train default), or four per epoch on small
+    // sets, so that the time to a threshold is resolved within an epoch.
+    let batch = args.batch.unwrap_or(base.recipe.batch).max(1);
+    let train_images = dataset.split("train")?.len().saturating_sub(args.holdout);
+    let log_every = (train_images / batch / 4).clamp(1, 100);
+
     // Train every variant with every seed (runs already finished are kept).
     let mut runs: Vec<Vec<PathBuf>> = Vec::new();
     for (index, variant) in variants.iter().enumerate() {
@@ -357,6 +363,8 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 seed.to_string(),
                 "--holdout".into(),
                 args.holdout.to_string(),
+                "--log-every".into(),
+                log_every.to_string(),
                 "--quiet".into(),
             ];
             if let Some(batch) = args.batch {
