@@ -30,6 +30,9 @@ pub struct ClassifyArgs {
     /// One JSON object per image instead of text.
     #[arg(long)]
     json: bool,
+    /// With --json, also give the net's raw scores (logits) for every class.
+    #[arg(long, requires = "json")]
+    logits: bool,
 }
 
 /// An image file turned into the net's input: decoded, resized and cropped to the
@@ -62,6 +65,7 @@ pub fn load_input(
         c => bail!("cannot make {c}-channel input from a photo"),
     };
     let (top, left) = ((stored_h - height) / 2, (stored_w - width) / 2);
+    let scale = preprocess.channel_scale();
     let mut input = Vec::with_capacity(channels * height * width);
     for c in 0..channels {
         for y in 0..height {
@@ -72,7 +76,7 @@ pub fn load_input(
                 } else {
                     0.0
                 };
-                input.push(pixels[row + x] - mean);
+                input.push((pixels[row + x] - mean) * scale[c]);
             }
         }
     }
@@ -103,7 +107,8 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
                 continue;
             }
         };
-        let probabilities = softmax_rows(&net.predict(&input)?, classes);
+        let logits = net.predict(&input)?;
+        let probabilities = softmax_rows(&logits, classes);
         let ranked = top_k(&probabilities, args.top.min(classes));
         if args.json {
             let top: Vec<_> = ranked
@@ -117,10 +122,11 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
                     })
                 })
                 .collect();
-            println!(
-                "{}",
-                json!({"image": path.display().to_string(), "top": top})
-            );
+            let mut line = json!({"image": path.display().to_string(), "top": top});
+            if args.logits {
+                line["logits"] = json!(logits);
+            }
+            println!("{line}");
         } else {
             println!("{}", path.display());
             for &c in &ranked {

@@ -45,6 +45,7 @@ pub fn eval_view(preprocess: &Preprocess, height: usize, width: usize, ten_crop:
         mirror: false,
         pca_std: 0.0,
         subtract_mean: preprocess.subtract_mean,
+        channel_scale: preprocess.channel_scale(),
         ten_crop,
     }
 }
@@ -56,6 +57,7 @@ pub fn evaluate(
     indices: Option<Arc<Vec<u32>>>,
     view: View,
     dataset: &Dataset,
+    mean: Arc<Vec<f32>>,
     threads: usize,
     with_confusion: bool,
 ) -> Result<Evaluation> {
@@ -80,13 +82,12 @@ pub fn evaluate(
         queue: 2,
         drop_last: false,
     };
-    let mean = Arc::new(dataset.mean().to_vec());
-    let loader = Loader::new(split, config, mean, dataset.info())?;
+    let mut loader = Loader::new(split, config, mean, dataset.info())?;
     let mut result = Evaluation {
         confusion: with_confusion.then(|| vec![vec![0; classes]; classes]),
         ..Evaluation::default()
     };
-    for batch in loader {
+    while let Some(batch) = loader.next_batch()? {
         let logits = net.predict(&batch.images)?;
         let probabilities = softmax_rows(&logits, classes);
         for (image, &label) in batch.labels.iter().enumerate().take(batch.count) {
@@ -159,7 +160,10 @@ pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
     crate::train::check_compatible(&dataset, &ckpt.spec)?;
     let view = eval_view(&preprocess, shape.height, shape.width, args.ten_crop);
     let started = std::time::Instant::now();
-    let result = evaluate(&mut net, split, None, view, &dataset, threads, args.json)?;
+    let mean = preprocess.mean_for(&dataset)?;
+    let result = evaluate(
+        &mut net, split, None, view, &dataset, mean, threads, args.json,
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let confusion = result.confusion.clone().unwrap_or_default();

@@ -445,6 +445,7 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                     None,
                     view,
                     &dataset,
+                    preprocess.mean_for(&dataset)?,
                     threads,
                     false,
                 )?;

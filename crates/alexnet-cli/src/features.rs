@@ -96,8 +96,9 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
             queue: 2,
             drop_last: false,
         };
-        let loader = Loader::new(split, config, dataset.mean_shared(), dataset.info())?;
-        for batch in loader {
+        let mean = preprocess.mean_for(&dataset)?;
+        let mut loader = Loader::new(split, config, mean, dataset.info())?;
+        while let Some(batch) = loader.next_batch()? {
             net.set_input(&batch.images)?;
             net.forward(Mode::Test);
             features.extend(net.layer_output(layer));
@@ -230,7 +231,10 @@ pub fn run_similar(args: SimilarArgs) -> Result<()> {
     };
     let picture = |index: usize| -> Result<(Vec<u8>, [usize; 3])> {
         match &source {
-            Source::Split(split, shape) => Ok((split.image(index).0.to_vec(), *shape)),
+            Source::Split(split, shape) => {
+                let mut decoded = alexnet_data::DecodeBuffer::default();
+                Ok((split.read(index, &mut decoded)?.0.to_vec(), *shape))
+            }
             Source::Files(paths) => {
                 let path = paths
                     .get(index)

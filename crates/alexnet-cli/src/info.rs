@@ -101,11 +101,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
         if let Some(state) = ckpt.metadata.get("train_state") {
             println!("training state: {state}");
         }
+        if let Some(source) = ckpt.metadata.get("imported_from") {
+            println!("imported from: {source}");
+        }
         if let Ok(pre) = Preprocess::from_checkpoint(&ckpt) {
+            let scale = match pre.channel_std {
+                Some(std) => format!("[0, 1] scale, minus the mean, divided by std {std:?}"),
+                None => "0-255 scale minus the mean image".into(),
+            };
             println!(
-                "preprocessing: stored {:?}, mean image subtracted: {}, trained on {} ({} classes)",
+                "preprocessing: stored {:?}, {scale}; weights from {} ({} classes)",
                 pre.stored,
-                pre.subtract_mean,
                 pre.dataset,
                 pre.class_names.len()
             );

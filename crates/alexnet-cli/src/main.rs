@@ -7,6 +7,7 @@ mod evaluate;
 mod experiment;
 mod features;
 mod info;
+mod interop;
 mod kernels;
 mod output;
 mod plot;
@@ -59,6 +60,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show a network's layers, shapes and parameter counts.
     Info(info::InfoArgs),
+    /// Turn weights trained elsewhere (torchvision, Caffe) into a checkpoint.
+    Import(interop::ImportArgs),
+    /// Write a checkpoint in another format (ONNX).
+    Export(interop::ExportArgs),
 }
 
 fn main() -> Result<()> {
@@ -87,5 +92,7 @@ fn main() -> Result<()> {
         Command::Kernels(args) => kernels::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Info(args) => info::run(args),
+        Command::Import(args) => interop::run_import(args),
+        Command::Export(args) => interop::run_export(args),
     }
 }

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use alexnet_data::{
-    FolderOptions, IdxNames, PrepareOptions, SourceKind, detect_source, prepare_cifar,
+    Encoding, FolderOptions, IdxNames, PrepareOptions, SourceKind, detect_source, prepare_cifar,
     prepare_folder, prepare_idx,
 };
 use anyhow::{Result, bail};
@@ -45,9 +45,17 @@ pub struct PrepareArgs {
     /// bombs) [default: 100000000].
     #[arg(long)]
     pub max_pixels: Option<u64>,
-    /// Largest shard file, in MiB.
+    /// Largest shard file, in MiB (JPEG shards hold as many images as raw ones of
+    /// this size would, so they come out smaller).
     #[arg(long, default_value_t = 512)]
     pub shard_mb: u64,
+    /// How to store each image: raw pixels (fastest to read) or JPEG (about a
+    /// tenth of the disk space, for small disks; the loader decodes it).
+    #[arg(long, value_enum, default_value_t = StoredEncoding::Raw)]
+    pub encoding: StoredEncoding,
+    /// With --encoding jpeg: the JPEG quality, 1-100 [default: 90].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub jpeg_quality: Option<u8>,
     /// The dataset's name (default: the source folder's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -68,6 +76,14 @@ pub enum SourceFormat {
     Cifar,
     /// Class folders of photographs.
     Folder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoredEncoding {
+    /// Raw pixels, read in place.
+    Raw,
+    /// One JPEG per image.
+    Jpeg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,6 +126,12 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     if args.shard_mb == 0 {
         bail!("--shard-mb: expected at least 1");
     }
+    let encoding = match (args.encoding, args.jpeg_quality) {
+        (StoredEncoding::Raw, Some(_)) => bail!("--jpeg-quality applies to --encoding jpeg only"),
+        (StoredEncoding::Raw, None) => Encoding::Raw,
+        (StoredEncoding::Jpeg, None) => Encoding::DEFAULT_JPEG,
+        (StoredEncoding::Jpeg, Some(quality)) => Encoding::Jpeg { quality },
+    };
 
     let mut opts = PrepareOptions::new(&args.out);
     opts.force = args.force;
@@ -117,6 +139,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     opts.shard_bytes = args.shard_mb.saturating_mul(1 << 20);
     opts.progress = std::io::stderr().is_terminal();
     opts.stop_after_shards = args.stop_after_shards;
+    opts.encoding = encoding;
 
     let summary = match kind {
         SourceKind::Idx => prepare_idx(

@@ -265,13 +265,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
     let last_path = args.out.join(LAST);
 
     let base = NetSpec::resolve(&args.arch)?;
-    if base.input.pixels != PixelScale::RawMinusMean {
-        bail!(
-            "training supports the paper's pixel scale (raw-minus-mean) only; {} uses {:?}",
-            base.name,
-            base.input.pixels
-        );
-    }
+    let base_pixels = base.input.pixels;
     let recipe = base.recipe.clone();
     let settings = RunSettings {
         dataset: dataset.info().name.clone(),
@@ -310,6 +304,8 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
 
     let wanted_spec = fit_spec(base, &dataset, args.dropout);
     // Build the net: from the last checkpoint when resuming, else fresh (or from --init-from).
+    // A run fine-tuning imported weights may inherit their pixel convention.
+    let mut inherited: Option<Preprocess> = None;
     let (net, state) = if args.resume {
         let ckpt = checkpoint::load(&last_path).with_context(|| {
             format!(
@@ -342,6 +338,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         let mut net = Network::new_zeroed(Cpu, &ckpt.spec, settings.batch)?;
         ckpt.apply(&mut net, &last_path, true)?;
         net.set_rng(Rng::from_state(state.rng));
+        inherited = Preprocess::from_checkpoint(&ckpt).ok();
         (net, state)
     } else {
         if last_path.exists() {
@@ -354,7 +351,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         check_compatible(&dataset, &spec)?;
         let mut net = Network::new(Cpu, &spec, settings.batch, settings.seed)?;
         if let Some(init) = &args.init_from {
-            load_initial_weights(&mut net, init)?;
+            inherited = load_initial_weights(&mut net, init)?;
         }
         let state = TrainState {
             step: 0,
@@ -388,8 +385,8 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
 
     let spec = net.spec().clone();
     let shape = net.plan().input_shape();
-    let preprocess = Preprocess::from_dataset(&dataset);
-    let mean = Arc::new(dataset.mean().to_vec());
+    let preprocess = run_preprocess(&dataset, inherited, base_pixels, &spec.name)?;
+    let mean = preprocess.mean_for(&dataset)?;
     let (train_indices, val_indices) = if settings.holdout > 0 {
         if settings.holdout >= train_split.len() {
             bail!(
@@ -408,6 +405,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         .append(true)
         .open(args.out.join("metrics.jsonl"))
         .context("opening the metrics log")?;
+    let preprocess_scale = preprocess.channel_scale();
     let mut run = Run {
         out: args.out.clone(),
         net,
@@ -428,6 +426,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         mirror: settings.view.mirror,
         pca_std: settings.view.pca_std,
         subtract_mean: true,
+        channel_scale: preprocess_scale,
         ten_crop: false,
     };
     let eval_net_view = eval_view(&run.preprocess, shape.height, shape.width, false);
@@ -463,7 +462,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             queue: 4,
             drop_last: true,
         };
-        let loader = Loader::new(train_split.clone(), config, mean.clone(), dataset.info())?;
+        let mut loader = Loader::new(train_split.clone(), config, mean.clone(), dataset.info())?;
         let batches = loader.batches_per_epoch();
         let progress = crate::progress::Progress::new(
             !args.quiet,
@@ -474,7 +473,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         let mut window_started = Instant::now();
         let mut window_images = 0usize;
         let mut window_errors = 0usize;
-        for batch in loader {
+        while let Some(batch) = loader.next_batch()? {
             if interrupted.load(Ordering::SeqCst) {
                 progress.finish();
                 run.state.rng = run.net.rng().state();
@@ -562,6 +561,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             val_indices.clone(),
             eval_net_view,
             &dataset,
+            mean.clone(),
             args.loader_threads,
             false,
         )?;
@@ -629,7 +629,29 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
 
 /// Copies every parameter of `path` whose name and shape match the net; others
 /// (a last layer for another number of classes) keep their fresh initialisation.
-fn load_initial_weights(net: &mut Network<Cpu>, path: &Path) -> Result<()> {
+/// The pixel convention of a run. Weights imported from torchvision expect its
+/// normalisation (their filters were learnt on it), so a run starting from them
+/// keeps it, with the same mean and std; every other run uses the paper's, with
+/// this dataset's mean image.
+fn run_preprocess(
+    dataset: &Dataset,
+    inherited: Option<Preprocess>,
+    base_pixels: PixelScale,
+    net_name: &str,
+) -> Result<Preprocess> {
+    match inherited.filter(|p| p.pixels == PixelScale::UnitMeanStd) {
+        Some(from_weights) => from_weights.for_dataset(dataset),
+        None if base_pixels == PixelScale::UnitMeanStd => bail!(
+            "{net_name} expects torchvision's pixel normalisation, whose mean and std come with imported \
+             weights: start from them with --init-from (see `alexnet import torchvision`)"
+        ),
+        None => Ok(Preprocess::from_dataset(dataset)),
+    }
+}
+
+/// Copies the parameters `path` has in the net's shapes into `net` and returns
+/// the preprocessing the checkpoint carries, if any.
+fn load_initial_weights(net: &mut Network<Cpu>, path: &Path) -> Result<Option<Preprocess>> {
     let ckpt = checkpoint::load_weights(path)?;
     let mut kept_fresh = Vec::new();
     for index in 0..net.params().len() {
@@ -646,5 +668,5 @@ fn load_initial_weights(net: &mut Network<Cpu>, path: &Path) -> Result<()> {
             kept_fresh.join(", ")
         );
     }
-    Ok(())
+    Ok(Preprocess::from_checkpoint(&ckpt).ok())
 }

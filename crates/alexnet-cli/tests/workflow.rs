@@ -2,51 +2,13 @@
 //! train, resume (bit for bit), evaluate, classify, features, similar images,
 //! figures, and the refusals that protect a run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use alexnet::rng::Rng;
-
-fn alexnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(["--threads", "2"])
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("the alexnet binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = alexnet(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "alexnet {args:?} failed:\n{text}");
-    text
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = alexnet(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "alexnet {args:?} should have failed:\n{text}"
-    );
-    text
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("alexnet-workflow-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{fails, ok, temp_dir};
 
 /// Writes MNIST-style IDX files: each class is a bright bar at its own height plus noise.
 fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
@@ -564,5 +526,92 @@ fn an_experiment_trains_its_variants_and_reports() {
         out.to_str().unwrap(),
     ]);
     assert!(again.contains("already done"), "{again}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_jpeg_encoded_dataset_serves_training_evaluation_and_similar_images() {
+    let root = temp_dir("jpeg-dataset");
+    let mut rng = Rng::new(9);
+    for (class, colour) in [("warm", [190u8, 80, 40]), ("cold", [40u8, 90, 200])] {
+        let dir = root.join("photos").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..4 {
+            let shift = rng.below(30) as u32;
+            let photo = image::RgbImage::from_fn(320, 280, |x, y| {
+                let wobble = ((x + y * 3 + shift) % 50) as u8;
+                image::Rgb([colour[0] + wobble, colour[1], colour[2] + (x % 40) as u8])
+            });
+            photo.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let data = root.join("data");
+    let d = data.to_str().unwrap();
+    let text = ok(&[
+        "prepare",
+        root.join("photos").to_str().unwrap(),
+        "--out",
+        d,
+        "--encoding",
+        "jpeg",
+    ]);
+    assert!(text.contains("8 images"), "{text}");
+    let info = ok(&["info", "--data", d]);
+    assert!(info.to_lowercase().contains("jpeg"), "{info}");
+
+    let run = root.join("run");
+    ok(&[
+        "train",
+        "--data",
+        d,
+        "--arch",
+        "cifar",
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch",
+        "2",
+        "--holdout",
+        "2",
+        "--quiet",
+    ]);
+    let best = run.join("best.safetensors");
+    let best = best.to_str().unwrap();
+    let eval = ok(&[
+        "eval",
+        "--checkpoint",
+        best,
+        "--data",
+        d,
+        "--split",
+        "train",
+    ]);
+    assert!(eval.contains("top-1"), "{eval}");
+    let features = root.join("features.safetensors");
+    ok(&[
+        "features",
+        "--checkpoint",
+        best,
+        "--data",
+        d,
+        "--split",
+        "train",
+        "--out",
+        features.to_str().unwrap(),
+    ]);
+    let grid = root.join("similar.png");
+    ok(&[
+        "similar",
+        "--features",
+        features.to_str().unwrap(),
+        "--queries",
+        "0",
+        "--k",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(grid.exists());
     std::fs::remove_dir_all(&root).unwrap();
 }

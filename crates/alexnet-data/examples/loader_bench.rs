@@ -2,11 +2,14 @@
 //! training inputs (random crop, reflection, PCA colour shift, mean subtraction),
 //! on one thread, on synthetic data.
 //!
-//! `cargo run -p alexnet-data --example loader_bench [-- images seconds]`
+//! `cargo run -p alexnet-data --example loader_bench [-- images seconds]
+//! [--encoding raw|jpeg] [--quality Q] [--photos DIR]`
 //!
-//! The dataset is written straight from the format's public pieces (manifest,
-//! shard header, records) into a temporary directory, so this also shows the
-//! format at work without any source files.
+//! Raw: the dataset is written straight from the format's public pieces
+//! (manifest, shard header, records) into a temporary directory, so this also
+//! shows the format at work without any source files. JPEG (or `--photos`): the
+//! generated photos of `prepare_bench` (or the files of DIR) are prepared with
+//! that encoding first, since decoding speed depends on the pictures.
 
 use std::io::Write;
 use std::time::Instant;
@@ -14,16 +17,37 @@ use std::time::Instant;
 use alexnet_data::format::{
     self, FileInfo, Manifest, Pca, ShardHeader, ShardInfo, SplitManifest, record_bytes,
 };
-use alexnet_data::{ClassInfo, Dataset, Loader, LoaderConfig, View};
+use alexnet_data::{
+    ClassInfo, Dataset, FolderOptions, Loader, LoaderConfig, PrepareOptions, View, prepare_folder,
+};
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let images: usize = args.next().map_or(512, |a| a.parse().expect("image count"));
-    let seconds: f64 = args.next().map_or(3.0, |a| a.parse().expect("seconds"));
+#[path = "common/photos.rs"]
+mod photos;
+
+/// The process's own memory (`RssAnon`: buffers, queue) and the pages of mapped
+/// files it has touched (`RssFile`: the shards, which the kernel can drop and
+/// re-read), from /proc (Linux only).
+fn resident_memory() -> String {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return "unknown (no /proc/self/status)".into();
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "own {} + mapped shard pages {}",
+        field("RssAnon:"),
+        field("RssFile:")
+    )
+}
+
+/// Writes a dataset of `images` random 3x256x256 images into `dir`, by hand.
+fn synthetic_dataset(dir: &std::path::Path, images: usize) {
     let (c, h, w) = (3usize, 256usize, 256usize);
-    let dir = std::env::temp_dir().join(format!("alexnet-loader-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-
     // Synthetic images: a cheap generator's bytes, labels cycling over 1000 classes.
     let record = record_bytes(c, h, w).unwrap();
     let shard_path = dir.join(format::shard_file_name("train", 0));
@@ -95,24 +119,53 @@ fn main() {
                 crc32: crc.finalize(),
             }],
         }],
+        encoding: format::Encoding::Raw,
     };
     std::fs::write(
         dir.join(format::MANIFEST_FILE),
         serde_json::to_string_pretty(&manifest).unwrap(),
     )
     .unwrap();
+}
 
-    let ds = Dataset::open(&dir).unwrap();
+fn main() {
+    let options = photos::options();
+    let mut args = options.positional.iter();
+    let images: usize = args.next().map_or(512, |a| a.parse().expect("image count"));
+    let seconds: f64 = args.next().map_or(3.0, |a| a.parse().expect("seconds"));
+    let dir = std::env::temp_dir().join(format!("alexnet-loader-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    if options.encoding.is_raw() && options.photos.is_none() {
+        std::fs::create_dir_all(&data).unwrap();
+        synthetic_dataset(&data, images);
+    } else {
+        let train = match &options.photos {
+            Some(photos) => photos::copied_photos(&dir, photos),
+            None => photos::generated_photos(&dir, images),
+        };
+        let mut prepare = PrepareOptions::new(&data);
+        prepare.encoding = options.encoding;
+        prepare_folder(&FolderOptions::new(&train), &prepare).unwrap();
+    }
+
+    let ds = Dataset::open(&data).unwrap();
     let split = ds.split("train").unwrap();
+    let (bytes, stored) = photos::stored_bytes(&data);
     println!(
-        "loader: {images} stored images of {c}x{h}x{w} ({:.0} MB) -> 224x224 f32, \
+        "loader: {stored} stored images of 3x256x256 ({}, {:.0} bytes each, {:.1} MB) -> 224x224 f32, \
          random crop + mirror + PCA colour + mean, batch 128",
-        (images * record) as f64 / 1e6
+        options.encoding,
+        bytes as f64 / stored as f64,
+        bytes as f64 / 1e6
     );
     // A long epoch (the stored images visited many times over through `indices`)
     // so that the few batch buffers allocated at the start are amortised, as in a
     // real epoch of thousands of batches.
-    let indices: Vec<u32> = (0..images * 64).map(|i| (i % images) as u32).collect();
+    let stored = stored as usize;
+    let indices: Vec<u32> = (0..stored.max(512) * 64)
+        .map(|i| (i % stored) as u32)
+        .collect();
     let indices = std::sync::Arc::new(indices);
     for (threads, label) in [(0, "in the caller's thread"), (1, "one worker thread")] {
         let mut config = LoaderConfig::new(128, View::paper_train(224, 224), 1, 0);
@@ -120,21 +173,25 @@ fn main() {
         config.indices = Some(indices.clone());
         let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
         // One batch first, so page faults of the first touch are not timed.
-        let first = loader.next().unwrap();
+        let first = loader.next_batch().unwrap().unwrap();
         loader.recycle(first);
         let started = Instant::now();
         let mut done = 0usize;
         while started.elapsed().as_secs_f64() < seconds {
-            let Some(batch) = loader.next() else { break };
+            let Some(batch) = loader.next_batch().unwrap() else {
+                break;
+            };
             done += batch.count;
             loader.recycle(batch);
         }
         let elapsed = started.elapsed().as_secs_f64();
         let rate = done as f64 / elapsed;
         println!(
-            "{label:>23}: {rate:>6.0} images/s ({:.0} µs per image, {:.2} GB/s of f32 written)",
+            "{label:>23}: {rate:>6.0} images/s ({:.0} µs per image, {:.2} GB/s of f32 written); \
+             resident: {}",
             1e6 / rate,
-            rate * (3 * 224 * 224 * 4) as f64 / 1e9
+            rate * (3 * 224 * 224 * 4) as f64 / 1e9,
+            resident_memory()
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();

@@ -1,6 +1,7 @@
 //! Reading a prepared dataset: the manifest and mean image when the dataset is
 //! opened, each split's shards (memory-mapped, headers, lengths and checksums
-//! checked) when the split is first asked for.
+//! checked) when the split is first asked for. Raw records are read in place;
+//! JPEG records are decoded into the caller's [`DecodeBuffer`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,9 +14,10 @@ use rayon::prelude::*;
 use crate::error::{Result, config_error, dataset_error, io_error};
 pub use crate::format::ClassInfo;
 use crate::format::{
-    FORMAT, LABEL_BYTES, MANIFEST_FILE, MAX_SIDE, Manifest, SHARD_HEADER_BYTES, ShardHeader,
-    ShardInfo, VERSION, record_bytes, shard_bytes,
+    Encoding, FORMAT, JPEG_VERSION, LABEL_BYTES, MANIFEST_FILE, MAX_SIDE, Manifest,
+    SHARD_HEADER_BYTES, ShardHeader, ShardInfo, VERSION, record_bytes, shard_bytes,
 };
+use crate::jpeg::{self, DecodeBuffer, INDEX_ENTRY_BYTES, JpegLayout};
 
 /// What a dataset holds, from its manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,8 @@ pub struct DatasetInfo {
     pub pca_eigenvectors: [[f32; 3]; 3],
     /// Each split's name and image count, in manifest order.
     pub splits: Vec<(String, usize)>,
+    /// How the shards store the images.
+    pub encoding: Encoding,
 }
 
 /// An opened dataset directory.
@@ -112,6 +116,7 @@ impl Dataset {
                 .iter()
                 .map(|s| (s.name.clone(), s.images as usize))
                 .collect(),
+            encoding: manifest.encoding,
         };
         Ok(Dataset {
             dir: dir.to_path_buf(),
@@ -199,10 +204,11 @@ impl Dataset {
             })?;
         let shape = [self.info.channels, self.info.height, self.info.width];
         let classes = self.info.classes.len();
+        let encoding = self.info.encoding;
         let shards = entry
             .shards
             .par_iter()
-            .map(|shard| open_shard(&self.dir, shard, shape, classes, verify))
+            .map(|shard| open_shard(&self.dir, shard, shape, classes, encoding, verify))
             .collect::<Result<Vec<_>>>()?;
         let mut starts = Vec::with_capacity(shards.len() + 1);
         let mut total = 0usize;
@@ -216,6 +222,7 @@ impl Dataset {
                 name: name.to_string(),
                 shape,
                 record: record_bytes(shape[0], shape[1], shape[2]).unwrap(),
+                encoding,
                 shards,
                 starts,
             }),
@@ -232,10 +239,19 @@ fn check_manifest(m: &Manifest, path: &Path) -> Result<()> {
             m.format
         ));
     }
-    if m.version != VERSION {
+    if m.version != VERSION && m.version != JPEG_VERSION {
         return fail(format!(
-            "expected version {VERSION}, found {} (written by another version of this program?)",
+            "expected version {VERSION} (raw pixels) or {JPEG_VERSION} (JPEG shards), found {} \
+             (written by another version of this program?)",
             m.version
+        ));
+    }
+    if m.version != m.encoding.manifest_version() {
+        return fail(format!(
+            "version {} does not go with encoding {}, which is written as version {}",
+            m.version,
+            m.encoding,
+            m.encoding.manifest_version()
         ));
     }
     if m.channels != 1 && m.channels != 3 {
@@ -281,7 +297,9 @@ fn check_manifest(m: &Manifest, path: &Path) -> Result<()> {
                     split.name, shard.file
                 ));
             }
-            if shard_bytes(record, shard.images) != Some(shard.bytes) {
+            if !m.encoding.is_raw() {
+                check_jpeg_shard_size(&split.name, shard).map_err(|e| dataset_error(path, e))?;
+            } else if shard_bytes(record, shard.images) != Some(shard.bytes) {
                 return fail(format!(
                     "split '{}', shard {}: {} images of {record} bytes need {} bytes, but the manifest says {}",
                     split.name,
@@ -303,6 +321,22 @@ fn check_manifest(m: &Manifest, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A JPEG shard's length leaves room for its header and index (the streams'
+/// lengths are only known from the index, checked when the shard is opened).
+fn check_jpeg_shard_size(split: &str, shard: &ShardInfo) -> std::result::Result<(), String> {
+    let least = shard
+        .images
+        .checked_mul(INDEX_ENTRY_BYTES as u64)
+        .and_then(|index| index.checked_add(SHARD_HEADER_BYTES as u64));
+    match least {
+        Some(least) if shard.bytes >= least => Ok(()),
+        _ => Err(format!(
+            "split '{split}', shard {}: {} JPEG images need more than the {} bytes the manifest gives",
+            shard.file, shard.images, shard.bytes
+        )),
+    }
+}
+
 /// True for a name that stays inside the dataset directory.
 fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\'])
@@ -311,6 +345,10 @@ fn is_plain_file_name(name: &str) -> bool {
 struct Shard {
     map: Mmap,
     count: usize,
+    /// For error messages about its records.
+    path: PathBuf,
+    /// Where a JPEG shard's records are (None for raw records).
+    jpeg: Option<JpegLayout>,
 }
 
 fn open_shard(
@@ -318,6 +356,7 @@ fn open_shard(
     info: &ShardInfo,
     shape: [usize; 3],
     classes: usize,
+    encoding: Encoding,
     verify: bool,
 ) -> Result<Shard> {
     let path = dir.join(&info.file);
@@ -337,6 +376,9 @@ fn open_shard(
     // changing or truncating them under a running reader is outside this
     // contract (as for every memory-mapped file format).
     let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path))?;
+    if !encoding.is_raw() {
+        return open_jpeg_shard(map, path, info, shape, classes, verify);
+    }
     let header = ShardHeader::parse(&map, &path)?;
     let found = [
         header.channels as usize,
@@ -361,16 +403,7 @@ fn open_shard(
     }
     let record = record_bytes(shape[0], shape[1], shape[2]).unwrap();
     if verify {
-        let crc = crc32fast::hash(&map);
-        if crc != info.crc32 {
-            return Err(dataset_error(
-                &path,
-                format!(
-                    "checksum mismatch: expected crc32 {:08x} (from {MANIFEST_FILE}), found {crc:08x}; the file is corrupted",
-                    info.crc32
-                ),
-            ));
-        }
+        check_crc(&map, &path, info)?;
         for (index, rec) in map[SHARD_HEADER_BYTES..].chunks_exact(record).enumerate() {
             let label = u32::from_le_bytes(rec[..LABEL_BYTES].try_into().unwrap());
             if label as usize >= classes {
@@ -384,13 +417,54 @@ fn open_shard(
     Ok(Shard {
         map,
         count: info.images as usize,
+        path,
+        jpeg: None,
     })
+}
+
+/// The JPEG part of [`open_shard`]: the layout (every offset, length and label) is
+/// always checked, the checksum and the streams' markers when `verify`.
+fn open_jpeg_shard(
+    map: Mmap,
+    path: PathBuf,
+    info: &ShardInfo,
+    shape: [usize; 3],
+    classes: usize,
+    verify: bool,
+) -> Result<Shard> {
+    let layout = JpegLayout::check(&map, &path, shape, info.images, classes)?;
+    if verify {
+        check_crc(&map, &path, info)?;
+        layout.check_streams(&map, &path, info.images as usize)?;
+    }
+    Ok(Shard {
+        map,
+        count: info.images as usize,
+        path,
+        jpeg: Some(layout),
+    })
+}
+
+fn check_crc(map: &[u8], path: &Path, info: &ShardInfo) -> Result<()> {
+    let crc = crc32fast::hash(map);
+    if crc != info.crc32 {
+        return Err(dataset_error(
+            path,
+            format!(
+                "checksum mismatch: expected crc32 {:08x} (from {MANIFEST_FILE}), found {crc:08x}; the file is corrupted",
+                info.crc32
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct SplitInner {
     name: String,
     shape: [usize; 3],
+    /// Bytes of a raw record (unused for JPEG shards).
     record: usize,
+    encoding: Encoding,
     shards: Vec<Shard>,
     /// `starts[k]` is the index of shard `k`'s first image; the last entry is the length.
     starts: Vec<usize>,
@@ -421,9 +495,58 @@ impl Split {
         self.inner.shape
     }
 
-    /// Image `i`'s pixels (CHW, 0-255) and label. Panics when `i >= len()`, as
-    /// slice indexing does.
+    /// How the split's shards store the images.
+    pub fn encoding(&self) -> Encoding {
+        self.inner.encoding
+    }
+
+    /// Image `i`'s pixels (CHW, 0-255) and label, borrowed from the raw shards.
+    /// Panics when `i >= len()`, as slice indexing does, and for a split of JPEG
+    /// shards, whose images must be decoded: use [`Split::read`] for those.
     pub fn image(&self, i: usize) -> (&[u8], u32) {
+        let (shard, k) = self.locate(i);
+        assert!(
+            shard.jpeg.is_none(),
+            "split '{}' stores JPEG images; read them with Split::read",
+            self.inner.name
+        );
+        self.raw_record(shard, k)
+    }
+
+    /// Image `i`'s pixels (CHW, 0-255) and label, whatever the encoding: raw
+    /// pixels are borrowed from the shard, JPEG ones decoded into `buf` (reused
+    /// from call to call). A record that does not decode into an image of the
+    /// split's shape is an error naming the shard and record. Panics when
+    /// `i >= len()`.
+    pub fn read<'a>(&'a self, i: usize, buf: &'a mut DecodeBuffer) -> Result<(&'a [u8], u32)> {
+        let (shard, k) = self.locate(i);
+        let Some(layout) = &shard.jpeg else {
+            return Ok(self.raw_record(shard, k));
+        };
+        let (bytes, label) = layout.record(&shard.map, k);
+        let pixels = jpeg::decode(bytes, self.inner.shape, buf).map_err(|reason| {
+            dataset_error(
+                &shard.path,
+                format!(
+                    "record {k} (image {i} of split '{}'): {reason}",
+                    self.inner.name
+                ),
+            )
+        })?;
+        Ok((pixels, label))
+    }
+
+    /// Image `i`'s label alone (nothing is decoded).
+    pub fn label(&self, i: usize) -> u32 {
+        let (shard, k) = self.locate(i);
+        match &shard.jpeg {
+            None => self.raw_record(shard, k).1,
+            Some(layout) => layout.entry(&shard.map, k).label,
+        }
+    }
+
+    /// The shard holding image `i` and the image's place in it.
+    fn locate(&self, i: usize) -> (&Shard, usize) {
         let inner = &*self.inner;
         assert!(
             i < self.len(),
@@ -433,15 +556,16 @@ impl Split {
         );
         // The shard holding image i: the last one starting at or before i.
         let shard = inner.starts.partition_point(|&s| s <= i) - 1;
-        let at = SHARD_HEADER_BYTES + (i - inner.starts[shard]) * inner.record;
-        let rec = &inner.shards[shard].map[at..at + inner.record];
-        let label = u32::from_le_bytes(rec[..LABEL_BYTES].try_into().unwrap());
-        (&rec[LABEL_BYTES..], label)
+        (&inner.shards[shard], i - inner.starts[shard])
     }
 
-    /// Image `i`'s label alone.
-    pub fn label(&self, i: usize) -> u32 {
-        self.image(i).1
+    /// Record `k` of a raw shard: pixels and label.
+    fn raw_record<'a>(&self, shard: &'a Shard, k: usize) -> (&'a [u8], u32) {
+        let record = self.inner.record;
+        let at = SHARD_HEADER_BYTES + k * record;
+        let rec = &shard.map[at..at + record];
+        let label = u32::from_le_bytes(rec[..LABEL_BYTES].try_into().unwrap());
+        (&rec[LABEL_BYTES..], label)
     }
 }
 
@@ -451,6 +575,7 @@ impl std::fmt::Debug for Split {
             .field("name", &self.inner.name)
             .field("len", &self.len())
             .field("shape", &self.inner.shape)
+            .field("encoding", &self.inner.encoding)
             .field("shards", &self.inner.shards.len())
             .finish()
     }

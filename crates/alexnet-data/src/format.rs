@@ -6,6 +6,8 @@
 //!   (file name, images, byte length, CRC-32);
 //! - shard files `<split>-<nnnnn>.shard`: a 32-byte header ([`ShardHeader`]) followed
 //!   by fixed-size records `[label: u32 LE][pixels: u8, channels x height x width]`;
+//!   or, when the manifest's `encoding` says JPEG, one JPEG stream per image and
+//!   an index of them (see [`crate::jpeg`]);
 //! - `mean.bin`: the per-pixel mean of the training split, `f32` LE, CHW;
 //! - `skipped.txt`, when anything was left out: each source item skipped, a tab, the reason.
 //!
@@ -23,8 +25,15 @@ use crate::error::{Result, dataset_error, io_error};
 
 /// The `format` value of every manifest.
 pub const FORMAT: &str = "alexnet-dataset";
-/// The manifest version this crate writes and reads.
+/// The manifest version of datasets of raw pixels (all this crate wrote before
+/// JPEG shards existed, and still writes for raw ones, so they stay readable by
+/// older programs).
 pub const VERSION: u32 = 1;
+/// The manifest version of datasets of JPEG shards. The version is bumped for them
+/// alone so that an older program refuses one at once with "expected version 1,
+/// found 2" instead of failing later on shard lengths it cannot make sense of;
+/// this crate reads both.
+pub const JPEG_VERSION: u32 = 2;
 /// The manifest's file name inside a dataset directory.
 pub const MANIFEST_FILE: &str = "dataset.json";
 /// The mean image's file name inside a dataset directory.
@@ -65,6 +74,48 @@ pub struct Manifest {
     pub pca: Pca,
     /// Splits in the order they were written (`train` first).
     pub splits: Vec<SplitManifest>,
+    /// How the shards store each image. Absent (and not written) for raw pixels,
+    /// so manifests from before this field existed read as raw.
+    #[serde(default, skip_serializing_if = "Encoding::is_raw")]
+    pub encoding: Encoding,
+}
+
+/// How a dataset's shards store each image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Encoding {
+    /// Fixed-size records of raw CHW pixels: read in place, the fastest.
+    #[default]
+    Raw,
+    /// One baseline JPEG per image, at this quality (1-100): about a tenth of the
+    /// disk space of raw pixels, decoded by the loader.
+    Jpeg { quality: u8 },
+}
+
+impl Encoding {
+    /// JPEG at the quality `prepare` uses unless told otherwise.
+    pub const DEFAULT_JPEG: Encoding = Encoding::Jpeg { quality: 90 };
+
+    pub fn is_raw(&self) -> bool {
+        *self == Encoding::Raw
+    }
+
+    /// The manifest version a dataset of this encoding is written with.
+    pub fn manifest_version(&self) -> u32 {
+        match self {
+            Encoding::Raw => VERSION,
+            Encoding::Jpeg { .. } => JPEG_VERSION,
+        }
+    }
+}
+
+impl std::fmt::Display for Encoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Encoding::Raw => write!(f, "raw"),
+            Encoding::Jpeg { quality } => write!(f, "jpeg (quality {quality})"),
+        }
+    }
 }
 
 /// One class: a stable identifier (a folder name, a WordNet id, a digit) and a
@@ -149,9 +200,20 @@ pub struct ShardHeader {
 
 impl ShardHeader {
     pub fn to_bytes(&self) -> [u8; SHARD_HEADER_BYTES] {
+        self.to_bytes_as(&SHARD_MAGIC, SHARD_VERSION)
+    }
+
+    /// Reads a header from the start of `bytes`, checking magic and version.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<ShardHeader> {
+        ShardHeader::parse_as(bytes, path, &SHARD_MAGIC, SHARD_VERSION)
+    }
+
+    /// The header laid out as above with another magic and version (JPEG shards
+    /// share the layout, not the magic).
+    pub(crate) fn to_bytes_as(self, magic: &[u8; 8], version: u32) -> [u8; SHARD_HEADER_BYTES] {
         let mut out = [0u8; SHARD_HEADER_BYTES];
-        out[0..8].copy_from_slice(&SHARD_MAGIC);
-        out[8..12].copy_from_slice(&SHARD_VERSION.to_le_bytes());
+        out[0..8].copy_from_slice(magic);
+        out[8..12].copy_from_slice(&version.to_le_bytes());
         out[12..16].copy_from_slice(&self.channels.to_le_bytes());
         out[16..20].copy_from_slice(&self.height.to_le_bytes());
         out[20..24].copy_from_slice(&self.width.to_le_bytes());
@@ -159,8 +221,12 @@ impl ShardHeader {
         out
     }
 
-    /// Reads a header from the start of `bytes`, checking magic and version.
-    pub fn parse(bytes: &[u8], path: &Path) -> Result<ShardHeader> {
+    pub(crate) fn parse_as(
+        bytes: &[u8],
+        path: &Path,
+        magic: &[u8; 8],
+        expected_version: u32,
+    ) -> Result<ShardHeader> {
         if bytes.len() < SHARD_HEADER_BYTES {
             return Err(dataset_error(
                 path,
@@ -170,22 +236,22 @@ impl ShardHeader {
                 ),
             ));
         }
-        if bytes[0..8] != SHARD_MAGIC {
+        if bytes[0..8] != *magic {
             return Err(dataset_error(
                 path,
                 format!(
                     "expected shard magic {:?}, found {:?}",
-                    String::from_utf8_lossy(&SHARD_MAGIC),
+                    String::from_utf8_lossy(magic),
                     String::from_utf8_lossy(&bytes[0..8])
                 ),
             ));
         }
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
         let version = u32_at(8);
-        if version != SHARD_VERSION {
+        if version != expected_version {
             return Err(dataset_error(
                 path,
-                format!("expected shard version {SHARD_VERSION}, found {version}"),
+                format!("expected shard version {expected_version}, found {version}"),
             ));
         }
         Ok(ShardHeader {
@@ -194,6 +260,15 @@ impl ShardHeader {
             width: u32_at(20),
             count: u64::from_le_bytes(bytes[24..32].try_into().unwrap()),
         })
+    }
+
+    /// `[channels, height, width]` as sizes.
+    pub fn shape(&self) -> [usize; 3] {
+        [
+            self.channels as usize,
+            self.height as usize,
+            self.width as usize,
+        ]
     }
 }
 
@@ -241,45 +316,54 @@ impl ShardWriter {
 
     /// Writes the real header, syncs the file, and returns its manifest entry.
     pub fn finish(self) -> Result<ShardInfo> {
-        let ShardWriter {
-            path,
-            file,
-            records,
-            count,
-            shape,
-        } = self;
-        let io = io_error(&path);
-        let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
         let header = ShardHeader {
-            channels: shape[0] as u32,
-            height: shape[1] as u32,
-            width: shape[2] as u32,
-            count,
+            channels: self.shape[0] as u32,
+            height: self.shape[1] as u32,
+            width: self.shape[2] as u32,
+            count: self.count,
         }
         .to_bytes();
-        let io = io_error(&path);
-        let written = (|| {
-            file.seek(SeekFrom::Start(0))?;
-            file.write_all(&header)?;
-            file.sync_all()?;
-            file.metadata()
-        })()
-        .map_err(io)?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&header);
-        crc.combine(&records);
-        let record = record_bytes(shape[0], shape[1], shape[2]).expect("shape checked by caller");
-        debug_assert_eq!(Some(written.len()), shard_bytes(record, count));
-        Ok(ShardInfo {
-            file: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            images: count,
-            bytes: written.len(),
-            crc32: crc.finalize(),
-        })
+        let info = finish_shard_file(&self.path, self.file, &header, &self.records, self.count)?;
+        let record = record_bytes(self.shape[0], self.shape[1], self.shape[2])
+            .expect("shape checked by caller");
+        debug_assert_eq!(Some(info.bytes), shard_bytes(record, self.count));
+        Ok(info)
     }
+}
+
+/// Ends a shard written behind a placeholder header: flushes it, writes the real
+/// `header` at the start, syncs, and returns its manifest entry. `body` is the
+/// CRC-32 of everything after the header, kept as it was written, so finishing
+/// never reads the file back.
+pub(crate) fn finish_shard_file(
+    path: &Path,
+    file: BufWriter<File>,
+    header: &[u8; SHARD_HEADER_BYTES],
+    body: &crc32fast::Hasher,
+    images: u64,
+) -> Result<ShardInfo> {
+    let mut file = file
+        .into_inner()
+        .map_err(|e| io_error(path)(e.into_error()))?;
+    let written = (|| {
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(header)?;
+        file.sync_all()?;
+        file.metadata()
+    })()
+    .map_err(io_error(path))?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(header);
+    crc.combine(body);
+    Ok(ShardInfo {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        images,
+        bytes: written.len(),
+        crc32: crc.finalize(),
+    })
 }
 
 /// The shard file name for shard `index` of `split`.

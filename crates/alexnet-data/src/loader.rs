@@ -12,6 +12,13 @@
 //! Worker threads only decide *when* a batch is computed, never *what* it holds:
 //! the batches are identical, and arrive in the same order, for any thread count.
 //! Resuming at `start_batch` reproduces the rest of the epoch exactly.
+//!
+//! **JPEG datasets.** Images stored as JPEG are decoded by whichever thread fills
+//! the batch, into that thread's own reusable buffer; decoding is deterministic, so
+//! the above holds for them too. A record that fails to decode (a shard damaged
+//! after it was verified, or opened unverified) ends the epoch with an error from
+//! [`Loader::next_batch`], naming the shard and record; iterating the loader
+//! instead panics with that message.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -21,6 +28,7 @@ use alexnet::rng::Rng;
 
 use crate::dataset::{DatasetInfo, Split};
 use crate::error::{Result, config_error};
+use crate::jpeg::DecodeBuffer;
 
 /// How each image is turned into the network's input.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,6 +44,10 @@ pub struct View {
     pub pca_std: f32,
     /// Subtract the mean image; otherwise raw 0-255 values.
     pub subtract_mean: bool,
+    /// Each channel is multiplied by this after the mean is subtracted: 1 for the
+    /// paper's 0-255 scale; 1/(255·std) gives torchvision's (x/255 - mean)/std when
+    /// the mean image holds 255·mean. Grey images use the first entry.
+    pub channel_scale: [f32; 3],
     /// Ten views per image (evaluation): the four corner crops and the central
     /// crop, then the same five reflected. Excludes `random_crop`; `mirror` is
     /// ignored.
@@ -52,6 +64,7 @@ impl View {
             mirror: true,
             pca_std: 0.1,
             subtract_mean: true,
+            channel_scale: [1.0; 3],
             ten_crop: false,
         }
     }
@@ -65,6 +78,7 @@ impl View {
             mirror: false,
             pca_std: 0.0,
             subtract_mean: true,
+            channel_scale: [1.0; 3],
             ten_crop: false,
         }
     }
@@ -169,10 +183,12 @@ pub struct Loader {
     per_epoch: usize,
     workers: Vec<Worker>,
     pool: Arc<Mutex<Vec<Batch>>>,
+    /// Decoding scratch for batches filled in the caller's thread (no workers).
+    scratch: DecodeBuffer,
 }
 
 struct Worker {
-    rx: Option<Receiver<Batch>>,
+    rx: Option<Receiver<Result<Batch>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -277,6 +293,12 @@ impl Loader {
                 format!("expected a finite value >= 0, found {}", view.pca_std),
             ));
         }
+        if !view.channel_scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(config_error(
+                what("channel_scale"),
+                format!("expected finite values > 0, found {:?}", view.channel_scale),
+            ));
+        }
         if config.batch == 0 {
             return Err(config_error(what("batch"), "expected at least 1 image"));
         }
@@ -377,6 +399,7 @@ impl Loader {
             per_epoch,
             workers,
             pool,
+            scratch: DecodeBuffer::default(),
         })
     }
 
@@ -400,46 +423,68 @@ impl Loader {
     }
 }
 
-/// A worker's loop: every `stride`-th batch from `first`, until the epoch ends or
-/// the loader is dropped (the send fails).
+/// A worker's loop: every `stride`-th batch from `first`, until the epoch ends,
+/// a batch fails (its error is sent, then the worker stops), or the loader is
+/// dropped (the send fails).
 fn work(
     plan: &Plan,
     pool: &Mutex<Vec<Batch>>,
     first: usize,
     end: usize,
     stride: usize,
-    tx: SyncSender<Batch>,
+    tx: SyncSender<Result<Batch>>,
 ) {
+    let mut scratch = DecodeBuffer::default();
     let mut b = first;
     while b < end {
         let mut batch = pool.lock().unwrap().pop().unwrap_or_default();
-        plan.fill(b, &mut batch);
-        if tx.send(batch).is_err() {
+        let filled = plan.fill(b, &mut batch, &mut scratch).map(|()| batch);
+        let failed = filled.is_err();
+        if tx.send(filled).is_err() || failed {
             return;
         }
         b += stride;
     }
 }
 
-impl Iterator for Loader {
-    type Item = Batch;
+impl Loader {
+    /// The next batch of the epoch, `Ok(None)` at its end, or the error that
+    /// stopped it (an image that cannot be decoded); after an error the epoch is
+    /// over. The batches are those the iterator gives.
+    /// Batches left in this epoch.
+    pub fn len(&self) -> usize {
+        self.end - self.next
+    }
 
-    fn next(&mut self) -> Option<Batch> {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn next_batch(&mut self) -> Result<Option<Batch>> {
         if self.next >= self.end {
-            return None;
+            return Ok(None);
         }
         let b = self.next;
         self.next += 1;
+        let result = self.compute(b);
+        if result.is_err() {
+            self.next = self.end;
+        }
+        result.map(Some)
+    }
+
+    /// Batch `b`: filled here, or received from the worker computing it.
+    fn compute(&mut self, b: usize) -> Result<Batch> {
         if self.workers.is_empty() {
             let mut batch = self.pool.lock().unwrap().pop().unwrap_or_default();
-            self.plan.fill(b, &mut batch);
-            return Some(batch);
+            self.plan.fill(b, &mut batch, &mut self.scratch)?;
+            return Ok(batch);
         }
         // Worker w computes batches start + w, start + w + threads, ...
         let w = (b - self.start) % self.workers.len();
         let worker = &mut self.workers[w];
         match worker.rx.as_ref().unwrap().recv() {
-            Ok(batch) => Some(batch),
+            Ok(batch) => batch,
             Err(_) => {
                 // The worker dropped its sender without finishing: it panicked.
                 let message = match worker.handle.take().map(JoinHandle::join) {
@@ -454,14 +499,7 @@ impl Iterator for Loader {
             }
         }
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.end - self.next;
-        (left, Some(left))
-    }
 }
-
-impl ExactSizeIterator for Loader {}
 
 impl Drop for Loader {
     fn drop(&mut self) {
@@ -478,8 +516,9 @@ impl Drop for Loader {
 }
 
 impl Plan {
-    /// Computes batch `b` of the epoch into `out`, reusing its buffers.
-    fn fill(&self, b: usize, out: &mut Batch) {
+    /// Computes batch `b` of the epoch into `out`, reusing its buffers (and
+    /// `scratch` for decoding JPEG images).
+    fn fill(&self, b: usize, out: &mut Batch, scratch: &mut DecodeBuffer) -> Result<()> {
         let [channels, height, width] = self.split.shape();
         let view = &self.view;
         let (ch, cw) = (view.crop_height, view.crop_width);
@@ -505,7 +544,7 @@ impl Plan {
         for j in 0..count {
             let position = first + j;
             let index = self.order[position];
-            let (pixels, label) = self.split.image(index as usize);
+            let (pixels, label) = self.split.read(index as usize, scratch)?;
             // Every draw is made whether or not the view uses it, so turning one
             // augmentation on or off leaves the others' draws unchanged.
             let mut rng = Rng::new(derive_seed(&[
@@ -533,7 +572,17 @@ impl Plan {
             if view.ten_crop {
                 for (v, dst) in dst.chunks_exact_mut(per_view).enumerate() {
                     let (y, x) = corners[v % 5];
-                    write_view(dst, pixels, mean, &geometry, y, x, v >= 5, &shift);
+                    write_view(
+                        dst,
+                        pixels,
+                        mean,
+                        &geometry,
+                        y,
+                        x,
+                        v >= 5,
+                        &shift,
+                        &view.channel_scale,
+                    );
                 }
             } else {
                 let (y, x) = if view.random_crop { (oy, ox) } else { centre };
@@ -546,11 +595,13 @@ impl Plan {
                     x,
                     view.mirror && flip,
                     &shift,
+                    &view.channel_scale,
                 );
             }
             out.labels.push(label);
             out.indices.push(index);
         }
+        Ok(())
     }
 }
 
@@ -562,7 +613,8 @@ struct Geometry {
     cw: usize,
 }
 
-/// Writes one crop at (`oy`, `ox`), reflected when `flip`, as `pixel - mean + shift`.
+/// Writes one crop at (`oy`, `ox`), reflected when `flip`, as
+/// `(pixel - mean + shift) * scale`.
 fn write_view(
     dst: &mut [f32],
     pixels: &[u8],
@@ -572,9 +624,11 @@ fn write_view(
     ox: usize,
     flip: bool,
     shift: &[f32; 3],
+    scale: &[f32; 3],
 ) {
     for c in 0..g.channels {
         let sh = shift[c];
+        let s = scale[c];
         for y in 0..g.ch {
             let at = c * g.height * g.width + (oy + y) * g.width + ox;
             let src = &pixels[at..at + g.cw];
@@ -583,23 +637,23 @@ fn write_view(
                 (Some(mean), false) => {
                     let m = &mean[at..at + g.cw];
                     for ((o, &p), &m) in out.iter_mut().zip(src).zip(m) {
-                        *o = p as f32 - m + sh;
+                        *o = (p as f32 - m + sh) * s;
                     }
                 }
                 (Some(mean), true) => {
                     let m = &mean[at..at + g.cw];
                     for ((o, &p), &m) in out.iter_mut().zip(src.iter().rev()).zip(m.iter().rev()) {
-                        *o = p as f32 - m + sh;
+                        *o = (p as f32 - m + sh) * s;
                     }
                 }
                 (None, false) => {
                     for (o, &p) in out.iter_mut().zip(src) {
-                        *o = p as f32 + sh;
+                        *o = (p as f32 + sh) * s;
                     }
                 }
                 (None, true) => {
                     for (o, &p) in out.iter_mut().zip(src.iter().rev()) {
-                        *o = p as f32 + sh;
+                        *o = (p as f32 + sh) * s;
                     }
                 }
             }

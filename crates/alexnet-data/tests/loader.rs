@@ -18,14 +18,18 @@ fn raw(crop: usize) -> View {
         mirror: false,
         pca_std: 0.0,
         subtract_mean: false,
+        channel_scale: [1.0; 3],
         ten_crop: false,
     }
 }
 
 fn run(ds: &Dataset, split: &Split, config: LoaderConfig) -> Vec<Batch> {
-    Loader::new(split.clone(), config, ds.mean_shared(), ds.info())
-        .unwrap()
-        .collect()
+    let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
+    let mut batches = Vec::new();
+    while let Some(batch) = loader.next_batch().unwrap() {
+        batches.push(batch);
+    }
+    batches
 }
 
 /// The crop of stored CHW `pixels` (32x32x3) at (`oy`, `ox`), reflected when `flip`,
@@ -127,10 +131,14 @@ fn subsets_holdout_and_drop_last() {
     config.indices = Some(Arc::new(train.clone()));
     config.shuffle = true;
     config.drop_last = true;
-    let loader = Loader::new(split.clone(), config.clone(), ds.mean_shared(), ds.info()).unwrap();
+    let mut loader =
+        Loader::new(split.clone(), config.clone(), ds.mean_shared(), ds.info()).unwrap();
     assert_eq!(loader.batches_per_epoch(), 30 / 4);
     assert_eq!(loader.len(), 7);
-    let batches: Vec<Batch> = loader.collect();
+    let mut batches: Vec<Batch> = Vec::new();
+    while let Some(batch) = loader.next_batch().unwrap() {
+        batches.push(batch);
+    }
     assert!(batches.iter().all(|b| b.count == 4));
     let mut seen: Vec<u32> = batches.iter().flat_map(|b| b.indices.clone()).collect();
     seen.sort_unstable();
@@ -318,7 +326,7 @@ fn recycled_buffers_give_the_same_batches() {
     let reference = run(&ds, &split, config.clone());
     let mut loader = Loader::new(split, config, ds.mean_shared(), ds.info()).unwrap();
     let mut got = Vec::new();
-    while let Some(batch) = loader.next() {
+    while let Some(batch) = loader.next_batch().unwrap() {
         got.push(batch.clone());
         loader.recycle(batch);
     }
@@ -334,6 +342,6 @@ fn dropping_a_loader_mid_epoch_stops_its_workers() {
     config.threads = 4;
     config.queue = 1;
     let mut loader = Loader::new(split, config, ds.mean_shared(), ds.info()).unwrap();
-    loader.next().unwrap();
+    loader.next_batch().unwrap().unwrap();
     drop(loader); // must return: workers blocked on full queues give up
 }

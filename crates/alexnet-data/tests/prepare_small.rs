@@ -369,7 +369,10 @@ fn corruption_is_detected_and_named() {
     )
     .unwrap();
     let err = Dataset::open(&data).unwrap_err().to_string();
-    assert!(err.contains("expected version 1, found 7"), "{err}");
+    assert!(
+        err.contains("expected version 1 (raw pixels) or 2 (JPEG shards), found 7"),
+        "{err}"
+    );
     std::fs::write(
         data.join(MANIFEST_FILE),
         text.replacen("train-00000.shard", "../elsewhere.shard", 1),

@@ -121,11 +121,11 @@ fn fashion_mnist_prepares_reads_back_and_loads() {
     let split = ds.split("train").unwrap();
     let mut config = LoaderConfig::new(128, View::paper_train(24, 24), 1, 0);
     config.threads = 2;
-    let loader = Loader::new(split, config, ds.mean_shared(), info).unwrap();
+    let mut loader = Loader::new(split, config, ds.mean_shared(), info).unwrap();
     assert_eq!(loader.batches_per_epoch(), 469);
     let mut seen = vec![false; 60_000];
     let mut batches = 0;
-    for batch in loader {
+    while let Some(batch) = loader.next_batch().unwrap() {
         assert_eq!(batch.images.len(), batch.count * 24 * 24);
         assert!(
             batch

@@ -91,3 +91,36 @@ fn real_photos_are_prepared_the_papers_way() {
         mean(2)
     );
 }
+
+/// Mean absolute difference of two equally long u8 images.
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[test]
+fn a_cmyk_jpeg_decodes_to_the_colours_of_its_rgb_source() {
+    // chelsea-cmyk.jpg is chelsea-small.png converted to CMYK and saved as an
+    // Adobe CMYK JPEG (tools/make_cmyk_jpeg.py). Decoded, it must look like its
+    // source: not inverted, not channel-swapped, not grey.
+    let cmyk = load_photo(&photo("chelsea-cmyk.jpg"), 128, 100_000_000).unwrap();
+    let rgb = load_photo(&photo("chelsea-small.png"), 128, 100_000_000).unwrap();
+    let diff = mean_abs_diff(&cmyk, &rgb);
+    assert!(
+        diff < 6.0,
+        "mean absolute difference {diff:.2} (0-255 scale)"
+    );
+    // The same comparison against the inverted source is far off, so the bound bites.
+    let inverted: Vec<u8> = rgb.iter().map(|&v| 255 - v).collect();
+    assert!(mean_abs_diff(&cmyk, &inverted) > 60.0);
+    // Channels are in RGB order: the swap of red and blue is also far off.
+    let plane = 128 * 128;
+    let mut swapped = rgb.clone();
+    swapped[..plane].copy_from_slice(&rgb[2 * plane..]);
+    swapped[2 * plane..].copy_from_slice(&rgb[..plane]);
+    assert!(mean_abs_diff(&cmyk, &swapped) > 2.0 * diff);
+}

@@ -10,8 +10,10 @@
 //!   [`torchvision`] maps torchvision's `alexnet` state_dict onto `alexnet-owt`.
 //! - [`proto_read`], [`caffe`]: Caffe's `.caffemodel` (protobuf, V1 and current layers).
 //! - [`proto_write`], [`onnx`]: ONNX export.
+//! - [`classes`]: the ImageNet-1k class list attached to imported ImageNet models.
 
 pub mod caffe;
+pub mod classes;
 pub mod error;
 pub mod onnx;
 pub mod pickle;

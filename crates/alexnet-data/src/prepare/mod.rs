@@ -8,11 +8,16 @@
 //! dataset directory is always whole. Completed shards are recorded in a journal in
 //! the partial directory: rerunning the same preparation after an interruption
 //! checks them and carries on after the last one.
+//!
+//! With [`Encoding::Jpeg`] each image is stored as a JPEG stream instead of raw
+//! pixels (after the same resizing); the training statistics are then taken from
+//! the decoded JPEGs, the pixels the loader will see.
 
 mod cifar;
 mod folder;
 mod idx;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,10 +33,11 @@ pub use idx::{IdxNames, prepare_idx};
 
 use crate::error::{Result, config_error, io_error, source_error};
 use crate::format::{
-    self, ClassInfo, FORMAT, FileInfo, LABEL_BYTES, MANIFEST_FILE, MAX_SIDE, MEAN_FILE, Manifest,
-    SHARD_HEADER_BYTES, SKIPPED_FILE, ShardHeader, ShardInfo, ShardWriter, SplitManifest, VERSION,
-    record_bytes,
+    self, ClassInfo, Encoding, FORMAT, FileInfo, LABEL_BYTES, MANIFEST_FILE, MAX_SIDE, MEAN_FILE,
+    Manifest, SHARD_HEADER_BYTES, SKIPPED_FILE, ShardHeader, ShardInfo, ShardWriter, SplitManifest,
+    VERSION, record_bytes,
 };
+use crate::jpeg::{self, DecodeBuffer, JpegLayout, JpegShardWriter};
 use crate::stats::{ImageMoments, PixelStats};
 
 /// Where and how to write a prepared dataset.
@@ -51,6 +57,10 @@ pub struct PrepareOptions {
     /// Write at most this many new shards, then stop and leave `<out>.partial`
     /// for a later run to continue (for time-boxed jobs).
     pub stop_after_shards: Option<usize>,
+    /// How to store each image: raw pixels (the default, fastest to read) or JPEG
+    /// (about a tenth of the disk space; the loader decodes it). A JPEG shard holds
+    /// as many images as a raw one of `shard_bytes` would, so it is smaller.
+    pub encoding: Encoding,
 }
 
 impl PrepareOptions {
@@ -62,6 +72,7 @@ impl PrepareOptions {
             shard_bytes: 512 << 20,
             progress: false,
             stop_after_shards: None,
+            encoding: Encoding::Raw,
         }
     }
 }
@@ -73,6 +84,8 @@ pub struct Summary {
     pub name: String,
     /// `[channels, height, width]` of the stored images.
     pub shape: [usize; 3],
+    /// How they are stored.
+    pub encoding: Encoding,
     pub classes: usize,
     /// Each split's name and image count.
     pub splits: Vec<(String, u64)>,
@@ -104,7 +117,7 @@ impl fmt::Display for Summary {
             .collect();
         write!(
             f,
-            "prepared {} in {}: {} images ({}), {}x{}x{}, {} classes; {} skipped",
+            "prepared {} in {}: {} images ({}), {}x{}x{}{}, {} classes; {} skipped",
             self.name,
             self.out.display(),
             self.splits.iter().map(|(_, n)| n).sum::<u64>(),
@@ -112,6 +125,10 @@ impl fmt::Display for Summary {
             self.shape[0],
             self.shape[1],
             self.shape[2],
+            match self.encoding {
+                Encoding::Raw => String::new(),
+                jpeg => format!(" as {jpeg}"),
+            },
             self.classes,
             self.skipped
         )?;
@@ -233,6 +250,14 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             ),
         ));
     }
+    if let Encoding::Jpeg { quality } = opts.encoding {
+        if !(1..=100).contains(&quality) {
+            return Err(config_error(
+                "JPEG quality",
+                format!("expected 1..=100, found {quality}"),
+            ));
+        }
+    }
     let out = &opts.out;
     check_output(out, opts.force)?;
     let partial = partial_dir(out);
@@ -241,7 +266,8 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         .max(1) as usize;
 
     // The fingerprint covers the inputs and every setting that changes the bytes
-    // written, so a journal from different work is never continued.
+    // written, so a journal from different work is never continued. (The encoding
+    // is added only when it is not raw, so raw work keeps the fingerprint it had.)
     let mut hash = crc32fast::Hasher::new();
     hash.update(
         format!(
@@ -250,6 +276,9 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         )
         .as_bytes(),
     );
+    if !opts.encoding.is_raw() {
+        hash.update(format!(" encoding {:?}", opts.encoding).as_bytes());
+    }
     for (name, source) in &job.splits {
         hash.update(format!("split {name} {} items;", source.len()).as_bytes());
         source.fingerprint(&mut hash);
@@ -286,6 +315,11 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         .progress_chars("=> "),
     );
 
+    let layout = ShardLayout {
+        shape: job.shape,
+        encoding: opts.encoding,
+        classes: job.classes.len(),
+    };
     let mut stats = PixelStats::new(channels, height, width);
     let mut manifest_splits = Vec::new();
     let mut resumed = 0;
@@ -304,7 +338,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
                 .find(|d| d.split == *split_name && d.index == index)
                 .cloned();
             let done = match done {
-                Some(done) if resume_shard(&partial, &done, job.shape, train, &mut stats)? => {
+                Some(done) if resume_shard(&partial, &done, &layout, train, &mut stats)? => {
                     resumed += 1;
                     bar.inc(range.len() as u64);
                     done
@@ -321,7 +355,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
                         index,
                         *source,
                         range,
-                        job.shape,
+                        &layout,
                         train.then_some(&mut stats),
                         &bar,
                     )?;
@@ -351,6 +385,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             out: out.clone(),
             name: job.name,
             shape: job.shape,
+            encoding: opts.encoding,
             classes: job.classes.len(),
             splits: Vec::new(),
             skipped: 0,
@@ -391,7 +426,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
     write_skipped(&partial, &skipped)?;
     let manifest = Manifest {
         format: FORMAT.into(),
-        version: VERSION,
+        version: opts.encoding.manifest_version(),
         name: job.name.clone(),
         source: job.source.clone(),
         channels,
@@ -405,6 +440,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         },
         pca: stats.pca(),
         splits: manifest_splits,
+        encoding: opts.encoding,
     };
     let text = serde_json::to_string_pretty(&manifest).unwrap() + "\n";
     format::write_atomically(&partial.join(MANIFEST_FILE), text.as_bytes())?;
@@ -420,6 +456,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         out: out.clone(),
         name: job.name,
         shape: job.shape,
+        encoding: opts.encoding,
         classes: job.classes.len(),
         splits: manifest
             .splits
@@ -490,6 +527,114 @@ fn chunk_items(image_bytes: usize) -> usize {
     (threads * 16).clamp(threads, by_memory.max(threads))
 }
 
+/// What decides a shard's bytes besides its items.
+struct ShardLayout {
+    shape: [usize; 3],
+    encoding: Encoding,
+    classes: usize,
+}
+
+/// One source item ready to be written: its record (raw pixels or a JPEG stream)
+/// and, when statistics are wanted, the moments of the pixels the loader will see.
+struct Ready {
+    label: u32,
+    record: Vec<u8>,
+    /// The decoded JPEG (for the statistics); raw records are their own pixels.
+    decoded: Option<Vec<u8>>,
+    moments: Option<ImageMoments>,
+}
+
+impl Ready {
+    /// The pixels the loader will see.
+    fn pixels(&self) -> &[u8] {
+        self.decoded.as_deref().unwrap_or(&self.record)
+    }
+}
+
+thread_local! {
+    /// Each preparing thread's scratch for decoding the JPEGs it has just encoded.
+    static DECODE: RefCell<DecodeBuffer> = RefCell::new(DecodeBuffer::default());
+}
+
+/// Loads item `i`, encodes it as the layout says and, with `stats`, computes the
+/// moments of what the loader will see: for JPEG, the stored stream decoded (the
+/// same decoder the loader uses), so mean and PCA match the loader's pixels and a
+/// resumed run, which can only decode, gets the same statistics.
+fn load_item(
+    source: &dyn Source,
+    i: usize,
+    layout: &ShardLayout,
+    stats: bool,
+) -> std::result::Result<Ready, String> {
+    let shape = layout.shape;
+    let mut pixels = vec![0u8; shape.iter().product()];
+    let label = source.load(i, &mut pixels)?;
+    let (record, decoded) = match layout.encoding {
+        Encoding::Raw => (pixels, None),
+        Encoding::Jpeg { quality } => {
+            let stream = jpeg::encode(&pixels, shape, quality)?;
+            if stats {
+                DECODE.with(|buf| -> std::result::Result<(), String> {
+                    let mut buf = buf.borrow_mut();
+                    let seen = jpeg::decode(&stream, shape, &mut buf)
+                        .map_err(|e| format!("the JPEG written for it does not decode: {e}"))?;
+                    pixels.copy_from_slice(seen);
+                    Ok(())
+                })?;
+            }
+            (stream, stats.then_some(pixels))
+        }
+    };
+    let mut ready = Ready {
+        label,
+        record,
+        decoded,
+        moments: None,
+    };
+    if stats {
+        ready.moments = Some(ImageMoments::of(ready.pixels(), shape[0]));
+    }
+    Ok(ready)
+}
+
+/// A shard being written, raw or JPEG.
+enum AnyShardWriter {
+    Raw(ShardWriter),
+    Jpeg(JpegShardWriter),
+}
+
+impl AnyShardWriter {
+    fn create(path: &Path, layout: &ShardLayout) -> Result<AnyShardWriter> {
+        Ok(match layout.encoding {
+            Encoding::Raw => AnyShardWriter::Raw(ShardWriter::create(path, layout.shape)?),
+            Encoding::Jpeg { .. } => {
+                AnyShardWriter::Jpeg(JpegShardWriter::create(path, layout.shape)?)
+            }
+        })
+    }
+
+    fn push(&mut self, label: u32, record: &[u8]) -> Result<()> {
+        match self {
+            AnyShardWriter::Raw(w) => w.push(label, record),
+            AnyShardWriter::Jpeg(w) => w.push(label, record),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            AnyShardWriter::Raw(w) => w.count(),
+            AnyShardWriter::Jpeg(w) => w.count(),
+        }
+    }
+
+    fn finish(self) -> Result<ShardInfo> {
+        match self {
+            AnyShardWriter::Raw(w) => w.finish(),
+            AnyShardWriter::Jpeg(w) => w.finish(),
+        }
+    }
+}
+
 /// Loads one shard's range of items in parallel and writes the usable ones in order.
 fn write_shard(
     dir: &Path,
@@ -497,38 +642,32 @@ fn write_shard(
     index: usize,
     source: &dyn Source,
     range: std::ops::Range<usize>,
-    shape: [usize; 3],
+    layout: &ShardLayout,
     mut stats: Option<&mut PixelStats>,
     bar: &ProgressBar,
 ) -> Result<DoneShard> {
-    let image_bytes = shape.iter().product::<usize>();
+    let image_bytes = layout.shape.iter().product::<usize>();
     let path = dir.join(format::shard_file_name(split, index));
-    let mut writer = ShardWriter::create(&path, shape)?;
+    let mut writer = AnyShardWriter::create(&path, layout)?;
     let mut skipped = Vec::new();
     let items: Vec<usize> = range.collect();
+    let want_stats = stats.is_some();
     for chunk in items.chunks(chunk_items(image_bytes)) {
         let loaded: Vec<_> = chunk
             .par_iter()
             .map(|&i| {
-                let mut pixels = vec![0u8; image_bytes];
-                match source.load(i, &mut pixels) {
-                    Ok(label) => {
-                        let moments = ImageMoments::of(&pixels, shape[0]);
-                        Ok((pixels, label, moments))
-                    }
-                    Err(reason) => Err(Skipped {
-                        item: source.describe(i),
-                        reason,
-                    }),
-                }
+                load_item(source, i, layout, want_stats).map_err(|reason| Skipped {
+                    item: source.describe(i),
+                    reason,
+                })
             })
             .collect();
         for item in loaded {
             match item {
-                Ok((pixels, label, moments)) => {
-                    writer.push(label, &pixels)?;
-                    if let Some(stats) = stats.as_deref_mut() {
-                        stats.add(&pixels, &moments);
+                Ok(ready) => {
+                    writer.push(ready.label, &ready.record)?;
+                    if let (Some(stats), Some(moments)) = (stats.as_deref_mut(), &ready.moments) {
+                        stats.add(ready.pixels(), moments);
                     }
                 }
                 Err(s) => skipped.push(s),
@@ -551,12 +690,13 @@ fn write_shard(
     })
 }
 
-/// Checks a shard an earlier run finished (length, header, checksum) and adds its
-/// images to the statistics. Returns false when it must be written again.
+/// Checks a shard an earlier run finished (length, header, checksum, and a JPEG
+/// shard's index) and adds its images to the statistics. Returns false when it
+/// must be written again.
 fn resume_shard(
     dir: &Path,
     done: &DoneShard,
-    shape: [usize; 3],
+    layout: &ShardLayout,
     train: bool,
     stats: &mut PixelStats,
 ) -> Result<bool> {
@@ -572,27 +712,68 @@ fn resume_shard(
     }
     // SAFETY: the file is ours, in the partial directory, and only read here.
     let map = unsafe { Mmap::map(&file) }.map_err(io_error(&path))?;
-    let header_ok = ShardHeader::parse(&map, &path).is_ok_and(|h| {
-        [h.channels as usize, h.height as usize, h.width as usize] == shape
-            && h.count == info.images
-    });
-    if !header_ok || crc32fast::hash(&map) != info.crc32 {
+    if crc32fast::hash(&map) != info.crc32 {
         return Ok(false);
     }
-    if train {
-        let record = record_bytes(shape[0], shape[1], shape[2]).unwrap();
-        let per_image: Vec<(&[u8], ImageMoments)> = map[SHARD_HEADER_BYTES..]
-            .par_chunks_exact(record)
-            .map(|rec| {
-                let pixels = &rec[LABEL_BYTES..];
-                (pixels, ImageMoments::of(pixels, shape[0]))
+    let shape = layout.shape;
+    if layout.encoding.is_raw() {
+        let header_ok = ShardHeader::parse(&map, &path)
+            .is_ok_and(|h| h.shape() == shape && h.count == info.images);
+        if header_ok && train {
+            add_raw_shard(&map, shape, stats);
+        }
+        return Ok(header_ok);
+    }
+    let Ok(jpeg) = JpegLayout::check(&map, &path, shape, info.images, layout.classes) else {
+        return Ok(false);
+    };
+    Ok(!train || add_jpeg_shard(&map, &jpeg, info.images as usize, shape, stats))
+}
+
+/// Adds a raw shard's images to the statistics.
+fn add_raw_shard(map: &[u8], shape: [usize; 3], stats: &mut PixelStats) {
+    let record = record_bytes(shape[0], shape[1], shape[2]).unwrap();
+    let per_image: Vec<(&[u8], ImageMoments)> = map[SHARD_HEADER_BYTES..]
+        .par_chunks_exact(record)
+        .map(|rec| {
+            let pixels = &rec[LABEL_BYTES..];
+            (pixels, ImageMoments::of(pixels, shape[0]))
+        })
+        .collect();
+    for (pixels, moments) in per_image {
+        stats.add(pixels, &moments);
+    }
+}
+
+/// Decodes a JPEG shard's images, a round at a time (bounded memory), and adds them
+/// to the statistics. False when a record does not decode (the shard is rewritten).
+fn add_jpeg_shard(
+    map: &[u8],
+    layout: &JpegLayout,
+    count: usize,
+    shape: [usize; 3],
+    stats: &mut PixelStats,
+) -> bool {
+    let records: Vec<usize> = (0..count).collect();
+    for chunk in records.chunks(chunk_items(shape.iter().product())) {
+        let decoded: Option<Vec<(Vec<u8>, ImageMoments)>> = chunk
+            .par_iter()
+            .map(|&k| {
+                DECODE.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    let pixels = jpeg::decode(layout.record(map, k).0, shape, &mut buf).ok()?;
+                    Some((pixels.to_vec(), ImageMoments::of(pixels, shape[0])))
+                })
             })
             .collect();
-        for (pixels, moments) in per_image {
-            stats.add(pixels, &moments);
+        let Some(decoded) = decoded else {
+            return false;
+        };
+        for (pixels, moments) in &decoded {
+            stats.add(pixels, moments);
         }
     }
-    Ok(true)
+    true
 }
 
 /// Reads a whole file, refusing one longer than `limit` bytes before reading it.
