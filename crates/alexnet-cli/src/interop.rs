@@ -3,11 +3,9 @@
 //! they are (the preprocessing the weights expect travels inside it), and our
 //! checkpoints become ONNX models.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use alexnet::checkpoint::{self, SaveOptions};
-use alexnet::{Cpu, Network};
 use alexnet_interop::Imported;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -170,30 +168,15 @@ fn check_against_prototxt(imported: &Imported, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes an imported net as a checkpoint, every parameter checked against the
-/// description by the network it is loaded into.
+/// Writes an imported net as a checkpoint straight from its tensors (no network
+/// is built: that would hold the weights twice more), each checked against the
+/// description.
 fn save_imported(imported: &Imported, out: &Path) -> Result<()> {
-    let mut net = Network::new_zeroed(Cpu, &imported.spec, 1)?;
-    let by_name: BTreeMap<&str, &(String, Vec<usize>, Vec<f32>)> =
-        imported.tensors.iter().map(|t| (t.0.as_str(), t)).collect();
-    for index in 0..net.params().len() {
-        let info = net.params()[index].info.clone();
-        let Some((_, shape, values)) = by_name.get(info.name.as_str()) else {
-            bail!(
-                "the imported weights have no {} (the net needs it)",
-                info.name
-            );
-        };
-        if *shape != info.shape {
-            bail!(
-                "imported {}: expected shape {:?}, found {:?}",
-                info.name,
-                info.shape,
-                shape
-            );
-        }
-        net.set_param_values(index, values)?;
-    }
+    let params: Vec<(&str, &[usize], &[f32])> = imported
+        .tensors
+        .iter()
+        .map(|(name, shape, values)| (name.as_str(), shape.as_slice(), values.as_slice()))
+        .collect();
     let preprocess = Preprocess::from_imported(imported);
     let mut options = SaveOptions::default();
     preprocess.store(&mut options.metadata, &mut options.tensors);
@@ -203,7 +186,7 @@ fn save_imported(imported: &Imported, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    checkpoint::save(&net, out, &options)?;
+    checkpoint::save_tensors(&imported.spec, &params, out, &options)?;
     Ok(())
 }
 

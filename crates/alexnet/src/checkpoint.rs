@@ -48,51 +48,140 @@ pub struct SaveOptions {
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
-/// A tensor's values as little-endian bytes.
-fn le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// A tensor's values as the little-endian bytes safetensors stores: borrowed on
+/// little-endian machines (no copy of a 233 MB net), converted elsewhere.
+fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: f32 has no padding and every bit pattern is a valid u8; the
+        // slice covers exactly the same memory, borrowed for as long as `values`.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        };
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// Writes the net's parameters and what `options` asks for to `path` atomically.
 pub fn save<B: Backend>(net: &Network<B>, path: &Path, options: &SaveOptions) -> Result<()> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (index, p) in net.params().iter().enumerate() {
+        owned.push((
+            p.info.name.clone(),
+            p.info.shape.clone(),
+            net.param_values(index),
+        ));
+        if options.with_velocity {
+            owned.push((
+                format!("{VELOCITY_PREFIX}{}", p.info.name),
+                p.info.shape.clone(),
+                net.param_velocity(index),
+            ));
+        }
+    }
+    let params: Vec<(&str, &[usize], &[f32])> = owned
+        .iter()
+        .map(|(name, shape, values)| (name.as_str(), shape.as_slice(), values.as_slice()))
+        .collect();
+    write_checkpoint(net.spec(), &params, path, options)
+}
+
+/// Writes a checkpoint of `spec` from parameter tensors held elsewhere (imported
+/// weights), without building a network: every parameter the description has
+/// must be among `params` with its shape; others are refused.
+pub fn save_tensors(
+    spec: &NetSpec,
+    params: &[(&str, &[usize], &[f32])],
+    path: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
+    let plan = crate::plan::Plan::new(spec)?;
+    for info in &plan.params {
+        match params.iter().find(|(name, _, _)| *name == info.name) {
+            None => {
+                return Err(ckpt_error(path, format!("tensor {} is missing", info.name)));
+            }
+            Some((_, shape, values)) if *shape != info.shape || values.len() != info.len() => {
+                return Err(ckpt_error(
+                    path,
+                    format!(
+                        "tensor {}: expected shape {:?}, found {:?} ({} values)",
+                        info.name,
+                        info.shape,
+                        shape,
+                        values.len()
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, _, _)) = params
+        .iter()
+        .find(|(name, _, _)| !plan.params.iter().any(|p| p.name == *name))
+    {
+        return Err(ckpt_error(path, format!("the net has no parameter {name}")));
+    }
+    write_checkpoint(spec, params, path, options)
+}
+
+/// A tensor on its way to the file: name, shape, little-endian bytes.
+type StoredTensor<'a> = (&'a str, &'a [usize], std::borrow::Cow<'a, [u8]>);
+
+/// Streams the safetensors file to a temporary name beside `path` (the tensors
+/// are written from where they lie, never gathered into one buffer), syncs it,
+/// and renames it over `path`.
+fn write_checkpoint(
+    spec: &NetSpec,
+    params: &[(&str, &[usize], &[f32])],
+    path: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
     let mut metadata: HashMap<String, String> = options
         .metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     metadata.insert("format".into(), FORMAT.into());
-    metadata.insert("spec".into(), net.spec().to_toml());
+    metadata.insert("spec".into(), spec.to_toml());
     metadata.insert("step".into(), options.step.to_string());
 
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, shape, values) in &options.tensors {
-        owned.push((name.clone(), shape.clone(), le_bytes(values)));
-    }
-    for (index, p) in net.params().iter().enumerate() {
-        owned.push((
-            p.info.name.clone(),
-            p.info.shape.clone(),
-            le_bytes(&net.param_values(index)),
-        ));
-        if options.with_velocity {
-            owned.push((
-                format!("{VELOCITY_PREFIX}{}", p.info.name),
-                p.info.shape.clone(),
-                le_bytes(&net.param_velocity(index)),
-            ));
-        }
-    }
-    let views = owned
+    let extra = options
+        .tensors
+        .iter()
+        .map(|(name, shape, values)| (name.as_str(), shape.as_slice(), values.as_slice()));
+    let all: Vec<StoredTensor<'_>> = extra
+        .chain(params.iter().copied())
+        .map(|(name, shape, values)| (name, shape, le_bytes(values)))
+        .collect();
+    let views = all
         .iter()
         .map(|(name, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data)
-                .map(|view| (name.clone(), view))
+            TensorView::new(Dtype::F32, shape.to_vec(), data)
+                .map(|view| (name.to_string(), view))
                 .map_err(|e| ckpt_error(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| ckpt_error(path, format!("cannot serialise: {e}")))?;
-    write_atomically(path, &bytes)
+    let tmp = temporary_name(path)?;
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    safetensors::serialize_to_file(views, &Some(metadata), &tmp)
+        .map_err(|e| ckpt_error(path, format!("cannot write: {e}")))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// The hidden name beside `path` a file is written under before it is renamed.
+fn temporary_name(path: &Path) -> Result<std::path::PathBuf> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| ckpt_error(path, "not a file path"))?;
+    Ok(path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy())))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
@@ -102,10 +191,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.display().to_string(),
         source: e,
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| ckpt_error(path, "not a file path"))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    let tmp = temporary_name(path)?;
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
