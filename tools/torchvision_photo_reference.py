@@ -13,31 +13,15 @@ float64. The CLI test imports the same .pth, runs `alexnet classify --json
     python3 tools/torchvision_photo_reference.py
 """
 
-import pathlib
-import subprocess
-import tempfile
-
 import numpy as np
 import torch
 from safetensors.numpy import save_file
 
+from our_pixels import PHOTOS, PHOTOS_DIR, ROOT, our_pixels
 from torchvision_fixtures import AlexNet
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-PHOTOS = ["chelsea.png", "coffee.png", "coins.png", "rocket.jpg"]
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
-
-
-def our_pixels(photo: pathlib.Path) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp) / "pixels.bin"
-        subprocess.run(
-            ["cargo", "run", "-q", "-p", "alexnet-data", "--example", "photo_pixels", "--",
-             str(photo), "256", str(out)],
-            check=True, cwd=ROOT,
-        )
-        return np.frombuffer(out.read_bytes(), dtype=np.uint8).reshape(3, 256, 256)
 
 
 def main() -> None:
@@ -46,7 +30,7 @@ def main() -> None:
     net.load_state_dict({k: v.double() for k, v in state.items()})
     tensors = {}
     for name in PHOTOS:
-        pixels = our_pixels(ROOT / "crates/alexnet-data/tests/photos" / name)
+        pixels = our_pixels(PHOTOS_DIR / name, 256)
         crop = pixels[:, 16:240, 16:240].astype(np.float64) / 255.0
         x = (crop - MEAN[:, None, None]) / STD[:, None, None]
         with torch.no_grad():

@@ -202,8 +202,15 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
         }
         Experiment::Towers => {
             // Two towers: every convolution after the first and every LRN split in
-            // two groups (the paper's layout); one tower: the same layers with half
-            // the kernels and no groups.
+            // two groups (the paper's layout). One tower, as the paper's comparison
+            // net (Section 3.2): half the kernels in every convolution but the
+            // last, which keeps its count, as do the fully connected layers, so
+            // that the two nets have about as many parameters.
+            let last_conv = base
+                .layers
+                .iter()
+                .filter(|l| matches!(l, LayerSpec::Conv(_)))
+                .count();
             let mut convolutions = 0;
             let two = map_layers(base, |l| match l {
                 LayerSpec::Conv(c) => {
@@ -220,16 +227,21 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                 })),
                 other => keep(other),
             });
+            let mut convolutions = 0;
             let one = map_layers(base, |l| match l {
-                LayerSpec::Conv(c) => Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
-                    out: c.out / 2,
-                    groups: 1,
-                    ..c.clone()
-                })),
-                LayerSpec::Linear(f) => Some(LayerSpec::Linear(alexnet::spec::LinearSpec {
-                    out: f.out.map(|o| o / 2),
-                    ..f.clone()
-                })),
+                LayerSpec::Conv(c) => {
+                    convolutions += 1;
+                    let out = if convolutions == last_conv {
+                        c.out
+                    } else {
+                        c.out / 2
+                    };
+                    Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
+                        out,
+                        groups: 1,
+                        ..c.clone()
+                    }))
+                }
                 LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
                     groups: 1,
                     ..n.clone()

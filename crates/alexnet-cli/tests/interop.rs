@@ -42,22 +42,14 @@ fn reference_logits(path: &Path) -> Vec<(String, Vec<f64>)> {
     out
 }
 
-#[test]
-fn torchvision_weights_classify_real_photos_as_pytorch_does() {
-    let dir = temp_dir("import-torchvision");
-    let ckpt = dir.join("imported.safetensors");
-    let ckpt_s = ckpt.display().to_string();
-    let pth = repo("fixtures/torchvision-mini.pth").display().to_string();
-    let said = ok(&["import", "torchvision", &pth, "--out", &ckpt_s]);
-    assert!(said.contains("UnitMeanStd"), "{said}");
-    let info = ok(&["info", "--checkpoint", &ckpt_s]);
-    assert!(info.contains("torchvision"), "{info}");
-
-    // PyTorch's logits for the same photos: our resize, then torchvision's crop
-    // and normalisation done independently in Python (tools/torchvision_photo_reference.py).
-    let reference = reference_logits(&repo("fixtures/torchvision-mini-photos.safetensors"));
-    let photos: Vec<String> = reference.iter().map(|(name, _)| photo(name)).collect();
-    let mut args = vec!["classify", "--checkpoint", &ckpt_s, "--json", "--logits"];
+/// `alexnet classify --json --logits` on the photos named in `reference` gives
+/// their reference logits within 1e-4 (max-norm relative error per photo).
+fn classify_matches(checkpoint: &str, reference: &[(String, Vec<f64>)]) {
+    let photos: Vec<String> = reference
+        .iter()
+        .map(|(name, _)| photo(name.rsplit('/').next().unwrap()))
+        .collect();
+    let mut args = vec!["classify", "--checkpoint", checkpoint, "--json", "--logits"];
     args.extend(photos.iter().map(String::as_str));
     let lines = ok(&args);
     let results: Vec<serde_json::Value> = lines
@@ -67,7 +59,8 @@ fn torchvision_weights_classify_real_photos_as_pytorch_does() {
         .collect();
     assert_eq!(results.len(), reference.len());
     for ((name, expected), result) in reference.iter().zip(&results) {
-        assert!(result["image"].as_str().unwrap().ends_with(name.as_str()));
+        let file = name.rsplit('/').next().unwrap();
+        assert!(result["image"].as_str().unwrap().ends_with(file));
         let ours: Vec<f64> = result["logits"]
             .as_array()
             .unwrap()
@@ -83,6 +76,23 @@ fn torchvision_weights_classify_real_photos_as_pytorch_does() {
             / scale;
         assert!(error <= 1e-4, "{name}: max-norm relative error {error:.2e}");
     }
+}
+
+#[test]
+fn torchvision_weights_classify_real_photos_as_pytorch_does() {
+    let dir = temp_dir("import-torchvision");
+    let ckpt = dir.join("imported.safetensors");
+    let ckpt_s = ckpt.display().to_string();
+    let pth = repo("fixtures/torchvision-mini.pth").display().to_string();
+    let said = ok(&["import", "torchvision", &pth, "--out", &ckpt_s]);
+    assert!(said.contains("UnitMeanStd"), "{said}");
+    let info = ok(&["info", "--checkpoint", &ckpt_s]);
+    assert!(info.contains("torchvision"), "{info}");
+
+    // PyTorch's logits for the same photos: our resize, then torchvision's crop
+    // and normalisation done independently in Python (tools/torchvision_photo_reference.py).
+    let reference = reference_logits(&repo("fixtures/torchvision-mini-photos.safetensors"));
+    classify_matches(&ckpt_s, &reference);
 
     // And out again, as ONNX.
     let onnx = dir.join("model.onnx");
@@ -123,8 +133,28 @@ fn caffe_weights_import_with_their_mean_and_definition() {
         &ckpt,
     ]);
     assert!(said.contains("RawMinusMean"), "{said}");
-    let top = ok(&["classify", "--checkpoint", &ckpt, &photo("rocket.jpg")]);
-    assert!(top.contains('%'), "{top}");
+    // PyTorch's logits following Caffe's conventions (BGR, mean image, LRN α/n,
+    // round-up pooling) from our resized photos (tools/caffe_photo_reference.py).
+    let reference = reference_logits(&repo("fixtures/caffe-mini-photos.safetensors"));
+    let caffenet: Vec<_> = reference
+        .iter()
+        .filter(|(name, _)| name.starts_with("caffenet/"))
+        .cloned()
+        .collect();
+    assert_eq!(caffenet.len(), 4);
+    classify_matches(&ckpt, &caffenet);
+    // The paper's layout (normalise, then pool), from the old V1 layer format.
+    let v1 = dir.join("alexnet-v1.safetensors").display().to_string();
+    let v1_model = repo("fixtures/caffe-mini-alexnet-v1.caffemodel")
+        .display()
+        .to_string();
+    ok(&["import", "caffe", &v1_model, "--mean", &mean, "--out", &v1]);
+    let alexnet: Vec<_> = reference
+        .iter()
+        .filter(|(name, _)| name.starts_with("alexnet/"))
+        .cloned()
+        .collect();
+    classify_matches(&v1, &alexnet);
 
     // A definition of another net is refused, naming the difference.
     let other = repo("fixtures/caffe-bvlc-alexnet-deploy.prototxt")
