@@ -13,15 +13,23 @@
 //!
 //! The pickle is run by [`crate::pickle`], which executes nothing; here its
 //! tensor rebuild calls are interpreted. Every storage offset, extent and size is
-//! checked against the bytes present. Storages are converted straight from the
-//! (memory-mapped) bytes into each tensor's f32 values: no other copy is made.
+//! checked against the length of the file before anything is read or allocated.
+//!
+//! The bytes come from a [`Source`]: a slice ([`read`]), from which storages are
+//! converted straight into each tensor's f32 values, or an open file
+//! ([`read_file`]), of which only the small parts (the zip directory and the
+//! pickle, or the legacy layout's leading pickles) are read into memory; each
+//! tensor's values are then read at their offset, f32 ones straight into the
+//! tensor's memory and others through a bounded buffer, so that the import
+//! holds little more than the f32 values themselves.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::pickle::{self, Global, Value};
-use crate::zip::{self, Archive};
+use crate::zip::{self, Archive, Source};
 
 /// The element types of torch's typed storages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,9 +176,15 @@ pub struct StateDict {
 /// `state_dict`, `model_state_dict` or `model` (a training checkpoint); other
 /// entries of such a checkpoint (optimizer state, epoch) are ignored.
 pub fn read(bytes: &[u8], file: &str) -> Result<StateDict> {
-    match detect(bytes, file)? {
-        Format::Zip => read_zip(bytes, file),
-        Format::Legacy => read_legacy(bytes, file),
+    read_source(Source::Memory(bytes), file)
+}
+
+/// [`read`] on any source of the file's bytes.
+pub fn read_source(source: Source, file: &str) -> Result<StateDict> {
+    let head = source.read(0, source.size().min(DETECT_LEN), file)?;
+    match detect(&head, file)? {
+        Format::Zip => read_zip(source, file),
+        Format::Legacy => read_legacy(source, file, LEGACY_PREFIX),
     }
 }
 
@@ -179,23 +193,20 @@ pub fn read_state_dict(bytes: &[u8], file: &str) -> Result<Vec<(String, TensorIn
     Ok(read(bytes, file)?.tensors)
 }
 
-/// [`read`] on a file, memory-mapped so that only the tensors' f32 values are allocated.
+/// [`read`] on a file, neither mapped nor read whole: the small parts are read
+/// into memory and each tensor's values from their offset, so that little more
+/// than the tensors' f32 values is allocated. The path names the file in errors.
 pub fn read_file(path: &Path) -> Result<StateDict> {
-    let map = map_file(path)?;
-    read(&map, &path.display().to_string())
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        file: name.clone(),
+        source,
+    })?;
+    read_source(Source::file(&file, &name)?, &name)
 }
 
-/// Maps a file read-only.
-pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    let io = |source| Error::Io {
-        file: path.display().to_string(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is only read, while the import runs; a file changed or
-    // truncated under it by another process is outside what a reader can guard.
-    unsafe { memmap2::Mmap::map(&file) }.map_err(io)
-}
+/// What [`detect`] looks at: the start of the file (a tar header is 512 bytes).
+const DETECT_LEN: usize = 512;
 
 const LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 const LEGACY_PROTOCOL: i128 = 1001;
@@ -248,41 +259,47 @@ struct StorageRef {
     numel: usize,
 }
 
-fn read_zip(bytes: &[u8], file: &str) -> Result<StateDict> {
-    let archive = Archive::parse(bytes, file)?;
+fn read_zip(source: Source, file: &str) -> Result<StateDict> {
+    let archive = Archive::parse_source(source, file)?;
     let dir = archive_dir(&archive, file)?;
-    if let Some(order) = archive.find(&format!("{dir}/byteorder")) {
-        let order = &bytes[order.range()];
-        if order != b"little" {
+    let byteorder = format!("{dir}/byteorder");
+    if archive.find(&byteorder).is_some() {
+        let order = archive.data(&byteorder)?;
+        if *order != *b"little" {
             return Err(Error::unsupported(
                 file,
                 format!(
                     "tensors stored {} (byteorder record); only little-endian files are read",
-                    String::from_utf8_lossy(order)
+                    String::from_utf8_lossy(&order)
                 ),
             ));
         }
     }
     let pickle_name = format!("{dir}/data.pkl");
     let (root, _) = pickle::load(
-        archive.data(&pickle_name)?,
+        &archive.data(&pickle_name)?,
         &format!("{file} ({pickle_name})"),
     )?;
     let named = tensor_refs(&root, file)?;
     let mut tensors = Vec::with_capacity(named.len());
     for (name, tensor) in named {
-        let storage = archive.data(&format!("{dir}/data/{}", tensor.storage.key))?;
+        let entry = archive.entry(&format!("{dir}/data/{}", tensor.storage.key))?;
+        let storage = Storage {
+            source,
+            offset: entry.offset,
+            len: entry.size,
+        };
         let expected = tensor
             .storage
             .numel
             .checked_mul(tensor.storage.dtype.size());
-        if expected != Some(storage.len()) {
+        if expected != Some(storage.len) {
             return Err(Error::format(
                 file,
                 format!(
                     "tensor {name}: its storage {dir}/data/{} has {} bytes, but the pickle declares {} {} elements",
                     tensor.storage.key,
-                    storage.len(),
+                    storage.len,
                     tensor.storage.numel,
                     tensor.storage.dtype.name()
                 ),
@@ -317,7 +334,51 @@ fn archive_dir(archive: &Archive, file: &str) -> Result<String> {
     }
 }
 
-fn read_legacy(bytes: &[u8], file: &str) -> Result<StateDict> {
+/// How much of a legacy file is read first to find its pickles in: they
+/// describe the tensors, and are a few kilobytes for a state_dict.
+const LEGACY_PREFIX: usize = 1 << 20;
+
+/// Reads the legacy layout; from a file, its first `prefix` bytes are read to
+/// find the pickles in.
+fn read_legacy(source: Source, file: &str, prefix: usize) -> Result<StateDict> {
+    let (root, keys, at) = legacy_pickles(source, file, prefix)?;
+    let storages = legacy_storages(source, at, &root, &keys, file)?;
+    let named = tensor_refs(&root, file)?;
+    let mut tensors = Vec::with_capacity(named.len());
+    for (name, tensor) in named {
+        let storage = storages[&tensor.storage.key];
+        tensors.push((name.clone(), convert(&name, &tensor, storage, file)?));
+    }
+    Ok(StateDict {
+        format: Format::Legacy,
+        tensors,
+    })
+}
+
+/// The legacy layout's object and storage keys pickles, and where the storages
+/// start. Their length is only known by running them: from a file, they are
+/// run on a prefix, and on a longer one (up to the whole file) when that fails.
+/// A pickle that runs to its STOP in a prefix runs the same in the whole file,
+/// and what fails on the whole file fails as [`read`] does on its bytes.
+fn legacy_pickles(source: Source, file: &str, prefix: usize) -> Result<(Value, Value, usize)> {
+    let len = source.size();
+    let mut want = if source.in_memory() {
+        len
+    } else {
+        len.min(prefix.max(1))
+    };
+    loop {
+        let prefix = source.read(0, want, file)?;
+        match parse_legacy_pickles(&prefix, file) {
+            Err(Error::Format { .. } | Error::Unsupported { .. }) if want < len => {
+                want = want.saturating_mul(8).min(len);
+            }
+            result => return result,
+        }
+    }
+}
+
+fn parse_legacy_pickles(bytes: &[u8], file: &str) -> Result<(Value, Value, usize)> {
     let mut at = 0;
     let mut next = |what: &str| -> Result<Value> {
         let (value, used) = pickle::load(&bytes[at..], &format!("{file} ({what} pickle)"))?;
@@ -345,17 +406,7 @@ fn read_legacy(bytes: &[u8], file: &str) -> Result<StateDict> {
     }
     let root = next("object")?;
     let keys = next("storage keys")?;
-    let storages = legacy_storages(bytes, at, &root, &keys, file)?;
-    let named = tensor_refs(&root, file)?;
-    let mut tensors = Vec::with_capacity(named.len());
-    for (name, tensor) in named {
-        let storage = storages[&tensor.storage.key];
-        tensors.push((name.clone(), convert(&name, &tensor, storage, file)?));
-    }
-    Ok(StateDict {
-        format: Format::Legacy,
-        tensors,
-    })
+    Ok((root, keys, at))
 }
 
 /// Finds each storage's bytes after the pickles. Stepping over a storage needs
@@ -363,12 +414,12 @@ fn read_legacy(bytes: &[u8], file: &str) -> Result<StateDict> {
 /// storage listed must be referenced somewhere in the object (even outside the
 /// state_dict, e.g. in a checkpoint's optimizer state).
 fn legacy_storages<'a>(
-    bytes: &'a [u8],
+    source: Source<'a>,
     mut at: usize,
     root: &Value,
     keys: &Value,
     file: &str,
-) -> Result<HashMap<String, &'a [u8]>> {
+) -> Result<HashMap<String, Storage<'a>>> {
     let mut referenced = HashMap::new();
     collect_storages(root, file, &mut referenced)?;
     let keys = keys.as_sequence().ok_or_else(|| {
@@ -386,15 +437,13 @@ fn legacy_storages<'a>(
                 format!("the storage {key} is listed but never referenced, so its element size is unknown"),
             )
         })?;
-        let count = bytes
-            .get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-            .ok_or_else(|| {
-                Error::format(
-                    file,
-                    format!("the file ends before storage {key} (truncated?)"),
-                )
-            })?;
+        if at + 8 > source.size() {
+            return Err(Error::format(
+                file,
+                format!("the file ends before storage {key} (truncated?)"),
+            ));
+        }
+        let count = u64::from_le_bytes(source.read(at, 8, file)?[..].try_into().unwrap());
         if count != storage.numel as u64 {
             return Err(Error::format(
                 file,
@@ -406,15 +455,20 @@ fn legacy_storages<'a>(
         }
         let start = at + 8;
         let len = storage.numel.saturating_mul(storage.dtype.size());
-        let data = bytes.get(start..start.saturating_add(len)).ok_or_else(|| {
-            Error::format(
+        if start.saturating_add(len) > source.size() {
+            return Err(Error::format(
                 file,
                 format!(
                     "storage {key} declares {len} bytes from byte {start}, past the end of the {}-byte file (truncated?)",
-                    bytes.len()
+                    source.size()
                 ),
-            )
-        })?;
+            ));
+        }
+        let data = Storage {
+            source,
+            offset: start,
+            len,
+        };
         if storages.insert(key.clone(), data).is_some() {
             return Err(Error::format(
                 file,
@@ -673,10 +727,71 @@ fn int_list(value: &Value, what: &str, file: &str) -> Result<Vec<usize>> {
     items.iter().map(|v| non_negative(v, what, file)).collect()
 }
 
+/// Where a storage's bytes lie: `len` bytes from byte `offset` of the source,
+/// in bounds (checked when it is made), `numel` times the element size.
+#[derive(Clone, Copy, Debug)]
+struct Storage<'a> {
+    source: Source<'a>,
+    offset: usize,
+    len: usize,
+}
+
+/// Elements converted at a time from a file through a buffer, for the dtypes
+/// that are not read straight into the values (a multiple of every dtype size).
+const CHUNK_BYTES: usize = 1 << 16;
+
+impl<'a> Storage<'a> {
+    /// `len` bytes from byte `at` of the storage: borrowed, or read from the file.
+    fn bytes(&self, at: usize, len: usize, file: &str) -> Result<Cow<'a, [u8]>> {
+        debug_assert!(at + len <= self.len);
+        self.source.read(self.offset + at, len, file)
+    }
+
+    /// Fills `out` from byte `at` of the storage.
+    fn read_into(&self, at: usize, out: &mut [u8], file: &str) -> Result<()> {
+        debug_assert!(at + out.len() <= self.len);
+        self.source.read_into(self.offset + at, out, file)
+    }
+
+    /// Calls `each` on the `len` bytes from byte `at` of the storage: once on
+    /// the whole slice in memory, or chunk by chunk (whole elements of `size`
+    /// bytes) through a bounded buffer from a file.
+    fn for_each_chunk(
+        &self,
+        at: usize,
+        len: usize,
+        file: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        if self.source.in_memory() {
+            each(&self.bytes(at, len, file)?);
+            return Ok(());
+        }
+        let mut buffer = vec![0; len.min(CHUNK_BYTES)];
+        let mut done = 0;
+        while done < len {
+            let chunk = &mut buffer[..(len - done).min(CHUNK_BYTES)];
+            self.read_into(at + done, chunk, file)?;
+            each(chunk);
+            done += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// The f32 values' memory as bytes, to read little-endian f32 data straight into.
+fn f32_bytes_mut(values: &mut [f32]) -> &mut [u8] {
+    let len = std::mem::size_of_val(values);
+    // SAFETY: the same memory, exclusively borrowed for as long; u8 needs no
+    // alignment, and every bit pattern written through it is some f32.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) }
+}
+
 /// The tensor's values from its storage's bytes: checks the offset and extent
 /// against the storage, then converts, gathering by strides when the layout is
-/// not row-major.
-fn convert(name: &str, tensor: &TensorRef, storage: &[u8], file: &str) -> Result<TensorInfo> {
+/// not row-major. Only the bytes from the tensor's first element to its last
+/// are read.
+fn convert(name: &str, tensor: &TensorRef, storage: Storage, file: &str) -> Result<TensorInfo> {
     let dtype = tensor.storage.dtype;
     let decode = dtype.decoder().ok_or_else(|| {
         Error::unsupported(
@@ -687,18 +802,36 @@ fn convert(name: &str, tensor: &TensorRef, storage: &[u8], file: &str) -> Result
             ),
         )
     })?;
-    let count = check_extent(name, tensor, file)?;
+    let (count, last) = check_extent(name, tensor, file)?;
     let size = dtype.size();
-    let values = if count == 0 {
-        Vec::new()
-    } else if is_row_major(&tensor.shape, &tensor.strides) {
-        let start = tensor.offset * size;
-        storage[start..start + count * size]
-            .chunks_exact(size)
-            .map(decode)
-            .collect()
+    debug_assert_eq!(Some(storage.len), tensor.storage.numel.checked_mul(size));
+    if count == 0 {
+        return Ok(TensorInfo {
+            dtype,
+            shape: tensor.shape.clone(),
+            values: Vec::new(),
+        });
+    }
+    // In bounds, without overflow: the first and last elements lie inside the
+    // storage, of `numel` elements of `size` bytes in `storage.len` bytes.
+    let start = tensor.offset * size;
+    let values = if is_row_major(&tensor.shape, &tensor.strides) {
+        if dtype == DType::F32 && cfg!(target_endian = "little") {
+            // A zeroed allocation: a large one is fresh pages from the system,
+            // first touched when the values are read into them.
+            let mut values = vec![0f32; count];
+            storage.read_into(start, f32_bytes_mut(&mut values), file)?;
+            values
+        } else {
+            let mut values = Vec::with_capacity(count);
+            storage.for_each_chunk(start, count * size, file, |bytes| {
+                values.extend(bytes.chunks_exact(size).map(decode));
+            })?;
+            values
+        }
     } else {
-        gather(tensor, storage, count, decode)
+        let span = storage.bytes(start, (last + 1) * size - start, file)?;
+        gather(tensor, &span, count, decode)
     };
     Ok(TensorInfo {
         dtype,
@@ -707,10 +840,12 @@ fn convert(name: &str, tensor: &TensorRef, storage: &[u8], file: &str) -> Result
     })
 }
 
-/// The tensor's element count, once its last element is known to lie inside
-/// its storage and its values to take no more room than the storage (a tensor
-/// broadcast by zero strides could otherwise ask for any amount of memory).
-fn check_extent(name: &str, tensor: &TensorRef, file: &str) -> Result<usize> {
+/// The tensor's element count and the index of its last element in the
+/// storage, once that is known to lie inside its storage and its values to take
+/// no more room than the storage (a tensor broadcast by zero strides could
+/// otherwise ask for any amount of memory). The last index is meaningless when
+/// the count is zero.
+fn check_extent(name: &str, tensor: &TensorRef, file: &str) -> Result<(usize, usize)> {
     let bad = |message: String| Error::format(file, format!("tensor {name}: {message}"));
     let numel = tensor.storage.numel;
     let count = tensor
@@ -719,7 +854,7 @@ fn check_extent(name: &str, tensor: &TensorRef, file: &str) -> Result<usize> {
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {:?} has too many elements", tensor.shape)))?;
     if count == 0 {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let last = tensor
         .shape
@@ -728,7 +863,7 @@ fn check_extent(name: &str, tensor: &TensorRef, file: &str) -> Result<usize> {
         .try_fold(tensor.offset, |end, (&d, &s)| {
             (d - 1).checked_mul(s).and_then(|x| end.checked_add(x))
         });
-    if last.is_none_or(|last| last >= numel) {
+    let Some(last) = last.filter(|&last| last < numel) else {
         return Err(bad(format!(
             "shape {:?}, strides {:?} from offset {} reach past its storage of {numel} {} elements",
             tensor.shape,
@@ -736,13 +871,13 @@ fn check_extent(name: &str, tensor: &TensorRef, file: &str) -> Result<usize> {
             tensor.offset,
             tensor.storage.dtype.name()
         )));
-    }
+    };
     if count > numel {
         return Err(bad(format!(
             "{count} elements from a storage of {numel} (a broadcast view); save a contiguous copy"
         )));
     }
-    Ok(count)
+    Ok((count, last))
 }
 
 /// Row-major order: each stride is the product of the later sizes (a dimension
@@ -758,15 +893,16 @@ fn is_row_major(shape: &[usize], strides: &[usize]) -> bool {
     true
 }
 
-/// Visits the tensor's elements in row-major order through its strides.
-fn gather(tensor: &TensorRef, storage: &[u8], count: usize, decode: fn(&[u8]) -> f32) -> Vec<f32> {
+/// Visits the tensor's elements in row-major order through its strides; `span`
+/// holds the storage's bytes from the tensor's offset (its first element) on.
+fn gather(tensor: &TensorRef, span: &[u8], count: usize, decode: fn(&[u8]) -> f32) -> Vec<f32> {
     let size = tensor.storage.dtype.size();
     let dims = tensor.shape.len();
     let mut index = vec![0usize; dims];
-    let mut at = tensor.offset;
+    let mut at = 0;
     let mut values = Vec::with_capacity(count);
     for _ in 0..count {
-        values.push(decode(&storage[at * size..]));
+        values.push(decode(&span[at * size..]));
         // Advance the last index, carrying into earlier ones.
         for d in (0..dims).rev() {
             index[d] += 1;
@@ -844,6 +980,14 @@ mod tests {
         }
     }
 
+    fn mem(bytes: &[u8]) -> Storage<'_> {
+        Storage {
+            source: Source::Memory(bytes),
+            offset: 0,
+            len: bytes.len(),
+        }
+    }
+
     fn storage(n: usize) -> Vec<u8> {
         (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
     }
@@ -851,26 +995,26 @@ mod tests {
     #[test]
     fn strides_offsets_and_transposes() {
         let bytes = storage(12);
-        let row_major = convert("t", &tensor(&[3, 4], &[4, 1], 0, 12), &bytes, "f").unwrap();
+        let row_major = convert("t", &tensor(&[3, 4], &[4, 1], 0, 12), mem(&bytes), "f").unwrap();
         assert_eq!(
             row_major.values,
             (0..12).map(|i| i as f32).collect::<Vec<_>>()
         );
-        let transposed = convert("t", &tensor(&[4, 3], &[1, 4], 0, 12), &bytes, "f").unwrap();
+        let transposed = convert("t", &tensor(&[4, 3], &[1, 4], 0, 12), mem(&bytes), "f").unwrap();
         assert_eq!(
             transposed.values,
             [0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
         );
-        let slice = convert("t", &tensor(&[2, 2], &[4, 1], 5, 12), &bytes, "f").unwrap();
+        let slice = convert("t", &tensor(&[2, 2], &[4, 1], 5, 12), mem(&bytes), "f").unwrap();
         assert_eq!(slice.values, [5., 6., 9., 10.]);
         // Strides of size-1 dimensions are zeroed when the pickle is read.
-        let odd = convert("t", &tensor(&[1, 3], &[0, 1], 2, 12), &bytes, "f").unwrap();
+        let odd = convert("t", &tensor(&[1, 3], &[0, 1], 2, 12), mem(&bytes), "f").unwrap();
         assert_eq!(odd.values, [2., 3., 4.]);
-        let column = convert("t", &tensor(&[3, 1], &[4, 0], 1, 12), &bytes, "f").unwrap();
+        let column = convert("t", &tensor(&[3, 1], &[4, 0], 1, 12), mem(&bytes), "f").unwrap();
         assert_eq!(column.values, [1., 5., 9.]);
-        let scalar = convert("t", &tensor(&[], &[], 7, 12), &bytes, "f").unwrap();
+        let scalar = convert("t", &tensor(&[], &[], 7, 12), mem(&bytes), "f").unwrap();
         assert_eq!(scalar.values, [7.]);
-        let empty = convert("t", &tensor(&[0, 5], &[5, 1], 0, 0), &[], "f").unwrap();
+        let empty = convert("t", &tensor(&[0, 5], &[5, 1], 0, 0), mem(&[]), "f").unwrap();
         assert!(empty.values.is_empty());
     }
 
@@ -883,14 +1027,14 @@ mod tests {
             tensor(&[2], &[usize::MAX], 0, 12),
             tensor(&[usize::MAX, 2], &[1, 1], 0, 12),
         ] {
-            let e = convert("w", &t, &bytes, "f").unwrap_err().to_string();
+            let e = convert("w", &t, mem(&bytes), "f").unwrap_err().to_string();
             assert!(e.contains("tensor w"), "{e}");
             assert!(
                 e.contains("past its storage") || e.contains("too many"),
                 "{e}"
             );
         }
-        let e = convert("w", &tensor(&[100], &[0], 0, 12), &bytes, "f")
+        let e = convert("w", &tensor(&[100], &[0], 0, 12), mem(&bytes), "f")
             .unwrap_err()
             .to_string();
         assert!(e.contains("broadcast"), "{e}");
@@ -904,13 +1048,76 @@ mod tests {
             .iter()
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        assert_eq!(convert("d", &t, &bytes, "f").unwrap().values, [1.5, -2.25]);
+        assert_eq!(
+            convert("d", &t, mem(&bytes), "f").unwrap().values,
+            [1.5, -2.25]
+        );
         t.storage.dtype = DType::I64;
         let bytes: Vec<u8> = [7i64, -3].iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(convert("l", &t, &bytes, "f").unwrap().values, [7.0, -3.0]);
+        assert_eq!(
+            convert("l", &t, mem(&bytes), "f").unwrap().values,
+            [7.0, -3.0]
+        );
         t.storage.dtype = DType::Complex64;
-        let e = convert("c", &t, &[0; 16], "f").unwrap_err().to_string();
+        let e = convert("c", &t, mem(&[0; 16]), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("complex64"), "{e}");
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures")
+            .join(name)
+    }
+
+    /// A legacy file read from its path, its pickles looked for in prefixes
+    /// from a few bytes long: they grow until the pickles fit, and the result
+    /// is that of reading the file's bytes.
+    #[test]
+    fn legacy_pickles_are_found_in_growing_prefixes() {
+        for name in [
+            "torchvision-dtypes-legacy.pth",
+            "torchvision-mini-legacy.pth",
+            "pickle-corpus/truncated-legacy.pth",
+            "pickle-corpus/deep-marks.pkl",
+            "pickle-corpus/huge-length.pkl",
+            "pickle-corpus/memo-bomb.pkl",
+        ] {
+            let path = fixture(name);
+            let bytes = std::fs::read(&path).unwrap();
+            let expected = read(&bytes, name);
+            let file = std::fs::File::open(&path).unwrap();
+            let source = Source::file(&file, name).unwrap();
+            for prefix in [1, 7, 100, 1000] {
+                match (&expected, read_legacy(source, name, prefix)) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(b.format, Format::Legacy);
+                        assert_eq!(a.tensors, b.tensors, "{name}");
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+                    (a, b) => {
+                        panic!("{name}, prefix {prefix}: {a:?} from bytes, {b:?} from the file")
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_storages_are_read_straight_into_the_values() {
+        // A storage at an offset of a larger source, as in an archive.
+        let mut bytes = vec![0xAA; 3];
+        bytes.extend(storage(12));
+        let storage = Storage {
+            source: Source::Memory(&bytes),
+            offset: 3,
+            len: 48,
+        };
+        let slice = convert("t", &tensor(&[2, 2], &[4, 1], 5, 12), storage, "f").unwrap();
+        assert_eq!(slice.values, [5., 6., 9., 10.]);
+        let transposed = convert("t", &tensor(&[2, 2], &[1, 4], 5, 12), storage, "f").unwrap();
+        assert_eq!(transposed.values, [5., 9., 6., 10.]);
     }
 
     #[test]

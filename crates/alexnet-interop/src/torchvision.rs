@@ -57,10 +57,19 @@ pub fn import(bytes: &[u8], file: &str) -> Result<Imported> {
     from_state_dict(state, file)
 }
 
-/// [`import`] on a file, memory-mapped.
+/// [`import`] on a file, named in errors by its path. The file is neither
+/// mapped nor read whole: the zip directory and the pickle (or the legacy
+/// layout's leading pickles) are read into memory, then each tensor's values
+/// from its offset, f32 ones straight into the tensor, so that the import holds
+/// little more than the tensors' f32 values (about the file's size).
+pub fn import_path(path: &Path) -> Result<Imported> {
+    let state = torch::read_file(path)?;
+    from_state_dict(state, &path.display().to_string())
+}
+
+/// [`import_path`], under its earlier name.
 pub fn import_file(path: &Path) -> Result<Imported> {
-    let map = torch::map_file(path)?;
-    import(&map, &path.display().to_string())
+    import_path(path)
 }
 
 /// Maps a state_dict already read onto `alexnet-owt`.

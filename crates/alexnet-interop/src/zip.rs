@@ -1,17 +1,120 @@
 //! A minimal reader of ZIP archives as `torch.save` writes them: every entry
 //! stored (method 0), a central directory, and ZIP64 end records (PyTorch always
-//! writes those). It works on a byte slice (the caller memory-maps the file) and
-//! hands out sub-slices, so nothing is copied.
+//! writes those). It reads a [`Source`]: a byte slice, from which it hands out
+//! sub-slices (nothing is copied), or an open file, of which it reads only the
+//! end records, the central directory and the local headers; an entry's data is
+//! read when asked for, and a caller may read it at its offset straight into
+//! where it is wanted.
 //!
 //! Every number the archive declares (entry count, directory size and offset,
-//! each entry's local header and data) is checked against the bytes present
-//! before it is used. Compressed or encrypted entries are refused: PyTorch never
-//! writes them, and inflating would mean copying.
+//! each entry's local header and data) is checked against the length of the
+//! source before it is used or anything is allocated for it. Compressed or
+//! encrypted entries are refused: PyTorch never writes them, and inflating would
+//! mean copying.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fs::File;
 use std::ops::Range;
 
 use crate::error::{Error, Result};
+
+/// A file's bytes, wherever they are: in memory (a slice, perhaps of a mapped
+/// file), or in an open file of a known length, read at offsets when asked for.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    Memory(&'a [u8]),
+    File { file: &'a File, len: usize },
+}
+
+impl<'a> Source<'a> {
+    /// An open file, its length taken now; `name` names it in errors.
+    pub fn file(file: &'a File, name: &str) -> Result<Source<'a>> {
+        let io = |source| Error::Io {
+            file: name.to_string(),
+            source,
+        };
+        let len = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len).map_err(|_| {
+            Error::unsupported(
+                name,
+                format!("a file of {len} bytes, more than this machine can address"),
+            )
+        })?;
+        Ok(Source::File { file, len })
+    }
+
+    /// The length in bytes.
+    pub fn size(&self) -> usize {
+        match self {
+            Source::Memory(bytes) => bytes.len(),
+            Source::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether the bytes are in memory already (reading them is free).
+    pub fn in_memory(&self) -> bool {
+        matches!(self, Source::Memory(_))
+    }
+
+    /// The `len` bytes from `offset`: borrowed from memory, or read from the
+    /// file into a buffer of that length. A range past the end is an error (a
+    /// caller checks declared ranges first, with its own message; this is the
+    /// backstop, and the case of a file that shrank while it was read).
+    pub fn read(&self, offset: usize, len: usize, name: &str) -> Result<Cow<'a, [u8]>> {
+        self.check(offset, len, name)?;
+        match *self {
+            Source::Memory(bytes) => Ok(Cow::Borrowed(&bytes[offset..offset + len])),
+            Source::File { .. } => {
+                let mut buffer = vec![0; len];
+                self.read_into(offset, &mut buffer, name)?;
+                Ok(Cow::Owned(buffer))
+            }
+        }
+    }
+
+    /// Fills `out` with the bytes from `offset`, read straight into it.
+    pub fn read_into(&self, offset: usize, out: &mut [u8], name: &str) -> Result<()> {
+        self.check(offset, out.len(), name)?;
+        match *self {
+            Source::Memory(bytes) => {
+                out.copy_from_slice(&bytes[offset..offset + out.len()]);
+                Ok(())
+            }
+            Source::File { file, .. } => {
+                read_exact_at(file, out, offset as u64).map_err(|source| Error::Io {
+                    file: name.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn check(&self, offset: usize, len: usize, name: &str) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return Err(Error::format(
+                name,
+                format!(
+                    "{len} bytes from byte {offset} lie past the end of the {}-byte file (truncated?)",
+                    self.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, out, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &File, out: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(out)
+}
 
 const LOCAL_HEADER: u32 = 0x0403_4b50;
 const CENTRAL_HEADER: u32 = 0x0201_4b50;
@@ -53,7 +156,7 @@ impl Entry {
 /// A parsed archive: its entries in central-directory order, over the archive's bytes.
 #[derive(Debug)]
 pub struct Archive<'a> {
-    bytes: &'a [u8],
+    source: Source<'a>,
     file: String,
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
@@ -63,9 +166,15 @@ impl<'a> Archive<'a> {
     /// Reads the end records and the central directory of `bytes`; `file` names
     /// the archive in errors.
     pub fn parse(bytes: &'a [u8], file: &str) -> Result<Archive<'a>> {
-        let end = find_end_record(bytes, file)?;
-        let directory = read_directory_location(bytes, file, end)?;
-        let entries = read_directory(bytes, file, &directory)?;
+        Archive::parse_source(Source::Memory(bytes), file)
+    }
+
+    /// [`Archive::parse`] on any source: of a file, only the end records, the
+    /// central directory and the local headers are read.
+    pub fn parse_source(source: Source<'a>, file: &str) -> Result<Archive<'a>> {
+        let end = find_end_record(&source, file)?;
+        let directory = read_directory_location(&source, file, end)?;
+        let entries = read_directory(&source, file, &directory)?;
         let mut by_name = HashMap::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             // Two entries of one name would let the archive say two things at once.
@@ -77,7 +186,7 @@ impl<'a> Archive<'a> {
             }
         }
         Ok(Archive {
-            bytes,
+            source,
             file: file.to_string(),
             entries,
             by_name,
@@ -92,12 +201,23 @@ impl<'a> Archive<'a> {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
-    /// The data of the entry `name`, or an error naming it when it is absent.
-    pub fn data(&self, name: &str) -> Result<&'a [u8]> {
-        let entry = self.find(name).ok_or_else(|| {
+    /// The entry `name`, or an error naming it when it is absent.
+    pub fn entry(&self, name: &str) -> Result<&Entry> {
+        self.find(name).ok_or_else(|| {
             Error::format(&self.file, format!("zip: the archive has no entry {name}"))
-        })?;
-        Ok(&self.bytes[entry.range()])
+        })
+    }
+
+    /// The data of the entry `name` (borrowed from memory, or read from the
+    /// file), or an error naming it when it is absent.
+    pub fn data(&self, name: &str) -> Result<Cow<'a, [u8]>> {
+        let entry = self.entry(name)?;
+        self.source.read(entry.offset, entry.size, &self.file)
+    }
+
+    /// What the archive is read from.
+    pub fn source(&self) -> Source<'a> {
+        self.source
     }
 }
 
@@ -133,23 +253,23 @@ struct DirectoryLocation {
 /// The offset of the end-of-central-directory record: the last signature within
 /// the trailing 22 + 65535 bytes whose comment length reaches exactly to the end
 /// (so a signature inside the comment is not taken for the record).
-fn find_end_record(bytes: &[u8], file: &str) -> Result<usize> {
-    if bytes.len() < END_LEN {
+fn find_end_record(source: &Source, file: &str) -> Result<usize> {
+    let len = source.size();
+    if len < END_LEN {
         return Err(Error::format(
             file,
-            format!(
-                "zip: {} bytes is too short for an archive (truncated?)",
-                bytes.len()
-            ),
+            format!("zip: {len} bytes is too short for an archive (truncated?)"),
         ));
     }
-    let lowest = bytes.len().saturating_sub(END_LEN + MAX_COMMENT);
-    (lowest..=bytes.len() - END_LEN)
+    let lowest = len.saturating_sub(END_LEN + MAX_COMMENT);
+    let tail = source.read(lowest, len - lowest, file)?;
+    (0..=tail.len() - END_LEN)
         .rev()
         .find(|&at| {
-            le_u32(bytes, at) == END_OF_DIRECTORY
-                && at + END_LEN + le_u16(bytes, at + 20) as usize == bytes.len()
+            le_u32(&tail, at) == END_OF_DIRECTORY
+                && lowest + at + END_LEN + le_u16(&tail, at + 20) as usize == len
         })
+        .map(|at| lowest + at)
         .ok_or_else(|| {
             Error::format(
                 file,
@@ -158,12 +278,13 @@ fn find_end_record(bytes: &[u8], file: &str) -> Result<usize> {
         })
 }
 
-fn read_directory_location(bytes: &[u8], file: &str, end: usize) -> Result<DirectoryLocation> {
-    let disk = le_u16(bytes, end + 4);
-    let directory_disk = le_u16(bytes, end + 6);
-    let entries = le_u16(bytes, end + 10) as usize;
-    let size = le_u32(bytes, end + 12) as usize;
-    let offset = le_u32(bytes, end + 16) as usize;
+fn read_directory_location(source: &Source, file: &str, end: usize) -> Result<DirectoryLocation> {
+    let record = source.read(end, END_LEN, file)?;
+    let disk = le_u16(&record, 4);
+    let directory_disk = le_u16(&record, 6);
+    let entries = le_u16(&record, 10) as usize;
+    let size = le_u32(&record, 12) as usize;
+    let offset = le_u32(&record, 16) as usize;
     if disk != 0 || directory_disk != 0 {
         return Err(Error::unsupported(file, "zip: multi-volume archives"));
     }
@@ -174,36 +295,45 @@ fn read_directory_location(bytes: &[u8], file: &str, end: usize) -> Result<Direc
         end,
     };
     // The ZIP64 locator sits right before the end record when there is one.
-    if end >= ZIP64_LOCATOR_LEN && le_u32(bytes, end - ZIP64_LOCATOR_LEN) == ZIP64_LOCATOR {
-        return read_zip64_location(bytes, file, end - ZIP64_LOCATOR_LEN);
+    if end >= ZIP64_LOCATOR_LEN {
+        let locator = source.read(end - ZIP64_LOCATOR_LEN, ZIP64_LOCATOR_LEN, file)?;
+        if le_u32(&locator, 0) == ZIP64_LOCATOR {
+            return read_zip64_location(source, file, &locator, end - ZIP64_LOCATOR_LEN);
+        }
     }
     check_directory_bounds(file, &location)?;
     Ok(location)
 }
 
-fn read_zip64_location(bytes: &[u8], file: &str, locator: usize) -> Result<DirectoryLocation> {
-    let record = le_u64(bytes, locator + 8);
-    let record = usize::try_from(record)
+/// Reads the ZIP64 end record the locator (its bytes, found at byte `at`) points to.
+fn read_zip64_location(
+    source: &Source,
+    file: &str,
+    locator: &[u8],
+    at: usize,
+) -> Result<DirectoryLocation> {
+    let start = usize::try_from(le_u64(locator, 8))
         .ok()
-        .filter(|&r| r.checked_add(ZIP64_END_LEN).is_some_and(|e| e <= locator))
+        .filter(|&r| r.checked_add(ZIP64_END_LEN).is_some_and(|e| e <= at))
         .ok_or_else(|| truncated(file, "the ZIP64 end record"))?;
-    if le_u32(bytes, record) != ZIP64_END_OF_DIRECTORY {
+    let record = source.read(start, ZIP64_END_LEN, file)?;
+    if le_u32(&record, 0) != ZIP64_END_OF_DIRECTORY {
         return Err(Error::format(
             file,
-            format!("zip: no ZIP64 end record at byte {record}, where the locator points"),
+            format!("zip: no ZIP64 end record at byte {start}, where the locator points"),
         ));
     }
-    if le_u32(bytes, record + 16) != 0 || le_u32(bytes, record + 20) != 0 {
+    if le_u32(&record, 16) != 0 || le_u32(&record, 20) != 0 {
         return Err(Error::unsupported(file, "zip: multi-volume archives"));
     }
     let as_usize = |at: usize, what: &str| {
-        usize::try_from(le_u64(bytes, at)).map_err(|_| truncated(file, what))
+        usize::try_from(le_u64(&record, at)).map_err(|_| truncated(file, what))
     };
     let location = DirectoryLocation {
-        entries: as_usize(record + 32, "the central directory")?,
-        size: as_usize(record + 40, "the central directory")?,
-        offset: as_usize(record + 48, "the central directory")?,
-        end: record,
+        entries: as_usize(32, "the central directory")?,
+        size: as_usize(40, "the central directory")?,
+        offset: as_usize(48, "the central directory")?,
+        end: start,
     };
     check_directory_bounds(file, &location)?;
     Ok(location)
@@ -241,12 +371,13 @@ fn check_directory_bounds(file: &str, location: &DirectoryLocation) -> Result<()
     Ok(())
 }
 
-fn read_directory(bytes: &[u8], file: &str, location: &DirectoryLocation) -> Result<Vec<Entry>> {
-    let directory = &bytes[location.offset..location.offset + location.size];
+fn read_directory(source: &Source, file: &str, location: &DirectoryLocation) -> Result<Vec<Entry>> {
+    // In bounds: checked against the end records, which lie inside the source.
+    let directory = source.read(location.offset, location.size, file)?;
     let mut entries = Vec::with_capacity(location.entries);
     let mut at = 0;
     for index in 0..location.entries {
-        let (entry, next) = read_central_header(bytes, directory, at, file, index)?;
+        let (entry, next) = read_central_header(source, &directory, at, file, index)?;
         // Entry data lies before the directory: what is past it is not data.
         if entry.offset + entry.size > location.offset {
             return Err(Error::format(
@@ -278,7 +409,7 @@ struct CentralHeader {
 /// Reads the central header at `at` in `directory` and the local header it
 /// points to; returns the entry and where the next central header starts.
 fn read_central_header(
-    bytes: &[u8],
+    source: &Source,
     directory: &[u8],
     at: usize,
     file: &str,
@@ -313,7 +444,7 @@ fn read_central_header(
     };
     let extra = &directory[name_at + name_len..name_at + name_len + extra_len];
     apply_zip64_extra(&mut header, extra, file, &name)?;
-    let entry = locate_data(bytes, file, name, &header)?;
+    let entry = locate_data(source, file, name, &header)?;
     Ok((entry, next))
 }
 
@@ -359,7 +490,7 @@ fn apply_zip64_extra(
 /// Checks the entry is stored and reads its local header, whose name and extra
 /// field (PyTorch pads there to align data) may differ in length from the
 /// central header's, to find where the data starts.
-fn locate_data(bytes: &[u8], file: &str, name: String, header: &CentralHeader) -> Result<Entry> {
+fn locate_data(source: &Source, file: &str, name: String, header: &CentralHeader) -> Result<Entry> {
     if header.flags & 1 != 0 {
         return Err(Error::unsupported(
             file,
@@ -388,34 +519,30 @@ fn locate_data(bytes: &[u8], file: &str, name: String, header: &CentralHeader) -
             ),
         ));
     }
+    let len = source.size();
     let local = usize::try_from(header.local_header)
         .ok()
-        .filter(|&l| {
-            l.checked_add(LOCAL_HEADER_LEN)
-                .is_some_and(|e| e <= bytes.len())
-        })
+        .filter(|&l| l.checked_add(LOCAL_HEADER_LEN).is_some_and(|e| e <= len))
         .ok_or_else(|| truncated(file, &format!("the local header of entry {name}")))?;
-    if le_u32(bytes, local) != LOCAL_HEADER {
+    let bytes = source.read(local, LOCAL_HEADER_LEN, file)?;
+    if le_u32(&bytes, 0) != LOCAL_HEADER {
         return Err(Error::format(
             file,
             format!("zip: no local header at byte {local}, where entry {name} should start"),
         ));
     }
-    let offset = local
-        + LOCAL_HEADER_LEN
-        + le_u16(bytes, local + 26) as usize
-        + le_u16(bytes, local + 28) as usize;
+    let offset =
+        local + LOCAL_HEADER_LEN + le_u16(&bytes, 26) as usize + le_u16(&bytes, 28) as usize;
     let end = usize::try_from(header.compressed)
         .ok()
         .and_then(|size| offset.checked_add(size))
-        .filter(|&end| end <= bytes.len())
+        .filter(|&end| end <= len)
         .ok_or_else(|| {
             Error::format(
                 file,
                 format!(
                     "zip: the entry {name} declares {} bytes from byte {offset}, past the end of the {}-byte file (truncated?)",
-                    header.compressed,
-                    bytes.len()
+                    header.compressed, len
                 ),
             )
         })?;
@@ -543,8 +670,8 @@ mod tests {
         let zip = Archive::parse(bytes, "t.zip").unwrap();
         let names: Vec<_> = zip.entries().iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a/data.pkl", "a/data/0"]);
-        assert_eq!(zip.data("a/data.pkl").unwrap(), b"pickle");
-        assert_eq!(zip.data("a/data/0").unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(*zip.data("a/data.pkl").unwrap(), *b"pickle");
+        assert_eq!(*zip.data("a/data/0").unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
         let err = zip.data("a/data/1").unwrap_err().to_string();
         assert!(err.contains("no entry a/data/1"), "{err}");
     }
@@ -559,6 +686,45 @@ mod tests {
         check_two(&archive(&two_entries(), false, &comment));
         assert!(is_zip(&archive(&two_entries(), false, b"")));
         assert!(!is_zip(b"\x80\x02"));
+    }
+
+    #[test]
+    fn a_file_source_reads_like_the_bytes() {
+        let dir = std::env::temp_dir().join(format!("alexnet-zip-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for zip64 in [false, true] {
+            let whole = archive(&two_entries(), zip64, b"");
+            let path = dir.join(format!("t{zip64}.zip"));
+            std::fs::write(&path, &whole).unwrap();
+            let file = File::open(&path).unwrap();
+            let source = Source::file(&file, "t.zip").unwrap();
+            assert_eq!(source.size(), whole.len());
+            let zip = Archive::parse_source(source, "t.zip").unwrap();
+            let expected = Archive::parse(&whole, "t.zip").unwrap();
+            assert_eq!(zip.entries(), expected.entries());
+            assert_eq!(*zip.data("a/data.pkl").unwrap(), *b"pickle");
+            let entry = zip.entry("a/data/0").unwrap();
+            let mut out = [0; 4];
+            zip.source()
+                .read_into(entry.offset + 4, &mut out, "t.zip")
+                .unwrap();
+            assert_eq!(out, [5, 6, 7, 8]);
+            let e = source.read(whole.len() - 2, 3, "t.zip").unwrap_err();
+            assert!(e.to_string().contains("past the end"), "{e}");
+            // Every truncation fails as the truncated bytes do.
+            for len in 0..whole.len() {
+                std::fs::write(&path, &whole[..len]).unwrap();
+                let file = File::open(&path).unwrap();
+                let from_file =
+                    Archive::parse_source(Source::file(&file, "t.zip").unwrap(), "t.zip");
+                let from_bytes = Archive::parse(&whole[..len], "t.zip");
+                assert_eq!(
+                    from_file.unwrap_err().to_string(),
+                    from_bytes.unwrap_err().to_string()
+                );
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

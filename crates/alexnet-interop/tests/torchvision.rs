@@ -115,12 +115,44 @@ fn the_two_layouts_hold_the_same_tensors() {
 }
 
 #[test]
-fn import_file_maps_the_file() {
-    let imported = torchvision::import_file(&fixtures().join("torchvision-mini.pth")).unwrap();
+fn import_path_reads_the_file() {
+    let imported = torchvision::import_path(&fixtures().join("torchvision-mini.pth")).unwrap();
     assert_eq!(imported.tensors.len(), 16);
-    let e = torchvision::import_file(&fixtures().join("no-such.pth")).unwrap_err();
+    let e = torchvision::import_path(&fixtures().join("no-such.pth")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
     assert!(e.to_string().contains("no-such.pth"), "{e}");
+    // The earlier name does the same.
+    let again = torchvision::import_file(&fixtures().join("torchvision-mini.pth")).unwrap();
+    assert_eq!(again.tensors, imported.tensors);
+}
+
+#[test]
+fn reading_the_file_at_offsets_gives_what_reading_its_bytes_gives() {
+    for file in ["torchvision-mini.pth", "torchvision-mini-legacy.pth"] {
+        let path = fixtures().join(file);
+        let name = path.display().to_string();
+        let from_bytes = torchvision::import(&read(file), &name).unwrap();
+        let from_path = torchvision::import_path(&path).unwrap();
+        assert_eq!(from_path.spec, from_bytes.spec, "{file}");
+        assert_eq!(from_path.tensors, from_bytes.tensors, "{file}");
+        assert_eq!(from_path.input, from_bytes.input, "{file}");
+        assert_eq!(from_path.source, from_bytes.source, "{file}");
+    }
+    for file in [
+        "torchvision-mini.pth",
+        "torchvision-mini-legacy.pth",
+        "torchvision-dtypes.pth",
+        "torchvision-dtypes-legacy.pth",
+        "torchvision-dtypes-p5.pth",
+        "torchvision-dtypes-p5-legacy.pth",
+    ] {
+        let path = fixtures().join(file);
+        let name = path.display().to_string();
+        let from_bytes = torch::read(&read(file), &name).unwrap();
+        let from_path = torch::read_file(&path).unwrap();
+        assert_eq!(from_path.format, from_bytes.format, "{file}");
+        assert_eq!(from_path.tensors, from_bytes.tensors, "{file}");
+    }
 }
 
 /// What tools/torchvision_fixtures.py stores in its dtype checkpoint: base is
@@ -216,6 +248,70 @@ fn hostile_files_are_refused_with_the_problem_named() {
 }
 
 #[test]
+fn hostile_files_are_refused_alike_when_read_from_their_path() {
+    for (name, words) in HOSTILE {
+        let path = fixtures().join("pickle-corpus").join(name);
+        let shown = path.display().to_string();
+        let from_path = match torchvision::import_path(&path) {
+            Ok(_) => panic!("{name} was accepted"),
+            Err(e) => e,
+        };
+        let message = from_path.to_string();
+        assert!(message.starts_with(&shown), "{name}: {message}");
+        for word in *words {
+            assert!(message.contains(word), "{name}: {message:?} lacks {word:?}");
+        }
+        // The same error, of the same kind, as from the file's bytes.
+        let from_bytes = torchvision::import(&read(&format!("pickle-corpus/{name}")), &shown)
+            .err()
+            .unwrap();
+        assert_eq!(
+            std::mem::discriminant(&from_path),
+            std::mem::discriminant(&from_bytes),
+            "{name}"
+        );
+        assert_eq!(message, from_bytes.to_string(), "{name}");
+    }
+}
+
+/// Both readings of every corpus file agree: the same tensors, or the same error.
+#[test]
+fn every_corpus_file_reads_alike_from_bytes_and_from_its_path() {
+    for entry in std::fs::read_dir(fixtures().join("pickle-corpus")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.display().to_string();
+        let from_bytes = torch::read(&std::fs::read(&path).unwrap(), &name);
+        let from_path = torch::read_file(&path);
+        match (from_bytes, from_path) {
+            (Ok(a), Ok(b)) => assert_eq!(a.tensors, b.tensors, "{name}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}"),
+            (a, b) => panic!("{name}: from bytes {a:?}, from the path {b:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_truncation_of_both_layouts_is_an_error_when_read_from_the_path() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for file in ["torchvision-dtypes.pth", "torchvision-dtypes-legacy.pth"] {
+        let bytes = read(file);
+        let cut = dir.join(format!("truncated-{}-{file}", std::process::id()));
+        std::fs::write(&cut, &bytes).unwrap();
+        let handle = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+        for len in (0..bytes.len()).rev() {
+            handle.set_len(len as u64).unwrap();
+            let from_path = torch::read_file(&cut);
+            let from_bytes = torch::read(&bytes[..len], &cut.display().to_string());
+            match (from_path, from_bytes) {
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{file} cut to {len}"),
+                _ => panic!("{file} cut to {len} bytes was accepted"),
+            }
+        }
+        std::fs::remove_file(&cut).unwrap();
+    }
+}
+
+#[test]
 fn every_corpus_file_is_refused_without_panicking() {
     let mut seen = 0;
     for entry in std::fs::read_dir(fixtures().join("pickle-corpus")).unwrap() {
@@ -250,7 +346,7 @@ fn every_truncation_of_both_layouts_is_an_error() {
 fn real_torchvision_weights_import_quickly() {
     let path = std::env::var("ALEXNET_TORCHVISION_PTH").expect("ALEXNET_TORCHVISION_PTH");
     let started = std::time::Instant::now();
-    let imported = torchvision::import_file(Path::new(&path)).unwrap();
+    let imported = torchvision::import_path(Path::new(&path)).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     println!("imported {path} in {seconds:.2} s");
     assert_eq!(imported.spec, NetSpec::preset("alexnet-owt").unwrap());
