@@ -389,16 +389,14 @@ fn trained_checkpoints_serve_every_command() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// The paper's full net on a prepared photo dataset (256x256 stored, 224x224 crops):
-/// with plain gradient descent on one fixed batch, its loss falls at every step.
-#[test]
-fn the_papers_net_trains_on_photos() {
-    let root = temp_dir("photos");
-    let mut rng = Rng::new(4);
+/// Two classes of generated photos (300x260 PNGs, reddish and bluish with
+/// texture), `per_class` each, drawn from `seed`, as an ImageNet-style folder.
+fn write_photo_folder(folder: &Path, per_class: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
     for (class, colour) in [("reddish", [200u8, 60, 40]), ("bluish", [40u8, 80, 210])] {
-        let dir = root.join("photos").join(class);
+        let dir = folder.join(class);
         std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..6 {
+        for i in 0..per_class {
             let shift = rng.below(40) as u32;
             let photo = image::RgbImage::from_fn(300, 260, |x, y| {
                 let wobble = ((x * y + shift) % 40) as u8;
@@ -411,6 +409,14 @@ fn the_papers_net_trains_on_photos() {
             photo.save(dir.join(format!("{i}.png"))).unwrap();
         }
     }
+}
+
+/// The paper's full net on a prepared photo dataset (256x256 stored, 224x224 crops):
+/// with plain gradient descent on one fixed batch, its loss falls at every step.
+#[test]
+fn the_papers_net_trains_on_photos() {
+    let root = temp_dir("photos");
+    write_photo_folder(&root.join("photos"), 6, 4);
     let data = root.join("data");
     let text = ok(&[
         "prepare",
@@ -532,19 +538,7 @@ fn an_experiment_trains_its_variants_and_reports() {
 #[test]
 fn a_jpeg_encoded_dataset_serves_training_evaluation_and_similar_images() {
     let root = temp_dir("jpeg-dataset");
-    let mut rng = Rng::new(9);
-    for (class, colour) in [("warm", [190u8, 80, 40]), ("cold", [40u8, 90, 200])] {
-        let dir = root.join("photos").join(class);
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..4 {
-            let shift = rng.below(30) as u32;
-            let photo = image::RgbImage::from_fn(320, 280, |x, y| {
-                let wobble = ((x + y * 3 + shift) % 50) as u8;
-                image::Rgb([colour[0] + wobble, colour[1], colour[2] + (x % 40) as u8])
-            });
-            photo.save(dir.join(format!("{i}.png"))).unwrap();
-        }
-    }
+    write_photo_folder(&root.join("photos"), 4, 9);
     let data = root.join("data");
     let d = data.to_str().unwrap();
     let text = ok(&[
