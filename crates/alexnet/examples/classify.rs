@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => PathBuf::from(path),
         None => {
             let spec = NetSpec::preset("cifar")?.with_input(1, 28, 28);
-            let net = Network::new(Cpu, &spec, 1, 42)?;
+            let net = Network::new(Cpu::new(), &spec, 1, 42)?;
             let path = std::env::temp_dir().join("alexnet-example.safetensors");
             checkpoint::save(&net, &path, &checkpoint::SaveOptions::default())?;
             println!("saved a fresh {} net to {}", spec.name, path.display());
@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A checkpoint carries its network description: build that net, then load the weights.
     let ckpt = checkpoint::load(&path)?;
     let batch = 4;
-    let mut net = Network::new(Cpu, &ckpt.spec, batch, 0)?;
+    let mut net = Network::new(Cpu::new(), &ckpt.spec, batch, 0)?;
     ckpt.apply(&mut net, &path, false)?;
     let shape = net.plan().input_shape();
     println!(

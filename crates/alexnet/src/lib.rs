@@ -10,7 +10,7 @@
 //!
 //! // The paper's net on 28x28 grey images, for 10 classes, batches of up to 4.
 //! let spec = NetSpec::preset("cifar").unwrap().with_input(1, 28, 28);
-//! let mut net = Network::new(Cpu, &spec, 4, 42).unwrap();
+//! let mut net = Network::new(Cpu::new(), &spec, 4, 42).unwrap();
 //! let images = vec![0.5f32; 4 * 28 * 28];
 //! let loss = net.train_step(&images, &[0, 1, 2, 3], &Sgd::from_recipe(&spec.recipe)).unwrap();
 //! assert!(loss.is_finite());
@@ -35,6 +35,7 @@ pub mod rng;
 pub mod spec;
 
 pub use backend::Backend;
+pub use cpu::fast::gemm::{Bf16Kernel, Precision, Products};
 pub use cpu::{Cpu, ReferenceCpu};
 pub use error::{Error, Result};
 pub use net::{Mode, Network};

@@ -5,16 +5,18 @@
 //! Tolerances: the fast kernels sum in a different order (blocked GEMM, vector
 //! lanes), so fp32 results differ by rounding; 1e-5 relative to the largest value
 //! covers sums of a few thousand terms with margin, and any indexing error gives
-//! errors of order 1.
+//! errors of order 1. The convolution and linear layers are checked in every
+//! matrix-product mode (f32, and bf16 with each kernel this CPU has).
 
 mod common;
 
+use alexnet::Products;
 use alexnet::cpu::{fast, reference};
 use alexnet::layers::{
     ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
 };
 use alexnet::rng::Rng;
-use common::{assert_close, random};
+use common::{assert_close, operand, product_modes, random};
 
 const TOL: f32 = 1e-5;
 
@@ -38,15 +40,28 @@ fn conv(
 }
 
 fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
+    for (mode, products) in product_modes() {
+        check_conv_in(&format!("{name} ({mode})"), g, n, seed, products);
+    }
+}
+
+/// In bf16 mode the reference gets the rounded operands of each product (`x`,
+/// `w`, `dy`), except for the bias gradient, which sums the unrounded `dy`.
+fn check_conv_in(name: &str, g: &ConvGeometry, n: usize, seed: u64, products: Products) {
     let mut rng = Rng::new(seed);
     let x = random(&mut rng, n * g.input.len(), 1.0);
     let w = random(&mut rng, g.weight_len(), 0.1);
     let b = random(&mut rng, g.output.channels, 0.1);
     let dy = random(&mut rng, n * g.output.len(), 1.0);
+    let (x_op, w_op, dy_op) = (
+        operand(products, &x),
+        operand(products, &w),
+        operand(products, &dy),
+    );
     let mut y_ref = vec![0.0; n * g.output.len()];
     let mut y_fast = vec![f32::NAN; n * g.output.len()];
-    reference::conv_forward(g, n, &x, &w, &b, &mut y_ref);
-    fast::conv::forward(g, n, &x, &w, &b, &mut y_fast);
+    reference::conv_forward(g, n, &x_op, &w_op, &b, &mut y_ref);
+    fast::conv::forward(g, n, &x, &w, &b, &mut y_fast, products);
     assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
 
     // Gradients start non-zero to check that they accumulate.
@@ -59,13 +74,17 @@ fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
     reference::conv_backward(
         g,
         n,
-        &x,
-        &w,
-        &dy,
+        &x_op,
+        &w_op,
+        &dy_op,
         &mut dw_ref,
         &mut db_ref,
         Some(&mut dx_ref),
     );
+    // The bias gradient from the unrounded output gradient.
+    let mut db_ref = db0.clone();
+    let mut unused = dw0.clone();
+    reference::conv_backward(g, n, &x, &w, &dy, &mut unused, &mut db_ref, None);
     fast::conv::backward(
         g,
         n,
@@ -75,6 +94,7 @@ fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
         &mut dw_fast,
         &mut db_fast,
         Some(&mut dx_fast),
+        products,
     );
     assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
     assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
@@ -82,7 +102,17 @@ fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
 
     // Without an input gradient the parameter gradients are the same.
     let (mut dw_none, mut db_none) = (dw0, db0);
-    fast::conv::backward(g, n, &x, &w, &dy, &mut dw_none, &mut db_none, None);
+    fast::conv::backward(
+        g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_none,
+        &mut db_none,
+        None,
+        products,
+    );
     assert_close(&format!("{name} dw without dx"), &dw_none, &dw_ref, TOL);
 }
 
@@ -152,31 +182,50 @@ fn conv_at_the_papers_sizes() {
 }
 
 fn check_linear(g: LinearGeometry, n: usize, seed: u64) {
+    for (mode, products) in product_modes() {
+        check_linear_in(g, n, seed, &mode, products);
+    }
+}
+
+/// Operands as in [`check_conv_in`].
+fn check_linear_in(g: LinearGeometry, n: usize, seed: u64, mode: &str, products: Products) {
     let mut rng = Rng::new(seed);
     let x = random(&mut rng, n * g.inputs, 1.0);
     let w = random(&mut rng, g.weight_len(), 0.1);
     let b = random(&mut rng, g.outputs, 0.1);
     let dy = random(&mut rng, n * g.outputs, 1.0);
+    let (x_op, w_op, dy_op) = (
+        operand(products, &x),
+        operand(products, &w),
+        operand(products, &dy),
+    );
     let (mut y_ref, mut y_fast) = (vec![0.0; n * g.outputs], vec![f32::NAN; n * g.outputs]);
-    reference::linear_forward(&g, n, &x, &w, &b, &mut y_ref);
-    fast::linear::forward(&g, n, &x, &w, &b, &mut y_fast);
-    let name = format!("linear {}->{} batch {n}", g.inputs, g.outputs);
+    reference::linear_forward(&g, n, &x_op, &w_op, &b, &mut y_ref);
+    fast::linear::forward(&g, n, &x, &w, &b, &mut y_fast, products);
+    let name = format!("linear {}->{} batch {n} ({mode})", g.inputs, g.outputs);
     assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
     let dw0 = random(&mut rng, g.weight_len(), 1.0);
     let (mut dw_ref, mut db_ref, mut dx_ref) =
         (dw0.clone(), vec![0.5; g.outputs], vec![0.0; n * g.inputs]);
-    let (mut dw_fast, mut db_fast, mut dx_fast) =
-        (dw0, vec![0.5; g.outputs], vec![f32::NAN; n * g.inputs]);
+    let (mut dw_fast, mut db_fast, mut dx_fast) = (
+        dw0.clone(),
+        vec![0.5; g.outputs],
+        vec![f32::NAN; n * g.inputs],
+    );
     reference::linear_backward(
         &g,
         n,
-        &x,
-        &w,
-        &dy,
+        &x_op,
+        &w_op,
+        &dy_op,
         &mut dw_ref,
         &mut db_ref,
         Some(&mut dx_ref),
     );
+    // The bias gradient from the unrounded output gradient.
+    let mut db_ref = vec![0.5; g.outputs];
+    let mut unused = dw0;
+    reference::linear_backward(&g, n, &x, &w, &dy, &mut unused, &mut db_ref, None);
     fast::linear::backward(
         &g,
         n,
@@ -186,6 +235,7 @@ fn check_linear(g: LinearGeometry, n: usize, seed: u64) {
         &mut dw_fast,
         &mut db_fast,
         Some(&mut dx_fast),
+        products,
     );
     assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
     assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);

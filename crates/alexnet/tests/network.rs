@@ -56,7 +56,7 @@ fn fast_backend_trains_like_the_reference() {
         paper_mini(),
         NetSpec::preset("cifar").unwrap().with_input(1, 28, 28),
     ] {
-        let (loss_fast, logits_fast, params_fast) = run_steps(Cpu, &spec, 3);
+        let (loss_fast, logits_fast, params_fast) = run_steps(Cpu::new(), &spec, 3);
         let (loss_ref, logits_ref, params_ref) = run_steps(ReferenceCpu, &spec, 3);
         // Rounding differences grow a little over steps; 1e-4 relative is still far
         // below what any wrong index or missing term would produce.
@@ -82,7 +82,7 @@ fn fast_backend_trains_like_the_reference() {
 #[test]
 fn paper_initialisation() {
     let spec = NetSpec::preset("alexnet").unwrap();
-    let net = Network::new(Cpu, &spec, 1, 3).unwrap();
+    let net = Network::new(Cpu::new(), &spec, 1, 3).unwrap();
     for (index, p) in net.params().iter().enumerate() {
         let values = net.param_values(index);
         match p.info.init {
@@ -107,7 +107,7 @@ fn paper_initialisation() {
         }
     }
     // The same seed gives the same weights.
-    let again = Network::new(Cpu, &spec, 1, 3).unwrap();
+    let again = Network::new(Cpu::new(), &spec, 1, 3).unwrap();
     assert_eq!(net.param_values(0), again.param_values(0));
 }
 
@@ -117,7 +117,7 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("net.safetensors");
     let spec = paper_mini();
-    let mut net = Network::new(Cpu, &spec, 2, 1).unwrap();
+    let mut net = Network::new(Cpu::new(), &spec, 2, 1).unwrap();
     let mut rng = Rng::new(1);
     let images = random(&mut rng, 2 * net.plan().input_shape().len(), 100.0);
     net.train_step(&images, &[1, 2], &Sgd::from_recipe(&spec.recipe))
@@ -140,7 +140,7 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     assert_eq!(loaded.metadata["note"], "test");
     assert_eq!(loaded.tensors["preprocess.mean"], (vec![2], vec![1.5, 2.5]));
     assert_eq!(loaded.tensors["conv1.weight"].0, vec![12, 3, 11, 11]);
-    let mut fresh = Network::new(Cpu, &loaded.spec, 2, 99).unwrap();
+    let mut fresh = Network::new(Cpu::new(), &loaded.spec, 2, 99).unwrap();
     loaded.apply(&mut fresh, &path, true).unwrap();
     assert_eq!(
         fresh.predict(&images).unwrap(),
@@ -155,7 +155,7 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
     if let alexnet::spec::LayerSpec::Conv(c) = &mut wider.layers[0] {
         c.out = 16;
     }
-    let mut other = Network::new(Cpu, &wider, 1, 1).unwrap();
+    let mut other = Network::new(Cpu::new(), &wider, 1, 1).unwrap();
     let err = loaded
         .apply(&mut other, &path, false)
         .unwrap_err()
@@ -182,7 +182,7 @@ fn checkpoints_round_trip_and_name_what_is_wrong() {
 #[test]
 fn bad_inputs_are_refused_with_a_message() {
     let spec = NetSpec::preset("cifar").unwrap();
-    let mut net = Network::new(Cpu, &spec, 2, 1).unwrap();
+    let mut net = Network::new(Cpu::new(), &spec, 2, 1).unwrap();
     let err = net.set_input(&[0.0; 100]).unwrap_err().to_string();
     assert!(err.contains("3x32x32"), "{err}");
     let err = net
@@ -201,7 +201,7 @@ fn bad_inputs_are_refused_with_a_message() {
 #[test]
 fn dropout_is_the_identity_at_test_time_and_random_in_training() {
     let spec = paper_mini();
-    let mut net = Network::new(Cpu, &spec, 2, 1).unwrap();
+    let mut net = Network::new(Cpu::new(), &spec, 2, 1).unwrap();
     let mut rng = Rng::new(3);
     let images = random(&mut rng, 2 * net.plan().input_shape().len(), 100.0);
     let a = net.predict(&images).unwrap();
@@ -223,7 +223,7 @@ fn the_cifar_net_learns_a_simple_task() {
         .with_input(1, 28, 28)
         .with_classes(4);
     let batch = 32;
-    let mut net = Network::new(Cpu, &spec, batch, 7).unwrap();
+    let mut net = Network::new(Cpu::new(), &spec, batch, 7).unwrap();
     let mut rng = Rng::new(8);
     let len = 28 * 28;
     let patterns: Vec<Vec<f32>> = (0..4).map(|_| random(&mut rng, len, 100.0)).collect();

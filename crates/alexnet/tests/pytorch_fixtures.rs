@@ -341,7 +341,7 @@ fn check_fixture(name: &str) {
     let mut failures = Vec::new();
     let mut summary = String::new();
     let runs = [
-        ("cpu", replay(Cpu, &fx)),
+        ("cpu", replay(Cpu::new(), &fx)),
         ("reference-cpu", replay(ReferenceCpu, &fx)),
     ];
     for (backend, findings) in &runs {

@@ -6,13 +6,40 @@ pub mod fast;
 pub mod reference;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+use fast::gemm::{Bf16Kernel, Precision, Products};
 
 /// The fast CPU backend: GEMM-based convolutions, vectorised passes, all threads
-/// of the current rayon pool.
+/// of the current rayon pool. Its matrix products are f32 unless built with
+/// [`Cpu::with_products`] for bf16.
 #[derive(Clone, Debug, Default)]
-pub struct Cpu;
+pub struct Cpu {
+    products: Products,
+}
+
+impl Cpu {
+    /// f32 products.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The given precision and bf16 kernel; an error names a kernel this CPU lacks.
+    pub fn with_products(products: Products) -> Result<Self> {
+        if products.precision == Precision::Bf16 && !products.bf16_kernel.is_available() {
+            return Err(Error::Input {
+                what: "bf16 kernel".into(),
+                expected: format!("one this CPU supports ({})", Bf16Kernel::detect().name()),
+                found: products.bf16_kernel.name().into(),
+            });
+        }
+        Ok(Cpu { products })
+    }
+
+    pub fn products(&self) -> Products {
+        self.products
+    }
+}
 
 /// The reference backend: naive loops on one thread. Slow; for tests.
 #[derive(Clone, Debug, Default)]
@@ -48,8 +75,12 @@ impl Backend for Cpu {
     host_buffers!();
 
     fn describe(&self) -> String {
+        let products = match self.products.precision {
+            Precision::F32 => "fp32 products".to_string(),
+            Precision::Bf16 => format!("bf16 products on {}", self.products.bf16_kernel.name()),
+        };
         format!(
-            "cpu ({} threads, {})",
+            "cpu ({} threads, {}, {products})",
             rayon::current_num_threads(),
             fast::simd::instruction_set()
         )
@@ -63,7 +94,7 @@ impl Backend for Cpu {
         b: &Vec<f32>,
         y: &mut Vec<f32>,
     ) {
-        fast::conv::forward(g, n, x, w, b, y)
+        fast::conv::forward(g, n, x, w, b, y, self.products)
     }
     fn conv_backward(
         &self,
@@ -76,7 +107,17 @@ impl Backend for Cpu {
         db: &mut Vec<f32>,
         dx: Option<&mut Vec<f32>>,
     ) {
-        fast::conv::backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+        fast::conv::backward(
+            g,
+            n,
+            x,
+            w,
+            dy,
+            dw,
+            db,
+            dx.map(|d| d.as_mut_slice()),
+            self.products,
+        )
     }
     fn linear_forward(
         &self,
@@ -87,7 +128,7 @@ impl Backend for Cpu {
         b: &Vec<f32>,
         y: &mut Vec<f32>,
     ) {
-        fast::linear::forward(g, n, x, w, b, y)
+        fast::linear::forward(g, n, x, w, b, y, self.products)
     }
     fn linear_backward(
         &self,
@@ -100,7 +141,17 @@ impl Backend for Cpu {
         db: &mut Vec<f32>,
         dx: Option<&mut Vec<f32>>,
     ) {
-        fast::linear::backward(g, n, x, w, dy, dw, db, dx.map(|d| d.as_mut_slice()))
+        fast::linear::backward(
+            g,
+            n,
+            x,
+            w,
+            dy,
+            dw,
+            db,
+            dx.map(|d| d.as_mut_slice()),
+            self.products,
+        )
     }
     fn relu_forward(&self, len: usize, x: &mut Vec<f32>) {
         fast::elementwise::relu_forward(&mut x[..len])

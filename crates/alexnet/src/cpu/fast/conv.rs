@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::gemm::{Layout, matmul};
+use super::gemm::{Layout, Products, matmul};
 use super::scratch::with_scratch;
 use crate::layers::ConvGeometry;
 
@@ -120,7 +120,15 @@ fn col2im(g: &ConvGeometry, col: &[f32], group: usize, image: &mut [f32], row_st
 }
 
 /// Forward pass of one image: unfold and multiply each group, then add the bias.
-fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32], threads: usize) {
+fn forward_image(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    threads: usize,
+    products: Products,
+) {
     let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
     with_scratch(kl * plane, |col| {
         for group in 0..g.groups {
@@ -136,6 +144,7 @@ fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32
                 &mut y[group * co * plane..][..co * plane],
                 false,
                 threads,
+                products,
             );
         }
     });
@@ -146,12 +155,19 @@ fn forward_image(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32
 
 /// Forward pass of several images side by side in one product per group, the
 /// results then moved to each image's place and the bias added.
-fn forward_images(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+fn forward_images(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    products: Products,
+) {
     let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
     let (il, ol) = (g.input.len(), g.output.len());
     let count = x.len() / il;
     if count == 1 {
-        return forward_image(g, x, w, b, y, 1);
+        return forward_image(g, x, w, b, y, 1, products);
     }
     let width = count * plane;
     with_scratch(kl * width + co * width, |scratch| {
@@ -171,6 +187,7 @@ fn forward_images(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f3
                 out,
                 false,
                 1,
+                products,
             );
             for i in 0..count {
                 for o in 0..co {
@@ -186,7 +203,15 @@ fn forward_images(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], y: &mut [f3
     });
 }
 
-pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn forward(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    products: Products,
+) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
     if n >= threads {
@@ -195,14 +220,14 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
         x[..n * il]
             .par_chunks(per_product * il)
             .zip(y[..n * ol].par_chunks_mut(per_product * ol))
-            .for_each(|(x, y)| forward_images(g, x, w, b, y));
+            .for_each(|(x, y)| forward_images(g, x, w, b, y, products));
     } else {
         // Too few images to keep every thread busy: split each image's output rows.
         for (x, y) in x[..n * il]
             .chunks_exact(il)
             .zip(y[..n * ol].chunks_exact_mut(ol))
         {
-            forward_image_split(g, x, w, b, y, threads);
+            forward_image_split(g, x, w, b, y, threads, products);
         }
     }
 }
@@ -231,6 +256,7 @@ fn forward_image_split(
     b: &[f32],
     y: &mut [f32],
     threads: usize,
+    products: Products,
 ) {
     let (co, kl, plane, ow, oh) = (
         g.out_per_group(),
@@ -260,6 +286,7 @@ fn forward_image_split(
                     &mut out[group * co * width..][..co * width],
                     false,
                     1,
+                    products,
                 );
             }
             for (channel, bias) in b.iter().enumerate() {
@@ -292,6 +319,7 @@ fn backward_images(
     db: &mut [f32],
     mut dx: Option<&mut [f32]>,
     threads: usize,
+    products: Products,
 ) {
     let (co, kl, plane) = (g.out_per_group(), g.patch_len(), g.out_plane());
     let (il, ol) = (g.input.len(), g.output.len());
@@ -335,6 +363,7 @@ fn backward_images(
                     &mut dw[group * co * kl..][..co * kl],
                     true,
                     threads,
+                    products,
                 );
                 if let Some(dx) = dx.as_deref_mut() {
                     matmul(
@@ -348,6 +377,7 @@ fn backward_images(
                         &mut dcol[..kl * width],
                         false,
                         threads,
+                        products,
                     );
                     for i in 0..count {
                         col2im(
@@ -390,13 +420,14 @@ pub fn backward(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<&mut [f32]>,
+    products: Products,
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
     let threads = rayon::current_num_threads();
     if threads.min(n) <= 1 {
         let dx = dx.map(|dx| &mut dx[..n * il]);
-        backward_images(g, x, w, dy, dw, db, dx, threads);
+        backward_images(g, x, w, dy, dw, db, dx, threads, products);
         return;
     }
     // The batch is split into one contiguous chunk per thread; each chunk sums its
@@ -421,11 +452,11 @@ pub fn backward(
             .zip(dx[..n * il].par_chunks_mut(per_chunk * il))
             .for_each(|(((partial, x), dy), dx)| {
                 let (pw, pb) = partial.split_at_mut(weight_len);
-                backward_images(g, x, w, dy, pw, pb, Some(dx), 1);
+                backward_images(g, x, w, dy, pw, pb, Some(dx), 1, products);
             }),
         None => work.for_each(|((partial, x), dy)| {
             let (pw, pb) = partial.split_at_mut(weight_len);
-            backward_images(g, x, w, dy, pw, pb, None, 1);
+            backward_images(g, x, w, dy, pw, pb, None, 1, products);
         }),
     }
     for partial in partials.chunks_exact(param_len) {

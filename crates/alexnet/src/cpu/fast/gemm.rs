@@ -1,6 +1,47 @@
-//! Matrix products on the `gemm` crate (AVX-512 kernels chosen at run time).
+//! Matrix products: f32 on the `gemm` crate (AVX-512 kernels chosen at run time),
+//! or bf16 operands with f32 sums on [`super::gemm_bf16`].
 
 use gemm::Parallelism;
+
+pub use super::gemm_bf16::Bf16Kernel;
+
+/// The arithmetic of the matrix products (convolutions and fully connected layers).
+/// Everything else (weights, activations, gradients, the SGD update) stays f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Mixed precision: operands rounded to bf16, products summed in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used by `--precision` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// How the matrix products are computed: the precision, and the kernel for bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Products {
+    pub precision: Precision,
+    pub bf16_kernel: Bf16Kernel,
+}
+
+impl Default for Products {
+    /// f32, with the fastest bf16 kernel of this CPU ready if bf16 is chosen.
+    fn default() -> Self {
+        Products {
+            precision: Precision::F32,
+            bf16_kernel: Bf16Kernel::detect(),
+        }
+    }
+}
 
 /// How a matrix operand is stored, row-major either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +69,14 @@ pub fn matmul(
     c: &mut [f32],
     accumulate: bool,
     threads: usize,
+    products: Products,
 ) {
+    if products.precision == Precision::Bf16 {
+        let kernel = products.bf16_kernel;
+        return super::gemm_bf16::matmul(
+            m, n, k, a, a_layout, b, b_layout, c, accumulate, threads, kernel,
+        );
+    }
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
         "matmul operand too short"

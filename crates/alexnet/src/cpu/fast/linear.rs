@@ -6,7 +6,7 @@
 //! computed transposed into scratch memory and transposed back: the transposes
 //! move a few MB, the products hundreds of MFLOP.
 
-use super::gemm::{Layout, matmul};
+use super::gemm::{Layout, Products, matmul};
 use super::scratch::with_scratch;
 use crate::layers::LinearGeometry;
 
@@ -24,7 +24,15 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
-pub fn forward(g: &LinearGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn forward(
+    g: &LinearGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    products: Products,
+) {
     let threads = rayon::current_num_threads();
     let y = &mut y[..n * g.outputs];
     with_scratch(n * g.outputs, |yt| {
@@ -40,6 +48,7 @@ pub fn forward(g: &LinearGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y:
             yt,
             false,
             threads,
+            products,
         );
         transpose(yt, g.outputs, n, y);
     });
@@ -57,6 +66,7 @@ pub fn backward(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<&mut [f32]>,
+    products: Products,
 ) {
     let threads = rayon::current_num_threads();
     let dy = &dy[..n * g.outputs];
@@ -78,6 +88,7 @@ pub fn backward(
             dw,
             true,
             threads,
+            products,
         );
         if let Some(dx) = dx {
             // dX^T[in x n] = W^T[in x out] * dY^T[out x n], W stored [out x in].
@@ -92,6 +103,7 @@ pub fn backward(
                 dxt,
                 false,
                 threads,
+                products,
             );
             transpose(dxt, g.inputs, n, &mut dx[..n * g.inputs]);
         }
