@@ -82,7 +82,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
-    let mut net = Network::new(Cpu, &spec, max_batch, 1)?;
+    let mut net = Network::new(Cpu::new(), &spec, max_batch, 1)?;
     let plan = net.plan().clone();
     let image_len = plan.input_shape().len();
     let classes = plan.classes();

@@ -86,7 +86,7 @@ pub fn load_input(
 pub fn run(args: ClassifyArgs) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = Network::new_zeroed(Cpu, &ckpt.spec, 1)?;
+    let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, 1)?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     let classes = net.plan().classes();

@@ -447,7 +447,7 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 let path = run_dir.join("last.safetensors");
                 let ckpt = checkpoint::load_weights(&path)?;
                 let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-                let mut net = Network::new_zeroed(Cpu, &ckpt.spec, 100)?;
+                let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, 100)?;
                 ckpt.apply(&mut net, &path, false)?;
                 let shape = net.plan().input_shape();
                 let view = eval_view(&preprocess, shape.height, shape.width, false);

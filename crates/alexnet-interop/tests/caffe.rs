@@ -107,7 +107,7 @@ fn to_our_input(imported: &Imported, shape: &[usize], bgr: &[u8]) -> Vec<f32> {
 /// Our logits for the imported net on the reference images.
 fn run(imported: &Imported, reference: &Reference) -> Vec<f32> {
     let (shape, images) = reference.images();
-    let mut net = Network::new_zeroed(Cpu, &imported.spec, shape[0]).unwrap();
+    let mut net = Network::new_zeroed(Cpu::new(), &imported.spec, shape[0]).unwrap();
     assert_eq!(imported.tensors.len(), net.params().len());
     for (name, tensor_shape, values) in &imported.tensors {
         let index = net.param_index(name).unwrap_or_else(|| panic!("{name}"));

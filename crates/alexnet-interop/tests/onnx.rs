@@ -215,7 +215,7 @@ fn spec(toml: &str) -> NetSpec {
 /// tanh are far from their linear regimes) and non-constant biases (so a bias
 /// stored in the wrong order shows).
 fn network(spec: &NetSpec, batch: usize, seed: u64) -> Network<Cpu> {
-    let mut net = Network::new_zeroed(Cpu, spec, batch).unwrap();
+    let mut net = Network::new_zeroed(Cpu::new(), spec, batch).unwrap();
     let mut rng = Rng::new(seed);
     for i in 0..net.params().len() {
         let shape = net.params()[i].info.shape.clone();

@@ -51,7 +51,7 @@ fn reference() -> (Vec<f32>, usize, Vec<f64>) {
 }
 
 fn logits_of(imported: &Imported, input: &[f32], count: usize) -> Vec<f32> {
-    let mut net = Network::new_zeroed(Cpu, &imported.spec, count).unwrap();
+    let mut net = Network::new_zeroed(Cpu::new(), &imported.spec, count).unwrap();
     assert_eq!(net.params().len(), imported.tensors.len());
     for (name, _, values) in &imported.tensors {
         let index = net
