@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alexnet::{Cpu, Network, checkpoint, softmax_rows};
+use alexnet::{Network, checkpoint, softmax_rows};
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -86,7 +86,7 @@ pub fn load_input(
 pub fn run(args: ClassifyArgs) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, 1)?;
+    let mut net = Network::new_zeroed(crate::engine::cpu(), &ckpt.spec, 1)?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     let classes = net.plan().classes();

@@ -154,7 +154,7 @@ pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let split = dataset.split(&args.split)?;
     let views = if args.ten_crop { 10 } else { 1 };
-    let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, args.batch.max(1) * views)?;
+    let mut net = Network::new_zeroed(crate::engine::cpu(), &ckpt.spec, args.batch.max(1) * views)?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     crate::train::check_compatible(&dataset, &ckpt.spec)?;

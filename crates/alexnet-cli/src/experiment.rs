@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use alexnet::spec::{LayerSpec, NetSpec};
-use alexnet::{Cpu, Network, checkpoint};
+use alexnet::{Network, Precision, checkpoint};
 use alexnet_data::Dataset;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, ValueEnum};
 use serde_json::json;
 
 use crate::chart::{LineChart, Series};
+use crate::engine::with_precision;
 use crate::evaluate::{eval_view, evaluate};
 use crate::preprocess::Preprocess;
 
@@ -33,6 +34,9 @@ pub enum Experiment {
     Dropout,
     /// Two towers against one tower with half the kernels (-1.7% top-1 on ImageNet).
     Towers,
+    /// fp32 against mixed precision (bf16 matrix products): not in the paper; a
+    /// check that bf16 training reaches the same error.
+    Precision,
 }
 
 #[derive(Args)]
@@ -79,6 +83,8 @@ struct Variant {
     spec: NetSpec,
     /// Drawn dashed in the figure (tanh, as in the paper's Figure 1).
     dashed: bool,
+    /// Arithmetic of the matrix products, in training and in the test evaluation.
+    precision: Precision,
 }
 
 /// The paper's claim for each experiment, quoted beside our result.
@@ -99,6 +105,9 @@ fn paper_claim(experiment: Experiment) -> &'static str {
         Experiment::Towers => {
             "two towers: -1.7% top-1, -1.2% top-5 against one tower with half the kernels (Section 3.2)"
         }
+        Experiment::Precision => {
+            "not in the paper (fp32 throughout); mixed precision should end within 0.5 points of fp32"
+        }
     }
 }
 
@@ -115,6 +124,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
         name,
         spec: base.clone(),
         dashed: false,
+        precision: Precision::F32,
     };
     let count = |pred: fn(&LayerSpec) -> bool| base.layers.iter().filter(|l| pred(l)).count();
     let v = match experiment {
@@ -135,6 +145,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     name: "tanh",
                     spec: tanh,
                     dashed: true,
+                    precision: Precision::F32,
                 },
             ]
         }
@@ -155,6 +166,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     name: "without LRN",
                     spec: without,
                     dashed: true,
+                    precision: Precision::F32,
                 },
             ]
         }
@@ -177,6 +189,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     name: "plain 2/2",
                     spec: plain,
                     dashed: true,
+                    precision: Precision::F32,
                 },
             ]
         }
@@ -197,6 +210,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     name: "without dropout",
                     spec: without,
                     dashed: true,
+                    precision: Precision::F32,
                 },
             ]
         }
@@ -253,14 +267,25 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     name: "two towers",
                     spec: two,
                     dashed: false,
+                    precision: Precision::F32,
                 },
                 Variant {
                     name: "one tower, half the kernels",
                     spec: one,
                     dashed: true,
+                    precision: Precision::F32,
                 },
             ]
         }
+        Experiment::Precision => vec![
+            base_variant("fp32"),
+            Variant {
+                name: "bf16 products",
+                spec: base.clone(),
+                dashed: true,
+                precision: Precision::Bf16,
+            },
+        ],
     };
     Ok(v)
 }
@@ -389,7 +414,9 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 argv.extend(["--max-steps".into(), max.to_string()]);
             }
             let command = TrainCommand::try_parse_from(&argv)?;
-            crate::train::run(command.args, Arc::new(AtomicBool::new(false)))?;
+            with_precision(variant.precision, || {
+                crate::train::run(command.args, Arc::new(AtomicBool::new(false)))
+            })?;
             std::fs::write(run_dir.join("done"), b"")?;
         }
         runs.push(seeds);
@@ -447,7 +474,8 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 let path = run_dir.join("last.safetensors");
                 let ckpt = checkpoint::load_weights(&path)?;
                 let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-                let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, 100)?;
+                let backend = with_precision(variant.precision, crate::engine::cpu);
+                let mut net = Network::new_zeroed(backend, &ckpt.spec, 100)?;
                 ckpt.apply(&mut net, &path, false)?;
                 let shape = net.plan().input_shape();
                 let view = eval_view(&preprocess, shape.height, shape.width, false);
@@ -595,7 +623,12 @@ mod tests {
                 alexnet::Plan::new(&v.spec)
                     .unwrap_or_else(|e| panic!("{experiment:?} {}: {e}", v.name));
             }
-            assert_ne!(variants[0].spec, variants[1].spec, "{experiment:?}");
+            // The variants differ in the net, or (precision) in the arithmetic only.
+            assert!(
+                variants[0].spec != variants[1].spec
+                    || variants[0].precision != variants[1].precision,
+                "{experiment:?}"
+            );
         }
         let tanh = &variants(Experiment::ReluVsTanh, &base).unwrap()[1].spec;
         assert!(!tanh.layers.contains(&LayerSpec::Relu) && tanh.layers.contains(&LayerSpec::Tanh));

@@ -65,7 +65,7 @@ fn feature_layer(net: &Network<Cpu>, name: Option<&str>) -> Result<usize> {
 pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, args.batch.max(1))?;
+    let mut net = Network::new_zeroed(crate::engine::cpu(), &ckpt.spec, args.batch.max(1))?;
     ckpt.apply(&mut net, &args.checkpoint, false)?;
     let layer = feature_layer(&net, args.layer.as_deref())?;
     let dim = net.plan().layers[layer].output.len();

@@ -3,6 +3,8 @@
 mod bench;
 mod chart;
 mod classify;
+mod device;
+mod engine;
 mod evaluate;
 mod experiment;
 mod features;
@@ -32,6 +34,14 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Arithmetic of the convolutions' and fully connected layers' matrix products:
+    /// fp32, or bf16 operands with f32 sums (weights, gradients and all other layers
+    /// stay f32).
+    #[arg(long, global = true, value_enum, default_value = "fp32")]
+    precision: engine::PrecisionArg,
+    /// The bf16 product kernel (default: the fastest this CPU has).
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    bf16_kernel: engine::KernelArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +83,7 @@ fn main() -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
+    engine::configure(cli.precision, cli.bf16_kernel)?;
     let threads = rayon::current_num_threads();
     match cli.command {
         Command::Prepare(args) => prepare::run(args),

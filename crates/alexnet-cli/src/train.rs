@@ -335,7 +335,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             );
         }
         check_compatible(&dataset, &ckpt.spec)?;
-        let mut net = Network::new_zeroed(Cpu::new(), &ckpt.spec, settings.batch)?;
+        let mut net = Network::new_zeroed(crate::engine::cpu(), &ckpt.spec, settings.batch)?;
         ckpt.apply(&mut net, &last_path, true)?;
         net.set_rng(Rng::from_state(state.rng));
         inherited = Preprocess::from_checkpoint(&ckpt).ok();
@@ -349,7 +349,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         }
         let spec = wanted_spec;
         check_compatible(&dataset, &spec)?;
-        let mut net = Network::new(Cpu::new(), &spec, settings.batch, settings.seed)?;
+        let mut net = Network::new(crate::engine::cpu(), &spec, settings.batch, settings.seed)?;
         if let Some(init) = &args.init_from {
             inherited = load_initial_weights(&mut net, init)?;
         }
