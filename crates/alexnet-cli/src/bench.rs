@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use alexnet::plan::Op;
 use alexnet::rng::Rng;
-use alexnet::{Backend, Cpu, Mode, NetSpec, Network, Sgd};
+use alexnet::{Backend, Mode, NetSpec, Network, Sgd};
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; the
+    /// GPU computes in fp32 whatever --precision says).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux), if known.
@@ -82,7 +86,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
-    let mut net = Network::new(Cpu::new(), &spec, max_batch, 1)?;
+    match crate::device::parse(&args.device)? {
+        crate::device::Device::Cpu => {
+            let net = Network::new(crate::engine::cpu(), &spec, max_batch, 1)?;
+            measure(args, spec, net)
+        }
+        #[cfg(feature = "cuda")]
+        crate::device::Device::Cuda(ordinal) => {
+            let net = Network::new(crate::device::cuda(ordinal)?, &spec, max_batch, 1)?;
+            measure(args, spec, net)
+        }
+        #[cfg(not(feature = "cuda"))]
+        crate::device::Device::Cuda(ordinal) => Err(crate::device::without_cuda(ordinal)),
+    }
+}
+
+/// Times `net` (built for the largest batch asked for) and prints the report.
+fn measure<B: Backend>(args: BenchArgs, spec: NetSpec, mut net: Network<B>) -> Result<()> {
     let plan = net.plan().clone();
     let image_len = plan.input_shape().len();
     let classes = plan.classes();

@@ -1,0 +1,349 @@
+//! The element-wise, normalisation, pooling, loss and update kernels, as CUDA C
+//! compiled by NVRTC once when a backend is created.
+//!
+//! Each kernel follows the loop of the same name in `alexnet::cpu::reference`,
+//! in the same order of additions where that order is cheap to keep (pooling
+//! gradients), so that the two agree to rounding. Where the reference scatters
+//! (max and average pooling backward), the kernels gather instead: every input
+//! position sums the outputs whose windows cover it. That needs no atomics,
+//! gives the same sums in the same order, and so is deterministic.
+//!
+//! One thread per output value unless a kernel says otherwise; lengths are
+//! 64-bit, geometry 32-bit.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+
+use crate::error::CudaError;
+
+/// Threads per block for every kernel; the reductions assume exactly this many.
+pub(crate) const BLOCK: u32 = 256;
+
+pub(crate) const SOURCE: &str = r#"
+typedef unsigned long long u64;
+#define BLOCK 256
+
+__device__ __forceinline__ u64 global_index() {
+    return (u64)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+extern "C" __global__ void fill(float* x, float value, u64 len) {
+    u64 i = global_index();
+    if (i < len) x[i] = value;
+}
+
+extern "C" __global__ void relu_forward(float* x, u64 len) {
+    u64 i = global_index();
+    if (i < len) x[i] = fmaxf(x[i], 0.0f);
+}
+
+/* The reference keeps the gradient where y > 0 (so NaN outputs keep theirs too). */
+extern "C" __global__ void relu_backward(const float* y, float* d, u64 len) {
+    u64 i = global_index();
+    if (i < len && y[i] <= 0.0f) d[i] = 0.0f;
+}
+
+extern "C" __global__ void tanh_forward(float* x, u64 len) {
+    u64 i = global_index();
+    if (i < len) x[i] = tanhf(x[i]);
+}
+
+extern "C" __global__ void tanh_backward(const float* y, float* d, u64 len) {
+    u64 i = global_index();
+    if (i < len) d[i] = d[i] * (1.0f - y[i] * y[i]);
+}
+
+/* Dropout forward and backward: the mask already holds 0 or 1 / (1 - p). */
+extern "C" __global__ void multiply(const float* a, const float* b, float* out, u64 len) {
+    u64 i = global_index();
+    if (i < len) out[i] = a[i] * b[i];
+}
+
+/* y[img][c][p] += b[c]: convolution bias (plane = H*W) and linear bias (plane = 1). */
+extern "C" __global__ void bias_add(float* y, const float* b, int channels, u64 plane, u64 len) {
+    u64 i = global_index();
+    if (i < len) y[i] += b[(i / plane) % channels];
+}
+
+/* db[c] += sum over images and positions of dy[img][c][p]; one block per channel. */
+extern "C" __global__ void bias_grad(const float* dy, float* db, int images, int channels, u64 plane) {
+    __shared__ float partial[BLOCK];
+    int c = blockIdx.x;
+    u64 count = (u64)images * plane;
+    float sum = 0.0f;
+    for (u64 j = threadIdx.x; j < count; j += BLOCK) {
+        u64 img = j / plane, p = j % plane;
+        sum += dy[(img * channels + c) * plane + p];
+    }
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = BLOCK / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) db[c] += partial[0];
+}
+
+/* The LRN window of channel c: the `size` channels centred on c, clipped to the
+   block of `per_group` channels (the tower) that c belongs to. */
+__device__ __forceinline__ void lrn_window(int c, int per_group, int size, int* lo, int* hi) {
+    int start = c / per_group * per_group;
+    int half = size / 2;
+    *lo = max(c - half, start);
+    *hi = min(c + half + 1, start + per_group);
+}
+
+/* s_c = k + alpha * sum over window(c) of a_j^2, at the pixel whose channel 0 is at `base`. */
+__device__ __forceinline__ float lrn_scale(const float* a, u64 base, u64 plane, int c,
+                                           int per_group, int size, float alpha, float k) {
+    int lo, hi;
+    lrn_window(c, per_group, size, &lo, &hi);
+    float sum = 0.0f;
+    for (int j = lo; j < hi; ++j) {
+        float v = a[base + (u64)j * plane];
+        sum += v * v;
+    }
+    return k + alpha * sum;
+}
+
+extern "C" __global__ void lrn_forward(const float* x, float* y, int channels, int per_group,
+                                       int size, u64 plane, float alpha, float beta, float k,
+                                       u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    u64 p = i % plane;
+    int c = (int)((i / plane) % channels);
+    u64 base = (i / (plane * channels)) * plane * channels + p;
+    float s = lrn_scale(x, base, plane, c, per_group, size, alpha, k);
+    y[i] = x[i] * powf(s, -beta);
+}
+
+/* dx_m = dy_m s_m^-beta - 2 alpha beta a_m sum_{i in window(m)} dy_i a_i s_i^(-beta-1). */
+extern "C" __global__ void lrn_backward(const float* x, const float* dy, float* dx, int channels,
+                                        int per_group, int size, u64 plane, float alpha,
+                                        float beta, float k, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    u64 p = i % plane;
+    int m = (int)((i / plane) % channels);
+    u64 base = (i / (plane * channels)) * plane * channels + p;
+    int lo, hi;
+    lrn_window(m, per_group, size, &lo, &hi);
+    float cross = 0.0f;
+    for (int c = lo; c < hi; ++c) {
+        u64 at = base + (u64)c * plane;
+        float s = lrn_scale(x, base, plane, c, per_group, size, alpha, k);
+        cross += dy[at] * x[at] * powf(s, -beta - 1.0f);
+    }
+    float s_m = lrn_scale(x, base, plane, m, per_group, size, alpha, k);
+    dx[i] = dy[i] * powf(s_m, -beta) - 2.0f * alpha * beta * x[i] * cross;
+}
+
+/* Position within the input plane of the first largest value of output (oy, ox)'s
+   window in row-major order: the tie rule every backend shares. */
+__device__ __forceinline__ int window_argmax(const float* plane, int in_w, int oy, int ox,
+                                             int size, int stride) {
+    int best = oy * stride * in_w + ox * stride;
+    for (int ky = 0; ky < size; ++ky)
+        for (int kx = 0; kx < size; ++kx) {
+            int pos = (oy * stride + ky) * in_w + ox * stride + kx;
+            if (plane[pos] > plane[best]) best = pos;
+        }
+    return best;
+}
+
+extern "C" __global__ void max_pool_forward(const float* x, float* y, int in_h, int in_w,
+                                            int out_h, int out_w, int size, int stride, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    int ox = (int)(i % out_w), oy = (int)((i / out_w) % out_h);
+    const float* xp = x + (i / ((u64)out_w * out_h)) * in_h * in_w;
+    y[i] = xp[window_argmax(xp, in_w, oy, ox, size, stride)];
+}
+
+/* The outputs whose windows cover input row (or column) `at`, inclusive. */
+__device__ __forceinline__ void covering(int at, int size, int stride, int out, int* lo, int* hi) {
+    *lo = at < size ? 0 : (at - size) / stride + 1;
+    *hi = min(at / stride, out - 1);
+}
+
+/* One thread per input value: sums the gradients of the outputs that picked it. */
+extern "C" __global__ void max_pool_backward(const float* x, const float* dy, float* dx, int in_h,
+                                             int in_w, int out_h, int out_w, int size,
+                                             int stride, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    int ix = (int)(i % in_w), iy = (int)((i / in_w) % in_h);
+    u64 plane = i / ((u64)in_w * in_h);
+    const float* xp = x + plane * in_h * in_w;
+    const float* dyp = dy + plane * out_h * out_w;
+    int y_lo, y_hi, x_lo, x_hi;
+    covering(iy, size, stride, out_h, &y_lo, &y_hi);
+    covering(ix, size, stride, out_w, &x_lo, &x_hi);
+    int here = iy * in_w + ix;
+    float sum = 0.0f;
+    for (int oy = y_lo; oy <= y_hi; ++oy)
+        for (int ox = x_lo; ox <= x_hi; ++ox)
+            if (window_argmax(xp, in_w, oy, ox, size, stride) == here)
+                sum += dyp[oy * out_w + ox];
+    dx[i] = sum;
+}
+
+extern "C" __global__ void avg_pool_forward(const float* x, float* y, int in_h, int in_w,
+                                            int out_h, int out_w, int size, int stride, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    int ox = (int)(i % out_w), oy = (int)((i / out_w) % out_h);
+    const float* xp = x + (i / ((u64)out_w * out_h)) * in_h * in_w;
+    float sum = 0.0f;
+    for (int ky = 0; ky < size; ++ky)
+        for (int kx = 0; kx < size; ++kx)
+            sum += xp[(oy * stride + ky) * in_w + ox * stride + kx];
+    y[i] = sum / (float)(size * size);
+}
+
+extern "C" __global__ void avg_pool_backward(const float* dy, float* dx, int in_h, int in_w,
+                                             int out_h, int out_w, int size, int stride,
+                                             u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    int ix = (int)(i % in_w), iy = (int)((i / in_w) % in_h);
+    const float* dyp = dy + (i / ((u64)in_w * in_h)) * out_h * out_w;
+    int y_lo, y_hi, x_lo, x_hi;
+    covering(iy, size, stride, out_h, &y_lo, &y_hi);
+    covering(ix, size, stride, out_w, &x_lo, &x_hi);
+    float count = (float)(size * size);
+    float sum = 0.0f;
+    for (int oy = y_lo; oy <= y_hi; ++oy)
+        for (int ox = x_lo; ox <= x_hi; ++ox)
+            sum += dyp[oy * out_w + ox] / count;
+    dx[i] = sum;
+}
+
+/* One block per image: the row's loss ln(sum) - (x_label - max) goes to row_loss
+   (the host adds the rows), its gradient (softmax - onehot) / count to dlogits. */
+extern "C" __global__ void softmax_xent(const float* logits, const unsigned int* labels,
+                                        float* dlogits, float* row_loss, int classes,
+                                        float count) {
+    __shared__ float partial[BLOCK];
+    const float* row = logits + (u64)blockIdx.x * classes;
+    float* drow = dlogits + (u64)blockIdx.x * classes;
+
+    float m = __int_as_float(0xff800000); /* -infinity: NVRTC has no math.h */
+    for (int c = threadIdx.x; c < classes; c += BLOCK) m = fmaxf(m, row[c]);
+    partial[threadIdx.x] = m;
+    __syncthreads();
+    for (int half = BLOCK / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half)
+            partial[threadIdx.x] = fmaxf(partial[threadIdx.x], partial[threadIdx.x + half]);
+        __syncthreads();
+    }
+    float max_value = partial[0];
+    __syncthreads();
+
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < classes; c += BLOCK) s += expf(row[c] - max_value);
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int half = BLOCK / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    float sum = partial[0];
+
+    int label = (int)labels[blockIdx.x];
+    for (int c = threadIdx.x; c < classes; c += BLOCK) {
+        float p = expf(row[c] - max_value) / sum;
+        drow[c] = (p - (c == label ? 1.0f : 0.0f)) / count;
+    }
+    if (threadIdx.x == 0) row_loss[blockIdx.x] = logf(sum) - (row[label] - max_value);
+}
+
+/* The paper's update: v <- momentum v - decay lr w - lr dw; w <- w + v. */
+extern "C" __global__ void sgd_update(float* w, const float* dw, float* v, float lr,
+                                      float momentum, float decay, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    float vi = momentum * v[i] - decay * lr * w[i] - lr * dw[i];
+    v[i] = vi;
+    w[i] = w[i] + vi;
+}
+"#;
+
+/// The compiled kernels, one handle per entry point of [`SOURCE`].
+pub(crate) struct Kernels {
+    pub fill: CudaFunction,
+    pub relu_forward: CudaFunction,
+    pub relu_backward: CudaFunction,
+    pub tanh_forward: CudaFunction,
+    pub tanh_backward: CudaFunction,
+    pub multiply: CudaFunction,
+    pub bias_add: CudaFunction,
+    pub bias_grad: CudaFunction,
+    pub lrn_forward: CudaFunction,
+    pub lrn_backward: CudaFunction,
+    pub max_pool_forward: CudaFunction,
+    pub max_pool_backward: CudaFunction,
+    pub avg_pool_forward: CudaFunction,
+    pub avg_pool_backward: CudaFunction,
+    pub softmax_xent: CudaFunction,
+    pub sgd_update: CudaFunction,
+}
+
+/// Compiles [`SOURCE`] to PTX for a virtual architecture (`compute_90`), or for
+/// NVRTC's default one when `arch` is `None`. Needs only the NVRTC library, no GPU.
+pub(crate) fn compile(arch: Option<&str>) -> Result<Ptx, CudaError> {
+    let options = CompileOptions {
+        options: arch
+            .map(|a| format!("--gpu-architecture={a}"))
+            .into_iter()
+            .collect(),
+        name: Some("alexnet_kernels.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(SOURCE, options)
+        .map_err(|e| CudaError::Kernels(format!("NVRTC could not compile the kernels: {e}")))
+}
+
+/// Compiles [`SOURCE`] for the device's compute capability and loads every kernel.
+///
+/// PTX for the device's own virtual architecture lets the driver JIT the best code
+/// for it; should this NVRTC not know that architecture (a GPU newer than the
+/// toolkit), NVRTC's default target is tried, which any newer device can still run.
+pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| CudaError::call("reading the compute capability", e))?;
+    let ptx = match compile(Some(&format!("compute_{major}{minor}"))) {
+        Ok(ptx) => ptx,
+        Err(first) => compile(None).map_err(|_| first)?,
+    };
+    let module: Arc<CudaModule> = ctx
+        .load_module(ptx)
+        .map_err(|e| CudaError::call("loading the compiled kernels", e))?;
+    let f = |name: &str| {
+        module
+            .load_function(name)
+            .map_err(|e| CudaError::call(&format!("finding kernel {name}"), e))
+    };
+    Ok(Kernels {
+        fill: f("fill")?,
+        relu_forward: f("relu_forward")?,
+        relu_backward: f("relu_backward")?,
+        tanh_forward: f("tanh_forward")?,
+        tanh_backward: f("tanh_backward")?,
+        multiply: f("multiply")?,
+        bias_add: f("bias_add")?,
+        bias_grad: f("bias_grad")?,
+        lrn_forward: f("lrn_forward")?,
+        lrn_backward: f("lrn_backward")?,
+        max_pool_forward: f("max_pool_forward")?,
+        max_pool_backward: f("max_pool_backward")?,
+        avg_pool_forward: f("avg_pool_forward")?,
+        avg_pool_backward: f("avg_pool_backward")?,
+        softmax_xent: f("softmax_xent")?,
+        sgd_update: f("sgd_update")?,
+    })
+}

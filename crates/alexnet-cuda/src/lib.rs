@@ -1,0 +1,961 @@
+//! # alexnet-cuda
+//!
+//! A CUDA backend for the `alexnet` engine: [`CudaBackend`] implements
+//! [`alexnet::Backend`], so `Network<CudaBackend>` trains and runs the paper's net
+//! on one NVIDIA GPU.
+//!
+//! - convolutions (forward, backward-data, backward-filter, with the paper's two
+//!   towers as cuDNN's group count) through cuDNN, the algorithm for each shape
+//!   chosen once and cached ([`dnn`](crate::dnn));
+//! - fully connected layers through cuBLAS SGEMM;
+//! - everything else (ReLU, tanh, per-tower LRN, max/average pooling, dropout,
+//!   softmax cross-entropy, the SGD step, biases) in small CUDA C kernels compiled
+//!   by NVRTC when the backend is created ([`kernels`](crate::kernels)).
+//!
+//! The CUDA libraries are opened at run time (cudarc's dynamic loading), so this
+//! crate builds, and its tests run and skip, on machines without CUDA.
+//! [`CudaBackend::new`] returns [`CudaError::LibraryMissing`] there rather than
+//! panicking.
+//!
+//! ```no_run
+//! use alexnet::{NetSpec, Network, Sgd};
+//! use alexnet_cuda::CudaBackend;
+//!
+//! let backend = CudaBackend::new(0).expect("a CUDA GPU");
+//! let spec = NetSpec::preset("alexnet").unwrap();
+//! let mut net = Network::new(backend, &spec, 128, 42).unwrap();
+//! let images = vec![0.0f32; 128 * 3 * 224 * 224];
+//! let labels: Vec<u32> = (0..128).collect();
+//! let loss = net.train_step(&images, &labels, &Sgd::from_recipe(&spec.recipe)).unwrap();
+//! ```
+
+mod dnn;
+mod error;
+mod kernels;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use alexnet::Backend;
+use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::cudnn::sys::cudnnMathType_t;
+use cudarc::driver::sys::cudaError_enum;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
+
+pub use error::CudaError;
+
+use dnn::Dnn;
+use kernels::{BLOCK, Kernels};
+
+/// How matrix products (convolutions and fully connected layers) round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Plain fp32 FMA: cuDNN is told not to use tensor cores (its default on
+    /// Ampere and later would round inputs to TF32) and cuBLAS runs SGEMM.
+    #[default]
+    F32,
+    /// Inputs rounded to TF32 (10-bit mantissa) on tensor cores, fp32 accumulation.
+    /// Values, gradients and weights stay fp32.
+    Tf32,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "fp32",
+            Precision::Tf32 => "tf32",
+        })
+    }
+}
+
+/// One CUDA device: a context, one stream every operation is queued on (so they
+/// run in the order the network calls them, with no further synchronisation),
+/// and the cuBLAS and cuDNN handles bound to that stream.
+pub struct CudaBackend {
+    ordinal: usize,
+    precision: Precision,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    /// cuBLAS and cuDNN handles must not be used from two threads at once.
+    blas: Mutex<CudaBlas>,
+    dnn: Mutex<Dnn>,
+    /// Device buffers for the loss: labels in, per-image losses out.
+    loss_scratch: Mutex<LossScratch>,
+    description: String,
+}
+
+#[derive(Default)]
+struct LossScratch {
+    labels: Option<CudaSlice<u32>>,
+    losses: Option<CudaSlice<f32>>,
+    host: Vec<f32>,
+}
+
+/// Opens each library the backend needs by name and closes it again, so that a
+/// missing one is reported as an error. cudarc's own loader panics instead when
+/// a library is missing (with dynamic loading, the first call into it loads it).
+fn probe_libraries() -> Result<(), CudaError> {
+    const PATH_HINT: &str = "put the directory holding it on LD_LIBRARY_PATH (the CUDA \
+        toolkit's lib64, or PyTorch's site-packages/nvidia/*/lib)";
+    // SAFETY: each probe only dlopens candidate file names and drops the handle.
+    let (driver, nvrtc, cublas, cudnn) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+            cudarc::cudnn::sys::is_culib_present(),
+        )
+    };
+    let missing = |library, what, hint| {
+        Err(CudaError::LibraryMissing {
+            library,
+            what,
+            hint,
+        })
+    };
+    if !driver {
+        return missing(
+            "libcuda.so.1",
+            "the NVIDIA driver",
+            "no NVIDIA driver is installed, so there is no usable GPU",
+        );
+    }
+    if !nvrtc {
+        return missing("libnvrtc.so", "NVRTC, CUDA's run-time compiler", PATH_HINT);
+    }
+    if !cublas {
+        return missing("libcublas.so", "cuBLAS", PATH_HINT);
+    }
+    if !cudnn {
+        return missing("libcudnn.so.9", "cuDNN", PATH_HINT);
+    }
+    Ok(())
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// PTX for the backend's kernels, compiled by NVRTC for a virtual architecture
+/// such as `compute_90`. Needs the NVRTC library but no GPU or driver: it lets a
+/// machine without a GPU check that the kernels compile.
+pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
+    // SAFETY: as in `probe_libraries`.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::LibraryMissing {
+            library: "libnvrtc.so",
+            what: "NVRTC, CUDA's run-time compiler",
+            hint: "put the directory holding it on LD_LIBRARY_PATH",
+        });
+    }
+    Ok(kernels::compile(Some(arch))?.to_src())
+}
+
+/// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
+pub const KERNEL_NAMES: [&str; 16] = [
+    "fill",
+    "relu_forward",
+    "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "multiply",
+    "bias_add",
+    "bias_grad",
+    "lrn_forward",
+    "lrn_backward",
+    "max_pool_forward",
+    "max_pool_backward",
+    "avg_pool_forward",
+    "avg_pool_backward",
+    "softmax_xent",
+    "sgd_update",
+];
+
+/// One thread per value, in blocks of [`BLOCK`].
+fn per_value(len: usize) -> LaunchConfig {
+    let blocks = len.div_ceil(BLOCK as usize);
+    LaunchConfig {
+        grid_dim: (
+            u32::try_from(blocks).expect("a launch of at most 2^32 blocks"),
+            1,
+            1,
+        ),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block of [`BLOCK`] threads per row (or channel).
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (u32::try_from(rows).expect("at most 2^32 rows"), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn int(v: usize) -> i32 {
+    i32::try_from(v).expect("layer sizes fit 32 bits")
+}
+
+impl CudaBackend {
+    /// The backend on device `ordinal` (0 for the first GPU), computing in fp32.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        CudaBackend::with_precision(ordinal, Precision::F32)
+    }
+
+    /// The backend on device `ordinal` with the given rounding of matrix products.
+    ///
+    /// Fails with [`CudaError::LibraryMissing`] when the driver or a CUDA library
+    /// cannot be opened and [`CudaError::NoDevice`] when the driver finds no such
+    /// GPU ([`CudaError::is_no_gpu`] tells these apart from real failures).
+    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
+        probe_libraries()?;
+        // cudarc panics rather than returning an error when a symbol it needs is
+        // missing from a library that did open (an older driver or library than
+        // its bindings expect); setting up is where that would first happen, so a
+        // panic here becomes an error too.
+        match catch_unwind(AssertUnwindSafe(|| CudaBackend::build(ordinal, precision))) {
+            Ok(result) => result,
+            Err(payload) => Err(CudaError::Call {
+                what: format!("setting up cuda:{ordinal}"),
+                message: panic_message(payload),
+            }),
+        }
+    }
+
+    fn build(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
+        let no_device = |e: cudarc::driver::DriverError| match e.0 {
+            cudaError_enum::CUDA_ERROR_NO_DEVICE | cudaError_enum::CUDA_ERROR_INVALID_DEVICE => {
+                CudaError::NoDevice {
+                    ordinal,
+                    message: e.to_string(),
+                }
+            }
+            _ => CudaError::call("initialising the CUDA driver", e),
+        };
+        let count = CudaContext::device_count().map_err(no_device)?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::NoDevice {
+                ordinal,
+                message: format!("the driver sees {count} device(s)"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(no_device)?;
+        // SAFETY: every operation goes to the one stream created below, so stream
+        // order alone keeps reads after writes; per-buffer events (which cudarc
+        // records to order work across several streams) would only cost time.
+        // Disabled before the first buffer is allocated, as cudarc requires.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::call("creating a stream", e))?;
+        let kernels = kernels::load(&ctx)?;
+
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| CudaError::call("creating cuBLAS", e))?;
+        let blas_math = match precision {
+            Precision::F32 => cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::Tf32 => cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a valid handle, just created.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), blas_math) }
+            .result()
+            .map_err(|e| CudaError::call("setting cuBLAS's math mode", e))?;
+        let dnn_math = match precision {
+            Precision::F32 => cudnnMathType_t::CUDNN_FMA_MATH,
+            Precision::Tf32 => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        };
+        let dnn =
+            Dnn::new(stream.clone(), dnn_math).map_err(|e| CudaError::call("creating cuDNN", e))?;
+
+        let description = describe_device(&ctx, &blas, ordinal, precision);
+        Ok(CudaBackend {
+            ordinal,
+            precision,
+            ctx,
+            stream,
+            kernels,
+            blas: Mutex::new(blas),
+            dnn: Mutex::new(dnn),
+            loss_scratch: Mutex::new(LossScratch::default()),
+            description,
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Makes the device's context current on the calling thread: cuBLAS and cuDNN
+    /// calls act on whatever context is current, and the network may be driven
+    /// from any thread.
+    fn bind(&self) {
+        self.ctx
+            .bind_to_thread()
+            .unwrap_or_else(|e| self.fail("making the context current", e));
+    }
+
+    fn fail(&self, what: &str, error: impl std::fmt::Display) -> ! {
+        panic!("cuda:{}: {what}: {error}", self.ordinal)
+    }
+
+    fn launch(&self, mut args: LaunchArgs<'_>, config: LaunchConfig, kernel: &str) {
+        // SAFETY: every kernel's arguments are pushed in the order and with the
+        // types its CUDA C signature declares, and the lengths passed never exceed
+        // the buffers (the engine sizes buffers for `n` images of each layer).
+        if let Err(e) = unsafe { args.launch(config) } {
+            self.fail(&format!("launching kernel {kernel}"), e);
+        }
+    }
+
+    fn lock<'a, T>(&self, mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+        // A panic while holding the lock leaves nothing half-updated on the host
+        // that a later call could trip over, so a poisoned lock is still usable.
+        mutex
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `y[img][c][p] += b[c]` over `len` values of `channels` planes of `plane`.
+    fn bias_add(
+        &self,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        channels: usize,
+        plane: usize,
+        len: usize,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let (channels, plane, len64) = (int(channels), plane as u64, len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.bias_add);
+        args.arg(y).arg(b).arg(&channels).arg(&plane).arg(&len64);
+        self.launch(args, per_value(len), "bias_add");
+    }
+
+    /// `db[c] += sum of dy[img][c][p]` over `images` images.
+    fn bias_grad(
+        &self,
+        dy: &CudaSlice<f32>,
+        db: &mut CudaSlice<f32>,
+        images: usize,
+        channels: usize,
+        plane: usize,
+    ) {
+        let (images32, channels32, plane64) = (int(images), int(channels), plane as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.bias_grad);
+        args.arg(dy)
+            .arg(db)
+            .arg(&images32)
+            .arg(&channels32)
+            .arg(&plane64);
+        self.launch(args, per_row(channels), "bias_grad");
+    }
+
+    /// `c = op(a) op(b)` in cuBLAS's column-major terms (see `linear_forward`).
+    fn gemm(
+        &self,
+        config: GemmConfig<f32>,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        c: &mut CudaSlice<f32>,
+    ) {
+        self.bind();
+        let blas = self.lock(&self.blas);
+        // SAFETY: the dimensions and leading dimensions describe the first `n`
+        // rows of buffers the engine sized for at least that many.
+        if let Err(e) = unsafe { blas.gemm(config, a, b, c) } {
+            self.fail("cuBLAS SGEMM", e);
+        }
+    }
+}
+
+/// "cuda:0 (NVIDIA H200, sm_90, 140 GiB; driver 12.8, cuBLAS 12.8.4, cuDNN 9.8.0, NVRTC 12.8; fp32)".
+fn describe_device(
+    ctx: &Arc<CudaContext>,
+    blas: &CudaBlas,
+    ordinal: usize,
+    precision: Precision,
+) -> String {
+    let name = ctx.name().unwrap_or_else(|_| "unknown device".into());
+    let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+    let memory = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    let mut driver = 0;
+    let mut cublas = 0;
+    let (mut nvrtc_major, mut nvrtc_minor) = (0, 0);
+    // SAFETY: plain version queries writing into the integers passed; a failing
+    // query leaves 0, which the description then shows.
+    unsafe {
+        let _ = cudarc::driver::sys::cuDriverGetVersion(&mut driver);
+        let _ = cudarc::cublas::sys::cublasGetVersion_v2(*blas.handle(), &mut cublas);
+        let _ = cudarc::nvrtc::sys::nvrtcVersion(&mut nvrtc_major, &mut nvrtc_minor);
+    }
+    format!(
+        "cuda:{ordinal} ({name}, sm_{major}{minor}, {memory:.0} GiB; driver {}.{}, cuBLAS {}.{}.{}, \
+         cuDNN {}, NVRTC {nvrtc_major}.{nvrtc_minor}; {precision})",
+        driver / 1000,
+        driver % 1000 / 10,
+        cublas / 10000,
+        cublas / 100 % 100,
+        cublas % 100,
+        Dnn::version(),
+    )
+}
+
+impl Backend for CudaBackend {
+    type Buffer = CudaSlice<f32>;
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn alloc(&self, len: usize) -> alexnet::Result<CudaSlice<f32>> {
+        // CUDA refuses zero-byte allocations; one value stands in for none.
+        self.stream
+            .alloc_zeros::<f32>(len.max(1))
+            .map_err(|e| alexnet::Error::Io {
+                path: format!("cuda:{}", self.ordinal),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("allocating {len} floats of device memory: {e}"),
+                ),
+            })
+    }
+
+    fn upload(&self, src: &[f32], dst: &mut CudaSlice<f32>) {
+        if src.is_empty() {
+            return;
+        }
+        // From pageable memory the driver stages `src` before returning, so the
+        // caller may reuse it at once.
+        let mut head = dst.slice_mut(..src.len());
+        if let Err(e) = self.stream.memcpy_htod(src, &mut head) {
+            self.fail("copying to the device", e);
+        }
+    }
+
+    fn download(&self, src: &CudaSlice<f32>, dst: &mut [f32]) {
+        if dst.is_empty() {
+            return;
+        }
+        if let Err(e) = self.stream.memcpy_dtoh(&src.slice(..dst.len()), dst) {
+            self.fail("copying from the device", e);
+        }
+        // The copy is queued behind the work that produces `src`; wait for it.
+        self.synchronize();
+    }
+
+    fn fill(&self, buf: &mut CudaSlice<f32>, value: f32) {
+        if value == 0.0 && value.is_sign_positive() {
+            if let Err(e) = self.stream.memset_zeros(buf) {
+                self.fail("zeroing a buffer", e);
+            }
+            return;
+        }
+        let len = buf.len();
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.fill);
+        args.arg(buf).arg(&value).arg(&len64);
+        self.launch(args, per_value(len), "fill");
+    }
+
+    fn copy(&self, len: usize, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .stream
+            .memcpy_dtod(&src.slice(..len), &mut dst.slice_mut(..len))
+        {
+            self.fail("copying on the device", e);
+        }
+    }
+
+    fn synchronize(&self) {
+        if let Err(e) = self.stream.synchronize() {
+            self.fail("waiting for the device", e);
+        }
+    }
+
+    fn conv_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        self.bind();
+        if let Err(e) = self.lock(&self.dnn).forward(g, n, x, w, y) {
+            self.fail(&format!("cuDNN convolution forward {g:?} x {n}"), e);
+        }
+        self.bias_add(b, y, g.output.channels, g.out_plane(), n * g.output.len());
+    }
+
+    fn conv_backward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        db: &mut CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+    ) {
+        self.bias_grad(dy, db, n, g.output.channels, g.out_plane());
+        self.bind();
+        let mut dnn = self.lock(&self.dnn);
+        if let Err(e) = dnn.backward_filter(g, n, x, dy, dw) {
+            self.fail(&format!("cuDNN convolution backward-filter {g:?} x {n}"), e);
+        }
+        if let Some(dx) = dx
+            && let Err(e) = dnn.backward_data(g, n, w, dy, dx)
+        {
+            self.fail(&format!("cuDNN convolution backward-data {g:?} x {n}"), e);
+        }
+    }
+
+    /// `y = x W^T + b` with row-major `x [n, in]`, `W [out, in]`, `y [n, out]`.
+    /// Read column-major (cuBLAS's view), the same memory holds `x^T`, `W^T`, `y^T`,
+    /// so the product is `y^T (out x n) = op_T(W^T) (out x in) . x^T (in x n)`.
+    fn linear_forward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        let (inputs, outputs) = (int(g.inputs), int(g.outputs));
+        self.gemm(
+            GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_T,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: outputs,
+                n: int(n),
+                k: inputs,
+                alpha: 1.0,
+                lda: inputs,
+                ldb: inputs,
+                beta: 0.0,
+                ldc: outputs,
+            },
+            w,
+            x,
+            y,
+        );
+        self.bias_add(b, y, g.outputs, 1, n * g.outputs);
+    }
+
+    /// `dW += dy^T x` is, column-major, `dW^T (in x out) += x^T (in x n) . op_T(dy^T)`;
+    /// `dx = dy W` is `dx^T (in x n) = W^T (in x out) . dy^T (out x n)`.
+    fn linear_backward(
+        &self,
+        g: &LinearGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        db: &mut CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+    ) {
+        let (inputs, outputs, images) = (int(g.inputs), int(g.outputs), int(n));
+        self.bias_grad(dy, db, n, g.outputs, 1);
+        self.gemm(
+            GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_N,
+                transb: cublasOperation_t::CUBLAS_OP_T,
+                m: inputs,
+                n: outputs,
+                k: images,
+                alpha: 1.0,
+                lda: inputs,
+                ldb: outputs,
+                beta: 1.0,
+                ldc: inputs,
+            },
+            x,
+            dy,
+            dw,
+        );
+        if let Some(dx) = dx {
+            self.gemm(
+                GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_N,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: inputs,
+                    n: images,
+                    k: outputs,
+                    alpha: 1.0,
+                    lda: inputs,
+                    ldb: outputs,
+                    beta: 0.0,
+                    ldc: inputs,
+                },
+                w,
+                dy,
+                dx,
+            );
+        }
+    }
+
+    fn relu_forward(&self, len: usize, x: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.relu_forward);
+        args.arg(x).arg(&len64);
+        self.launch(args, per_value(len), "relu_forward");
+    }
+
+    fn relu_backward(&self, len: usize, y: &CudaSlice<f32>, d: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.relu_backward);
+        args.arg(y).arg(d).arg(&len64);
+        self.launch(args, per_value(len), "relu_backward");
+    }
+
+    fn tanh_forward(&self, len: usize, x: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.tanh_forward);
+        args.arg(x).arg(&len64);
+        self.launch(args, per_value(len), "tanh_forward");
+    }
+
+    fn tanh_backward(&self, len: usize, y: &CudaSlice<f32>, d: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.tanh_backward);
+        args.arg(y).arg(d).arg(&len64);
+        self.launch(args, per_value(len), "tanh_backward");
+    }
+
+    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) {
+        let len = n * g.shape.len();
+        if len == 0 {
+            return;
+        }
+        let (channels, per_group, size) = (
+            int(g.shape.channels),
+            int(g.channels_per_group()),
+            int(g.size),
+        );
+        let (plane, len64) = ((g.shape.height * g.shape.width) as u64, len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.lrn_forward);
+        args.arg(x)
+            .arg(y)
+            .arg(&channels)
+            .arg(&per_group)
+            .arg(&size)
+            .arg(&plane)
+            .arg(&g.alpha)
+            .arg(&g.beta)
+            .arg(&g.k)
+            .arg(&len64);
+        self.launch(args, per_value(len), "lrn_forward");
+    }
+
+    fn lrn_backward(
+        &self,
+        g: &LrnGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) {
+        let len = n * g.shape.len();
+        if len == 0 {
+            return;
+        }
+        let (channels, per_group, size) = (
+            int(g.shape.channels),
+            int(g.channels_per_group()),
+            int(g.size),
+        );
+        let (plane, len64) = ((g.shape.height * g.shape.width) as u64, len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.lrn_backward);
+        args.arg(x)
+            .arg(dy)
+            .arg(dx)
+            .arg(&channels)
+            .arg(&per_group)
+            .arg(&size)
+            .arg(&plane)
+            .arg(&g.alpha)
+            .arg(&g.beta)
+            .arg(&g.k)
+            .arg(&len64);
+        self.launch(args, per_value(len), "lrn_backward");
+    }
+
+    fn max_pool_forward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        self.pool_forward(
+            &self.kernels.max_pool_forward,
+            "max_pool_forward",
+            g,
+            n,
+            x,
+            y,
+        );
+    }
+
+    fn max_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) {
+        let len = n * g.input.len();
+        if len == 0 {
+            return;
+        }
+        let p = PoolArgs::new(g);
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.max_pool_backward);
+        args.arg(x).arg(dy).arg(dx);
+        p.push(&mut args);
+        args.arg(&len64);
+        self.launch(args, per_value(len), "max_pool_backward");
+    }
+
+    fn avg_pool_forward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        self.pool_forward(
+            &self.kernels.avg_pool_forward,
+            "avg_pool_forward",
+            g,
+            n,
+            x,
+            y,
+        );
+    }
+
+    fn avg_pool_backward(
+        &self,
+        g: &PoolGeometry,
+        n: usize,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) {
+        let len = n * g.input.len();
+        if len == 0 {
+            return;
+        }
+        let p = PoolArgs::new(g);
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.avg_pool_backward);
+        args.arg(dy).arg(dx);
+        p.push(&mut args);
+        args.arg(&len64);
+        self.launch(args, per_value(len), "avg_pool_backward");
+    }
+
+    fn dropout_forward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        self.multiply(n * g.len, x, mask, y);
+    }
+
+    fn dropout_backward(
+        &self,
+        g: &DropoutGeometry,
+        n: usize,
+        mask: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) {
+        self.multiply(n * g.len, dy, mask, dx);
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        classes: usize,
+        n: usize,
+        logits: &CudaSlice<f32>,
+        labels: &[u32],
+        dlogits: &mut CudaSlice<f32>,
+    ) -> f32 {
+        if n == 0 {
+            return 0.0;
+        }
+        let mut scratch = self.lock(&self.loss_scratch);
+        let scratch = &mut *scratch;
+        if scratch.labels.as_ref().is_none_or(|b| b.len() < n) {
+            scratch.labels = None;
+            scratch.losses = None;
+            let labels = self.stream.alloc_zeros::<u32>(n);
+            let losses = self.stream.alloc_zeros::<f32>(n);
+            match (labels, losses) {
+                (Ok(l), Ok(s)) => (scratch.labels, scratch.losses) = (Some(l), Some(s)),
+                (Err(e), _) | (_, Err(e)) => self.fail("allocating the loss buffers", e),
+            }
+            scratch.host = vec![0.0; n];
+        }
+        let (Some(label_buf), Some(loss_buf)) = (&mut scratch.labels, &mut scratch.losses) else {
+            unreachable!("allocated above")
+        };
+        if let Err(e) = self
+            .stream
+            .memcpy_htod(&labels[..n], &mut label_buf.slice_mut(..n))
+        {
+            self.fail("copying labels to the device", e);
+        }
+        let (classes32, count) = (int(classes), n as f32);
+        let mut args = self.stream.launch_builder(&self.kernels.softmax_xent);
+        args.arg(logits)
+            .arg(&*label_buf)
+            .arg(dlogits)
+            .arg(&mut *loss_buf)
+            .arg(&classes32)
+            .arg(&count);
+        self.launch(args, per_row(n), "softmax_xent");
+        let host = &mut scratch.host[..n];
+        if let Err(e) = self.stream.memcpy_dtoh(&loss_buf.slice(..n), host) {
+            self.fail("copying the loss from the device", e);
+        }
+        self.synchronize();
+        host.iter().sum::<f32>() / count
+    }
+
+    fn sgd_update(
+        &self,
+        w: &mut CudaSlice<f32>,
+        dw: &CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        lr: f32,
+        momentum: f32,
+        decay: f32,
+    ) {
+        let len = w.len();
+        assert!(
+            dw.len() >= len && v.len() >= len,
+            "SGD: gradient and velocity must be as long as the weights"
+        );
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.sgd_update);
+        args.arg(w)
+            .arg(dw)
+            .arg(v)
+            .arg(&lr)
+            .arg(&momentum)
+            .arg(&decay)
+            .arg(&len64);
+        self.launch(args, per_value(len), "sgd_update");
+    }
+}
+
+/// The geometry arguments every pooling kernel takes after its buffers.
+struct PoolArgs {
+    in_h: i32,
+    in_w: i32,
+    out_h: i32,
+    out_w: i32,
+    size: i32,
+    stride: i32,
+}
+
+impl PoolArgs {
+    fn new(g: &PoolGeometry) -> PoolArgs {
+        PoolArgs {
+            in_h: int(g.input.height),
+            in_w: int(g.input.width),
+            out_h: int(g.output.height),
+            out_w: int(g.output.width),
+            size: int(g.size),
+            stride: int(g.stride),
+        }
+    }
+
+    fn push<'a>(&'a self, args: &mut LaunchArgs<'a>) {
+        args.arg(&self.in_h)
+            .arg(&self.in_w)
+            .arg(&self.out_h)
+            .arg(&self.out_w)
+            .arg(&self.size)
+            .arg(&self.stride);
+    }
+}
+
+impl CudaBackend {
+    fn pool_forward(
+        &self,
+        kernel: &cudarc::driver::CudaFunction,
+        name: &str,
+        g: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        let len = n * g.output.len();
+        if len == 0 {
+            return;
+        }
+        let p = PoolArgs::new(g);
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(kernel);
+        args.arg(x).arg(y);
+        p.push(&mut args);
+        args.arg(&len64);
+        self.launch(args, per_value(len), name);
+    }
+
+    /// `out = a * b` over the first `len` values (dropout, both directions).
+    fn multiply(
+        &self,
+        len: usize,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.multiply);
+        args.arg(a).arg(b).arg(out).arg(&len64);
+        self.launch(args, per_value(len), "multiply");
+    }
+}

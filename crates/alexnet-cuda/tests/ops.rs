@@ -1,0 +1,529 @@
+//! Every operation of the CUDA backend against the CPU reference on random
+//! inputs, at small geometries that still cover each code path: groups 1 and 2,
+//! strides and padding, LRN within each tower, overlapping pooling with ties.
+//!
+//! Tolerances are relative to the largest reference value of each tensor:
+//! - element-wise ops, pooling, dropout, SGD: 1e-6 (the same formula, at most a
+//!   fused multiply-add apart; pooling gradients even add in the same order);
+//! - LRN: 1e-5 (`powf` on the GPU differs from the host's by an ulp or two);
+//! - convolutions and fully connected layers: 1e-5 for sums of under 400
+//!   products; cuDNN's FFT and Winograd algorithms (fp32 throughout, but a
+//!   different order of operations) stay within that at these sizes;
+//! - softmax cross-entropy: 1e-5 (`expf`/`logf` an ulp or two apart, sums over
+//!   up to 1000 classes in another order).
+
+mod common;
+
+use alexnet::layers::{
+    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
+};
+use alexnet::rng::Rng;
+use alexnet::{Backend, ReferenceCpu};
+use common::{assert_close, gpu, random, ties, to_device, to_host};
+
+fn conv_geometry(
+    input: Shape,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> ConvGeometry {
+    let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
+    ConvGeometry {
+        input,
+        output: Shape::new(out_channels, side(input.height), side(input.width)),
+        kernel,
+        stride,
+        pad,
+        groups,
+    }
+}
+
+/// Forward and backward of one convolution on both backends; `dw` and `db`
+/// start non-zero so that accumulation (`+=`) is checked too.
+fn check_conv(label: &str, g: ConvGeometry, n: usize, with_dx: bool) {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let mut rng = Rng::new(17);
+    let x = random(&mut rng, n * g.input.len(), 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.3);
+    let b = random(&mut rng, g.output.channels, 0.5);
+    let dy = random(&mut rng, n * g.output.len(), 1.0);
+    let dw0 = random(&mut rng, g.weight_len(), 0.1);
+    let db0 = random(&mut rng, g.output.channels, 0.1);
+
+    let mut y_ref = vec![0.0; n * g.output.len()];
+    cpu.conv_forward(&g, n, &x, &w, &b, &mut y_ref);
+    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), db0.clone(), vec![0.0; x.len()]);
+    cpu.conv_backward(
+        &g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_ref,
+        &mut db_ref,
+        with_dx.then_some(&mut dx_ref),
+    );
+
+    let (xd, wd, bd, dyd) = (
+        to_device(gpu, &x),
+        to_device(gpu, &w),
+        to_device(gpu, &b),
+        to_device(gpu, &dy),
+    );
+    let mut yd = gpu.alloc(y_ref.len()).unwrap();
+    gpu.conv_forward(&g, n, &xd, &wd, &bd, &mut yd);
+    let (mut dwd, mut dbd) = (to_device(gpu, &dw0), to_device(gpu, &db0));
+    let mut dxd = gpu.alloc(x.len()).unwrap();
+    gpu.conv_backward(
+        &g,
+        n,
+        &xd,
+        &wd,
+        &dyd,
+        &mut dwd,
+        &mut dbd,
+        with_dx.then_some(&mut dxd),
+    );
+
+    let tol = 1e-5;
+    assert_close(
+        &format!("{label} y"),
+        &to_host(gpu, &yd, y_ref.len()),
+        &y_ref,
+        tol,
+    );
+    assert_close(
+        &format!("{label} dw"),
+        &to_host(gpu, &dwd, dw_ref.len()),
+        &dw_ref,
+        tol,
+    );
+    assert_close(
+        &format!("{label} db"),
+        &to_host(gpu, &dbd, db_ref.len()),
+        &db_ref,
+        tol,
+    );
+    if with_dx {
+        assert_close(
+            &format!("{label} dx"),
+            &to_host(gpu, &dxd, x.len()),
+            &dx_ref,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn convolution_one_group() {
+    check_conv(
+        "conv 4x9x9 -> 6, 3x3/1 pad 1",
+        conv_geometry(Shape::new(4, 9, 9), 6, 3, 1, 1, 1),
+        3,
+        true,
+    );
+}
+
+#[test]
+fn convolution_two_towers() {
+    // Each tower sees only its own half of the input channels (the paper's conv2,
+    // conv4 and conv5).
+    check_conv(
+        "conv 6x11x11 -> 8 groups 2, 5x5/2 pad 2",
+        conv_geometry(Shape::new(6, 11, 11), 8, 5, 2, 2, 2),
+        3,
+        true,
+    );
+}
+
+#[test]
+fn convolution_first_layer_without_input_gradient() {
+    // conv1's shape in small: a large kernel with stride 4, and no dx.
+    check_conv(
+        "conv 3x23x23 -> 4, 11x11/4 pad 2",
+        conv_geometry(Shape::new(3, 23, 23), 4, 11, 4, 2, 1),
+        2,
+        false,
+    );
+}
+
+#[test]
+fn convolution_on_fewer_images_than_the_buffers_hold() {
+    // Buffers sized for 4 images, a batch of 3: only the first 3 take part.
+    let Some(gpu) = gpu() else { return };
+    let g = conv_geometry(Shape::new(2, 6, 6), 4, 3, 1, 1, 2);
+    let mut rng = Rng::new(3);
+    let x = random(&mut rng, 4 * g.input.len(), 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.5);
+    let b = random(&mut rng, g.output.channels, 0.5);
+    let mut y_ref = vec![0.0; 3 * g.output.len()];
+    ReferenceCpu.conv_forward(&g, 3, &x, &w, &b, &mut y_ref);
+    let mut yd = to_device(gpu, &vec![7.0; 4 * g.output.len()]);
+    gpu.conv_forward(
+        &g,
+        3,
+        &to_device(gpu, &x),
+        &to_device(gpu, &w),
+        &to_device(gpu, &b),
+        &mut yd,
+    );
+    let y = to_host(gpu, &yd, 4 * g.output.len());
+    assert_close("conv y, 3 of 4 images", &y[..y_ref.len()], &y_ref, 1e-5);
+    assert!(
+        y[y_ref.len()..].iter().all(|&v| v == 7.0),
+        "the fourth image's output was written"
+    );
+}
+
+#[test]
+fn linear_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let g = LinearGeometry {
+        inputs: 37,
+        outputs: 13,
+    };
+    let n = 5;
+    let mut rng = Rng::new(23);
+    let x = random(&mut rng, n * g.inputs, 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.5);
+    let b = random(&mut rng, g.outputs, 0.5);
+    let dy = random(&mut rng, n * g.outputs, 1.0);
+    let dw0 = random(&mut rng, g.weight_len(), 0.1);
+    let db0 = random(&mut rng, g.outputs, 0.1);
+
+    let mut y_ref = vec![0.0; n * g.outputs];
+    cpu.linear_forward(&g, n, &x, &w, &b, &mut y_ref);
+    let (mut dw_ref, mut db_ref, mut dx_ref) = (dw0.clone(), db0.clone(), vec![0.0; x.len()]);
+    cpu.linear_backward(
+        &g,
+        n,
+        &x,
+        &w,
+        &dy,
+        &mut dw_ref,
+        &mut db_ref,
+        Some(&mut dx_ref),
+    );
+
+    let (xd, wd, bd, dyd) = (
+        to_device(gpu, &x),
+        to_device(gpu, &w),
+        to_device(gpu, &b),
+        to_device(gpu, &dy),
+    );
+    let mut yd = gpu.alloc(y_ref.len()).unwrap();
+    gpu.linear_forward(&g, n, &xd, &wd, &bd, &mut yd);
+    let (mut dwd, mut dbd) = (to_device(gpu, &dw0), to_device(gpu, &db0));
+    let mut dxd = gpu.alloc(x.len()).unwrap();
+    gpu.linear_backward(&g, n, &xd, &wd, &dyd, &mut dwd, &mut dbd, Some(&mut dxd));
+
+    assert_close("linear y", &to_host(gpu, &yd, y_ref.len()), &y_ref, 1e-5);
+    assert_close(
+        "linear dw",
+        &to_host(gpu, &dwd, dw_ref.len()),
+        &dw_ref,
+        1e-5,
+    );
+    assert_close(
+        "linear db",
+        &to_host(gpu, &dbd, db_ref.len()),
+        &db_ref,
+        1e-5,
+    );
+    assert_close("linear dx", &to_host(gpu, &dxd, x.len()), &dx_ref, 1e-5);
+}
+
+#[test]
+fn relu_and_tanh_touch_only_the_first_len_values() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let (len, buffer) = (1001, 1100);
+    let mut rng = Rng::new(5);
+    let x = random(&mut rng, buffer, 2.0);
+    let d = random(&mut rng, buffer, 1.0);
+    for (name, forward) in [("relu", true), ("tanh", false)] {
+        let mut y_ref = x.clone();
+        let mut d_ref = d.clone();
+        let (mut yd, mut dd) = (to_device(gpu, &x), to_device(gpu, &d));
+        if forward {
+            cpu.relu_forward(len, &mut y_ref);
+            cpu.relu_backward(len, &y_ref, &mut d_ref);
+            gpu.relu_forward(len, &mut yd);
+            gpu.relu_backward(len, &yd, &mut dd);
+        } else {
+            cpu.tanh_forward(len, &mut y_ref);
+            cpu.tanh_backward(len, &y_ref, &mut d_ref);
+            gpu.tanh_forward(len, &mut yd);
+            gpu.tanh_backward(len, &yd, &mut dd);
+        }
+        let (y, dg) = (to_host(gpu, &yd, buffer), to_host(gpu, &dd, buffer));
+        assert_close(&format!("{name} forward"), &y, &y_ref, 1e-6);
+        assert_close(&format!("{name} backward"), &dg, &d_ref, 1e-6);
+        assert_eq!(&y[len..], &x[len..], "{name}: values past len changed");
+    }
+}
+
+fn check_lrn(label: &str, g: LrnGeometry, n: usize) {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let mut rng = Rng::new(31);
+    // Large enough that the normaliser differs clearly from k.
+    let x = random(&mut rng, n * g.shape.len(), 30.0);
+    let dy = random(&mut rng, x.len(), 1.0);
+    let mut y_ref = vec![0.0; x.len()];
+    let mut dx_ref = vec![0.0; x.len()];
+    cpu.lrn_forward(&g, n, &x, &mut y_ref);
+    cpu.lrn_backward(&g, n, &x, &dy, &mut dx_ref);
+    let (xd, dyd) = (to_device(gpu, &x), to_device(gpu, &dy));
+    let (mut yd, mut dxd) = (gpu.alloc(x.len()).unwrap(), gpu.alloc(x.len()).unwrap());
+    gpu.lrn_forward(&g, n, &xd, &mut yd);
+    gpu.lrn_backward(&g, n, &xd, &dyd, &mut dxd);
+    assert_close(
+        &format!("{label} y"),
+        &to_host(gpu, &yd, x.len()),
+        &y_ref,
+        1e-5,
+    );
+    assert_close(
+        &format!("{label} dx"),
+        &to_host(gpu, &dxd, x.len()),
+        &dx_ref,
+        1e-5,
+    );
+}
+
+#[test]
+fn lrn_within_each_tower() {
+    // The paper's constants on 2 towers of 6 channels: the windows of the channels
+    // beside the boundary (5 and 6) are clipped there.
+    check_lrn(
+        "lrn paper, 2 towers",
+        LrnGeometry {
+            shape: Shape::new(12, 5, 6),
+            size: 5,
+            alpha: 1e-4,
+            beta: 0.75,
+            k: 2.0,
+            groups: 2,
+        },
+        3,
+    );
+}
+
+#[test]
+fn lrn_across_all_channels() {
+    // The cifar preset's constants, one group, alpha large enough to matter here.
+    check_lrn(
+        "lrn one group",
+        LrnGeometry {
+            shape: Shape::new(7, 4, 3),
+            size: 3,
+            alpha: 5e-3,
+            beta: 0.75,
+            k: 1.0,
+            groups: 1,
+        },
+        2,
+    );
+}
+
+#[test]
+fn lrn_with_the_cpu_formula_at_the_tower_boundary() {
+    // A direct check that the towers do not talk: changing tower 2's inputs must
+    // leave tower 1's outputs exactly as they were.
+    let Some(gpu) = gpu() else { return };
+    let g = LrnGeometry {
+        shape: Shape::new(8, 2, 2),
+        size: 5,
+        alpha: 1e-2,
+        beta: 0.75,
+        k: 2.0,
+        groups: 2,
+    };
+    let mut rng = Rng::new(2);
+    let x = random(&mut rng, g.shape.len(), 10.0);
+    let mut x2 = x.clone();
+    x2[g.shape.len() / 2..].iter_mut().for_each(|v| *v *= 3.0);
+    let run = |x: &[f32]| {
+        let mut yd = gpu.alloc(x.len()).unwrap();
+        gpu.lrn_forward(&g, 1, &to_device(gpu, x), &mut yd);
+        to_host(gpu, &yd, x.len())
+    };
+    let (y, y2) = (run(&x), run(&x2));
+    assert_eq!(y[..g.shape.len() / 2], y2[..g.shape.len() / 2]);
+}
+
+fn pool_geometry(input: Shape, size: usize, stride: usize) -> PoolGeometry {
+    let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
+    PoolGeometry {
+        input,
+        output: Shape::new(input.channels, side(input.height), side(input.width)),
+        size,
+        stride,
+    }
+}
+
+#[test]
+fn max_and_average_pooling() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let n = 2;
+    for (size, stride, input) in [
+        (3, 2, Shape::new(3, 13, 13)), // the paper's overlapping pooling
+        (3, 2, Shape::new(2, 8, 7)),   // a last row and column no window covers
+        (2, 2, Shape::new(2, 6, 6)),   // non-overlapping
+    ] {
+        let g = pool_geometry(input, size, stride);
+        let label = format!("pool {size}/{stride} on {input}");
+        let mut rng = Rng::new(9);
+        // Small integers: many ties, so the first-largest rule is exercised.
+        let x = ties(&mut rng, n * g.input.len());
+        let dy = random(&mut rng, n * g.output.len(), 1.0);
+        let (xd, dyd) = (to_device(gpu, &x), to_device(gpu, &dy));
+
+        let mut y_ref = vec![0.0; dy.len()];
+        let mut dx_ref = vec![0.0; x.len()];
+        cpu.max_pool_forward(&g, n, &x, &mut y_ref);
+        cpu.max_pool_backward(&g, n, &x, &dy, &mut dx_ref);
+        let (mut yd, mut dxd) = (gpu.alloc(dy.len()).unwrap(), to_device(gpu, &x));
+        gpu.max_pool_forward(&g, n, &xd, &mut yd);
+        gpu.max_pool_backward(&g, n, &xd, &dyd, &mut dxd);
+        assert_close(
+            &format!("max {label} y"),
+            &to_host(gpu, &yd, dy.len()),
+            &y_ref,
+            0.0,
+        );
+        assert_close(
+            &format!("max {label} dx"),
+            &to_host(gpu, &dxd, x.len()),
+            &dx_ref,
+            1e-6,
+        );
+
+        cpu.avg_pool_forward(&g, n, &x, &mut y_ref);
+        cpu.avg_pool_backward(&g, n, &dy, &mut dx_ref);
+        gpu.avg_pool_forward(&g, n, &xd, &mut yd);
+        gpu.avg_pool_backward(&g, n, &dyd, &mut dxd);
+        assert_close(
+            &format!("avg {label} y"),
+            &to_host(gpu, &yd, dy.len()),
+            &y_ref,
+            1e-6,
+        );
+        assert_close(
+            &format!("avg {label} dx"),
+            &to_host(gpu, &dxd, x.len()),
+            &dx_ref,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn dropout_multiplies_by_the_given_mask() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let g = DropoutGeometry { len: 50, p: 0.5 };
+    let n = 3;
+    let mut rng = Rng::new(4);
+    let x = random(&mut rng, n * g.len, 1.0);
+    let dy = random(&mut rng, n * g.len, 1.0);
+    let mask: Vec<f32> = (0..n * g.len)
+        .map(|_| {
+            if rng.uniform() < 0.5 {
+                0.0
+            } else {
+                g.keep_scale()
+            }
+        })
+        .collect();
+    let (mut y_ref, mut dx_ref) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    cpu.dropout_forward(&g, n, &mask, &x, &mut y_ref);
+    cpu.dropout_backward(&g, n, &mask, &dy, &mut dx_ref);
+    let maskd = to_device(gpu, &mask);
+    let (mut yd, mut dxd) = (gpu.alloc(x.len()).unwrap(), gpu.alloc(x.len()).unwrap());
+    gpu.dropout_forward(&g, n, &maskd, &to_device(gpu, &x), &mut yd);
+    gpu.dropout_backward(&g, n, &maskd, &to_device(gpu, &dy), &mut dxd);
+    assert_close("dropout y", &to_host(gpu, &yd, x.len()), &y_ref, 0.0);
+    assert_close("dropout dx", &to_host(gpu, &dxd, x.len()), &dx_ref, 0.0);
+}
+
+#[test]
+fn softmax_cross_entropy_loss_and_gradient() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    // 10 classes (fewer than a block's threads) and 1000 (more: each thread loops).
+    for (classes, n) in [(10, 4), (1000, 3)] {
+        let mut rng = Rng::new(classes as u64);
+        let mut logits = random(&mut rng, n * classes, 5.0);
+        // Far-apart logits: the loss must stay finite, as on the CPU.
+        logits[1] = 200.0;
+        logits[2] = -300.0;
+        let labels: Vec<u32> = (0..n as u32)
+            .map(|i| (i * 7 + 2) % classes as u32)
+            .collect();
+        let mut d_ref = vec![0.0; logits.len()];
+        let loss_ref = cpu.softmax_cross_entropy(classes, n, &logits, &labels, &mut d_ref);
+        let mut dd = gpu.alloc(logits.len()).unwrap();
+        let loss =
+            gpu.softmax_cross_entropy(classes, n, &to_device(gpu, &logits), &labels, &mut dd);
+        assert_close(
+            &format!("loss, {classes} classes"),
+            &[loss],
+            &[loss_ref],
+            1e-5,
+        );
+        assert_close(
+            &format!("dlogits, {classes} classes"),
+            &to_host(gpu, &dd, logits.len()),
+            &d_ref,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn sgd_update_as_the_paper_writes_it() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let mut rng = Rng::new(8);
+    let len = 1234;
+    let (w, dw, v) = (
+        random(&mut rng, len, 0.1),
+        random(&mut rng, len, 1.0),
+        random(&mut rng, len, 0.01),
+    );
+    let (mut w_ref, mut v_ref) = (w.clone(), v.clone());
+    cpu.sgd_update(&mut w_ref, &dw, &mut v_ref, 0.01, 0.9, 0.0005);
+    let (mut wd, mut vd) = (to_device(gpu, &w), to_device(gpu, &v));
+    gpu.sgd_update(&mut wd, &to_device(gpu, &dw), &mut vd, 0.01, 0.9, 0.0005);
+    assert_close("sgd w", &to_host(gpu, &wd, len), &w_ref, 1e-6);
+    assert_close("sgd v", &to_host(gpu, &vd, len), &v_ref, 1e-6);
+}
+
+#[test]
+fn buffers_fill_copy_upload_download() {
+    let Some(gpu) = gpu() else { return };
+    let mut a = gpu.alloc(10).unwrap();
+    assert_eq!(to_host(gpu, &a, 10), vec![0.0; 10], "alloc zeroes");
+    gpu.fill(&mut a, 2.5);
+    assert_eq!(to_host(gpu, &a, 10), vec![2.5; 10]);
+    gpu.upload(&[1.0, 2.0, 3.0], &mut a);
+    assert_eq!(
+        to_host(gpu, &a, 4),
+        vec![1.0, 2.0, 3.0, 2.5],
+        "upload writes the start only"
+    );
+    let mut b = gpu.alloc(10).unwrap();
+    gpu.copy(2, &a, &mut b);
+    assert_eq!(to_host(gpu, &b, 3), vec![1.0, 2.0, 0.0]);
+    gpu.fill(&mut b, 0.0);
+    assert_eq!(to_host(gpu, &b, 10), vec![0.0; 10]);
+    gpu.synchronize();
+    assert!(gpu.describe().starts_with("cuda:0"), "{}", gpu.describe());
+}

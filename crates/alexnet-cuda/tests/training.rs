@@ -1,0 +1,158 @@
+//! Whole training steps on the GPU against the CPU reference: the same seeds give
+//! the same initial weights and the same dropout masks (both drawn on the host),
+//! so after each step the two networks must agree to rounding.
+//!
+//! Tolerance: 1e-4 of each tensor's largest value, for losses, gradients, weights
+//! after the update and test-mode logits. That is what the fast CPU backend is
+//! held to against the same reference over the same kind of run; a wrong index,
+//! a missing term or a tower that sees the other tower's channels is off by far
+//! more.
+
+mod common;
+
+use alexnet::layers::{ConvGeometry, Shape};
+use alexnet::rng::Rng;
+use alexnet::spec::LayerSpec;
+use alexnet::{Backend, NetSpec, Network, ReferenceCpu, Sgd};
+use alexnet_cuda::Precision;
+use common::{assert_close, new_gpu, random, to_device, to_host};
+
+struct Run {
+    losses: Vec<f32>,
+    grads: Vec<Vec<f32>>,
+    params: Vec<Vec<f32>>,
+    logits: Vec<f32>,
+}
+
+fn train<B: Backend>(backend: B, spec: &NetSpec, batch: usize, steps: usize) -> Run {
+    let mut net = Network::new(backend, spec, batch, 11).unwrap();
+    let mut rng = Rng::new(5);
+    // Raw 0-255 pixels minus a mean: the scale the paper's net is initialised for.
+    let images = random(&mut rng, batch * net.plan().input_shape().len(), 128.0);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % spec.classes as u32).collect();
+    let sgd = Sgd::from_recipe(&spec.recipe);
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        losses.push(net.train_step(&images, &labels, &sgd).unwrap());
+    }
+    let count = net.params().len();
+    Run {
+        losses,
+        grads: (0..count).map(|i| net.param_grad(i)).collect(),
+        params: (0..count).map(|i| net.param_values(i)).collect(),
+        logits: net.predict(&images).unwrap(),
+    }
+}
+
+fn compare(spec: &NetSpec, batch: usize, steps: usize) {
+    let Some(gpu) = new_gpu(Precision::F32) else {
+        return;
+    };
+    let ours = train(gpu, spec, batch, steps);
+    let reference = train(ReferenceCpu, spec, batch, steps);
+    let name = &spec.name;
+    let tol = 1e-4;
+    assert!(
+        ours.losses.iter().all(|l| l.is_finite()),
+        "{name}: losses {:?}",
+        ours.losses
+    );
+    assert_close(
+        &format!("{name} losses"),
+        &ours.losses,
+        &reference.losses,
+        tol,
+    );
+    let plan = alexnet::Plan::new(spec).unwrap();
+    for (i, info) in plan.params.iter().enumerate() {
+        let label = format!("{name} {}", info.name);
+        assert_close(
+            &format!("{label} gradient"),
+            &ours.grads[i],
+            &reference.grads[i],
+            tol,
+        );
+        assert_close(
+            &format!("{label} after the step"),
+            &ours.params[i],
+            &reference.params[i],
+            tol,
+        );
+    }
+    assert_close(
+        &format!("{name} test logits"),
+        &ours.logits,
+        &reference.logits,
+        tol,
+    );
+}
+
+#[test]
+fn cifar_preset_trains_like_the_cpu_reference() {
+    // The preset as shipped: 3x32x32 input, conv 5x5, overlapping max pooling,
+    // LRN, dropout and two fully connected layers.
+    compare(&NetSpec::preset("cifar").unwrap(), 8, 2);
+}
+
+/// The paper's layout at an eighth of the width on 67x67 inputs: every kind of
+/// layer of the real net with its kernel sizes, strides, two towers (groups 2) and
+/// LRN within each tower.
+fn paper_mini() -> NetSpec {
+    let mut spec = NetSpec::preset("alexnet")
+        .unwrap()
+        .with_input(3, 67, 67)
+        .with_classes(10);
+    for layer in &mut spec.layers {
+        match layer {
+            LayerSpec::Conv(c) => c.out /= 8,
+            LayerSpec::Linear(l) => l.out = l.out.map(|o| o / 64),
+            _ => {}
+        }
+    }
+    spec
+}
+
+#[test]
+fn paper_layout_with_two_towers_trains_like_the_cpu_reference() {
+    compare(&paper_mini(), 4, 2);
+}
+
+#[test]
+fn tf32_convolution_stays_near_fp32() {
+    // TF32 keeps 10 mantissa bits of each input (relative rounding ~5e-4);
+    // sums of a few hundred such products stay within 1e-2 of the largest output.
+    let Some(gpu) = new_gpu(Precision::Tf32) else {
+        return;
+    };
+    assert!(gpu.describe().ends_with("tf32)"), "{}", gpu.describe());
+    let g = ConvGeometry {
+        input: Shape::new(8, 13, 13),
+        output: Shape::new(16, 13, 13),
+        kernel: 3,
+        stride: 1,
+        pad: 1,
+        groups: 2,
+    };
+    let n = 4;
+    let mut rng = Rng::new(12);
+    let x = random(&mut rng, n * g.input.len(), 1.0);
+    let w = random(&mut rng, g.weight_len(), 0.3);
+    let b = random(&mut rng, g.output.channels, 0.5);
+    let mut y_ref = vec![0.0; n * g.output.len()];
+    ReferenceCpu.conv_forward(&g, n, &x, &w, &b, &mut y_ref);
+    let mut yd = gpu.alloc(y_ref.len()).unwrap();
+    gpu.conv_forward(
+        &g,
+        n,
+        &to_device(&gpu, &x),
+        &to_device(&gpu, &w),
+        &to_device(&gpu, &b),
+        &mut yd,
+    );
+    assert_close(
+        "tf32 conv y",
+        &to_host(&gpu, &yd, y_ref.len()),
+        &y_ref,
+        1e-2,
+    );
+}

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""`alexnet bench --device cuda:0` beside PyTorch eager on the same GPU, same net, same rules.
+
+The net is the one tools/torch_nets.py builds from our description (default: the paper's `alexnet`, two
+towers as groups 2 and LRN within each tower), measured as tools/bench_pytorch.py measures it on the CPU:
+  - training step (forward, cross-entropy backward, the paper's SGD update) at batch 128;
+  - inference (eval mode, no autograd) at batch 256;
+  - latency at batch 1.
+Both sides start every step from a batch in host memory and end it with a value back on the host (the loss,
+or the logits), as our bench does: each step includes its transfers and a synchronisation.
+
+PyTorch runs in fp32 with TF32 off (cuDNN would otherwise use TF32 for fp32 convolutions by default) and
+cudnn.benchmark on (it times the convolution algorithms once per shape: the strongest eager baseline).
+Unless --fp32-only, it also runs with TF32 allowed and under bf16 autocast, printed for reference: our CUDA
+backend computes in fp32 only so far, so those rows have no figure of ours.
+
+    python3 tools/bench_pytorch_cuda.py --alexnet-bin gpu-bundle/alexnet
+    python3 tools/bench_pytorch_cuda.py --no-ours --seconds 2 --fp32-only
+"""
+
+import argparse
+import datetime
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TOOLS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS_DIR))
+import bench_pytorch  # noqa: E402  (the CPU bench: net, data, SGD and timing rules shared with it)
+
+GIB = float(1 << 30)
+
+
+def time_steps(seconds, step):
+    """bench_pytorch.time_steps: one warm-up step, then at least `seconds` and at least two steps.
+
+    Every step ends by reading a value back to the host, which waits for the GPU, so wall time is GPU time.
+    """
+    return bench_pytorch.time_steps(seconds, step)
+
+
+def set_mode(mode):
+    """fp32: no TF32 anywhere; tf32: TF32 in convolutions and matrix products; bf16: TF32 off, autocast on."""
+    tf32 = mode == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def autocast(mode):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16"))
+
+
+def measure_training(arch, batch, seconds, mode):
+    spec, net = bench_pytorch.build_net(arch)
+    net = net.cuda().train()
+    classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
+    shape = bench_pytorch.input_shape(spec)
+    lr, momentum, weight_decay = bench_pytorch.sgd_settings(spec)
+    velocities = {}
+    generator = torch.Generator().manual_seed(bench_pytorch.DATA_SEED)
+    images, labels = bench_pytorch.random_batch(generator, batch, shape, classes)
+    set_mode(mode)
+    torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        x, y = images.cuda(non_blocking=False), labels.cuda(non_blocking=False)
+        net.zero_grad(set_to_none=True)
+        with autocast(mode):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        bench_pytorch.paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise RuntimeError(f"loss became {value} ({mode}, batch {batch})")
+
+    per_step = time_steps(seconds, step)
+    peak = torch.cuda.max_memory_allocated()
+    del net, velocities
+    torch.cuda.empty_cache()
+    return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3,
+            "peak_device_bytes": peak}
+
+
+def measure_inference(arch, batch, seconds, mode):
+    spec, net = bench_pytorch.build_net(arch)
+    net = net.cuda().eval()
+    classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
+    shape = bench_pytorch.input_shape(spec)
+    generator = torch.Generator().manual_seed(bench_pytorch.DATA_SEED + 1)
+    images, _ = bench_pytorch.random_batch(generator, batch, shape, classes)
+    set_mode(mode)
+
+    def step():
+        with torch.inference_mode(), autocast(mode):
+            logits = net(images.cuda())
+        logits.float().cpu()
+
+    per_batch = time_steps(seconds, step)
+    del net
+    torch.cuda.empty_cache()
+    return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3}
+
+
+def run_ours(args):
+    command = [
+        str(args.alexnet_bin), "bench", "--json", "--device", args.device,
+        "--arch", args.arch, "--seconds", str(args.seconds), "--layer-steps", str(args.layer_steps),
+        "--train-batch", str(args.train_batch), "--infer-batch", str(args.infer_batch),
+    ]
+    log("ours: " + " ".join(command))
+    finished = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` failed (exit status {finished.returncode})")
+    return bench_pytorch.last_json_line(finished.stdout)
+
+
+def versions():
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / GIB:.0f} GiB",
+        "torch": torch.__version__,
+        "cuda_torch_built_with": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def fmt(value, spec=".1f"):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(meta, ours, pytorch):
+    print(f"alexnet on the GPU beside PyTorch eager: {meta['arch']}, {meta['seconds']:g} s per measurement, "
+          f"{meta['date']}")
+    print(f"  GPU: {meta['versions']['gpu']}")
+    print(f"  PyTorch {meta['versions']['torch']} (CUDA {meta['versions']['cuda_torch_built_with']}, "
+          f"cuDNN {meta['versions']['cudnn']}), cudnn.benchmark on")
+    print(f"  ours: {ours.get('backend', '?') if ours else 'no figures'}")
+    print()
+    header = ("measurement", "alexnet (ours)", "PyTorch", "ours/PyTorch")
+    body = []
+    ours_train = next((t["images_per_s"] for t in (ours or {}).get("train", [])
+                       if t.get("batch") == meta["train_batch"]), None)
+    ours_infer = ((ours or {}).get("inference") or {}).get("images_per_s")
+    for mode, figures in pytorch.items():
+        mine_t = ours_train if mode == "fp32" else None
+        mine_i = ours_infer if mode == "fp32" else None
+        t, i = figures["train"]["images_per_s"], figures["inference"]["images_per_s"]
+        body.append((f"training, batch {meta['train_batch']}, {mode} (images/s)", fmt(mine_t), fmt(t),
+                     "-" if mine_t is None else f"{mine_t / t:.2f}x"))
+        body.append((f"inference, batch {meta['infer_batch']}, {mode} (images/s)", fmt(mine_i), fmt(i),
+                     "-" if mine_i is None else f"{mine_i / i:.2f}x"))
+    if ours is not None:
+        body.append(("latency, batch 1, fp32 (ms)", fmt(ours.get("latency_batch1_ms"), ".2f"), "-", "-"))
+    widths = [max(len(row[k]) for row in [header, *body]) for k in range(4)]
+    line = "  {:<{}} | {:>{}} | {:>{}} | {:>{}}"
+    print(line.format(header[0], widths[0], header[1], widths[1], header[2], widths[2], header[3], widths[3]))
+    print("  " + "-+-".join("-" * w for w in widths))
+    for row in body:
+        print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
+    layers = (ours or {}).get("layers", [])
+    if layers:
+        print(f"\n  ours per layer, training batch {meta['train_batch']} (ms): forward, backward")
+    for layer in layers:
+        print(f"    {layer['layer']:<22} {layer['forward_ms']:8.2f} {layer['backward_ms']:8.2f}")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="alexnet", help="a preset name or the path of a TOML description")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement, after a warm-up")
+    parser.add_argument("--train-batch", type=int, default=128)
+    parser.add_argument("--infer-batch", type=int, default=256)
+    parser.add_argument("--layer-steps", type=int, default=2, help="training steps of our per-layer breakdown")
+    parser.add_argument("--device", default="cuda:0", help="our --device")
+    parser.add_argument("--alexnet-bin", type=Path, default=Path("gpu-bundle/alexnet"),
+                        help="our binary, built with --features cuda")
+    parser.add_argument("--no-ours", action="store_true", help="measure PyTorch only")
+    parser.add_argument("--fp32-only", action="store_true", help="skip PyTorch's tf32 and bf16 runs")
+    parser.add_argument("--json-out", metavar="FILE", help="also write all figures as JSON to FILE")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if not torch.cuda.is_available():
+        log("error: PyTorch sees no CUDA device")
+        return 2
+    if not args.no_ours and not args.alexnet_bin.is_file():
+        log(f"error: {args.alexnet_bin} does not exist; build it with tools/build_gpu_bundle.sh or use --no-ours")
+        return 2
+    torch.backends.cudnn.benchmark = True
+    meta = {
+        "arch": args.arch, "seconds": args.seconds, "train_batch": args.train_batch,
+        "infer_batch": args.infer_batch, "versions": versions(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    pytorch = {}
+    for mode in ["fp32"] + ([] if args.fp32_only else ["tf32", "bf16"]):
+        train = measure_training(args.arch, args.train_batch, args.seconds, mode)
+        log(f"pytorch {mode}: training, batch {args.train_batch}: {train['images_per_s']:.1f} images/s")
+        infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode)
+        log(f"pytorch {mode}: inference, batch {args.infer_batch}: {infer['images_per_s']:.1f} images/s")
+        pytorch[mode] = {"train": train, "inference": infer}
+    # Ours runs after PyTorch has released the GPU, so the two never share it.
+    ours, error = None, None
+    if not args.no_ours:
+        try:
+            ours = run_ours(args)
+        except (RuntimeError, ValueError) as e:
+            error = str(e)
+            log(f"error: {error}")
+    print_table(meta, ours, pytorch)
+    if args.json_out:
+        with open(args.json_out, "w") as out:
+            json.dump({**meta, "pytorch": pytorch, "ours": ours, "ours_error": error}, out, indent=2)
+            out.write("\n")
+    return 1 if error is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds what tools/gpu_check.sh runs on a GPU machine that has no Rust toolchain:
+# the `alexnet` binary with the CUDA backend and the alexnet-cuda test executables,
+# stripped of debug information and copied into one folder (default gpu-bundle/,
+# ignored by git). Copy that folder next to a checkout of this repository on the
+# GPU machine and run `bash tools/gpu_check.sh`.
+#
+#   bash tools/build_gpu_bundle.sh [OUT_DIR]
+#   PROFILE=dev bash tools/build_gpu_bundle.sh   # the (optimised) dev profile: quicker to build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${1:-gpu-bundle}
+profile=${PROFILE:-release}
+case "$profile" in
+  release) flag=(--release); dir=release ;;
+  dev) flag=(); dir=debug ;;
+  *) echo "PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
+esac
+
+cargo build "${flag[@]}" -p alexnet-cli --features cuda
+# The test executables' paths, from cargo's JSON messages (one per test target).
+mapfile -t tests < <(
+  cargo test "${flag[@]}" -p alexnet-cuda --no-run --message-format=json \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        continue
+    if message.get("reason") == "compiler-artifact" and message.get("profile", {}).get("test") \
+            and message.get("executable"):
+        print(message["target"]["name"] + "\t" + message["executable"])
+')
+
+rm -rf "$out"
+mkdir -p "$out/tests"
+cp "target/$dir/alexnet" "$out/alexnet"
+for entry in "${tests[@]}"; do
+  name=${entry%%$'\t'*}
+  cp "${entry#*$'\t'}" "$out/tests/$name"
+done
+# Debug information is most of their size, and the bundle travels.
+if command -v strip >/dev/null; then
+  strip --strip-debug "$out/alexnet" "$out"/tests/*
+fi
+git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
+git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/null || true
+echo "built ($profile) into $out:"
+ls -l "$out" "$out/tests"
+du -sh "$out"

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU, its driver, and PyTorch with CUDA
+# (no Rust toolchain or network needed), runs the prebuilt alexnet-cuda tests with
+# the GPU required, prints the CUDA/cuDNN versions found, and times training
+# (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager.
+#
+#   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
+#   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
+#
+# SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
+# runs the tests only. Exits non-zero if a test or the benchmark fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bundle=${1:-gpu-bundle}
+python=${PYTHON:-python3}
+seconds=${SECONDS_PER_MEASUREMENT:-5}
+status=0
+
+if [[ ! -x "$bundle/alexnet" ]]; then
+  echo "error: $bundle/alexnet not found; build the bundle with tools/build_gpu_bundle.sh" >&2
+  exit 2
+fi
+
+# Our binaries open libcublas, libcudnn and libnvrtc by name at run time. PyTorch's
+# CUDA wheels carry them under site-packages/nvidia/*/lib (PyTorch finds them by
+# its own rpath); a CUDA toolkit keeps them in /usr/local/cuda/lib64.
+libs=$("$python" - <<'PY'
+import glob, os, site
+dirs = []
+for root in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib")))
+    dirs += glob.glob(os.path.join(root, "torch", "lib"))
+dirs += [d for d in ("/usr/local/cuda/lib64",) if os.path.isdir(d)]
+print(":".join(dirs))
+PY
+)
+export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+echo "== versions"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
+"$python" -c 'import torch; print(f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}")'
+# A one-image run of the small net: the backend's own description (device,
+# driver, cuBLAS, cuDNN, NVRTC), and a first sign that it works at all.
+if ours=$("$bundle/alexnet" bench --device cuda:0 --arch cifar --seconds 0 --train-batch 2 \
+    --infer-batch 2 --layer-steps 0 --json); then
+  "$python" -c 'import json, sys; print("ours:", json.loads(sys.stdin.read().strip().splitlines()[-1])["backend"])' <<<"$ours"
+else
+  echo "FAILED: alexnet bench --device cuda:0 on the cifar preset"
+  status=1
+fi
+
+echo "== tests (ALEXNET_REQUIRE_GPU=1)"
+export ALEXNET_REQUIRE_GPU=1
+for test in "$bundle"/tests/*; do
+  echo "-- $(basename "$test")"
+  if ! "$test"; then
+    echo "FAILED: $(basename "$test")"
+    status=1
+  fi
+done
+
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+  echo "== benchmark"
+  if ! "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
+      --json-out "${BENCH_JSON:-/dev/null}"; then
+    echo "FAILED: the benchmark"
+    status=1
+  fi
+fi
+
+if [[ $status == 0 ]]; then
+  echo "== GPU check passed"
+else
+  echo "== GPU check FAILED (see above)"
+fi
+exit $status
