@@ -16,6 +16,7 @@ table: measurement | alexnet (ours) | PyTorch | ratio ours/PyTorch.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -123,7 +124,14 @@ def random_batch(generator, n, shape, classes):
     return images, labels
 
 
-def measure_training(arch, batches, seconds):
+def precision_context(precision):
+    """bf16: PyTorch's CPU autocast (bf16 matrix products and convolutions, f32 weights); fp32: nothing."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def measure_training(arch, batches, seconds, precision="fp32"):
     """Times training steps at each batch size in turn; returns the per-batch figures and the peak memory.
 
     All batch sizes share one net and one set of momentum buffers, as they do in our bench.
@@ -143,7 +151,8 @@ def measure_training(arch, batches, seconds):
             # Dropping the gradients is PyTorch's default: backward then writes fresh ones instead of
             # adding to zeroed buffers, which saves a pass over the 61 million gradients.
             net.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(images), labels)
+            with precision_context(precision):
+                loss = F.cross_entropy(net(images), labels)
             loss.backward()
             paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
             # Reading the loss costs nothing on the CPU and stops a diverged run from being timed as valid.
@@ -168,7 +177,7 @@ def measure_training_in_subprocess(args, batches):
     command = [
         sys.executable, str(Path(__file__).resolve()), "--training-child",
         "--arch", args.arch, "--threads", str(args.threads), "--seconds", str(args.seconds),
-        "--train-batch", ",".join(str(b) for b in batches),
+        "--train-batch", ",".join(str(b) for b in batches), "--precision", args.precision,
     ]
     # Progress on stderr passes through; the figures come back as JSON on stdout.
     finished = subprocess.run(command, stdout=subprocess.PIPE, text=True)
@@ -178,9 +187,9 @@ def measure_training_in_subprocess(args, batches):
     return report["train"], report["peak_resident_bytes_training"]
 
 
-def measure_inference(net, images, seconds):
+def measure_inference(net, images, seconds, precision="fp32"):
     net.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), precision_context(precision):
         return time_steps(seconds, lambda: net(images))
 
 
@@ -194,13 +203,13 @@ def measure_pytorch(args):
     generator = torch.Generator().manual_seed(DATA_SEED + 1)
 
     images, _ = random_batch(generator, args.infer_batch, shape, classes)
-    per_batch = measure_inference(net, images, args.seconds)
+    per_batch = measure_inference(net, images, args.seconds, args.precision)
     inference = {"batch": args.infer_batch, "images_per_s": args.infer_batch / per_batch}
     log(f"pytorch: inference, batch {args.infer_batch}: {inference['images_per_s']:.1f} images/s")
 
     one, _ = random_batch(generator, 1, shape, classes)
     # Our bench caps the latency measurement at 5 s, since a single image is timed precisely much sooner.
-    latency = measure_inference(net, one, min(args.seconds, 5.0))
+    latency = measure_inference(net, one, min(args.seconds, 5.0), args.precision)
     log(f"pytorch: latency, batch 1: {latency * 1e3:.2f} ms")
 
     return {
@@ -225,7 +234,7 @@ def resolve_binary(path):
 
 def run_ours(args, binary):
     command = [
-        str(binary), "--threads", str(args.threads), "bench", "--json",
+        str(binary), "--threads", str(args.threads), "--precision", args.precision, "bench", "--json",
         "--arch", args.arch, "--seconds", str(args.seconds), "--layer-steps", "0",
         "--train-batch", ",".join(str(b) for b in args.train_batch),
         "--infer-batch", str(args.infer_batch),
@@ -302,7 +311,7 @@ def ratio(ours, pytorch):
 
 
 def print_report(meta, ours, pytorch):
-    print(f"alexnet bench beside PyTorch: {meta['arch']}, {meta['threads']} threads, "
+    print(f"alexnet bench beside PyTorch: {meta['arch']}, {meta['precision']}, {meta['threads']} threads, "
           f"{meta['seconds']:g} s per measurement")
     print(f"  CPU: {meta['cpu']}")
     print(f"  PyTorch {meta['torch_version']}; ours: {ours.get('backend', 'alexnet') if ours else 'no figures'}")
@@ -349,6 +358,8 @@ def parse_args():
     parser.add_argument("--train-batch", type=batch_list, default=[128, 64],
                         help="batch sizes of the training-step measurements (comma-separated)")
     parser.add_argument("--infer-batch", type=int, default=64, help="batch size of the inference measurement")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: our --precision bf16 beside PyTorch's bf16 autocast")
     parser.add_argument("--alexnet-bin", default="target/release/alexnet", help="our binary")
     parser.add_argument("--no-ours", action="store_true", help="measure PyTorch only")
     parser.add_argument("--json-out", metavar="FILE", help="also write all figures as JSON to FILE")
@@ -373,7 +384,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     if args.training_child:
-        train, peak_bytes = measure_training(args.arch, args.train_batch, args.seconds)
+        train, peak_bytes = measure_training(args.arch, args.train_batch, args.seconds, args.precision)
         print(json.dumps({"train": train, "peak_resident_bytes_training": peak_bytes}))
         return 0
 
@@ -390,6 +401,7 @@ def main():
         "arch": args.arch,
         "threads": args.threads,
         "seconds": args.seconds,
+        "precision": args.precision,
         "torch_version": torch.__version__,
         "cpu": cpu_model(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

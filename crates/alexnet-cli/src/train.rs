@@ -518,7 +518,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             window_errors += errors;
             let rate = window_images as f64 / window_started.elapsed().as_secs_f64().max(1e-9);
             progress.step(loss, rate);
-            if run.state.step % args.log_every == 0 {
+            if run.state.step.is_multiple_of(args.log_every) {
                 let line = json!({
                     "kind": "step", "step": run.state.step, "epoch": run.state.epoch + 1,
                     "epochs_done": run.state.epoch as f64 + run.state.batch_in_epoch as f64 / batches as f64,
@@ -532,7 +532,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
                 window_images = 0;
                 window_errors = 0;
             }
-            if run.state.step % args.checkpoint_every == 0 {
+            if run.state.step.is_multiple_of(args.checkpoint_every) {
                 run.state.rng = run.net.rng().state();
                 run.save(&last_path, true)?;
             }

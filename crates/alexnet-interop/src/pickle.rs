@@ -754,11 +754,11 @@ impl Machine<'_> {
 
     fn append(&mut self, list: Item, items: Vec<Item>) -> Result<()> {
         let at = self.pos - 1;
-        if let Item::Node(index) = list {
-            if let Node::List(existing) = &mut self.arena[index] {
-                existing.extend(items);
-                return Ok(());
-            }
+        if let Item::Node(index) = list
+            && let Node::List(existing) = &mut self.arena[index]
+        {
+            existing.extend(items);
+            return Ok(());
         }
         Err(self.error(format!("APPEND(S) at byte {at} onto something not a list")))
     }
@@ -767,7 +767,7 @@ impl Machine<'_> {
     /// key keeps its place and takes the new value.
     fn set_items(&mut self, dict: Item, items: Vec<Item>, opcode: &str) -> Result<()> {
         let at = self.pos - 1;
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.error(format!(
                 "{opcode} at byte {at} with an odd number of items (a key without a value)"
             )));

@@ -250,7 +250,7 @@ fn packed_fixed<const N: usize, T>(
     what: &str,
     convert: impl Fn([u8; N]) -> T,
 ) -> DecodeResult<Vec<T>> {
-    if bytes.len() % N != 0 {
+    if !bytes.len().is_multiple_of(N) {
         return Err(DecodeError {
             offset: bytes.len() - bytes.len() % N,
             message: format!(

@@ -496,16 +496,16 @@ fn collect_storages(
     match value {
         Value::PersistentId(id) => {
             let storage = storage_ref(id, file)?;
-            if let Some(seen) = found.get(&storage.key) {
-                if *seen != storage {
-                    return Err(Error::unsupported(
-                        file,
-                        format!(
-                            "the storage {} is viewed as two dtypes or sizes",
-                            storage.key
-                        ),
-                    ));
-                }
+            if let Some(seen) = found.get(&storage.key)
+                && *seen != storage
+            {
+                return Err(Error::unsupported(
+                    file,
+                    format!(
+                        "the storage {} is viewed as two dtypes or sizes",
+                        storage.key
+                    ),
+                ));
             }
             found.insert(storage.key.clone(), storage);
             Ok(())

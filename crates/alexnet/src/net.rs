@@ -234,7 +234,7 @@ impl<B: Backend> Network<B> {
     /// Loads a batch of images (NCHW, `n * channels * height * width` values).
     pub fn set_input(&mut self, images: &[f32]) -> Result<usize> {
         let per_image = self.plan.activations[0];
-        if images.is_empty() || images.len() % per_image != 0 {
+        if images.is_empty() || !images.len().is_multiple_of(per_image) {
             return Err(input_error(
                 "input batch",
                 format!(

@@ -163,7 +163,7 @@ impl Plan {
                             None,
                         ));
                     }
-                    if shape.channels % c.groups != 0 || c.out % c.groups != 0 {
+                    if !shape.channels.is_multiple_of(c.groups) || c.out % c.groups != 0 {
                         return Err(shape_error(
                             &label,
                             format!(
@@ -272,7 +272,7 @@ impl Plan {
                             None,
                         ));
                     }
-                    if n.groups == 0 || shape.channels % n.groups != 0 {
+                    if n.groups == 0 || !shape.channels.is_multiple_of(n.groups) {
                         return Err(shape_error(
                             &label,
                             format!("channels divisible by groups = {}", n.groups),

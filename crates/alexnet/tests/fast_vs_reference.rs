@@ -10,12 +10,13 @@
 
 mod common;
 
-use alexnet::Products;
+use alexnet::cpu::fast::gemm::BF16_MIN_BATCH;
 use alexnet::cpu::{fast, reference};
 use alexnet::layers::{
     ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
 };
 use alexnet::rng::Rng;
+use alexnet::{Precision, Products};
 use common::{assert_close, operand, product_modes, random};
 
 const TOL: f32 = 1e-5;
@@ -194,11 +195,13 @@ fn check_linear_in(g: LinearGeometry, n: usize, seed: u64, mode: &str, products:
     let w = random(&mut rng, g.weight_len(), 0.1);
     let b = random(&mut rng, g.outputs, 0.1);
     let dy = random(&mut rng, n * g.outputs, 1.0);
-    let (x_op, w_op, dy_op) = (
-        operand(products, &x),
-        operand(products, &w),
-        operand(products, &dy),
+    // Below a batch of BF16_MIN_BATCH the layer's products stay f32 (see `for_linear_batch`).
+    let used = products.for_linear_batch(n);
+    assert_eq!(
+        used == products,
+        n >= BF16_MIN_BATCH || products.precision == Precision::F32
     );
+    let (x_op, w_op, dy_op) = (operand(used, &x), operand(used, &w), operand(used, &dy));
     let (mut y_ref, mut y_fast) = (vec![0.0; n * g.outputs], vec![f32::NAN; n * g.outputs]);
     reference::linear_forward(&g, n, &x_op, &w_op, &b, &mut y_ref);
     fast::linear::forward(&g, n, &x, &w, &b, &mut y_fast, products);
@@ -259,6 +262,25 @@ fn linear_small_and_paper_sizes() {
         },
         5,
         2,
+    );
+    // Batches from which bf16 mode multiplies in bf16.
+    for n in [BF16_MIN_BATCH, 13] {
+        check_linear(
+            LinearGeometry {
+                inputs: 33,
+                outputs: 17,
+            },
+            n,
+            6,
+        );
+    }
+    check_linear(
+        LinearGeometry {
+            inputs: 4096,
+            outputs: 4096,
+        },
+        BF16_MIN_BATCH,
+        7,
     );
     // fc6, fc7, fc8 of the paper, at batch 2.
     check_linear(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use alexnet::checkpoint;
 use alexnet::plan::Init;
 use alexnet::rng::Rng;
-use alexnet::{Backend, Cpu, Mode, NetSpec, Network, ReferenceCpu, Sgd};
+use alexnet::{Backend, Bf16Kernel, Cpu, Mode, NetSpec, Network, Precision, ReferenceCpu, Sgd};
 use common::{assert_close, random};
 
 /// The paper's layout at a tenth of the width, on 67x67 inputs: every kind of
@@ -48,6 +48,88 @@ fn run_steps<B: Backend>(
         .map(|i| net.param_values(i))
         .collect();
     (losses, logits, params)
+}
+
+/// ||a - b|| / ||b|| (Euclidean norms).
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut off, mut size) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        off += f64::from(x - y).powi(2);
+        size += f64::from(*y).powi(2);
+    }
+    (off / size.max(1e-300)).sqrt()
+}
+
+/// Loss, logits and all parameter gradients (concatenated) of one forward and
+/// backward pass on a fixed random batch.
+fn gradients<B: Backend>(backend: B, spec: &NetSpec) -> (f32, Vec<f32>, Vec<f32>) {
+    let batch = 4;
+    let mut net = Network::new(backend, spec, batch, 11).unwrap();
+    let mut rng = Rng::new(5);
+    let images = random(&mut rng, batch * net.plan().input_shape().len(), 128.0);
+    let labels: Vec<u32> = (0..batch as u32).collect();
+    net.set_input(&images).unwrap();
+    net.forward(Mode::Test);
+    let logits = net.logits();
+    let loss = net.backward(&labels).unwrap();
+    let grads = (0..net.params().len())
+        .flat_map(|i| net.param_grad(i))
+        .collect();
+    (loss, logits, grads)
+}
+
+#[test]
+fn bf16_products_give_fp32_gradients_to_bf16_accuracy() {
+    // bf16 operands carry 8 significant bits (relative rounding 2^-9 = 0.2%), so
+    // outputs and gradients move by a few tenths of a percent (as vectors; single
+    // entries whose sums cancel move more); a wrong index would move them by order
+    // 1. Each bf16 kernel must also agree closely with the portable one.
+    for spec in [
+        paper_mini(),
+        NetSpec::preset("cifar").unwrap().with_input(1, 28, 28),
+    ] {
+        let (loss_f32, logits_f32, grads_f32) = gradients(Cpu::new(), &spec);
+        let mut portable = None;
+        for (mode, products) in common::product_modes() {
+            if products.precision != Precision::Bf16 {
+                continue;
+            }
+            let what = format!("{} ({mode})", spec.name);
+            let (loss, logits, grads) = gradients(Cpu::with_products(products).unwrap(), &spec);
+            let (logits_off, grads_off) = (
+                relative_l2(&logits, &logits_f32),
+                relative_l2(&grads, &grads_f32),
+            );
+            eprintln!(
+                "{what}: loss {loss} / {loss_f32}, logits {logits_off:e}, gradients {grads_off:e}"
+            );
+            // The fp32 path is deterministic: any difference shows that bf16 ran.
+            assert!(
+                grads_off > 0.0,
+                "{what}: gradients equal fp32's bit for bit"
+            );
+            assert!(logits_off < 1e-2, "{what}: logits {logits_off:e} from fp32");
+            assert!(
+                grads_off < 2e-2,
+                "{what}: gradients {grads_off:e} from fp32"
+            );
+            assert!(
+                ((loss - loss_f32) / loss_f32).abs() < 1e-3,
+                "{what}: loss {loss} vs {loss_f32}"
+            );
+            match products.bf16_kernel {
+                Bf16Kernel::Portable => portable = Some(grads),
+                _ => {
+                    let reference = portable.as_ref().expect("the portable kernel runs first");
+                    let off = relative_l2(&grads, reference);
+                    assert!(
+                        off < 1e-4,
+                        "{what}: gradients {off:e} from the portable kernel's"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -250,13 +250,13 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             ),
         ));
     }
-    if let Encoding::Jpeg { quality } = opts.encoding {
-        if !(1..=100).contains(&quality) {
-            return Err(config_error(
-                "JPEG quality",
-                format!("expected 1..=100, found {quality}"),
-            ));
-        }
+    if let Encoding::Jpeg { quality } = opts.encoding
+        && !(1..=100).contains(&quality)
+    {
+        return Err(config_error(
+            "JPEG quality",
+            format!("expected 1..=100, found {quality}"),
+        ));
     }
     let out = &opts.out;
     check_output(out, opts.force)?;

@@ -41,13 +41,13 @@ fn follow(layer: &RawLayer<'_>, current: &Option<String>, file: &str) -> Result<
             layer.tops.len()
         )));
     }
-    if let Some(current) = current {
-        if &layer.bottoms[0] != current {
-            return Err(ctx.unsupported(format!(
+    if let Some(current) = current
+        && &layer.bottoms[0] != current
+    {
+        return Err(ctx.unsupported(format!(
                 "reads blob '{}' but the chain so far ends in '{current}' (only nets that are one chain of layers are supported)",
                 layer.bottoms[0]
             )));
-        }
     }
     Ok(layer.tops[0].clone())
 }

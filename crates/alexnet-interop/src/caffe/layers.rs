@@ -273,10 +273,10 @@ pub(super) fn input_geometry(net: &Net<'_>, file: &str) -> Result<(usize, usize,
         }
         if layer.kind == "Input" {
             shape = input_layer_shape(layer, file)?;
-        } else if is_source(&layer.kind) {
-            if let Some(crop) = data_crop(layer, file)? {
-                shape = Some(vec![1, 3, crop, crop]);
-            }
+        } else if is_source(&layer.kind)
+            && let Some(crop) = data_crop(layer, file)?
+        {
+            shape = Some(vec![1, 3, crop, crop]);
         }
     }
     let shape = shape.unwrap_or(vec![1, 3, DEFAULT_INPUT as u64, DEFAULT_INPUT as u64]);

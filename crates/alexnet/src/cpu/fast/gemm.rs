@@ -33,6 +33,26 @@ pub struct Products {
     pub bf16_kernel: Bf16Kernel,
 }
 
+impl Products {
+    /// The settings a fully connected layer uses for a batch of `n`: below
+    /// [`BF16_MIN_BATCH`] its products stay f32. There the arithmetic is negligible
+    /// and each product streams the layer's weights once; converting them to bf16
+    /// would cost more than it saves (f32 is also at least as accurate).
+    pub fn for_linear_batch(self, n: usize) -> Products {
+        if n < BF16_MIN_BATCH {
+            Products {
+                precision: Precision::F32,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+}
+
+/// The smallest batch at which fully connected layers use bf16 products.
+pub const BF16_MIN_BATCH: usize = 8;
+
 impl Default for Products {
     /// f32, with the fastest bf16 kernel of this CPU ready if bf16 is chosen.
     fn default() -> Self {

@@ -33,6 +33,7 @@ pub fn forward(
     y: &mut [f32],
     products: Products,
 ) {
+    let products = products.for_linear_batch(n);
     let threads = rayon::current_num_threads();
     let y = &mut y[..n * g.outputs];
     with_scratch(n * g.outputs, |yt| {
@@ -68,6 +69,7 @@ pub fn backward(
     dx: Option<&mut [f32]>,
     products: Products,
 ) {
+    let products = products.for_linear_batch(n);
     let threads = rayon::current_num_threads();
     let dy = &dy[..n * g.outputs];
     for row in dy.chunks_exact(g.outputs) {
