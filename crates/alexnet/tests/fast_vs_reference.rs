@@ -40,81 +40,111 @@ fn conv(
     }
 }
 
+/// Random inputs of one convolution check; gradients start non-zero to check
+/// that they accumulate.
+struct ConvCase {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    dy: Vec<f32>,
+    dw0: Vec<f32>,
+    db0: Vec<f32>,
+}
+
+/// The reference's forward output and gradients.
+struct ConvResults {
+    y: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+    dx: Vec<f32>,
+}
+
+/// The reference on the operands the products in `precision` multiply: in bf16
+/// mode `x`, `w` and `dy` rounded, except for the bias gradient, which sums the
+/// unrounded `dy`.
+fn conv_reference(g: &ConvGeometry, n: usize, case: &ConvCase, products: Products) -> ConvResults {
+    let (x, w, dy) = (
+        operand(products, &case.x),
+        operand(products, &case.w),
+        operand(products, &case.dy),
+    );
+    let mut y = vec![0.0; n * g.output.len()];
+    reference::conv_forward(g, n, &x, &w, &case.b, &mut y);
+    let (mut dw, mut unused_db, mut dx) = (
+        case.dw0.clone(),
+        case.db0.clone(),
+        vec![0.0; n * g.input.len()],
+    );
+    reference::conv_backward(g, n, &x, &w, &dy, &mut dw, &mut unused_db, Some(&mut dx));
+    let plane = g.out_plane();
+    let mut db = case.db0.clone();
+    for image in case.dy.chunks_exact(g.output.len()).take(n) {
+        for (sum, channel) in db.iter_mut().zip(image.chunks_exact(plane)) {
+            *sum += channel.iter().sum::<f32>();
+        }
+    }
+    ConvResults { y, dw, db, dx }
+}
+
 fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let case = ConvCase {
+        x: random(&mut rng, n * g.input.len(), 1.0),
+        w: random(&mut rng, g.weight_len(), 0.1),
+        b: random(&mut rng, g.output.channels, 0.1),
+        dy: random(&mut rng, n * g.output.len(), 1.0),
+        dw0: random(&mut rng, g.weight_len(), 1.0),
+        db0: random(&mut rng, g.output.channels, 1.0),
+    };
+    // One reference per precision (the bf16 kernels share theirs).
+    let mut references: Vec<(Precision, ConvResults)> = Vec::new();
     for (mode, products) in product_modes() {
-        check_conv_in(&format!("{name} ({mode})"), g, n, seed, products);
+        if !references.iter().any(|(p, _)| *p == products.precision) {
+            references.push((products.precision, conv_reference(g, n, &case, products)));
+        }
+        let (_, expected) = references
+            .iter()
+            .find(|(p, _)| *p == products.precision)
+            .unwrap();
+        check_conv_against(&format!("{name} ({mode})"), g, n, &case, expected, products);
     }
 }
 
-/// In bf16 mode the reference gets the rounded operands of each product (`x`,
-/// `w`, `dy`), except for the bias gradient, which sums the unrounded `dy`.
-fn check_conv_in(name: &str, g: &ConvGeometry, n: usize, seed: u64, products: Products) {
-    let mut rng = Rng::new(seed);
-    let x = random(&mut rng, n * g.input.len(), 1.0);
-    let w = random(&mut rng, g.weight_len(), 0.1);
-    let b = random(&mut rng, g.output.channels, 0.1);
-    let dy = random(&mut rng, n * g.output.len(), 1.0);
-    let (x_op, w_op, dy_op) = (
-        operand(products, &x),
-        operand(products, &w),
-        operand(products, &dy),
-    );
-    let mut y_ref = vec![0.0; n * g.output.len()];
-    let mut y_fast = vec![f32::NAN; n * g.output.len()];
-    reference::conv_forward(g, n, &x_op, &w_op, &b, &mut y_ref);
-    fast::conv::forward(g, n, &x, &w, &b, &mut y_fast, products);
-    assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
+fn check_conv_against(
+    name: &str,
+    g: &ConvGeometry,
+    n: usize,
+    case: &ConvCase,
+    expected: &ConvResults,
+    products: Products,
+) {
+    let ConvCase {
+        x,
+        w,
+        b,
+        dy,
+        dw0,
+        db0,
+    } = case;
+    let mut y = vec![f32::NAN; n * g.output.len()];
+    fast::conv::forward(g, n, x, w, b, &mut y, products);
+    assert_close(&format!("{name} forward"), &y, &expected.y, TOL);
 
-    // Gradients start non-zero to check that they accumulate.
-    let dw0 = random(&mut rng, g.weight_len(), 1.0);
-    let db0 = random(&mut rng, g.output.channels, 1.0);
-    let (mut dw_ref, mut db_ref, mut dx_ref) =
-        (dw0.clone(), db0.clone(), vec![0.0; n * g.input.len()]);
-    let (mut dw_fast, mut db_fast, mut dx_fast) =
-        (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
-    reference::conv_backward(
-        g,
-        n,
-        &x_op,
-        &w_op,
-        &dy_op,
-        &mut dw_ref,
-        &mut db_ref,
-        Some(&mut dx_ref),
-    );
-    // The bias gradient from the unrounded output gradient.
-    let mut db_ref = db0.clone();
-    let mut unused = dw0.clone();
-    reference::conv_backward(g, n, &x, &w, &dy, &mut unused, &mut db_ref, None);
-    fast::conv::backward(
-        g,
-        n,
-        &x,
-        &w,
-        &dy,
-        &mut dw_fast,
-        &mut db_fast,
-        Some(&mut dx_fast),
-        products,
-    );
-    assert_close(&format!("{name} dw"), &dw_fast, &dw_ref, TOL);
-    assert_close(&format!("{name} db"), &db_fast, &db_ref, TOL);
-    assert_close(&format!("{name} dx"), &dx_fast, &dx_ref, TOL);
+    let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
+    fast::conv::backward(g, n, x, w, dy, &mut dw, &mut db, Some(&mut dx), products);
+    assert_close(&format!("{name} dw"), &dw, &expected.dw, TOL);
+    assert_close(&format!("{name} db"), &db, &expected.db, TOL);
+    assert_close(&format!("{name} dx"), &dx, &expected.dx, TOL);
 
     // Without an input gradient the parameter gradients are the same.
-    let (mut dw_none, mut db_none) = (dw0, db0);
-    fast::conv::backward(
-        g,
-        n,
-        &x,
-        &w,
-        &dy,
-        &mut dw_none,
-        &mut db_none,
-        None,
-        products,
+    let (mut dw_none, mut db_none) = (dw0.clone(), db0.clone());
+    fast::conv::backward(g, n, x, w, dy, &mut dw_none, &mut db_none, None, products);
+    assert_close(
+        &format!("{name} dw without dx"),
+        &dw_none,
+        &expected.dw,
+        TOL,
     );
-    assert_close(&format!("{name} dw without dx"), &dw_none, &dw_ref, TOL);
 }
 
 #[test]

@@ -10,8 +10,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::gemm::{Layout, Products, matmul};
+use super::gemm::{Layout, Precision, Products, matmul};
 use super::scratch::with_scratch;
+use super::winograd;
 use crate::layers::ConvGeometry;
 
 /// The output columns `ox` whose tap `kx` lands inside the input row (not in padding).
@@ -214,6 +215,9 @@ pub fn forward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
+    if uses_winograd(g, n, products) {
+        return winograd::forward(g, n, x, w, b, y);
+    }
     if n >= threads {
         // Runs of images side by side, but never so long that a thread is left idle.
         let per_product = images_per_product(g).min(n / threads).max(1);
@@ -399,6 +403,15 @@ fn backward_images(
     }
 }
 
+/// Whether the Winograd path computes this convolution (and its input gradient):
+/// 3x3 stride-1 padding-1 kernels in f32, with at least one image per thread (it
+/// shares images among threads; a single image keeps the row-split path).
+fn uses_winograd(g: &ConvGeometry, n: usize, products: Products) -> bool {
+    winograd::applies(g)
+        && products.precision == Precision::F32
+        && n >= rayon::current_num_threads()
+}
+
 /// Products shorter than this many columns waste the GEMM kernel's set-up.
 const MIN_PRODUCT_COLUMNS: usize = 512;
 
@@ -424,6 +437,15 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
+    let dx = match dx {
+        Some(dx) if uses_winograd(g, n, products) => {
+            // Parameter gradients by im2col products, the input gradient by Winograd.
+            backward(g, n, x, w, dy, dw, db, None, products);
+            winograd::backward_data(g, n, w, dy, &mut dx[..n * il]);
+            return;
+        }
+        other => other,
+    };
     let threads = rayon::current_num_threads();
     if threads.min(n) <= 1 {
         let dx = dx.map(|dx| &mut dx[..n * il]);

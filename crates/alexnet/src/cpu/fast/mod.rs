@@ -11,3 +11,4 @@ pub mod lrn;
 pub mod pool;
 pub mod scratch;
 pub mod simd;
+pub mod winograd;
