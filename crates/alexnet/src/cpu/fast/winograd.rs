@@ -76,8 +76,9 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; XI] {
 }
 
 /// `V = B^T d B` for one 4x4 input block `d`, with
-/// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
-#[inline(always)]
+/// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`: the
+/// readable form of what `input_tiles` computes for whole rows of blocks at once.
+#[cfg(test)]
 fn transform_input(d: &[f32; XI]) -> [f32; XI] {
     let mut t = [0.0f32; XI];
     for c in 0..4 {
@@ -155,9 +156,11 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                 let count = x.len() / il;
                 let width = count * per_image;
                 let (ci, cog_all) = (g.input.channels, co);
-                with_scratch(XI * (ci + cog_all) * width, |scratch| {
-                    let (v, m) = scratch.split_at_mut(XI * ci * width);
-                    input_tiles(&g.input, x, v, width);
+                let pad_len = padded_len(&g.input);
+                with_scratch(XI * (ci + cog_all) * width + pad_len, |scratch| {
+                    let (v, rest) = scratch.split_at_mut(XI * ci * width);
+                    let (m, pad) = rest.split_at_mut(XI * cog_all * width);
+                    input_tiles(&g.input, x, v, width, pad);
                     for group in 0..g.groups {
                         for xi in 0..XI {
                             matmul(
@@ -181,33 +184,72 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
     }
 }
 
+/// Scratch values `input_tiles` needs for a plane of this shape.
+fn padded_len(shape: &Shape) -> usize {
+    let (ty, tx) = tiles(shape);
+    // The padded plane, then four rows of column sums.
+    (2 * ty + 2) * (2 * tx + 2) + 4 * (2 * tx + 2)
+}
+
 /// Transforms every 4x4 input block (2 apart, starting one row and column
-/// before the plane: the padding) of `count` images into `v[xi][channel][tile]`,
-/// tiles of image `i` at columns `i * tiles..`, `width` columns in all.
-fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize) {
+/// before the plane: the padding) of the images in `x` into
+/// `v[xi][channel][tile]`, tiles of image `i` at columns `i * tiles..`, `width`
+/// columns in all. `pad` is scratch of `padded_len(shape)` values.
+///
+/// Each plane is first copied into a zero-bordered one, so that no block needs a
+/// bounds check; then, per row of blocks, `B^T d` runs along whole rows (every
+/// block of the row at once) and `(.) B` per block, writing each `xi`'s values
+/// for consecutive blocks next to each other.
+fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize, pad: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
     let (ty, tx) = tiles(shape);
+    let pw = 2 * tx + 2;
+    let (padded, sums) = pad.split_at_mut((2 * ty + 2) * pw);
+    let (t0, rest) = sums.split_at_mut(pw);
+    let (t1, rest) = rest.split_at_mut(pw);
+    let (t2, t3) = rest.split_at_mut(pw);
+    let t3 = &mut t3[..pw];
+    padded.fill(0.0);
     let count = x.len() / (shape.channels * plane);
     for i in 0..count {
         for c in 0..shape.channels {
             let src = &x[(i * shape.channels + c) * plane..][..plane];
+            for (r, row) in src.chunks_exact(wd).enumerate() {
+                padded[(r + 1) * pw + 1..][..wd].copy_from_slice(row);
+            }
             for by in 0..ty {
-                for bx in 0..tx {
-                    let mut d = [0.0f32; XI];
-                    for r in 0..4 {
-                        let Some(row) = (by * OUT + r).checked_sub(1).filter(|&r| r < h) else {
-                            continue;
-                        };
-                        for s in 0..4 {
-                            if let Some(col) = (bx * OUT + s).checked_sub(1).filter(|&s| s < wd) {
-                                d[r * 4 + s] = src[row * wd + col];
-                            }
-                        }
+                let rows = &padded[2 * by * pw..][..4 * pw];
+                let (d0, d1, d2, d3) = (
+                    &rows[..pw],
+                    &rows[pw..2 * pw],
+                    &rows[2 * pw..3 * pw],
+                    &rows[3 * pw..],
+                );
+                for j in 0..pw {
+                    t0[j] = d0[j] - d2[j];
+                    t1[j] = d1[j] + d2[j];
+                    t2[j] = d2[j] - d1[j];
+                    t3[j] = d1[j] - d3[j];
+                }
+                let first = i * ty * tx + by * tx;
+                for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
+                    let at = |xi: usize| (xi * shape.channels + c) * width + first;
+                    let v0 = &mut v[at(r * 4)..][..tx];
+                    for bx in 0..tx {
+                        v0[bx] = t[2 * bx] - t[2 * bx + 2];
                     }
-                    let tile = i * ty * tx + by * tx + bx;
-                    for (xi, value) in transform_input(&d).into_iter().enumerate() {
-                        v[(xi * shape.channels + c) * width + tile] = value;
+                    let v1 = &mut v[at(r * 4 + 1)..][..tx];
+                    for bx in 0..tx {
+                        v1[bx] = t[2 * bx + 1] + t[2 * bx + 2];
+                    }
+                    let v2 = &mut v[at(r * 4 + 2)..][..tx];
+                    for bx in 0..tx {
+                        v2[bx] = t[2 * bx + 2] - t[2 * bx + 1];
+                    }
+                    let v3 = &mut v[at(r * 4 + 3)..][..tx];
+                    for bx in 0..tx {
+                        v3[bx] = t[2 * bx + 1] - t[2 * bx + 3];
                     }
                 }
             }
@@ -216,7 +258,8 @@ fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize) {
 }
 
 /// Transforms the products back into 2x2 output blocks, adds the bias, and writes
-/// the blocks' parts inside the plane into `y` (`count` images).
+/// the blocks' parts inside the plane into `y` (`count` images). Per row of
+/// blocks, the 16 rows of products are read along consecutive blocks.
 fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: usize) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
@@ -226,20 +269,21 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
         for o in 0..shape.channels {
             let dst = &mut y[(i * shape.channels + o) * plane..][..plane];
             for by in 0..ty {
+                let first = i * ty * tx + by * tx;
+                let row = |xi: usize| &m[(xi * shape.channels + o) * width + first..][..tx];
+                let rows: [&[f32]; XI] = std::array::from_fn(row);
                 for bx in 0..tx {
-                    let tile = i * ty * tx + by * tx + bx;
-                    let block: [f32; XI] =
-                        std::array::from_fn(|xi| m[(xi * shape.channels + o) * width + tile]);
+                    let block: [f32; XI] = std::array::from_fn(|xi| rows[xi][bx]);
                     let out = transform_output(&block);
                     for r in 0..OUT {
-                        let row = by * OUT + r;
-                        if row >= h {
+                        let y_row = by * OUT + r;
+                        if y_row >= h {
                             continue;
                         }
                         for s in 0..OUT {
                             let col = bx * OUT + s;
                             if col < wd {
-                                dst[row * wd + col] = out[r * OUT + s] + bias[o];
+                                dst[y_row * wd + col] = out[r * OUT + s] + bias[o];
                             }
                         }
                     }
@@ -301,6 +345,49 @@ mod tests {
                     }
                 }
                 assert!((y[r * 2 + s] - direct).abs() < 1e-5, "{r},{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn input_tiles_transform_every_padded_block() {
+        // Two images of three 5x7 channels: odd sides leave the last blocks half outside.
+        let shape = Shape::new(3, 5, 7);
+        let (ty, tx) = tiles(&shape);
+        let x: Vec<f32> = (0..2 * shape.len())
+            .map(|i| (i as f32 * 0.13).sin())
+            .collect();
+        let width = 2 * ty * tx;
+        let mut v = vec![f32::NAN; XI * shape.channels * width];
+        let mut pad = vec![f32::NAN; padded_len(&shape)];
+        input_tiles(&shape, &x, &mut v, width, &mut pad);
+        let plane = shape.height * shape.width;
+        for i in 0..2 {
+            for c in 0..shape.channels {
+                for by in 0..ty {
+                    for bx in 0..tx {
+                        let d: [f32; XI] = std::array::from_fn(|k| {
+                            let (r, s) =
+                                ((by * 2 + k / 4) as isize - 1, (bx * 2 + k % 4) as isize - 1);
+                            let inside = (0..shape.height as isize).contains(&r)
+                                && (0..shape.width as isize).contains(&s);
+                            if inside {
+                                x[(i * 3 + c) * plane + r as usize * shape.width + s as usize]
+                            } else {
+                                0.0
+                            }
+                        });
+                        let expected = transform_input(&d);
+                        let tile = i * ty * tx + by * tx + bx;
+                        for xi in 0..XI {
+                            let got = v[(xi * shape.channels + c) * width + tile];
+                            assert!(
+                                (got - expected[xi]).abs() < 1e-6,
+                                "image {i} channel {c} block {by},{bx} xi {xi}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
