@@ -54,6 +54,9 @@ fn im2col_rows(
     let in_plane = g.input.height * g.input.width;
     let ci = g.in_per_group();
     let width = rows.len() * ow;
+    if s > 1 && s * phase_len(g) <= MAX_PHASES {
+        return im2col_rows_strided(g, image, group, rows, col, row_stride);
+    }
     for c in 0..ci {
         let plane = &image[(group * ci + c) * in_plane..][..in_plane];
         for ky in 0..k {
@@ -82,6 +85,68 @@ fn im2col_rows(
             }
         }
     }
+}
+
+/// Values of one phase of a padded input row (see `im2col_rows_strided`).
+fn phase_len(g: &ConvGeometry) -> usize {
+    g.output.width + (g.kernel - 1) / g.stride + 1
+}
+
+/// Phases of one row kept on the stack: enough for conv1 of the paper (4 x 59).
+const MAX_PHASES: usize = 1024;
+
+/// `im2col_rows` for strides above 1 (conv1 of the paper: 11x11, stride 4).
+///
+/// Output column `ox` of tap `kx` reads the padded input row at `ox * s + kx`.
+/// Splitting the padded row into its `s` phases (`phase_q[j] = row[j * s + q]`)
+/// turns that strided gather into a contiguous copy:
+/// `phase_{kx mod s}[ox + kx div s]`, one split per input row and tap row,
+/// reused by all `k` taps of the row.
+fn im2col_rows_strided(
+    g: &ConvGeometry,
+    image: &[f32],
+    group: usize,
+    rows: Range<usize>,
+    col: &mut [f32],
+    row_stride: usize,
+) {
+    let (k, s, ow, iw) = (g.kernel, g.stride, g.output.width, g.input.width);
+    let in_plane = g.input.height * iw;
+    let ci = g.in_per_group();
+    let width = rows.len() * ow;
+    let plen = phase_len(g);
+    let mut phases = [0.0f32; MAX_PHASES];
+    for c in 0..ci {
+        let plane = &image[(group * ci + c) * in_plane..][..in_plane];
+        for ky in 0..k {
+            for (r, oy) in rows.clone().enumerate() {
+                let tap_rows = |kx: usize| ((c * k + ky) * k + kx) * row_stride + r * ow;
+                let Some(iy) = input_row(g, oy, ky) else {
+                    for kx in 0..k {
+                        col[tap_rows(kx)..][..ow].fill(0.0);
+                    }
+                    continue;
+                };
+                let src = &plane[iy * iw..][..iw];
+                for q in 0..s {
+                    let phase = &mut phases[q * plen..][..plen];
+                    for (j, value) in phase.iter_mut().enumerate() {
+                        // Padded position j * s + q is input column j * s + q - pad.
+                        *value = (j * s + q)
+                            .checked_sub(g.pad)
+                            .and_then(|x| src.get(x))
+                            .copied()
+                            .unwrap_or(0.0);
+                    }
+                }
+                for kx in 0..k {
+                    let phase = &phases[(kx % s) * plen..][..plen];
+                    col[tap_rows(kx)..][..ow].copy_from_slice(&phase[kx / s..][..ow]);
+                }
+            }
+        }
+    }
+    debug_assert!(width <= row_stride);
 }
 
 /// Adds the columns of `col` (rows `row_stride` apart) back into the input-gradient

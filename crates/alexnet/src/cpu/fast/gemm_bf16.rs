@@ -460,33 +460,76 @@ mod avx512 {
             }
         } else {
             debug_assert_eq!(src.col_stride, 1, "one stride of a packed operand is 1");
-            // Pairs contiguous along each line: convert a line 32 values at a time
-            // (pairs in order), then scatter its pairs into the panel's groups.
-            let mut converted = [0u32; 16];
-            dst[..kc * W].fill(0);
-            for line in 0..lines {
-                let line_start = (line0 + line) * src.row_stride + k0;
+            // Pairs contiguous along each line: convert 16 lines 32 values at a
+            // time (each a row of 16 pairs in order), transpose the 16x16 block of
+            // pairs, and store its rows: one group of 16 lines' pairs for each `p`.
+            for first_line in (0..W).step_by(16) {
+                let store_lanes = lanes(W - first_line);
                 for p16 in (0..kc).step_by(16) {
-                    let k_first = 2 * p16;
-                    let left = k_count.saturating_sub(k_first);
-                    if left == 0 {
-                        break;
-                    }
-                    // SAFETY: masked lanes stay within the line's `k_count` values.
-                    unsafe {
-                        let at = base.wrapping_add(line_start + k_first);
-                        let lo = _mm512_maskz_loadu_ps(lanes(left), at);
-                        let hi_lanes = lanes(left.saturating_sub(16));
-                        let hi = _mm512_maskz_loadu_ps(hi_lanes, at.wrapping_add(16));
-                        let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                        _mm512_storeu_si512(converted.as_mut_ptr().cast(), pairs);
-                    }
-                    for (t, &value) in converted.iter().enumerate().take(kc - p16) {
-                        dst[(p16 + t) * W + line] = value;
+                    let left = k_count.saturating_sub(2 * p16);
+                    let rows: [__m512i; 16] = std::array::from_fn(|l| {
+                        let line = first_line + l;
+                        if line >= lines || left == 0 {
+                            return _mm512_setzero_si512();
+                        }
+                        // SAFETY: masked lanes stay within the line's `k_count` values,
+                        // the last of which was checked against the operand's length.
+                        unsafe {
+                            let at =
+                                base.wrapping_add((line0 + line) * src.row_stride + k0 + 2 * p16);
+                            let lo = _mm512_maskz_loadu_ps(lanes(left), at);
+                            let hi_lanes = lanes(left.saturating_sub(16));
+                            let hi = _mm512_maskz_loadu_ps(hi_lanes, at.wrapping_add(16));
+                            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+                        }
+                    });
+                    let columns = transpose16(rows);
+                    for (t, column) in columns.iter().enumerate().take(kc - p16) {
+                        // SAFETY: `p16 + t < kc` and `first_line + 16` lanes are masked to `W`.
+                        unsafe {
+                            let out = dst.as_mut_ptr().add((p16 + t) * W + first_line);
+                            _mm512_mask_storeu_epi32(out.cast(), store_lanes, *column);
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// The transpose of a 16x16 block of 32-bit values held as 16 rows: in-lane
+    /// interleaves of 32- then 64-bit elements gather each column's values in
+    /// groups of four rows per 128-bit lane, and two rounds of lane shuffles put
+    /// the four groups of each column together.
+    #[target_feature(enable = "avx512f")]
+    pub fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (columns 4L, 4L+1 / 4L+2, 4L+3).
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + j]: lane L holds rows 4g..4g+3 of column 4L + j.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let b = 4 * g;
+            u[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            u[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            u[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            u[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            // Lanes 0, 2 (then 1, 3) of the groups of rows 0-3 and 4-7, and of 8-11 and 12-15.
+            let even_low = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let odd_low = _mm512_shuffle_i32x4::<0xdd>(u[j], u[4 + j]);
+            let even_high = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let odd_high = _mm512_shuffle_i32x4::<0xdd>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(even_low, even_high);
+            out[8 + j] = _mm512_shuffle_i32x4::<0xdd>(even_low, even_high);
+            out[4 + j] = _mm512_shuffle_i32x4::<0x88>(odd_low, odd_high);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(odd_low, odd_high);
+        }
+        out
     }
 
     /// Word indices that turn [16 even halves | 16 odd halves] into 16 (even, odd) pairs.
@@ -673,6 +716,34 @@ mod tests {
                 kernel,
             );
             assert_eq!(c[0], 4.0, "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn transpose16_transposes() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("NOT TESTED: transpose16 (this CPU lacks AVX-512)");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let values: [[u32; 16]; 16] =
+            std::array::from_fn(|r| std::array::from_fn(|c| (r * 16 + c) as u32));
+        // SAFETY: AVX-512F was detected; loads and stores touch the arrays' 64 bytes.
+        let transposed = unsafe {
+            let rows: [__m512i; 16] =
+                std::array::from_fn(|r| _mm512_loadu_si512(values[r].as_ptr().cast()));
+            let columns = avx512::transpose16(rows);
+            let mut out = [[0u32; 16]; 16];
+            for (row, column) in out.iter_mut().zip(columns) {
+                _mm512_storeu_si512(row.as_mut_ptr().cast(), column);
+            }
+            out
+        };
+        for r in 0..16 {
+            for c in 0..16 {
+                assert_eq!(transposed[c][r], values[r][c], "({r}, {c})");
+            }
         }
     }
 }
