@@ -3,21 +3,24 @@
 
 use rayon::prelude::*;
 
+use super::simd;
 use crate::layers::PoolGeometry;
 
 /// Offset within the input plane of the first largest value of a window.
-#[inline]
+///
+/// Written with selects rather than branches, since on real activations the
+/// comparisons are unpredictable.
+#[inline(always)]
 fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> usize {
     let origin = oy * g.stride * g.input.width + ox * g.stride;
     let mut best = origin;
     let mut best_value = plane[origin];
     for ky in 0..g.size {
         let row = origin + ky * g.input.width;
-        for pos in row..row + g.size {
-            if plane[pos] > best_value {
-                best = pos;
-                best_value = plane[pos];
-            }
+        for (pos, &value) in plane[row..row + g.size].iter().enumerate() {
+            let larger = value > best_value;
+            best = if larger { row + pos } else { best };
+            best_value = if larger { value } else { best_value };
         }
     }
     best
@@ -30,23 +33,68 @@ fn planes(g: &PoolGeometry) -> (usize, usize) {
     )
 }
 
+/// Output rows at most this wide take the row-at-a-time forward kernel.
+const MAX_ROW: usize = 512;
+
+/// One output row of max pooling with stride `S` known at compile time: the
+/// window positions are visited in the reference's row-major order, each for
+/// the whole row of windows at once (loads of stride `S` that the compiler
+/// vectorises), keeping the first largest value.
+#[inline(always)]
+fn max_row<const S: usize>(g: &PoolGeometry, plane: &[f32], oy: usize, best: &mut [f32]) {
+    let (iw, ow) = (g.input.width, best.len());
+    let top = oy * S * iw;
+    for ky in 0..g.size {
+        for kx in 0..g.size {
+            let start = top + ky * iw + kx;
+            let row = &plane[start..start + S * (ow - 1) + 1];
+            if ky == 0 && kx == 0 {
+                for ox in 0..ow {
+                    best[ox] = row[ox * S];
+                }
+            } else {
+                for ox in 0..ow {
+                    let value = row[ox * S];
+                    best[ox] = if value > best[ox] { value } else { best[ox] };
+                }
+            }
+        }
+    }
+}
+
+/// Whether the row-at-a-time kernel applies: strides 1 to 3 (compiled separately).
+fn rows_apply(g: &PoolGeometry) -> bool {
+    (1..=3).contains(&g.stride) && g.output.width <= MAX_ROW
+}
+
 pub fn max_forward(g: &PoolGeometry, n: usize, x: &[f32], y: &mut [f32]) {
     let (ip, op) = planes(g);
     let (il, ol) = (g.input.len(), g.output.len());
+    let ow = g.output.width;
     x[..n * il]
         .par_chunks_exact(il)
         .zip(y[..n * ol].par_chunks_exact_mut(ol))
         .for_each(|(x, y)| {
             for (xp, yp) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
                 for oy in 0..g.output.height {
-                    for ox in 0..g.output.width {
-                        yp[oy * g.output.width + ox] = xp[argmax(g, xp, oy, ox)];
-                    }
+                    let out = &mut yp[oy * ow..][..ow];
+                    simd::dispatch(|| match g.stride {
+                        1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
+                        2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
+                        3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
+                        _ => {
+                            for (ox, value) in out.iter_mut().enumerate() {
+                                *value = xp[argmax(g, xp, oy, ox)];
+                            }
+                        }
+                    });
                 }
             }
         });
 }
 
+/// Recomputes each window's first largest input (the reference's choice among
+/// ties) and adds the window's gradient there.
 pub fn max_backward(g: &PoolGeometry, n: usize, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (ip, op) = planes(g);
     let (il, ol) = (g.input.len(), g.output.len());
