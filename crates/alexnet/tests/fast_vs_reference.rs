@@ -406,6 +406,8 @@ fn pooling_small_and_paper_sizes() {
         pool(Shape::new(2, 7, 7), 3, 2),
         pool(Shape::new(3, 8, 6), 2, 2),
         pool(Shape::new(1, 5, 9), 3, 1),
+        pool(Shape::new(2, 10, 11), 3, 3),
+        pool(Shape::new(2, 9, 9), 2, 4),
         pool(Shape::new(96, 55, 55), 3, 2),
         pool(Shape::new(256, 27, 27), 3, 2),
         pool(Shape::new(256, 13, 13), 3, 2),
