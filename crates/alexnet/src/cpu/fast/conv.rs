@@ -461,7 +461,13 @@ fn backward_images(
             }
         }
     });
-    for dy in dy.chunks_exact(ol) {
+    add_bias_gradient(g, dy, db);
+}
+
+/// `db += ` the sum of each output channel's gradient over the images of `dy`.
+fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
+    let plane = g.out_plane();
+    for dy in dy.chunks_exact(g.output.len()) {
         for (channel, bias_grad) in dy.chunks_exact(plane).zip(db.iter_mut()) {
             *bias_grad += channel.iter().sum::<f32>();
         }
@@ -502,15 +508,14 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
-    let dx = match dx {
-        Some(dx) if uses_winograd(g, n, products) => {
-            // Parameter gradients by im2col products, the input gradient by Winograd.
-            backward(g, n, x, w, dy, dw, db, None, products);
+    if uses_winograd(g, n, products) {
+        winograd::backward_weights(g, n, x, dy, dw);
+        add_bias_gradient(g, dy, db);
+        if let Some(dx) = dx {
             winograd::backward_data(g, n, w, dy, &mut dx[..n * il]);
-            return;
         }
-        other => other,
-    };
+        return;
+    }
     let threads = rayon::current_num_threads();
     if threads.min(n) <= 1 {
         let dx = dx.map(|dx| &mut dx[..n * il]);

@@ -13,7 +13,10 @@
 //!
 //! The input gradient of such a convolution is itself one (on the output
 //! gradient, with the kernels rotated by 180 degrees and the channel roles
-//! swapped), so it goes through the same code. Used for f32 products only: bf16
+//! swapped), so it goes through the same code. The weight gradient follows from
+//! `y = A^T (U . V) A` being linear in `U`: `dU = sum over tiles of (A dY A^T) . V`
+//! (16 products `dU[xi] (out x in) = dM[xi] (out x tiles) * V[xi]^T`), then
+//! `dW = G^T dU G`. Used for f32 products only: bf16
 //! operands after a transform would lose more than bf16 arithmetic gains.
 
 use std::sync::Mutex;
@@ -37,6 +40,7 @@ const TARGET_TILES: usize = 384;
 /// which the tiles of each thread use inside.)
 static TRANSFORMED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 static ROTATED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+static WEIGHT_PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// `buffer` grown to at least `len` values, the first `len` returned.
 fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -293,6 +297,152 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
     }
 }
 
+/// `dM = A dY A^T` for every 2x2 block of output gradients (zero outside the
+/// plane) of the images in `dy`, into `dm[xi][channel][tile]` as `input_tiles`
+/// lays out its blocks; `rows` is scratch of `4 * (2 * tx)` values. With
+/// `A = [[1, 0], [1, 1], [1, -1], [0, -1]]`.
+fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, rows: &mut [f32]) {
+    let (h, wd) = (shape.height, shape.width);
+    let plane = h * wd;
+    let (ty, tx) = tiles(shape);
+    let pw = 2 * tx;
+    let (t0, rest) = rows.split_at_mut(pw);
+    let (t1, rest) = rest.split_at_mut(pw);
+    let (t2, t3) = rest.split_at_mut(pw);
+    let t3 = &mut t3[..pw];
+    let count = dy.len() / (shape.channels * plane);
+    for i in 0..count {
+        for o in 0..shape.channels {
+            let src = &dy[(i * shape.channels + o) * plane..][..plane];
+            for by in 0..ty {
+                // The block row's two gradient rows, zero past the plane's edges.
+                let row = |r: usize, j: usize| {
+                    let (y, x) = (2 * by + r, j);
+                    if y < h && x < wd {
+                        src[y * wd + x]
+                    } else {
+                        0.0
+                    }
+                };
+                for j in 0..pw {
+                    let (g0, g1) = (row(0, j), row(1, j));
+                    t0[j] = g0;
+                    t1[j] = g0 + g1;
+                    t2[j] = g0 - g1;
+                    t3[j] = -g1;
+                }
+                let first = i * ty * tx + by * tx;
+                for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
+                    let at = |xi: usize| (xi * shape.channels + o) * width + first;
+                    let m0 = &mut dm[at(r * 4)..][..tx];
+                    for bx in 0..tx {
+                        m0[bx] = t[2 * bx];
+                    }
+                    let m1 = &mut dm[at(r * 4 + 1)..][..tx];
+                    for bx in 0..tx {
+                        m1[bx] = t[2 * bx] + t[2 * bx + 1];
+                    }
+                    let m2 = &mut dm[at(r * 4 + 2)..][..tx];
+                    for bx in 0..tx {
+                        m2[bx] = t[2 * bx] - t[2 * bx + 1];
+                    }
+                    let m3 = &mut dm[at(r * 4 + 3)..][..tx];
+                    for bx in 0..tx {
+                        m3[bx] = -t[2 * bx + 1];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dW += G^T dU G` for one 4x4 Winograd-domain gradient `du`: the adjoint of
+/// `transform_kernel`.
+fn add_kernel_gradient(du: &[f32; XI], dw: &mut [f32]) {
+    // s = G^T dU (3x4), column by column.
+    let mut s = [[0.0f32; 4]; 3];
+    for c in 0..4 {
+        let (u0, u1, u2, u3) = (du[c], du[4 + c], du[8 + c], du[12 + c]);
+        s[0][c] = u0 + 0.5 * (u1 + u2);
+        s[1][c] = 0.5 * (u1 - u2);
+        s[2][c] = 0.5 * (u1 + u2) + u3;
+    }
+    // dW = s G (3x3).
+    for r in 0..3 {
+        let [s0, s1, s2, s3] = s[r];
+        dw[r * 3] += s0 + 0.5 * (s1 + s2);
+        dw[r * 3 + 1] += 0.5 * (s1 - s2);
+        dw[r * 3 + 2] += 0.5 * (s1 + s2) + s3;
+    }
+}
+
+/// Adds the weight gradient of the first `n` images into `dw` (not the bias's).
+/// The batch is split into one contiguous part per thread, each summing its
+/// Winograd-domain gradients into its own partial; the partials are added in a
+/// fixed order, so results do not depend on scheduling.
+pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    let (il, ol) = (g.input.len(), g.output.len());
+    let (ty, tx) = tiles(&g.input);
+    let per_image = ty * tx;
+    let parts = rayon::current_num_threads().min(n).max(1);
+    let per_part = n.div_ceil(parts);
+    let parts = n.div_ceil(per_part);
+    let du_len = XI * co * cig;
+    let mut buffer = WEIGHT_PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
+    let partials = sized(&mut buffer, parts * du_len);
+    partials
+        .par_chunks_exact_mut(du_len)
+        .zip(x[..n * il].par_chunks(per_part * il))
+        .zip(dy[..n * ol].par_chunks(per_part * ol))
+        .for_each(|((du, x), dy)| {
+            du.fill(0.0);
+            let images = x.len() / il;
+            let per_chunk = TARGET_TILES.div_ceil(per_image).min(images).max(1);
+            for first in (0..images).step_by(per_chunk) {
+                let count = per_chunk.min(images - first);
+                let width = count * per_image;
+                let extra = padded_len(&g.input).max(4 * 2 * tx);
+                with_scratch(XI * (ci + co) * width + extra, |scratch| {
+                    let (v, rest) = scratch.split_at_mut(XI * ci * width);
+                    let (dm, pad) = rest.split_at_mut(XI * co * width);
+                    input_tiles(&g.input, &x[first * il..][..count * il], v, width, pad);
+                    output_grad_tiles(&g.output, &dy[first * ol..][..count * ol], dm, width, pad);
+                    for group in 0..g.groups {
+                        for xi in 0..XI {
+                            // dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T.
+                            matmul(
+                                cog,
+                                cig,
+                                width,
+                                &dm[(xi * co + group * cog) * width..][..cog * width],
+                                Layout::Normal,
+                                &v[(xi * ci + group * cig) * width..][..cig * width],
+                                Layout::Transposed,
+                                &mut du[(xi * co + group * cog) * cig..][..cog * cig],
+                                true,
+                                1,
+                                Products::default(),
+                            );
+                        }
+                    }
+                });
+            }
+        });
+    let (total, rest) = partials.split_at_mut(du_len);
+    for partial in rest.chunks_exact(du_len) {
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+    }
+    for o in 0..co {
+        for c in 0..cig {
+            let block: [f32; XI] = std::array::from_fn(|xi| total[(xi * co + o) * cig + c]);
+            add_kernel_gradient(&block, &mut dw[(o * cig + c) * 9..][..9]);
+        }
+    }
+}
+
 /// Input gradient `dx` (overwritten) from the output gradient `dy`: the same
 /// convolution run backwards is a 3x3, stride-1, padding-1 convolution of `dy`
 /// with each kernel rotated by 180 degrees and the in/out channels swapped.
@@ -388,6 +538,37 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn one_tile_weight_gradient_equals_the_direct_sums() {
+        // Gradient of sum(dy . y) for one 4x4 block d: dW[a][b] = sum dy[r][s] d[r + a][s + b].
+        let d: [f32; XI] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
+        let dy = [0.3f32, -1.1, 0.7, 0.2];
+        let v = transform_input(&d);
+        // dM = A dy A^T, as output_grad_tiles computes it.
+        let shape = Shape::new(1, 2, 2);
+        let mut dm = vec![0.0f32; XI];
+        let mut rows = vec![0.0f32; 8];
+        output_grad_tiles(&shape, &dy, &mut dm, 1, &mut rows);
+        let du: [f32; XI] = std::array::from_fn(|i| dm[i] * v[i]);
+        let mut dw = [0.0f32; 9];
+        add_kernel_gradient(&du, &mut dw);
+        for a in 0..3 {
+            for b in 0..3 {
+                let mut direct = 0.0;
+                for r in 0..2 {
+                    for s in 0..2 {
+                        direct += dy[r * 2 + s] * d[(r + a) * 4 + s + b];
+                    }
+                }
+                assert!(
+                    (dw[a * 3 + b] - direct).abs() < 1e-5,
+                    "{a},{b}: {} vs {direct}",
+                    dw[a * 3 + b]
+                );
             }
         }
     }
