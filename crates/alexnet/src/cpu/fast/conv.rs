@@ -405,12 +405,15 @@ fn backward_images(
                 dx[first * il..(first + count) * il].fill(0.0);
             }
             for group in 0..g.groups {
-                // Output gradients of the run, side by side: [out_per_group x width].
+                // Output gradients of the run, side by side: [out_per_group x width]
+                // (one image's are already in that layout).
                 for i in 0..count {
-                    let dy_g = &dy[(first + i) * ol + group * co * plane..][..co * plane];
-                    for o in 0..co {
-                        dy_side_by_side[o * width + i * plane..][..plane]
-                            .copy_from_slice(&dy_g[o * plane..][..plane]);
+                    if count > 1 {
+                        let dy_g = &dy[(first + i) * ol + group * co * plane..][..co * plane];
+                        for o in 0..co {
+                            dy_side_by_side[o * width + i * plane..][..plane]
+                                .copy_from_slice(&dy_g[o * plane..][..plane]);
+                        }
                     }
                     im2col(
                         g,
@@ -420,7 +423,11 @@ fn backward_images(
                         width,
                     );
                 }
-                let dy_g = &dy_side_by_side[..co * width];
+                let dy_g = if count > 1 {
+                    &dy_side_by_side[..co * width]
+                } else {
+                    &dy[first * ol + group * co * plane..][..co * plane]
+                };
                 matmul(
                     co,
                     kl,
