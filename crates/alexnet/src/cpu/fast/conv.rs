@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::gemm::{Layout, Precision, Products, matmul};
+use super::gemm::{Layout, Products, matmul};
 use super::scratch::with_scratch;
 use super::winograd;
 use crate::layers::ConvGeometry;
@@ -280,8 +280,8 @@ pub fn forward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
-    if uses_winograd(g, n, products) {
-        return winograd::forward(g, n, x, w, b, y);
+    if uses_winograd(g, n) {
+        return winograd::forward(g, n, x, w, b, y, products);
     }
     if n >= threads {
         // Runs of images side by side, but never so long that a thread is left idle.
@@ -481,13 +481,12 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
     }
 }
 
-/// Whether the Winograd path computes this convolution (and its input gradient):
-/// 3x3 stride-1 padding-1 kernels in f32, with at least one image per thread (it
-/// shares images among threads; a single image keeps the row-split path).
-fn uses_winograd(g: &ConvGeometry, n: usize, products: Products) -> bool {
-    winograd::applies(g)
-        && products.precision == Precision::F32
-        && n >= rayon::current_num_threads()
+/// Whether the Winograd path computes this convolution and its gradients: 3x3
+/// stride-1 padding-1 kernels with at least one image per thread (it shares
+/// images among threads; a single image keeps the row-split path). In bf16 mode
+/// its products take the transformed blocks rounded to bf16.
+pub fn uses_winograd(g: &ConvGeometry, n: usize) -> bool {
+    winograd::applies(g) && n >= rayon::current_num_threads()
 }
 
 /// Products shorter than this many columns waste the GEMM kernel's set-up.
@@ -515,11 +514,11 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
-    if uses_winograd(g, n, products) {
-        winograd::backward_weights(g, n, x, dy, dw);
+    if uses_winograd(g, n) {
+        winograd::backward_weights(g, n, x, dy, dw, products);
         add_bias_gradient(g, dy, db);
         if let Some(dx) = dx {
-            winograd::backward_data(g, n, w, dy, &mut dx[..n * il]);
+            winograd::backward_data(g, n, w, dy, &mut dx[..n * il], products);
         }
         return;
     }

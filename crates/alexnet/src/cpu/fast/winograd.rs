@@ -16,8 +16,14 @@
 //! swapped), so it goes through the same code. The weight gradient follows from
 //! `y = A^T (U . V) A` being linear in `U`: `dU = sum over tiles of (A dY A^T) . V`
 //! (16 products `dU[xi] (out x in) = dM[xi] (out x tiles) * V[xi]^T`), then
-//! `dW = G^T dU G`. Used for f32 products only: bf16
-//! operands after a transform would lose more than bf16 arithmetic gains.
+//! `dW = G^T dU G`.
+//!
+//! In bf16 mode the 16 products take the *transformed* blocks rounded to bf16
+//! (the transforms themselves run in f32). Their entries are sums of up to
+//! 9 (kernels) or 16 (inputs) terms, so their rounding is relative to those
+//! sums: results differ from a direct bf16 convolution by a few bf16 roundings
+//! rather than one (checked against the reference in the layer tests, and by
+//! the `precision` experiment).
 
 use std::sync::Mutex;
 
@@ -128,7 +134,15 @@ fn tiles(shape: &Shape) -> (usize, usize) {
 
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images. `n` should be at
 /// least the thread count (the images are shared among threads).
-pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn forward(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    products: Products,
+) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let co = g.output.channels;
@@ -178,7 +192,7 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                                 &mut m[(xi * co + group * cog) * width..][..cog * width],
                                 false,
                                 1,
-                                Products::default(),
+                                products,
                             );
                         }
                     }
@@ -380,7 +394,14 @@ fn add_kernel_gradient(du: &[f32; XI], dw: &mut [f32]) {
 /// The batch is split into one contiguous part per thread, each summing its
 /// Winograd-domain gradients into its own partial; the partials are added in a
 /// fixed order, so results do not depend on scheduling.
-pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub fn backward_weights(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    products: Products,
+) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let (ci, co) = (g.input.channels, g.output.channels);
@@ -424,7 +445,7 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
                                 &mut du[(xi * co + group * cog) * cig..][..cog * cig],
                                 true,
                                 1,
-                                Products::default(),
+                                products,
                             );
                         }
                     }
@@ -446,7 +467,14 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
 /// Input gradient `dx` (overwritten) from the output gradient `dy`: the same
 /// convolution run backwards is a 3x3, stride-1, padding-1 convolution of `dy`
 /// with each kernel rotated by 180 degrees and the in/out channels swapped.
-pub fn backward_data(g: &ConvGeometry, n: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+pub fn backward_data(
+    g: &ConvGeometry,
+    n: usize,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    products: Products,
+) {
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let reversed = ConvGeometry {
         input: g.output,
@@ -470,7 +498,7 @@ pub fn backward_data(g: &ConvGeometry, n: usize, w: &[f32], dy: &[f32], dx: &mut
                 }
             }
         }
-        forward(&reversed, n, dy, rotated, zero_bias, dx);
+        forward(&reversed, n, dy, rotated, zero_bias, dx, products);
     }
 }
 
