@@ -61,6 +61,18 @@ pub fn configure(precision: PrecisionArg, kernel: KernelArg) -> Result<()> {
         precision,
         bf16_kernel,
     };
+    if precision == Precision::Bf16 && bf16_kernel == Bf16Kernel::Portable {
+        // Correct everywhere, but without the bf16 instructions it is several
+        // times slower than f32: say so rather than leave a user wondering.
+        eprintln!(
+            "note: bf16 products on the portable kernel ({}): results are bf16's, speed is several times below fp32's",
+            if Bf16Kernel::Avx512Bf16.is_available() {
+                "as asked"
+            } else {
+                "this CPU has no AVX512-BF16"
+            }
+        );
+    }
     set(products);
     Ok(())
 }

@@ -609,3 +609,44 @@ fn a_jpeg_encoded_dataset_serves_training_evaluation_and_similar_images() {
     assert!(grid.exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn bench_reports_the_precision_and_the_bf16_kernel_it_ran() {
+    let quick = [
+        "bench",
+        "--arch",
+        "cifar",
+        "--seconds",
+        "0.1",
+        "--train-batch",
+        "4",
+        "--infer-batch",
+        "4",
+        "--layer-steps",
+        "0",
+    ];
+    let fp32 = ok(&quick);
+    assert!(fp32.contains("fp32 products"), "{fp32}");
+    let portable: Vec<&str> = ["--precision", "bf16", "--bf16-kernel", "portable"]
+        .into_iter()
+        .chain(quick)
+        .collect();
+    let text = ok(&portable);
+    assert!(text.contains("bf16 products on portable"), "{text}");
+    assert!(
+        text.contains("note: bf16 products on the portable kernel"),
+        "{text}"
+    );
+    let fast: Vec<&str> = ["--precision", "bf16", "--bf16-kernel", "avx512-bf16"]
+        .into_iter()
+        .chain(quick)
+        .collect();
+    if alexnet::Bf16Kernel::Avx512Bf16.is_available() {
+        let text = ok(&fast);
+        assert!(text.contains("bf16 products on avx512-bf16"), "{text}");
+        assert!(!text.contains("note: bf16"), "{text}");
+    } else {
+        let text = fails(&fast);
+        assert!(text.contains("this CPU does not have it"), "{text}");
+    }
+}
