@@ -31,10 +31,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; the
-    /// GPU computes in fp32 whatever --precision says).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; its
+    /// products in fp32, tf32 or bf16 as --precision says).
+    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
+    pub device: crate::device::Device,
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux), if known.
@@ -86,19 +86,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
-    match crate::device::parse(&args.device)? {
-        crate::device::Device::Cpu => {
-            let net = Network::new(crate::engine::cpu(), &spec, max_batch, 1)?;
-            measure(args, spec, net)
-        }
-        #[cfg(feature = "cuda")]
-        crate::device::Device::Cuda(ordinal) => {
-            let net = Network::new(crate::device::cuda(ordinal)?, &spec, max_batch, 1)?;
-            measure(args, spec, net)
-        }
-        #[cfg(not(feature = "cuda"))]
-        crate::device::Device::Cuda(ordinal) => Err(crate::device::without_cuda(ordinal)),
-    }
+    crate::device::with_backend!(args.device, |backend| {
+        let net = Network::new(backend, &spec, max_batch, 1)?;
+        measure(args, spec, net)
+    })
 }
 
 /// Times `net` (built for the largest batch asked for) and prints the report.

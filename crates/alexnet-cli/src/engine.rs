@@ -1,5 +1,5 @@
 //! The compute engine every command uses, configured once from the global flags
-//! `--precision` and `--bf16-kernel`.
+//! `--precision` and `--bf16-kernel` and the command's `--device`.
 
 use std::sync::Mutex;
 
@@ -7,17 +7,21 @@ use alexnet::{Bf16Kernel, Cpu, Precision, Products};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
 
+use crate::device::Device;
+
 /// Arithmetic of the matrix products.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     /// f32 operands and sums.
     Fp32,
+    /// Operands rounded to TF32 on tensor cores, f32 sums (--device cuda:N only).
+    Tf32,
     /// Mixed precision: bf16 operands, f32 sums, f32 weights and everything else.
     Bf16,
 }
 
 /// Which bf16 kernel to run.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelArg {
     /// The fastest this CPU has.
     Auto,
@@ -39,8 +43,45 @@ fn set(products: Products) {
     *PRODUCTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(products);
 }
 
-/// Sets the product settings for this process; an error names a kernel this CPU lacks.
-pub fn configure(precision: PrecisionArg, kernel: KernelArg) -> Result<()> {
+/// The `--precision` of a CUDA device; `None` until configured (then fp32).
+#[cfg(feature = "cuda")]
+static CUDA_PRECISION: Mutex<Option<alexnet_cuda::Precision>> = Mutex::new(None);
+
+/// The rounding of the CUDA backend's products, from `--precision`.
+#[cfg(feature = "cuda")]
+pub fn cuda_precision() -> alexnet_cuda::Precision {
+    let settings = CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    settings.unwrap_or_default()
+}
+
+/// Sets the product settings for this process from the global flags and the
+/// command's device (commands without `--device` run on the CPU). An error names
+/// a precision the device does not offer or a bf16 kernel this CPU lacks.
+pub fn configure(precision: PrecisionArg, kernel: KernelArg, device: Device) -> Result<()> {
+    if let Device::Cuda(ordinal) = device {
+        if kernel != KernelArg::Auto {
+            eprintln!(
+                "note: --bf16-kernel chooses a CPU kernel; it does nothing on cuda:{ordinal}"
+            );
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let precision = match precision {
+                PrecisionArg::Fp32 => alexnet_cuda::Precision::F32,
+                PrecisionArg::Tf32 => alexnet_cuda::Precision::Tf32,
+                PrecisionArg::Bf16 => alexnet_cuda::Precision::Bf16,
+            };
+            *CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner()) = Some(precision);
+        }
+        // Without the feature the command itself refuses the device.
+        return Ok(());
+    }
+    if precision == PrecisionArg::Tf32 {
+        bail!(
+            "--precision tf32: TF32 is a tensor-core format of NVIDIA GPUs, accepted only with \
+             --device cuda:N; on the CPU --precision takes fp32 or bf16"
+        );
+    }
     let bf16_kernel = match kernel {
         KernelArg::Auto => Bf16Kernel::detect(),
         KernelArg::Avx512Bf16 => Bf16Kernel::Avx512Bf16,
@@ -56,6 +97,7 @@ pub fn configure(precision: PrecisionArg, kernel: KernelArg) -> Result<()> {
     let precision = match precision {
         PrecisionArg::Fp32 => Precision::F32,
         PrecisionArg::Bf16 => Precision::Bf16,
+        PrecisionArg::Tf32 => unreachable!("refused above on the CPU"),
     };
     let products = Products {
         precision,

@@ -35,8 +35,9 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Arithmetic of the convolutions' and fully connected layers' matrix products:
-    /// fp32, or bf16 operands with f32 sums (weights, gradients and all other layers
-    /// stay f32).
+    /// fp32; bf16 operands with f32 sums (weights, gradients and all other layers
+    /// stay f32; on a GPU, on its tensor cores); or tf32 (--device cuda:N only:
+    /// operands rounded to TF32 on tensor cores, f32 sums).
     #[arg(long, global = true, value_enum, default_value = "fp32")]
     precision: engine::PrecisionArg,
     /// The bf16 product kernel (default: the fastest this CPU has).
@@ -76,6 +77,20 @@ enum Command {
     Export(interop::ExportArgs),
 }
 
+impl Command {
+    /// The `--device` of a command that has one; the others run on the CPU.
+    fn device(&self) -> device::Device {
+        match self {
+            Command::Train(args) => args.device,
+            Command::Eval(args) => args.device,
+            Command::Classify(args) => args.device,
+            Command::Features(args) => args.device,
+            Command::Bench(args) => args.device,
+            _ => device::Device::Cpu,
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads {
@@ -83,7 +98,7 @@ fn main() -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
-    engine::configure(cli.precision, cli.bf16_kernel)?;
+    engine::configure(cli.precision, cli.bf16_kernel, cli.command.device())?;
     let threads = rayon::current_num_threads();
     match cli.command {
         Command::Prepare(args) => prepare::run(args),

@@ -21,7 +21,7 @@ use std::time::Instant;
 use alexnet::checkpoint::{self, SaveOptions};
 use alexnet::rng::Rng;
 use alexnet::spec::{LayerSpec, PixelScale, Schedule};
-use alexnet::{Cpu, Mode, NetSpec, Network, Sgd};
+use alexnet::{Backend, Mode, NetSpec, Network, Sgd};
 use alexnet_data::{Dataset, Loader, LoaderConfig, View, holdout};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -118,6 +118,11 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature). A run
+    /// may be resumed on another device (checkpoints hold f32 tensors); only the
+    /// same device continues it bit for bit.
+    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
+    pub device: crate::device::Device,
 }
 
 /// Everything besides tensors that a resumed run needs; stored in checkpoints.
@@ -223,16 +228,16 @@ fn fit_spec(mut spec: NetSpec, dataset: &Dataset, dropout: Option<f32>) -> NetSp
     spec
 }
 
-struct Run {
+struct Run<B: Backend> {
     out: PathBuf,
-    net: Network<Cpu>,
+    net: Network<B>,
     state: TrainState,
     preprocess: Preprocess,
     metrics: std::fs::File,
     started: Instant,
 }
 
-impl Run {
+impl<B: Backend> Run<B> {
     /// Writes a checkpoint; velocities only where training may resume from it.
     fn save(&self, path: &Path, with_velocity: bool) -> Result<()> {
         let mut metadata = BTreeMap::new();
@@ -257,6 +262,14 @@ impl Run {
 }
 
 pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
+    crate::device::with_backend!(args.device, |backend| train_on(
+        backend,
+        &args,
+        &interrupted
+    ))
+}
+
+fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) -> Result<()> {
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let train_split = dataset.split("train")?;
@@ -335,7 +348,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             );
         }
         check_compatible(&dataset, &ckpt.spec)?;
-        let mut net = Network::new_zeroed(crate::engine::cpu(), &ckpt.spec, settings.batch)?;
+        let mut net = Network::new_zeroed(backend, &ckpt.spec, settings.batch)?;
         ckpt.apply(&mut net, &last_path, true)?;
         net.set_rng(Rng::from_state(state.rng));
         inherited = Preprocess::from_checkpoint(&ckpt).ok();
@@ -349,7 +362,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         }
         let spec = wanted_spec;
         check_compatible(&dataset, &spec)?;
-        let mut net = Network::new(crate::engine::cpu(), &spec, settings.batch, settings.seed)?;
+        let mut net = Network::new(backend, &spec, settings.batch, settings.seed)?;
         if let Some(init) = &args.init_from {
             inherited = load_initial_weights(&mut net, init)?;
         }
@@ -651,7 +664,10 @@ fn run_preprocess(
 
 /// Copies the parameters `path` has in the net's shapes into `net` and returns
 /// the preprocessing the checkpoint carries, if any.
-fn load_initial_weights(net: &mut Network<Cpu>, path: &Path) -> Result<Option<Preprocess>> {
+fn load_initial_weights<B: Backend>(
+    net: &mut Network<B>,
+    path: &Path,
+) -> Result<Option<Preprocess>> {
     let ckpt = checkpoint::load_weights(path)?;
     let mut kept_fresh = Vec::new();
     for index in 0..net.params().len() {

@@ -261,12 +261,12 @@ fn trained_checkpoints_serve_every_command() {
     let root = temp_dir("commands");
     let data = dataset(&root);
     let run = root.join("run");
-    train(&data, &run, &["--lr", "0.002"]);
+    train(&data, &run, &["--lr", "0.002", "--device", "cpu"]);
     let best = run.join("best.safetensors");
     let best = best.to_str().unwrap();
     let d = data.to_str().unwrap();
 
-    let text = ok(&["eval", "--checkpoint", best, "--data", d]);
+    let text = ok(&["eval", "--checkpoint", best, "--data", d, "--device", "cpu"]);
     assert!(
         text.contains("60 images of 'test'") && text.contains("top-1 error"),
         "{text}"
@@ -295,6 +295,8 @@ fn trained_checkpoints_serve_every_command() {
     std::fs::write(&broken, b"not a picture").unwrap();
     let text = fails(&[
         "classify",
+        "--device",
+        "cpu",
         "--checkpoint",
         best,
         good.to_str().unwrap(),
@@ -309,6 +311,8 @@ fn trained_checkpoints_serve_every_command() {
     let features = root.join("features.safetensors");
     let text = ok(&[
         "features",
+        "--device",
+        "cpu",
         "--checkpoint",
         best,
         "--data",

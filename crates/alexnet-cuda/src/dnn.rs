@@ -4,6 +4,12 @@
 //! The engine's layout is cuDNN's: NCHW activations, `[out, in / groups, k, k]`
 //! weights, and cuDNN's group count is exactly the engine's `groups` (the paper's
 //! towers), so no layout conversion happens anywhere.
+//!
+//! The element type is f32, or [`Bf16`] in bf16 mode. cuDNN's legacy API runs a
+//! bf16 convolution only as `PSEUDO_BFLOAT16_CONFIG`: input, filter and output
+//! all bf16, computed in f32 (the convolution descriptor's type). The backend
+//! therefore hands it bf16 copies of its f32 operands and turns the bf16 result
+//! back into f32.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +20,28 @@ use cudarc::cudnn::sys::{
     cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t,
 };
 use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
-    FilterDescriptor, TensorDescriptor,
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
+    CudnnError, FilterDescriptor, TensorDescriptor,
 };
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+
+use crate::bf16::Bf16;
+
+/// What a convolution's tensors may hold: f32, or bf16 (computed in f32).
+pub(crate) trait Element: CudnnDataType + DeviceRepr + Copy {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+}
+
+impl Element for Bf16 {
+    const ZERO: Bf16 = Bf16::ZERO;
+    const ONE: Bf16 = Bf16::ONE;
+}
 
 /// Everything that fixes a convolution's descriptors: the geometry and the batch.
 type ConvKey = [usize; 11];
@@ -39,10 +63,11 @@ fn key(g: &ConvGeometry, n: usize) -> ConvKey {
 }
 
 /// The descriptors of one convolution shape and the algorithm chosen for each pass.
-struct ConvPlan {
-    x: TensorDescriptor<f32>,
-    y: TensorDescriptor<f32>,
-    w: FilterDescriptor<f32>,
+/// The convolution itself always computes in f32.
+struct ConvPlan<T> {
+    x: TensorDescriptor<T>,
+    y: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
     conv: ConvDescriptor<f32>,
     forward: cudnnConvolutionFwdAlgo_t,
     backward_data: cudnnConvolutionBwdDataAlgo_t,
@@ -53,11 +78,11 @@ struct ConvPlan {
 
 /// The cuDNN handle with its plans. cuDNN handles must not be used by two threads
 /// at once, so the backend keeps this behind a mutex.
-pub(crate) struct Dnn {
+pub(crate) struct Dnn<T> {
     handle: Arc<Cudnn>,
     stream: Arc<CudaStream>,
     math: cudnnMathType_t,
-    plans: HashMap<ConvKey, ConvPlan>,
+    plans: HashMap<ConvKey, ConvPlan<T>>,
     workspace: Option<CudaSlice<u8>>,
 }
 
@@ -66,14 +91,17 @@ pub(crate) struct Dnn {
 // ever reached through the backend's `Mutex`, so one thread at a time uses it;
 // cuDNN allows a handle to move between threads as long as the device context is
 // current, which every entry point below makes sure of.
-unsafe impl Send for Dnn {}
+unsafe impl<T> Send for Dnn<T> {}
 
 fn dim(v: usize) -> i32 {
     i32::try_from(v).expect("convolution sizes fit cuDNN's 32-bit dimensions")
 }
 
-impl Dnn {
-    pub(crate) fn new(stream: Arc<CudaStream>, math: cudnnMathType_t) -> Result<Dnn, CudnnError> {
+impl<T: Element> Dnn<T> {
+    pub(crate) fn new(
+        stream: Arc<CudaStream>,
+        math: cudnnMathType_t,
+    ) -> Result<Dnn<T>, CudnnError> {
         Ok(Dnn {
             handle: Cudnn::new(stream.clone())?,
             stream,
@@ -110,9 +138,9 @@ impl Dnn {
         Ok(k)
     }
 
-    fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan, CudnnError> {
+    fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan<T>, CudnnError> {
         let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let x = self.handle.create_4d_tensor::<f32>(
+        let x = self.handle.create_4d_tensor::<T>(
             nchw,
             [
                 dim(n),
@@ -121,7 +149,7 @@ impl Dnn {
                 dim(g.input.width),
             ],
         )?;
-        let y = self.handle.create_4d_tensor::<f32>(
+        let y = self.handle.create_4d_tensor::<T>(
             nchw,
             [
                 dim(n),
@@ -130,7 +158,7 @@ impl Dnn {
                 dim(g.output.width),
             ],
         )?;
-        let w = self.handle.create_4d_filter::<f32>(
+        let w = self.handle.create_4d_filter::<T>(
             nchw,
             [
                 dim(g.output.channels),
@@ -193,9 +221,9 @@ impl Dnn {
         &mut self,
         g: &ConvGeometry,
         n: usize,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        x: &CudaSlice<T>,
+        w: &CudaSlice<T>,
+        y: &mut CudaSlice<T>,
     ) -> Result<(), CudnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
@@ -207,7 +235,16 @@ impl Dnn {
         };
         // SAFETY: the descriptors were built from this geometry and batch, and the
         // engine sizes every buffer for at least `n` images of it.
-        unsafe { op.launch(plan.forward, self.workspace.as_mut(), (1.0, 0.0), x, w, y) }
+        unsafe {
+            op.launch(
+                plan.forward,
+                self.workspace.as_mut(),
+                (T::ONE, T::ZERO),
+                x,
+                w,
+                y,
+            )
+        }
     }
 
     /// `dx = conv_transpose(dy, w)` (overwrites `dx`).
@@ -215,9 +252,9 @@ impl Dnn {
         &mut self,
         g: &ConvGeometry,
         n: usize,
-        w: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dx: &mut CudaSlice<f32>,
+        w: &CudaSlice<T>,
+        dy: &CudaSlice<T>,
+        dx: &mut CudaSlice<T>,
     ) -> Result<(), CudnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
@@ -232,7 +269,7 @@ impl Dnn {
             op.launch(
                 plan.backward_data,
                 self.workspace.as_mut(),
-                (1.0, 0.0),
+                (T::ONE, T::ZERO),
                 dx,
                 w,
                 dy,
@@ -240,15 +277,17 @@ impl Dnn {
         }
     }
 
-    /// `dw += correlate(x, dy)`: beta = 1 keeps what `dw` held, as the engine's
-    /// convention (parameter gradients accumulate) asks.
+    /// `dw += correlate(x, dy)` when `accumulate` (beta = 1 keeps what `dw` held,
+    /// as the engine's convention, parameter gradients accumulate, asks), else
+    /// `dw = correlate(x, dy)`.
     pub(crate) fn backward_filter(
         &mut self,
         g: &ConvGeometry,
         n: usize,
-        x: &CudaSlice<f32>,
-        dy: &CudaSlice<f32>,
-        dw: &mut CudaSlice<f32>,
+        x: &CudaSlice<T>,
+        dy: &CudaSlice<T>,
+        dw: &mut CudaSlice<T>,
+        accumulate: bool,
     ) -> Result<(), CudnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
@@ -263,22 +302,22 @@ impl Dnn {
             op.launch(
                 plan.backward_filter,
                 self.workspace.as_mut(),
-                (1.0, 1.0),
+                (T::ONE, if accumulate { T::ONE } else { T::ZERO }),
                 x,
                 dw,
                 dy,
             )
         }
     }
+}
 
-    /// The cuDNN library's version, as `major.minor.patch`.
-    pub(crate) fn version() -> String {
-        let v = cudarc::cudnn::result::get_version();
-        // cuDNN 9 encodes major * 10000 + minor * 100 + patch; cuDNN 8 used 1000 and 100.
-        if v >= 90000 {
-            format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
-        } else {
-            format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100)
-        }
+/// The cuDNN library's version, as `major.minor.patch`.
+pub(crate) fn version() -> String {
+    let v = cudarc::cudnn::result::get_version();
+    // cuDNN 9 encodes major * 10000 + minor * 100 + patch; cuDNN 8 used 1000 and 100.
+    if v >= 90000 {
+        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100)
     }
 }

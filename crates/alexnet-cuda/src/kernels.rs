@@ -1,5 +1,6 @@
-//! The element-wise, normalisation, pooling, loss and update kernels, as CUDA C
-//! compiled by NVRTC once when a backend is created.
+//! The element-wise, normalisation, pooling, loss and update kernels, and the
+//! f32/bf16 conversions of bf16 mode, as CUDA C compiled by NVRTC once when a
+//! backend is created.
 //!
 //! Each kernel follows the loop of the same name in `alexnet::cpu::reference`,
 //! in the same order of additions where that order is cheap to keep (pooling
@@ -261,6 +262,31 @@ extern "C" __global__ void softmax_xent(const float* logits, const unsigned int*
     if (threadIdx.x == 0) row_loss[blockIdx.x] = logf(sum) - (row[label] - max_value);
 }
 
+/* bf16 mode: the nearest bf16 (ties to even, as alexnet's CPU kernels round) of
+   each f32, as its 16-bit pattern; NaN stays a quiet NaN (truncating alone could
+   clear every mantissa bit and turn it into infinity). */
+extern "C" __global__ void f32_to_bf16(const float* src, unsigned short* dst, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    unsigned int bits = __float_as_uint(src[i]);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        dst[i] = (unsigned short)((bits >> 16) | 0x40u);
+        return;
+    }
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    dst[i] = (unsigned short)(bits >> 16);
+}
+
+/* bf16 mode: a bf16 result back to f32 (exact), overwriting dst or, with
+   accumulate, adding to it (parameter gradients accumulate). */
+extern "C" __global__ void bf16_to_f32(const unsigned short* src, float* dst, int accumulate,
+                                       u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    float value = __uint_as_float(((unsigned int)src[i]) << 16);
+    dst[i] = accumulate ? dst[i] + value : value;
+}
+
 /* The paper's update: v <- momentum v - decay lr w - lr dw; w <- w + v. */
 extern "C" __global__ void sgd_update(float* w, const float* dw, float* v, float lr,
                                       float momentum, float decay, u64 len) {
@@ -290,6 +316,8 @@ pub(crate) struct Kernels {
     pub avg_pool_backward: CudaFunction,
     pub softmax_xent: CudaFunction,
     pub sgd_update: CudaFunction,
+    pub f32_to_bf16: CudaFunction,
+    pub bf16_to_f32: CudaFunction,
 }
 
 /// Compiles [`SOURCE`] to PTX for a virtual architecture (`compute_90`), or for
@@ -345,5 +373,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         avg_pool_backward: f("avg_pool_backward")?,
         softmax_xent: f("softmax_xent")?,
         sgd_update: f("sgd_update")?,
+        f32_to_bf16: f("f32_to_bf16")?,
+        bf16_to_f32: f("bf16_to_f32")?,
     })
 }

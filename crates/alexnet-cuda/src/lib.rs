@@ -12,6 +12,13 @@
 //!   softmax cross-entropy, the SGD step, biases) in small CUDA C kernels compiled
 //!   by NVRTC when the backend is created ([`kernels`](crate::kernels)).
 //!
+//! [`Precision`] sets how the matrix products (convolutions and fully connected
+//! layers) round: fp32 (the default), TF32 or bf16 on tensor cores. In every mode
+//! activations, gradients, weights, velocities and every other layer stay f32; in
+//! bf16 mode the operands of each product are rounded to bf16 (nearest even) just
+//! before it, and products are summed in f32 (mixed precision with f32 master
+//! weights).
+//!
 //! The CUDA libraries are opened at run time (cudarc's dynamic loading), so this
 //! crate builds, and its tests run and skip, on machines without CUDA.
 //! [`CudaBackend::new`] returns [`CudaError::LibraryMissing`] there rather than
@@ -29,6 +36,7 @@
 //! let loss = net.train_step(&images, &labels, &Sgd::from_recipe(&spec.recipe)).unwrap();
 //! ```
 
+mod bf16;
 mod dnn;
 mod error;
 mod kernels;
@@ -38,14 +46,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use alexnet::Backend;
 use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
-use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
+use cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cudaDataType_t,
+};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::cudnn::sys::cudnnMathType_t;
 use cudarc::driver::sys::cudaError_enum;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
+    PushKernelArg,
+};
 
 pub use error::CudaError;
 
+use bf16::{Bf16, Bf16Scratch};
 use dnn::Dnn;
 use kernels::{BLOCK, Kernels};
 
@@ -59,6 +73,17 @@ pub enum Precision {
     /// Inputs rounded to TF32 (10-bit mantissa) on tensor cores, fp32 accumulation.
     /// Values, gradients and weights stay fp32.
     Tf32,
+    /// Mixed precision: both operands of every product rounded to bf16 (8-bit
+    /// mantissa, nearest even) on tensor cores, summed in f32; activations,
+    /// gradients, weights (the master copy) and the SGD step stay f32.
+    ///
+    /// Fully connected layers give f32 results (cuBLAS GEMM with bf16 inputs and
+    /// an f32 output). cuDNN's legacy API runs bf16 convolutions only with bf16
+    /// outputs too, so a convolution's output, input gradient and weight gradient
+    /// are each rounded to bf16 once more before they return to f32 (the weight
+    /// gradient then accumulates in f32), as under PyTorch's autocast. Needs a GPU
+    /// of compute capability 8.0 (Ampere) or newer.
+    Bf16,
 }
 
 impl std::fmt::Display for Precision {
@@ -66,6 +91,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::F32 => "fp32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         })
     }
 }
@@ -81,10 +107,19 @@ pub struct CudaBackend {
     kernels: Kernels,
     /// cuBLAS and cuDNN handles must not be used from two threads at once.
     blas: Mutex<CudaBlas>,
-    dnn: Mutex<Dnn>,
+    dnn: Mutex<Convolutions>,
+    /// The bf16 operands of the products, in bf16 mode only. Where it is held
+    /// together with the cuBLAS or cuDNN handle, it is locked first.
+    bf16: Option<Mutex<Bf16Scratch>>,
     /// Device buffers for the loss: labels in, per-image losses out.
     loss_scratch: Mutex<LossScratch>,
     description: String,
+}
+
+/// cuDNN with f32 tensors (fp32 and TF32 modes) or bf16 ones (bf16 mode).
+enum Convolutions {
+    F32(Dnn<f32>),
+    Bf16(Dnn<Bf16>),
 }
 
 #[derive(Default)]
@@ -159,7 +194,7 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 16] = [
+pub const KERNEL_NAMES: [&str; 18] = [
     "fill",
     "relu_forward",
     "relu_backward",
@@ -176,6 +211,8 @@ pub const KERNEL_NAMES: [&str; 16] = [
     "avg_pool_backward",
     "softmax_xent",
     "sgd_update",
+    "f32_to_bf16",
+    "bf16_to_f32",
 ];
 
 /// One thread per value, in blocks of [`BLOCK`].
@@ -249,6 +286,20 @@ impl CudaBackend {
             });
         }
         let ctx = CudaContext::new(ordinal).map_err(no_device)?;
+        if precision == Precision::Bf16 {
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(|e| CudaError::call("reading the compute capability", e))?;
+            if major < 8 {
+                return Err(CudaError::Call {
+                    what: format!("bf16 products on cuda:{ordinal}"),
+                    message: format!(
+                        "bf16 tensor cores need compute capability 8.0 (Ampere) or newer; this GPU is \
+                         sm_{major}{minor} (use fp32)"
+                    ),
+                });
+            }
+        }
         // SAFETY: every operation goes to the one stream created below, so stream
         // order alone keeps reads after writes; per-buffer events (which cudarc
         // records to order work across several streams) would only cost time.
@@ -261,20 +312,38 @@ impl CudaBackend {
 
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| CudaError::call("creating cuBLAS", e))?;
+        // In bf16 mode cuBLAS only runs GEMMs with bf16 inputs, for which its
+        // default math already takes the tensor cores.
         let blas_math = match precision {
-            Precision::F32 => cublasMath_t::CUBLAS_DEFAULT_MATH,
+            Precision::F32 | Precision::Bf16 => cublasMath_t::CUBLAS_DEFAULT_MATH,
             Precision::Tf32 => cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
         };
         // SAFETY: a valid handle, just created.
         unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), blas_math) }
             .result()
             .map_err(|e| CudaError::call("setting cuBLAS's math mode", e))?;
-        let dnn_math = match precision {
-            Precision::F32 => cudnnMathType_t::CUDNN_FMA_MATH,
-            Precision::Tf32 => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+        let dnn_error = |e| CudaError::call("creating cuDNN", e);
+        let dnn = match precision {
+            Precision::F32 => Convolutions::F32(
+                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_FMA_MATH).map_err(dnn_error)?,
+            ),
+            Precision::Tf32 => Convolutions::F32(
+                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+                    .map_err(dnn_error)?,
+            ),
+            Precision::Bf16 => Convolutions::Bf16(
+                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+                    .map_err(dnn_error)?,
+            ),
         };
-        let dnn =
-            Dnn::new(stream.clone(), dnn_math).map_err(|e| CudaError::call("creating cuDNN", e))?;
+        let bf16 = match precision {
+            Precision::Bf16 => {
+                Some(Mutex::new(Bf16Scratch::new(&stream).map_err(|e| {
+                    CudaError::call("allocating the bf16 buffers", e)
+                })?))
+            }
+            Precision::F32 | Precision::Tf32 => None,
+        };
 
         let description = describe_device(&ctx, &blas, ordinal, precision);
         Ok(CudaBackend {
@@ -285,6 +354,7 @@ impl CudaBackend {
             kernels,
             blas: Mutex::new(blas),
             dnn: Mutex::new(dnn),
+            bf16,
             loss_scratch: Mutex::new(LossScratch::default()),
             description,
         })
@@ -380,6 +450,98 @@ impl CudaBackend {
             self.fail("cuBLAS SGEMM", e);
         }
     }
+
+    /// `c = alpha op(a) op(b) + beta c` with bf16 `a` and `b`, f32 `c`, summed in
+    /// f32 on tensor cores (cublasGemmEx, `CUBLAS_COMPUTE_32F`); the same shapes
+    /// as [`CudaBackend::gemm`].
+    fn gemm_bf16(
+        &self,
+        config: GemmConfig<f32>,
+        a: &CudaSlice<Bf16>,
+        b: &CudaSlice<Bf16>,
+        c: &mut CudaSlice<f32>,
+    ) {
+        self.bind();
+        let blas = self.lock(&self.blas);
+        let (a, _a_done) = a.device_ptr(&self.stream);
+        let (b, _b_done) = b.device_ptr(&self.stream);
+        let (c, _c_done) = c.device_ptr_mut(&self.stream);
+        // SAFETY: as in `gemm`; the pointers are to bf16 (a, b) and f32 (c) buffers
+        // of the types declared, and alpha and beta are f32, the scale type of
+        // CUBLAS_COMPUTE_32F.
+        let result = unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                config.transa,
+                config.transb,
+                config.m,
+                config.n,
+                config.k,
+                (&config.alpha) as *const f32 as *const _,
+                a as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                config.lda,
+                b as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                config.ldb,
+                (&config.beta) as *const f32 as *const _,
+                c as *mut _,
+                cudaDataType_t::CUDA_R_32F,
+                config.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        if let Err(e) = result {
+            self.fail("cuBLAS GEMM (bf16 inputs, f32 output)", e);
+        }
+    }
+
+    /// The bf16 scratch buffers, each grown to hold at least the given number of
+    /// values. Only called in bf16 mode.
+    fn bf16_scratch(
+        &self,
+        input: usize,
+        output: usize,
+        weights: usize,
+    ) -> MutexGuard<'_, Bf16Scratch> {
+        let Some(scratch) = &self.bf16 else {
+            unreachable!("bf16 buffers exist in bf16 mode")
+        };
+        let mut scratch = self.lock(scratch);
+        if let Err(e) = scratch.reserve(&self.stream, input, output, weights) {
+            self.fail("allocating the bf16 buffers", e);
+        }
+        scratch
+    }
+
+    /// `dst[..len] = bf16(src[..len])`, rounding to nearest even.
+    fn convert_to_bf16(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<Bf16>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.f32_to_bf16);
+        args.arg(src).arg(dst).arg(&len64);
+        self.launch(args, per_value(len), "f32_to_bf16");
+    }
+
+    /// `dst[..len] = f32(src[..len])`, or `+=` with `accumulate`.
+    fn convert_to_f32(
+        &self,
+        src: &CudaSlice<Bf16>,
+        dst: &mut CudaSlice<f32>,
+        len: usize,
+        accumulate: bool,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let (accumulate, len64) = (i32::from(accumulate), len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.bf16_to_f32);
+        args.arg(src).arg(dst).arg(&accumulate).arg(&len64);
+        self.launch(args, per_value(len), "bf16_to_f32");
+    }
 }
 
 /// "cuda:0 (NVIDIA H200, sm_90, 140 GiB; driver 12.8, cuBLAS 12.8.4, cuDNN 9.8.0, NVRTC 12.8; fp32)".
@@ -410,7 +572,7 @@ fn describe_device(
         cublas / 10000,
         cublas / 100 % 100,
         cublas % 100,
-        Dnn::version(),
+        dnn::version(),
     )
 }
 
@@ -498,11 +660,32 @@ impl Backend for CudaBackend {
         b: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        self.bind();
-        if let Err(e) = self.lock(&self.dnn).forward(g, n, x, w, y) {
+        let (x_len, y_len) = (n * g.input.len(), n * g.output.len());
+        let result = if self.precision == Precision::Bf16 {
+            // bf16 copies of the operands in, a bf16 output out (the one data type
+            // configuration cuDNN offers for bf16), then back to f32.
+            let mut scratch = self.bf16_scratch(x_len, y_len, g.weight_len());
+            let s = &mut *scratch;
+            self.convert_to_bf16(x, &mut s.input, x_len);
+            self.convert_to_bf16(w, &mut s.weights, g.weight_len());
+            self.bind();
+            let result = match &mut *self.lock(&self.dnn) {
+                Convolutions::Bf16(dnn) => dnn.forward(g, n, &s.input, &s.weights, &mut s.output),
+                Convolutions::F32(_) => unreachable!("bf16 mode has bf16 convolutions"),
+            };
+            self.convert_to_f32(&s.output, y, y_len, false);
+            result
+        } else {
+            self.bind();
+            match &mut *self.lock(&self.dnn) {
+                Convolutions::F32(dnn) => dnn.forward(g, n, x, w, y),
+                Convolutions::Bf16(_) => unreachable!("only bf16 mode has bf16 convolutions"),
+            }
+        };
+        if let Err(e) = result {
             self.fail(&format!("cuDNN convolution forward {g:?} x {n}"), e);
         }
-        self.bias_add(b, y, g.output.channels, g.out_plane(), n * g.output.len());
+        self.bias_add(b, y, g.output.channels, g.out_plane(), y_len);
     }
 
     fn conv_backward(
@@ -517,9 +700,16 @@ impl Backend for CudaBackend {
         dx: Option<&mut CudaSlice<f32>>,
     ) {
         self.bias_grad(dy, db, n, g.output.channels, g.out_plane());
+        if self.precision == Precision::Bf16 {
+            self.conv_backward_bf16(g, n, x, w, dy, dw, dx);
+            return;
+        }
         self.bind();
         let mut dnn = self.lock(&self.dnn);
-        if let Err(e) = dnn.backward_filter(g, n, x, dy, dw) {
+        let Convolutions::F32(dnn) = &mut *dnn else {
+            unreachable!("only bf16 mode has bf16 convolutions")
+        };
+        if let Err(e) = dnn.backward_filter(g, n, x, dy, dw, true) {
             self.fail(&format!("cuDNN convolution backward-filter {g:?} x {n}"), e);
         }
         if let Some(dx) = dx
@@ -542,23 +732,28 @@ impl Backend for CudaBackend {
         y: &mut CudaSlice<f32>,
     ) {
         let (inputs, outputs) = (int(g.inputs), int(g.outputs));
-        self.gemm(
-            GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_T,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: outputs,
-                n: int(n),
-                k: inputs,
-                alpha: 1.0,
-                lda: inputs,
-                ldb: inputs,
-                beta: 0.0,
-                ldc: outputs,
-            },
-            w,
-            x,
-            y,
-        );
+        let config = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: outputs,
+            n: int(n),
+            k: inputs,
+            alpha: 1.0,
+            lda: inputs,
+            ldb: inputs,
+            beta: 0.0,
+            ldc: outputs,
+        };
+        if self.precision == Precision::Bf16 {
+            let x_len = n * g.inputs;
+            let mut scratch = self.bf16_scratch(x_len, 0, g.weight_len());
+            let s = &mut *scratch;
+            self.convert_to_bf16(x, &mut s.input, x_len);
+            self.convert_to_bf16(w, &mut s.weights, g.weight_len());
+            self.gemm_bf16(config, &s.weights, &s.input, y);
+        } else {
+            self.gemm(config, w, x, y);
+        }
         self.bias_add(b, y, g.outputs, 1, n * g.outputs);
     }
 
@@ -577,41 +772,47 @@ impl Backend for CudaBackend {
     ) {
         let (inputs, outputs, images) = (int(g.inputs), int(g.outputs), int(n));
         self.bias_grad(dy, db, n, g.outputs, 1);
-        self.gemm(
-            GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_N,
-                transb: cublasOperation_t::CUBLAS_OP_T,
-                m: inputs,
-                n: outputs,
-                k: images,
-                alpha: 1.0,
-                lda: inputs,
-                ldb: outputs,
-                beta: 1.0,
-                ldc: inputs,
-            },
-            x,
-            dy,
-            dw,
-        );
-        if let Some(dx) = dx {
-            self.gemm(
-                GemmConfig {
-                    transa: cublasOperation_t::CUBLAS_OP_N,
-                    transb: cublasOperation_t::CUBLAS_OP_N,
-                    m: inputs,
-                    n: images,
-                    k: outputs,
-                    alpha: 1.0,
-                    lda: inputs,
-                    ldb: outputs,
-                    beta: 0.0,
-                    ldc: inputs,
-                },
-                w,
-                dy,
-                dx,
-            );
+        let weight_grad = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_T,
+            m: inputs,
+            n: outputs,
+            k: images,
+            alpha: 1.0,
+            lda: inputs,
+            ldb: outputs,
+            beta: 1.0,
+            ldc: inputs,
+        };
+        let input_grad = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: inputs,
+            n: images,
+            k: outputs,
+            alpha: 1.0,
+            lda: inputs,
+            ldb: outputs,
+            beta: 0.0,
+            ldc: inputs,
+        };
+        if self.precision == Precision::Bf16 {
+            let (x_len, y_len) = (n * g.inputs, n * g.outputs);
+            let mut scratch = self.bf16_scratch(x_len, y_len, g.weight_len());
+            let s = &mut *scratch;
+            self.convert_to_bf16(x, &mut s.input, x_len);
+            self.convert_to_bf16(dy, &mut s.output, y_len);
+            // f32 output with beta = 1: the weight gradient accumulates in f32.
+            self.gemm_bf16(weight_grad, &s.input, &s.output, dw);
+            if let Some(dx) = dx {
+                self.convert_to_bf16(w, &mut s.weights, g.weight_len());
+                self.gemm_bf16(input_grad, &s.weights, &s.output, dx);
+            }
+        } else {
+            self.gemm(weight_grad, x, dy, dw);
+            if let Some(dx) = dx {
+                self.gemm(input_grad, w, dy, dx);
+            }
         }
     }
 
@@ -940,6 +1141,48 @@ impl CudaBackend {
         p.push(&mut args);
         args.arg(&len64);
         self.launch(args, per_value(len), name);
+    }
+
+    /// The weight and input gradients of a convolution in bf16 mode: bf16 copies
+    /// of `x`, `dy` and `w` in, bf16 gradients out (cuDNN's one bf16
+    /// configuration), the weight gradient then added to `dw` in f32 and the input
+    /// gradient written to `dx` as f32.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward_bf16(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+    ) {
+        let (x_len, y_len, w_len) = (n * g.input.len(), n * g.output.len(), g.weight_len());
+        let mut scratch = self.bf16_scratch(x_len, y_len, w_len);
+        let s = &mut *scratch;
+        self.convert_to_bf16(x, &mut s.input, x_len);
+        self.convert_to_bf16(dy, &mut s.output, y_len);
+        self.bind();
+        let mut dnn = self.lock(&self.dnn);
+        let Convolutions::Bf16(dnn) = &mut *dnn else {
+            unreachable!("bf16 mode has bf16 convolutions")
+        };
+        // The weight gradient of this batch alone (beta = 0) into the weights'
+        // buffer, then accumulated in f32.
+        if let Err(e) = dnn.backward_filter(g, n, &s.input, &s.output, &mut s.weights, false) {
+            self.fail(&format!("cuDNN convolution backward-filter {g:?} x {n}"), e);
+        }
+        self.convert_to_f32(&s.weights, dw, w_len, true);
+        if let Some(dx) = dx {
+            // Stream order: the accumulation above has read the buffer before the
+            // weights overwrite it, and the input gradient may overwrite `x`'s copy.
+            self.convert_to_bf16(w, &mut s.weights, w_len);
+            if let Err(e) = dnn.backward_data(g, n, &s.weights, &s.output, &mut s.input) {
+                self.fail(&format!("cuDNN convolution backward-data {g:?} x {n}"), e);
+            }
+            self.convert_to_f32(&s.input, dx, x_len, false);
+        }
     }
 
     /// `out = a * b` over the first `len` values (dropout, both directions).

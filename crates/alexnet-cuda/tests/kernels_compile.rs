@@ -74,6 +74,13 @@ fn kernels_compile_with_nvrtc() {
         eprintln!("SKIPPED: {why}; set ALEXNET_REQUIRE_GPU=1 to make this a failure");
         return;
     }
+    // bf16 mode's conversions are entry points like the others.
+    for name in ["f32_to_bf16", "bf16_to_f32"] {
+        assert!(
+            alexnet_cuda::KERNEL_NAMES.contains(&name),
+            "{name} is not among the kernels checked"
+        );
+    }
     // Hopper (the H100/H200) and the oldest architecture current NVRTC targets.
     for arch in ["compute_90", "compute_75"] {
         let ptx = alexnet_cuda::compile_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));

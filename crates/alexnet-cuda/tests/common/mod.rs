@@ -49,6 +49,36 @@ pub fn gpu() -> Option<&'static CudaBackend> {
     .as_ref()
 }
 
+/// One bf16 backend shared by the bf16 op tests.
+pub fn bf16_gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let gpu = new_gpu(alexnet_cuda::Precision::Bf16);
+        if let Some(gpu) = &gpu {
+            eprintln!("testing on {}", gpu.describe());
+        }
+        gpu
+    })
+    .as_ref()
+}
+
+/// `values` rounded to the nearest bf16 (ties to even), as bf16 mode rounds the
+/// operands of its products.
+pub fn round_to_bf16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| {
+            let bits = v.to_bits();
+            let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+            if v.is_nan() {
+                v
+            } else {
+                f32::from_bits(rounded)
+            }
+        })
+        .collect()
+}
+
 /// `n` values uniform in [-scale, scale).
 pub fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
     (0..n)
