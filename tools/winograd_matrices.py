@@ -1,9 +1,10 @@
-"""Derives the matrices of Winograd's F(2, r) minimal filtering (Cook-Toom with the points 0, 1, -1, 2, -2, ...
+"""Derives the matrices of Winograd's F(m, r) minimal filtering (Cook-Toom with the points 0, 1, -1, 2, -2, ...
 and infinity) with exact fractions, checks them on random integer inputs, and prints them.
 
 A^T and G follow from the points; B^T is solved for exactly from the defining identity
 A^T [(G g) . (B^T d)] = valid correlation of d with g. crates/alexnet/src/cpu/fast/winograd.rs uses F(2, 3)
-(the same matrices up to the signs of rows, which cancel); F(2, 5) was tried for conv2 (see BENCHMARKS.md).
+(the same matrices up to the signs of rows, which cancel), winograd_5x5.rs uses F(3, 3) on the points 0, 1, -1, 2
+exactly as printed here; F(2, 5) was tried for conv2 (see BENCHMARKS.md).
 
     python3 tools/winograd_matrices.py
 """
@@ -71,10 +72,10 @@ def check(m, r, AT, G, BT):
         direct = [sum(d[i + k] * g[k] for k in range(r)) for i in range(m)]
         assert y == direct, (y, direct)
 
-for r, pts in [(3, [0, 1, -1]), (5, [0, 1, -1, 2, -2])]:
-    AT, G, BT = matrices(2, r, pts)
-    check(2, r, AT, G, BT)
-    print("r =", r)
+for m, r, pts in [(2, 3, [0, 1, -1]), (3, 3, [0, 1, -1, 2]), (2, 5, [0, 1, -1, 2, -2])]:
+    AT, G, BT = matrices(m, r, pts)
+    check(m, r, AT, G, BT)
+    print(f"F({m}, {r}), points {pts} and infinity")
     for name, Mx in [("AT", AT), ("G", G), ("BT", BT)]:
         print(name)
         for row in Mx:

@@ -107,7 +107,7 @@ fn check_conv(name: &str, g: &ConvGeometry, n: usize, seed: u64) {
             .find(|(p, _)| *p == products.precision)
             .unwrap();
         let name = format!("{name} ({mode})");
-        if products.precision == Precision::Bf16 && fast::conv::uses_winograd(g, n) {
+        if products.precision == Precision::Bf16 && fast::conv::uses_winograd(g, n, products) {
             // bf16 Winograd rounds the transformed blocks, not the operands: held to
             // the error of a direct bf16 convolution instead (below).
             let exact = &references[0].1;
@@ -219,6 +219,10 @@ fn conv_small_geometries() {
         (
             "5x5 pad 2 groups 2",
             conv(Shape::new(4, 9, 9), 6, 5, 1, 2, 2),
+        ),
+        (
+            "5x5 pad 2 on 8x10 (blocks past the edge)",
+            conv(Shape::new(3, 8, 10), 5, 5, 1, 2, 1),
         ),
         (
             "11x11 stride 4 pad 2",

@@ -10,9 +10,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::gemm::{Layout, Products, matmul};
+use super::gemm::{Layout, Precision, Products, matmul};
 use super::scratch::with_scratch;
-use super::winograd;
+use super::{winograd, winograd_5x5};
 use crate::layers::ConvGeometry;
 
 /// The output columns `ox` whose tap `kx` lands inside the input row (not in padding).
@@ -280,8 +280,12 @@ pub fn forward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
-    if uses_winograd(g, n) {
-        return winograd::forward(g, n, x, w, b, y, products);
+    if uses_winograd(g, n, products) {
+        return if winograd::applies(g) {
+            winograd::forward(g, n, x, w, b, y, products)
+        } else {
+            winograd_5x5::forward(g, n, x, w, b, y)
+        };
     }
     if n >= threads {
         // Runs of images side by side, but never so long that a thread is left idle.
@@ -481,12 +485,18 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
     }
 }
 
-/// Whether the Winograd path computes this convolution and its gradients: 3x3
-/// stride-1 padding-1 kernels with at least one image per thread (it shares
-/// images among threads; a single image keeps the row-split path). In bf16 mode
-/// its products take the transformed blocks rounded to bf16.
-pub fn uses_winograd(g: &ConvGeometry, n: usize) -> bool {
-    winograd::applies(g) && n >= rayon::current_num_threads()
+/// Whether a Winograd path computes this convolution and its gradients, with at
+/// least one image per thread (they share images among threads; a single image
+/// keeps the row-split path):
+/// - 3x3 stride-1 padding-1 kernels by F(2x2, 3x3), in both modes (in bf16 mode
+///   the products take the transformed blocks rounded to bf16);
+/// - 5x5 stride-1 padding-2 kernels by F(3x3, 3x3) on four 3x3 pieces, in f32
+///   only: rounding its transformed blocks to bf16 was 6-9 times a direct bf16
+///   convolution's error (its transforms have larger coefficients).
+pub fn uses_winograd(g: &ConvGeometry, n: usize, products: Products) -> bool {
+    let applies =
+        winograd::applies(g) || (winograd_5x5::applies(g) && products.precision == Precision::F32);
+    applies && n >= rayon::current_num_threads()
 }
 
 /// Products shorter than this many columns waste the GEMM kernel's set-up.
@@ -514,12 +524,20 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
-    if uses_winograd(g, n) {
-        winograd::backward_weights(g, n, x, dy, dw, products);
-        add_bias_gradient(g, dy, db);
-        if let Some(dx) = dx {
-            winograd::backward_data(g, n, w, dy, &mut dx[..n * il], products);
+    if uses_winograd(g, n, products) {
+        let dx = dx.map(|dx| &mut dx[..n * il]);
+        if winograd::applies(g) {
+            winograd::backward_weights(g, n, x, dy, dw, products);
+            if let Some(dx) = dx {
+                winograd::backward_data(g, n, w, dy, dx, products);
+            }
+        } else {
+            winograd_5x5::backward_weights(g, n, x, dy, dw);
+            if let Some(dx) = dx {
+                winograd_5x5::backward_data(g, n, w, dy, dx);
+            }
         }
+        add_bias_gradient(g, dy, db);
         return;
     }
     let threads = rayon::current_num_threads();

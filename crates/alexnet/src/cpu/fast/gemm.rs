@@ -150,3 +150,134 @@ pub fn matmul(
         );
     }
 }
+
+/// A matrix operand anywhere in a slice: element `(r, c)` at
+/// `data[r * row_stride + c * column_stride]`. Lets a product read a window of a
+/// larger array (rows padded, or a shifted start) without copying it.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub column_stride: usize,
+}
+
+impl Strided<'_> {
+    /// Whether every element of a `rows` x `columns` matrix lies inside `data`.
+    fn holds(&self, rows: usize, columns: usize) -> bool {
+        rows == 0
+            || columns == 0
+            || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.data.len()
+    }
+}
+
+/// `c = a b` (or `c += a b` with `accumulate`) in f32 on one thread, `a` m x k
+/// and `b` k x n read through their strides, `c` m x n with rows `c_row_stride`
+/// apart (its other values are left alone).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    c: &mut [f32],
+    c_row_stride: usize,
+    accumulate: bool,
+) {
+    let c_fits = m == 0 || n == 0 || (m - 1) * c_row_stride + n <= c.len();
+    assert!(
+        a.holds(m, k) && b.holds(k, n) && c_fits,
+        "matmul operand too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c.chunks_mut(c_row_stride)
+                .take(m)
+                .for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    // SAFETY: every element the strides reach was checked to lie inside its slice
+    // above, and `c` does not alias `a` or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.column_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.column_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_products_read_and_write_only_their_windows() {
+        // a: 3x4 inside rows of 6 (from offset 1); b: 4x5 read transposed with
+        // rows of 7; c: 3x5 inside rows of 8, its other values kept.
+        let (m, n, k) = (3, 5, 4);
+        let a_data: Vec<f32> = (0..20).map(|i| (i as f32 * 0.7).sin()).collect();
+        let b_data: Vec<f32> = (0..40).map(|i| (i as f32 * 0.3).cos()).collect();
+        let a = Strided {
+            data: &a_data[1..],
+            row_stride: 6,
+            column_stride: 1,
+        };
+        let b = Strided {
+            data: &b_data,
+            row_stride: 1,
+            column_stride: 7,
+        };
+        let at = |s: &Strided, r: usize, c: usize| s.data[r * s.row_stride + c * s.column_stride];
+        for accumulate in [false, true] {
+            let mut c = vec![0.5f32; 8 * m];
+            matmul_f32_strided(m, n, k, a, b, &mut c, 8, accumulate);
+            for r in 0..m {
+                for col in 0..8 {
+                    let got = c[r * 8 + col];
+                    let want = if col < n {
+                        let sum: f32 = (0..k).map(|i| at(&a, r, i) * at(&b, i, col)).sum();
+                        sum + if accumulate { 0.5 } else { 0.0 }
+                    } else {
+                        0.5
+                    };
+                    assert!((got - want).abs() < 1e-5, "{r},{col}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul operand too short")]
+    fn strided_products_refuse_windows_past_the_end() {
+        let data = vec![0.0f32; 10];
+        let a = Strided {
+            data: &data,
+            row_stride: 4,
+            column_stride: 1,
+        };
+        let mut c = vec![0.0f32; 9];
+        // 3 rows of 4 would need 12 values.
+        matmul_f32_strided(3, 3, 4, a, a, &mut c, 3, false);
+    }
+}

@@ -12,3 +12,4 @@ pub mod pool;
 pub mod scratch;
 pub mod simd;
 pub mod winograd;
+pub mod winograd_5x5;

@@ -49,7 +49,7 @@ static ROTATED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 static WEIGHT_PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// `buffer` grown to at least `len` values, the first `len` returned.
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
@@ -475,7 +475,22 @@ pub fn backward_data(
     dx: &mut [f32],
     products: Products,
 ) {
+    with_input_gradient_kernels(g, w, |reversed, kernels, zero_bias| {
+        forward(reversed, n, dy, kernels, zero_bias, dx, products);
+    });
+}
+
+/// Runs `f` with the convolution whose forward pass is the input gradient of
+/// `g` (stride 1, padding `kernel - 1 - pad` equal to `pad`: same-size planes),
+/// its kernels (each of `w`'s rotated by 180 degrees, in/out channels swapped
+/// within each group) and a zero bias.
+pub(super) fn with_input_gradient_kernels(
+    g: &ConvGeometry,
+    w: &[f32],
+    f: impl FnOnce(&ConvGeometry, &[f32], &[f32]),
+) {
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let taps = g.kernel * g.kernel;
     let reversed = ConvGeometry {
         input: g.output,
         output: g.input,
@@ -483,23 +498,22 @@ pub fn backward_data(
     };
     let mut buffer = ROTATED.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = sized(&mut buffer, w.len() + g.input.channels);
-    {
-        let (rotated, zero_bias) = scratch.split_at_mut(w.len());
-        zero_bias.fill(0.0);
-        for group in 0..g.groups {
-            for o in 0..cog {
-                for c in 0..cig {
-                    let src = &w[((group * cog + o) * cig + c) * 9..][..9];
-                    // Output channel `c` of the reversed net reads input channel `o`.
-                    let dst = &mut rotated[((group * cig + c) * cog + o) * 9..][..9];
-                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                        *d = *s;
-                    }
+    let (rotated, zero_bias) = scratch.split_at_mut(w.len());
+    zero_bias.fill(0.0);
+    for group in 0..g.groups {
+        for o in 0..cog {
+            for c in 0..cig {
+                let src = &w[((group * cog + o) * cig + c) * taps..][..taps];
+                // Output channel `c` of the reversed convolution reads input channel `o`;
+                // reversing a kernel's row-major taps rotates it by 180 degrees.
+                let dst = &mut rotated[((group * cig + c) * cog + o) * taps..][..taps];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
                 }
             }
         }
-        forward(&reversed, n, dy, rotated, zero_bias, dx, products);
     }
+    f(&reversed, rotated, zero_bias);
 }
 
 #[cfg(test)]
