@@ -229,6 +229,10 @@ fn conv_small_geometries() {
             conv(Shape::new(3, 31, 31), 8, 11, 4, 2, 1),
         ),
         (
+            "9x9 stride 3 groups 2, a row and columns no output reads",
+            conv(Shape::new(2, 11, 13), 4, 9, 3, 0, 2),
+        ),
+        (
             "stride 2 odd pad",
             conv(Shape::new(2, 8, 11), 4, 3, 2, 3, 2),
         ),

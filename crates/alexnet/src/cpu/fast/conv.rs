@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use super::gemm::{Layout, Precision, Products, matmul};
 use super::scratch::with_scratch;
-use super::{winograd, winograd_5x5};
+use super::{winograd, winograd_5x5, winograd_strided};
 use crate::layers::ConvGeometry;
 
 /// The output columns `ox` whose tap `kx` lands inside the input row (not in padding).
@@ -283,6 +283,8 @@ pub fn forward(
     if uses_winograd(g, n, products) {
         return if winograd::applies(g) {
             winograd::forward(g, n, x, w, b, y, products)
+        } else if winograd_strided::applies(g) {
+            winograd_strided::forward(g, n, x, w, b, y, products)
         } else {
             winograd_5x5::forward(g, n, x, w, b, y)
         };
@@ -490,12 +492,15 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
 /// keeps the row-split path):
 /// - 3x3 stride-1 padding-1 kernels by F(2x2, 3x3), in both modes (in bf16 mode
 ///   the products take the transformed blocks rounded to bf16);
+/// - strided kernels spanning three strides (conv1: 11x11, stride 4) as 3x3
+///   convolutions on phase planes by F(2x2, 3x3), in both modes;
 /// - 5x5 stride-1 padding-2 kernels by F(3x3, 3x3) on four 3x3 pieces, in f32
 ///   only: rounding its transformed blocks to bf16 was 6-9 times a direct bf16
 ///   convolution's error (its transforms have larger coefficients).
 pub fn uses_winograd(g: &ConvGeometry, n: usize, products: Products) -> bool {
-    let applies =
-        winograd::applies(g) || (winograd_5x5::applies(g) && products.precision == Precision::F32);
+    let applies = winograd::applies(g)
+        || winograd_strided::applies(g)
+        || (winograd_5x5::applies(g) && products.precision == Precision::F32);
     applies && n >= rayon::current_num_threads()
 }
 
@@ -526,7 +531,9 @@ pub fn backward(
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
     if uses_winograd(g, n, products) {
         let dx = dx.map(|dx| &mut dx[..n * il]);
-        if winograd::applies(g) {
+        if winograd_strided::applies(g) {
+            winograd_strided::backward(g, n, x, w, dy, dw, dx, products);
+        } else if winograd::applies(g) {
             winograd::backward_weights(g, n, x, dy, dw, products);
             if let Some(dx) = dx {
                 winograd::backward_data(g, n, w, dy, dx, products);

@@ -13,3 +13,4 @@ pub mod scratch;
 pub mod simd;
 pub mod winograd;
 pub mod winograd_5x5;
+pub mod winograd_strided;

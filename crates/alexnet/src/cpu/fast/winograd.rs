@@ -132,6 +132,24 @@ fn tiles(shape: &Shape) -> (usize, usize) {
     (shape.height.div_ceil(OUT), shape.width.div_ceil(OUT))
 }
 
+/// Values of `g`'s transformed kernels (see `transform_kernels`).
+pub(super) fn transformed_len(g: &ConvGeometry) -> usize {
+    XI * g.output.channels * g.in_per_group()
+}
+
+/// `u[xi][out channel][in channel of its group]`: every kernel of `w` transformed.
+pub(super) fn transform_kernels(g: &ConvGeometry, w: &[f32], u: &mut [f32]) {
+    let (cig, co) = (g.in_per_group(), g.output.channels);
+    for o in 0..co {
+        for c in 0..cig {
+            let k: &[f32; 9] = w[(o * cig + c) * 9..][..9].try_into().expect("3x3");
+            for (xi, value) in transform_kernel(k).into_iter().enumerate() {
+                u[(xi * co + o) * cig + c] = value;
+            }
+        }
+    }
+}
+
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images. `n` should be at
 /// least the thread count (the images are shared among threads).
 pub fn forward(
@@ -144,62 +162,63 @@ pub fn forward(
     products: Products,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
-    let co = g.output.channels;
-    // Transformed kernels, [xi][out channel][in channel of its group].
     let mut transformed = TRANSFORMED.lock().unwrap_or_else(|e| e.into_inner());
-    let u = sized(&mut transformed, XI * co * cig);
-    {
-        for o in 0..co {
-            for c in 0..cig {
-                let k: &[f32; 9] = w[(o * cig + c) * 9..][..9].try_into().expect("3x3");
-                for (xi, value) in transform_kernel(k).into_iter().enumerate() {
-                    u[(xi * co + o) * cig + c] = value;
-                }
+    let u = sized(&mut transformed, transformed_len(g));
+    transform_kernels(g, w, u);
+    let u = &*u;
+    let (il, ol) = (g.input.len(), g.output.len());
+    let threads = rayon::current_num_threads();
+    let per_chunk = images_per_product(g).min(n.div_ceil(threads)).max(1);
+    x[..n * il]
+        .par_chunks(per_chunk * il)
+        .zip(y[..n * ol].par_chunks_mut(per_chunk * ol))
+        .for_each(|(x, y)| forward_images(g, x, u, b, y, products));
+}
+
+/// How many images side by side make a product of about `TARGET_TILES` columns.
+fn images_per_product(g: &ConvGeometry) -> usize {
+    let (ty, tx) = tiles(&g.input);
+    TARGET_TILES.div_ceil(ty * tx)
+}
+
+/// The forward pass of the whole images in `x` on this thread, with the
+/// transformed kernels `u` (`transform_kernels`), in one run of products.
+pub(super) fn forward_images(
+    g: &ConvGeometry,
+    x: &[f32],
+    u: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    products: Products,
+) {
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    let (ty, tx) = tiles(&g.input);
+    let width = x.len() / g.input.len() * ty * tx;
+    let pad_len = padded_len(&g.input);
+    with_scratch(XI * (ci + co) * width + pad_len, |scratch| {
+        let (v, rest) = scratch.split_at_mut(XI * ci * width);
+        let (m, pad) = rest.split_at_mut(XI * co * width);
+        input_tiles(&g.input, x, v, width, pad);
+        for group in 0..g.groups {
+            for xi in 0..XI {
+                matmul(
+                    cog,
+                    width,
+                    cig,
+                    &u[(xi * co + group * cog) * cig..][..cog * cig],
+                    Layout::Normal,
+                    &v[(xi * ci + group * cig) * width..][..cig * width],
+                    Layout::Normal,
+                    &mut m[(xi * co + group * cog) * width..][..cog * width],
+                    false,
+                    1,
+                    products,
+                );
             }
         }
-        let u = &*u;
-        let (il, ol) = (g.input.len(), g.output.len());
-        let (ty, tx) = tiles(&g.input);
-        let per_image = ty * tx;
-        let threads = rayon::current_num_threads();
-        let per_chunk = TARGET_TILES
-            .div_ceil(per_image)
-            .min(n.div_ceil(threads))
-            .max(1);
-        x[..n * il]
-            .par_chunks(per_chunk * il)
-            .zip(y[..n * ol].par_chunks_mut(per_chunk * ol))
-            .for_each(|(x, y)| {
-                let count = x.len() / il;
-                let width = count * per_image;
-                let (ci, cog_all) = (g.input.channels, co);
-                let pad_len = padded_len(&g.input);
-                with_scratch(XI * (ci + cog_all) * width + pad_len, |scratch| {
-                    let (v, rest) = scratch.split_at_mut(XI * ci * width);
-                    let (m, pad) = rest.split_at_mut(XI * cog_all * width);
-                    input_tiles(&g.input, x, v, width, pad);
-                    for group in 0..g.groups {
-                        for xi in 0..XI {
-                            matmul(
-                                cog,
-                                width,
-                                cig,
-                                &u[(xi * co + group * cog) * cig..][..cog * cig],
-                                Layout::Normal,
-                                &v[(xi * ci + group * cig) * width..][..cig * width],
-                                Layout::Normal,
-                                &mut m[(xi * co + group * cog) * width..][..cog * width],
-                                false,
-                                1,
-                                products,
-                            );
-                        }
-                    }
-                    output_tiles(&g.output, m, b, y, width);
-                });
-            });
-    }
+        output_tiles(&g.output, m, b, y, width);
+    });
 }
 
 /// Scratch values `input_tiles` needs for a plane of this shape.
@@ -403,62 +422,79 @@ pub fn backward_weights(
     products: Products,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
-    let (ci, co) = (g.input.channels, g.output.channels);
     let (il, ol) = (g.input.len(), g.output.len());
-    let (ty, tx) = tiles(&g.input);
-    let per_image = ty * tx;
     let parts = rayon::current_num_threads().min(n).max(1);
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
-    let du_len = XI * co * cig;
+    let du_len = transformed_len(g);
     let mut buffer = WEIGHT_PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
     let partials = sized(&mut buffer, parts * du_len);
+    let per_chunk = images_per_product(g);
     partials
         .par_chunks_exact_mut(du_len)
         .zip(x[..n * il].par_chunks(per_part * il))
         .zip(dy[..n * ol].par_chunks(per_part * ol))
         .for_each(|((du, x), dy)| {
             du.fill(0.0);
-            let images = x.len() / il;
-            let per_chunk = TARGET_TILES.div_ceil(per_image).min(images).max(1);
-            for first in (0..images).step_by(per_chunk) {
-                let count = per_chunk.min(images - first);
-                let width = count * per_image;
-                let extra = padded_len(&g.input).max(4 * 2 * tx);
-                with_scratch(XI * (ci + co) * width + extra, |scratch| {
-                    let (v, rest) = scratch.split_at_mut(XI * ci * width);
-                    let (dm, pad) = rest.split_at_mut(XI * co * width);
-                    input_tiles(&g.input, &x[first * il..][..count * il], v, width, pad);
-                    output_grad_tiles(&g.output, &dy[first * ol..][..count * ol], dm, width, pad);
-                    for group in 0..g.groups {
-                        for xi in 0..XI {
-                            // dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T.
-                            matmul(
-                                cog,
-                                cig,
-                                width,
-                                &dm[(xi * co + group * cog) * width..][..cog * width],
-                                Layout::Normal,
-                                &v[(xi * ci + group * cig) * width..][..cig * width],
-                                Layout::Transposed,
-                                &mut du[(xi * co + group * cog) * cig..][..cog * cig],
-                                true,
-                                1,
-                                products,
-                            );
-                        }
-                    }
-                });
+            for (x, dy) in x.chunks(per_chunk * il).zip(dy.chunks(per_chunk * ol)) {
+                add_transformed_weight_gradient(g, x, dy, du, products);
             }
         });
     let (total, rest) = partials.split_at_mut(du_len);
     for partial in rest.chunks_exact(du_len) {
         total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
     }
+    add_weight_gradient(g, total, dw);
+}
+
+/// `du += ` the Winograd-domain weight gradient (`[xi][out][in of group]`, as
+/// `transform_kernels` lays out kernels) of the whole images in `x`, on this
+/// thread, in one run of products.
+pub(super) fn add_transformed_weight_gradient(
+    g: &ConvGeometry,
+    x: &[f32],
+    dy: &[f32],
+    du: &mut [f32],
+    products: Products,
+) {
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    let (ty, tx) = tiles(&g.input);
+    let width = x.len() / g.input.len() * ty * tx;
+    let extra = padded_len(&g.input).max(4 * 2 * tx);
+    with_scratch(XI * (ci + co) * width + extra, |scratch| {
+        let (v, rest) = scratch.split_at_mut(XI * ci * width);
+        let (dm, pad) = rest.split_at_mut(XI * co * width);
+        input_tiles(&g.input, x, v, width, pad);
+        output_grad_tiles(&g.output, dy, dm, width, pad);
+        for group in 0..g.groups {
+            for xi in 0..XI {
+                // dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T.
+                matmul(
+                    cog,
+                    cig,
+                    width,
+                    &dm[(xi * co + group * cog) * width..][..cog * width],
+                    Layout::Normal,
+                    &v[(xi * ci + group * cig) * width..][..cig * width],
+                    Layout::Transposed,
+                    &mut du[(xi * co + group * cog) * cig..][..cog * cig],
+                    true,
+                    1,
+                    products,
+                );
+            }
+        }
+    });
+}
+
+/// `dw += G^T dU G` for every kernel: the weight gradient from its
+/// Winograd-domain form `du` (`add_transformed_weight_gradient`'s sums).
+pub(super) fn add_weight_gradient(g: &ConvGeometry, du: &[f32], dw: &mut [f32]) {
+    let (cig, co) = (g.in_per_group(), g.output.channels);
     for o in 0..co {
         for c in 0..cig {
-            let block: [f32; XI] = std::array::from_fn(|xi| total[(xi * co + o) * cig + c]);
+            let block: [f32; XI] = std::array::from_fn(|xi| du[(xi * co + o) * cig + c]);
             add_kernel_gradient(&block, &mut dw[(o * cig + c) * 9..][..9]);
         }
     }
