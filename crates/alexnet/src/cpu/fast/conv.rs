@@ -284,7 +284,7 @@ pub fn forward(
         return if winograd::applies(g) {
             winograd::forward(g, n, x, w, b, y, products)
         } else if winograd_strided::applies(g) {
-            winograd_strided::forward(g, n, x, w, b, y, products)
+            winograd_strided::forward(g, n, x, w, b, y)
         } else {
             winograd_5x5::forward(g, n, x, w, b, y)
         };
@@ -487,20 +487,21 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
     }
 }
 
-/// Whether a Winograd path computes this convolution and its gradients, with at
-/// least one image per thread (they share images among threads; a single image
-/// keeps the row-split path):
+/// Whether a Winograd path computes this convolution (and its gradients, but
+/// for the strided one), with at least one image per thread (they share images
+/// among threads; a single image keeps the row-split path):
 /// - 3x3 stride-1 padding-1 kernels by F(2x2, 3x3), in both modes (in bf16 mode
 ///   the products take the transformed blocks rounded to bf16);
 /// - strided kernels spanning three strides (conv1: 11x11, stride 4) as 3x3
-///   convolutions on phase planes by F(2x2, 3x3), in both modes;
+///   convolutions on phase planes by F(2x2, 3x3): the forward pass in f32 only
+///   (its gradients by im2col were faster);
 /// - 5x5 stride-1 padding-2 kernels by F(3x3, 3x3) on four 3x3 pieces, in f32
 ///   only: rounding its transformed blocks to bf16 was 6-9 times a direct bf16
 ///   convolution's error (its transforms have larger coefficients).
 pub fn uses_winograd(g: &ConvGeometry, n: usize, products: Products) -> bool {
     let applies = winograd::applies(g)
-        || winograd_strided::applies(g)
-        || (winograd_5x5::applies(g) && products.precision == Precision::F32);
+        || ((winograd_strided::applies(g) || winograd_5x5::applies(g))
+            && products.precision == Precision::F32);
     applies && n >= rayon::current_num_threads()
 }
 
@@ -529,11 +530,9 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
-    if uses_winograd(g, n, products) {
+    if uses_winograd(g, n, products) && !winograd_strided::applies(g) {
         let dx = dx.map(|dx| &mut dx[..n * il]);
-        if winograd_strided::applies(g) {
-            winograd_strided::backward(g, n, x, w, dy, dw, dx, products);
-        } else if winograd::applies(g) {
+        if winograd::applies(g) {
             winograd::backward_weights(g, n, x, dy, dw, products);
             if let Some(dx) = dx {
                 winograd::backward_data(g, n, w, dy, dx, products);

@@ -14,6 +14,11 @@
 //! For conv1 at 224x224 (padding 2): 48 phase planes of 57x57 per image, 96
 //! outputs of 55x55 cropped from 57x57. The phase split and the crop copy each
 //! value once; each thread takes an image at a time, so its buffers stay small.
+//!
+//! Forward pass in f32 only. The same route for the weight gradient (and in
+//! bf16 mode) was slower than im2col: the F(2x2, 3x3) transforms of 96
+//! gradient planes and 48 phase planes per image cost more than the 1.7x fewer
+//! multiplies saved (BENCHMARKS.md), so `conv::backward` keeps im2col.
 
 use std::sync::Mutex;
 
@@ -24,8 +29,7 @@ use super::scratch::with_staging;
 use super::winograd;
 use crate::layers::{ConvGeometry, Shape};
 
-/// Phase-split inputs, the inner convolution's outputs (or output gradients)
-/// and input gradients, its kernels and their gradient: kept between calls so
+/// The inner convolution's kernels and their transforms: kept between calls so
 /// that they are allocated once.
 static BUFFERS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
@@ -96,35 +100,6 @@ fn split_phases(g: &ConvGeometry, inner: &ConvGeometry, x: &[f32], planes: &mut 
     }
 }
 
-/// The inverse of `split_phases` for gradients: `dx` (overwritten) from the
-/// phase planes' gradient, dropping the values that fell in the padding. Input
-/// values past the planes (rows or columns no output reads) get zero.
-fn merge_phases(g: &ConvGeometry, inner: &ConvGeometry, planes: &[f32], dx: &mut [f32]) {
-    let (s, pad) = (g.stride, g.pad);
-    let (h, w) = (g.input.height, g.input.width);
-    let (ph, pw) = (inner.input.height, inner.input.width);
-    for (image, planes) in dx
-        .chunks_exact_mut(g.input.len())
-        .zip(planes.chunks_exact(inner.input.len()))
-    {
-        for c in 0..g.input.channels {
-            let channel = &mut image[c * h * w..][..h * w];
-            for (y, row) in channel.chunks_exact_mut(w).enumerate() {
-                let (i, py) = ((y + pad) / s, (y + pad) % s);
-                for (x, value) in row.iter_mut().enumerate() {
-                    let (j, px) = ((x + pad) / s, (x + pad) % s);
-                    let plane = phase_channel(g, c, py, px);
-                    *value = if i < ph && j < pw {
-                        planes[(plane * ph + i) * pw + j]
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-    }
-}
-
 /// The inner convolution's kernels from `g`'s: tap `(a, b)` of phase
 /// `(c, py, px)` is tap `(s a + py, s b + px)` of channel `c`, zero past the kernel.
 fn split_kernels(g: &ConvGeometry, w: &[f32], inner_w: &mut [f32]) {
@@ -151,27 +126,8 @@ fn split_kernels(g: &ConvGeometry, w: &[f32], inner_w: &mut [f32]) {
     }
 }
 
-/// `dw += ` the gradient of `g`'s kernels from the inner kernels' gradient: the
-/// adjoint of `split_kernels` (the padding taps' gradients are dropped).
-fn add_merged_kernel_gradient(g: &ConvGeometry, inner_dw: &[f32], dw: &mut [f32]) {
-    let (s, k) = (g.stride, g.kernel);
-    let cig = g.in_per_group();
-    let inner_cig = cig * s * s;
-    for o in 0..g.output.channels {
-        for c in 0..cig {
-            let kernel = &mut dw[(o * cig + c) * k * k..][..k * k];
-            for (tap, value) in kernel.iter_mut().enumerate() {
-                let (r, q) = (tap / k, tap % k);
-                let phase = phase_channel(g, c, r % s, q % s);
-                let inner_tap = (r / s) * 3 + q / s;
-                *value += inner_dw[(o * inner_cig + phase) * 9 + inner_tap];
-            }
-        }
-    }
-}
-
 /// `buffer` cut into pieces of the given lengths (grown first if needed).
-fn pieces<'a, const N: usize>(buffer: &'a mut Vec<f32>, lengths: [usize; N]) -> [&'a mut [f32]; N] {
+fn pieces<const N: usize>(buffer: &mut Vec<f32>, lengths: [usize; N]) -> [&mut [f32]; N] {
     let total: usize = lengths.iter().sum();
     if buffer.len() < total {
         buffer.resize(total, 0.0);
@@ -184,33 +140,9 @@ fn pieces<'a, const N: usize>(buffer: &'a mut Vec<f32>, lengths: [usize; N]) -> 
     })
 }
 
-/// The inner convolution's output gradient for one image: `dy` one in from a
-/// zero border (the border outputs are not outputs of `g`).
-fn pad_gradient(g: &ConvGeometry, inner: &ConvGeometry, dy: &[f32], inner_dy: &mut [f32]) {
-    let (oh, ow) = (g.output.height, g.output.width);
-    let pw = inner.output.width;
-    inner_dy.fill(0.0);
-    for (dst, src) in inner_dy
-        .chunks_exact_mut(inner.out_plane())
-        .zip(dy.chunks_exact(oh * ow))
-    {
-        for (i, row) in src.chunks_exact(ow).enumerate() {
-            dst[(i + 1) * pw + 1..][..ow].copy_from_slice(row);
-        }
-    }
-}
-
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images, an image at a
 /// time on each thread.
-pub fn forward(
-    g: &ConvGeometry,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-    products: Products,
-) {
+pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     assert!(applies(g));
     let inner = inner(g);
     let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,7 +163,8 @@ pub fn forward(
             with_staging(inner.input.len() + inner.output.len(), |staging| {
                 let (planes, inner_y) = staging.split_at_mut(inner.input.len());
                 split_phases(g, &inner, x, planes);
-                winograd::forward_images(&inner, planes, u, b, inner_y, products);
+                // f32 products (the default).
+                winograd::forward_images(&inner, planes, u, b, inner_y, Products::default());
                 // The padding-1 outputs one in from the border are the valid ones.
                 for (dst, src) in y
                     .chunks_exact_mut(oh * ow)
@@ -243,87 +176,6 @@ pub fn forward(
                 }
             });
         });
-}
-
-/// Adds the weight gradient of the first `n` images into `dw` (not the
-/// bias's), and writes the input gradient into `dx` when asked for. The weight
-/// gradient is summed in one partial per thread (contiguous images), added in a
-/// fixed order, so results do not depend on scheduling.
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    g: &ConvGeometry,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dx: Option<&mut [f32]>,
-    products: Products,
-) {
-    assert!(applies(g));
-    let inner = inner(g);
-    let (il, ol) = (g.input.len(), g.output.len());
-    let parts = rayon::current_num_threads().min(n).max(1);
-    let per_part = n.div_ceil(parts);
-    let parts = n.div_ceil(per_part);
-    let du_len = winograd::transformed_len(&inner);
-    let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
-    let [inner_w, inner_dw, u, partials] = pieces(
-        &mut buffer,
-        [
-            inner.weight_len(),
-            inner.weight_len(),
-            du_len,
-            parts * du_len,
-        ],
-    );
-    let staged = inner.input.len() + 2 * inner.output.len();
-    partials
-        .par_chunks_exact_mut(du_len)
-        .zip(x[..n * il].par_chunks(per_part * il))
-        .zip(dy[..n * ol].par_chunks(per_part * ol))
-        .for_each(|((du, x), dy)| {
-            du.fill(0.0);
-            for (x, dy) in x.chunks_exact(il).zip(dy.chunks_exact(ol)) {
-                with_staging(staged, |staging| {
-                    let (planes, inner_dy) = staging.split_at_mut(inner.input.len());
-                    let inner_dy = &mut inner_dy[..inner.output.len()];
-                    split_phases(g, &inner, x, planes);
-                    pad_gradient(g, &inner, dy, inner_dy);
-                    winograd::add_transformed_weight_gradient(
-                        &inner, planes, inner_dy, du, products,
-                    );
-                });
-            }
-        });
-    let (total, rest) = partials.split_at_mut(du_len);
-    for partial in rest.chunks_exact(du_len) {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
-    }
-    inner_dw.fill(0.0);
-    winograd::add_weight_gradient(&inner, total, inner_dw);
-    add_merged_kernel_gradient(g, inner_dw, dw);
-
-    let Some(dx) = dx else { return };
-    // The input gradient: the inner convolution's (a forward pass with its
-    // kernels rotated), merged back from the phase planes.
-    split_kernels(g, w, inner_w);
-    winograd::with_input_gradient_kernels(&inner, inner_w, |reversed, kernels, zero_bias| {
-        winograd::transform_kernels(reversed, kernels, u);
-        let u = &*u;
-        dy[..n * ol]
-            .par_chunks(ol)
-            .zip(dx[..n * il].par_chunks_mut(il))
-            .for_each(|(dy, dx)| {
-                with_staging(staged, |staging| {
-                    let (inner_dy, inner_dx) = staging.split_at_mut(inner.output.len());
-                    let inner_dx = &mut inner_dx[..inner.input.len()];
-                    pad_gradient(g, &inner, dy, inner_dy);
-                    winograd::forward_images(reversed, inner_dy, u, zero_bias, inner_dx, products);
-                    merge_phases(g, &inner, inner_dx, dx);
-                });
-            });
-    });
 }
 
 #[cfg(test)]
@@ -344,36 +196,31 @@ mod tests {
     }
 
     #[test]
-    fn phases_split_and_merge_back() {
+    fn every_input_value_lands_in_its_phase_plane() {
         let g = conv1_like();
         let inner = inner(&g);
         let x: Vec<f32> = (0..2 * g.input.len()).map(|i| i as f32 + 1.0).collect();
         let mut planes = vec![f32::NAN; 2 * inner.input.len()];
         split_phases(&g, &inner, &x, &mut planes);
-        // Every input value appears once; the rest is padding.
-        assert_eq!(planes.iter().filter(|&&v| v != 0.0).count(), x.len());
-        let mut back = vec![f32::NAN; x.len()];
-        merge_phases(&g, &inner, &planes, &mut back);
-        assert_eq!(back, x);
-    }
-
-    #[test]
-    fn kernels_split_and_gradients_merge_as_adjoints() {
-        // <split(w), v> = <w, merge(v)> for any w and v.
-        let g = conv1_like();
-        let inner = inner(&g);
-        let w: Vec<f32> = (0..g.weight_len())
-            .map(|i| (i as f32 * 0.3).sin())
-            .collect();
-        let v: Vec<f32> = (0..inner.weight_len())
-            .map(|i| (i as f32 * 0.7).cos())
-            .collect();
-        let mut split = vec![f32::NAN; inner.weight_len()];
-        split_kernels(&g, &w, &mut split);
-        let mut merged = vec![0.0f32; g.weight_len()];
-        add_merged_kernel_gradient(&g, &v, &mut merged);
-        let left: f64 = split.iter().zip(&v).map(|(a, b)| (a * b) as f64).sum();
-        let right: f64 = w.iter().zip(&merged).map(|(a, b)| (a * b) as f64).sum();
-        assert!((left - right).abs() < 1e-4, "{left} vs {right}");
+        let (ph, pw) = (inner.input.height, inner.input.width);
+        for (image, planes) in x
+            .chunks_exact(g.input.len())
+            .zip(planes.chunks_exact(inner.input.len()))
+        {
+            for c in 0..g.input.channels {
+                for y in 0..g.input.height {
+                    for x_ in 0..g.input.width {
+                        let (r, q) = (y + g.pad, x_ + g.pad);
+                        let plane = phase_channel(&g, c, r % g.stride, q % g.stride);
+                        let at = (plane * ph + r / g.stride) * pw + q / g.stride;
+                        let want = image[(c * g.input.height + y) * g.input.width + x_];
+                        assert_eq!(planes[at], want, "channel {c} at {y},{x_}");
+                    }
+                }
+            }
+        }
+        // Nothing else: every other value is padding.
+        let nonzero = planes.iter().filter(|&&v| v != 0.0).count();
+        assert_eq!(nonzero, x.len());
     }
 }
