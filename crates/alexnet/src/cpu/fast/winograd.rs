@@ -30,6 +30,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{Layout, Products, matmul};
+use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use crate::layers::{ConvGeometry, Shape};
 
@@ -109,8 +110,9 @@ fn transform_input(d: &[f32; XI]) -> [f32; XI] {
     v
 }
 
-/// `Y = A^T m A` for one 4x4 product block `m`, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
-#[inline(always)]
+/// `Y = A^T m A` for one 4x4 product block `m`, with `A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]`:
+/// the readable form of what `output_tiles` computes for runs of blocks (and its test oracle).
+#[cfg(test)]
 fn transform_output(m: &[f32; XI]) -> [f32; OUT * OUT] {
     let mut t = [0.0f32; 8];
     for c in 0..4 {
@@ -196,9 +198,9 @@ pub(super) fn forward_images(
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
     let pad_len = padded_len(&g.input);
-    with_scratch(XI * (ci + co) * width + pad_len, |scratch| {
+    with_scratch(XI * (ci + co) * width + LANES + pad_len, |scratch| {
         let (v, rest) = scratch.split_at_mut(XI * ci * width);
-        let (m, pad) = rest.split_at_mut(XI * co * width);
+        let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
         input_tiles(&g.input, x, v, width, pad);
         for group in 0..g.groups {
             for xi in 0..XI {
@@ -294,9 +296,15 @@ fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize, pad: &mut 
     }
 }
 
+/// Blocks transformed side by side by `output_tiles`: 8 suits the 7 blocks a
+/// row of the paper's 13x13 planes has.
+const LANES: usize = 8;
+
 /// Transforms the products back into 2x2 output blocks, adds the bias, and writes
 /// the blocks' parts inside the plane into `y` (`count` images). Per row of
-/// blocks, the 16 rows of products are read along consecutive blocks.
+/// blocks, `LANES` blocks at a time: the 16 rows of products are read as runs
+/// of consecutive blocks and transformed lane by lane. `m` holds `LANES` values
+/// past its `16 * channels * width` products (read, never used).
 fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: usize) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
@@ -305,22 +313,38 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
     for i in 0..count {
         for o in 0..shape.channels {
             let dst = &mut y[(i * shape.channels + o) * plane..][..plane];
+            let bias = bias[o];
             for by in 0..ty {
-                let first = i * ty * tx + by * tx;
-                let row = |xi: usize| &m[(xi * shape.channels + o) * width + first..][..tx];
-                let rows: [&[f32]; XI] = std::array::from_fn(row);
-                for bx in 0..tx {
-                    let block: [f32; XI] = std::array::from_fn(|xi| rows[xi][bx]);
-                    let out = transform_output(&block);
-                    for r in 0..OUT {
+                for first in (0..tx).step_by(LANES) {
+                    let column = i * ty * tx + by * tx + first;
+                    let block: [&[f32; LANES]; XI] = std::array::from_fn(|xi| {
+                        lanes(m, (xi * shape.channels + o) * width + column)
+                    });
+                    // Columns: t[r][c] = (A^T m)[r][c]; then rows: y[r] = t[r] A.
+                    let mut t = [[[0.0f32; LANES]; 4]; OUT];
+                    for c in 0..4 {
+                        let column = [block[c], block[4 + c], block[8 + c], block[12 + c]];
+                        let [t0, t1] =
+                            lanewise(column, |[m0, m1, m2, m3]| [m0 + m1 + m2, m1 - m2 - m3]);
+                        t[0][c] = t0;
+                        t[1][c] = t1;
+                    }
+                    let blocks = LANES.min(tx - first);
+                    for (r, t_row) in t.iter().enumerate() {
                         let y_row = by * OUT + r;
                         if y_row >= h {
-                            continue;
+                            break;
                         }
-                        for s in 0..OUT {
-                            let col = bx * OUT + s;
-                            if col < wd {
-                                dst[y_row * wd + col] = out[r * OUT + s] + bias[o];
+                        let [left, right] =
+                            lanewise(std::array::from_fn(|c| &t_row[c]), |[t0, t1, t2, t3]| {
+                                [t0 + t1 + t2, t1 - t2 - t3]
+                            });
+                        let dst_row = &mut dst[y_row * wd..][..wd];
+                        for lane in 0..blocks {
+                            let col = (first + lane) * OUT;
+                            dst_row[col] = left[lane] + bias;
+                            if col + 1 < wd {
+                                dst_row[col + 1] = right[lane] + bias;
                             }
                         }
                     }
@@ -648,6 +672,49 @@ mod tests {
                     dw[a * 3 + b]
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn phase_times() {
+        for (name, shape, oshape, count) in [
+            ("conv3", Shape::new(256, 13, 13), Shape::new(384, 13, 13), 8),
+            ("conv1", Shape::new(48, 57, 57), Shape::new(96, 57, 57), 1),
+        ] {
+            let (ty, tx) = tiles(&shape);
+            let width = count * ty * tx;
+            let x: Vec<f32> = (0..count * shape.len())
+                .map(|i| (i as f32 * 0.13).sin())
+                .collect();
+            let mut v = vec![0.0f32; XI * shape.channels * width];
+            let m = vec![0.1f32; XI * oshape.channels * width + LANES];
+            let mut y = vec![0.0f32; count * oshape.len()];
+            let bias = vec![0.0f32; oshape.channels];
+            let mut pad = vec![0.0f32; padded_len(&shape)];
+            let reps = 20;
+            let t = Instant::now();
+            for _ in 0..reps {
+                input_tiles(&shape, &x, &mut v, width, &mut pad);
+            }
+            let input = t.elapsed().as_secs_f64() / reps as f64;
+            let t = Instant::now();
+            for _ in 0..reps {
+                output_tiles(&oshape, &m, &bias, &mut y, width);
+            }
+            let output = t.elapsed().as_secs_f64() / reps as f64;
+            let scale = 128.0 / count as f64 / 2.0 * 1e3;
+            eprintln!(
+                "{name}: per 128 images on 2 threads (ms): input {:.1}, output {:.1}",
+                input * scale,
+                output * scale
+            );
         }
     }
 }

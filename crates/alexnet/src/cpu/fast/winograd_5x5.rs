@@ -42,6 +42,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::gemm::{Strided, matmul_f32_strided};
+use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use super::winograd::{sized, with_input_gradient_kernels};
 use crate::layers::{ConvGeometry, Shape};
@@ -269,28 +270,6 @@ impl Blocks {
     fn gradient_scratch_len(&self) -> usize {
         OUT * OUT * self.phase
     }
-}
-
-/// Applies `f` lane by lane (the compiler turns it into vector instructions).
-#[inline(always)]
-fn lanewise<const I: usize, const O: usize>(
-    inputs: [&[f32; LANES]; I],
-    f: impl Fn([f32; I]) -> [f32; O],
-) -> [[f32; LANES]; O] {
-    let mut out = [[0.0f32; LANES]; O];
-    for lane in 0..LANES {
-        let values = f(std::array::from_fn(|i| inputs[i][lane]));
-        for (o, value) in values.into_iter().enumerate() {
-            out[o][lane] = value;
-        }
-    }
-    out
-}
-
-/// `LANES` values of `row` from `at` on.
-#[inline(always)]
-fn lanes(row: &[f32], at: usize) -> &[f32; LANES] {
-    row[at..at + LANES].try_into().expect("LANES values")
 }
 
 /// Transforms the input blocks of channels `channels` (one group) of the
