@@ -411,6 +411,78 @@ fn linear_small_and_paper_sizes() {
     );
 }
 
+#[test]
+fn linear_with_bf16_weights_at_small_batches() {
+    // bf16 mode below BF16_MIN_BATCH: the weights rounded to bf16, the inputs
+    // and sums f32.
+    let bf16 = Products {
+        precision: Precision::Bf16,
+        ..Products::default()
+    };
+    let cases = [
+        (7, 3, 1),
+        (33, 17, 3),
+        (40, 5, BF16_MIN_BATCH - 1),
+        (9216, 4096, 1),
+    ];
+    for (seed, (inputs, outputs, n)) in cases.into_iter().enumerate() {
+        let g = LinearGeometry { inputs, outputs };
+        let mut rng = Rng::new(300 + seed as u64);
+        let x = random(&mut rng, n * inputs, 1.0);
+        let w = random(&mut rng, g.weight_len(), 0.1);
+        let b = random(&mut rng, outputs, 0.1);
+        let mut y_ref = vec![0.0; n * outputs];
+        reference::linear_forward(&g, n, &x, &operand(bf16, &w), &b, &mut y_ref);
+        let w_bits: Vec<u16> = w.iter().map(|&v| fast::gemm_bf16::bf16_bits(v)).collect();
+        let mut y = vec![f32::NAN; n * outputs];
+        fast::linear::forward_bf16_weights(&g, n, &x, &w_bits, &b, &mut y);
+        let name = format!("linear {inputs}->{outputs} batch {n}, bf16 weights");
+        assert_close(&name, &y, &y_ref, TOL);
+    }
+}
+
+#[test]
+fn the_backend_refreshes_its_bf16_weights_when_they_change() {
+    use alexnet::{Backend, Cpu};
+    let bf16 = Products {
+        precision: Precision::Bf16,
+        ..Products::default()
+    };
+    let cpu = Cpu::with_products(bf16).unwrap();
+    let g = LinearGeometry {
+        inputs: 21,
+        outputs: 6,
+    };
+    let mut rng = Rng::new(400);
+    let x_host = random(&mut rng, g.inputs, 1.0);
+    let b_host = random(&mut rng, g.outputs, 0.1);
+    let (mut x, mut w, mut b) = (
+        cpu.alloc(g.inputs).unwrap(),
+        cpu.alloc(g.weight_len()).unwrap(),
+        cpu.alloc(g.outputs).unwrap(),
+    );
+    let mut y = cpu.alloc(g.outputs).unwrap();
+    cpu.upload(&x_host, &mut x);
+    cpu.upload(&b_host, &mut b);
+    for (step, scale) in [0.1, 0.1, 0.3].into_iter().enumerate() {
+        // New weights on every pass, by upload and by fill: each must be seen.
+        let w_host = random(&mut rng, g.weight_len(), scale);
+        if step != 1 {
+            cpu.upload(&w_host, &mut w);
+        } else {
+            cpu.fill(&mut w, 0.25);
+        }
+        let mut w_now = vec![0.0; g.weight_len()];
+        cpu.download(&w, &mut w_now);
+        cpu.linear_forward(&g, 1, &x, &w, &b, &mut y);
+        let mut y_ref = vec![0.0; g.outputs];
+        reference::linear_forward(&g, 1, &x_host, &operand(bf16, &w_now), &b_host, &mut y_ref);
+        let mut y_host = vec![0.0; g.outputs];
+        cpu.download(&y, &mut y_host);
+        assert_close(&format!("pass {step}"), &y_host, &y_ref, TOL);
+    }
+}
+
 fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let len = n * g.shape.len();

@@ -2,8 +2,11 @@
 //! the readable reference loops of [`reference`](mod@reference) through the same contract, so
 //! whole networks can be compared layer by layer and step by step.
 
+mod buffer;
 pub mod fast;
 pub mod reference;
+
+pub use buffer::CpuBuffer;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -45,34 +48,30 @@ impl Cpu {
 #[derive(Clone, Debug, Default)]
 pub struct ReferenceCpu;
 
-fn zeroed(len: usize) -> Result<Vec<f32>> {
-    Ok(vec![0.0; len])
-}
-
-/// The operations both CPU backends share: plain host memory.
+/// The operations both CPU backends share: host memory (`$buffer` derefs to a `Vec<f32>`).
 macro_rules! host_buffers {
-    () => {
-        type Buffer = Vec<f32>;
-        fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-            zeroed(len)
+    ($buffer:ty) => {
+        type Buffer = $buffer;
+        fn alloc(&self, len: usize) -> Result<$buffer> {
+            Ok(vec![0.0; len].into())
         }
-        fn upload(&self, src: &[f32], dst: &mut Vec<f32>) {
+        fn upload(&self, src: &[f32], dst: &mut $buffer) {
             dst[..src.len()].copy_from_slice(src);
         }
-        fn download(&self, src: &Vec<f32>, dst: &mut [f32]) {
+        fn download(&self, src: &$buffer, dst: &mut [f32]) {
             dst.copy_from_slice(&src[..dst.len()]);
         }
-        fn fill(&self, buf: &mut Vec<f32>, value: f32) {
+        fn fill(&self, buf: &mut $buffer, value: f32) {
             buf.fill(value);
         }
-        fn copy(&self, len: usize, src: &Vec<f32>, dst: &mut Vec<f32>) {
+        fn copy(&self, len: usize, src: &$buffer, dst: &mut $buffer) {
             dst[..len].copy_from_slice(&src[..len]);
         }
     };
 }
 
 impl Backend for Cpu {
-    host_buffers!();
+    host_buffers!(CpuBuffer);
 
     fn describe(&self) -> String {
         let products = match self.products.precision {
@@ -89,10 +88,10 @@ impl Backend for Cpu {
         &self,
         g: &ConvGeometry,
         n: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        b: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &CpuBuffer,
+        w: &CpuBuffer,
+        b: &CpuBuffer,
+        y: &mut CpuBuffer,
     ) {
         fast::conv::forward(g, n, x, w, b, y, self.products)
     }
@@ -100,12 +99,12 @@ impl Backend for Cpu {
         &self,
         g: &ConvGeometry,
         n: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        dy: &Vec<f32>,
-        dw: &mut Vec<f32>,
-        db: &mut Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
+        x: &CpuBuffer,
+        w: &CpuBuffer,
+        dy: &CpuBuffer,
+        dw: &mut CpuBuffer,
+        db: &mut CpuBuffer,
+        dx: Option<&mut CpuBuffer>,
     ) {
         fast::conv::backward(
             g,
@@ -123,23 +122,29 @@ impl Backend for Cpu {
         &self,
         g: &LinearGeometry,
         n: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        b: &Vec<f32>,
-        y: &mut Vec<f32>,
+        x: &CpuBuffer,
+        w: &CpuBuffer,
+        b: &CpuBuffer,
+        y: &mut CpuBuffer,
     ) {
-        fast::linear::forward(g, n, x, w, b, y, self.products)
+        if self.products.precision == Precision::Bf16 && n < fast::gemm::BF16_MIN_BATCH {
+            // Small batches read every weight per image: from a bf16 copy, made
+            // on first use and kept while the weights are unchanged.
+            fast::linear::forward_bf16_weights(g, n, x, w.bf16(), b, y)
+        } else {
+            fast::linear::forward(g, n, x, w, b, y, self.products)
+        }
     }
     fn linear_backward(
         &self,
         g: &LinearGeometry,
         n: usize,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        dy: &Vec<f32>,
-        dw: &mut Vec<f32>,
-        db: &mut Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
+        x: &CpuBuffer,
+        w: &CpuBuffer,
+        dy: &CpuBuffer,
+        dw: &mut CpuBuffer,
+        db: &mut CpuBuffer,
+        dx: Option<&mut CpuBuffer>,
     ) {
         fast::linear::backward(
             g,
@@ -153,57 +158,57 @@ impl Backend for Cpu {
             self.products,
         )
     }
-    fn relu_forward(&self, len: usize, x: &mut Vec<f32>) {
+    fn relu_forward(&self, len: usize, x: &mut CpuBuffer) {
         fast::elementwise::relu_forward(&mut x[..len])
     }
-    fn relu_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+    fn relu_backward(&self, len: usize, y: &CpuBuffer, d: &mut CpuBuffer) {
         fast::elementwise::relu_backward(&y[..len], &mut d[..len])
     }
-    fn tanh_forward(&self, len: usize, x: &mut Vec<f32>) {
+    fn tanh_forward(&self, len: usize, x: &mut CpuBuffer) {
         fast::elementwise::tanh_forward(&mut x[..len])
     }
-    fn tanh_backward(&self, len: usize, y: &Vec<f32>, d: &mut Vec<f32>) {
+    fn tanh_backward(&self, len: usize, y: &CpuBuffer, d: &mut CpuBuffer) {
         fast::elementwise::tanh_backward(&y[..len], &mut d[..len])
     }
-    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+    fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
         fast::lrn::forward(g, n, x, y)
     }
     fn lrn_backward(
         &self,
         g: &LrnGeometry,
         n: usize,
-        x: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        x: &CpuBuffer,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
     ) {
         fast::lrn::backward(g, n, x, dy, dx)
     }
-    fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+    fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
         fast::pool::max_forward(g, n, x, y)
     }
     fn max_pool_backward(
         &self,
         g: &PoolGeometry,
         n: usize,
-        x: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        x: &CpuBuffer,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
     ) {
         fast::pool::max_backward(g, n, x, dy, dx)
     }
-    fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
+    fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
         fast::pool::avg_forward(g, n, x, y)
     }
-    fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
+    fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &CpuBuffer, dx: &mut CpuBuffer) {
         fast::pool::avg_backward(g, n, dy, dx)
     }
     fn dropout_forward(
         &self,
         g: &DropoutGeometry,
         n: usize,
-        mask: &Vec<f32>,
-        x: &Vec<f32>,
-        y: &mut Vec<f32>,
+        mask: &CpuBuffer,
+        x: &CpuBuffer,
+        y: &mut CpuBuffer,
     ) {
         let len = n * g.len;
         fast::elementwise::multiply(&x[..len], &mask[..len], &mut y[..len])
@@ -212,9 +217,9 @@ impl Backend for Cpu {
         &self,
         g: &DropoutGeometry,
         n: usize,
-        mask: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: &mut Vec<f32>,
+        mask: &CpuBuffer,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
     ) {
         let len = n * g.len;
         fast::elementwise::multiply(&dy[..len], &mask[..len], &mut dx[..len])
@@ -223,18 +228,18 @@ impl Backend for Cpu {
         &self,
         classes: usize,
         n: usize,
-        logits: &Vec<f32>,
+        logits: &CpuBuffer,
         labels: &[u32],
-        dlogits: &mut Vec<f32>,
+        dlogits: &mut CpuBuffer,
     ) -> f32 {
         // A few thousand values per batch: the reference is fast enough.
         reference::softmax_cross_entropy(classes, n, logits, labels, dlogits)
     }
     fn sgd_update(
         &self,
-        w: &mut Vec<f32>,
-        dw: &Vec<f32>,
-        v: &mut Vec<f32>,
+        w: &mut CpuBuffer,
+        dw: &CpuBuffer,
+        v: &mut CpuBuffer,
         lr: f32,
         momentum: f32,
         decay: f32,
@@ -244,7 +249,7 @@ impl Backend for Cpu {
 }
 
 impl Backend for ReferenceCpu {
-    host_buffers!();
+    host_buffers!(Vec<f32>);
 
     fn describe(&self) -> String {
         "cpu reference (naive loops, 1 thread)".to_string()
