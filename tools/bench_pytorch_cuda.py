@@ -11,8 +11,9 @@ or the logits), as our bench does: each step includes its transfers and a synchr
 
 PyTorch runs in fp32 with TF32 off (cuDNN would otherwise use TF32 for fp32 convolutions by default) and
 cudnn.benchmark on (it times the convolution algorithms once per shape: the strongest eager baseline).
-Unless --fp32-only, it also runs with TF32 allowed and under bf16 autocast, printed for reference: our CUDA
-backend computes in fp32 only so far, so those rows have no figure of ours.
+Unless --fp32-only, it also runs with TF32 allowed and under bf16 autocast. Our binary runs once per mode
+PyTorch runs, with `--precision fp32|tf32|bf16`; only the fp32 run times the per-layer breakdown. A mode of
+ours that fails is reported with the end of its stderr in place of its figures; the other modes still count.
 
     python3 tools/bench_pytorch_cuda.py --alexnet-bin gpu-bundle/alexnet
     python3 tools/bench_pytorch_cuda.py --no-ours --seconds 2 --fp32-only
@@ -35,6 +36,7 @@ sys.path.insert(0, str(TOOLS_DIR))
 import bench_pytorch  # noqa: E402  (the CPU bench: net, data, SGD and timing rules shared with it)
 
 GIB = float(1 << 30)
+STDERR_TAIL_LINES = 15  # of a failed run of ours, shown in place of its figures
 
 
 def time_steps(seconds, step):
@@ -107,17 +109,25 @@ def measure_inference(arch, batch, seconds, mode):
     return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3}
 
 
-def run_ours(args):
+def run_ours(args, mode):
+    """Our bench in one mode (`--precision`, a global flag, before the subcommand); the per-layer breakdown
+    only in fp32. Returns (figures, None), or (None, what went wrong with the end of the child's stderr)."""
+    layer_steps = args.layer_steps if mode == "fp32" else 0
     command = [
-        str(args.alexnet_bin), "bench", "--json", "--device", args.device,
-        "--arch", args.arch, "--seconds", str(args.seconds), "--layer-steps", str(args.layer_steps),
+        str(args.alexnet_bin), "--precision", mode, "bench", "--json", "--device", args.device,
+        "--arch", args.arch, "--seconds", str(args.seconds), "--layer-steps", str(layer_steps),
         "--train-batch", str(args.train_batch), "--infer-batch", str(args.infer_batch),
     ]
-    log("ours: " + " ".join(command))
-    finished = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    log(f"ours {mode}: " + " ".join(command))
+    finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(finished.stderr)
+    tail = "\n".join(finished.stderr.rstrip().splitlines()[-STDERR_TAIL_LINES:])
     if finished.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed (exit status {finished.returncode})")
-    return bench_pytorch.last_json_line(finished.stdout)
+        return None, f"`{' '.join(command)}` failed (exit status {finished.returncode})\n{tail}".rstrip()
+    try:
+        return bench_pytorch.last_json_line(finished.stdout), None
+    except (RuntimeError, ValueError) as e:
+        return None, f"`{' '.join(command)}` printed no figures ({e})\n{tail}".rstrip()
 
 
 def versions():
@@ -138,38 +148,51 @@ def fmt(value, spec=".1f"):
     return "-" if value is None else format(value, spec)
 
 
-def print_table(meta, ours, pytorch):
+def ratio(mine, theirs):
+    return "-" if mine is None or not theirs else f"{mine / theirs:.2f}x"
+
+
+def print_table(meta, ours, errors, pytorch):
+    """`ours` and `errors` map a mode to our figures or to what went wrong; a mode in neither was not run."""
     print(f"alexnet on the GPU beside PyTorch eager: {meta['arch']}, {meta['seconds']:g} s per measurement, "
           f"{meta['date']}")
     print(f"  GPU: {meta['versions']['gpu']}")
     print(f"  PyTorch {meta['versions']['torch']} (CUDA {meta['versions']['cuda_torch_built_with']}, "
           f"cuDNN {meta['versions']['cudnn']}), cudnn.benchmark on")
-    print(f"  ours: {ours.get('backend', '?') if ours else 'no figures'}")
+    for mode in pytorch:
+        if mode in ours:
+            print(f"  ours, {mode}: {ours[mode].get('backend', '?')}")
+        elif mode in errors:
+            print(f"  ours, {mode}: FAILED (below)")
+    if not ours and not errors:
+        print("  ours: no figures")
     print()
     header = ("measurement", "alexnet (ours)", "PyTorch", "ours/PyTorch")
     body = []
-    ours_train = next((t["images_per_s"] for t in (ours or {}).get("train", [])
-                       if t.get("batch") == meta["train_batch"]), None)
-    ours_infer = ((ours or {}).get("inference") or {}).get("images_per_s")
     for mode, figures in pytorch.items():
-        mine_t = ours_train if mode == "fp32" else None
-        mine_i = ours_infer if mode == "fp32" else None
+        mine = ours.get(mode) or {}
+        failed = "FAILED" if mode in errors else None
+        mine_t = next((t["images_per_s"] for t in mine.get("train", [])
+                       if t.get("batch") == meta["train_batch"]), None)
+        mine_i = (mine.get("inference") or {}).get("images_per_s")
         t, i = figures["train"]["images_per_s"], figures["inference"]["images_per_s"]
-        body.append((f"training, batch {meta['train_batch']}, {mode} (images/s)", fmt(mine_t), fmt(t),
-                     "-" if mine_t is None else f"{mine_t / t:.2f}x"))
-        body.append((f"inference, batch {meta['infer_batch']}, {mode} (images/s)", fmt(mine_i), fmt(i),
-                     "-" if mine_i is None else f"{mine_i / i:.2f}x"))
-    if ours is not None:
-        body.append(("latency, batch 1, fp32 (ms)", fmt(ours.get("latency_batch1_ms"), ".2f"), "-", "-"))
+        body.append((f"training, batch {meta['train_batch']}, {mode} (images/s)", failed or fmt(mine_t),
+                     fmt(t), ratio(mine_t, t)))
+        body.append((f"inference, batch {meta['infer_batch']}, {mode} (images/s)", failed or fmt(mine_i),
+                     fmt(i), ratio(mine_i, i)))
+        if mine.get("latency_batch1_ms") is not None:
+            body.append((f"latency, batch 1, {mode} (ms)", fmt(mine["latency_batch1_ms"], ".2f"), "-", "-"))
     widths = [max(len(row[k]) for row in [header, *body]) for k in range(4)]
     line = "  {:<{}} | {:>{}} | {:>{}} | {:>{}}"
     print(line.format(header[0], widths[0], header[1], widths[1], header[2], widths[2], header[3], widths[3]))
     print("  " + "-+-".join("-" * w for w in widths))
     for row in body:
         print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
-    layers = (ours or {}).get("layers", [])
+    for mode, error in errors.items():
+        print(f"\n  ours, {mode}, FAILED: " + error.replace("\n", "\n    "))
+    layers = (ours.get("fp32") or {}).get("layers", [])
     if layers:
-        print(f"\n  ours per layer, training batch {meta['train_batch']} (ms): forward, backward")
+        print(f"\n  ours per layer, fp32, training batch {meta['train_batch']} (ms): forward, backward")
     for layer in layers:
         print(f"    {layer['layer']:<22} {layer['forward_ms']:8.2f} {layer['backward_ms']:8.2f}")
 
@@ -180,12 +203,14 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement, after a warm-up")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--infer-batch", type=int, default=256)
-    parser.add_argument("--layer-steps", type=int, default=2, help="training steps of our per-layer breakdown")
+    parser.add_argument("--layer-steps", type=int, default=2,
+                        help="training steps of our per-layer breakdown (fp32 run only)")
     parser.add_argument("--device", default="cuda:0", help="our --device")
     parser.add_argument("--alexnet-bin", type=Path, default=Path("gpu-bundle/alexnet"),
                         help="our binary, built with --features cuda")
     parser.add_argument("--no-ours", action="store_true", help="measure PyTorch only")
-    parser.add_argument("--fp32-only", action="store_true", help="skip PyTorch's tf32 and bf16 runs")
+    parser.add_argument("--fp32-only", action="store_true",
+                        help="skip the tf32 and bf16 runs (PyTorch's and ours)")
     parser.add_argument("--json-out", metavar="FILE", help="also write all figures as JSON to FILE")
     return parser.parse_args()
 
@@ -204,27 +229,30 @@ def main():
         "infer_batch": args.infer_batch, "versions": versions(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+    modes = ["fp32"] + ([] if args.fp32_only else ["tf32", "bf16"])
     pytorch = {}
-    for mode in ["fp32"] + ([] if args.fp32_only else ["tf32", "bf16"]):
+    for mode in modes:
         train = measure_training(args.arch, args.train_batch, args.seconds, mode)
         log(f"pytorch {mode}: training, batch {args.train_batch}: {train['images_per_s']:.1f} images/s")
         infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode)
         log(f"pytorch {mode}: inference, batch {args.infer_batch}: {infer['images_per_s']:.1f} images/s")
         pytorch[mode] = {"train": train, "inference": infer}
-    # Ours runs after PyTorch has released the GPU, so the two never share it.
-    ours, error = None, None
-    if not args.no_ours:
-        try:
-            ours = run_ours(args)
-        except (RuntimeError, ValueError) as e:
-            error = str(e)
-            log(f"error: {error}")
-    print_table(meta, ours, pytorch)
+    # Ours runs after PyTorch has released the GPU, so the two never share it: once per mode, each run on
+    # its own whether or not another failed.
+    ours, errors = {}, {}
+    for mode in [] if args.no_ours else modes:
+        figures, error = run_ours(args, mode)
+        if error is None:
+            ours[mode] = figures
+        else:
+            errors[mode] = error
+            log(f"error: ours, {mode}: {error.splitlines()[0]}")
+    print_table(meta, ours, errors, pytorch)
     if args.json_out:
         with open(args.json_out, "w") as out:
-            json.dump({**meta, "pytorch": pytorch, "ours": ours, "ours_error": error}, out, indent=2)
+            json.dump({**meta, "pytorch": pytorch, "ours": ours, "ours_errors": errors}, out, indent=2)
             out.write("\n")
-    return 1 if error is not None else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 # The GPU check: on a machine with an NVIDIA GPU, its driver, and PyTorch with CUDA
 # (no Rust toolchain or network needed), runs the prebuilt alexnet-cuda tests with
 # the GPU required, prints the CUDA/cuDNN versions found, and times training
-# (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager.
+# (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager,
+# in fp32, TF32 and bf16 (ours with --precision; PyTorch's bf16 under autocast).
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
-# runs the tests only. Exits non-zero if a test or the benchmark fails.
+# runs the tests only. Exits non-zero if a test or the benchmark (any mode) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
