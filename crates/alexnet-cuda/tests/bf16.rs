@@ -103,15 +103,7 @@ fn conv_geometry(
     pad: usize,
     groups: usize,
 ) -> ConvGeometry {
-    let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
-    ConvGeometry {
-        input,
-        output: Shape::new(out_channels, side(input.height), side(input.width)),
-        kernel,
-        stride,
-        pad,
-        groups,
-    }
+    ConvGeometry::new(input, out_channels, kernel, stride, pad, groups).expect("the kernel fits")
 }
 
 fn conv_on<B: Backend>(

@@ -29,15 +29,7 @@ fn conv_geometry(
     pad: usize,
     groups: usize,
 ) -> ConvGeometry {
-    let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
-    ConvGeometry {
-        input,
-        output: Shape::new(out_channels, side(input.height), side(input.width)),
-        kernel,
-        stride,
-        pad,
-        groups,
-    }
+    ConvGeometry::new(input, out_channels, kernel, stride, pad, groups).expect("the kernel fits")
 }
 
 /// Forward and backward of one convolution on both backends; `dw` and `db`

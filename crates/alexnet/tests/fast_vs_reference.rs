@@ -29,15 +29,7 @@ fn conv(
     pad: usize,
     groups: usize,
 ) -> ConvGeometry {
-    let side = |s| ConvGeometry::output_side(s, kernel, stride, pad).unwrap();
-    ConvGeometry {
-        input,
-        output: Shape::new(out, side(input.height), side(input.width)),
-        kernel,
-        stride,
-        pad,
-        groups,
-    }
+    ConvGeometry::new(input, out, kernel, stride, pad, groups).expect("the kernel fits")
 }
 
 /// Random inputs of one convolution check; gradients start non-zero to check

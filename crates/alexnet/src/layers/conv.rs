@@ -17,6 +17,29 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry of `out_channels` kernels of `kernel x kernel` over `input`,
+    /// its output sides following from stride and padding; `None` when the
+    /// kernel does not fit the padded input.
+    pub fn new(
+        input: Shape,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> Option<ConvGeometry> {
+        let height = Self::output_side(input.height, kernel, stride, pad)?;
+        let width = Self::output_side(input.width, kernel, stride, pad)?;
+        Some(ConvGeometry {
+            input,
+            output: Shape::new(out_channels, height, width),
+            kernel,
+            stride,
+            pad,
+            groups,
+        })
+    }
+
     /// Output side for an input side, or `None` when the kernel does not fit.
     pub fn output_side(input: usize, kernel: usize, stride: usize, pad: usize) -> Option<usize> {
         let padded = input + 2 * pad;

@@ -184,15 +184,7 @@ mod tests {
 
     fn conv1_like() -> ConvGeometry {
         // 3 channels of 17x19, kernel 7, stride 3, padding 2: ceil(7 / 3) = 3.
-        let side = |s| ConvGeometry::output_side(s, 7, 3, 2).unwrap();
-        ConvGeometry {
-            input: Shape::new(3, 17, 19),
-            output: Shape::new(4, side(17), side(19)),
-            kernel: 7,
-            stride: 3,
-            pad: 2,
-            groups: 1,
-        }
+        ConvGeometry::new(Shape::new(3, 17, 19), 4, 7, 3, 2, 1).expect("the kernel fits")
     }
 
     #[test]
