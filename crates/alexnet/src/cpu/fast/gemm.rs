@@ -162,11 +162,17 @@ pub struct Strided<'a> {
 }
 
 impl Strided<'_> {
-    /// Whether every element of a `rows` x `columns` matrix lies inside `data`.
+    /// Whether every element of a `rows` x `columns` matrix lies inside `data`
+    /// (an offset too large to compute lies outside).
     fn holds(&self, rows: usize, columns: usize) -> bool {
-        rows == 0
-            || columns == 0
-            || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.data.len()
+        if rows == 0 || columns == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((columns - 1).checked_mul(self.column_stride))
+            .and_then(|(r, c)| r.checked_add(c));
+        last.is_some_and(|last| last < self.data.len())
     }
 }
 
@@ -184,7 +190,14 @@ pub fn matmul_f32_strided(
     c_row_stride: usize,
     accumulate: bool,
 ) {
-    let c_fits = m == 0 || n == 0 || (m - 1) * c_row_stride + n <= c.len();
+    // `c`'s rows must not overlap, and its last element must lie inside it.
+    let c_fits = m == 0
+        || n == 0
+        || ((m == 1 || c_row_stride >= n)
+            && (m - 1)
+                .checked_mul(c_row_stride)
+                .and_then(|start| start.checked_add(n))
+                .is_some_and(|end| end <= c.len()));
     assert!(
         a.holds(m, k) && b.holds(k, n) && c_fits,
         "matmul operand too short"
@@ -194,9 +207,9 @@ pub fn matmul_f32_strided(
     }
     if k == 0 {
         if !accumulate {
-            c.chunks_mut(c_row_stride)
-                .take(m)
-                .for_each(|row| row[..n].fill(0.0));
+            for r in 0..m {
+                c[r * c_row_stride..][..n].fill(0.0);
+            }
         }
         return;
     }
@@ -279,5 +292,19 @@ mod tests {
         let mut c = vec![0.0f32; 9];
         // 3 rows of 4 would need 12 values.
         matmul_f32_strided(3, 3, 4, a, a, &mut c, 3, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul operand too short")]
+    fn strided_products_refuse_strides_whose_offsets_overflow() {
+        let data = vec![0.0f32; 10];
+        let huge = Strided {
+            data: &data,
+            row_stride: usize::MAX / 2 + 1,
+            column_stride: 1,
+        };
+        let mut c = vec![0.0f32; 9];
+        // (3 - 1) * row_stride wraps to 0 in unchecked arithmetic.
+        matmul_f32_strided(3, 3, 1, huge, huge, &mut c, 3, false);
     }
 }

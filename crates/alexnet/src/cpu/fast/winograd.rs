@@ -44,7 +44,11 @@ const TARGET_TILES: usize = 384;
 
 /// Transformed kernels, and the rotated kernels of the input gradient: kept
 /// between calls so that they are allocated once. (Not the per-thread scratch,
-/// which the tiles of each thread use inside.)
+/// which the tiles of each thread use inside.) Like every such static of the
+/// fast kernels, each is locked for a whole call, around its parallel loops: a
+/// convolution must not be started from inside a job of the rayon pool it runs
+/// on, where a waiting thread could take up a second call's job that wants the
+/// same lock.
 static TRANSFORMED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 static ROTATED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 static WEIGHT_PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
