@@ -9,9 +9,8 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::net::Network;
+use crate::model::Model;
 use crate::spec::NetSpec;
 
 /// The `format` metadata value that marks our checkpoints.
@@ -64,18 +63,14 @@ fn le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// Writes the net's parameters and what `options` asks for to `path` atomically.
-pub fn save<B: Backend>(net: &Network<B>, path: &Path, options: &SaveOptions) -> Result<()> {
+pub fn save<M: Model + ?Sized>(net: &M, path: &Path, options: &SaveOptions) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for (index, p) in net.params().iter().enumerate() {
-        owned.push((
-            p.info.name.clone(),
-            p.info.shape.clone(),
-            net.param_values(index),
-        ));
+    for (index, p) in net.plan().params.iter().enumerate() {
+        owned.push((p.name.clone(), p.shape.clone(), net.param_values(index)));
         if options.with_velocity {
             owned.push((
-                format!("{VELOCITY_PREFIX}{}", p.info.name),
-                p.info.shape.clone(),
+                format!("{VELOCITY_PREFIX}{}", p.name),
+                p.shape.clone(),
                 net.param_velocity(index),
             ));
         }
@@ -285,14 +280,14 @@ fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint>
 impl Checkpoint {
     /// Copies the parameters (and velocities, when `with_velocity`) into `net`,
     /// checking that every tensor the net has is present with the right shape.
-    pub fn apply<B: Backend>(
+    pub fn apply<M: Model + ?Sized>(
         &self,
-        net: &mut Network<B>,
+        net: &mut M,
         path: &Path,
         with_velocity: bool,
     ) -> Result<()> {
-        for index in 0..net.params().len() {
-            let info = net.params()[index].info.clone();
+        for index in 0..net.plan().params.len() {
+            let info = net.plan().params[index].clone();
             let (shape, values) = self.tensors.get(&info.name).ok_or_else(|| {
                 ckpt_error(
                     path,

@@ -28,20 +28,24 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod error;
 pub mod layers;
+pub mod model;
 pub mod net;
 pub mod optim;
 pub mod plan;
 pub mod rng;
 pub mod spec;
+pub mod towers;
 
 pub use backend::Backend;
 pub use cpu::fast::gemm::{Bf16Kernel, Precision, Products};
 pub use cpu::{Cpu, ReferenceCpu};
 pub use error::{Error, Result};
+pub use model::Model;
 pub use net::{Mode, Network};
 pub use optim::Sgd;
 pub use plan::Plan;
 pub use spec::NetSpec;
+pub use towers::Towers;
 
 /// Probabilities from logits: a numerically stable softmax of each row of `classes` values.
 pub fn softmax_rows(logits: &[f32], classes: usize) -> Vec<f32> {

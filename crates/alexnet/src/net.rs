@@ -7,10 +7,12 @@
 //! buffers large enough for any activation, used in turn as the gradient flows
 //! back. Nothing is allocated by a step after construction.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::layers::DropoutGeometry;
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
 use crate::rng::Rng;
@@ -59,7 +61,45 @@ pub struct Network<B: Backend> {
     times: Option<LayerTimes>,
 }
 
-fn input_error(what: &str, expected: String, found: String) -> Error {
+/// A parameter tensor's starting values as the paper draws them (Section 5).
+pub(crate) fn initial_values(info: &ParamInfo, rng: &mut Rng) -> Vec<f32> {
+    match info.init {
+        Init::Gaussian(std) => (0..info.len())
+            .map(|_| (rng.normal() * std as f64) as f32)
+            .collect(),
+        Init::Constant(c) => vec![c; info.len()],
+    }
+}
+
+/// Fills `mask` with a dropout mask: each value 0 with probability `p`, else the
+/// inverted-dropout scale `1 / (1 - p)`.
+pub(crate) fn draw_mask(rng: &mut Rng, geometry: &DropoutGeometry, mask: &mut [f32]) {
+    let (p, keep) = (geometry.p as f64, geometry.keep_scale());
+    for v in mask.iter_mut() {
+        *v = if rng.uniform() < p { 0.0 } else { keep };
+    }
+}
+
+/// Checks that there is one label per image and each names a class.
+pub(crate) fn check_labels(labels: &[u32], n: usize, classes: usize) -> Result<()> {
+    if labels.len() != n {
+        return Err(input_error(
+            "labels",
+            format!("{n} labels, one per image"),
+            labels.len().to_string(),
+        ));
+    }
+    if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(input_error(
+            "labels",
+            format!("class indices below {classes}"),
+            bad.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn input_error(what: &str, expected: String, found: String) -> Error {
     Error::Input {
         what: what.to_string(),
         expected,
@@ -88,25 +128,29 @@ impl<B: Backend> Network<B> {
         initialise: bool,
     ) -> Result<Network<B>> {
         let plan = Plan::new(spec)?;
+        let mut rng = Rng::new(seed);
+        let mut net = Network::from_plan(backend, plan, max_batch)?;
+        if initialise {
+            for index in 0..net.params.len() {
+                let host = initial_values(&net.params[index].info, &mut rng);
+                net.backend.upload(&host, &mut net.params[index].value);
+            }
+        }
+        net.rng = rng;
+        Ok(net)
+    }
+
+    /// Builds the buffers for `plan` with every parameter at zero and the dropout
+    /// generator at seed 0.
+    pub(crate) fn from_plan(backend: B, plan: Plan, max_batch: usize) -> Result<Network<B>> {
         if max_batch == 0 {
             return Err(input_error("batch size", "at least 1".into(), "0".into()));
         }
-        let mut rng = Rng::new(seed);
         let mut params = Vec::with_capacity(plan.params.len());
         for info in &plan.params {
-            let mut value = backend.alloc(info.len())?;
-            if initialise {
-                let host: Vec<f32> = match info.init {
-                    Init::Gaussian(std) => (0..info.len())
-                        .map(|_| (rng.normal() * std as f64) as f32)
-                        .collect(),
-                    Init::Constant(c) => vec![c; info.len()],
-                };
-                backend.upload(&host, &mut value);
-            }
             params.push(Param {
                 info: info.clone(),
-                value,
+                value: backend.alloc(info.len())?,
                 grad: backend.alloc(info.len())?,
                 velocity: backend.alloc(info.len())?,
                 frozen: false,
@@ -140,7 +184,7 @@ impl<B: Backend> Network<B> {
             masks,
             mask_host: vec![0.0; mask_len],
             masks_given: false,
-            rng,
+            rng: Rng::new(0),
             batch: 0,
             times: None,
         })
@@ -264,6 +308,13 @@ impl<B: Backend> Network<B> {
     /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
     /// For comparing with another implementation that drew its own.
     pub fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
+        self.upload_dropout_masks(masks)?;
+        self.masks_given = true;
+        Ok(())
+    }
+
+    /// Copies one mask per dropout layer into the mask buffers.
+    pub(crate) fn upload_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
         let n = self.batch;
         let mut given = masks.iter();
         for (layer, mask) in self.plan.layers.iter().zip(self.masks.iter_mut()) {
@@ -286,7 +337,6 @@ impl<B: Backend> Network<B> {
             }
             self.backend.upload(host, buffer);
         }
-        self.masks_given = true;
         Ok(())
     }
 
@@ -297,10 +347,7 @@ impl<B: Backend> Network<B> {
                 continue;
             };
             let host = &mut self.mask_host[..n * geometry.len];
-            let (p, keep) = (geometry.p as f64, geometry.keep_scale());
-            for v in host.iter_mut() {
-                *v = if self.rng.uniform() < p { 0.0 } else { keep };
-            }
+            draw_mask(&mut self.rng, geometry, host);
             self.backend.upload(host, buffer);
         }
     }
@@ -313,7 +360,14 @@ impl<B: Backend> Network<B> {
             self.draw_masks();
         }
         self.masks_given = false;
-        for index in 0..self.plan.layers.len() {
+        self.forward_layers(0..self.plan.layers.len(), mode);
+    }
+
+    /// Runs the layers in `layers` on the loaded batch (the dropout masks are
+    /// already in place).
+    pub(crate) fn forward_layers(&mut self, layers: Range<usize>, mode: Mode) {
+        let n = self.batch;
+        for index in layers {
             let started = self.times.as_ref().map(|_| Instant::now());
             self.forward_layer(index, n, mode);
             if let (Some(times), Some(started)) = (self.times.as_mut(), started) {
@@ -405,23 +459,8 @@ impl<B: Backend> Network<B> {
     pub fn backward(&mut self, labels: &[u32]) -> Result<f32> {
         let n = self.batch;
         let classes = self.plan.classes();
-        if labels.len() != n {
-            return Err(input_error(
-                "labels",
-                format!("{n} labels, one per image"),
-                labels.len().to_string(),
-            ));
-        }
-        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
-            return Err(input_error(
-                "labels",
-                format!("class indices below {classes}"),
-                bad.to_string(),
-            ));
-        }
-        for p in &mut self.params {
-            self.backend.fill(&mut p.grad, 0.0);
-        }
+        check_labels(labels, n, classes)?;
+        self.zero_grads();
         let last = self.plan.layers.last().expect("a plan has layers");
         let loss = self.backend.softmax_cross_entropy(
             classes,
@@ -430,10 +469,24 @@ impl<B: Backend> Network<B> {
             labels,
             &mut self.gradients[0],
         );
+        self.backward_layers(0..self.plan.layers.len(), 0);
+        Ok(loss)
+    }
+
+    pub(crate) fn zero_grads(&mut self) {
+        for p in &mut self.params {
+            self.backend.fill(&mut p.grad, 0.0);
+        }
+    }
+
+    /// Backward through `layers`, last first, starting from the gradient of the
+    /// last one's output in gradient buffer `current`; returns the buffer that then
+    /// holds the gradient of the first one's input.
+    pub(crate) fn backward_layers(&mut self, layers: Range<usize>, mut current: usize) -> usize {
+        let n = self.batch;
         // `current` holds the gradient of the layer's output; each non-in-place
         // layer writes its input gradient into the other buffer and the roles swap.
-        let mut current = 0;
-        for index in (0..self.plan.layers.len()).rev() {
+        for index in layers.rev() {
             let started = self.times.as_ref().map(|_| Instant::now());
             if self.backward_layer(index, n, current) {
                 current = 1 - current;
@@ -443,7 +496,27 @@ impl<B: Backend> Network<B> {
                 times.backward[index] += started.elapsed().as_secs_f64();
             }
         }
-        Ok(loss)
+        current
+    }
+
+    /// Activation buffer `index` of the plan (0 is the input).
+    pub(crate) fn activation(&self, index: usize) -> &B::Buffer {
+        &self.activations[index]
+    }
+    /// The backend with activation buffer `index`, to write into it.
+    pub(crate) fn backend_and_activation(&mut self, index: usize) -> (&B, &mut B::Buffer) {
+        (&self.backend, &mut self.activations[index])
+    }
+    /// One of the two gradient buffers the backward pass alternates between.
+    pub(crate) fn gradient(&self, index: usize) -> &B::Buffer {
+        &self.gradients[index]
+    }
+    pub(crate) fn backend_and_gradient(&mut self, index: usize) -> (&B, &mut B::Buffer) {
+        (&self.backend, &mut self.gradients[index])
+    }
+    /// Images in the loaded batch.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// Backward through one layer; returns whether the gradient moved to the other buffer.

@@ -112,6 +112,15 @@ fn shape_error(label: &str, expected: String, found: String, hint: Option<&str>)
 
 impl Plan {
     pub fn new(spec: &NetSpec) -> Result<Plan> {
+        Plan::build(spec, &[], 1)
+    }
+
+    /// Like [`Plan::new`], except that each layer listed in `gathered` reads the
+    /// outputs of `parts` copies of the net laid side by side along channels: its
+    /// input has `parts` times the previous layer's channels, in a buffer of its own
+    /// that no layer writes (whoever runs the copies fills it). This is one tower's
+    /// half of a net split across devices (see [`crate::towers`]).
+    pub(crate) fn build(spec: &NetSpec, gathered: &[usize], parts: usize) -> Result<Plan> {
         let input = Shape::new(spec.input.channels, spec.input.height, spec.input.width);
         if input.is_empty() {
             return Err(shape_error(
@@ -149,6 +158,10 @@ impl Plan {
                     kind_name(layer).into(),
                     Some("give the earlier linear layer an explicit `out`"),
                 ));
+            }
+            if gathered.contains(&index) {
+                shape = Shape::new(shape.channels * parts, shape.height, shape.width);
+                activations.push(shape.len());
             }
             let (op, output) = match layer {
                 LayerSpec::Conv(c) => {

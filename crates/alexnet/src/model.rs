@@ -1,0 +1,145 @@
+//! What training, evaluation, checkpoints and the tools need of a net, whether it
+//! runs on one device ([`Network`]) or split into towers across several
+//! ([`crate::towers::Towers`]). Parameters are always seen whole, as the
+//! one-device net lays them out, so checkpoints do not depend on where a net ran.
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::net::{LayerTimes, Mode, Network};
+use crate::optim::Sgd;
+use crate::plan::Plan;
+use crate::rng::Rng;
+use crate::spec::NetSpec;
+
+pub trait Model {
+    /// Where the net runs, for reports: "cpu (2 threads, avx512)".
+    fn describe(&self) -> String;
+    /// The whole net's plan (layers, parameter names and shapes).
+    fn plan(&self) -> &Plan;
+    fn spec(&self) -> &NetSpec {
+        &self.plan().spec
+    }
+    /// The largest batch the net was built for.
+    fn max_batch(&self) -> usize;
+    /// The generator behind dropout masks (its state goes into checkpoints).
+    fn rng(&self) -> &Rng;
+    fn set_rng(&mut self, rng: Rng);
+    /// Waits until queued work has finished (for timing).
+    fn synchronize(&self);
+
+    /// Index of a parameter tensor by name (`conv1.weight`).
+    fn param_index(&self, name: &str) -> Option<usize> {
+        self.plan().params.iter().position(|p| p.name == name)
+    }
+    /// A parameter tensor's values, copied to the host.
+    fn param_values(&self, index: usize) -> Vec<f32>;
+    fn param_grad(&self, index: usize) -> Vec<f32>;
+    fn param_velocity(&self, index: usize) -> Vec<f32>;
+    /// Replaces a parameter tensor's values; the length must match its shape.
+    fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()>;
+    fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()>;
+    /// Frozen parameters keep their values: the SGD step skips them (fine-tuning).
+    fn set_frozen(&mut self, index: usize, frozen: bool);
+
+    /// Loads a batch of images (NCHW); returns how many.
+    fn set_input(&mut self, images: &[f32]) -> Result<usize>;
+    /// Uses these masks (one per dropout layer, `n * len` values of 0 or
+    /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
+    fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()>;
+    /// Runs the loaded batch through the net.
+    fn forward(&mut self, mode: Mode);
+    /// The class scores of the current batch (`n x classes`).
+    fn logits(&self) -> Vec<f32>;
+    /// The output of layer `index` (of `plan().layers`) for the current batch.
+    fn layer_output(&self, index: usize) -> Vec<f32>;
+    /// Zeroes the parameter gradients, then adds the gradient of the mean
+    /// cross-entropy of the last forward pass against `labels`. Returns the loss.
+    fn backward(&mut self, labels: &[u32]) -> Result<f32>;
+    /// One SGD update of every parameter that is not frozen.
+    fn sgd_step(&mut self, sgd: &Sgd);
+    /// Starts (or stops) recording the time of each layer's passes.
+    fn record_layer_times(&mut self, on: bool);
+    /// Accumulated per-layer seconds since recording started.
+    fn layer_times(&self) -> Option<LayerTimes>;
+
+    /// Runs `images` forward in test mode and returns the logits.
+    fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        self.set_input(images)?;
+        self.forward(Mode::Test);
+        Ok(self.logits())
+    }
+    /// Forward, backward and SGD update on one batch; returns the loss.
+    fn train_step(&mut self, images: &[f32], labels: &[u32], sgd: &Sgd) -> Result<f32> {
+        self.set_input(images)?;
+        self.forward(Mode::Train);
+        let loss = self.backward(labels)?;
+        self.sgd_step(sgd);
+        Ok(loss)
+    }
+}
+
+impl<B: Backend> Model for Network<B> {
+    fn describe(&self) -> String {
+        self.backend().describe()
+    }
+    fn plan(&self) -> &Plan {
+        Network::plan(self)
+    }
+    fn max_batch(&self) -> usize {
+        Network::max_batch(self)
+    }
+    fn rng(&self) -> &Rng {
+        Network::rng(self)
+    }
+    fn set_rng(&mut self, rng: Rng) {
+        Network::set_rng(self, rng)
+    }
+    fn synchronize(&self) {
+        self.backend().synchronize()
+    }
+    fn param_values(&self, index: usize) -> Vec<f32> {
+        Network::param_values(self, index)
+    }
+    fn param_grad(&self, index: usize) -> Vec<f32> {
+        Network::param_grad(self, index)
+    }
+    fn param_velocity(&self, index: usize) -> Vec<f32> {
+        Network::param_velocity(self, index)
+    }
+    fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        Network::set_param_values(self, index, values)
+    }
+    fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        Network::set_param_velocity(self, index, values)
+    }
+    fn set_frozen(&mut self, index: usize, frozen: bool) {
+        Network::set_frozen(self, index, frozen)
+    }
+    fn set_input(&mut self, images: &[f32]) -> Result<usize> {
+        Network::set_input(self, images)
+    }
+    fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
+        Network::set_next_dropout_masks(self, masks)
+    }
+    fn forward(&mut self, mode: Mode) {
+        Network::forward(self, mode)
+    }
+    fn logits(&self) -> Vec<f32> {
+        Network::logits(self)
+    }
+    fn layer_output(&self, index: usize) -> Vec<f32> {
+        Network::layer_output(self, index)
+    }
+    fn backward(&mut self, labels: &[u32]) -> Result<f32> {
+        Network::backward(self, labels)
+    }
+    fn sgd_step(&mut self, sgd: &Sgd) {
+        Network::sgd_step(self, sgd)
+    }
+    fn record_layer_times(&mut self, on: bool) {
+        Network::record_layer_times(self, on)
+    }
+    fn layer_times(&self) -> Option<LayerTimes> {
+        Network::layer_times(self).cloned()
+    }
+}

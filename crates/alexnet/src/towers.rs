@@ -1,0 +1,536 @@
+//! The paper's two towers on two devices (Section 3.2): "the GPUs communicate
+//! only in certain layers".
+//!
+//! Each tower holds half of every layer's kernels: half of conv1's 96, conv2's
+//! group (its 48 input maps and 128 kernels), half of conv3's 384 kernels, and so
+//! on to half of fc8's class scores. A layer whose kernels read every map of the
+//! layer below (conv3 and the fully connected layers, which have `groups = 1`)
+//! is where the towers exchange activations: each gathers both halves of its
+//! input, side by side along channels, and on the way back each tower's share of
+//! the input gradient is the sum of what both towers computed for it. LRN must
+//! be per tower (`groups = 2`, the paper's), since across towers it would need
+//! them to talk at every LRN.
+//!
+//! Side by side along channels is exactly the one-device net's layout: tower 1's
+//! maps are the first half of the channels, tower 2's the second. So a net split
+//! into towers computes the same function as [`Network`] with the same
+//! description, and its parameters are the one-device tensors cut into contiguous
+//! halves (every split tensor is split along its first axis, output channels or
+//! outputs). Checkpoints are the same either way.
+//!
+//! The exchange goes through host memory: each tower's half is downloaded, the
+//! halves are laid side by side and the result uploaded to every tower. The
+//! towers run one after the other from one thread; on GPUs the queued work of
+//! both overlaps, since nothing waits until an exchange.
+
+use std::ops::Range;
+
+use crate::backend::Backend;
+use crate::cpu::reference;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::net::{LayerTimes, Mode, Network, check_labels, draw_mask, initial_values, input_error};
+use crate::optim::Sgd;
+use crate::plan::{Op, Plan};
+use crate::rng::Rng;
+use crate::spec::{LayerSpec, NetSpec};
+
+/// How a description splits into towers: one tower's share of the net (every
+/// tower has the same shapes) and the layers whose input is gathered from all.
+#[derive(Clone, Debug)]
+pub struct TowerLayout {
+    pub towers: usize,
+    /// One tower's share, with the gathered layers reading `towers` times the
+    /// channels the layer below produced.
+    pub tower: Plan,
+    /// Layers (indices into both plans' `layers`) whose input is gathered.
+    pub gathered: Vec<usize>,
+}
+
+fn split_error(layer: String, expected: String, found: String) -> Error {
+    Error::Shape {
+        layer,
+        expected,
+        found,
+        hint: Some("towers split the paper's kind of net; run it on one device instead".into()),
+    }
+}
+
+impl TowerLayout {
+    /// Splits `spec` into `towers` towers, or says which layer cannot be split.
+    pub fn new(spec: &NetSpec, towers: usize) -> Result<TowerLayout> {
+        if towers < 2 {
+            return Err(split_error(
+                "towers".into(),
+                "at least 2 towers".into(),
+                towers.to_string(),
+            ));
+        }
+        let mut share = spec.clone();
+        let mut gathered = Vec::new();
+        // Whether the activation reaching this layer is divided among the towers
+        // (false only for the input image, which every tower receives whole).
+        let mut split = false;
+        let split_count = |label: &str, what: &str, count: usize| -> Result<usize> {
+            if count.is_multiple_of(towers) {
+                Ok(count / towers)
+            } else {
+                Err(split_error(
+                    label.to_string(),
+                    format!("{what} divisible by {towers} towers"),
+                    count.to_string(),
+                ))
+            }
+        };
+        for (index, layer) in share.layers.iter_mut().enumerate() {
+            match layer {
+                LayerSpec::Conv(c) => {
+                    let label = format!("layer {} ({})", index + 1, c.name);
+                    if c.groups == 1 {
+                        if split {
+                            gathered.push(index);
+                        }
+                    } else if split && c.groups.is_multiple_of(towers) {
+                        c.groups /= towers;
+                    } else {
+                        return Err(split_error(
+                            label,
+                            format!(
+                                "groups 1 (reading every tower) or a multiple of {towers} \
+                                 on an input already split into towers"
+                            ),
+                            format!("groups {}", c.groups),
+                        ));
+                    }
+                    c.out = split_count(&label, "output channels", c.out)?;
+                    split = true;
+                }
+                LayerSpec::Linear(l) => {
+                    let label = format!("layer {} ({})", index + 1, l.name);
+                    if split {
+                        gathered.push(index);
+                    }
+                    if let Some(out) = &mut l.out {
+                        *out = split_count(&label, "outputs", *out)?;
+                    }
+                    split = true;
+                }
+                LayerSpec::Lrn(n) if split => {
+                    if !n.groups.is_multiple_of(towers) {
+                        return Err(split_error(
+                            format!("layer {} (lrn)", index + 1),
+                            format!(
+                                "normalisation within each tower (groups a multiple of {towers}, \
+                                 the paper's), not across them"
+                            ),
+                            format!("groups {}", n.groups),
+                        ));
+                    }
+                    n.groups /= towers;
+                }
+                _ => {}
+            }
+        }
+        share.classes = split_count("classes", "class count", spec.classes)?;
+        let tower = Plan::build(&share, &gathered, towers)?;
+        Ok(TowerLayout {
+            towers,
+            tower,
+            gathered,
+        })
+    }
+
+    /// The activation buffer a gathered layer's input is assembled from in each
+    /// tower (the last one written before it) and the one it reads.
+    fn exchange_buffers(&self, layer: usize) -> (usize, usize) {
+        let layers = &self.tower.layers;
+        (layers[layer - 1].dst, layers[layer].src)
+    }
+
+    /// Values per image of one tower's share of a gathered layer's input.
+    fn share_len(&self, layer: usize) -> usize {
+        self.tower.layers[layer - 1].output.len()
+    }
+}
+
+/// Lays `towers` per-image shares side by side: image `i` of the result is
+/// tower 0's image `i`, then tower 1's, ...
+fn interleave(shares: &[Vec<f32>], n: usize, share: usize, out: &mut [f32]) {
+    let towers = shares.len();
+    for (t, part) in shares.iter().enumerate() {
+        for i in 0..n {
+            out[(i * towers + t) * share..][..share].copy_from_slice(&part[i * share..][..share]);
+        }
+    }
+}
+
+/// Tower `t`'s share of each image of a side-by-side layout.
+fn share_of(whole: &[f32], towers: usize, t: usize, n: usize, share: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * share);
+    for i in 0..n {
+        out.extend_from_slice(&whole[(i * towers + t) * share..][..share]);
+    }
+    out
+}
+
+/// A net split into towers, one per backend (each backend a device; the same
+/// device may be given twice). It trains and evaluates as [`Network`] does, with
+/// the same parameters and, for the same seed, the same initial values and
+/// dropout masks.
+pub struct Towers<B: Backend> {
+    /// The whole net as one device would run it: names, shapes, layers.
+    plan: Plan,
+    layout: TowerLayout,
+    towers: Vec<Network<B>>,
+    max_batch: usize,
+    /// Draws dropout masks for the whole net, as [`Network`] would.
+    rng: Rng,
+    /// When set, the next training forward pass uses masks given by the caller.
+    masks_given: bool,
+    batch: usize,
+}
+
+impl<B: Backend> Towers<B> {
+    /// Builds the net of `spec` split over `backends` (one tower each), initialised
+    /// as [`Network::new`] with the same seed would be.
+    pub fn new(backends: Vec<B>, spec: &NetSpec, max_batch: usize, seed: u64) -> Result<Towers<B>> {
+        let mut net = Towers::new_zeroed(backends, spec, max_batch)?;
+        let mut rng = Rng::new(seed);
+        for index in 0..net.plan.params.len() {
+            let values = initial_values(&net.plan.params[index], &mut rng);
+            net.set_param_values(index, &values)?;
+        }
+        net.rng = rng;
+        Ok(net)
+    }
+
+    /// Builds the net with every parameter at zero, for weights from a checkpoint.
+    pub fn new_zeroed(backends: Vec<B>, spec: &NetSpec, max_batch: usize) -> Result<Towers<B>> {
+        let plan = Plan::new(spec)?;
+        let layout = TowerLayout::new(spec, backends.len())?;
+        let towers = backends
+            .into_iter()
+            .map(|backend| Network::from_plan(backend, layout.tower.clone(), max_batch))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Towers {
+            plan,
+            layout,
+            towers,
+            max_batch,
+            rng: Rng::new(0),
+            masks_given: false,
+            batch: 0,
+        })
+    }
+
+    pub fn layout(&self) -> &TowerLayout {
+        &self.layout
+    }
+
+    /// The tower networks, in order.
+    pub fn towers(&self) -> &[Network<B>] {
+        &self.towers
+    }
+
+    /// The runs of layers between exchanges, in order.
+    fn stretches(&self) -> Vec<Range<usize>> {
+        let mut bounds = vec![0];
+        bounds.extend(&self.layout.gathered);
+        bounds.push(self.plan.layers.len());
+        bounds.windows(2).map(|w| w[0]..w[1]).collect()
+    }
+
+    /// Draws the whole net's masks as [`Network`] does and gives each tower its share.
+    fn draw_masks(&mut self) -> Result<()> {
+        let (n, towers) = (self.batch, self.layout.towers);
+        let mut shares: Vec<Vec<Vec<f32>>> = vec![Vec::new(); towers];
+        for layer in &self.plan.layers {
+            let Op::Dropout { geometry } = &layer.op else {
+                continue;
+            };
+            let mut mask = vec![0.0; n * geometry.len];
+            draw_mask(&mut self.rng, geometry, &mut mask);
+            for (t, share) in shares.iter_mut().enumerate() {
+                share.push(share_of(&mask, towers, t, n, geometry.len / towers));
+            }
+        }
+        for (tower, masks) in self.towers.iter_mut().zip(&shares) {
+            tower.upload_dropout_masks(masks)?;
+        }
+        Ok(())
+    }
+
+    /// Fills every tower's input buffer of gathered layer `layer` with all towers' shares.
+    fn gather_activations(&mut self, layer: usize) {
+        let n = self.batch;
+        let (from, to) = self.layout.exchange_buffers(layer);
+        let share = self.layout.share_len(layer);
+        let shares: Vec<Vec<f32>> = self
+            .towers
+            .iter()
+            .map(|tower| {
+                let mut host = vec![0.0; n * share];
+                tower.backend().download(tower.activation(from), &mut host);
+                host
+            })
+            .collect();
+        let mut whole = vec![0.0; n * share * shares.len()];
+        interleave(&shares, n, share, &mut whole);
+        for tower in &mut self.towers {
+            let (backend, buffer) = tower.backend_and_activation(to);
+            backend.upload(&whole, buffer);
+        }
+    }
+
+    /// After the backward pass of gathered layer `layer`, gradient buffer `current`
+    /// of every tower holds the gradient of the whole gathered input; replaces it
+    /// in each tower by the sum over towers of that tower's share.
+    fn scatter_gradients(&mut self, layer: usize, current: usize) {
+        let n = self.batch;
+        let towers = self.layout.towers;
+        let share = self.layout.share_len(layer);
+        let wholes: Vec<Vec<f32>> = self
+            .towers
+            .iter()
+            .map(|tower| {
+                let mut host = vec![0.0; n * share * towers];
+                tower.backend().download(tower.gradient(current), &mut host);
+                host
+            })
+            .collect();
+        for (t, tower) in self.towers.iter_mut().enumerate() {
+            let mut sum = vec![0.0; n * share];
+            for whole in &wholes {
+                for (s, v) in sum.iter_mut().zip(share_of(whole, towers, t, n, share)) {
+                    *s += v;
+                }
+            }
+            let (backend, buffer) = tower.backend_and_gradient(current);
+            backend.upload(&sum, buffer);
+        }
+    }
+
+    /// The last layer's output of every tower laid side by side: `n x classes`.
+    fn gather_output(&self, index: usize) -> Vec<f32> {
+        let n = self.batch;
+        let shares: Vec<Vec<f32>> = self.towers.iter().map(|t| t.layer_output(index)).collect();
+        let share = self.layout.tower.layers[index].output.len();
+        let mut whole = vec![0.0; n * share * shares.len()];
+        interleave(&shares, n, share, &mut whole);
+        whole
+    }
+}
+
+impl<B: Backend> Model for Towers<B> {
+    fn describe(&self) -> String {
+        let devices: Vec<String> = self.towers.iter().map(|t| t.backend().describe()).collect();
+        format!("{} towers: {}", self.towers.len(), devices.join(" | "))
+    }
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+    fn rng(&self) -> &Rng {
+        &self.rng
+    }
+    fn set_rng(&mut self, rng: Rng) {
+        self.rng = rng;
+    }
+    fn synchronize(&self) {
+        self.towers.iter().for_each(|t| t.backend().synchronize());
+    }
+
+    fn param_values(&self, index: usize) -> Vec<f32> {
+        self.towers
+            .iter()
+            .flat_map(|t| t.param_values(index))
+            .collect()
+    }
+    fn param_grad(&self, index: usize) -> Vec<f32> {
+        self.towers
+            .iter()
+            .flat_map(|t| t.param_grad(index))
+            .collect()
+    }
+    fn param_velocity(&self, index: usize) -> Vec<f32> {
+        self.towers
+            .iter()
+            .flat_map(|t| t.param_velocity(index))
+            .collect()
+    }
+    fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.plan.params[index];
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} values (shape {:?})", info.len(), info.shape),
+                format!("{} values", values.len()),
+            ));
+        }
+        let share = values.len() / self.towers.len();
+        for (tower, part) in self.towers.iter_mut().zip(values.chunks_exact(share)) {
+            tower.set_param_values(index, part)?;
+        }
+        Ok(())
+    }
+    fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.plan.params[index];
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} velocity values", info.len()),
+                format!("{} values", values.len()),
+            ));
+        }
+        let share = values.len() / self.towers.len();
+        for (tower, part) in self.towers.iter_mut().zip(values.chunks_exact(share)) {
+            tower.set_param_velocity(index, part)?;
+        }
+        Ok(())
+    }
+    fn set_frozen(&mut self, index: usize, frozen: bool) {
+        self.towers
+            .iter_mut()
+            .for_each(|t| t.set_frozen(index, frozen));
+    }
+
+    fn set_input(&mut self, images: &[f32]) -> Result<usize> {
+        let mut n = 0;
+        for tower in &mut self.towers {
+            n = tower.set_input(images)?;
+        }
+        self.batch = n;
+        Ok(n)
+    }
+    fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
+        let (n, towers) = (self.batch, self.layout.towers);
+        let dropouts: Vec<usize> = self
+            .plan
+            .layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                Op::Dropout { geometry } => Some(geometry.len),
+                _ => None,
+            })
+            .collect();
+        if masks.len() != dropouts.len()
+            || masks
+                .iter()
+                .zip(&dropouts)
+                .any(|(m, len)| m.len() != n * len)
+        {
+            return Err(input_error(
+                "dropout masks",
+                format!(
+                    "one mask of n x layer size per dropout layer ({} layers)",
+                    dropouts.len()
+                ),
+                format!("{} masks", masks.len()),
+            ));
+        }
+        for (t, tower) in self.towers.iter_mut().enumerate() {
+            let shares: Vec<Vec<f32>> = masks
+                .iter()
+                .zip(&dropouts)
+                .map(|(m, len)| share_of(m, towers, t, n, len / towers))
+                .collect();
+            tower.upload_dropout_masks(&shares)?;
+        }
+        self.masks_given = true;
+        Ok(())
+    }
+
+    fn forward(&mut self, mode: Mode) {
+        assert!(self.batch > 0, "forward called before set_input");
+        if mode == Mode::Train && !self.masks_given {
+            self.draw_masks()
+                .expect("masks drawn for the loaded batch fit their buffers");
+        }
+        for stretch in self.stretches() {
+            if stretch.start > 0 {
+                self.gather_activations(stretch.start);
+            }
+            for tower in &mut self.towers {
+                tower.forward_layers(stretch.clone(), mode);
+            }
+        }
+        self.masks_given = false;
+    }
+
+    fn logits(&self) -> Vec<f32> {
+        self.gather_output(self.plan.layers.len() - 1)
+    }
+
+    fn layer_output(&self, index: usize) -> Vec<f32> {
+        // Layers before the first split one see the whole input in every tower.
+        let first_split = self
+            .plan
+            .layers
+            .iter()
+            .position(|l| matches!(l.op, Op::Conv { .. } | Op::Linear { .. }))
+            .unwrap_or(0);
+        if index < first_split {
+            self.towers[0].layer_output(index)
+        } else {
+            self.gather_output(index)
+        }
+    }
+
+    fn backward(&mut self, labels: &[u32]) -> Result<f32> {
+        let n = self.batch;
+        let classes = self.plan.classes();
+        check_labels(labels, n, classes)?;
+        let logits = self.logits();
+        let mut dlogits = vec![0.0; n * classes];
+        let loss = reference::softmax_cross_entropy(classes, n, &logits, labels, &mut dlogits);
+        let towers = self.layout.towers;
+        for (t, tower) in self.towers.iter_mut().enumerate() {
+            tower.zero_grads();
+            let (backend, buffer) = tower.backend_and_gradient(0);
+            backend.upload(&share_of(&dlogits, towers, t, n, classes / towers), buffer);
+        }
+        let mut current = 0;
+        for stretch in self.stretches().into_iter().rev() {
+            // Every tower runs the same layers, so their buffers swap alike.
+            let start = current;
+            for tower in &mut self.towers {
+                current = tower.backward_layers(stretch.clone(), start);
+            }
+            if stretch.start > 0 {
+                self.scatter_gradients(stretch.start, current);
+            }
+        }
+        Ok(loss)
+    }
+
+    fn sgd_step(&mut self, sgd: &Sgd) {
+        self.towers.iter_mut().for_each(|t| t.sgd_step(sgd));
+    }
+
+    fn record_layer_times(&mut self, on: bool) {
+        self.towers
+            .iter_mut()
+            .for_each(|t| t.record_layer_times(on));
+    }
+
+    /// The towers' times added up (they run one after the other).
+    fn layer_times(&self) -> Option<LayerTimes> {
+        let mut total: Option<LayerTimes> = None;
+        for times in self.towers.iter().filter_map(|t| t.layer_times()) {
+            match &mut total {
+                None => total = Some(times.clone()),
+                Some(total) => {
+                    for (a, b) in total.forward.iter_mut().zip(&times.forward) {
+                        *a += b;
+                    }
+                    for (a, b) in total.backward.iter_mut().zip(&times.backward) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        total
+    }
+}
