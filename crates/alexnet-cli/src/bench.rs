@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use alexnet::plan::Op;
 use alexnet::rng::Rng;
-use alexnet::{Backend, Mode, NetSpec, Network, Sgd};
+use alexnet::{Mode, Model, NetSpec, Sgd};
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -31,10 +31,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; its
-    /// products in fp32, tf32 or bf16 as --precision says).
-    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
-    pub device: crate::device::Device,
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux), if known.
@@ -86,14 +84,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
-    crate::device::with_backend!(args.device, |backend| {
-        let net = Network::new(backend, &spec, max_batch, 1)?;
-        measure(args, spec, net)
-    })
+    let net = args.placement.network(&spec, max_batch, 1)?;
+    measure(args, spec, net)
 }
 
 /// Times `net` (built for the largest batch asked for) and prints the report.
-fn measure<B: Backend>(args: BenchArgs, spec: NetSpec, mut net: Network<B>) -> Result<()> {
+fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()> {
     let plan = net.plan().clone();
     let image_len = plan.input_shape().len();
     let classes = plan.classes();
@@ -105,7 +101,7 @@ fn measure<B: Backend>(args: BenchArgs, spec: NetSpec, mut net: Network<B>) -> R
         learning_rate: BENCH_LEARNING_RATE,
         ..Sgd::from_recipe(&spec.recipe)
     };
-    let backend = net.backend().describe();
+    let backend = net.describe();
 
     let mut train = Vec::new();
     for &batch in &args.train_batch {
@@ -145,7 +141,7 @@ fn measure<B: Backend>(args: BenchArgs, spec: NetSpec, mut net: Network<B>) -> R
             net.forward(Mode::Train);
             net.backward(&data.labels)?;
         }
-        let times = net.layer_times().expect("recording is on").clone();
+        let times = net.layer_times().expect("recording is on");
         net.record_layer_times(false);
         for (index, layer) in plan.layers.iter().enumerate() {
             let steps = args.layer_steps as f64;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use alexnet::{Backend, Network, checkpoint, softmax_rows};
+use alexnet::{checkpoint, softmax_rows};
 use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -33,9 +33,8 @@ pub struct ClassifyArgs {
     /// With --json, also give the net's raw scores (logits) for every class.
     #[arg(long, requires = "json")]
     logits: bool,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
-    pub device: crate::device::Device,
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 /// An image file turned into the net's input: decoded, resized and cropped to the
@@ -87,14 +86,10 @@ pub fn load_input(
 }
 
 pub fn run(args: ClassifyArgs) -> Result<()> {
-    crate::device::with_backend!(args.device, |backend| classify_on(backend, &args))
-}
-
-fn classify_on<B: Backend>(backend: B, args: &ClassifyArgs) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = Network::new_zeroed(backend, &ckpt.spec, 1)?;
-    ckpt.apply(&mut net, &args.checkpoint, false)?;
+    let mut net = args.placement.network_zeroed(&ckpt.spec, 1)?;
+    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     let classes = net.plan().classes();
     let mut failures = 0;

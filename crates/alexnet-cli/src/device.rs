@@ -1,11 +1,13 @@
 //! Where a command runs: `cpu`, or `cuda:N` in a binary built with the `cuda`
-//! feature (which brings in the alexnet-cuda backend).
+//! feature (which brings in the alexnet-cuda backend); or the paper's two towers
+//! on two devices (`--devices cuda:0,cuda:1 --parallel towers`).
 //!
 //! The commands that compute (`train`, `eval`, `classify`, `features`, `bench`)
-//! take `--device` and write their bodies generic over `alexnet::Backend`;
-//! [`with_backend!`] builds the backend the flag names and runs the body with it.
+//! flatten [`Placement`] into their flags and build their net through it, as an
+//! `alexnet::Model`; their bodies do not know where it runs.
 
-use anyhow::Result;
+use alexnet::{Model, NetSpec, Network, Towers};
+use anyhow::{Result, bail};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -66,4 +68,116 @@ macro_rules! with_backend {
         }
     };
 }
-pub(crate) use with_backend;
+
+/// How one net is spread over several devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Parallel {
+    /// The paper's layout (Section 3.2): each device holds one tower, half of every
+    /// layer's kernels; they exchange activations only at conv3 and the fully
+    /// connected layers. The net needs per-tower LRN and an even split (the
+    /// `alexnet` preset has both).
+    Towers,
+}
+
+/// The placement flags of a command that computes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Placement {
+    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; its
+    /// products in fp32, tf32 or bf16 as --precision says).
+    #[arg(long, default_value = "cpu", value_parser = parse, conflicts_with = "devices")]
+    pub device: Device,
+    /// Several devices for one net, split as --parallel says: `cuda:0,cuda:1`. The
+    /// same device may be named twice (both towers on one GPU, or `cpu,cpu`).
+    #[arg(long, value_delimiter = ',', value_parser = parse, requires = "parallel")]
+    pub devices: Vec<Device>,
+    /// How --devices share the net.
+    #[arg(long, value_enum, requires = "devices")]
+    pub parallel: Option<Parallel>,
+}
+
+impl Placement {
+    /// The device whose settings (`--precision`) apply: the first named.
+    pub fn main_device(&self) -> Device {
+        self.devices.first().copied().unwrap_or(self.device)
+    }
+
+    /// Refuses what no net could be built on, before a command opens any file: a
+    /// CUDA device in a binary without the feature, or towers on other than two
+    /// devices of one kind.
+    pub fn validate(&self) -> Result<()> {
+        #[cfg(not(feature = "cuda"))]
+        if let Some(Device::Cuda(ordinal)) = [self.device]
+            .iter()
+            .chain(&self.devices)
+            .find(|d| matches!(d, Device::Cuda(_)))
+        {
+            return Err(without_cuda(*ordinal));
+        }
+        if self.parallel == Some(Parallel::Towers) {
+            if self.devices.len() != 2 {
+                bail!(
+                    "--devices: --parallel towers takes two devices, one per tower (the same one \
+                     twice runs both towers on it); found {}",
+                    self.devices.len()
+                );
+            }
+            if (self.devices[0] == Device::Cpu) != (self.devices[1] == Device::Cpu) {
+                bail!("--devices: both towers must be on the CPU or both on GPUs");
+            }
+        }
+        Ok(())
+    }
+
+    /// The net of `spec` for batches of up to `max_batch`, initialised from `seed`
+    /// as the paper does.
+    pub fn network(&self, spec: &NetSpec, max_batch: usize, seed: u64) -> Result<Box<dyn Model>> {
+        self.build(spec, max_batch, Some(seed))
+    }
+
+    /// The net with every parameter at zero, for weights from a checkpoint.
+    pub fn network_zeroed(&self, spec: &NetSpec, max_batch: usize) -> Result<Box<dyn Model>> {
+        self.build(spec, max_batch, None)
+    }
+
+    fn build(&self, spec: &NetSpec, max_batch: usize, seed: Option<u64>) -> Result<Box<dyn Model>> {
+        let Some(Parallel::Towers) = self.parallel else {
+            return with_backend!(self.device, |backend| Ok(match seed {
+                Some(seed) => Box::new(Network::new(backend, spec, max_batch, seed)?),
+                None => Box::new(Network::new_zeroed(backend, spec, max_batch)?),
+            } as Box<dyn Model>));
+        };
+        self.validate()?;
+        match (self.devices[0], self.devices[1]) {
+            (Device::Cpu, Device::Cpu) => towers(
+                vec![crate::engine::cpu(), crate::engine::cpu()],
+                spec,
+                max_batch,
+                seed,
+            ),
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(a), Device::Cuda(b)) => {
+                towers(vec![cuda(a)?, cuda(b)?], spec, max_batch, seed)
+            }
+            #[cfg(not(feature = "cuda"))]
+            (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => Err(without_cuda(ordinal)),
+            #[cfg(feature = "cuda")]
+            _ => bail!("--devices: both towers must be on the CPU or both on GPUs"),
+        }
+    }
+}
+
+/// The net split into one tower per backend.
+fn towers<B: alexnet::Backend + 'static>(
+    backends: Vec<B>,
+    spec: &NetSpec,
+    max_batch: usize,
+    seed: Option<u64>,
+) -> Result<Box<dyn Model>> {
+    let net = match seed {
+        Some(seed) => Towers::new(backends, spec, max_batch, seed),
+        None => Towers::new_zeroed(backends, spec, max_batch),
+    };
+    Ok(Box::new(
+        net.map_err(|e| anyhow::anyhow!("--parallel towers: {e}"))?,
+    ))
+}

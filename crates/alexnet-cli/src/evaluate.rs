@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alexnet::{Backend, Network, checkpoint, softmax_rows};
+use alexnet::{Model, checkpoint, softmax_rows};
 use alexnet_data::{Dataset, Loader, LoaderConfig, Split, View};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -51,8 +51,8 @@ pub fn eval_view(preprocess: &Preprocess, height: usize, width: usize, ten_crop:
 }
 
 /// Evaluates `net` on `split` (or the subset `indices` of it).
-pub fn evaluate<B: Backend>(
-    net: &mut Network<B>,
+pub fn evaluate(
+    net: &mut dyn Model,
     split: Split,
     indices: Option<Arc<Vec<u32>>>,
     view: View,
@@ -145,31 +145,35 @@ pub struct EvalArgs {
     /// Print JSON, with per-class accuracy and the confusion matrix.
     #[arg(long)]
     json: bool,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
-    pub device: crate::device::Device,
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
-    crate::device::with_backend!(args.device, |backend| eval_on(backend, &args, threads))
-}
-
-fn eval_on<B: Backend>(backend: B, args: &EvalArgs, threads: usize) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let split = dataset.split(&args.split)?;
     let views = if args.ten_crop { 10 } else { 1 };
-    let mut net = Network::new_zeroed(backend, &ckpt.spec, args.batch.max(1) * views)?;
-    ckpt.apply(&mut net, &args.checkpoint, false)?;
+    let mut net = args
+        .placement
+        .network_zeroed(&ckpt.spec, args.batch.max(1) * views)?;
+    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     crate::train::check_compatible(&dataset, &ckpt.spec)?;
     let view = eval_view(&preprocess, shape.height, shape.width, args.ten_crop);
     let started = std::time::Instant::now();
     let mean = preprocess.mean_for(&dataset)?;
     let result = evaluate(
-        &mut net, split, None, view, &dataset, mean, threads, args.json,
+        net.as_mut(),
+        split,
+        None,
+        view,
+        &dataset,
+        mean,
+        threads,
+        args.json,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alexnet::{Backend, Mode, Network, checkpoint};
+use alexnet::{Mode, Model, checkpoint};
 use alexnet_data::{Dataset, Loader, LoaderConfig};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -40,15 +40,14 @@ pub struct FeaturesArgs {
     /// Output file (safetensors: `features` [N, D] and `labels` [N]).
     #[arg(long, default_value = "features.safetensors")]
     out: PathBuf,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature).
-    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
-    pub device: crate::device::Device,
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 /// Index (in the plan) of the layer called `name`, or by default of the layer
 /// whose output the classifier reads: the paper's fc7 activations (after ReLU;
 /// dropout is the identity at test time) for `alexnet`.
-fn feature_layer<B: Backend>(net: &Network<B>, name: Option<&str>) -> Result<usize> {
+fn feature_layer(net: &dyn Model, name: Option<&str>) -> Result<usize> {
     let layers = &net.plan().layers;
     match name {
         Some(name) => layers
@@ -66,15 +65,13 @@ fn feature_layer<B: Backend>(net: &Network<B>, name: Option<&str>) -> Result<usi
 }
 
 pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
-    crate::device::with_backend!(args.device, |backend| features_on(backend, &args, threads))
-}
-
-fn features_on<B: Backend>(backend: B, args: &FeaturesArgs, threads: usize) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = Network::new_zeroed(backend, &ckpt.spec, args.batch.max(1))?;
-    ckpt.apply(&mut net, &args.checkpoint, false)?;
-    let layer = feature_layer(&net, args.layer.as_deref())?;
+    let mut net = args
+        .placement
+        .network_zeroed(&ckpt.spec, args.batch.max(1))?;
+    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
+    let layer = feature_layer(net.as_ref(), args.layer.as_deref())?;
     let dim = net.plan().layers[layer].output.len();
     let shape = net.plan().input_shape();
     let mut features = Vec::new();

@@ -78,15 +78,15 @@ enum Command {
 }
 
 impl Command {
-    /// The `--device` of a command that has one; the others run on the CPU.
-    fn device(&self) -> device::Device {
+    /// Where a command that computes runs; the others run on the CPU.
+    fn placement(&self) -> Option<&device::Placement> {
         match self {
-            Command::Train(args) => args.device,
-            Command::Eval(args) => args.device,
-            Command::Classify(args) => args.device,
-            Command::Features(args) => args.device,
-            Command::Bench(args) => args.device,
-            _ => device::Device::Cpu,
+            Command::Train(args) => Some(&args.placement),
+            Command::Eval(args) => Some(&args.placement),
+            Command::Classify(args) => Some(&args.placement),
+            Command::Features(args) => Some(&args.placement),
+            Command::Bench(args) => Some(&args.placement),
+            _ => None,
         }
     }
 }
@@ -98,7 +98,12 @@ fn main() -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
-    engine::configure(cli.precision, cli.bf16_kernel, cli.command.device())?;
+    let placement = cli.command.placement();
+    if let Some(placement) = placement {
+        placement.validate()?;
+    }
+    let device = placement.map_or(device::Device::Cpu, device::Placement::main_device);
+    engine::configure(cli.precision, cli.bf16_kernel, device)?;
     let threads = rayon::current_num_threads();
     match cli.command {
         Command::Prepare(args) => prepare::run(args),

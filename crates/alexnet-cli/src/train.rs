@@ -21,7 +21,7 @@ use std::time::Instant;
 use alexnet::checkpoint::{self, SaveOptions};
 use alexnet::rng::Rng;
 use alexnet::spec::{LayerSpec, PixelScale, Schedule};
-use alexnet::{Backend, Mode, NetSpec, Network, Sgd};
+use alexnet::{Mode, Model, NetSpec, Sgd};
 use alexnet_data::{Dataset, Loader, LoaderConfig, View, holdout};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -118,11 +118,8 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature). A run
-    /// may be resumed on another device (checkpoints hold f32 tensors); only the
-    /// same device continues it bit for bit.
-    #[arg(long, default_value = "cpu", value_parser = crate::device::parse)]
-    pub device: crate::device::Device,
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 /// Everything besides tensors that a resumed run needs; stored in checkpoints.
@@ -228,16 +225,16 @@ fn fit_spec(mut spec: NetSpec, dataset: &Dataset, dropout: Option<f32>) -> NetSp
     spec
 }
 
-struct Run<B: Backend> {
+struct Run {
     out: PathBuf,
-    net: Network<B>,
+    net: Box<dyn Model>,
     state: TrainState,
     preprocess: Preprocess,
     metrics: std::fs::File,
     started: Instant,
 }
 
-impl<B: Backend> Run<B> {
+impl Run {
     /// Writes a checkpoint; velocities only where training may resume from it.
     fn save(&self, path: &Path, with_velocity: bool) -> Result<()> {
         let mut metadata = BTreeMap::new();
@@ -250,7 +247,7 @@ impl<B: Backend> Run<B> {
             metadata,
             tensors,
         };
-        checkpoint::save(&self.net, path, &options)?;
+        checkpoint::save(self.net.as_ref(), path, &options)?;
         Ok(())
     }
 
@@ -262,14 +259,7 @@ impl<B: Backend> Run<B> {
 }
 
 pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
-    crate::device::with_backend!(args.device, |backend| train_on(
-        backend,
-        &args,
-        &interrupted
-    ))
-}
-
-fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) -> Result<()> {
+    let args = &args;
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let train_split = dataset.split("train")?;
@@ -348,8 +338,8 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) 
             );
         }
         check_compatible(&dataset, &ckpt.spec)?;
-        let mut net = Network::new_zeroed(backend, &ckpt.spec, settings.batch)?;
-        ckpt.apply(&mut net, &last_path, true)?;
+        let mut net = args.placement.network_zeroed(&ckpt.spec, settings.batch)?;
+        ckpt.apply(net.as_mut(), &last_path, true)?;
         net.set_rng(Rng::from_state(state.rng));
         inherited = Preprocess::from_checkpoint(&ckpt).ok();
         (net, state)
@@ -362,9 +352,11 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) 
         }
         let spec = wanted_spec;
         check_compatible(&dataset, &spec)?;
-        let mut net = Network::new(backend, &spec, settings.batch, settings.seed)?;
+        let mut net = args
+            .placement
+            .network(&spec, settings.batch, settings.seed)?;
         if let Some(init) = &args.init_from {
-            inherited = load_initial_weights(&mut net, init)?;
+            inherited = load_initial_weights(net.as_mut(), init)?;
         }
         let state = TrainState {
             step: 0,
@@ -459,7 +451,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) 
         },
         settings.batch,
         settings.epochs,
-        alexnet::Backend::describe(run.net.backend()),
+        run.net.describe(),
     );
 
     while (run.state.epoch as usize) < settings.epochs {
@@ -569,7 +561,7 @@ fn train_on<B: Backend>(backend: B, args: &TrainArgs, interrupted: &AtomicBool) 
             None => dataset.split("val")?,
         };
         let val = evaluate(
-            &mut run.net,
+            run.net.as_mut(),
             val_split,
             val_indices.clone(),
             eval_net_view,
@@ -664,14 +656,11 @@ fn run_preprocess(
 
 /// Copies the parameters `path` has in the net's shapes into `net` and returns
 /// the preprocessing the checkpoint carries, if any.
-fn load_initial_weights<B: Backend>(
-    net: &mut Network<B>,
-    path: &Path,
-) -> Result<Option<Preprocess>> {
+fn load_initial_weights(net: &mut dyn Model, path: &Path) -> Result<Option<Preprocess>> {
     let ckpt = checkpoint::load_weights(path)?;
     let mut kept_fresh = Vec::new();
-    for index in 0..net.params().len() {
-        let info = net.params()[index].info.clone();
+    for index in 0..net.plan().params.len() {
+        let info = net.plan().params[index].clone();
         match ckpt.tensors.get(&info.name) {
             Some((shape, values)) if *shape == info.shape => net.set_param_values(index, values)?,
             _ => kept_fresh.push(info.name),

@@ -87,3 +87,50 @@ fn a_malformed_device_is_a_usage_error() {
         );
     }
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn towers_on_gpus_are_refused_by_a_binary_built_without_cuda() {
+    for command in COMMANDS {
+        let mut args = command.to_vec();
+        args.extend(["--devices", "cuda:0,cuda:1", "--parallel", "towers"]);
+        let text = fails(&args);
+        assert!(
+            text.contains("--device cuda:0") && text.contains("built without CUDA support"),
+            "alexnet {args:?}: {text}"
+        );
+        assert!(!text.contains("no-such"), "alexnet {args:?}: {text}");
+    }
+}
+
+#[test]
+fn towers_take_two_devices_of_one_kind() {
+    for command in COMMANDS {
+        let mut args = command.to_vec();
+        args.extend(["--devices", "cpu", "--parallel", "towers"]);
+        let text = fails(&args);
+        assert!(
+            text.contains("--devices") && text.contains("two devices") && text.contains("found 1"),
+            "alexnet {args:?}: {text}"
+        );
+        assert!(!text.contains("no-such"), "alexnet {args:?}: {text}");
+    }
+    // Each of --devices and --parallel needs the other; --device excludes --devices.
+    for flags in [
+        &["--devices", "cpu,cpu"][..],
+        &["--parallel", "towers"],
+        &[
+            "--device",
+            "cpu",
+            "--devices",
+            "cpu,cpu",
+            "--parallel",
+            "towers",
+        ],
+    ] {
+        let mut args = vec!["bench", "--arch", "cifar"];
+        args.extend(flags);
+        let text = fails(&args);
+        assert!(text.contains("Usage"), "alexnet {args:?}: {text}");
+    }
+}

@@ -654,3 +654,163 @@ fn bench_reports_the_precision_and_the_bf16_kernel_it_ran() {
         assert!(text.contains("this CPU does not have it"), "{text}");
     }
 }
+
+/// The paper's layout in miniature for 28x28 grey images: groups, per-tower LRN,
+/// conv3 and the fully connected layers reading both towers.
+const TWO_TOWER_NET: &str = r#"
+name = "two-tower-mini"
+classes = 10
+[input]
+channels = 1
+height = 28
+width = 28
+[[layers]]
+type = "conv"
+name = "conv1"
+out = 8
+kernel = 5
+pad = 2
+[[layers]]
+type = "relu"
+[[layers]]
+type = "lrn"
+groups = 2
+[[layers]]
+type = "max-pool"
+size = 3
+stride = 2
+[[layers]]
+type = "conv"
+name = "conv2"
+out = 16
+kernel = 3
+pad = 1
+groups = 2
+bias_init = 1.0
+[[layers]]
+type = "relu"
+[[layers]]
+type = "lrn"
+groups = 2
+[[layers]]
+type = "max-pool"
+size = 3
+stride = 2
+[[layers]]
+type = "conv"
+name = "conv3"
+out = 16
+kernel = 3
+pad = 1
+[[layers]]
+type = "relu"
+[[layers]]
+type = "linear"
+name = "fc4"
+out = 32
+[[layers]]
+type = "relu"
+[[layers]]
+type = "dropout"
+p = 0.5
+[[layers]]
+type = "linear"
+name = "fc5"
+"#;
+
+/// Losses of the logged steps of a run.
+fn step_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// `--devices cpu,cpu --parallel towers` trains the same net as one device does
+/// (same seed, same batches, same dropout masks), and its checkpoints serve the
+/// one-device commands, and the other way round.
+#[test]
+fn two_towers_train_like_one_device_and_share_checkpoints() {
+    let root = temp_dir("towers");
+    let data = dataset(&root);
+    let arch = root.join("two-tower-mini.toml");
+    std::fs::write(&arch, TWO_TOWER_NET).unwrap();
+    let run = |out: &Path, placement: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--arch",
+            arch.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch",
+            "16",
+            "--holdout",
+            "40",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "8",
+            "--log-every",
+            "1",
+            "--quiet",
+        ];
+        args.extend(placement);
+        ok(&args)
+    };
+    let one = root.join("one");
+    let towers = root.join("towers");
+    run(&one, &[]);
+    let text = run(&towers, &["--devices", "cpu,cpu", "--parallel", "towers"]);
+    let (a, b) = (step_losses(&one), step_losses(&towers));
+    assert_eq!(a.len(), 8, "{a:?}");
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "step {step}: one device {x}, two towers {y} ({text})"
+        );
+    }
+    assert!(a[7] != a[0], "the runs did not train: {a:?}");
+
+    // A towers checkpoint on one device and a one-device checkpoint on towers give
+    // the same accuracy as where they were trained.
+    let eval = |run: &Path, placement: &[&str]| {
+        let ckpt = run.join("last.safetensors");
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(placement);
+        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+        v["top1_error"].as_f64().unwrap()
+    };
+    let towers_flags = ["--devices", "cpu,cpu", "--parallel", "towers"];
+    assert_eq!(eval(&towers, &[]), eval(&towers, &towers_flags));
+    assert_eq!(eval(&one, &[]), eval(&one, &towers_flags));
+
+    // A net whose LRN spans both towers cannot be split, and says why.
+    let text = fails(&[
+        "bench",
+        "--arch",
+        "cifar",
+        "--seconds",
+        "0.01",
+        "--devices",
+        "cpu,cpu",
+        "--parallel",
+        "towers",
+    ]);
+    assert!(
+        text.contains("--parallel towers") && text.contains("within each tower"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

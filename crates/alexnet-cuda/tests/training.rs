@@ -20,7 +20,7 @@ mod common;
 use alexnet::layers::{ConvGeometry, Shape};
 use alexnet::rng::Rng;
 use alexnet::spec::LayerSpec;
-use alexnet::{Backend, NetSpec, Network, ReferenceCpu, Sgd};
+use alexnet::{Backend, Model, NetSpec, Network, ReferenceCpu, Sgd, Towers};
 use alexnet_cuda::Precision;
 use common::{assert_close, new_gpu, random, to_device, to_host};
 
@@ -33,6 +33,10 @@ struct Run {
 
 fn train<B: Backend>(backend: B, spec: &NetSpec, batch: usize, steps: usize) -> Run {
     let mut net = Network::new(backend, spec, batch, 11).unwrap();
+    train_model(&mut net, spec, batch, steps)
+}
+
+fn train_model(net: &mut dyn Model, spec: &NetSpec, batch: usize, steps: usize) -> Run {
     let mut rng = Rng::new(5);
     // Raw 0-255 pixels minus a mean: the scale the paper's net is initialised for.
     let images = random(&mut rng, batch * net.plan().input_shape().len(), 128.0);
@@ -42,7 +46,7 @@ fn train<B: Backend>(backend: B, spec: &NetSpec, batch: usize, steps: usize) -> 
     for _ in 0..steps {
         losses.push(net.train_step(&images, &labels, &sgd).unwrap());
     }
-    let count = net.params().len();
+    let count = net.plan().params.len();
     Run {
         losses,
         grads: (0..count).map(|i| net.param_grad(i)).collect(),
@@ -61,7 +65,16 @@ fn compare_in(precision: Precision, tol: f32, spec: &NetSpec, batch: usize, step
     };
     let ours = train(gpu, spec, batch, steps);
     let reference = train(ReferenceCpu, spec, batch, steps);
-    let name = &format!("{} ({precision})", spec.name);
+    check_runs(
+        &format!("{} ({precision})", spec.name),
+        &ours,
+        &reference,
+        spec,
+        tol,
+    );
+}
+
+fn check_runs(name: &str, ours: &Run, reference: &Run, spec: &NetSpec, tol: f32) {
     assert!(
         ours.losses.iter().all(|l| l.is_finite()),
         "{name}: losses {:?}",
@@ -125,6 +138,21 @@ fn paper_mini() -> NetSpec {
 #[test]
 fn paper_layout_with_two_towers_trains_like_the_cpu_reference() {
     compare(&paper_mini(), 4, 2);
+}
+
+/// The paper's two towers, both on GPU 0 (how `--devices cuda:0,cuda:0 --parallel
+/// towers` runs them), against the one-device CPU reference: the same function,
+/// exchanging activations at conv3 and the fully connected layers.
+#[test]
+fn two_towers_on_one_gpu_train_like_the_cpu_reference() {
+    let (Some(first), Some(second)) = (new_gpu(Precision::F32), new_gpu(Precision::F32)) else {
+        return;
+    };
+    let spec = paper_mini();
+    let mut towers = Towers::new(vec![first, second], &spec, 4, 11).unwrap();
+    let ours = train_model(&mut towers, &spec, 4, 2);
+    let reference = train(ReferenceCpu, &spec, 4, 2);
+    check_runs("two towers on one GPU", &ours, &reference, &spec, 1e-4);
 }
 
 #[test]
