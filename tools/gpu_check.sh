@@ -3,7 +3,8 @@
 # (no Rust toolchain or network needed), runs the prebuilt alexnet-cuda tests with
 # the GPU required, prints the CUDA/cuDNN versions found, and times training
 # (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager,
-# in fp32, TF32 and bf16 (ours with --precision; PyTorch's bf16 under autocast).
+# in fp32, TF32 and bf16 (ours with --precision; PyTorch's bf16 under autocast),
+# then the paper's two towers (`--parallel towers`) on two GPUs, or both on one.
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
@@ -68,6 +69,21 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   if ! "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
       --json-out "${BENCH_JSON:-/dev/null}"; then
     echo "FAILED: the benchmark"
+    status=1
+  fi
+fi
+
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+  # The paper's layout: one tower per GPU, or both on GPU 0 where there is one.
+  # Printed beside the one-GPU figures above; PyTorch has no two-device
+  # counterpart of this net to compare with.
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  devices="cuda:0,cuda:0"
+  [[ ${gpus:-0} -ge 2 ]] && devices="cuda:0,cuda:1"
+  echo "== two towers: --devices $devices --parallel towers (fp32)"
+  if ! "$bundle/alexnet" bench --devices "$devices" --parallel towers --seconds "$seconds" \
+      --train-batch 128 --infer-batch 256 --layer-steps 0; then
+    echo "FAILED: alexnet bench --parallel towers"
     status=1
   fi
 fi
