@@ -25,7 +25,9 @@ pub struct BenchArgs {
     /// Batch size of the inference measurement.
     #[arg(long, default_value_t = 64)]
     infer_batch: usize,
-    /// Training steps to time per layer (0 skips the breakdown).
+    /// Training steps to time per layer (0 skips the breakdown). With --parallel
+    /// towers a layer's time is the towers' times added up, and the exchanges
+    /// between them are in no row.
     #[arg(long, default_value_t = 2)]
     layer_steps: usize,
     /// Print one JSON object instead of the table.

@@ -31,9 +31,9 @@ pub fn parse(text: &str) -> Result<Device, String> {
 
 /// The error for `--device cuda:N` in a binary built without the `cuda` feature.
 #[cfg(not(feature = "cuda"))]
-pub fn without_cuda(ordinal: usize) -> anyhow::Error {
+pub fn without_cuda(flag: &str, ordinal: usize) -> anyhow::Error {
     anyhow::anyhow!(
-        "--device cuda:{ordinal}: this alexnet binary was built without CUDA support; \
+        "{flag} cuda:{ordinal}: this alexnet binary was built without CUDA support; \
          build it with `cargo build --release -p alexnet-cli --features cuda`"
     )
 }
@@ -64,7 +64,9 @@ macro_rules! with_backend {
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            $crate::device::Device::Cuda(ordinal) => Err($crate::device::without_cuda(ordinal)),
+            $crate::device::Device::Cuda(ordinal) => {
+                Err($crate::device::without_cuda("--device", ordinal))
+            }
         }
     };
 }
@@ -83,7 +85,9 @@ pub enum Parallel {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Placement {
     /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; its
-    /// products in fp32, tf32 or bf16 as --precision says).
+    /// products in fp32, tf32 or bf16 as --precision says). A training run may be
+    /// resumed elsewhere (checkpoints hold whole f32 tensors, wherever the net
+    /// ran); only the same placement continues it bit for bit.
     #[arg(long, default_value = "cpu", value_parser = parse, conflicts_with = "devices")]
     pub device: Device,
     /// Several devices for one net, split as --parallel says: `cuda:0,cuda:1`. The
@@ -106,12 +110,13 @@ impl Placement {
     /// devices of one kind.
     pub fn validate(&self) -> Result<()> {
         #[cfg(not(feature = "cuda"))]
-        if let Some(Device::Cuda(ordinal)) = [self.device]
-            .iter()
-            .chain(&self.devices)
-            .find(|d| matches!(d, Device::Cuda(_)))
         {
-            return Err(without_cuda(*ordinal));
+            if let Device::Cuda(ordinal) = self.device {
+                return Err(without_cuda("--device", ordinal));
+            }
+            if let Some(Device::Cuda(ordinal)) = self.devices.iter().find(|d| **d != Device::Cpu) {
+                return Err(without_cuda("--devices", *ordinal));
+            }
         }
         if self.parallel == Some(Parallel::Towers) {
             if self.devices.len() != 2 {
@@ -159,7 +164,9 @@ impl Placement {
                 towers(vec![cuda(a)?, cuda(b)?], spec, max_batch, seed)
             }
             #[cfg(not(feature = "cuda"))]
-            (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => Err(without_cuda(ordinal)),
+            (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => {
+                Err(without_cuda("--devices", ordinal))
+            }
             #[cfg(feature = "cuda")]
             _ => bail!("--devices: both towers must be on the CPU or both on GPUs"),
         }

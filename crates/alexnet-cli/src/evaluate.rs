@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use alexnet::{Model, checkpoint, softmax_rows};
-use alexnet_data::{Dataset, Loader, LoaderConfig, Split, View};
+use alexnet::{Mode, Model, checkpoint, softmax_rows};
+use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
@@ -81,14 +81,20 @@ pub fn evaluate(
         threads,
         queue: 2,
         drop_last: false,
+        stored: net.cuts_views(),
     };
+    if config.stored {
+        net.set_mean_image(&mean)?;
+    }
     let mut loader = Loader::new(split, config, mean, dataset.info())?;
     let mut result = Evaluation {
         confusion: with_confusion.then(|| vec![vec![0; classes]; classes]),
         ..Evaluation::default()
     };
     while let Some(batch) = loader.next_batch()? {
-        let logits = net.predict(&batch.images)?;
+        load_batch(net, &batch)?;
+        net.forward(Mode::Test);
+        let logits = net.logits();
         let probabilities = softmax_rows(&logits, classes);
         for (image, &label) in batch.labels.iter().enumerate().take(batch.count) {
             // Average the softmax over this image's views (one, or the ten patches).
@@ -115,6 +121,16 @@ pub fn evaluate(
         }
     }
     Ok(result)
+}
+
+/// Loads a loader's batch into `net`: finished views, or stored images for the
+/// net's device to cut.
+pub fn load_batch(net: &mut dyn Model, batch: &Batch) -> Result<usize> {
+    Ok(if batch.images.is_empty() {
+        net.set_input_stored(&batch.stored())?
+    } else {
+        net.set_input(&batch.images)?
+    })
 }
 
 /// Indices of the `k` largest values, largest first.

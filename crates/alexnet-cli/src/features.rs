@@ -99,11 +99,15 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
             threads,
             queue: 2,
             drop_last: false,
+            stored: net.cuts_views(),
         };
         let mean = preprocess.mean_for(&dataset)?;
+        if config.stored {
+            net.set_mean_image(&mean)?;
+        }
         let mut loader = Loader::new(split, config, mean, dataset.info())?;
         while let Some(batch) = loader.next_batch()? {
-            net.set_input(&batch.images)?;
+            crate::evaluate::load_batch(net.as_mut(), &batch)?;
             net.forward(Mode::Test);
             features.extend(net.layer_output(layer));
             labels.extend(batch.labels.iter().map(|&l| l as f32));

@@ -466,7 +466,11 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             threads: args.loader_threads,
             queue: 4,
             drop_last: true,
+            stored: run.net.cuts_views(),
         };
+        if config.stored {
+            run.net.set_mean_image(&mean)?;
+        }
         let mut loader = Loader::new(train_split.clone(), config, mean.clone(), dataset.info())?;
         let batches = loader.batches_per_epoch();
         let progress = crate::progress::Progress::new(
@@ -493,7 +497,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
                 learning_rate: run.state.learning_rate,
                 ..sgd_base
             };
-            run.net.set_input(&batch.images)?;
+            crate::evaluate::load_batch(run.net.as_mut(), &batch)?;
             run.net.forward(Mode::Train);
             let logits = run.net.logits();
             let loss = run.net.backward(&batch.labels)?;

@@ -96,7 +96,7 @@ fn towers_on_gpus_are_refused_by_a_binary_built_without_cuda() {
         args.extend(["--devices", "cuda:0,cuda:1", "--parallel", "towers"]);
         let text = fails(&args);
         assert!(
-            text.contains("--device cuda:0") && text.contains("built without CUDA support"),
+            text.contains("--devices cuda:0") && text.contains("built without CUDA support"),
             "alexnet {args:?}: {text}"
         );
         assert!(!text.contains("no-such"), "alexnet {args:?}: {text}");

@@ -768,6 +768,7 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
     let text = run(&towers, &["--devices", "cpu,cpu", "--parallel", "towers"]);
     let (a, b) = (step_losses(&one), step_losses(&towers));
     assert_eq!(a.len(), 8, "{a:?}");
+    assert_eq!(b.len(), 8, "{b:?}");
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!(
             (x - y).abs() <= 1e-4 * x.abs(),
@@ -777,24 +778,45 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
     assert!(a[7] != a[0], "the runs did not train: {a:?}");
 
     // A towers checkpoint on one device and a one-device checkpoint on towers give
-    // the same accuracy as where they were trained.
-    let eval = |run: &Path, placement: &[&str]| {
+    // the same fc4 features (the classifier's input) as where they were trained.
+    let features = |run: &Path, placement: &[&str], name: &str| -> Vec<f32> {
         let ckpt = run.join("last.safetensors");
+        let out = root.join(name);
         let mut args = vec![
-            "eval",
+            "features",
             "--checkpoint",
             ckpt.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
-            "--json",
+            "--out",
+            out.to_str().unwrap(),
         ];
         args.extend(placement);
-        let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
-        v["top1_error"].as_f64().unwrap()
+        ok(&args);
+        let (_, bytes) = tensors(&out)
+            .into_iter()
+            .find(|(name, _)| name == "features")
+            .unwrap();
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     };
     let towers_flags = ["--devices", "cpu,cpu", "--parallel", "towers"];
-    assert_eq!(eval(&towers, &[]), eval(&towers, &towers_flags));
-    assert_eq!(eval(&one, &[]), eval(&one, &towers_flags));
+    for run in [&one, &towers] {
+        let here = features(run, &[], "one.safetensors");
+        let there = features(run, &towers_flags, "towers.safetensors");
+        assert_eq!(here.len(), 60 * 32);
+        let scale = here.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = here
+            .iter()
+            .zip(&there)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && worst <= 1e-5 * scale,
+            "features differ by {worst} (of {scale})"
+        );
+    }
 
     // A net whose LRN spans both towers cannot be split, and says why.
     let text = fails(&[

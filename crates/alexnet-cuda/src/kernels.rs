@@ -62,6 +62,33 @@ extern "C" __global__ void multiply(const float* a, const float* b, float* out, 
     if (i < len) out[i] = a[i] * b[i];
 }
 
+/* The network's input cut from stored images (alexnet::input::cut_view): view v,
+   channel c, row y, column x is (pixel - mean + shift) * scale, the pixel read at
+   (y0 + y, x0 + x) of stored image `image`, or at (y0 + y, x0 + crop_w - 1 - x)
+   when reflected. place[4v..4v+4] = {image, y0, x0, flip}; shift[3v + c]. The
+   mean (one value per stored byte) is read only when has_mean. */
+extern "C" __global__ void cut_views(const unsigned char* pixels, const float* mean, int has_mean,
+                                     const int* place, const float* shift, float* out,
+                                     int channels, int height, int width, int crop_h, int crop_w,
+                                     float s0, float s1, float s2, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    int x = (int)(i % crop_w);
+    u64 rest = i / crop_w;
+    int y = (int)(rest % crop_h);
+    rest /= crop_h;
+    int c = (int)(rest % channels);
+    u64 v = rest / channels;
+    const int* p = place + 4 * v;
+    int sx = p[3] ? p[2] + crop_w - 1 - x : p[2] + x;
+    u64 plane = (u64)height * width;
+    u64 at = c * plane + (u64)(p[1] + y) * width + sx;
+    float value = (float)pixels[(u64)p[0] * channels * plane + at];
+    if (has_mean) value = value - mean[at];
+    float scale = c == 0 ? s0 : (c == 1 ? s1 : s2);
+    out[i] = (value + shift[3 * v + c]) * scale;
+}
+
 /* y[img][c][p] += b[c]: convolution bias (plane = H*W) and linear bias (plane = 1). */
 extern "C" __global__ void bias_add(float* y, const float* b, int channels, u64 plane, u64 len) {
     u64 i = global_index();
@@ -306,6 +333,7 @@ pub(crate) struct Kernels {
     pub tanh_forward: CudaFunction,
     pub tanh_backward: CudaFunction,
     pub multiply: CudaFunction,
+    pub cut_views: CudaFunction,
     pub bias_add: CudaFunction,
     pub bias_grad: CudaFunction,
     pub lrn_forward: CudaFunction,
@@ -363,6 +391,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         tanh_forward: f("tanh_forward")?,
         tanh_backward: f("tanh_backward")?,
         multiply: f("multiply")?,
+        cut_views: f("cut_views")?,
         bias_add: f("bias_add")?,
         bias_grad: f("bias_grad")?,
         lrn_forward: f("lrn_forward")?,

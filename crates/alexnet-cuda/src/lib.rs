@@ -45,6 +45,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use alexnet::Backend;
+use alexnet::input::StoredBatch;
 use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cudaDataType_t,
@@ -113,6 +114,7 @@ pub struct CudaBackend {
     bf16: Option<Mutex<Bf16Scratch>>,
     /// Device buffers for the loss: labels in, per-image losses out.
     loss_scratch: Mutex<LossScratch>,
+    input_scratch: Mutex<InputScratch>,
     description: String,
 }
 
@@ -120,6 +122,15 @@ pub struct CudaBackend {
 enum Convolutions {
     F32(Dnn<f32>),
     Bf16(Dnn<Bf16>),
+}
+
+/// Device copies of a stored batch: its bytes, and each view's placement
+/// (`image, y, x, flip`) and colour shift; grown as needed.
+#[derive(Default)]
+struct InputScratch {
+    pixels: Option<CudaSlice<u8>>,
+    place: Option<CudaSlice<i32>>,
+    shift: Option<CudaSlice<f32>>,
 }
 
 #[derive(Default)]
@@ -236,6 +247,19 @@ fn per_row(rows: usize) -> LaunchConfig {
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// The buffer in `slot`, replaced by a larger one first when it holds fewer than `len` values.
+fn grow<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    slot: &'a mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'a mut CudaSlice<T>, cudarc::driver::DriverError> {
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = None;
+        *slot = Some(stream.alloc_zeros::<T>(len.max(1))?);
+    }
+    Ok(slot.as_mut().expect("filled above"))
 }
 
 fn int(v: usize) -> i32 {
@@ -356,6 +380,7 @@ impl CudaBackend {
             dnn: Mutex::new(dnn),
             bf16,
             loss_scratch: Mutex::new(LossScratch::default()),
+            input_scratch: Mutex::new(InputScratch::default()),
             description,
         })
     }
@@ -643,6 +668,77 @@ impl Backend for CudaBackend {
         {
             self.fail("copying on the device", e);
         }
+    }
+
+    fn cuts_views(&self) -> bool {
+        true
+    }
+
+    fn cut_views(
+        &self,
+        batch: &StoredBatch,
+        mean: Option<&CudaSlice<f32>>,
+        dst: &mut CudaSlice<f32>,
+    ) {
+        let len = batch.views.len() * batch.view_shape().len();
+        if len == 0 {
+            return;
+        }
+        let place: Vec<i32> = batch
+            .views
+            .iter()
+            .flat_map(|v| [int(v.image), int(v.y), int(v.x), i32::from(v.flip)])
+            .collect();
+        let shift: Vec<f32> = batch.views.iter().flat_map(|v| v.shift).collect();
+        let mut scratch = self.lock(&self.input_scratch);
+        let s = &mut *scratch;
+        let copied = grow(&self.stream, &mut s.pixels, batch.pixels.len())
+            .and_then(|pixels| {
+                self.stream
+                    .memcpy_htod(batch.pixels, &mut pixels.slice_mut(..batch.pixels.len()))
+            })
+            .and_then(|()| grow(&self.stream, &mut s.place, place.len()))
+            .and_then(|buf| {
+                self.stream
+                    .memcpy_htod(&place, &mut buf.slice_mut(..place.len()))
+            })
+            .and_then(|()| grow(&self.stream, &mut s.shift, shift.len()))
+            .and_then(|buf| {
+                self.stream
+                    .memcpy_htod(&shift, &mut buf.slice_mut(..shift.len()))
+            });
+        if let Err(e) = copied {
+            self.fail("copying a stored batch to the device", e);
+        }
+        let (Some(pixels), Some(place), Some(shift)) = (&s.pixels, &s.place, &s.shift) else {
+            unreachable!("grown above")
+        };
+        let mean = if batch.subtract_mean { mean } else { None };
+        let has_mean = i32::from(mean.is_some());
+        let stored = batch.stored;
+        let (channels, height, width) =
+            (int(stored.channels), int(stored.height), int(stored.width));
+        let (crop_h, crop_w) = (int(batch.crop_height), int(batch.crop_width));
+        let [s0, s1, s2] = batch.scale;
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.cut_views);
+        // Without a mean the kernel never reads its pointer; the shifts stand in.
+        args.arg(pixels)
+            .arg(mean.unwrap_or(shift))
+            .arg(&has_mean)
+            .arg(place)
+            .arg(shift)
+            .arg(dst)
+            .arg(&channels)
+            .arg(&height)
+            .arg(&width)
+            .arg(&crop_h)
+            .arg(&crop_w)
+            .arg(&s0)
+            .arg(&s1)
+            .arg(&s2)
+            .arg(&len64);
+        self.launch(args, per_value(len), "cut_views");
     }
 
     fn synchronize(&self) {

@@ -519,3 +519,57 @@ fn buffers_fill_copy_upload_download() {
     gpu.synchronize();
     assert!(gpu.describe().starts_with("cuda:0"), "{}", gpu.describe());
 }
+
+/// Views cut from stored bytes on the device against `alexnet::input::cut_views`:
+/// the same operations in the same order, so equal to the last bit. Colour and
+/// grey images, with and without the mean, reflected and not, every corner.
+#[test]
+fn stored_views_are_cut_as_the_host_cuts_them() {
+    use alexnet::input::{StoredBatch, ViewPlacement, cut_views};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(23);
+    for (channels, subtract_mean) in [(3, true), (3, false), (1, true)] {
+        let stored = Shape::new(channels, 9, 11);
+        let (crop_height, crop_width) = (6, 7);
+        let images = 3;
+        let pixels: Vec<u8> = (0..images * stored.len())
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let mean: Vec<f32> = random(&mut rng, stored.len(), 100.0);
+        let views: Vec<ViewPlacement> = (0..8)
+            .map(|v| ViewPlacement {
+                image: v % images,
+                y: rng.below(9 - crop_height + 1),
+                x: if v < 2 {
+                    [0, 11 - crop_width][v]
+                } else {
+                    rng.below(11 - crop_width + 1)
+                },
+                flip: v % 2 == 1,
+                shift: [
+                    rng.normal() as f32,
+                    rng.normal() as f32,
+                    rng.normal() as f32,
+                ],
+            })
+            .collect();
+        let batch = StoredBatch {
+            pixels: &pixels,
+            stored,
+            crop_height,
+            crop_width,
+            views: &views,
+            subtract_mean,
+            scale: [0.5, 2.0, 1.5],
+        };
+        batch.validate().unwrap();
+        let len = views.len() * batch.view_shape().len();
+        let mut expected = vec![0.0; len];
+        cut_views(&batch, Some(&mean), &mut expected);
+        let mean_gpu = to_device(gpu, &mean);
+        let mut out = gpu.alloc(len).unwrap();
+        gpu.cut_views(&batch, Some(&mean_gpu), &mut out);
+        let label = format!("{channels} channels, mean {subtract_mean}");
+        assert_eq!(to_host(gpu, &out, len), expected, "{label}");
+    }
+}

@@ -24,6 +24,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use alexnet::input::{StoredBatch, ViewPlacement, cut_view};
+use alexnet::layers::Shape;
 use alexnet::rng::Rng;
 
 use crate::dataset::{DatasetInfo, Split};
@@ -120,6 +122,9 @@ pub struct LoaderConfig {
     pub queue: usize,
     /// Leave out the last batch of the epoch when it would be smaller than `batch`.
     pub drop_last: bool,
+    /// Deliver the stored images and where to cut each view ([`Batch::stored`]),
+    /// for a device that cuts them itself, instead of finished f32 views.
+    pub stored: bool,
 }
 
 impl LoaderConfig {
@@ -137,6 +142,7 @@ impl LoaderConfig {
             threads: 2,
             queue: 4,
             drop_last: false,
+            stored: false,
         }
     }
 }
@@ -145,8 +151,17 @@ impl LoaderConfig {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
     /// `count * views` images of channels x crop_height x crop_width, image-major:
-    /// image 0's views, then image 1's.
+    /// image 0's views, then image 1's. Empty for a stored batch.
     pub images: Vec<f32>,
+    /// A stored batch's images as stored (`count` of them, `stored_shape` bytes each).
+    pub pixels: Vec<u8>,
+    /// A stored batch's views, in the order `images` would hold them.
+    pub placements: Vec<ViewPlacement>,
+    pub stored_shape: Shape,
+    /// Crop height and width.
+    pub crop: (usize, usize),
+    pub subtract_mean: bool,
+    pub channel_scale: [f32; 3],
     /// One label per image (not per view).
     pub labels: Vec<u32>,
     /// Each image's index in the split.
@@ -157,6 +172,21 @@ pub struct Batch {
     pub views: usize,
     /// This batch's number within the epoch.
     pub index: usize,
+}
+
+impl Batch {
+    /// A stored batch as the engine takes it ([`alexnet::Model::set_input_stored`]).
+    pub fn stored(&self) -> StoredBatch<'_> {
+        StoredBatch {
+            pixels: &self.pixels,
+            stored: self.stored_shape,
+            crop_height: self.crop.0,
+            crop_width: self.crop.1,
+            views: &self.placements,
+            subtract_mean: self.subtract_mean,
+            scale: self.channel_scale,
+        }
+    }
 }
 
 /// Everything a batch is computed from; shared, read-only, by the workers.
@@ -172,6 +202,7 @@ struct Plan {
     seed: u64,
     epoch: u64,
     batch: usize,
+    stored: bool,
 }
 
 /// Iterates one epoch's batches, in order, computed ahead by worker threads.
@@ -370,6 +401,7 @@ impl Loader {
             seed: config.seed,
             epoch: config.epoch,
             batch: config.batch,
+            stored: config.stored,
         });
         let pool = Arc::new(Mutex::new(Vec::new()));
         let (start, end) = (config.start_batch, per_epoch);
@@ -520,13 +552,25 @@ impl Plan {
     /// `scratch` for decoding JPEG images).
     fn fill(&self, b: usize, out: &mut Batch, scratch: &mut DecodeBuffer) -> Result<()> {
         let [channels, height, width] = self.split.shape();
+        let stored = Shape::new(channels, height, width);
         let view = &self.view;
         let (ch, cw) = (view.crop_height, view.crop_width);
         let views = view.views();
         let per_view = channels * ch * cw;
         let first = b * self.batch;
         let count = self.batch.min(self.order.len() - first);
-        out.images.resize(count * views * per_view, 0.0);
+        if self.stored {
+            out.images.clear();
+            out.pixels.resize(count * stored.len(), 0);
+        } else {
+            out.images.resize(count * views * per_view, 0.0);
+            out.pixels.clear();
+        }
+        out.placements.clear();
+        out.stored_shape = stored;
+        out.crop = (ch, cw);
+        out.subtract_mean = view.subtract_mean;
+        out.channel_scale = view.channel_scale;
         out.labels.clear();
         out.indices.clear();
         out.count = count;
@@ -541,6 +585,7 @@ impl Plan {
             centre,
         ];
         let mean = view.subtract_mean.then_some(&self.mean[..]);
+        let mut placements = Vec::with_capacity(views);
         for j in 0..count {
             let position = first + j;
             let index = self.order[position];
@@ -561,103 +606,41 @@ impl Plan {
             for (c, s) in shift.iter_mut().enumerate() {
                 *s = (0..3).map(|i| self.colour[i][c] * alpha[i]).sum();
             }
-            let dst = &mut out.images[j * views * per_view..(j + 1) * views * per_view];
-            let geometry = Geometry {
-                channels,
-                height,
-                width,
-                ch,
-                cw,
+            let place = |(y, x): (usize, usize), flip: bool| ViewPlacement {
+                image: j,
+                y,
+                x,
+                flip,
+                shift,
             };
+            placements.clear();
             if view.ten_crop {
-                for (v, dst) in dst.chunks_exact_mut(per_view).enumerate() {
-                    let (y, x) = corners[v % 5];
-                    write_view(
+                placements.extend((0..10).map(|v| place(corners[v % 5], v >= 5)));
+            } else {
+                let at = if view.random_crop { (oy, ox) } else { centre };
+                placements.push(place(at, view.mirror && flip));
+            }
+            if self.stored {
+                out.pixels[j * stored.len()..][..stored.len()].copy_from_slice(pixels);
+                out.placements.extend_from_slice(&placements);
+            } else {
+                let dst = &mut out.images[j * views * per_view..][..views * per_view];
+                for (placement, dst) in placements.iter().zip(dst.chunks_exact_mut(per_view)) {
+                    cut_view(
                         dst,
                         pixels,
                         mean,
-                        &geometry,
-                        y,
-                        x,
-                        v >= 5,
-                        &shift,
+                        stored,
+                        (ch, cw),
+                        placement,
                         &view.channel_scale,
                     );
                 }
-            } else {
-                let (y, x) = if view.random_crop { (oy, ox) } else { centre };
-                write_view(
-                    dst,
-                    pixels,
-                    mean,
-                    &geometry,
-                    y,
-                    x,
-                    view.mirror && flip,
-                    &shift,
-                    &view.channel_scale,
-                );
             }
             out.labels.push(label);
             out.indices.push(index);
         }
         Ok(())
-    }
-}
-
-struct Geometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    ch: usize,
-    cw: usize,
-}
-
-/// Writes one crop at (`oy`, `ox`), reflected when `flip`, as
-/// `(pixel - mean + shift) * scale`.
-fn write_view(
-    dst: &mut [f32],
-    pixels: &[u8],
-    mean: Option<&[f32]>,
-    g: &Geometry,
-    oy: usize,
-    ox: usize,
-    flip: bool,
-    shift: &[f32; 3],
-    scale: &[f32; 3],
-) {
-    for c in 0..g.channels {
-        let sh = shift[c];
-        let s = scale[c];
-        for y in 0..g.ch {
-            let at = c * g.height * g.width + (oy + y) * g.width + ox;
-            let src = &pixels[at..at + g.cw];
-            let out = &mut dst[(c * g.ch + y) * g.cw..(c * g.ch + y + 1) * g.cw];
-            match (mean, flip) {
-                (Some(mean), false) => {
-                    let m = &mean[at..at + g.cw];
-                    for ((o, &p), &m) in out.iter_mut().zip(src).zip(m) {
-                        *o = (p as f32 - m + sh) * s;
-                    }
-                }
-                (Some(mean), true) => {
-                    let m = &mean[at..at + g.cw];
-                    for ((o, &p), &m) in out.iter_mut().zip(src.iter().rev()).zip(m.iter().rev()) {
-                        *o = (p as f32 - m + sh) * s;
-                    }
-                }
-                (None, false) => {
-                    for (o, &p) in out.iter_mut().zip(src) {
-                        *o = (p as f32 + sh) * s;
-                    }
-                }
-                (None, true) => {
-                    for (o, &p) in out.iter_mut().zip(src.iter().rev()) {
-                        *o = (p as f32 + sh) * s;
-                    }
-                }
-            }
-        }
     }
 }
 

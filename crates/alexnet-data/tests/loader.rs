@@ -345,3 +345,49 @@ fn dropping_a_loader_mid_epoch_stops_its_workers() {
     loader.next_batch().unwrap().unwrap();
     drop(loader); // must return: workers blocked on full queues give up
 }
+
+/// A stored batch (the images as stored, and where to cut each view) cut on the
+/// host gives exactly the batch of finished views: for the paper's training view
+/// and for the ten test patches, with the mean subtracted and a channel scale.
+#[test]
+fn stored_batches_cut_to_the_same_views() {
+    let tmp = TempDir::new("stored");
+    let (ds, _) = cifar_dataset(&tmp, 21);
+    let split = ds.split("train").unwrap();
+    let mean = ds.mean_shared();
+    let scaled = View {
+        channel_scale: [0.5, 0.25, 2.0],
+        ..View::paper_train(CROP, CROP)
+    };
+    for view in [
+        View::paper_train(CROP, CROP),
+        View::ten_crop(CROP, CROP),
+        scaled,
+    ] {
+        let config = LoaderConfig::new(8, view, 5, 1);
+        let finished = run(&ds, &split, config.clone());
+        let stored = run(
+            &ds,
+            &split,
+            LoaderConfig {
+                stored: true,
+                ..config
+            },
+        );
+        assert_eq!(finished.len(), stored.len());
+        for (f, s) in finished.iter().zip(&stored) {
+            assert!(s.images.is_empty() && f.pixels.is_empty());
+            assert_eq!(
+                (s.labels.clone(), s.indices.clone()),
+                (f.labels.clone(), f.indices.clone())
+            );
+            assert_eq!(s.placements.len(), f.count * view.views());
+            assert_eq!(s.pixels.len(), f.count * 3 * 32 * 32);
+            let batch = s.stored();
+            batch.validate().unwrap();
+            let mut cut = vec![0.0; f.images.len()];
+            alexnet::input::cut_views(&batch, Some(&mean), &mut cut);
+            assert_eq!(cut, f.images, "{view:?}");
+        }
+    }
+}

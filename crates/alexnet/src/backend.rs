@@ -7,6 +7,7 @@
 //! overwrites its output, backward overwrites `dx` and adds into `dw`/`db`.
 
 use crate::error::Result;
+use crate::input::StoredBatch;
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
 
 pub trait Backend: Send + Sync {
@@ -25,6 +26,14 @@ pub trait Backend: Send + Sync {
     fn fill(&self, buf: &mut Self::Buffer, value: f32);
     /// Copies the first `len` values of `src` into `dst`.
     fn copy(&self, len: usize, src: &Self::Buffer, dst: &mut Self::Buffer);
+    /// Cuts the views of a validated `batch` into `dst` as [`crate::input::cut_view`]
+    /// does, with `mean` (one value per stored byte) where the batch subtracts it.
+    fn cut_views(&self, batch: &StoredBatch, mean: Option<&Self::Buffer>, dst: &mut Self::Buffer);
+    /// Whether batches should arrive as stored images for [`Backend::cut_views`]
+    /// rather than finished views: true where host-to-device copies cost (a GPU).
+    fn cuts_views(&self) -> bool {
+        false
+    }
     /// Waits until queued work has finished (for timing); a no-op on the CPU.
     fn synchronize(&self) {}
 

@@ -27,6 +27,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod error;
+pub mod input;
 pub mod layers;
 pub mod model;
 pub mod net;

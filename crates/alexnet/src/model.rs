@@ -5,6 +5,7 @@
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::input::StoredBatch;
 use crate::net::{LayerTimes, Mode, Network};
 use crate::optim::Sgd;
 use crate::plan::Plan;
@@ -43,6 +44,13 @@ pub trait Model {
 
     /// Loads a batch of images (NCHW); returns how many.
     fn set_input(&mut self, images: &[f32]) -> Result<usize>;
+    /// Whether batches should arrive stored, for [`Model::set_input_stored`].
+    fn cuts_views(&self) -> bool;
+    /// Keeps the mean image (one value per stored byte) for stored batches.
+    fn set_mean_image(&mut self, mean: &[f32]) -> Result<()>;
+    /// Loads a batch by cutting its views from stored images on the device (see
+    /// [`crate::input`]); returns how many views.
+    fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize>;
     /// Uses these masks (one per dropout layer, `n * len` values of 0 or
     /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
     fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()>;
@@ -117,6 +125,15 @@ impl<B: Backend> Model for Network<B> {
     }
     fn set_input(&mut self, images: &[f32]) -> Result<usize> {
         Network::set_input(self, images)
+    }
+    fn cuts_views(&self) -> bool {
+        self.backend().cuts_views()
+    }
+    fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
+        Network::set_mean_image(self, mean)
+    }
+    fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
+        Network::set_input_stored(self, batch)
     }
     fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
         Network::set_next_dropout_masks(self, masks)

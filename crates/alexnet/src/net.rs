@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::input::StoredBatch;
 use crate::layers::DropoutGeometry;
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
@@ -58,6 +59,8 @@ pub struct Network<B: Backend> {
     rng: Rng,
     /// Images in the current batch (set by `set_input`).
     batch: usize,
+    /// The mean image subtracted from stored batches, with its length.
+    mean: Option<(B::Buffer, usize)>,
     times: Option<LayerTimes>,
 }
 
@@ -186,6 +189,7 @@ impl<B: Backend> Network<B> {
             masks_given: false,
             rng: Rng::new(0),
             batch: 0,
+            mean: None,
             times: None,
         })
     }
@@ -300,6 +304,55 @@ impl<B: Backend> Network<B> {
             ));
         }
         self.backend.upload(images, &mut self.activations[0]);
+        self.batch = n;
+        Ok(n)
+    }
+
+    /// Keeps `mean` (one value per stored byte) on the backend for
+    /// [`Network::set_input_stored`] to subtract.
+    pub fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
+        let mut buffer = self.backend.alloc(mean.len())?;
+        self.backend.upload(mean, &mut buffer);
+        self.mean = Some((buffer, mean.len()));
+        Ok(())
+    }
+
+    /// Loads a batch by cutting its views out of stored images where the backend
+    /// keeps its buffers (see [`crate::input`]); one view per input image.
+    pub fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
+        batch.validate()?;
+        let n = batch.views.len();
+        if batch.view_shape() != self.plan.input_shape() {
+            return Err(input_error(
+                "stored batch",
+                format!("views of {}", self.plan.input_shape()),
+                format!("views of {}", batch.view_shape()),
+            ));
+        }
+        if n == 0 || n > self.max_batch {
+            return Err(input_error(
+                "stored batch",
+                format!(
+                    "1 to {} views (the batch size the net was built for)",
+                    self.max_batch
+                ),
+                format!("{n} views"),
+            ));
+        }
+        let mean = match (&self.mean, batch.subtract_mean) {
+            (_, false) => None,
+            (Some((buffer, len)), true) if *len == batch.stored.len() => Some(buffer),
+            (mean, true) => {
+                return Err(input_error(
+                    "mean image",
+                    format!("{} values, set by set_mean_image", batch.stored.len()),
+                    mean.as_ref()
+                        .map_or("none".to_string(), |(_, len)| format!("{len} values")),
+                ));
+            }
+        };
+        self.backend
+            .cut_views(batch, mean, &mut self.activations[0]);
         self.batch = n;
         Ok(n)
     }

@@ -28,6 +28,7 @@ use std::ops::Range;
 use crate::backend::Backend;
 use crate::cpu::reference;
 use crate::error::{Error, Result};
+use crate::input::StoredBatch;
 use crate::model::Model;
 use crate::net::{LayerTimes, Mode, Network, check_labels, draw_mask, initial_values, input_error};
 use crate::optim::Sgd;
@@ -45,6 +46,9 @@ pub struct TowerLayout {
     pub tower: Plan,
     /// Layers (indices into both plans' `layers`) whose input is gathered.
     pub gathered: Vec<usize>,
+    /// The first layer whose output is split (the first convolution or linear
+    /// layer); before it every tower holds the whole activation.
+    pub first_split: usize,
 }
 
 fn split_error(layer: String, expected: String, found: String) -> Error {
@@ -66,6 +70,13 @@ impl TowerLayout {
                 towers.to_string(),
             ));
         }
+        // The whole net must be valid first, so that errors speak of its numbers.
+        let whole = Plan::new(spec)?;
+        let first_split = whole
+            .layers
+            .iter()
+            .position(|l| matches!(l.op, Op::Conv { .. } | Op::Linear { .. }))
+            .unwrap_or(0);
         let mut share = spec.clone();
         let mut gathered = Vec::new();
         // Whether the activation reaching this layer is divided among the towers
@@ -137,6 +148,7 @@ impl TowerLayout {
             towers,
             tower,
             gathered,
+            first_split,
         })
     }
 
@@ -240,24 +252,52 @@ impl<B: Backend> Towers<B> {
         bounds.windows(2).map(|w| w[0]..w[1]).collect()
     }
 
-    /// Draws the whole net's masks as [`Network`] does and gives each tower its share.
-    fn draw_masks(&mut self) -> Result<()> {
+    /// The dropout layers of the whole net: index and values per image.
+    fn dropout_layers(&self) -> Vec<(usize, usize)> {
+        let layers = self.plan.layers.iter().enumerate();
+        layers
+            .filter_map(|(index, l)| match &l.op {
+                Op::Dropout { geometry } => Some((index, geometry.len)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Gives each tower its share of the whole net's masks (one per dropout layer):
+    /// its part of each image's values, or all of them before the first split layer.
+    fn upload_mask_shares(&mut self, masks: &[Vec<f32>]) -> Result<()> {
         let (n, towers) = (self.batch, self.layout.towers);
-        let mut shares: Vec<Vec<Vec<f32>>> = vec![Vec::new(); towers];
-        for layer in &self.plan.layers {
-            let Op::Dropout { geometry } = &layer.op else {
-                continue;
-            };
-            let mut mask = vec![0.0; n * geometry.len];
-            draw_mask(&mut self.rng, geometry, &mut mask);
-            for (t, share) in shares.iter_mut().enumerate() {
-                share.push(share_of(&mask, towers, t, n, geometry.len / towers));
-            }
-        }
-        for (tower, masks) in self.towers.iter_mut().zip(&shares) {
-            tower.upload_dropout_masks(masks)?;
+        let dropouts = self.dropout_layers();
+        for (t, tower) in self.towers.iter_mut().enumerate() {
+            let shares: Vec<Vec<f32>> = masks
+                .iter()
+                .zip(&dropouts)
+                .map(|(mask, &(index, len))| {
+                    if index < self.layout.first_split {
+                        mask.clone()
+                    } else {
+                        share_of(mask, towers, t, n, len / towers)
+                    }
+                })
+                .collect();
+            tower.upload_dropout_masks(&shares)?;
         }
         Ok(())
+    }
+
+    /// Draws the whole net's masks as [`Network`] does and gives each tower its share.
+    fn draw_masks(&mut self) -> Result<()> {
+        let n = self.batch;
+        let mut masks = Vec::new();
+        for (index, len) in self.dropout_layers() {
+            let Op::Dropout { geometry } = &self.plan.layers[index].op else {
+                unreachable!("dropout_layers lists dropout layers")
+            };
+            let mut mask = vec![0.0; n * len];
+            draw_mask(&mut self.rng, geometry, &mut mask);
+            masks.push(mask);
+        }
+        self.upload_mask_shares(&masks)
     }
 
     /// Fills every tower's input buffer of gathered layer `layer` with all towers' shares.
@@ -404,40 +444,45 @@ impl<B: Backend> Model for Towers<B> {
         self.batch = n;
         Ok(n)
     }
+    fn cuts_views(&self) -> bool {
+        self.towers.iter().any(|t| t.backend().cuts_views())
+    }
+    fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
+        self.towers
+            .iter_mut()
+            .try_for_each(|t| t.set_mean_image(mean))
+    }
+    /// Every tower cuts the whole input: the towers share only the image.
+    fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
+        let mut n = 0;
+        for tower in &mut self.towers {
+            n = tower.set_input_stored(batch)?;
+        }
+        self.batch = n;
+        Ok(n)
+    }
     fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
-        let (n, towers) = (self.batch, self.layout.towers);
-        let dropouts: Vec<usize> = self
-            .plan
-            .layers
-            .iter()
-            .filter_map(|l| match &l.op {
-                Op::Dropout { geometry } => Some(geometry.len),
-                _ => None,
-            })
-            .collect();
-        if masks.len() != dropouts.len()
-            || masks
-                .iter()
-                .zip(&dropouts)
-                .any(|(m, len)| m.len() != n * len)
-        {
+        let n = self.batch;
+        let dropouts: Vec<usize> = self.dropout_layers().iter().map(|&(_, len)| len).collect();
+        if masks.len() != dropouts.len() {
             return Err(input_error(
                 "dropout masks",
-                format!(
-                    "one mask of n x layer size per dropout layer ({} layers)",
-                    dropouts.len()
-                ),
+                format!("one mask per dropout layer ({})", dropouts.len()),
                 format!("{} masks", masks.len()),
             ));
         }
-        for (t, tower) in self.towers.iter_mut().enumerate() {
-            let shares: Vec<Vec<f32>> = masks
-                .iter()
-                .zip(&dropouts)
-                .map(|(m, len)| share_of(m, towers, t, n, len / towers))
-                .collect();
-            tower.upload_dropout_masks(&shares)?;
+        if let Some((mask, len)) = masks
+            .iter()
+            .zip(&dropouts)
+            .find(|(m, len)| m.len() != n * *len)
+        {
+            return Err(input_error(
+                "dropout masks",
+                format!("masks of {} values ({n} images x {len})", n * len),
+                format!("a mask of {} values", mask.len()),
+            ));
         }
+        self.upload_mask_shares(masks)?;
         self.masks_given = true;
         Ok(())
     }
@@ -465,13 +510,7 @@ impl<B: Backend> Model for Towers<B> {
 
     fn layer_output(&self, index: usize) -> Vec<f32> {
         // Layers before the first split one see the whole input in every tower.
-        let first_split = self
-            .plan
-            .layers
-            .iter()
-            .position(|l| matches!(l.op, Op::Conv { .. } | Op::Linear { .. }))
-            .unwrap_or(0);
-        if index < first_split {
+        if index < self.layout.first_split {
             self.towers[0].layer_output(index)
         } else {
             self.gather_output(index)

@@ -75,10 +75,17 @@ fn assert_same_run(what: &str, towers: &Run, one: &Run, tol: f32) {
     }
 }
 
-fn towers_against_one_device<B: Backend>(make: impl Fn() -> B, what: &str, tol: f32) {
-    let spec = paper_mini();
-    let mut one = Network::new(make(), &spec, 4, 11).unwrap();
-    let mut towers = Towers::new(vec![make(), make()], &spec, 4, 11).unwrap();
+/// Three training steps at batch 4 of nets built for `max_batch` images.
+fn towers_against_one_device<B: Backend>(
+    make: impl Fn() -> B,
+    spec: &NetSpec,
+    max_batch: usize,
+    what: &str,
+    tol: f32,
+) {
+    let spec = spec.clone();
+    let mut one = Network::new(make(), &spec, max_batch, 11).unwrap();
+    let mut towers = Towers::new(vec![make(), make()], &spec, max_batch, 11).unwrap();
     // Same seed, same initial values: the halves put together are the whole.
     for i in 0..spec_param_count(&spec) {
         assert_eq!(
@@ -91,7 +98,7 @@ fn towers_against_one_device<B: Backend>(make: impl Fn() -> B, what: &str, tol: 
     let towers = run_steps(&mut towers);
     assert_same_run(what, &towers, &one, tol);
     // The steps moved the weights: the comparison is not of two untouched nets.
-    let fresh = Network::new(make(), &spec, 4, 11).unwrap();
+    let fresh = Network::new(make(), &spec, max_batch, 11).unwrap();
     assert!(
         towers.params[0] != fresh.param_values(0),
         "{what}: training left conv1 unchanged"
@@ -106,13 +113,79 @@ fn spec_param_count(spec: &NetSpec) -> usize {
 fn two_reference_towers_train_like_the_one_device_reference_net() {
     // The same sums in a different order (a tower's share of conv3 adds up over
     // its own input half separately), so equal to rounding.
-    towers_against_one_device(|| ReferenceCpu, "reference", 1e-5);
+    towers_against_one_device(|| ReferenceCpu, &paper_mini(), 4, "reference", 1e-5);
 }
 
 #[test]
 fn two_fast_towers_train_like_the_one_device_fast_net() {
     // Half-width layers may take other kernels (Winograd or im2col) than the whole.
-    towers_against_one_device(Cpu::new, "fast", 1e-4);
+    towers_against_one_device(Cpu::new, &paper_mini(), 4, "fast", 1e-4);
+}
+
+#[test]
+fn towers_built_for_larger_batches_train_like_one_device() {
+    towers_against_one_device(|| ReferenceCpu, &paper_mini(), 7, "batch 4 of 7", 1e-5);
+}
+
+/// Dropout on the input image, before anything is split: every tower takes the
+/// whole mask, the one the one-device net draws.
+#[test]
+fn dropout_before_the_towers_split_is_the_one_device_nets() {
+    let mut spec = paper_mini();
+    spec.layers
+        .insert(0, LayerSpec::Dropout(alexnet::spec::DropoutSpec { p: 0.2 }));
+    towers_against_one_device(|| ReferenceCpu, &spec, 4, "input dropout", 1e-5);
+    let mut towers = Towers::new(vec![ReferenceCpu, ReferenceCpu], &spec, 2, 1).unwrap();
+    let mut one = Network::new(ReferenceCpu, &spec, 2, 1).unwrap();
+    let mut rng = Rng::new(2);
+    let images = random(&mut rng, 2 * 3 * 67 * 67, 128.0);
+    for net in [&mut towers as &mut dyn Model, &mut one] {
+        net.set_input(&images).unwrap();
+        net.forward(alexnet::Mode::Train);
+    }
+    assert_eq!(
+        towers.layer_output(0),
+        one.layer_output(0),
+        "the dropped-out input"
+    );
+}
+
+/// Masks given by the caller are cut into the towers' shares like drawn ones.
+#[test]
+fn given_dropout_masks_reach_every_tower() {
+    let spec = paper_mini();
+    let mut towers = Towers::new(vec![ReferenceCpu, ReferenceCpu], &spec, 2, 5).unwrap();
+    let mut one = Network::new(ReferenceCpu, &spec, 2, 5).unwrap();
+    let mut rng = Rng::new(8);
+    let images = random(&mut rng, 2 * 3 * 67 * 67, 128.0);
+    // fc6 and fc7 each have 64 outputs in the miniature.
+    let masks: Vec<Vec<f32>> = (0..2)
+        .map(|_| {
+            (0..2 * 64)
+                .map(|_| if rng.uniform() < 0.5 { 0.0 } else { 2.0 })
+                .collect()
+        })
+        .collect();
+    let labels = [2, 7];
+    let mut losses = Vec::new();
+    for net in [&mut towers as &mut dyn Model, &mut one] {
+        net.set_input(&images).unwrap();
+        let err = net
+            .set_next_dropout_masks(&masks[..1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one mask per dropout layer"), "{err}");
+        net.set_next_dropout_masks(&masks).unwrap();
+        net.forward(alexnet::Mode::Train);
+        losses.push(net.backward(&labels).unwrap());
+    }
+    assert_close("loss with given masks", &losses[..1], &losses[1..], 1e-5);
+    assert_close(
+        "fc6 gradient",
+        &towers.param_grad(10),
+        &one.param_grad(10),
+        1e-5,
+    );
 }
 
 #[test]
@@ -250,4 +323,84 @@ fn bad_input_to_towers_is_refused_with_a_message() {
     assert!(err.contains("class indices below 10"), "{err}");
     let err = towers.set_param_values(0, &[1.0]).unwrap_err().to_string();
     assert!(err.contains("conv1.weight"), "{err}");
+}
+
+/// Views cut by the net from stored bytes give the logits of the same views cut on
+/// the host, on one device and in towers; what does not fit is refused.
+#[test]
+fn stored_batches_are_cut_into_the_input_of_one_device_and_of_towers() {
+    use alexnet::input::{StoredBatch, ViewPlacement, cut_views};
+    use alexnet::layers::Shape;
+    let spec = paper_mini();
+    let stored = Shape::new(3, 70, 72);
+    let mut rng = Rng::new(4);
+    let pixels: Vec<u8> = (0..2 * stored.len())
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let mean = random(&mut rng, stored.len(), 100.0);
+    let views = [
+        ViewPlacement {
+            image: 1,
+            y: 3,
+            x: 5,
+            flip: true,
+            shift: [1.0, -2.0, 0.5],
+        },
+        ViewPlacement {
+            image: 0,
+            y: 0,
+            x: 0,
+            flip: false,
+            shift: [0.0; 3],
+        },
+        ViewPlacement {
+            image: 1,
+            y: 2,
+            x: 1,
+            flip: false,
+            shift: [3.0, 0.0, -1.0],
+        },
+    ];
+    let batch = StoredBatch {
+        pixels: &pixels,
+        stored,
+        crop_height: 67,
+        crop_width: 67,
+        views: &views,
+        subtract_mean: true,
+        scale: [1.0; 3],
+    };
+    let mut images = vec![0.0; 3 * 3 * 67 * 67];
+    cut_views(&batch, Some(&mean), &mut images);
+
+    let mut one = Network::new(Cpu::new(), &spec, 4, 3).unwrap();
+    let mut towers = Towers::new(vec![Cpu::new(), Cpu::new()], &spec, 4, 3).unwrap();
+    for net in [&mut one as &mut dyn Model, &mut towers] {
+        let expected = net.predict(&images).unwrap();
+        let err = net.set_input_stored(&batch).unwrap_err().to_string();
+        assert!(
+            err.contains("mean image") && err.contains("set_mean_image"),
+            "{err}"
+        );
+        net.set_mean_image(&mean).unwrap();
+        assert_eq!(net.set_input_stored(&batch).unwrap(), 3);
+        net.forward(alexnet::Mode::Test);
+        assert_eq!(net.logits(), expected);
+
+        let small = StoredBatch {
+            crop_height: 60,
+            ..batch
+        };
+        let err = net.set_input_stored(&small).unwrap_err().to_string();
+        assert!(err.contains("views of 3x67x67"), "{err}");
+        let outside = [ViewPlacement { x: 6, ..views[0] }];
+        let err = net
+            .set_input_stored(&StoredBatch {
+                views: &outside,
+                ..batch
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("image 1 at (3, 6)"), "{err}");
+    }
 }

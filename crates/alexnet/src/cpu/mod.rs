@@ -67,6 +67,14 @@ macro_rules! host_buffers {
         fn copy(&self, len: usize, src: &$buffer, dst: &mut $buffer) {
             dst[..len].copy_from_slice(&src[..len]);
         }
+        fn cut_views(
+            &self,
+            batch: &crate::input::StoredBatch,
+            mean: Option<&$buffer>,
+            dst: &mut $buffer,
+        ) {
+            crate::input::cut_views(batch, mean.map(|m| &m[..]), &mut dst[..]);
+        }
     };
 }
 

@@ -21,7 +21,7 @@ pub use lrn::LrnGeometry;
 pub use pool::PoolGeometry;
 
 /// Channels, height and width of one image's activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shape {
     pub channels: usize,
     pub height: usize,
