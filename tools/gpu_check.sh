@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with an NVIDIA GPU, its driver, and PyTorch with CUDA
 # (no Rust toolchain or network needed), runs the prebuilt alexnet-cuda tests with
-# the GPU required, prints the CUDA/cuDNN versions found, and times training
+# the GPU required, runs the command-line workflow there (tools/device_workflow.py:
+# train, eval and features on one GPU and as two towers, against the CPU), prints
+# the CUDA/cuDNN versions found, and times training
 # (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager,
 # in fp32, TF32 and bf16 (ours with --precision; PyTorch's bf16 under autocast),
 # then the paper's two towers (`--parallel towers`) on two GPUs, or both on one.
@@ -64,6 +66,15 @@ for test in "$bundle"/tests/*; do
   fi
 done
 
+echo "== workflow: prepare, train, eval and features on the GPU, one device and two towers"
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+towers="cuda:0,cuda:0"
+[[ ${gpus:-0} -ge 2 ]] && towers="cuda:0,cuda:1"
+if ! "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers"; then
+  echo "FAILED: the device workflow"
+  status=1
+fi
+
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   echo "== benchmark"
   if ! "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
@@ -77,11 +88,8 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # The paper's layout: one tower per GPU, or both on GPU 0 where there is one.
   # Printed beside the one-GPU figures above; PyTorch has no two-device
   # counterpart of this net to compare with.
-  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-  devices="cuda:0,cuda:0"
-  [[ ${gpus:-0} -ge 2 ]] && devices="cuda:0,cuda:1"
-  echo "== two towers: --devices $devices --parallel towers (fp32)"
-  if ! "$bundle/alexnet" bench --devices "$devices" --parallel towers --seconds "$seconds" \
+  echo "== two towers: --devices $towers --parallel towers (fp32)"
+  if ! "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
       --train-batch 128 --infer-batch 256 --layer-steps 0; then
     echo "FAILED: alexnet bench --parallel towers"
     status=1
