@@ -6,6 +6,7 @@
 //! error threshold fixed by a stated rule, and a figure of training error
 //! against epochs.
 
+use alexnet::Model;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

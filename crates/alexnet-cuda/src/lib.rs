@@ -25,7 +25,7 @@
 //! panicking.
 //!
 //! ```no_run
-//! use alexnet::{NetSpec, Network, Sgd};
+//! use alexnet::{Model, NetSpec, Network, Sgd};
 //! use alexnet_cuda::CudaBackend;
 //!
 //! let backend = CudaBackend::new(0).expect("a CUDA GPU");

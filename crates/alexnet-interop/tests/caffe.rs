@@ -8,6 +8,7 @@
 //! must agree. The hostile files of `fixtures/caffe-corpus` must each be refused
 //! for their own reason, and no corruption of a good file may panic.
 
+use alexnet::Model;
 use std::path::{Path, PathBuf};
 
 use alexnet::spec::{LayerSpec, LrnSpec, PixelScale};

@@ -5,6 +5,7 @@
 //! hostile file of fixtures/pickle-corpus is refused with a message naming the
 //! problem.
 
+use alexnet::Model;
 use std::path::{Path, PathBuf};
 
 use alexnet::{Cpu, NetSpec, Network};

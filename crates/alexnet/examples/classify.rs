@@ -7,6 +7,7 @@
 //! comes from the file). Without one, a freshly initialised `cifar` net is saved
 //! to a temporary file first, so the example runs on its own.
 
+use alexnet::Model;
 use std::path::PathBuf;
 
 use alexnet::{Cpu, NetSpec, Network, checkpoint, softmax_rows};

@@ -6,7 +6,7 @@
 //! initialisation and SGD, and safetensors checkpoints.
 //!
 //! ```
-//! use alexnet::{Cpu, Mode, NetSpec, Network, Sgd};
+//! use alexnet::{Cpu, Model, NetSpec, Network, Sgd};
 //!
 //! // The paper's net on 28x28 grey images, for 10 classes, batches of up to 4.
 //! let spec = NetSpec::preset("cifar").unwrap().with_input(1, 28, 28);

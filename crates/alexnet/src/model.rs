@@ -1,12 +1,11 @@
 //! What training, evaluation, checkpoints and the tools need of a net, whether it
-//! runs on one device ([`Network`]) or split into towers across several
+//! runs on one device ([`crate::Network`]) or split into towers across several
 //! ([`crate::towers::Towers`]). Parameters are always seen whole, as the
 //! one-device net lays them out, so checkpoints do not depend on where a net ran.
 
-use crate::backend::Backend;
 use crate::error::Result;
 use crate::input::StoredBatch;
-use crate::net::{LayerTimes, Mode, Network};
+use crate::net::{LayerTimes, Mode};
 use crate::optim::Sgd;
 use crate::plan::Plan;
 use crate::rng::Rng;
@@ -83,80 +82,5 @@ pub trait Model {
         let loss = self.backward(labels)?;
         self.sgd_step(sgd);
         Ok(loss)
-    }
-}
-
-impl<B: Backend> Model for Network<B> {
-    fn describe(&self) -> String {
-        self.backend().describe()
-    }
-    fn plan(&self) -> &Plan {
-        Network::plan(self)
-    }
-    fn max_batch(&self) -> usize {
-        Network::max_batch(self)
-    }
-    fn rng(&self) -> &Rng {
-        Network::rng(self)
-    }
-    fn set_rng(&mut self, rng: Rng) {
-        Network::set_rng(self, rng)
-    }
-    fn synchronize(&self) {
-        self.backend().synchronize()
-    }
-    fn param_values(&self, index: usize) -> Vec<f32> {
-        Network::param_values(self, index)
-    }
-    fn param_grad(&self, index: usize) -> Vec<f32> {
-        Network::param_grad(self, index)
-    }
-    fn param_velocity(&self, index: usize) -> Vec<f32> {
-        Network::param_velocity(self, index)
-    }
-    fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
-        Network::set_param_values(self, index, values)
-    }
-    fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
-        Network::set_param_velocity(self, index, values)
-    }
-    fn set_frozen(&mut self, index: usize, frozen: bool) {
-        Network::set_frozen(self, index, frozen)
-    }
-    fn set_input(&mut self, images: &[f32]) -> Result<usize> {
-        Network::set_input(self, images)
-    }
-    fn cuts_views(&self) -> bool {
-        self.backend().cuts_views()
-    }
-    fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
-        Network::set_mean_image(self, mean)
-    }
-    fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
-        Network::set_input_stored(self, batch)
-    }
-    fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
-        Network::set_next_dropout_masks(self, masks)
-    }
-    fn forward(&mut self, mode: Mode) {
-        Network::forward(self, mode)
-    }
-    fn logits(&self) -> Vec<f32> {
-        Network::logits(self)
-    }
-    fn layer_output(&self, index: usize) -> Vec<f32> {
-        Network::layer_output(self, index)
-    }
-    fn backward(&mut self, labels: &[u32]) -> Result<f32> {
-        Network::backward(self, labels)
-    }
-    fn sgd_step(&mut self, sgd: &Sgd) {
-        Network::sgd_step(self, sgd)
-    }
-    fn record_layer_times(&mut self, on: bool) {
-        Network::record_layer_times(self, on)
-    }
-    fn layer_times(&self) -> Option<LayerTimes> {
-        Network::layer_times(self).cloned()
     }
 }

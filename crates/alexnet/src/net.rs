@@ -14,6 +14,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::input::StoredBatch;
 use crate::layers::DropoutGeometry;
+use crate::model::Model;
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
 use crate::rng::Rng;
@@ -194,176 +195,11 @@ impl<B: Backend> Network<B> {
         })
     }
 
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-    pub fn spec(&self) -> &NetSpec {
-        &self.plan.spec
-    }
     pub fn backend(&self) -> &B {
         &self.backend
     }
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
-    }
     pub fn params(&self) -> &[Param<B::Buffer>] {
         &self.params
-    }
-    /// The generator behind dropout masks (its state goes into checkpoints).
-    pub fn rng(&self) -> &Rng {
-        &self.rng
-    }
-    pub fn set_rng(&mut self, rng: Rng) {
-        self.rng = rng;
-    }
-
-    /// Starts (or stops) recording the time of each layer's passes.
-    pub fn record_layer_times(&mut self, on: bool) {
-        self.times = on.then(|| LayerTimes {
-            forward: vec![0.0; self.plan.layers.len()],
-            backward: vec![0.0; self.plan.layers.len()],
-        });
-    }
-    /// Accumulated per-layer seconds since recording started.
-    pub fn layer_times(&self) -> Option<&LayerTimes> {
-        self.times.as_ref()
-    }
-
-    /// Index of a parameter tensor by name (`conv1.weight`).
-    pub fn param_index(&self, name: &str) -> Option<usize> {
-        self.params.iter().position(|p| p.info.name == name)
-    }
-
-    /// A parameter tensor's values, copied to the host.
-    pub fn param_values(&self, index: usize) -> Vec<f32> {
-        let mut host = vec![0.0; self.params[index].info.len()];
-        self.backend.download(&self.params[index].value, &mut host);
-        host
-    }
-    pub fn param_grad(&self, index: usize) -> Vec<f32> {
-        let mut host = vec![0.0; self.params[index].info.len()];
-        self.backend.download(&self.params[index].grad, &mut host);
-        host
-    }
-    pub fn param_velocity(&self, index: usize) -> Vec<f32> {
-        let mut host = vec![0.0; self.params[index].info.len()];
-        self.backend
-            .download(&self.params[index].velocity, &mut host);
-        host
-    }
-
-    /// Replaces a parameter tensor's values; the length must match its shape.
-    pub fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
-        let info = &self.params[index].info;
-        if values.len() != info.len() {
-            return Err(input_error(
-                &info.name,
-                format!("{} values (shape {:?})", info.len(), info.shape),
-                format!("{} values", values.len()),
-            ));
-        }
-        self.backend.upload(values, &mut self.params[index].value);
-        Ok(())
-    }
-    pub fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
-        let info = &self.params[index].info;
-        if values.len() != info.len() {
-            return Err(input_error(
-                &info.name,
-                format!("{} velocity values", info.len()),
-                format!("{} values", values.len()),
-            ));
-        }
-        self.backend
-            .upload(values, &mut self.params[index].velocity);
-        Ok(())
-    }
-
-    /// Loads a batch of images (NCHW, `n * channels * height * width` values).
-    pub fn set_input(&mut self, images: &[f32]) -> Result<usize> {
-        let per_image = self.plan.activations[0];
-        if images.is_empty() || !images.len().is_multiple_of(per_image) {
-            return Err(input_error(
-                "input batch",
-                format!(
-                    "a whole number of {} images ({per_image} values each)",
-                    self.plan.input_shape()
-                ),
-                format!("{} values", images.len()),
-            ));
-        }
-        let n = images.len() / per_image;
-        if n > self.max_batch {
-            return Err(input_error(
-                "input batch",
-                format!(
-                    "at most {} images (the batch size the net was built for)",
-                    self.max_batch
-                ),
-                format!("{n} images"),
-            ));
-        }
-        self.backend.upload(images, &mut self.activations[0]);
-        self.batch = n;
-        Ok(n)
-    }
-
-    /// Keeps `mean` (one value per stored byte) on the backend for
-    /// [`Network::set_input_stored`] to subtract.
-    pub fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
-        let mut buffer = self.backend.alloc(mean.len())?;
-        self.backend.upload(mean, &mut buffer);
-        self.mean = Some((buffer, mean.len()));
-        Ok(())
-    }
-
-    /// Loads a batch by cutting its views out of stored images where the backend
-    /// keeps its buffers (see [`crate::input`]); one view per input image.
-    pub fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
-        batch.validate()?;
-        let n = batch.views.len();
-        if batch.view_shape() != self.plan.input_shape() {
-            return Err(input_error(
-                "stored batch",
-                format!("views of {}", self.plan.input_shape()),
-                format!("views of {}", batch.view_shape()),
-            ));
-        }
-        if n == 0 || n > self.max_batch {
-            return Err(input_error(
-                "stored batch",
-                format!(
-                    "1 to {} views (the batch size the net was built for)",
-                    self.max_batch
-                ),
-                format!("{n} views"),
-            ));
-        }
-        let mean = match (&self.mean, batch.subtract_mean) {
-            (_, false) => None,
-            (Some((buffer, len)), true) if *len == batch.stored.len() => Some(buffer),
-            (mean, true) => {
-                return Err(input_error(
-                    "mean image",
-                    format!("{} values, set by set_mean_image", batch.stored.len()),
-                    mean.as_ref()
-                        .map_or("none".to_string(), |(_, len)| format!("{len} values")),
-                ));
-            }
-        };
-        self.backend
-            .cut_views(batch, mean, &mut self.activations[0]);
-        self.batch = n;
-        Ok(n)
-    }
-
-    /// Uses these masks (one per dropout layer, in order, `n * len` values of 0 or
-    /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
-    /// For comparing with another implementation that drew its own.
-    pub fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
-        self.upload_dropout_masks(masks)?;
-        self.masks_given = true;
-        Ok(())
     }
 
     /// Copies one mask per dropout layer into the mask buffers.
@@ -403,17 +239,6 @@ impl<B: Backend> Network<B> {
             draw_mask(&mut self.rng, geometry, host);
             self.backend.upload(host, buffer);
         }
-    }
-
-    /// Runs the loaded batch through the net.
-    pub fn forward(&mut self, mode: Mode) {
-        let n = self.batch;
-        assert!(n > 0, "forward called before set_input");
-        if mode == Mode::Train && !self.masks_given {
-            self.draw_masks();
-        }
-        self.masks_given = false;
-        self.forward_layers(0..self.plan.layers.len(), mode);
     }
 
     /// Runs the layers in `layers` on the loaded batch (the dropout masks are
@@ -477,53 +302,6 @@ impl<B: Backend> Network<B> {
             },
             Op::Relu { .. } | Op::Tanh { .. } => unreachable!("handled above"),
         }
-    }
-
-    /// The class scores of the current batch (`n x classes`), copied to the host.
-    pub fn logits(&self) -> Vec<f32> {
-        let last = self.plan.layers.last().expect("a plan has layers");
-        let mut host = vec![0.0; self.batch * self.plan.classes()];
-        self.backend
-            .download(&self.activations[last.dst], &mut host);
-        host
-    }
-
-    /// The output of layer `index` (of `plan().layers`) for the current batch, copied
-    /// to the host: `n x output` values. In-place activations have already been
-    /// applied to their input layer's output, so a linear layer followed by a ReLU
-    /// yields the rectified values (the paper's fc7 features).
-    pub fn layer_output(&self, index: usize) -> Vec<f32> {
-        let layer = &self.plan.layers[index];
-        let mut host = vec![0.0; self.batch * layer.output.len()];
-        self.backend
-            .download(&self.activations[layer.dst], &mut host);
-        host
-    }
-
-    /// Runs `images` forward in test mode and returns the logits.
-    pub fn predict(&mut self, images: &[f32]) -> Result<Vec<f32>> {
-        self.set_input(images)?;
-        self.forward(Mode::Test);
-        Ok(self.logits())
-    }
-
-    /// Zeroes the parameter gradients, then adds the gradient of the mean
-    /// cross-entropy of the last forward pass against `labels`. Returns the loss.
-    pub fn backward(&mut self, labels: &[u32]) -> Result<f32> {
-        let n = self.batch;
-        let classes = self.plan.classes();
-        check_labels(labels, n, classes)?;
-        self.zero_grads();
-        let last = self.plan.layers.last().expect("a plan has layers");
-        let loss = self.backend.softmax_cross_entropy(
-            classes,
-            n,
-            &self.activations[last.dst],
-            labels,
-            &mut self.gradients[0],
-        );
-        self.backward_layers(0..self.plan.layers.len(), 0);
-        Ok(loss)
     }
 
     pub(crate) fn zero_grads(&mut self) {
@@ -643,15 +421,222 @@ impl<B: Backend> Network<B> {
             }
         }
     }
+}
 
+impl<B: Backend> Model for Network<B> {
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+    fn synchronize(&self) {
+        self.backend.synchronize()
+    }
+    fn cuts_views(&self) -> bool {
+        self.backend.cuts_views()
+    }
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+    /// The generator behind dropout masks (its state goes into checkpoints).
+    fn rng(&self) -> &Rng {
+        &self.rng
+    }
+    fn set_rng(&mut self, rng: Rng) {
+        self.rng = rng;
+    }
+    /// Starts (or stops) recording the time of each layer's passes.
+    fn record_layer_times(&mut self, on: bool) {
+        self.times = on.then(|| LayerTimes {
+            forward: vec![0.0; self.plan.layers.len()],
+            backward: vec![0.0; self.plan.layers.len()],
+        });
+    }
+    /// Accumulated per-layer seconds since recording started.
+    fn layer_times(&self) -> Option<LayerTimes> {
+        self.times.clone()
+    }
+    /// A parameter tensor's values, copied to the host.
+    fn param_values(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend.download(&self.params[index].value, &mut host);
+        host
+    }
+    fn param_grad(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend.download(&self.params[index].grad, &mut host);
+        host
+    }
+    fn param_velocity(&self, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.params[index].info.len()];
+        self.backend
+            .download(&self.params[index].velocity, &mut host);
+        host
+    }
+    /// Replaces a parameter tensor's values; the length must match its shape.
+    fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.params[index].info;
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} values (shape {:?})", info.len(), info.shape),
+                format!("{} values", values.len()),
+            ));
+        }
+        self.backend.upload(values, &mut self.params[index].value);
+        Ok(())
+    }
+    fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.params[index].info;
+        if values.len() != info.len() {
+            return Err(input_error(
+                &info.name,
+                format!("{} velocity values", info.len()),
+                format!("{} values", values.len()),
+            ));
+        }
+        self.backend
+            .upload(values, &mut self.params[index].velocity);
+        Ok(())
+    }
+    /// Loads a batch of images (NCHW, `n * channels * height * width` values).
+    fn set_input(&mut self, images: &[f32]) -> Result<usize> {
+        let per_image = self.plan.activations[0];
+        if images.is_empty() || !images.len().is_multiple_of(per_image) {
+            return Err(input_error(
+                "input batch",
+                format!(
+                    "a whole number of {} images ({per_image} values each)",
+                    self.plan.input_shape()
+                ),
+                format!("{} values", images.len()),
+            ));
+        }
+        let n = images.len() / per_image;
+        if n > self.max_batch {
+            return Err(input_error(
+                "input batch",
+                format!(
+                    "at most {} images (the batch size the net was built for)",
+                    self.max_batch
+                ),
+                format!("{n} images"),
+            ));
+        }
+        self.backend.upload(images, &mut self.activations[0]);
+        self.batch = n;
+        Ok(n)
+    }
+    /// Keeps `mean` (one value per stored byte) on the backend for
+    /// [`Network::set_input_stored`] to subtract.
+    fn set_mean_image(&mut self, mean: &[f32]) -> Result<()> {
+        let mut buffer = self.backend.alloc(mean.len())?;
+        self.backend.upload(mean, &mut buffer);
+        self.mean = Some((buffer, mean.len()));
+        Ok(())
+    }
+    /// Loads a batch by cutting its views out of stored images where the backend
+    /// keeps its buffers (see [`crate::input`]); one view per input image.
+    fn set_input_stored(&mut self, batch: &StoredBatch) -> Result<usize> {
+        batch.validate()?;
+        let n = batch.views.len();
+        if batch.view_shape() != self.plan.input_shape() {
+            return Err(input_error(
+                "stored batch",
+                format!("views of {}", self.plan.input_shape()),
+                format!("views of {}", batch.view_shape()),
+            ));
+        }
+        if n == 0 || n > self.max_batch {
+            return Err(input_error(
+                "stored batch",
+                format!(
+                    "1 to {} views (the batch size the net was built for)",
+                    self.max_batch
+                ),
+                format!("{n} views"),
+            ));
+        }
+        let mean = match (&self.mean, batch.subtract_mean) {
+            (_, false) => None,
+            (Some((buffer, len)), true) if *len == batch.stored.len() => Some(buffer),
+            (mean, true) => {
+                return Err(input_error(
+                    "mean image",
+                    format!("{} values, set by set_mean_image", batch.stored.len()),
+                    mean.as_ref()
+                        .map_or("none".to_string(), |(_, len)| format!("{len} values")),
+                ));
+            }
+        };
+        self.backend
+            .cut_views(batch, mean, &mut self.activations[0]);
+        self.batch = n;
+        Ok(n)
+    }
+    /// Uses these masks (one per dropout layer, in order, `n * len` values of 0 or
+    /// `1 / (1 - p)`) in the next training forward pass instead of drawing them.
+    /// For comparing with another implementation that drew its own.
+    fn set_next_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
+        self.upload_dropout_masks(masks)?;
+        self.masks_given = true;
+        Ok(())
+    }
+    /// Runs the loaded batch through the net.
+    fn forward(&mut self, mode: Mode) {
+        let n = self.batch;
+        assert!(n > 0, "forward called before set_input");
+        if mode == Mode::Train && !self.masks_given {
+            self.draw_masks();
+        }
+        self.masks_given = false;
+        self.forward_layers(0..self.plan.layers.len(), mode);
+    }
+    /// The class scores of the current batch (`n x classes`), copied to the host.
+    fn logits(&self) -> Vec<f32> {
+        let last = self.plan.layers.last().expect("a plan has layers");
+        let mut host = vec![0.0; self.batch * self.plan.classes()];
+        self.backend
+            .download(&self.activations[last.dst], &mut host);
+        host
+    }
+    /// The output of layer `index` (of `plan().layers`) for the current batch, copied
+    /// to the host: `n x output` values. In-place activations have already been
+    /// applied to their input layer's output, so a linear layer followed by a ReLU
+    /// yields the rectified values (the paper's fc7 features).
+    fn layer_output(&self, index: usize) -> Vec<f32> {
+        let layer = &self.plan.layers[index];
+        let mut host = vec![0.0; self.batch * layer.output.len()];
+        self.backend
+            .download(&self.activations[layer.dst], &mut host);
+        host
+    }
+    /// Zeroes the parameter gradients, then adds the gradient of the mean
+    /// cross-entropy of the last forward pass against `labels`. Returns the loss.
+    fn backward(&mut self, labels: &[u32]) -> Result<f32> {
+        let n = self.batch;
+        let classes = self.plan.classes();
+        check_labels(labels, n, classes)?;
+        self.zero_grads();
+        let last = self.plan.layers.last().expect("a plan has layers");
+        let loss = self.backend.softmax_cross_entropy(
+            classes,
+            n,
+            &self.activations[last.dst],
+            labels,
+            &mut self.gradients[0],
+        );
+        self.backward_layers(0..self.plan.layers.len(), 0);
+        Ok(loss)
+    }
     /// Freezes (or unfreezes) a parameter tensor: frozen ones are not updated.
-    pub fn set_frozen(&mut self, index: usize, frozen: bool) {
+    fn set_frozen(&mut self, index: usize, frozen: bool) {
         self.params[index].frozen = frozen;
     }
-
     /// One SGD update of every parameter that is not frozen, from the gradients of
     /// the last backward pass.
-    pub fn sgd_step(&mut self, sgd: &Sgd) {
+    fn sgd_step(&mut self, sgd: &Sgd) {
         for p in self.params.iter_mut().filter(|p| !p.frozen) {
             let decay = if p.info.decay { sgd.weight_decay } else { 0.0 };
             self.backend.sgd_update(
@@ -663,14 +648,5 @@ impl<B: Backend> Network<B> {
                 decay,
             );
         }
-    }
-
-    /// Forward, backward and SGD update on one batch; returns the loss.
-    pub fn train_step(&mut self, images: &[f32], labels: &[u32], sgd: &Sgd) -> Result<f32> {
-        self.set_input(images)?;
-        self.forward(Mode::Train);
-        let loss = self.backward(labels)?;
-        self.sgd_step(sgd);
-        Ok(loss)
     }
 }

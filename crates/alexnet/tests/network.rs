@@ -3,6 +3,7 @@
 
 mod common;
 
+use alexnet::Model;
 use std::collections::BTreeMap;
 
 use alexnet::checkpoint;

@@ -10,6 +10,7 @@
 //! Differences are measured as max|ours - torch| / max|torch| over a tensor,
 //! against a bound per kind of tensor (see [`Kind::tolerance`]).
 
+use alexnet::Model;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
