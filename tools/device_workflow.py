@@ -29,74 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-NET = """
-name = "two-tower-mini"
-classes = 10
-[input]
-channels = 1
-height = 28
-width = 28
-[recipe]
-batch = 32
-learning_rate = 0.01
-[[layers]]
-type = "conv"
-name = "conv1"
-init_std = 0.05
-out = 16
-kernel = 5
-pad = 2
-[[layers]]
-type = "relu"
-[[layers]]
-type = "lrn"
-groups = 2
-[[layers]]
-type = "max-pool"
-size = 3
-stride = 2
-[[layers]]
-type = "conv"
-name = "conv2"
-init_std = 0.05
-out = 32
-kernel = 3
-pad = 1
-groups = 2
-bias_init = 1.0
-[[layers]]
-type = "relu"
-[[layers]]
-type = "lrn"
-groups = 2
-[[layers]]
-type = "max-pool"
-size = 3
-stride = 2
-[[layers]]
-type = "conv"
-name = "conv3"
-init_std = 0.05
-out = 32
-kernel = 3
-pad = 1
-[[layers]]
-type = "relu"
-[[layers]]
-type = "linear"
-name = "fc4"
-init_std = 0.05
-out = 64
-[[layers]]
-type = "relu"
-[[layers]]
-type = "dropout"
-p = 0.5
-[[layers]]
-type = "linear"
-name = "fc5"
-init_std = 0.05
-"""
+NET = Path(__file__).with_name("two-tower-mini.toml")
 
 
 def write_idx(folder, prefix, count, rng):
@@ -157,8 +90,7 @@ def main():
         write_idx(source, "t10k", 200, rng)
         data = root / "data"
         run(args.alexnet, "prepare", source, "--out", data)
-        arch = root / "net.toml"
-        arch.write_text(NET)
+        arch = NET
 
         runs = {}
         for label, flag in [("one device", args.device), ("two towers", args.towers)]:

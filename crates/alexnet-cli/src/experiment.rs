@@ -6,13 +6,12 @@
 //! error threshold fixed by a stated rule, and a figure of training error
 //! against epochs.
 
-use alexnet::Model;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use alexnet::spec::{LayerSpec, NetSpec};
-use alexnet::{Network, Precision, checkpoint};
+use alexnet::{Model, Network, Precision, checkpoint};
 use alexnet_data::Dataset;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, ValueEnum};

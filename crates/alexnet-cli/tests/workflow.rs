@@ -655,69 +655,6 @@ fn bench_reports_the_precision_and_the_bf16_kernel_it_ran() {
     }
 }
 
-/// The paper's layout in miniature for 28x28 grey images: groups, per-tower LRN,
-/// conv3 and the fully connected layers reading both towers.
-const TWO_TOWER_NET: &str = r#"
-name = "two-tower-mini"
-classes = 10
-[input]
-channels = 1
-height = 28
-width = 28
-[[layers]]
-type = "conv"
-name = "conv1"
-out = 8
-kernel = 5
-pad = 2
-[[layers]]
-type = "relu"
-[[layers]]
-type = "lrn"
-groups = 2
-[[layers]]
-type = "max-pool"
-size = 3
-stride = 2
-[[layers]]
-type = "conv"
-name = "conv2"
-out = 16
-kernel = 3
-pad = 1
-groups = 2
-bias_init = 1.0
-[[layers]]
-type = "relu"
-[[layers]]
-type = "lrn"
-groups = 2
-[[layers]]
-type = "max-pool"
-size = 3
-stride = 2
-[[layers]]
-type = "conv"
-name = "conv3"
-out = 16
-kernel = 3
-pad = 1
-[[layers]]
-type = "relu"
-[[layers]]
-type = "linear"
-name = "fc4"
-out = 32
-[[layers]]
-type = "relu"
-[[layers]]
-type = "dropout"
-p = 0.5
-[[layers]]
-type = "linear"
-name = "fc5"
-"#;
-
 /// Losses of the logged steps of a run.
 fn step_losses(run: &Path) -> Vec<f64> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -736,8 +673,8 @@ fn step_losses(run: &Path) -> Vec<f64> {
 fn two_towers_train_like_one_device_and_share_checkpoints() {
     let root = temp_dir("towers");
     let data = dataset(&root);
-    let arch = root.join("two-tower-mini.toml");
-    std::fs::write(&arch, TWO_TOWER_NET).unwrap();
+    // The paper's layout in miniature, shared with tools/device_workflow.py.
+    let arch = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/two-tower-mini.toml");
     let run = |out: &Path, placement: &[&str]| {
         let mut args = vec![
             "train",
@@ -806,7 +743,7 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
     for run in [&one, &towers] {
         let here = features(run, &[], "one.safetensors");
         let there = features(run, &towers_flags, "towers.safetensors");
-        assert_eq!(here.len(), 60 * 32);
+        assert_eq!(here.len(), 60 * 64);
         let scale = here.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = here
             .iter()

@@ -16,12 +16,11 @@
 //! little-endian float32, in our layouts, which are ONNX's: conv weights
 //! `[out, in/groups, k, k]`, linear weights `[out, in]` (Gemm with `transB = 1`).
 
-use alexnet::Model;
 use std::collections::{HashMap, HashSet};
 
 use alexnet::plan::{Op, ParamInfo, Plan};
 use alexnet::spec::{LayerSpec, NetSpec};
-use alexnet::{Backend, Network};
+use alexnet::{Backend, Model, Network};
 
 use crate::proto_write::Writer;
 use crate::{Error, Result};

@@ -8,11 +8,10 @@
 //! must agree. The hostile files of `fixtures/caffe-corpus` must each be refused
 //! for their own reason, and no corruption of a good file may panic.
 
-use alexnet::Model;
 use std::path::{Path, PathBuf};
 
 use alexnet::spec::{LayerSpec, LrnSpec, PixelScale};
-use alexnet::{Cpu, NetSpec, Network, Plan};
+use alexnet::{Cpu, Model, NetSpec, Network, Plan};
 use alexnet_interop::{Error, Imported, caffe};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;

@@ -5,11 +5,11 @@
 //! The onnxruntime tests skip with a message when python3 or onnxruntime is
 //! missing, unless ALEXNET_REQUIRE_ONNXRUNTIME=1, which makes that a failure.
 
-use alexnet::Model as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use alexnet::Model as _;
 use alexnet::rng::Rng;
 use alexnet::{Cpu, NetSpec, Network};
 use alexnet_interop::Error;

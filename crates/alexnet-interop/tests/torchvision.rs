@@ -5,10 +5,9 @@
 //! hostile file of fixtures/pickle-corpus is refused with a message naming the
 //! problem.
 
-use alexnet::Model;
 use std::path::{Path, PathBuf};
 
-use alexnet::{Cpu, NetSpec, Network};
+use alexnet::{Cpu, Model, NetSpec, Network};
 use alexnet_interop::torch::{self, DType, Format};
 use alexnet_interop::{Error, Imported, torchvision};
 use safetensors::SafeTensors;

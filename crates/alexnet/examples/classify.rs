@@ -7,10 +7,9 @@
 //! comes from the file). Without one, a freshly initialised `cifar` net is saved
 //! to a temporary file first, so the example runs on its own.
 
-use alexnet::Model;
 use std::path::PathBuf;
 
-use alexnet::{Cpu, NetSpec, Network, checkpoint, softmax_rows};
+use alexnet::{Cpu, Model, NetSpec, Network, checkpoint, softmax_rows};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = match std::env::args().nth(1) {

@@ -63,3 +63,22 @@ pub fn operand(products: alexnet::Products, values: &[f32]) -> Vec<f32> {
             .collect(),
     }
 }
+
+/// The paper's layout at an eighth of the width, on 67x67 inputs, for 10 classes:
+/// every kind of layer of the real net with its kernel sizes and strides, groups,
+/// per-tower LRN, conv3 and the fully connected layers reading both towers, dropout.
+pub fn paper_mini() -> alexnet::NetSpec {
+    use alexnet::spec::LayerSpec;
+    let mut spec = alexnet::NetSpec::preset("alexnet")
+        .unwrap()
+        .with_input(3, 67, 67)
+        .with_classes(10);
+    for layer in &mut spec.layers {
+        match layer {
+            LayerSpec::Conv(c) => c.out /= 8,
+            LayerSpec::Linear(l) => l.out = l.out.map(|o| o / 64),
+            _ => {}
+        }
+    }
+    spec
+}

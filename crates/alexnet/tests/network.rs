@@ -3,31 +3,15 @@
 
 mod common;
 
-use alexnet::Model;
 use std::collections::BTreeMap;
 
 use alexnet::checkpoint;
 use alexnet::plan::Init;
 use alexnet::rng::Rng;
-use alexnet::{Backend, Bf16Kernel, Cpu, Mode, NetSpec, Network, Precision, ReferenceCpu, Sgd};
-use common::{assert_close, random};
-
-/// The paper's layout at a tenth of the width, on 67x67 inputs: every kind of
-/// layer of the real net with its kernel sizes, strides, groups and per-tower LRN.
-fn paper_mini() -> NetSpec {
-    let mut spec = NetSpec::preset("alexnet")
-        .unwrap()
-        .with_input(3, 67, 67)
-        .with_classes(10);
-    for layer in &mut spec.layers {
-        match layer {
-            alexnet::spec::LayerSpec::Conv(c) => c.out /= 8,
-            alexnet::spec::LayerSpec::Linear(l) => l.out = l.out.map(|o| o / 64),
-            _ => {}
-        }
-    }
-    spec
-}
+use alexnet::{
+    Backend, Bf16Kernel, Cpu, Mode, Model, NetSpec, Network, Precision, ReferenceCpu, Sgd,
+};
+use common::{assert_close, paper_mini, random};
 
 fn run_steps<B: Backend>(
     backend: B,

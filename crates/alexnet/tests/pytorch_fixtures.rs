@@ -10,12 +10,11 @@
 //! Differences are measured as max|ours - torch| / max|torch| over a tensor,
 //! against a bound per kind of tensor (see [`Kind::tolerance`]).
 
-use alexnet::Model;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use alexnet::plan::Op;
-use alexnet::{Backend, Cpu, Mode, NetSpec, Network, ReferenceCpu, Sgd};
+use alexnet::{Backend, Cpu, Mode, Model, NetSpec, Network, ReferenceCpu, Sgd};
 use safetensors::tensor::{Dtype, SafeTensors};
 
 /// The fixtures that must exist; a missing file fails its test.

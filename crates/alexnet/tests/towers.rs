@@ -9,24 +9,7 @@ use alexnet::rng::Rng;
 use alexnet::spec::LayerSpec;
 use alexnet::towers::TowerLayout;
 use alexnet::{Backend, Cpu, NetSpec, Network, ReferenceCpu, Sgd, Towers, checkpoint};
-use common::{assert_close, random};
-
-/// The paper's layout at an eighth of the width, on 67x67 inputs: groups, per-tower
-/// LRN, conv3 and the fully connected layers reading both towers, dropout.
-fn paper_mini() -> NetSpec {
-    let mut spec = NetSpec::preset("alexnet")
-        .unwrap()
-        .with_input(3, 67, 67)
-        .with_classes(10);
-    for layer in &mut spec.layers {
-        match layer {
-            LayerSpec::Conv(c) => c.out /= 8,
-            LayerSpec::Linear(l) => l.out = l.out.map(|o| o / 64),
-            _ => {}
-        }
-    }
-    spec
-}
+use common::{assert_close, paper_mini, random};
 
 struct Run {
     losses: Vec<f32>,
