@@ -2,7 +2,8 @@
 //! feature (which brings in the alexnet-cuda backend); or the paper's two towers
 //! on two devices (`--devices cuda:0,cuda:1 --parallel towers`).
 //!
-//! The commands that compute (`train`, `eval`, `classify`, `features`, `bench`)
+//! The commands that compute (`train`, `eval`, `classify`, `features`, `bench`,
+//! `experiment`)
 //! flatten [`Placement`] into their flags and build their net through it, as an
 //! `alexnet::Model`; their bodies do not know where it runs.
 
@@ -14,6 +15,15 @@ pub enum Device {
     Cpu,
     /// A CUDA GPU by ordinal (0 for the first).
     Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
 }
 
 /// Parses `--device`: `cpu`, `cuda` (the first GPU) or `cuda:N`; clap reports an
@@ -100,6 +110,22 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The flags that give another command this placement.
+    pub fn to_args(&self) -> Vec<String> {
+        match self.parallel {
+            Some(Parallel::Towers) => {
+                let devices: Vec<String> = self.devices.iter().map(Device::to_string).collect();
+                vec![
+                    "--devices".into(),
+                    devices.join(","),
+                    "--parallel".into(),
+                    "towers".into(),
+                ]
+            }
+            None => vec!["--device".into(), self.device.to_string()],
+        }
+    }
+
     /// The device whose settings (`--precision`) apply: the first named.
     pub fn main_device(&self) -> Device {
         self.devices.first().copied().unwrap_or(self.device)

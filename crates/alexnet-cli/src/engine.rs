@@ -119,13 +119,26 @@ pub fn configure(precision: PrecisionArg, kernel: KernelArg, device: Device) -> 
     Ok(())
 }
 
-/// Runs `f` with the matrix products in `precision` (the configured bf16 kernel),
-/// then restores the settings: for experiments that compare precisions.
+/// Runs `f` with the matrix products in `precision` (on the CPU with the configured
+/// bf16 kernel; on a GPU as `--precision fp32` or `bf16`), then restores the
+/// settings: for experiments that compare precisions.
 pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
     let saved = current();
     set(Products { precision, ..saved });
+    #[cfg(feature = "cuda")]
+    let saved_cuda = {
+        let mut cuda = CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+        cuda.replace(match precision {
+            Precision::F32 => alexnet_cuda::Precision::F32,
+            Precision::Bf16 => alexnet_cuda::Precision::Bf16,
+        })
+    };
     let result = f();
     set(saved);
+    #[cfg(feature = "cuda")]
+    {
+        *CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner()) = saved_cuda;
+    }
     result
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use alexnet::spec::{LayerSpec, NetSpec};
-use alexnet::{Model, Network, Precision, checkpoint};
+use alexnet::{Precision, checkpoint};
 use alexnet_data::Dataset;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, ValueEnum};
@@ -75,6 +75,9 @@ pub struct ExperimentArgs {
     /// Output directory (runs, results.md, results.json, figure.png).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where every run trains and is evaluated.
+    #[command(flatten)]
+    pub placement: crate::device::Placement,
 }
 
 /// One network of an experiment.
@@ -413,6 +416,7 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
             if let Some(max) = args.max_steps {
                 argv.extend(["--max-steps".into(), max.to_string()]);
             }
+            argv.extend(args.placement.to_args());
             let command = TrainCommand::try_parse_from(&argv)?;
             with_precision(variant.precision, || {
                 crate::train::run(command.args, Arc::new(AtomicBool::new(false)))
@@ -474,13 +478,14 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 let path = run_dir.join("last.safetensors");
                 let ckpt = checkpoint::load_weights(&path)?;
                 let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-                let backend = with_precision(variant.precision, crate::engine::cpu);
-                let mut net = Network::new_zeroed(backend, &ckpt.spec, 100)?;
-                ckpt.apply(&mut net, &path, false)?;
+                let mut net = with_precision(variant.precision, || {
+                    args.placement.network_zeroed(&ckpt.spec, 100)
+                })?;
+                ckpt.apply(net.as_mut(), &path, false)?;
                 let shape = net.plan().input_shape();
                 let view = eval_view(&preprocess, shape.height, shape.width, false);
                 let result = evaluate(
-                    &mut net,
+                    net.as_mut(),
                     dataset.split(split)?,
                     None,
                     view,

@@ -86,6 +86,7 @@ impl Command {
             Command::Classify(args) => Some(&args.placement),
             Command::Features(args) => Some(&args.placement),
             Command::Bench(args) => Some(&args.placement),
+            Command::Experiment(args) => Some(&args.placement),
             _ => None,
         }
     }

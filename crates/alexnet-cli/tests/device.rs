@@ -10,7 +10,7 @@ use common::fails;
 
 /// Commands that compute, with arguments naming files that do not exist: a
 /// refusal of the device must come before any of them is opened.
-const COMMANDS: [&[&str]; 5] = [
+const COMMANDS: [&[&str]; 6] = [
     &["train", "--data", "no-such-dataset"],
     &[
         "eval",
@@ -32,6 +32,7 @@ const COMMANDS: [&[&str]; 5] = [
         "no-such.png",
     ],
     &["bench", "--arch", "cifar", "--seconds", "0.01"],
+    &["experiment", "lrn", "--data", "no-such-dataset"],
 ];
 
 #[cfg(not(feature = "cuda"))]

@@ -755,6 +755,39 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
         );
     }
 
+    // An experiment trains and evaluates every variant as two towers.
+    let out = root.join("experiment");
+    let text = ok(&[
+        "experiment",
+        "dropout",
+        "--data",
+        data.to_str().unwrap(),
+        "--base",
+        arch.to_str().unwrap(),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--holdout",
+        "40",
+        "--out",
+        out.to_str().unwrap(),
+        "--devices",
+        "cpu,cpu",
+        "--parallel",
+        "towers",
+    ]);
+    assert!(text.contains("on 2 towers: cpu"), "{text}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let variants = results["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    for v in variants {
+        assert!(v["test_error"]["mean"].as_f64().is_some(), "{v}");
+    }
+
     // A net whose LRN spans both towers cannot be split, and says why.
     let text = fails(&[
         "bench",
