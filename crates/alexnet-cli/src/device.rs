@@ -3,9 +3,8 @@
 //! on two devices (`--devices cuda:0,cuda:1 --parallel towers`).
 //!
 //! The commands that compute (`train`, `eval`, `classify`, `features`, `bench`,
-//! `experiment`)
-//! flatten [`Placement`] into their flags and build their net through it, as an
-//! `alexnet::Model`; their bodies do not know where it runs.
+//! `experiment`) flatten [`Placement`] into their flags and build their net
+//! through it, as an `alexnet::Model`; their bodies do not know where it runs.
 
 use alexnet::{Model, NetSpec, Network, Towers};
 use anyhow::{Result, bail};
