@@ -19,10 +19,9 @@ mod common;
 
 use alexnet::layers::{ConvGeometry, Shape};
 use alexnet::rng::Rng;
-use alexnet::spec::LayerSpec;
 use alexnet::{Backend, Model, NetSpec, Network, ReferenceCpu, Sgd, Towers};
 use alexnet_cuda::Precision;
-use common::{assert_close, new_gpu, random, to_device, to_host};
+use common::{assert_close, new_gpu, paper_mini, random, to_device, to_host};
 
 struct Run {
     losses: Vec<f32>,
@@ -115,24 +114,6 @@ fn cifar_preset_trains_like_the_cpu_reference() {
     // The preset as shipped: 3x32x32 input, conv 5x5, overlapping max pooling,
     // LRN, dropout and two fully connected layers.
     compare(&NetSpec::preset("cifar").unwrap(), 8, 2);
-}
-
-/// The paper's layout at an eighth of the width on 67x67 inputs: every kind of
-/// layer of the real net with its kernel sizes, strides, two towers (groups 2) and
-/// LRN within each tower.
-fn paper_mini() -> NetSpec {
-    let mut spec = NetSpec::preset("alexnet")
-        .unwrap()
-        .with_input(3, 67, 67)
-        .with_classes(10);
-    for layer in &mut spec.layers {
-        match layer {
-            LayerSpec::Conv(c) => c.out /= 8,
-            LayerSpec::Linear(l) => l.out = l.out.map(|o| o / 64),
-            _ => {}
-        }
-    }
-    spec
 }
 
 #[test]

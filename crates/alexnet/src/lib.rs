@@ -35,6 +35,7 @@ pub mod optim;
 pub mod plan;
 pub mod rng;
 pub mod spec;
+pub mod testing;
 pub mod towers;
 
 pub use backend::Backend;

@@ -1,11 +1,12 @@
 //! What the GPU tests share: getting a backend (or skipping), random inputs,
 //! moving buffers, and comparing against the CPU reference.
-#![allow(dead_code)]
+// Each test binary uses its own subset of these.
+#![allow(dead_code, unused_imports)]
 
 use std::sync::OnceLock;
 
 use alexnet::Backend;
-use alexnet::rng::Rng;
+pub use alexnet::testing::{assert_close, paper_mini, random, ties};
 use alexnet_cuda::{CudaBackend, CudaError};
 use cudarc::driver::CudaSlice;
 
@@ -67,29 +68,7 @@ pub fn bf16_gpu() -> Option<&'static CudaBackend> {
 pub fn round_to_bf16(values: &[f32]) -> Vec<f32> {
     values
         .iter()
-        .map(|&v| {
-            let bits = v.to_bits();
-            let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
-            if v.is_nan() {
-                v
-            } else {
-                f32::from_bits(rounded)
-            }
-        })
-        .collect()
-}
-
-/// `n` values uniform in [-scale, scale).
-pub fn random(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
-    (0..n)
-        .map(|_| ((rng.uniform() * 2.0 - 1.0) * scale) as f32)
-        .collect()
-}
-
-/// `n` small integers in [-3, 3]: many exact ties, for the pooling tie rule.
-pub fn ties(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| ((rng.uniform() * 7.0).floor() - 3.0) as f32)
+        .map(|&v| alexnet::cpu::fast::gemm_bf16::round_to_bf16(v))
         .collect()
 }
 
@@ -103,27 +82,4 @@ pub fn to_host(gpu: &CudaBackend, buffer: &CudaSlice<f32>, len: usize) -> Vec<f3
     let mut host = vec![0.0; len];
     gpu.download(buffer, &mut host);
     host
-}
-
-/// Asserts max|ours - reference| <= tol * max(max|reference|, 1e-12), naming the tensor.
-pub fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f32) {
-    assert_eq!(ours.len(), reference.len(), "{what}: lengths differ");
-    let scale = reference
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-        .max(1e-12);
-    let (mut worst, mut at) = (0.0f32, 0);
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        let d = (a - b).abs();
-        if d > worst || d.is_nan() {
-            worst = d;
-            at = i;
-        }
-    }
-    assert!(
-        worst <= tol * scale,
-        "{what}: max |gpu - reference| = {worst:e} at {at} (gpu {}, reference {}), allowed {tol:e} x {scale:e}",
-        ours[at],
-        reference[at]
-    );
 }
