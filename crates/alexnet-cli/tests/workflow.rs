@@ -788,6 +788,43 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
         assert!(v["test_error"]["mean"].as_f64().is_some(), "{v}");
     }
 
+    // bench times the towers, with a row per layer of the whole net.
+    let text = ok(&[
+        "bench",
+        "--arch",
+        arch.to_str().unwrap(),
+        "--seconds",
+        "0.01",
+        "--train-batch",
+        "4",
+        "--infer-batch",
+        "4",
+        "--layer-steps",
+        "1",
+        "--json",
+        "--devices",
+        "cpu,cpu",
+        "--parallel",
+        "towers",
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(text.trim().lines().last().unwrap()).unwrap();
+    assert!(
+        report["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 towers: cpu"),
+        "{report}"
+    );
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 14, "{report}");
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["forward_ms"].as_f64().unwrap() > 0.0),
+        "{report}"
+    );
+
     // A net whose LRN spans both towers cannot be split, and says why.
     let text = fails(&[
         "bench",
