@@ -20,8 +20,9 @@
 //!
 //! The exchange goes through host memory: each tower's half is downloaded, the
 //! halves are laid side by side and the result uploaded to every tower. The
-//! towers run one after the other from one thread; on GPUs the queued work of
-//! both overlaps, since nothing waits until an exchange.
+//! towers run one after the other from one thread; on two GPUs the queued work
+//! of both overlaps, since nothing waits until an exchange (unless per-layer
+//! times are being recorded, which waits after every layer).
 
 use std::ops::Range;
 
