@@ -78,16 +78,19 @@ pub fn max_forward(g: &PoolGeometry, n: usize, x: &[f32], y: &mut [f32]) {
             for (xp, yp) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
                 for oy in 0..g.output.height {
                     let out = &mut yp[oy * ow..][..ow];
-                    simd::dispatch(|| match g.stride {
-                        1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
-                        2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
-                        3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
-                        _ => {
-                            for (ox, value) in out.iter_mut().enumerate() {
-                                *value = xp[argmax(g, xp, oy, ox)];
+                    simd::dispatch(
+                        #[inline(always)]
+                        || match g.stride {
+                            1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
+                            2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
+                            3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
+                            _ => {
+                                for (ox, value) in out.iter_mut().enumerate() {
+                                    *value = xp[argmax(g, xp, oy, ox)];
+                                }
                             }
-                        }
-                    });
+                        },
+                    );
                 }
             }
         });

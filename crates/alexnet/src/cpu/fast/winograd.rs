@@ -205,6 +205,8 @@ pub(super) fn forward_images(
     with_scratch(XI * (ci + co) * width + LANES + pad_len, |scratch| {
         let (v, rest) = scratch.split_at_mut(XI * ci * width);
         let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
+        // Compiled for baseline x86-64: run through `simd::dispatch` (AVX-512),
+        // this transform and `output_tiles` measured no faster (BENCHMARKS.md).
         input_tiles(&g.input, x, v, width, pad);
         for group in 0..g.groups {
             for xi in 0..XI {
