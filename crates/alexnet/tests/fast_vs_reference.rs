@@ -245,6 +245,10 @@ fn conv_small_geometries() {
             conv(Shape::new(2, 4, 4), 2, 2, 3, 3, 1),
         ),
         ("groups 4", conv(Shape::new(8, 6, 6), 8, 3, 1, 1, 4)),
+        (
+            "3x3 pad 1 groups 2 on 19x21 (rows of blocks longer than a vector)",
+            conv(Shape::new(4, 19, 21), 6, 3, 1, 1, 2),
+        ),
     ];
     for (i, (name, g)) in cases.iter().enumerate() {
         for n in [1, 3] {

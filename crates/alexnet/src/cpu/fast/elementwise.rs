@@ -9,21 +9,28 @@ use super::simd;
 const BLOCK: usize = 1 << 16;
 
 pub fn relu_forward(x: &mut [f32]) {
-    x.par_chunks_mut(BLOCK)
-        .for_each(|x| simd::dispatch(|| x.iter_mut().for_each(|v| *v = v.max(0.0))));
+    x.par_chunks_mut(BLOCK).for_each(|x| {
+        simd::dispatch(
+            #[inline(always)]
+            || x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        )
+    });
 }
 
 pub fn relu_backward(y: &[f32], d: &mut [f32]) {
     d.par_chunks_mut(BLOCK)
         .zip(y.par_chunks(BLOCK))
         .for_each(|(d, y)| {
-            simd::dispatch(|| {
-                d.iter_mut().zip(y).for_each(|(d, &y)| {
-                    if y <= 0.0 {
-                        *d = 0.0
-                    }
-                })
-            })
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    d.iter_mut().zip(y).for_each(|(d, &y)| {
+                        if y <= 0.0 {
+                            *d = 0.0
+                        }
+                    })
+                },
+            )
         });
 }
 
@@ -36,7 +43,10 @@ pub fn tanh_backward(y: &[f32], d: &mut [f32]) {
     d.par_chunks_mut(BLOCK)
         .zip(y.par_chunks(BLOCK))
         .for_each(|(d, y)| {
-            simd::dispatch(|| d.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y))
+            simd::dispatch(
+                #[inline(always)]
+                || d.iter_mut().zip(y).for_each(|(d, &y)| *d *= 1.0 - y * y),
+            )
         });
 }
 
@@ -45,11 +55,14 @@ pub fn multiply(a: &[f32], b: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(BLOCK)
         .zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK)))
         .for_each(|(out, (a, b))| {
-            simd::dispatch(|| {
-                out.iter_mut()
-                    .zip(a.iter().zip(b))
-                    .for_each(|(o, (&a, &b))| *o = a * b)
-            })
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    out.iter_mut()
+                        .zip(a.iter().zip(b))
+                        .for_each(|(o, (&a, &b))| *o = a * b)
+                },
+            )
         });
 }
 
@@ -59,11 +72,14 @@ pub fn sgd_update(w: &mut [f32], dw: &[f32], v: &mut [f32], lr: f32, momentum: f
     w.par_chunks_mut(BLOCK)
         .zip(dw.par_chunks(BLOCK).zip(v.par_chunks_mut(BLOCK)))
         .for_each(|(w, (dw, v))| {
-            simd::dispatch(|| {
-                for i in 0..w.len() {
-                    v[i] = momentum * v[i] - decay_lr * w[i] - lr * dw[i];
-                    w[i] += v[i];
-                }
-            })
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for i in 0..w.len() {
+                        v[i] = momentum * v[i] - decay_lr * w[i] - lr * dw[i];
+                        w[i] += v[i];
+                    }
+                },
+            )
         });
 }

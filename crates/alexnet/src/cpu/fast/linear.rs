@@ -138,14 +138,17 @@ pub fn forward_bf16_weights(
         yt.par_chunks_mut(rows_per_task * n)
             .enumerate()
             .for_each(|(task, yt)| {
-                simd::dispatch(|| {
-                    for (r, sums) in yt.chunks_exact_mut(n).enumerate() {
-                        let row = &w_bf16[(task * rows_per_task + r) * g.inputs..][..g.inputs];
-                        for (image, sum) in sums.iter_mut().enumerate() {
-                            *sum = dot_bf16_f32(row, &x[image * g.inputs..][..g.inputs]);
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (r, sums) in yt.chunks_exact_mut(n).enumerate() {
+                            let row = &w_bf16[(task * rows_per_task + r) * g.inputs..][..g.inputs];
+                            for (image, sum) in sums.iter_mut().enumerate() {
+                                *sum = dot_bf16_f32(row, &x[image * g.inputs..][..g.inputs]);
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         transpose(yt, g.outputs, n, y);
     });

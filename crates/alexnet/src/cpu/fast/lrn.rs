@@ -27,10 +27,16 @@ fn normalisers(g: &LrnGeometry, a: &[f32], s: &mut [f32]) {
         sc.fill(0.0);
         for j in g.window(c) {
             let aj = &a[j * plane..][..plane];
-            simd::dispatch(|| sc.iter_mut().zip(aj).for_each(|(s, &v)| *s += v * v));
+            simd::dispatch(
+                #[inline(always)]
+                || sc.iter_mut().zip(aj).for_each(|(s, &v)| *s += v * v),
+            );
         }
         let (k, alpha) = (g.k, g.alpha);
-        simd::dispatch(|| sc.iter_mut().for_each(|s| *s = k + alpha * *s));
+        simd::dispatch(
+            #[inline(always)]
+            || sc.iter_mut().for_each(|s| *s = k + alpha * *s),
+        );
     }
 }
 
@@ -43,11 +49,14 @@ pub fn forward(g: &LrnGeometry, n: usize, x: &[f32], y: &mut [f32]) {
             with_scratch(len, |s| {
                 normalisers(g, a, s);
                 let beta = g.beta;
-                simd::dispatch(|| {
-                    b.iter_mut()
-                        .zip(a.iter().zip(s.iter()))
-                        .for_each(|(b, (&a, &s))| *b = a * pow_neg_beta(s, beta))
-                });
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        b.iter_mut()
+                            .zip(a.iter().zip(s.iter()))
+                            .for_each(|(b, (&a, &s))| *b = a * pow_neg_beta(s, beta))
+                    },
+                );
             })
         });
 }
@@ -67,13 +76,16 @@ pub fn backward(g: &LrnGeometry, n: usize, x: &[f32], dy: &[f32], dx: &mut [f32]
                 let (s, u) = scratch.split_at_mut(len);
                 normalisers(g, a, s);
                 // u_i = dy_i a_i s_i^(-beta-1); s becomes s^-beta, which the first term needs.
-                simd::dispatch(|| {
-                    for i in 0..len {
-                        let p = pow_neg_beta(s[i], beta);
-                        u[i] = dy[i] * a[i] * p / s[i];
-                        s[i] = p;
-                    }
-                });
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for i in 0..len {
+                            let p = pow_neg_beta(s[i], beta);
+                            u[i] = dy[i] * a[i] * p / s[i];
+                            s[i] = p;
+                        }
+                    },
+                );
                 for m in 0..g.shape.channels {
                     let dxm = &mut dx[m * plane..][..plane];
                     let (am, dym, sm) = (
@@ -84,13 +96,19 @@ pub fn backward(g: &LrnGeometry, n: usize, x: &[f32], dy: &[f32], dx: &mut [f32]
                     dxm.fill(0.0);
                     for i in g.window(m) {
                         let ui = &u[i * plane..][..plane];
-                        simd::dispatch(|| dxm.iter_mut().zip(ui).for_each(|(d, &u)| *d += u));
+                        simd::dispatch(
+                            #[inline(always)]
+                            || dxm.iter_mut().zip(ui).for_each(|(d, &u)| *d += u),
+                        );
                     }
-                    simd::dispatch(|| {
-                        for p in 0..plane {
-                            dxm[p] = dym[p] * sm[p] - two_alpha_beta * am[p] * dxm[p];
-                        }
-                    });
+                    simd::dispatch(
+                        #[inline(always)]
+                        || {
+                            for p in 0..plane {
+                                dxm[p] = dym[p] * sm[p] - two_alpha_beta * am[p] * dxm[p];
+                            }
+                        },
+                    );
                 }
             })
         });

@@ -3,7 +3,6 @@
 
 use rayon::prelude::*;
 
-use super::simd;
 use crate::layers::PoolGeometry;
 
 /// Offset within the input plane of the first largest value of a window.
@@ -78,7 +77,10 @@ pub fn max_forward(g: &PoolGeometry, n: usize, x: &[f32], y: &mut [f32]) {
             for (xp, yp) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
                 for oy in 0..g.output.height {
                     let out = &mut yp[oy * ow..][..ow];
-                    simd::dispatch(|| match g.stride {
+                    // Compiled for baseline x86-64 (SSE2): the same loops compiled for
+                    // AVX-512 through `simd::dispatch` measured slower (the paper's
+                    // three max-pool layers 13 -> 22 ms at batch 64, BENCHMARKS.md).
+                    match g.stride {
                         1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
                         2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
                         3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
@@ -87,7 +89,7 @@ pub fn max_forward(g: &PoolGeometry, n: usize, x: &[f32], y: &mut [f32]) {
                                 *value = xp[argmax(g, xp, oy, ox)];
                             }
                         }
-                    });
+                    }
                 }
             }
         });

@@ -3,6 +3,12 @@
 //! while the binary still runs on any x86-64.
 
 /// Calls `f` inside a function compiled for the CPU's widest vector extension.
+///
+/// Only code inlined into that function gets its instructions, so `f` should
+/// be a closure marked `#[inline(always)]`, calling only `#[inline(always)]`
+/// functions of its own: otherwise the closure may be compiled on its own (in
+/// another codegen unit, say) for baseline x86-64, SSE2 only, as the pooling
+/// and LRN loops once were.
 #[inline(always)]
 pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)

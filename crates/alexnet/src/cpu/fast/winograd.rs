@@ -38,9 +38,11 @@ use crate::layers::{ConvGeometry, Shape};
 const XI: usize = 16;
 /// Outputs per tile side.
 const OUT: usize = 2;
-/// Aim for this many tiles side by side in one product (several images' worth on
-/// 13x13 planes), so that each product is long enough to run at full speed.
-const TARGET_TILES: usize = 384;
+/// Aim for this many tiles side by side in one product: two images' worth on
+/// 13x13 planes (98 tiles). Long enough for the products to run at full speed,
+/// short enough for their operands to stay in cache: conv3-5's forward pass
+/// measured about 7% faster than with 384 (8 images); one image was slower.
+const TARGET_TILES: usize = 96;
 
 /// Transformed kernels, and the rotated kernels of the input gradient: kept
 /// between calls so that they are allocated once. (Not the per-thread scratch,
@@ -205,6 +207,8 @@ pub(super) fn forward_images(
     with_scratch(XI * (ci + co) * width + LANES + pad_len, |scratch| {
         let (v, rest) = scratch.split_at_mut(XI * ci * width);
         let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
+        // Compiled for baseline x86-64: run through `simd::dispatch` (AVX-512),
+        // this transform and `output_tiles` measured no faster (BENCHMARKS.md).
         input_tiles(&g.input, x, v, width, pad);
         for group in 0..g.groups {
             for xi in 0..XI {

@@ -44,6 +44,7 @@ use rayon::prelude::*;
 use super::gemm::{Strided, matmul_f32_strided};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
+use super::simd;
 use super::winograd::{sized, with_input_gradient_kernels};
 use crate::layers::{ConvGeometry, Shape};
 
@@ -282,6 +283,7 @@ impl Blocks {
 /// whose rows are split into their 3 phases (`row[3j + f]` at `phase f, j`):
 /// then `B^T d` runs down whole rows at once, and `(.) B` reads values 3 apart
 /// as consecutive ones, so both passes run on vectors of `LANES` blocks.
+#[inline(always)]
 fn input_tiles(
     shape: &Shape,
     blocks: &Blocks,
@@ -349,6 +351,7 @@ fn input_tiles(
 /// Transforms the products `m[xi][channel of the group][column]` (rows `stride`
 /// apart) back into 3x3 output blocks of channels `channels`, adds the bias,
 /// and writes the blocks' parts inside the plane into `y` (whole images).
+#[inline(always)]
 fn output_tiles(
     shape: &Shape,
     blocks: &Blocks,
@@ -410,6 +413,7 @@ fn output_tiles(
 /// `channels` of the images in `dy`, into `dm[xi][channel of the group][column]`
 /// (rows `stride` apart) as `output_tiles` reads its products: zero in the
 /// columns that are not output blocks, so they add nothing to the weight gradient.
+#[inline(always)]
 fn output_gradient_tiles(
     shape: &Shape,
     blocks: &Blocks,
@@ -514,7 +518,12 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                 let (m, rest) = rest.split_at_mut(XI * cog * stride);
                 for group in 0..g.groups {
                     let inputs = group * cig..(group + 1) * cig;
-                    input_tiles(&g.input, &blocks, inputs, x, v, width, rest);
+                    // The transforms are compiled for the CPU's widest vectors
+                    // (`simd`); the rest of the crate targets baseline x86-64.
+                    simd::dispatch(
+                        #[inline(always)]
+                        || input_tiles(&g.input, &blocks, inputs, x, v, width, rest),
+                    );
                     for xi in 0..XI {
                         // M[xi] = sum over pieces of U[xi, piece] V[xi] shifted.
                         for piece in 0..PIECES {
@@ -541,7 +550,10 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                         }
                     }
                     let outputs = group * cog..(group + 1) * cog;
-                    output_tiles(&g.output, &blocks, outputs, m, b, y, width);
+                    simd::dispatch(
+                        #[inline(always)]
+                        || output_tiles(&g.output, &blocks, outputs, m, b, y, width),
+                    );
                 }
             });
         });
@@ -588,9 +600,16 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
                     let (dm, rest) = rest.split_at_mut(XI * cog * stride);
                     for group in 0..g.groups {
                         let inputs = group * cig..(group + 1) * cig;
-                        input_tiles(&g.input, &blocks, inputs, x, v, width, rest);
                         let outputs = group * cog..(group + 1) * cog;
-                        output_gradient_tiles(&g.output, &blocks, outputs, dy, dm, width, rest);
+                        simd::dispatch(
+                            #[inline(always)]
+                            || {
+                                input_tiles(&g.input, &blocks, inputs, x, v, width, rest);
+                                output_gradient_tiles(
+                                    &g.output, &blocks, outputs, dy, dm, width, rest,
+                                );
+                            },
+                        );
                         for xi in 0..XI {
                             // dU[xi, piece] (out x in) += dM[xi] (out x columns) *
                             // (V[xi] shifted)^T.
