@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use alexnet::{Cpu, Mode, NetSpec, Network, rng::Rng};
+use alexnet::{Cpu, Mode, Model, NetSpec, Network, rng::Rng};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
