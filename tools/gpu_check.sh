@@ -12,7 +12,8 @@
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
-# runs the tests only. Exits non-zero if a test or the benchmark (any mode) fails.
+# skips the timings (tests and workflow only). Exits non-zero if a test, the
+# workflow or a benchmark (any mode, or the towers) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +68,8 @@ for test in "$bundle"/tests/*; do
 done
 
 echo "== workflow: prepare, train, eval and features on the GPU, one device and two towers"
-gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+# GPUs as CUDA numbers them (after CUDA_VISIBLE_DEVICES), from PyTorch.
+gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 towers="cuda:0,cuda:0"
 [[ ${gpus:-0} -ge 2 ]] && towers="cuda:0,cuda:1"
 if ! "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers"; then

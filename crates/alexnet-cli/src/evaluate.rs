@@ -81,7 +81,7 @@ pub fn evaluate(
         threads,
         queue: 2,
         drop_last: false,
-        stored: net.cuts_views(),
+        stored: wants_stored(net),
     };
     if config.stored {
         net.set_mean_image(&mean)?;
@@ -123,10 +123,17 @@ pub fn evaluate(
     Ok(result)
 }
 
+/// Whether the loader should deliver stored batches to `net`: where its device
+/// cuts the views itself (a GPU), or anywhere when `ALEXNET_STORED_BATCHES=1`,
+/// which tests that path on the CPU.
+pub fn wants_stored(net: &dyn Model) -> bool {
+    net.cuts_views() || std::env::var("ALEXNET_STORED_BATCHES").is_ok_and(|v| v == "1")
+}
+
 /// Loads a loader's batch into `net`: finished views, or stored images for the
 /// net's device to cut.
 pub fn load_batch(net: &mut dyn Model, batch: &Batch) -> Result<usize> {
-    Ok(if batch.images.is_empty() {
+    Ok(if batch.is_stored() {
         net.set_input_stored(&batch.stored())?
     } else {
         net.set_input(&batch.images)?

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use alexnet::spec::{LayerSpec, NetSpec};
+use alexnet::towers::TowerLayout;
 use alexnet::{Precision, checkpoint};
 use alexnet_data::Dataset;
 use anyhow::{Context, Result, bail};
@@ -358,6 +359,14 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let base = NetSpec::resolve(&args.base)?;
     let variants = variants(args.name, &base)?;
+    if args.placement.parallel.is_some() {
+        // Refuse a variant that cannot be split before any other trains for hours.
+        for variant in &variants {
+            TowerLayout::new(&variant.spec, args.placement.devices.len()).map_err(|e| {
+                anyhow::anyhow!("--parallel towers: the variant '{}': {e}", variant.name)
+            })?;
+        }
+    }
     let experiment_name = args
         .name
         .to_possible_value()

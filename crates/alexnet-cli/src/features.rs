@@ -99,7 +99,7 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
             threads,
             queue: 2,
             drop_last: false,
-            stored: net.cuts_views(),
+            stored: crate::evaluate::wants_stored(net.as_ref()),
         };
         let mean = preprocess.mean_for(&dataset)?;
         if config.stored {

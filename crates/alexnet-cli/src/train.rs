@@ -436,8 +436,9 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
     };
     let eval_net_view = eval_view(&run.preprocess, shape.height, shape.width, false);
 
+    let stored = crate::evaluate::wants_stored(run.net.as_ref());
     eprintln!(
-        "training {} ({} parameters) on {} ({} training images{}), batch {}, {} epochs, on {}",
+        "training {} ({} parameters) on {} ({} training images{}), batch {}, {} epochs, on {}{}",
         spec.name,
         run.net.plan().parameter_count(),
         settings.dataset,
@@ -452,6 +453,11 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
         settings.batch,
         settings.epochs,
         run.net.describe(),
+        if stored {
+            ", views cut by the backend from stored images"
+        } else {
+            ""
+        },
     );
 
     while (run.state.epoch as usize) < settings.epochs {
@@ -466,7 +472,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<()> {
             threads: args.loader_threads,
             queue: 4,
             drop_last: true,
-            stored: run.net.cuts_views(),
+            stored,
         };
         if config.stored {
             run.net.set_mean_image(&mean)?;

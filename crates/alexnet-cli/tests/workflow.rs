@@ -788,6 +788,32 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
         assert!(v["test_error"]["mean"].as_f64().is_some(), "{v}");
     }
 
+    // An experiment whose variants cannot all be split says so before training any.
+    let refused = root.join("refused");
+    let text = fails(&[
+        "experiment",
+        "towers",
+        "--data",
+        data.to_str().unwrap(),
+        "--base",
+        arch.to_str().unwrap(),
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--out",
+        refused.to_str().unwrap(),
+        "--devices",
+        "cpu,cpu",
+        "--parallel",
+        "towers",
+    ]);
+    assert!(
+        text.contains("the variant 'one tower") && text.contains("within each tower"),
+        "{text}"
+    );
+    assert!(!refused.join("variant0-seed1").exists(), "{text}");
+
     // bench times the towers, with a row per layer of the whole net.
     let text = ok(&[
         "bench",
@@ -841,5 +867,91 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
         text.contains("--parallel towers") && text.contains("within each tower"),
         "{text}"
     );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The stored-batch path a GPU takes (the loader hands over stored bytes and view
+/// placements, the backend cuts the views), forced on the CPU: training,
+/// evaluation and features are bit for bit those of finished views, since both
+/// cut with the same function.
+#[test]
+fn stored_batches_give_the_run_of_finished_views() {
+    let root = temp_dir("stored");
+    let data = dataset(&root);
+    let run = |stored: bool, name: &str| -> (String, String, Vec<(String, Vec<u8>)>) {
+        let out = root.join(name);
+        let with = |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+                .args(["--threads", "2"])
+                .args(args)
+                .env("ALEXNET_STORED_BATCHES", if stored { "1" } else { "0" })
+                .env_remove("RUST_BACKTRACE")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "{stderr}");
+            (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+        };
+        let (_, log) = with(&[
+            "train",
+            "--arch",
+            "cifar",
+            "--batch",
+            "16",
+            "--holdout",
+            "40",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "6",
+            "--log-every",
+            "1",
+            "--quiet",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(log.contains("views cut by the backend"), stored, "{log}");
+        let ckpt = out.join("last.safetensors");
+        let (eval, _) = with(&[
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--ten-crop",
+            "--json",
+        ]);
+        let features = out.join("features.safetensors");
+        with(&[
+            "features",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            features.to_str().unwrap(),
+        ]);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let losses: Vec<String> = metrics
+            .lines()
+            .filter(|l| l.contains("\"step\""))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string())
+            .collect();
+        (losses.join(","), eval, tensors(&features))
+    };
+    let (finished_losses, finished_eval, finished_features) = run(false, "finished");
+    let (stored_losses, stored_eval, stored_features) = run(true, "stored");
+    assert_eq!(stored_losses, finished_losses);
+    assert!(!finished_losses.is_empty());
+    let error =
+        |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["loss"].clone();
+    assert_eq!(
+        error(&stored_eval),
+        error(&finished_eval),
+        "ten-crop evaluation"
+    );
+    assert_eq!(stored_features, finished_features);
     std::fs::remove_dir_all(&root).unwrap();
 }

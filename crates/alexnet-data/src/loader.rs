@@ -175,6 +175,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Whether the batch holds stored images rather than finished views.
+    pub fn is_stored(&self) -> bool {
+        !self.placements.is_empty()
+    }
+
     /// A stored batch as the engine takes it ([`alexnet::Model::set_input_stored`]).
     pub fn stored(&self) -> StoredBatch<'_> {
         StoredBatch {

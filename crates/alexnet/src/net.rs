@@ -205,6 +205,14 @@ impl<B: Backend> Network<B> {
     /// Copies one mask per dropout layer into the mask buffers.
     pub(crate) fn upload_dropout_masks(&mut self, masks: &[Vec<f32>]) -> Result<()> {
         let n = self.batch;
+        let layers = self.masks.iter().filter(|m| m.is_some()).count();
+        if masks.len() != layers {
+            return Err(input_error(
+                "dropout masks",
+                format!("one mask per dropout layer ({layers})"),
+                format!("{} masks", masks.len()),
+            ));
+        }
         let mut given = masks.iter();
         for (layer, mask) in self.plan.layers.iter().zip(self.masks.iter_mut()) {
             let (Op::Dropout { geometry }, Some(buffer)) = (&layer.op, mask) else {
