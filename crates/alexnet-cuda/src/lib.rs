@@ -115,6 +115,8 @@ pub struct CudaBackend {
     /// Device buffers for the loss: labels in, per-image losses out.
     loss_scratch: Mutex<LossScratch>,
     input_scratch: Mutex<InputScratch>,
+    /// The LRN's output and its gradient for the fused LRN + max pooling.
+    lrn_pool_scratch: Mutex<LrnPoolScratch>,
     description: String,
 }
 
@@ -131,6 +133,15 @@ struct InputScratch {
     pixels: Option<CudaSlice<u8>>,
     place: Option<CudaSlice<i32>>,
     shift: Option<CudaSlice<f32>>,
+}
+
+/// The fused LRN + max pooling runs as its two kernels through these buffers
+/// (device memory is not what limits a GPU here), grown as needed. It records
+/// nothing: its backward pass recomputes the LRN's output.
+#[derive(Default)]
+struct LrnPoolScratch {
+    normalised: Option<CudaSlice<f32>>,
+    gradient: Option<CudaSlice<f32>>,
 }
 
 #[derive(Default)]
@@ -381,6 +392,7 @@ impl CudaBackend {
             bf16,
             loss_scratch: Mutex::new(LossScratch::default()),
             input_scratch: Mutex::new(InputScratch::default()),
+            lrn_pool_scratch: Mutex::new(LrnPoolScratch::default()),
             description,
         })
     }
@@ -1046,6 +1058,48 @@ impl Backend for CudaBackend {
         p.push(&mut args);
         args.arg(&len64);
         self.launch(args, per_value(len), "max_pool_backward");
+    }
+
+    fn lrn_max_pool_forward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        _record: Option<&mut CudaSlice<f32>>,
+    ) {
+        let mut scratch = self.lock(&self.lrn_pool_scratch);
+        let normalised = grow(&self.stream, &mut scratch.normalised, n * lrn.shape.len())
+            .unwrap_or_else(|e| self.fail("allocating the LRN's output", e));
+        self.lrn_forward(lrn, n, x, normalised);
+        self.max_pool_forward(pool, n, normalised, y);
+    }
+
+    fn lrn_max_pool_backward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        _record: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) {
+        let mut scratch = self.lock(&self.lrn_pool_scratch);
+        let s = &mut *scratch;
+        let len = n * lrn.shape.len();
+        if let Err(e) = grow(&self.stream, &mut s.normalised, len)
+            .and_then(|_| grow(&self.stream, &mut s.gradient, len))
+        {
+            self.fail("allocating the LRN's output and gradient", e);
+        }
+        let (Some(normalised), Some(gradient)) = (&mut s.normalised, &mut s.gradient) else {
+            unreachable!("grown above")
+        };
+        self.lrn_forward(lrn, n, x, normalised);
+        self.max_pool_backward(pool, n, normalised, dy, gradient);
+        self.lrn_backward(lrn, n, x, gradient, dx);
     }
 
     fn avg_pool_forward(

@@ -102,6 +102,34 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
+    /// Local response normalisation followed by max pooling in one pass:
+    /// `y = max_pool(lrn(x))`, without keeping `lrn(x)` (the paper's conv1 and
+    /// conv2 blocks, where nothing else reads the LRN's output). Where `record`
+    /// is given (one value per output of `y`), it receives what
+    /// [`Backend::lrn_max_pool_backward`] needs instead of `lrn(x)`: on the CPU
+    /// backends, each output's winning position within its window. Test-mode
+    /// passes give `None`.
+    fn lrn_max_pool_forward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        y: &mut Self::Buffer,
+        record: Option<&mut Self::Buffer>,
+    );
+    /// The gradient of the LRN's input `x` from the pooled output's gradient `dy`,
+    /// with the `record` of the forward pass of the same batch.
+    fn lrn_max_pool_backward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        record: &Self::Buffer,
+        dy: &Self::Buffer,
+        dx: &mut Self::Buffer,
+    );
     fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Self::Buffer, y: &mut Self::Buffer);
     fn avg_pool_backward(
         &self,

@@ -3,15 +3,18 @@
 //!
 //! Buffers: one per parameter tensor for values, gradients and velocities (the
 //! three share one layout: index `i` is the same tensor in each); one activation
-//! buffer per non-in-place layer, sized for `max_batch` images; two gradient
-//! buffers large enough for any activation, used in turn as the gradient flows
-//! back. Nothing is allocated by a step after construction.
+//! buffer per non-in-place layer, sized for `max_batch` images, except the
+//! output of an LRN fused with the max pooling after it (see [`crate::fusion`]),
+//! which is never kept; two gradient buffers, used in turn as the gradient flows
+//! back, each sized for the largest gradient it will hold. Nothing is allocated
+//! by a step after construction.
 
 use std::ops::Range;
 use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::fusion::{Fusion, GradientStep, fusions, gradient_lens, gradient_step};
 use crate::input::StoredBatch;
 use crate::layers::DropoutGeometry;
 use crate::model::Model;
@@ -51,6 +54,13 @@ pub struct Network<B: Backend> {
     params: Vec<Param<B::Buffer>>,
     activations: Vec<B::Buffer>,
     gradients: [B::Buffer; 2],
+    /// How each layer runs (indexed like `plan.layers`).
+    fusions: Vec<Fusion>,
+    /// What each max pooling fused with an LRN recorded in its last training
+    /// forward pass, and whether that was of the loaded batch's current values
+    /// (both indexed like `plan.layers`).
+    records: Vec<Option<B::Buffer>>,
+    records_fresh: Vec<bool>,
     /// One mask buffer per dropout layer (indexed like `plan.layers`).
     masks: Vec<Option<B::Buffer>>,
     /// Host staging for drawing masks; sized for the largest dropout layer.
@@ -160,13 +170,28 @@ impl<B: Backend> Network<B> {
                 frozen: false,
             });
         }
-        let activations = plan
-            .activations
-            .iter()
-            .map(|len| backend.alloc(len * max_batch))
-            .collect::<Result<Vec<_>>>()?;
-        let largest = plan.activations.iter().copied().max().unwrap_or(0) * max_batch;
-        let gradients = [backend.alloc(largest)?, backend.alloc(largest)?];
+        let fusions = fusions(&plan);
+        let layer_count = plan.layers.len();
+        let mut activations = Vec::with_capacity(plan.activations.len());
+        for (buffer, len) in plan.activations.iter().enumerate() {
+            // A fused LRN's output is never written.
+            let unused = plan.layers.iter().zip(&fusions).any(|(layer, fusion)| {
+                layer.dst == buffer && matches!(fusion, Fusion::LrnIntoPool { .. })
+            });
+            activations.push(backend.alloc(if unused { 0 } else { len * max_batch })?);
+        }
+        let [first, second] = gradient_lens(&plan, &fusions);
+        let gradients = [
+            backend.alloc(first * max_batch)?,
+            backend.alloc(second * max_batch)?,
+        ];
+        let mut records = Vec::with_capacity(plan.layers.len());
+        for (layer, fusion) in plan.layers.iter().zip(&fusions) {
+            records.push(match fusion {
+                Fusion::PoolAfterLrn { .. } => Some(backend.alloc(layer.output.len() * max_batch)?),
+                _ => None,
+            });
+        }
         let mut masks = Vec::with_capacity(plan.layers.len());
         let mut mask_len = 0;
         for layer in &plan.layers {
@@ -185,6 +210,9 @@ impl<B: Backend> Network<B> {
             params,
             activations,
             gradients,
+            fusions,
+            records,
+            records_fresh: vec![false; layer_count],
             masks,
             mask_host: vec![0.0; mask_len],
             masks_given: false,
@@ -266,6 +294,12 @@ impl<B: Backend> Network<B> {
     fn forward_layer(&mut self, index: usize, n: usize, mode: Mode) {
         let layer = &self.plan.layers[index];
         let be = &self.backend;
+        match self.fusions[index] {
+            Fusion::Alone => {}
+            Fusion::LrnIntoPool { pool } => return self.forward_lrn_pool(index, pool, n, mode),
+            // Computed with the LRN before it.
+            Fusion::PoolAfterLrn { .. } => return,
+        }
         if layer.op.in_place() {
             let x = &mut self.activations[layer.src];
             let len = n * layer.output.len();
@@ -310,6 +344,31 @@ impl<B: Backend> Network<B> {
             },
             Op::Relu { .. } | Op::Tanh { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// LRN layer `lrn` and max-pooling layer `pool` in one pass, recording what
+    /// the backward pass needs in training mode.
+    fn forward_lrn_pool(&mut self, lrn: usize, pool: usize, n: usize, mode: Mode) {
+        let (src, pool_layer) = (self.plan.layers[lrn].src, &self.plan.layers[pool]);
+        let (Op::Lrn { geometry: lrn_geometry }, Op::MaxPool { geometry: pool_geometry }) =
+            (&self.plan.layers[lrn].op, &pool_layer.op)
+        else {
+            unreachable!("fusions pair an LRN with a max pooling");
+        };
+        let (before, after) = self.activations.split_at_mut(pool_layer.dst);
+        let record = match mode {
+            Mode::Train => self.records[pool].as_mut(),
+            Mode::Test => None,
+        };
+        self.backend.lrn_max_pool_forward(
+            lrn_geometry,
+            pool_geometry,
+            n,
+            &before[src],
+            &mut after[0],
+            record,
+        );
+        self.records_fresh[pool] = mode == Mode::Train;
     }
 
     pub(crate) fn zero_grads(&mut self) {
@@ -360,6 +419,40 @@ impl<B: Backend> Network<B> {
 
     /// Backward through one layer; returns whether the gradient moved to the other buffer.
     fn backward_layer(&mut self, index: usize, n: usize, current: usize) -> bool {
+        let step = gradient_step(&self.plan, &self.fusions, index);
+        match self.fusions[index] {
+            Fusion::Alone => {}
+            // Done by the pool's backward pass.
+            Fusion::LrnIntoPool { .. } => return false,
+            Fusion::PoolAfterLrn { lrn } => {
+                if step == GradientStep::Stays {
+                    return false;
+                }
+                if !self.records_fresh[index] {
+                    // The last forward pass was a test-mode one, which records nothing.
+                    self.forward_lrn_pool(lrn, index, n, Mode::Train);
+                }
+                let (lrn_layer, pool_layer) = (&self.plan.layers[lrn], &self.plan.layers[index]);
+                let (Op::Lrn { geometry: lrn_geometry }, Op::MaxPool { geometry: pool_geometry }) =
+                    (&lrn_layer.op, &pool_layer.op)
+                else {
+                    unreachable!("fusions pair an LRN with a max pooling");
+                };
+                let [g0, g1] = &mut self.gradients;
+                let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
+                let record = self.records[index].as_ref().expect("fused pools own a record");
+                self.backend.lrn_max_pool_backward(
+                    lrn_geometry,
+                    pool_geometry,
+                    n,
+                    &self.activations[lrn_layer.src],
+                    record,
+                    dy,
+                    dx,
+                );
+                return true;
+            }
+        }
         let layer = &self.plan.layers[index];
         let be = &self.backend;
         let [g0, g1] = &mut self.gradients;
@@ -534,6 +627,7 @@ impl<B: Backend> Model for Network<B> {
         }
         self.backend.upload(images, &mut self.activations[0]);
         self.batch = n;
+        self.records_fresh.fill(false);
         Ok(n)
     }
     /// Keeps `mean` (one value per stored byte) on the backend for
@@ -581,6 +675,7 @@ impl<B: Backend> Model for Network<B> {
         self.backend
             .cut_views(batch, mean, &mut self.activations[0]);
         self.batch = n;
+        self.records_fresh.fill(false);
         Ok(n)
     }
     /// Uses these masks (one per dropout layer, in order, `n * len` values of 0 or
@@ -616,8 +711,18 @@ impl<B: Backend> Model for Network<B> {
     fn layer_output(&self, index: usize) -> Vec<f32> {
         let layer = &self.plan.layers[index];
         let mut host = vec![0.0; self.batch * layer.output.len()];
-        self.backend
-            .download(&self.activations[layer.dst], &mut host);
+        match (self.fusions[index], &layer.op) {
+            (Fusion::LrnIntoPool { .. }, Op::Lrn { geometry }) => {
+                // Not kept: normalised again, on the host, from the LRN's input.
+                let mut input = vec![0.0; self.batch * layer.input.len()];
+                self.backend
+                    .download(&self.activations[layer.src], &mut input);
+                crate::cpu::reference::lrn_forward(geometry, self.batch, &input, &mut host);
+            }
+            _ => self
+                .backend
+                .download(&self.activations[layer.dst], &mut host),
+        }
         host
     }
     /// Zeroes the parameter gradients, then adds the gradient of the mean

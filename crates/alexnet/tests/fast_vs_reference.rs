@@ -635,3 +635,100 @@ fn elementwise_passes() {
     assert_close("sgd weights", &w_fast, &w_ref, 1e-6);
     assert_close("sgd velocity", &v_fast, &v_ref, 1e-6);
 }
+
+/// LRN followed by max pooling as one operation: the reference equals the two
+/// reference layers one after the other (exactly), and the fast kernel agrees
+/// with the reference.
+fn check_lrn_max_pool(lrn: LrnGeometry, size: usize, stride: usize, n: usize, seed: u64) {
+    let pool = pool(lrn.shape, size, stride);
+    let mut rng = Rng::new(seed);
+    let (il, ol) = (n * lrn.shape.len(), n * pool.output.len());
+    // ReLU outputs: half zero (ties), the rest on the paper's pixel scale.
+    let x: Vec<f32> = random(&mut rng, il, 60.0)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let dy = random(&mut rng, ol, 1.0);
+    let name = format!(
+        "lrn {} groups {} + pool {size}/{stride}",
+        lrn.shape, lrn.groups
+    );
+
+    // The reference is the two layers' references in a row.
+    let mut normalised = vec![0.0; il];
+    reference::lrn_forward(&lrn, n, &x, &mut normalised);
+    let mut y_layers = vec![0.0; ol];
+    reference::max_pool_forward(&pool, n, &normalised, &mut y_layers);
+    let (mut y_ref, mut record_ref) = (vec![f32::NAN; ol], vec![f32::NAN; ol]);
+    reference::lrn_max_pool_forward(&lrn, &pool, n, &x, &mut y_ref, Some(&mut record_ref));
+    assert_eq!(y_ref, y_layers, "{name}: reference forward");
+    let mut d_normalised = vec![0.0; il];
+    reference::max_pool_backward(&pool, n, &normalised, &dy, &mut d_normalised);
+    let mut dx_layers = vec![0.0; il];
+    reference::lrn_backward(&lrn, n, &x, &d_normalised, &mut dx_layers);
+    let mut dx_ref = vec![f32::NAN; il];
+    reference::lrn_max_pool_backward(&lrn, &pool, n, &x, &record_ref, &dy, &mut dx_ref);
+    assert_eq!(dx_ref, dx_layers, "{name}: reference backward");
+
+    // The fast kernel, with and without a record.
+    let (mut y_fast, mut record_fast) = (vec![f32::NAN; ol], vec![f32::NAN; ol]);
+    fast::lrn_pool::forward(&lrn, &pool, n, &x, &mut y_fast, Some(&mut record_fast));
+    assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
+    let mut y_unrecorded = vec![f32::NAN; ol];
+    fast::lrn_pool::forward(&lrn, &pool, n, &x, &mut y_unrecorded, None);
+    assert_eq!(y_unrecorded, y_fast, "{name}: forward without a record");
+    // Its LRN rounds differently, so a near-tie may have another winner: each
+    // recorded winner must hold its window's largest reference value.
+    let (ip, op) = (
+        pool.input.height * pool.input.width,
+        pool.output.height * pool.output.width,
+    );
+    for (out, &within) in record_fast.iter().enumerate() {
+        let (plane, o) = (out / op, out % op);
+        let (oy, ox) = (o / pool.output.width, o % pool.output.width);
+        let within = within as usize;
+        assert!(within < size * size, "{name}: record {within} at {out}");
+        let pos = (oy * stride + within / size) * pool.input.width + ox * stride + within % size;
+        let winner = normalised[plane * ip + pos];
+        assert!(
+            (winner - y_ref[out]).abs() <= TOL * y_ref[out].abs().max(1.0),
+            "{name}: output {out} recorded a value of {winner}, the window's largest is {}",
+            y_ref[out]
+        );
+    }
+    // Given the same record, both backward passes route the same gradients.
+    let mut dx_expected = vec![f32::NAN; il];
+    reference::lrn_max_pool_backward(&lrn, &pool, n, &x, &record_fast, &dy, &mut dx_expected);
+    let mut dx_fast = vec![f32::NAN; il];
+    fast::lrn_pool::backward(&lrn, &pool, n, &x, &record_fast, &dy, &mut dx_fast);
+    assert_close(&format!("{name} dx"), &dx_fast, &dx_expected, TOL);
+}
+
+#[test]
+fn lrn_then_max_pool_in_one_pass() {
+    let paper = |shape, groups| LrnGeometry {
+        shape,
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        groups,
+    };
+    check_lrn_max_pool(paper(Shape::new(6, 7, 7), 2), 3, 2, 2, 1);
+    check_lrn_max_pool(paper(Shape::new(5, 9, 8), 1), 2, 2, 3, 2);
+    check_lrn_max_pool(
+        LrnGeometry {
+            size: 3,
+            beta: 0.5,
+            k: 1.0,
+            ..paper(Shape::new(4, 10, 11), 1)
+        },
+        3,
+        3,
+        1,
+        3,
+    );
+    check_lrn_max_pool(paper(Shape::new(3, 9, 9), 1), 2, 4, 2, 4);
+    check_lrn_max_pool(paper(Shape::new(96, 55, 55), 2), 3, 2, 1, 5);
+    check_lrn_max_pool(paper(Shape::new(256, 27, 27), 2), 3, 2, 1, 6);
+}

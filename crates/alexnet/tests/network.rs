@@ -339,3 +339,65 @@ fn the_cifar_net_learns_a_simple_task() {
         "only {correct} of {batch} right after training"
     );
 }
+
+/// The paper's LRN + max-pooling blocks run as one operation that keeps no LRN
+/// output: the LRN layers' outputs are still reported (normalised again), and a
+/// backward pass after a test-mode forward pass (which records nothing for the
+/// pooling) gives the gradients of one after a training forward pass.
+#[test]
+fn fused_lrn_and_pooling_keep_the_layer_semantics() {
+    let mut spec = paper_mini();
+    // Without dropout, training and test forward passes compute the same.
+    spec.layers
+        .retain(|l| !matches!(l, alexnet::spec::LayerSpec::Dropout(_)));
+    let batch = 3;
+    let mut rng = Rng::new(8);
+    let mut net = Network::new(Cpu::new(), &spec, batch, 4).unwrap();
+    let images = random(&mut rng, batch * net.plan().input_shape().len(), 128.0);
+    let labels = [1, 7, 3];
+    let plan = net.plan().clone();
+
+    net.set_input(&images).unwrap();
+    net.forward(Mode::Train);
+    let lrn_layers: Vec<usize> = plan
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| matches!(l.op, alexnet::plan::Op::Lrn { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(lrn_layers.len(), 2, "the miniature has the paper's two LRN layers");
+    for &index in &lrn_layers {
+        let alexnet::plan::Op::Lrn { geometry } = &plan.layers[index].op else {
+            unreachable!()
+        };
+        let input = net.layer_output(index - 1);
+        let mut expected = vec![0.0; input.len()];
+        alexnet::cpu::reference::lrn_forward(geometry, batch, &input, &mut expected);
+        assert_close(
+            &format!("{} output", plan.layers[index].label),
+            &net.layer_output(index),
+            &expected,
+            1e-5,
+        );
+    }
+    net.backward(&labels).unwrap();
+    let after_training: Vec<Vec<f32>> = (0..plan.params.len()).map(|i| net.param_grad(i)).collect();
+
+    // A training pass of other images first, so that what it recorded is stale.
+    let other = random(&mut rng, images.len(), 128.0);
+    net.set_input(&other).unwrap();
+    net.forward(Mode::Train);
+    net.set_input(&images).unwrap();
+    net.forward(Mode::Test);
+    net.backward(&labels).unwrap();
+    for (index, expected) in after_training.iter().enumerate() {
+        // Close rather than equal: the threads' partial sums may add up in another order.
+        assert_close(
+            &format!("{} after a test-mode forward pass", plan.params[index].name),
+            &net.param_grad(index),
+            expected,
+            1e-5,
+        );
+    }
+}

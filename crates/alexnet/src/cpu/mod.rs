@@ -204,6 +204,29 @@ impl Backend for Cpu {
     ) {
         fast::pool::max_backward(g, n, x, dy, dx)
     }
+    fn lrn_max_pool_forward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &CpuBuffer,
+        y: &mut CpuBuffer,
+        record: Option<&mut CpuBuffer>,
+    ) {
+        fast::lrn_pool::forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
+    }
+    fn lrn_max_pool_backward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &CpuBuffer,
+        record: &CpuBuffer,
+        dy: &CpuBuffer,
+        dx: &mut CpuBuffer,
+    ) {
+        fast::lrn_pool::backward(lrn, pool, n, x, record, dy, dx)
+    }
     fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
         fast::pool::avg_forward(g, n, x, y)
     }
@@ -347,6 +370,29 @@ impl Backend for ReferenceCpu {
         dx: &mut Vec<f32>,
     ) {
         reference::max_pool_backward(g, n, x, dy, dx)
+    }
+    fn lrn_max_pool_forward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        record: Option<&mut Vec<f32>>,
+    ) {
+        reference::lrn_max_pool_forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
+    }
+    fn lrn_max_pool_backward(
+        &self,
+        lrn: &LrnGeometry,
+        pool: &PoolGeometry,
+        n: usize,
+        x: &Vec<f32>,
+        record: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: &mut Vec<f32>,
+    ) {
+        reference::lrn_max_pool_backward(lrn, pool, n, x, record, dy, dx)
     }
     fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &Vec<f32>, y: &mut Vec<f32>) {
         reference::avg_pool_forward(g, n, x, y)

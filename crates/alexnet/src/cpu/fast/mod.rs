@@ -9,6 +9,7 @@ pub mod gemm_bf16;
 pub mod lanes;
 pub mod linear;
 pub mod lrn;
+pub mod lrn_pool;
 pub mod pool;
 pub mod scratch;
 pub mod simd;

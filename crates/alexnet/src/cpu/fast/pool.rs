@@ -10,7 +10,7 @@ use crate::layers::PoolGeometry;
 /// Written with selects rather than branches, since on real activations the
 /// comparisons are unpredictable.
 #[inline(always)]
-fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> usize {
+pub(super) fn argmax(g: &PoolGeometry, plane: &[f32], oy: usize, ox: usize) -> usize {
     let origin = oy * g.stride * g.input.width + ox * g.stride;
     let mut best = origin;
     let mut best_value = plane[origin];
@@ -69,30 +69,35 @@ fn rows_apply(g: &PoolGeometry) -> bool {
 pub fn max_forward(g: &PoolGeometry, n: usize, x: &[f32], y: &mut [f32]) {
     let (ip, op) = planes(g);
     let (il, ol) = (g.input.len(), g.output.len());
-    let ow = g.output.width;
     x[..n * il]
         .par_chunks_exact(il)
         .zip(y[..n * ol].par_chunks_exact_mut(ol))
         .for_each(|(x, y)| {
             for (xp, yp) in x.chunks_exact(ip).zip(y.chunks_exact_mut(op)) {
-                for oy in 0..g.output.height {
-                    let out = &mut yp[oy * ow..][..ow];
-                    // Compiled for baseline x86-64 (SSE2): the same loops compiled for
-                    // AVX-512 through `simd::dispatch` measured slower (the paper's
-                    // three max-pool layers 13 -> 22 ms at batch 64, BENCHMARKS.md).
-                    match g.stride {
-                        1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
-                        2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
-                        3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
-                        _ => {
-                            for (ox, value) in out.iter_mut().enumerate() {
-                                *value = xp[argmax(g, xp, oy, ox)];
-                            }
-                        }
-                    }
-                }
+                max_plane(g, xp, yp);
             }
         });
+}
+
+/// Max pooling of one plane.
+pub(super) fn max_plane(g: &PoolGeometry, xp: &[f32], yp: &mut [f32]) {
+    let ow = g.output.width;
+    for oy in 0..g.output.height {
+        let out = &mut yp[oy * ow..][..ow];
+        // Compiled for baseline x86-64 (SSE2): the same loops compiled for
+        // AVX-512 through `simd::dispatch` measured slower (the paper's
+        // three max-pool layers 13 -> 22 ms at batch 64, BENCHMARKS.md).
+        match g.stride {
+            1 if rows_apply(g) => max_row::<1>(g, xp, oy, out),
+            2 if rows_apply(g) => max_row::<2>(g, xp, oy, out),
+            3 if rows_apply(g) => max_row::<3>(g, xp, oy, out),
+            _ => {
+                for (ox, value) in out.iter_mut().enumerate() {
+                    *value = xp[argmax(g, xp, oy, ox)];
+                }
+            }
+        }
+    }
 }
 
 /// Recomputes each window's first largest input (the reference's choice among
