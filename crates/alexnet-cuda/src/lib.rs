@@ -1076,6 +1076,11 @@ impl Backend for CudaBackend {
         self.max_pool_forward(pool, n, normalised, y);
     }
 
+    /// Nothing is recorded: the backward pass recomputes the LRN's output.
+    fn lrn_max_pool_record_len(&self, _pool: &PoolGeometry) -> usize {
+        0
+    }
+
     fn lrn_max_pool_backward(
         &self,
         lrn: &LrnGeometry,

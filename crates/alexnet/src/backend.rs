@@ -105,7 +105,7 @@ pub trait Backend: Send + Sync {
     /// Local response normalisation followed by max pooling in one pass:
     /// `y = max_pool(lrn(x))`, without keeping `lrn(x)` (the paper's conv1 and
     /// conv2 blocks, where nothing else reads the LRN's output). Where `record`
-    /// is given (one value per output of `y`), it receives what
+    /// is given (`lrn_max_pool_record_len` values per image), it receives what
     /// [`Backend::lrn_max_pool_backward`] needs instead of `lrn(x)`: on the CPU
     /// backends, each output's winning position within its window. Test-mode
     /// passes give `None`.
@@ -118,6 +118,10 @@ pub trait Backend: Send + Sync {
         y: &mut Self::Buffer,
         record: Option<&mut Self::Buffer>,
     );
+    /// Values per image of the `record` of [`Backend::lrn_max_pool_forward`].
+    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
+        pool.output.len()
+    }
     /// The gradient of the LRN's input `x` from the pooled output's gradient `dy`,
     /// with the `record` of the forward pass of the same batch.
     fn lrn_max_pool_backward(

@@ -30,9 +30,10 @@ pub(crate) fn fusions(plan: &Plan) -> Vec<Fusion> {
         // The pool must read the LRN's own buffer: a gathered pool reads a
         // buffer of its own, and an in-place layer between them would need
         // the LRN's output in its backward pass.
-        if matches!(lrn.op, Op::Lrn { .. })
-            && matches!(pool.op, Op::MaxPool { .. })
-            && pool.src == lrn.dst
+        // Windows of at most 16x16: the fast CPU backend records a window
+        // position in a byte. Larger ones run as two layers.
+        let small_window = matches!(pool.op, Op::MaxPool { geometry } if geometry.size <= 16);
+        if matches!(lrn.op, Op::Lrn { .. }) && small_window && pool.src == lrn.dst
         {
             fusions[index] = Fusion::LrnIntoPool { pool: index + 1 };
             fusions[index + 1] = Fusion::PoolAfterLrn { lrn: index };

@@ -188,7 +188,12 @@ impl<B: Backend> Network<B> {
         let mut records = Vec::with_capacity(plan.layers.len());
         for (layer, fusion) in plan.layers.iter().zip(&fusions) {
             records.push(match fusion {
-                Fusion::PoolAfterLrn { .. } => Some(backend.alloc(layer.output.len() * max_batch)?),
+                Fusion::PoolAfterLrn { .. } => {
+                    let Op::MaxPool { geometry } = &layer.op else {
+                        unreachable!("fusions pair an LRN with a max pooling");
+                    };
+                    Some(backend.alloc(backend.lrn_max_pool_record_len(geometry) * max_batch)?)
+                }
                 _ => None,
             });
         }

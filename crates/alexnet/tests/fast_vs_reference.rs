@@ -671,8 +671,13 @@ fn check_lrn_max_pool(lrn: LrnGeometry, size: usize, stride: usize, n: usize, se
     assert_eq!(dx_ref, dx_layers, "{name}: reference backward");
 
     // The fast kernel, with and without a record.
-    let (mut y_fast, mut record_fast) = (vec![f32::NAN; ol], vec![f32::NAN; ol]);
-    fast::lrn_pool::forward(&lrn, &pool, n, &x, &mut y_fast, Some(&mut record_fast));
+    let mut y_fast = vec![f32::NAN; ol];
+    let mut record = vec![f32::NAN; n * fast::lrn_pool::record_len(&pool)];
+    fast::lrn_pool::forward(&lrn, &pool, n, &x, &mut y_fast, Some(&mut record));
+    let record_fast: Vec<f32> = fast::lrn_pool::recorded_positions(&pool, n, &record)
+        .into_iter()
+        .map(f32::from)
+        .collect();
     assert_close(&format!("{name} forward"), &y_fast, &y_ref, TOL);
     let mut y_unrecorded = vec![f32::NAN; ol];
     fast::lrn_pool::forward(&lrn, &pool, n, &x, &mut y_unrecorded, None);
@@ -700,7 +705,7 @@ fn check_lrn_max_pool(lrn: LrnGeometry, size: usize, stride: usize, n: usize, se
     let mut dx_expected = vec![f32::NAN; il];
     reference::lrn_max_pool_backward(&lrn, &pool, n, &x, &record_fast, &dy, &mut dx_expected);
     let mut dx_fast = vec![f32::NAN; il];
-    fast::lrn_pool::backward(&lrn, &pool, n, &x, &record_fast, &dy, &mut dx_fast);
+    fast::lrn_pool::backward(&lrn, &pool, n, &x, &record, &dy, &mut dx_fast);
     assert_close(&format!("{name} dx"), &dx_fast, &dx_expected, TOL);
 }
 

@@ -215,6 +215,9 @@ impl Backend for Cpu {
     ) {
         fast::lrn_pool::forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
     }
+    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
+        fast::lrn_pool::record_len(pool)
+    }
     fn lrn_max_pool_backward(
         &self,
         lrn: &LrnGeometry,

@@ -12,11 +12,17 @@ use crate::layers::LrnGeometry;
 #[inline(always)]
 pub(super) fn pow_neg_beta(s: f32, beta: f32) -> f32 {
     if beta == 0.75 {
-        let r = 1.0 / s.sqrt();
-        r * r.sqrt()
+        pow_neg_three_quarters(s)
     } else {
         s.powf(-beta)
     }
+}
+
+/// `s^-3/4` for the paper's beta.
+#[inline(always)]
+pub(super) fn pow_neg_three_quarters(s: f32) -> f32 {
+    let r = 1.0 / s.sqrt();
+    r * r.sqrt()
 }
 
 /// Writes `s_c = k + alpha * sum over window(c) of a^2` for every channel of one image.

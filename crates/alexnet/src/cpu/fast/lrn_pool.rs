@@ -4,15 +4,42 @@
 //! The forward pass normalises one channel plane at a time into a plane of
 //! scratch and pools it straight away, so the LRN's output (as large as the
 //! convolution's) is never written to memory, nor read back by the pooling.
-//! Training passes record each window's winning position (`ky * size + kx`, as
-//! an `f32`); the backward pass sends the pooled gradient there, in a per-thread
-//! image of scratch, and runs the LRN's backward pass on it.
+//! Training passes record each window's winning position (`ky * size + kx`) in
+//! a byte, four to an `f32` of the record buffer (windows of at most 16x16, which
+//! [`crate::fusion`] sees to); the backward pass sends the pooled gradient
+//! there, in a per-thread image of scratch, and runs the LRN's backward pass on it.
 
 use rayon::prelude::*;
 
 use super::scratch::{with_scratch, with_staging};
 use super::{lrn, pool, simd};
 use crate::layers::{LrnGeometry, PoolGeometry};
+
+/// Values per image of a record: one byte per pooled output.
+pub fn record_len(pool: &PoolGeometry) -> usize {
+    pool.output.len().div_ceil(4)
+}
+
+/// The bytes of a record.
+fn bytes(record: &[f32]) -> &[u8] {
+    // SAFETY: the bytes of `f32`s; any byte is a valid `u8`, and `u8` needs no alignment.
+    unsafe { std::slice::from_raw_parts(record.as_ptr().cast::<u8>(), record.len() * 4) }
+}
+
+fn bytes_mut(record: &mut [f32]) -> &mut [u8] {
+    // SAFETY: as `bytes`; also, any four bytes are a valid `f32`.
+    unsafe { std::slice::from_raw_parts_mut(record.as_mut_ptr().cast::<u8>(), record.len() * 4) }
+}
+
+/// The winning position within its window (`ky * size + kx`) of each of the
+/// first `n` images' pooled outputs, read from a record.
+pub fn recorded_positions(pool: &PoolGeometry, n: usize, record: &[f32]) -> Vec<u8> {
+    let (rl, ol) = (record_len(pool), pool.output.len());
+    record[..n * rl]
+        .chunks_exact(rl)
+        .flat_map(|image| bytes(image)[..ol].to_vec())
+        .collect()
+}
 
 pub fn forward(
     lrn: &LrnGeometry,
@@ -27,9 +54,14 @@ pub fn forward(
         .par_chunks_exact(il)
         .zip(y[..n * ol].par_chunks_exact_mut(ol));
     match record {
-        Some(record) => images
-            .zip(record[..n * ol].par_chunks_exact_mut(ol))
-            .for_each(|((x, y), record)| forward_image(lrn, pool, x, y, Some(record))),
+        Some(record) => {
+            let rl = record_len(pool);
+            images
+                .zip(record[..n * rl].par_chunks_exact_mut(rl))
+                .for_each(|((x, y), record)| {
+                    forward_image(lrn, pool, x, y, Some(&mut bytes_mut(record)[..ol]))
+                })
+        }
         None => images.for_each(|(x, y)| forward_image(lrn, pool, x, y, None)),
     }
 }
@@ -39,27 +71,35 @@ fn forward_image(
     pool: &PoolGeometry,
     a: &[f32],
     y: &mut [f32],
-    mut record: Option<&mut [f32]>,
+    mut record: Option<&mut [u8]>,
 ) {
     let plane = lrn.shape.height * lrn.shape.width;
     let out_plane = pool.output.height * pool.output.width;
     let beta = lrn.beta;
-    with_scratch(plane, |z| {
+    with_scratch(plane + pool::separable_scratch_len(pool), |scratch| {
+        let (z, pool_scratch) = scratch.split_at_mut(plane);
         for c in 0..lrn.shape.channels {
             // z = a_c * s_c^-beta: channel c of the LRN's output.
             lrn::normaliser(lrn, a, c, z);
             let ac = &a[c * plane..][..plane];
-            simd::dispatch(
-                #[inline(always)]
-                || {
-                    z.iter_mut()
-                        .zip(ac)
-                        .for_each(|(z, &a)| *z = a * lrn::pow_neg_beta(*z, beta))
-                },
-            );
+            if beta == 0.75 {
+                // The paper's beta, as its own loop so that it vectorises (see `pow_neg_beta`).
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        z.iter_mut()
+                            .zip(ac)
+                            .for_each(|(z, &a)| *z = a * lrn::pow_neg_three_quarters(*z))
+                    },
+                );
+            } else {
+                z.iter_mut()
+                    .zip(ac)
+                    .for_each(|(z, &a)| *z = a * z.powf(-beta));
+            }
             let yc = &mut y[c * out_plane..][..out_plane];
             match record.as_deref_mut() {
-                None => pool::max_plane(pool, z, yc),
+                None => pool::max_plane_separable(pool, z, yc, pool_scratch),
                 Some(record) => {
                     let rc = &mut record[c * out_plane..][..out_plane];
                     record_plane(pool, z, yc, rc);
@@ -70,14 +110,15 @@ fn forward_image(
 }
 
 /// Max pooling of one plane that also records each window's winning position.
-fn record_plane(g: &PoolGeometry, z: &[f32], y: &mut [f32], record: &mut [f32]) {
+fn record_plane(g: &PoolGeometry, z: &[f32], y: &mut [f32], record: &mut [u8]) {
     let (iw, ow) = (g.input.width, g.output.width);
     for oy in 0..g.output.height {
         for ox in 0..ow {
             let best = pool::argmax(g, z, oy, ox);
             let (ky, kx) = (best / iw - oy * g.stride, best % iw - ox * g.stride);
             y[oy * ow + ox] = z[best];
-            record[oy * ow + ox] = (ky * g.size + kx) as f32;
+            // Below 256: windows are at most 16x16.
+            record[oy * ow + ox] = (ky * g.size + kx) as u8;
         }
     }
 }
@@ -99,7 +140,7 @@ pub fn backward(
     let (iw, ow) = (pool.input.width, pool.output.width);
     x[..n * il]
         .par_chunks_exact(il)
-        .zip(record[..n * ol].par_chunks_exact(ol))
+        .zip(record[..n * record_len(pool)].par_chunks_exact(record_len(pool)))
         .zip(dy[..n * ol].par_chunks_exact(ol))
         .zip(dx[..n * il].par_chunks_exact_mut(il))
         .for_each(|(((a, record), dy), dx)| {
@@ -108,7 +149,7 @@ pub fn backward(
                 dz.fill(0.0);
                 for ((dzp, rp), dyp) in dz
                     .chunks_exact_mut(ip)
-                    .zip(record.chunks_exact(op))
+                    .zip(bytes(record)[..ol].chunks_exact(op))
                     .zip(dy.chunks_exact(op))
                 {
                     for oy in 0..pool.output.height {

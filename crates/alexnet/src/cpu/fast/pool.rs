@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::simd;
 use crate::layers::PoolGeometry;
 
 /// Offset within the input plane of the first largest value of a window.
@@ -98,6 +99,59 @@ pub(super) fn max_plane(g: &PoolGeometry, xp: &[f32], yp: &mut [f32]) {
             }
         }
     }
+}
+
+/// Scratch values [`max_plane_separable`] needs for one plane.
+pub(super) fn separable_scratch_len(g: &PoolGeometry) -> usize {
+    let phase_len = g.input.width.div_ceil(g.stride);
+    g.stride * phase_len + g.input.height * g.output.width
+}
+
+/// Max pooling of one plane as two passes of contiguous maxima, vectorised:
+/// along each row (its values first split into the stride's phases, so that
+/// tap `kx` of output `ox` is `phase[kx % s][ox + kx / s]`), then down the
+/// columns of those row maxima. For a plane already in cache (the fused LRN's
+/// output); values equal `max_plane`'s, since a maximum does not depend on the
+/// order it is taken in.
+pub(super) fn max_plane_separable(g: &PoolGeometry, xp: &[f32], yp: &mut [f32], scratch: &mut [f32]) {
+    let (iw, ow, s) = (g.input.width, g.output.width, g.stride);
+    let phase_len = iw.div_ceil(s);
+    let (phases, rows) = scratch.split_at_mut(s * phase_len);
+    let rows = &mut rows[..g.input.height * ow];
+    simd::dispatch(
+        #[inline(always)]
+        || {
+            for (row, h) in xp.chunks_exact(iw).zip(rows.chunks_exact_mut(ow)) {
+                for (q, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (j, value) in phase.iter_mut().enumerate() {
+                        *value = row.get(j * s + q).copied().unwrap_or(f32::NEG_INFINITY);
+                    }
+                }
+                for kx in 0..g.size {
+                    let tap = &phases[(kx % s) * phase_len + kx / s..][..ow];
+                    if kx == 0 {
+                        h.copy_from_slice(tap);
+                    } else {
+                        h.iter_mut()
+                            .zip(tap)
+                            .for_each(|(h, &v)| *h = if v > *h { v } else { *h });
+                    }
+                }
+            }
+            for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
+                for ky in 0..g.size {
+                    let h = &rows[(oy * s + ky) * ow..][..ow];
+                    if ky == 0 {
+                        out.copy_from_slice(h);
+                    } else {
+                        out.iter_mut()
+                            .zip(h)
+                            .for_each(|(o, &v)| *o = if v > *o { v } else { *o });
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Recomputes each window's first largest input (the reference's choice among
