@@ -34,7 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let precision = match args.next().as_deref() {
         None | Some("bf16") => Precision::Bf16,
         Some("fp32") => Precision::F32,
-        Some(other) => return Err(format!("precision: expected fp32 or bf16, found {other}").into()),
+        Some(other) => {
+            return Err(format!("precision: expected fp32 or bf16, found {other}").into());
+        }
     };
     let spec = NetSpec::preset(&preset)?;
     let backend = Cpu::with_products(Products {
@@ -62,7 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images: Vec<f32> = (0..batch * plan.input_shape().len())
         .map(|_| (rng.uniform() * 256.0 - 128.0) as f32)
         .collect();
-    let labels: Vec<u32> = (0..batch).map(|_| rng.below(plan.classes()) as u32).collect();
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.below(plan.classes()) as u32)
+        .collect();
     report("batch made");
     let sgd = Sgd {
         learning_rate: 1e-5,

@@ -33,8 +33,7 @@ pub(crate) fn fusions(plan: &Plan) -> Vec<Fusion> {
         // Windows of at most 16x16: the fast CPU backend records a window
         // position in a byte. Larger ones run as two layers.
         let small_window = matches!(pool.op, Op::MaxPool { geometry } if geometry.size <= 16);
-        if matches!(lrn.op, Op::Lrn { .. }) && small_window && pool.src == lrn.dst
-        {
+        if matches!(lrn.op, Op::Lrn { .. }) && small_window && pool.src == lrn.dst {
             fusions[index] = Fusion::LrnIntoPool { pool: index + 1 };
             fusions[index + 1] = Fusion::PoolAfterLrn { lrn: index };
         }

@@ -355,8 +355,14 @@ impl<B: Backend> Network<B> {
     /// the backward pass needs in training mode.
     fn forward_lrn_pool(&mut self, lrn: usize, pool: usize, n: usize, mode: Mode) {
         let (src, pool_layer) = (self.plan.layers[lrn].src, &self.plan.layers[pool]);
-        let (Op::Lrn { geometry: lrn_geometry }, Op::MaxPool { geometry: pool_geometry }) =
-            (&self.plan.layers[lrn].op, &pool_layer.op)
+        let (
+            Op::Lrn {
+                geometry: lrn_geometry,
+            },
+            Op::MaxPool {
+                geometry: pool_geometry,
+            },
+        ) = (&self.plan.layers[lrn].op, &pool_layer.op)
         else {
             unreachable!("fusions pair an LRN with a max pooling");
         };
@@ -438,14 +444,22 @@ impl<B: Backend> Network<B> {
                     self.forward_lrn_pool(lrn, index, n, Mode::Train);
                 }
                 let (lrn_layer, pool_layer) = (&self.plan.layers[lrn], &self.plan.layers[index]);
-                let (Op::Lrn { geometry: lrn_geometry }, Op::MaxPool { geometry: pool_geometry }) =
-                    (&lrn_layer.op, &pool_layer.op)
+                let (
+                    Op::Lrn {
+                        geometry: lrn_geometry,
+                    },
+                    Op::MaxPool {
+                        geometry: pool_geometry,
+                    },
+                ) = (&lrn_layer.op, &pool_layer.op)
                 else {
                     unreachable!("fusions pair an LRN with a max pooling");
                 };
                 let [g0, g1] = &mut self.gradients;
                 let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
-                let record = self.records[index].as_ref().expect("fused pools own a record");
+                let record = self.records[index]
+                    .as_ref()
+                    .expect("fused pools own a record");
                 self.backend.lrn_max_pool_backward(
                     lrn_geometry,
                     pool_geometry,

@@ -366,7 +366,11 @@ fn fused_lrn_and_pooling_keep_the_layer_semantics() {
         .filter(|(_, l)| matches!(l.op, alexnet::plan::Op::Lrn { .. }))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(lrn_layers.len(), 2, "the miniature has the paper's two LRN layers");
+    assert_eq!(
+        lrn_layers.len(),
+        2,
+        "the miniature has the paper's two LRN layers"
+    );
     for &index in &lrn_layers {
         let alexnet::plan::Op::Lrn { geometry } = &plan.layers[index].op else {
             unreachable!()

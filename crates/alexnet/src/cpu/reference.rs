@@ -355,7 +355,8 @@ pub fn lrn_max_pool_backward<T: Float>(
                 let out = plane * op + oy * pool.output.width + ox;
                 let within = record[out].to_usize().expect("a recorded window position");
                 let (ky, kx) = (within / pool.size, within % pool.size);
-                let pos = plane * ip + (oy * pool.stride + ky) * pool.input.width + ox * pool.stride + kx;
+                let pos =
+                    plane * ip + (oy * pool.stride + ky) * pool.input.width + ox * pool.stride + kx;
                 d_normalised[pos] = d_normalised[pos] + dy[out];
             }
         }

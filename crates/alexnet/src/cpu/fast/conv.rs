@@ -493,7 +493,7 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
 /// - 3x3 stride-1 padding-1 kernels by F(2x2, 3x3), in both modes (in bf16 mode
 ///   the products take the transformed blocks rounded to bf16);
 /// - strided kernels spanning three strides (conv1: 11x11, stride 4) as 3x3
-///   convolutions on phase planes by F(2x2, 3x3): the forward pass in f32 only
+///   convolutions on phase planes by F(4x4, 3x3): the forward pass in f32 only
 ///   (its gradients by im2col were faster);
 /// - 5x5 stride-1 padding-2 kernels by F(3x3, 3x3) on four 3x3 pieces, in f32
 ///   only: rounding its transformed blocks to bf16 was 6-9 times a direct bf16

@@ -14,5 +14,6 @@ pub mod pool;
 pub mod scratch;
 pub mod simd;
 pub mod winograd;
+pub mod winograd_4x4;
 pub mod winograd_5x5;
 pub mod winograd_strided;

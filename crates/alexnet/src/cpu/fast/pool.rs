@@ -113,7 +113,12 @@ pub(super) fn separable_scratch_len(g: &PoolGeometry) -> usize {
 /// columns of those row maxima. For a plane already in cache (the fused LRN's
 /// output); values equal `max_plane`'s, since a maximum does not depend on the
 /// order it is taken in.
-pub(super) fn max_plane_separable(g: &PoolGeometry, xp: &[f32], yp: &mut [f32], scratch: &mut [f32]) {
+pub(super) fn max_plane_separable(
+    g: &PoolGeometry,
+    xp: &[f32],
+    yp: &mut [f32],
+    scratch: &mut [f32],
+) {
     let (iw, ow, s) = (g.input.width, g.output.width, g.stride);
     let phase_len = iw.div_ceil(s);
     let (phases, rows) = scratch.split_at_mut(s * phase_len);

@@ -1,6 +1,6 @@
 //! Strided convolutions whose kernel spans three strides (conv1 of the paper:
 //! 11x11, stride 4) as 3x3 stride-1 convolutions on phase planes, computed by
-//! Winograd F(2x2, 3x3) ([`super::winograd`]).
+//! Winograd F(4x4, 3x3) ([`super::winograd_4x4`]).
 //!
 //! With stride `s`, output `(i, j)` reads padded input `(s i + r, s j + q)` for
 //! taps `(r, q)`. Writing `r = s a + py` and `q = s b + px`, it reads phase plane
@@ -8,7 +8,7 @@
 //! stride-1 correlation with a kernel of `ceil(k / s)` = 3 taps a side, whose
 //! input channels are the `c * s * s` phase planes. The kernel is zero-padded
 //! to `3s x 3s` (12x12 for conv1: 144 taps for 121, paid back by Winograd's
-//! 2.25x fewer multiplies), and the 3x3 "valid" correlation is computed as a
+//! 4x fewer multiplies), and the 3x3 "valid" correlation is computed as a
 //! padding-1 one on planes two larger, whose border outputs are dropped.
 //!
 //! For conv1 at 224x224 (padding 2): 48 phase planes of 57x57 per image, 96
@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::gemm::Products;
 use super::scratch::with_staging;
-use super::winograd;
+use super::winograd_4x4;
 use crate::layers::{ConvGeometry, Shape};
 
 /// The inner convolution's kernels and their transforms: kept between calls so
@@ -148,10 +148,10 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
     let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
     let [inner_w, u] = pieces(
         &mut buffer,
-        [inner.weight_len(), winograd::transformed_len(&inner)],
+        [inner.weight_len(), winograd_4x4::transformed_len(&inner)],
     );
     split_kernels(g, w, inner_w);
-    winograd::transform_kernels(&inner, inner_w, u);
+    winograd_4x4::transform_kernels(&inner, inner_w, u);
     let u = &*u;
     let (il, ol) = (g.input.len(), g.output.len());
     let (oh, ow) = (g.output.height, g.output.width);
@@ -164,7 +164,7 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                 let (planes, inner_y) = staging.split_at_mut(inner.input.len());
                 split_phases(g, &inner, x, planes);
                 // f32 products (the default).
-                winograd::forward_images(&inner, planes, u, b, inner_y, Products::default());
+                winograd_4x4::forward_images(&inner, planes, u, b, inner_y, Products::default());
                 // The padding-1 outputs one in from the border are the valid ones.
                 for (dst, src) in y
                     .chunks_exact_mut(oh * ow)
