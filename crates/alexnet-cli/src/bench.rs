@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use alexnet::fusion::Fusion;
 use alexnet::plan::Op;
 use alexnet::rng::Rng;
 use alexnet::{Mode, Model, NetSpec, Sgd};
@@ -145,6 +146,7 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
         }
         let times = net.layer_times().expect("recording is on");
         net.record_layer_times(false);
+        let fusions = alexnet::fusion::fusions(&plan);
         for (index, layer) in plan.layers.iter().enumerate() {
             let steps = args.layer_steps as f64;
             let macs = match &layer.op {
@@ -165,6 +167,12 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
                 // 2 flops per multiply-add.
                 "forward_gflops": if macs > 0.0 { 2.0 * macs / fwd / 1e9 } else { 0.0 },
                 "backward_gflops": if macs > 0.0 && bwd > 0.0 { backward_products * macs / bwd / 1e9 } else { 0.0 },
+                // Layers run as one operation: the times are all in one of the rows.
+                "fused_with": match fusions[index] {
+                    Fusion::Alone => None,
+                    Fusion::LrnIntoPool { pool } => Some(plan.layers[pool].label.clone()),
+                    Fusion::PoolAfterLrn { lrn } => Some(plan.layers[lrn].label.clone()),
+                },
             }));
         }
     }
@@ -223,6 +231,12 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
                 l["backward_ms"].as_f64().unwrap_or(0.0),
                 l["forward_gflops"].as_f64().unwrap_or(0.0),
                 l["backward_gflops"].as_f64().unwrap_or(0.0),
+            );
+        }
+        if layers.iter().any(|l| !l["fused_with"].is_null()) {
+            println!(
+                "  (an LRN and the max pooling after it run as one operation: both forward passes \
+                 are in the LRN's row, both backward passes in the pooling's)"
             );
         }
     }

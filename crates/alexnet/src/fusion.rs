@@ -11,7 +11,7 @@ use crate::plan::{Op, Plan};
 
 /// How a layer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fusion {
+pub enum Fusion {
     /// On its own.
     Alone,
     /// An LRN whose forward pass also computes max-pooling layer `pool` (the
@@ -23,7 +23,7 @@ pub(crate) enum Fusion {
 }
 
 /// The fusion of every layer of `plan`.
-pub(crate) fn fusions(plan: &Plan) -> Vec<Fusion> {
+pub fn fusions(plan: &Plan) -> Vec<Fusion> {
     let mut fusions = vec![Fusion::Alone; plan.layers.len()];
     for (index, pair) in plan.layers.windows(2).enumerate() {
         let (lrn, pool) = (&pair[0], &pair[1]);

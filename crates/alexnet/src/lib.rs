@@ -27,7 +27,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod error;
-mod fusion;
+pub mod fusion;
 pub mod input;
 pub mod layers;
 pub mod model;
