@@ -324,6 +324,54 @@ fn lrn_across_all_channels() {
 }
 
 #[test]
+fn lrn_then_max_pool_in_one_operation() {
+    // The paper's conv1 block in miniature: per-tower LRN, then 3/2 pooling, on
+    // rectified inputs (half zero: ties, broken the same way on both sides).
+    let Some(gpu) = gpu() else { return };
+    let cpu = ReferenceCpu;
+    let lrn = LrnGeometry {
+        shape: Shape::new(12, 9, 9),
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        groups: 2,
+    };
+    let pool = pool_geometry(lrn.shape, 3, 2);
+    let n = 3;
+    let mut rng = Rng::new(37);
+    let x: Vec<f32> = random(&mut rng, n * lrn.shape.len(), 30.0)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let dy = random(&mut rng, n * pool.output.len(), 1.0);
+    let mut y_ref = vec![0.0; dy.len()];
+    let mut record_ref = vec![0.0; n * cpu.lrn_max_pool_record_len(&pool)];
+    cpu.lrn_max_pool_forward(&lrn, &pool, n, &x, &mut y_ref, Some(&mut record_ref));
+    let mut dx_ref = vec![0.0; x.len()];
+    cpu.lrn_max_pool_backward(&lrn, &pool, n, &x, &record_ref, &dy, &mut dx_ref);
+
+    let (xd, dyd) = (to_device(gpu, &x), to_device(gpu, &dy));
+    let mut yd = gpu.alloc(dy.len()).unwrap();
+    let mut record = gpu.alloc(n * gpu.lrn_max_pool_record_len(&pool)).unwrap();
+    gpu.lrn_max_pool_forward(&lrn, &pool, n, &xd, &mut yd, Some(&mut record));
+    let mut dxd = gpu.alloc(x.len()).unwrap();
+    gpu.lrn_max_pool_backward(&lrn, &pool, n, &xd, &record, &dyd, &mut dxd);
+    // A test-mode pass (no record) gives the same values.
+    let mut y_test = gpu.alloc(dy.len()).unwrap();
+    gpu.lrn_max_pool_forward(&lrn, &pool, n, &xd, &mut y_test, None);
+
+    let y = to_host(gpu, &yd, dy.len());
+    assert_close("lrn + pool y", &y, &y_ref, 1e-5);
+    assert_eq!(
+        to_host(gpu, &y_test, dy.len()),
+        y,
+        "lrn + pool y without a record"
+    );
+    assert_close("lrn + pool dx", &to_host(gpu, &dxd, x.len()), &dx_ref, 1e-5);
+}
+
+#[test]
 fn lrn_with_the_cpu_formula_at_the_tower_boundary() {
     // A direct check that the towers do not talk: changing tower 2's inputs must
     // leave tower 1's outputs exactly as they were.
