@@ -7,6 +7,7 @@
 //! ```
 //! Defaults: `alexnet`, batch 128, bf16.
 
+use alexnet::fusion::{self, Fusion};
 use alexnet::{Cpu, Model, NetSpec, Network, Precision, Products, Sgd, rng::Rng};
 
 fn resident(field: &str) -> f64 {
@@ -51,13 +52,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mib = |floats: usize| floats as f64 * 4.0 / (1 << 20) as f64;
     let params: usize = plan.params.iter().map(|p| p.len()).sum();
-    let activations: usize = plan.activations.iter().sum();
-    let widest = plan.activations.iter().copied().max().unwrap_or(0);
+    // A fused LRN's output has no buffer (see `alexnet::fusion`).
+    let fusions = fusion::fusions(&plan);
+    let unkept: usize = plan
+        .layers
+        .iter()
+        .zip(&fusions)
+        .filter(|(_, f)| matches!(f, Fusion::LrnIntoPool { .. }))
+        .map(|(layer, _)| plan.activations[layer.dst])
+        .sum();
+    let activations = plan.activations.iter().sum::<usize>() - unkept;
+    let [first, second] = fusion::gradient_lens(&plan, &fusions);
     println!(
-        "  planned: parameters x3 {:.1} MiB; activations {:.2} MiB/image; gradients 2 x {:.2} MiB/image",
+        "  planned: parameters x3 {:.1} MiB; activations {:.2} MiB/image; gradients {:.2} + {:.2} MiB/image",
         mib(3 * params),
         mib(activations),
-        mib(widest)
+        mib(first),
+        mib(second)
     );
 
     let mut rng = Rng::new(2);

@@ -43,7 +43,7 @@ pub fn fusions(plan: &Plan) -> Vec<Fusion> {
 
 /// What a layer's backward pass does with the two gradient buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GradientStep {
+pub enum GradientStep {
     /// Works in place on the current buffer, or does nothing.
     Stays,
     /// Writes this many values per image of its input's gradient into the other
@@ -52,7 +52,7 @@ pub(crate) enum GradientStep {
 }
 
 /// What layer `index`'s backward pass does with the gradient buffers.
-pub(crate) fn gradient_step(plan: &Plan, fusions: &[Fusion], index: usize) -> GradientStep {
+pub fn gradient_step(plan: &Plan, fusions: &[Fusion], index: usize) -> GradientStep {
     let layer = &plan.layers[index];
     // The network input needs no gradient.
     let needed = |src: usize, len: usize| if src == 0 { 0 } else { len };
@@ -80,7 +80,7 @@ pub(crate) fn gradient_step(plan: &Plan, fusions: &[Fusion], index: usize) -> Gr
 
 /// Values per image each gradient buffer must hold: the backward pass starts
 /// with the logits' gradient in buffer 0 and alternates as [`gradient_step`] says.
-pub(crate) fn gradient_lens(plan: &Plan, fusions: &[Fusion]) -> [usize; 2] {
+pub fn gradient_lens(plan: &Plan, fusions: &[Fusion]) -> [usize; 2] {
     let mut lens = [plan.classes(), 0];
     let mut current = 0;
     for index in (0..plan.layers.len()).rev() {

@@ -7,7 +7,8 @@
 //! output of an LRN fused with the max pooling after it (see [`crate::fusion`]),
 //! which is never kept; two gradient buffers, used in turn as the gradient flows
 //! back, each sized for the largest gradient it will hold. Nothing is allocated
-//! by a step after construction.
+//! by a step after construction (a backend may grow scratch of its own in the
+//! first step).
 
 use std::ops::Range;
 use std::time::Instant;
@@ -439,10 +440,6 @@ impl<B: Backend> Network<B> {
                 if step == GradientStep::Stays {
                     return false;
                 }
-                if !self.records_fresh[index] {
-                    // The last forward pass was a test-mode one, which records nothing.
-                    self.forward_lrn_pool(lrn, index, n, Mode::Train);
-                }
                 let (lrn_layer, pool_layer) = (&self.plan.layers[lrn], &self.plan.layers[index]);
                 let (
                     Op::Lrn {
@@ -458,13 +455,31 @@ impl<B: Backend> Network<B> {
                 let [g0, g1] = &mut self.gradients;
                 let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
                 let record = self.records[index]
-                    .as_ref()
+                    .as_mut()
                     .expect("fused pools own a record");
+                let x = &self.activations[lrn_layer.src];
+                if !self.records_fresh[index]
+                    && self.backend.lrn_max_pool_record_len(pool_geometry) > 0
+                {
+                    // The last forward pass was a test-mode one, which records
+                    // nothing: run it again for the record. Its pooled values go
+                    // to `dx`, which is overwritten next; the pool's own buffer may
+                    // already hold an in-place activation's output.
+                    self.backend.lrn_max_pool_forward(
+                        lrn_geometry,
+                        pool_geometry,
+                        n,
+                        x,
+                        dx,
+                        Some(record),
+                    );
+                    self.records_fresh[index] = true;
+                }
                 self.backend.lrn_max_pool_backward(
                     lrn_geometry,
                     pool_geometry,
                     n,
-                    &self.activations[lrn_layer.src],
+                    x,
                     record,
                     dy,
                     dx,

@@ -371,6 +371,15 @@ fn fused_lrn_and_pooling_keep_the_layer_semantics() {
         2,
         "the miniature has the paper's two LRN layers"
     );
+    let fusions = alexnet::fusion::fusions(&plan);
+    for &index in &lrn_layers {
+        assert_eq!(
+            fusions[index],
+            alexnet::fusion::Fusion::LrnIntoPool { pool: index + 1 },
+            "{} runs with its pooling",
+            plan.layers[index].label
+        );
+    }
     for &index in &lrn_layers {
         let alexnet::plan::Op::Lrn { geometry } = &plan.layers[index].op else {
             unreachable!()
@@ -402,6 +411,74 @@ fn fused_lrn_and_pooling_keep_the_layer_semantics() {
             &net.param_grad(index),
             expected,
             1e-5,
+        );
+    }
+}
+
+/// A test-mode forward pass records nothing for a fused LRN + pooling, so the
+/// backward pass runs it again: that must leave the pool's buffer alone, where
+/// an in-place activation after the pool keeps its output for its own backward
+/// pass (a second backward pass, and the features, read it).
+#[test]
+fn recording_again_keeps_an_in_place_activation_after_the_pool() {
+    let spec = NetSpec::from_toml(
+        r#"
+name = "lrn-pool-tanh"
+classes = 3
+[input]
+channels = 2
+height = 11
+width = 11
+[[layers]]
+type = "conv"
+name = "conv1"
+out = 6
+kernel = 3
+pad = 1
+init_std = 0.5
+[[layers]]
+type = "lrn"
+[[layers]]
+type = "max-pool"
+size = 3
+stride = 2
+[[layers]]
+type = "tanh"
+[[layers]]
+type = "linear"
+name = "fc"
+"#,
+        "test",
+    )
+    .unwrap();
+    let batch = 2;
+    let mut rng = Rng::new(21);
+    let mut net = Network::new(Cpu::new(), &spec, batch, 6).unwrap();
+    let images = random(&mut rng, batch * net.plan().input_shape().len(), 3.0);
+    let labels = [2, 0];
+    net.set_input(&images).unwrap();
+    net.forward(Mode::Test);
+    let tanh_output = net.layer_output(3);
+    assert!(tanh_output.iter().all(|v| v.abs() < 1.0), "tanh's outputs");
+    net.backward(&labels).unwrap();
+    let first: Vec<Vec<f32>> = (0..net.plan().params.len())
+        .map(|i| net.param_grad(i))
+        .collect();
+    assert_eq!(
+        net.layer_output(3),
+        tanh_output,
+        "tanh's outputs after a backward pass"
+    );
+    net.backward(&labels).unwrap();
+    for (index, expected) in first.iter().enumerate() {
+        assert_close(
+            &format!(
+                "{} in a second backward pass",
+                net.plan().params[index].name
+            ),
+            &net.param_grad(index),
+            expected,
+            1e-6,
         );
     }
 }
