@@ -493,8 +493,9 @@ fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
 /// - 3x3 stride-1 padding-1 kernels by F(2x2, 3x3), in both modes (in bf16 mode
 ///   the products take the transformed blocks rounded to bf16);
 /// - strided kernels spanning three strides (conv1: 11x11, stride 4) as 3x3
-///   convolutions on phase planes by F(4x4, 3x3): the forward pass in f32 only
-///   (its gradients by im2col were faster);
+///   convolutions on phase planes by F(4x4, 3x3), in f32 only: the forward
+///   pass, and the weight gradient where no input gradient is wanted (an input
+///   gradient keeps im2col);
 /// - 5x5 stride-1 padding-2 kernels by F(3x3, 3x3) on four 3x3 pieces, in f32
 ///   only: rounding its transformed blocks to bf16 was 6-9 times a direct bf16
 ///   convolution's error (its transforms have larger coefficients).
@@ -530,6 +531,12 @@ pub fn backward(
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
+    if uses_winograd(g, n, products) && winograd_strided::applies(g) && dx.is_none() {
+        // The paper's conv1: only the weight gradient is needed.
+        winograd_strided::backward_weights(g, n, x, dy, dw);
+        add_bias_gradient(g, dy, db);
+        return;
+    }
     if uses_winograd(g, n, products) && !winograd_strided::applies(g) {
         let dx = dx.map(|dx| &mut dx[..n * il]);
         if winograd::applies(g) {

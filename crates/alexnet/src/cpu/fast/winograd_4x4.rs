@@ -1,6 +1,6 @@
 //! 3x3 convolutions with stride 1 and padding 1 by Winograd's F(4x4, 3x3)
 //! (Lavin & Gray, 2016), in f32: the phase-plane convolution of conv1
-//! ([`super::winograd_strided`]).
+//! ([`super::winograd_strided`]), forward and weight gradient.
 //!
 //! As [`super::winograd`]'s F(2x2, 3x3), with 4x4 output blocks from 6x6 input
 //! blocks: 36 multiplies per 16 outputs instead of 16 per 4, 4x fewer than a
@@ -71,6 +71,30 @@ fn output_transform([m0, m1, m2, m3, m4, m5]: [f32; SIDE]) -> [f32; OUT] {
         diff12 + 2.0 * diff34,
         sum12 + 4.0 * sum34,
         diff12 + 8.0 * diff34 + m5,
+    ]
+}
+
+/// `A g` for one column (or row) of four output gradients: the adjoint of
+/// `output_transform`, which maps a 4x4 block of output gradients to the
+/// gradients of its 6x6 products.
+#[inline(always)]
+fn output_gradient_transform([g0, g1, g2, g3]: [f32; OUT]) -> [f32; SIDE] {
+    let (even, odd) = (g0 + g2, g1 + g3);
+    let (even4, odd2) = (g0 + 4.0 * g2, 2.0 * g1 + 8.0 * g3);
+    [g0, even + odd, even - odd, even4 + odd2, even4 - odd2, g3]
+}
+
+/// `G^T u` for one column (or row) of six Winograd-domain kernel gradients: the
+/// adjoint of `kernel_transform`.
+#[inline(always)]
+fn kernel_gradient_transform([u0, u1, u2, u3, u4, u5]: [f32; SIDE]) -> [f32; 3] {
+    const SIXTH: f32 = 1.0 / 6.0;
+    const TWELFTH: f32 = 1.0 / 12.0;
+    const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+    [
+        0.25 * u0 - SIXTH * (u1 + u2) + TWENTY_FOURTH * (u3 + u4),
+        SIXTH * (u2 - u1) + TWELFTH * (u3 - u4),
+        SIXTH * (u3 + u4 - u1 - u2) + u5,
     ]
 }
 
@@ -260,9 +284,174 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
     }
 }
 
+/// `dm[xi][channel][tile]` = `A dY A^T` for every 4x4 block of output
+/// gradients (zero outside the plane) of the images in `dy`, laid out as
+/// `input_tiles` lays out its blocks. `rows` is scratch of `6 * 4 * tx` values.
+fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, rows: &mut [f32]) {
+    let (h, wd) = (shape.height, shape.width);
+    let plane = h * wd;
+    let (ty, tx) = tiles(shape);
+    let pw = OUT * tx;
+    let rows = &mut rows[..SIDE * pw];
+    let count = dy.len() / (shape.channels * plane);
+    for i in 0..count {
+        for o in 0..shape.channels {
+            let src = &dy[(i * shape.channels + o) * plane..][..plane];
+            for by in 0..ty {
+                // Columns first, along the block row's four gradient rows.
+                let value = |r: usize, j: usize| {
+                    let y = OUT * by + r;
+                    if y < h && j < wd {
+                        src[y * wd + j]
+                    } else {
+                        0.0
+                    }
+                };
+                for j in 0..pw {
+                    let column = output_gradient_transform(std::array::from_fn(|r| value(r, j)));
+                    for (r, v) in column.into_iter().enumerate() {
+                        rows[r * pw + j] = v;
+                    }
+                }
+                let first = i * ty * tx + by * tx;
+                for (r, t) in rows.chunks_exact(pw).enumerate() {
+                    for bx in 0..tx {
+                        let block =
+                            output_gradient_transform(t[OUT * bx..][..OUT].try_into().expect("4"));
+                        for (q, v) in block.into_iter().enumerate() {
+                            dm[((r * SIDE + q) * shape.channels + o) * width + first + bx] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `du += ` the Winograd-domain weight gradient (`[xi][out][in of group]`, as
+/// `transform_kernels` lays out kernels) of the whole images in `x` with
+/// output gradients `dy`, on this thread, in one run of products:
+/// `dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T`.
+pub(super) fn add_transformed_weight_gradient(
+    g: &ConvGeometry,
+    x: &[f32],
+    dy: &[f32],
+    du: &mut [f32],
+    products: Products,
+) {
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    let (ty, tx) = tiles(&g.input);
+    let width = x.len() / g.input.len() * ty * tx;
+    let extra = padded_len(&g.input).max(SIDE * OUT * tx);
+    with_scratch(XI * (ci + co) * width + extra, |scratch| {
+        let (v, rest) = scratch.split_at_mut(XI * ci * width);
+        let (dm, pad) = rest.split_at_mut(XI * co * width);
+        input_tiles(&g.input, x, v, width, pad);
+        output_grad_tiles(&g.output, dy, dm, width, pad);
+        for group in 0..g.groups {
+            for xi in 0..XI {
+                matmul(
+                    cog,
+                    cig,
+                    width,
+                    &dm[(xi * co + group * cog) * width..][..cog * width],
+                    Layout::Normal,
+                    &v[(xi * ci + group * cig) * width..][..cig * width],
+                    Layout::Transposed,
+                    &mut du[(xi * co + group * cog) * cig..][..cog * cig],
+                    true,
+                    1,
+                    products,
+                );
+            }
+        }
+    });
+}
+
+/// `dw += G^T dU G` for every kernel: the weight gradient from its
+/// Winograd-domain form `du` (`add_transformed_weight_gradient`'s sums).
+pub(super) fn add_weight_gradient(g: &ConvGeometry, du: &[f32], dw: &mut [f32]) {
+    let (cig, co) = (g.in_per_group(), g.output.channels);
+    for o in 0..co {
+        for c in 0..cig {
+            // s = G^T dU (3x6) column by column, then dW = s G (3x3) row by row.
+            let mut s = [[0.0f32; SIDE]; 3];
+            for col in 0..SIDE {
+                let column = std::array::from_fn(|r| du[((r * SIDE + col) * co + o) * cig + c]);
+                for (r, value) in kernel_gradient_transform(column).into_iter().enumerate() {
+                    s[r][col] = value;
+                }
+            }
+            let kernel = &mut dw[(o * cig + c) * 9..][..9];
+            for (r, row) in s.into_iter().enumerate() {
+                for (q, value) in kernel_gradient_transform(row).into_iter().enumerate() {
+                    kernel[r * 3 + q] += value;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `B^T d B` for one 6x6 block, by columns then rows.
+    fn transform_block(d: &[f32; XI]) -> [f32; XI] {
+        let mut t = [0.0f32; XI];
+        for c in 0..SIDE {
+            let column = input_transform(std::array::from_fn(|r| d[r * SIDE + c]));
+            for r in 0..SIDE {
+                t[r * SIDE + c] = column[r];
+            }
+        }
+        let mut v = [0.0f32; XI];
+        for r in 0..SIDE {
+            v[r * SIDE..][..SIDE]
+                .copy_from_slice(&input_transform(t[r * SIDE..][..SIDE].try_into().unwrap()));
+        }
+        v
+    }
+
+    #[test]
+    fn one_block_gives_the_direct_weight_gradient() {
+        // dW[ky][kx] = sum over the 4x4 outputs of dY[r][q] d[r + ky][q + kx].
+        let d: [f32; XI] = std::array::from_fn(|i| (i as f32 * 0.53).cos());
+        let dy: [f32; 16] = std::array::from_fn(|i| (i as f32 * 0.29).sin());
+        let v = transform_block(&d);
+        // dM = A dY A^T, by columns then rows.
+        let mut t = [[0.0f32; OUT]; SIDE];
+        for c in 0..OUT {
+            let column = output_gradient_transform(std::array::from_fn(|r| dy[r * OUT + c]));
+            for r in 0..SIDE {
+                t[r][c] = column[r];
+            }
+        }
+        let dm: Vec<f32> = t
+            .iter()
+            .flat_map(|row| output_gradient_transform(*row))
+            .collect();
+        let du: Vec<f32> = dm.iter().zip(&v).map(|(m, v)| m * v).collect();
+        let g = ConvGeometry::new(Shape::new(1, 4, 4), 1, 3, 1, 1, 1).expect("3x3");
+        let mut dw = [0.5f32; 9];
+        add_weight_gradient(&g, &du, &mut dw);
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let mut direct = 0.5f32;
+                for r in 0..OUT {
+                    for q in 0..OUT {
+                        direct += dy[r * OUT + q] * d[(r + ky) * SIDE + q + kx];
+                    }
+                }
+                let ours = dw[ky * 3 + kx];
+                assert!(
+                    (ours - direct).abs() < 1e-5,
+                    "tap {ky},{kx}: {ours} against {direct}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn one_block_equals_the_direct_sums() {

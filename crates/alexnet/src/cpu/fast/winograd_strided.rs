@@ -15,10 +15,11 @@
 //! outputs of 55x55 cropped from 57x57. The phase split and the crop copy each
 //! value once; each thread takes an image at a time, so its buffers stay small.
 //!
-//! Forward pass in f32 only. The same route for the weight gradient (and in
-//! bf16 mode) was slower than im2col: the F(2x2, 3x3) transforms of 96
-//! gradient planes and 48 phase planes per image cost more than the 1.7x fewer
-//! multiplies saved (BENCHMARKS.md), so `conv::backward` keeps im2col.
+//! In f32 only. The weight gradient goes the same route where no input
+//! gradient is wanted (conv1): by F(2x2, 3x3) it was slower than im2col (the
+//! transforms of 96 gradient planes and 48 phase planes per image outweighed
+//! the multiplies saved), by F(4x4, 3x3) it is about 10% faster
+//! (BENCHMARKS.md). An input gradient, and bf16 mode, keep im2col.
 
 use std::sync::Mutex;
 
@@ -176,6 +177,88 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                 }
             });
         });
+}
+
+/// Adds the weight gradient of the first `n` images into `dw` (not the bias's):
+/// the inner convolution's, by F(4x4, 3x3) on the phase planes, folded back
+/// onto the strided kernels. Each thread sums the Winograd-domain gradients of
+/// its contiguous part of the batch, an image at a time, into its own partial;
+/// the partials are added in a fixed order, so results do not depend on
+/// scheduling.
+pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(applies(g));
+    let inner = inner(g);
+    let (il, ol) = (g.input.len(), g.output.len());
+    let (oh, ow) = (g.output.height, g.output.width);
+    let pw = inner.output.width;
+    let parts = rayon::current_num_threads().min(n).max(1);
+    let per_part = n.div_ceil(parts);
+    let parts = n.div_ceil(per_part);
+    let du_len = winograd_4x4::transformed_len(&inner);
+    let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    let [partials, inner_dw] = pieces(&mut buffer, [parts * du_len, inner.weight_len()]);
+    partials
+        .par_chunks_exact_mut(du_len)
+        .zip(x[..n * il].par_chunks(per_part * il))
+        .zip(dy[..n * ol].par_chunks(per_part * ol))
+        .for_each(|((du, x), dy)| {
+            du.fill(0.0);
+            for (x, dy) in x.chunks_exact(il).zip(dy.chunks_exact(ol)) {
+                with_staging(inner.input.len() + inner.output.len(), |staging| {
+                    let (planes, inner_dy) = staging.split_at_mut(inner.input.len());
+                    split_phases(g, &inner, x, planes);
+                    // The gradient of the inner outputs: `dy` one in from the
+                    // border, zero on the cropped border.
+                    inner_dy.fill(0.0);
+                    for (dst, src) in inner_dy
+                        .chunks_exact_mut(inner.out_plane())
+                        .zip(dy.chunks_exact(oh * ow))
+                    {
+                        for (i, row) in src.chunks_exact(ow).enumerate() {
+                            dst[(i + 1) * pw + 1..][..ow].copy_from_slice(row);
+                        }
+                    }
+                    winograd_4x4::add_transformed_weight_gradient(
+                        &inner,
+                        planes,
+                        inner_dy,
+                        du,
+                        Products::default(),
+                    );
+                });
+            }
+        });
+    let (total, rest) = partials.split_at_mut(du_len);
+    for partial in rest.chunks_exact(du_len) {
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+    }
+    inner_dw.fill(0.0);
+    winograd_4x4::add_weight_gradient(&inner, total, inner_dw);
+    merge_kernels(g, inner_dw, dw);
+}
+
+/// Adds the inner convolution's kernel gradients into `g`'s: the adjoint of
+/// `split_kernels` (taps past the kernel are dropped).
+fn merge_kernels(g: &ConvGeometry, inner_dw: &[f32], dw: &mut [f32]) {
+    let (s, k) = (g.stride, g.kernel);
+    let cig = g.in_per_group();
+    let inner_cig = cig * s * s;
+    for o in 0..g.output.channels {
+        for c in 0..cig {
+            let kernel = &mut dw[(o * cig + c) * k * k..][..k * k];
+            for py in 0..s {
+                for px in 0..s {
+                    let at = (o * inner_cig + phase_channel(g, c, py, px)) * 9;
+                    for (tap, value) in inner_dw[at..][..9].iter().enumerate() {
+                        let (r, q) = (s * (tap / 3) + py, s * (tap % 3) + px);
+                        if r < k && q < k {
+                            kernel[r * k + q] += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
