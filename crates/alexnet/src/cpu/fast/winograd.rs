@@ -63,6 +63,83 @@ pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
+/// The products of a forward pass in a Winograd domain of `positions` values
+/// per block, for every group: `m[xi] (out x width) = u[xi] (out x in) * v[xi]
+/// (in x width)`, with `u` laid out `[xi][out][in of group]` and `v`, `m`
+/// `[xi][channel][column]`.
+pub(super) fn domain_products(
+    g: &ConvGeometry,
+    positions: usize,
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    width: usize,
+    products: Products,
+) {
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    for group in 0..g.groups {
+        for xi in 0..positions {
+            matmul(
+                cog,
+                width,
+                cig,
+                &u[(xi * co + group * cog) * cig..][..cog * cig],
+                Layout::Normal,
+                &v[(xi * ci + group * cig) * width..][..cig * width],
+                Layout::Normal,
+                &mut m[(xi * co + group * cog) * width..][..cog * width],
+                false,
+                1,
+                products,
+            );
+        }
+    }
+}
+
+/// The products of a weight gradient in a Winograd domain, laid out as in
+/// [`domain_products`]: `du[xi] (out x in) += dm[xi] (out x width) * v[xi]^T`.
+pub(super) fn domain_weight_products(
+    g: &ConvGeometry,
+    positions: usize,
+    dm: &[f32],
+    v: &[f32],
+    du: &mut [f32],
+    width: usize,
+    products: Products,
+) {
+    let (cig, cog) = (g.in_per_group(), g.out_per_group());
+    let (ci, co) = (g.input.channels, g.output.channels);
+    for group in 0..g.groups {
+        for xi in 0..positions {
+            matmul(
+                cog,
+                cig,
+                width,
+                &dm[(xi * co + group * cog) * width..][..cog * width],
+                Layout::Normal,
+                &v[(xi * ci + group * cig) * width..][..cig * width],
+                Layout::Transposed,
+                &mut du[(xi * co + group * cog) * cig..][..cog * cig],
+                true,
+                1,
+                products,
+            );
+        }
+    }
+}
+
+/// Adds every `len`-value partial sum of `partials` after the first into the
+/// first, in order (so results do not depend on which thread made which), and
+/// returns it.
+pub(super) fn sum_partials(partials: &mut [f32], len: usize) -> &mut [f32] {
+    let (total, rest) = partials.split_at_mut(len);
+    for partial in rest.chunks_exact(len) {
+        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
 /// Whether a convolution can take this path: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.kernel == 3 && g.stride == 1 && g.pad == 1
@@ -199,7 +276,6 @@ pub(super) fn forward_images(
     y: &mut [f32],
     products: Products,
 ) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let (ci, co) = (g.input.channels, g.output.channels);
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
@@ -210,23 +286,7 @@ pub(super) fn forward_images(
         // Compiled for baseline x86-64: run through `simd::dispatch` (AVX-512),
         // this transform and `output_tiles` measured no faster (BENCHMARKS.md).
         input_tiles(&g.input, x, v, width, pad);
-        for group in 0..g.groups {
-            for xi in 0..XI {
-                matmul(
-                    cog,
-                    width,
-                    cig,
-                    &u[(xi * co + group * cog) * cig..][..cog * cig],
-                    Layout::Normal,
-                    &v[(xi * ci + group * cig) * width..][..cig * width],
-                    Layout::Normal,
-                    &mut m[(xi * co + group * cog) * width..][..cog * width],
-                    false,
-                    1,
-                    products,
-                );
-            }
-        }
+        domain_products(g, XI, u, v, m, width, products);
         output_tiles(&g.output, m, b, y, width);
     });
 }
@@ -472,11 +532,7 @@ pub fn backward_weights(
                 add_transformed_weight_gradient(g, x, dy, du, products);
             }
         });
-    let (total, rest) = partials.split_at_mut(du_len);
-    for partial in rest.chunks_exact(du_len) {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
-    }
-    add_weight_gradient(g, total, dw);
+    add_weight_gradient(g, sum_partials(partials, du_len), dw);
 }
 
 /// `du += ` the Winograd-domain weight gradient (`[xi][out][in of group]`, as
@@ -489,7 +545,6 @@ pub(super) fn add_transformed_weight_gradient(
     du: &mut [f32],
     products: Products,
 ) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let (ci, co) = (g.input.channels, g.output.channels);
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
@@ -499,24 +554,7 @@ pub(super) fn add_transformed_weight_gradient(
         let (dm, pad) = rest.split_at_mut(XI * co * width);
         input_tiles(&g.input, x, v, width, pad);
         output_grad_tiles(&g.output, dy, dm, width, pad);
-        for group in 0..g.groups {
-            for xi in 0..XI {
-                // dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T.
-                matmul(
-                    cog,
-                    cig,
-                    width,
-                    &dm[(xi * co + group * cog) * width..][..cog * width],
-                    Layout::Normal,
-                    &v[(xi * ci + group * cig) * width..][..cig * width],
-                    Layout::Transposed,
-                    &mut du[(xi * co + group * cog) * cig..][..cog * cig],
-                    true,
-                    1,
-                    products,
-                );
-            }
-        }
+        domain_weight_products(g, XI, dm, v, du, width, products);
     });
 }
 

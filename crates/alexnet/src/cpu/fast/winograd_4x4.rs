@@ -19,9 +19,10 @@
 //!       [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]]`,
 //! `A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]`.
 
-use super::gemm::{Layout, Products, matmul};
+use super::gemm::Products;
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
+use super::winograd::{domain_products, domain_weight_products};
 use crate::layers::{ConvGeometry, Shape};
 
 /// Positions in a 6x6 Winograd-domain block.
@@ -151,7 +152,6 @@ pub(super) fn forward_images(
     y: &mut [f32],
     products: Products,
 ) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let (ci, co) = (g.input.channels, g.output.channels);
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
@@ -160,23 +160,7 @@ pub(super) fn forward_images(
         let (v, rest) = scratch.split_at_mut(XI * ci * width);
         let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
         input_tiles(&g.input, x, v, width, pad);
-        for group in 0..g.groups {
-            for xi in 0..XI {
-                matmul(
-                    cog,
-                    width,
-                    cig,
-                    &u[(xi * co + group * cog) * cig..][..cog * cig],
-                    Layout::Normal,
-                    &v[(xi * ci + group * cig) * width..][..cig * width],
-                    Layout::Normal,
-                    &mut m[(xi * co + group * cog) * width..][..cog * width],
-                    false,
-                    1,
-                    products,
-                );
-            }
-        }
+        domain_products(g, XI, u, v, m, width, products);
         output_tiles(&g.output, m, b, y, width);
     });
 }
@@ -339,7 +323,6 @@ pub(super) fn add_transformed_weight_gradient(
     du: &mut [f32],
     products: Products,
 ) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let (ci, co) = (g.input.channels, g.output.channels);
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
@@ -349,23 +332,7 @@ pub(super) fn add_transformed_weight_gradient(
         let (dm, pad) = rest.split_at_mut(XI * co * width);
         input_tiles(&g.input, x, v, width, pad);
         output_grad_tiles(&g.output, dy, dm, width, pad);
-        for group in 0..g.groups {
-            for xi in 0..XI {
-                matmul(
-                    cog,
-                    cig,
-                    width,
-                    &dm[(xi * co + group * cog) * width..][..cog * width],
-                    Layout::Normal,
-                    &v[(xi * ci + group * cig) * width..][..cig * width],
-                    Layout::Transposed,
-                    &mut du[(xi * co + group * cog) * cig..][..cog * cig],
-                    true,
-                    1,
-                    products,
-                );
-            }
-        }
+        domain_weight_products(g, XI, dm, v, du, width, products);
     });
 }
 

@@ -45,7 +45,7 @@ use super::gemm::{Strided, matmul_f32_strided};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use super::simd;
-use super::winograd::{sized, with_input_gradient_kernels};
+use super::winograd::{sized, sum_partials, with_input_gradient_kernels};
 use crate::layers::{ConvGeometry, Shape};
 
 /// Positions in a 5x5 Winograd-domain block.
@@ -640,10 +640,7 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
                 });
             }
         });
-    let (total, rest) = partials.split_at_mut(du_len);
-    for partial in rest.chunks_exact(du_len) {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
-    }
+    let total = sum_partials(partials, du_len);
     for o in 0..co {
         for c in 0..cig {
             let dk = &mut dw[(o * cig + c) * 25..][..25];

@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use super::gemm::Products;
 use super::scratch::with_staging;
+use super::winograd::sum_partials;
 use super::winograd_4x4;
 use crate::layers::{ConvGeometry, Shape};
 
@@ -228,12 +229,8 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
                 });
             }
         });
-    let (total, rest) = partials.split_at_mut(du_len);
-    for partial in rest.chunks_exact(du_len) {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
-    }
     inner_dw.fill(0.0);
-    winograd_4x4::add_weight_gradient(&inner, total, inner_dw);
+    winograd_4x4::add_weight_gradient(&inner, sum_partials(partials, du_len), inner_dw);
     merge_kernels(g, inner_dw, dw);
 }
 
