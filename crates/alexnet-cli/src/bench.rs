@@ -172,6 +172,8 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
                     Fusion::Alone => None,
                     Fusion::LrnIntoPool { pool } => Some(plan.layers[pool].label.clone()),
                     Fusion::PoolAfterLrn { lrn } => Some(plan.layers[lrn].label.clone()),
+                    Fusion::ConvWithRelu { relu } => Some(plan.layers[relu].label.clone()),
+                    Fusion::ReluAfterConv { conv } => Some(plan.layers[conv].label.clone()),
                 },
             }));
         }
@@ -235,8 +237,9 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
         }
         if layers.iter().any(|l| !l["fused_with"].is_null()) {
             println!(
-                "  (an LRN and the max pooling after it run as one operation: both forward passes \
-                 are in the LRN's row, both backward passes in the pooling's)"
+                "  (fused layers: a ReLU's forward pass is in its convolution's row; an LRN and the \
+                 max pooling after it run as one operation, both forward passes in the LRN's row, \
+                 both backward passes in the pooling's)"
             );
         }
     }

@@ -46,6 +46,20 @@ pub trait Backend: Send + Sync {
         b: &Self::Buffer,
         y: &mut Self::Buffer,
     );
+    /// A convolution followed by a ReLU: `y = max(0, conv(x, w) + b)`, which a
+    /// backend may compute without a second pass over `y`.
+    fn conv_relu_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &Self::Buffer,
+        w: &Self::Buffer,
+        b: &Self::Buffer,
+        y: &mut Self::Buffer,
+    ) {
+        self.conv_forward(g, n, x, w, b, y);
+        self.relu_forward(n * g.output.len(), y);
+    }
     /// `dx` is `None` where the input gradient is not needed (the first layer).
     fn conv_backward(
         &self,

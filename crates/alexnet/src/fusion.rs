@@ -1,6 +1,11 @@
 //! Which layers the network runs as one operation, and how large its two
 //! gradient buffers must be.
 //!
+//! A ReLU right after a convolution runs inside it
+//! ([`crate::Backend::conv_relu_forward`]): the convolution's output buffer then
+//! holds the rectified values, as it would after the in-place ReLU, so only the
+//! forward pass changes.
+//!
 //! A max-pooling layer that reads an LRN's output directly (the paper's conv1
 //! and conv2 blocks: conv, ReLU, LRN, pool) runs together with that LRN as
 //! [`crate::Backend::lrn_max_pool_forward`]: the LRN's output, as large as the
@@ -14,6 +19,10 @@ use crate::plan::{Op, Plan};
 pub enum Fusion {
     /// On its own.
     Alone,
+    /// A convolution whose forward pass also applies ReLU layer `relu` (the next one).
+    ConvWithRelu { relu: usize },
+    /// A ReLU applied by convolution `conv`'s forward pass; its backward pass is its own.
+    ReluAfterConv { conv: usize },
     /// An LRN whose forward pass also computes max-pooling layer `pool` (the
     /// next one); its backward pass is done by that layer's.
     LrnIntoPool { pool: usize },
@@ -25,6 +34,16 @@ pub enum Fusion {
 /// The fusion of every layer of `plan`.
 pub fn fusions(plan: &Plan) -> Vec<Fusion> {
     let mut fusions = vec![Fusion::Alone; plan.layers.len()];
+    for (index, pair) in plan.layers.windows(2).enumerate() {
+        let (conv, relu) = (&pair[0], &pair[1]);
+        if matches!(conv.op, Op::Conv { .. })
+            && matches!(relu.op, Op::Relu { .. })
+            && relu.src == conv.dst
+        {
+            fusions[index] = Fusion::ConvWithRelu { relu: index + 1 };
+            fusions[index + 1] = Fusion::ReluAfterConv { conv: index };
+        }
+    }
     for (index, pair) in plan.layers.windows(2).enumerate() {
         let (lrn, pool) = (&pair[0], &pair[1]);
         // The pool must read the LRN's own buffer: a gathered pool reads a
@@ -66,15 +85,17 @@ pub fn gradient_step(plan: &Plan, fusions: &[Fusion], index: usize) -> GradientS
                 GradientStep::Moves(lrn.input.len())
             }
         }
-        Fusion::Alone => match layer.op {
-            Op::Relu { .. } | Op::Tanh { .. } => GradientStep::Stays,
-            // The parameter gradients are needed even where the input's is not.
-            Op::Conv { .. } | Op::Linear { .. } => {
-                GradientStep::Moves(needed(layer.src, layer.input.len()))
+        Fusion::Alone | Fusion::ConvWithRelu { .. } | Fusion::ReluAfterConv { .. } => {
+            match layer.op {
+                Op::Relu { .. } | Op::Tanh { .. } => GradientStep::Stays,
+                // The parameter gradients are needed even where the input's is not.
+                Op::Conv { .. } | Op::Linear { .. } => {
+                    GradientStep::Moves(needed(layer.src, layer.input.len()))
+                }
+                _ if layer.src == 0 => GradientStep::Stays,
+                _ => GradientStep::Moves(layer.input.len()),
             }
-            _ if layer.src == 0 => GradientStep::Stays,
-            _ => GradientStep::Moves(layer.input.len()),
-        },
+        }
     }
 }
 

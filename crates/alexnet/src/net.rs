@@ -300,12 +300,13 @@ impl<B: Backend> Network<B> {
     fn forward_layer(&mut self, index: usize, n: usize, mode: Mode) {
         let layer = &self.plan.layers[index];
         let be = &self.backend;
-        match self.fusions[index] {
-            Fusion::Alone => {}
+        let rectify = match self.fusions[index] {
+            Fusion::Alone => false,
+            Fusion::ConvWithRelu { .. } => true,
             Fusion::LrnIntoPool { pool } => return self.forward_lrn_pool(index, pool, n, mode),
-            // Computed with the LRN before it.
-            Fusion::PoolAfterLrn { .. } => return,
-        }
+            // Computed with the layer before it.
+            Fusion::PoolAfterLrn { .. } | Fusion::ReluAfterConv { .. } => return,
+        };
         if layer.op.in_place() {
             let x = &mut self.activations[layer.src];
             let len = n * layer.output.len();
@@ -319,6 +320,14 @@ impl<B: Backend> Network<B> {
         let (before, after) = self.activations.split_at_mut(layer.dst);
         let (x, y) = (&before[layer.src], &mut after[0]);
         match &layer.op {
+            Op::Conv { geometry, weight } if rectify => be.conv_relu_forward(
+                geometry,
+                n,
+                x,
+                &self.params[*weight].value,
+                &self.params[weight + 1].value,
+                y,
+            ),
             Op::Conv { geometry, weight } => be.conv_forward(
                 geometry,
                 n,
@@ -433,7 +442,8 @@ impl<B: Backend> Network<B> {
     fn backward_layer(&mut self, index: usize, n: usize, current: usize) -> bool {
         let step = gradient_step(&self.plan, &self.fusions, index);
         match self.fusions[index] {
-            Fusion::Alone => {}
+            // Only the forward pass is fused.
+            Fusion::Alone | Fusion::ConvWithRelu { .. } | Fusion::ReluAfterConv { .. } => {}
             // Done by the pool's backward pass.
             Fusion::LrnIntoPool { .. } => return false,
             Fusion::PoolAfterLrn { lrn } => {

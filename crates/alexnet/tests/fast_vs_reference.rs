@@ -169,7 +169,7 @@ fn check_bf16_winograd(
         db0,
     } = case;
     let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products);
+    fast::conv::forward(g, n, x, w, b, &mut y, products, false);
     assert_within_bf16_error(&format!("{name} forward"), &y, &exact.y, &direct.y);
     let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
     fast::conv::backward(g, n, x, w, dy, &mut dw, &mut db, Some(&mut dx), products);
@@ -195,8 +195,16 @@ fn check_conv_against(
         db0,
     } = case;
     let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products);
+    fast::conv::forward(g, n, x, w, b, &mut y, products, false);
     assert_close(&format!("{name} forward"), &y, &expected.y, TOL);
+    // With the ReLU after it: the same values, rectified.
+    let mut rectified = vec![f32::NAN; y.len()];
+    fast::conv::forward(g, n, x, w, b, &mut rectified, products, true);
+    let expected_rectified: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+    assert_eq!(
+        rectified, expected_rectified,
+        "{name}: forward with the ReLU"
+    );
 
     let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
     fast::conv::backward(g, n, x, w, dy, &mut dw, &mut db, Some(&mut dx), products);

@@ -101,7 +101,18 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        fast::conv::forward(g, n, x, w, b, y, self.products)
+        fast::conv::forward(g, n, x, w, b, y, self.products, false)
+    }
+    fn conv_relu_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CpuBuffer,
+        w: &CpuBuffer,
+        b: &CpuBuffer,
+        y: &mut CpuBuffer,
+    ) {
+        fast::conv::forward(g, n, x, w, b, y, self.products, true)
     }
     fn conv_backward(
         &self,

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
+use super::elementwise;
 use super::gemm::{Layout, Precision, Products, matmul};
 use super::scratch::with_scratch;
 use super::{winograd, winograd_5x5, winograd_strided};
@@ -269,6 +270,9 @@ fn forward_images(
     });
 }
 
+/// `y = conv(x, w) + b` for the first `n` images, rectified (`max(0, .)`, a
+/// ReLU after the convolution) where `rectify` is set: each thread rectifies
+/// its part of `y` as soon as it is written, while it is still in cache.
 pub fn forward(
     g: &ConvGeometry,
     n: usize,
@@ -277,16 +281,17 @@ pub fn forward(
     b: &[f32],
     y: &mut [f32],
     products: Products,
+    rectify: bool,
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
     if uses_winograd(g, n, products) {
         return if winograd::applies(g) {
-            winograd::forward(g, n, x, w, b, y, products)
+            winograd::forward(g, n, x, w, b, y, products, rectify)
         } else if winograd_strided::applies(g) {
-            winograd_strided::forward(g, n, x, w, b, y)
+            winograd_strided::forward(g, n, x, w, b, y, rectify)
         } else {
-            winograd_5x5::forward(g, n, x, w, b, y)
+            winograd_5x5::forward(g, n, x, w, b, y, rectify)
         };
     }
     if n >= threads {
@@ -295,14 +300,19 @@ pub fn forward(
         x[..n * il]
             .par_chunks(per_product * il)
             .zip(y[..n * ol].par_chunks_mut(per_product * ol))
-            .for_each(|(x, y)| forward_images(g, x, w, b, y, products));
+            .for_each(|(x, y)| {
+                forward_images(g, x, w, b, y, products);
+                if rectify {
+                    elementwise::rectify(y);
+                }
+            });
     } else {
         // Too few images to keep every thread busy: split each image's output rows.
         for (x, y) in x[..n * il]
             .chunks_exact(il)
             .zip(y[..n * ol].chunks_exact_mut(ol))
         {
-            forward_image_split(g, x, w, b, y, threads, products);
+            forward_image_split(g, x, w, b, y, threads, products, rectify);
         }
     }
 }
@@ -332,6 +342,7 @@ fn forward_image_split(
     y: &mut [f32],
     threads: usize,
     products: Products,
+    rectify: bool,
 ) {
     let (co, kl, plane, ow, oh) = (
         g.out_per_group(),
@@ -377,6 +388,9 @@ fn forward_image_split(
                 dst.iter_mut()
                     .zip(&out[channel * width..][..width])
                     .for_each(|(d, v)| *d = v + bias);
+                if rectify {
+                    elementwise::rectify(dst);
+                }
             }
         });
     });

@@ -17,6 +17,15 @@ pub fn relu_forward(x: &mut [f32]) {
     });
 }
 
+/// `max(0, v)` for every value, on this thread: for a convolution's output
+/// while it is still in cache (see `conv::forward`).
+pub fn rectify(values: &mut [f32]) {
+    simd::dispatch(
+        #[inline(always)]
+        || values.iter_mut().for_each(|v| *v = v.max(0.0)),
+    )
+}
+
 pub fn relu_backward(y: &[f32], d: &mut [f32]) {
     d.par_chunks_mut(BLOCK)
         .zip(y.par_chunks(BLOCK))

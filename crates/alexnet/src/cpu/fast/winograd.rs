@@ -29,6 +29,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::elementwise;
 use super::gemm::{Layout, Products, matmul};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
@@ -245,6 +246,7 @@ pub fn forward(
     b: &[f32],
     y: &mut [f32],
     products: Products,
+    rectify: bool,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let mut transformed = TRANSFORMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,7 +259,12 @@ pub fn forward(
     x[..n * il]
         .par_chunks(per_chunk * il)
         .zip(y[..n * ol].par_chunks_mut(per_chunk * ol))
-        .for_each(|(x, y)| forward_images(g, x, u, b, y, products));
+        .for_each(|(x, y)| {
+            forward_images(g, x, u, b, y, products);
+            if rectify {
+                elementwise::rectify(y);
+            }
+        });
 }
 
 /// How many images side by side make a product of about `TARGET_TILES` columns.
@@ -582,7 +589,7 @@ pub fn backward_data(
     products: Products,
 ) {
     with_input_gradient_kernels(g, w, |reversed, kernels, zero_bias| {
-        forward(reversed, n, dy, kernels, zero_bias, dx, products);
+        forward(reversed, n, dy, kernels, zero_bias, dx, products, false);
     });
 }
 

@@ -41,6 +41,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::elementwise;
 use super::gemm::{Strided, matmul_f32_strided};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
@@ -479,7 +480,15 @@ fn shifted(v: &[f32], xi: usize, rows: usize, stride: usize, shift: usize) -> &[
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images. `n` should be at
 /// least the thread count (the images are shared among threads). f32 products
 /// only (see `conv::uses_winograd`).
-pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn forward(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    rectify: bool,
+) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let co = g.output.channels;
@@ -556,6 +565,9 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                     );
                 }
             });
+            if rectify {
+                elementwise::rectify(y);
+            }
         });
 }
 
@@ -658,7 +670,7 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
 /// degrees and the in/out channels swapped.
 pub fn backward_data(g: &ConvGeometry, n: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     with_input_gradient_kernels(g, w, |reversed, kernels, zero_bias| {
-        forward(reversed, n, dy, kernels, zero_bias, dx);
+        forward(reversed, n, dy, kernels, zero_bias, dx, false);
     });
 }
 

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::elementwise;
 use super::gemm::Products;
 use super::scratch::with_staging;
 use super::winograd::sum_partials;
@@ -144,7 +145,15 @@ fn pieces<const N: usize>(buffer: &mut Vec<f32>, lengths: [usize; N]) -> [&mut [
 
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images, an image at a
 /// time on each thread.
-pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn forward(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    rectify: bool,
+) {
     assert!(applies(g));
     let inner = inner(g);
     let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
@@ -175,6 +184,9 @@ pub fn forward(g: &ConvGeometry, n: usize, x: &[f32], w: &[f32], b: &[f32], y: &
                     for (i, row) in dst.chunks_exact_mut(ow).enumerate() {
                         row.copy_from_slice(&src[(i + 1) * pw + 1..][..ow]);
                     }
+                }
+                if rectify {
+                    elementwise::rectify(y);
                 }
             });
         });
