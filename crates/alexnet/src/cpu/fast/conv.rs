@@ -491,14 +491,19 @@ fn backward_images(
     add_bias_gradient(g, dy, db);
 }
 
-/// `db += ` the sum of each output channel's gradient over the images of `dy`.
+/// `db += ` the sum of each output channel's gradient over the images of `dy`,
+/// the channels shared among threads (each summed in a fixed order).
 fn add_bias_gradient(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
-    let plane = g.out_plane();
-    for dy in dy.chunks_exact(g.output.len()) {
-        for (channel, bias_grad) in dy.chunks_exact(plane).zip(db.iter_mut()) {
-            *bias_grad += channel.iter().sum::<f32>();
-        }
-    }
+    let (plane, ol) = (g.out_plane(), g.output.len());
+    db.par_iter_mut()
+        .enumerate()
+        .for_each(|(channel, bias_grad)| {
+            let total: f32 = dy
+                .chunks_exact(ol)
+                .map(|image| elementwise::sum(&image[channel * plane..][..plane]))
+                .sum();
+            *bias_grad += total;
+        });
 }
 
 /// Whether a Winograd path computes this convolution (and its gradients, but
