@@ -270,29 +270,33 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
 
 /// `dm[xi][channel][tile]` = `A dY A^T` for every 4x4 block of output
 /// gradients (zero outside the plane) of the images in `dy`, laid out as
-/// `input_tiles` lays out its blocks. `rows` is scratch of `6 * 4 * tx` values.
+/// `input_tiles` lays out its blocks. `rows` is scratch of `(6 + 4) * 4 * tx` values.
 fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, rows: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
     let (ty, tx) = tiles(shape);
     let pw = OUT * tx;
-    let rows = &mut rows[..SIDE * pw];
+    let (rows, band) = rows[..(SIDE + OUT) * pw].split_at_mut(SIDE * pw);
+    // The block row's four gradient rows, zero past the plane's right edge
+    // (written once) and bottom edge.
+    band.fill(0.0);
     let count = dy.len() / (shape.channels * plane);
     for i in 0..count {
         for o in 0..shape.channels {
             let src = &dy[(i * shape.channels + o) * plane..][..plane];
             for by in 0..ty {
-                // Columns first, along the block row's four gradient rows.
-                let value = |r: usize, j: usize| {
+                for (r, row) in band.chunks_exact_mut(pw).enumerate() {
                     let y = OUT * by + r;
-                    if y < h && j < wd {
-                        src[y * wd + j]
+                    if y < h {
+                        row[..wd].copy_from_slice(&src[y * wd..][..wd]);
                     } else {
-                        0.0
+                        row[..wd].fill(0.0);
                     }
-                };
+                }
+                // Columns first, along whole rows.
                 for j in 0..pw {
-                    let column = output_gradient_transform(std::array::from_fn(|r| value(r, j)));
+                    let column =
+                        output_gradient_transform(std::array::from_fn(|r| band[r * pw + j]));
                     for (r, v) in column.into_iter().enumerate() {
                         rows[r * pw + j] = v;
                     }
@@ -326,7 +330,7 @@ pub(super) fn add_transformed_weight_gradient(
     let (ci, co) = (g.input.channels, g.output.channels);
     let (ty, tx) = tiles(&g.input);
     let width = x.len() / g.input.len() * ty * tx;
-    let extra = padded_len(&g.input).max(SIDE * OUT * tx);
+    let extra = padded_len(&g.input).max((SIDE + OUT) * OUT * tx);
     with_scratch(XI * (ci + co) * width + extra, |scratch| {
         let (v, rest) = scratch.split_at_mut(XI * ci * width);
         let (dm, pad) = rest.split_at_mut(XI * co * width);
