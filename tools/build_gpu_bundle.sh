@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what tools/gpu_check.sh runs on a GPU machine that has no Rust toolchain:
-# the `alexnet` binary with the CUDA backend and the alexnet-cuda test executables,
+# the `alexnet` binary with the CUDA backend, the alexnet-cuda test executables and
+# its step_phases example (where a training step's time goes),
 # stripped of debug information and copied into one folder (default gpu-bundle/,
 # ignored by git). Copy that folder next to a checkout of this repository on the
 # GPU machine and run `bash tools/gpu_check.sh`.
@@ -19,6 +20,7 @@ case "$profile" in
 esac
 
 cargo build "${flag[@]}" -p alexnet-cli --features cuda
+cargo build "${flag[@]}" -p alexnet-cuda --example step_phases
 # The test executables' paths, from cargo's JSON messages (one per test target).
 mapfile -t tests < <(
   cargo test "${flag[@]}" -p alexnet-cuda --no-run --message-format=json \
@@ -37,13 +39,14 @@ for line in sys.stdin:
 rm -rf "$out"
 mkdir -p "$out/tests"
 cp "target/$dir/alexnet" "$out/alexnet"
+cp "target/$dir/examples/step_phases" "$out/step_phases"
 for entry in "${tests[@]}"; do
   name=${entry%%$'\t'*}
   cp "${entry#*$'\t'}" "$out/tests/$name"
 done
 # Debug information is most of their size, and the bundle travels.
 if command -v strip >/dev/null; then
-  strip --strip-debug "$out/alexnet" "$out"/tests/*
+  strip --strip-debug "$out/alexnet" "$out/step_phases" "$out"/tests/*
 fi
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/null || true

@@ -12,7 +12,9 @@
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
-# skips the timings (tests and workflow only). Exits non-zero if a test, the
+# skips the timings (tests and workflow only). STEP_TIMEOUT (default 300) bounds each
+# test executable, the workflow and the benchmark in seconds, so that a hang in one
+# still leaves the others' results. Exits non-zero if a test, the
 # workflow or a benchmark (any mode, or the towers) fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ cd "$(dirname "$0")/.."
 bundle=${1:-gpu-bundle}
 python=${PYTHON:-python3}
 seconds=${SECONDS_PER_MEASUREMENT:-5}
+step_timeout=${STEP_TIMEOUT:-300}
 status=0
 
 if [[ ! -x "$bundle/alexnet" ]]; then
@@ -27,29 +30,17 @@ if [[ ! -x "$bundle/alexnet" ]]; then
   exit 2
 fi
 
-# Our binaries open libcublas, libcudnn and libnvrtc by name at run time. PyTorch's
-# CUDA wheels carry them under site-packages/nvidia/*/lib (PyTorch finds them by
-# its own rpath); a CUDA toolkit keeps them in /usr/local/cuda/lib64.
-libs=$("$python" - <<'PY'
-import glob, os, site
-dirs = []
-for root in site.getsitepackages() + [site.getusersitepackages()]:
-    dirs += sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib")))
-    dirs += glob.glob(os.path.join(root, "torch", "lib"))
-dirs += [d for d in ("/usr/local/cuda/lib64",) if os.path.isdir(d)]
-print(":".join(dirs))
-PY
-)
-export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source tools/gpu_env.sh
 
 echo "== versions"
+echo "libraries looked for in: ${libs:-(none found)}"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
 "$python" -c 'import torch; print(f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}")'
 # A one-image run of the small net: the backend's own description (device,
 # driver, cuBLAS, cuDNN, NVRTC), and a first sign that it works at all.
-if ours=$("$bundle/alexnet" bench --device cuda:0 --arch cifar --seconds 0 --train-batch 2 \
+if ours=$(timeout "$step_timeout" "$bundle/alexnet" bench --device cuda:0 --arch cifar --seconds 0 --train-batch 2 \
     --infer-batch 2 --layer-steps 0 --json); then
   "$python" -c 'import json, sys; print("ours:", json.loads(sys.stdin.read().strip().splitlines()[-1])["backend"])' <<<"$ours"
 else
@@ -61,25 +52,33 @@ echo "== tests (ALEXNET_REQUIRE_GPU=1)"
 export ALEXNET_REQUIRE_GPU=1
 for test in "$bundle"/tests/*; do
   echo "-- $(basename "$test")"
-  if ! "$test"; then
+  if ! timeout "$step_timeout" "$test"; then
     echo "FAILED: $(basename "$test")"
     status=1
   fi
 done
+
+if [[ -x "$bundle/step_phases" ]]; then
+  echo "== where a training step's time goes (batch 128, fp32)"
+  if ! timeout "$step_timeout" "$bundle/step_phases" 128 10; then
+    echo "FAILED: step_phases"
+    status=1
+  fi
+fi
 
 echo "== workflow: prepare, train, eval and features on the GPU, one device and two towers"
 # GPUs as CUDA numbers them (after CUDA_VISIBLE_DEVICES), from PyTorch.
 gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 towers="cuda:0,cuda:0"
 [[ ${gpus:-0} -ge 2 ]] && towers="cuda:0,cuda:1"
-if ! "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers"; then
+if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers"; then
   echo "FAILED: the device workflow"
   status=1
 fi
 
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   echo "== benchmark"
-  if ! "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
+  if ! timeout "$step_timeout" "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
       --json-out "${BENCH_JSON:-/dev/null}"; then
     echo "FAILED: the benchmark"
     status=1
@@ -91,7 +90,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # Printed beside the one-GPU figures above; PyTorch has no two-device
   # counterpart of this net to compare with.
   echo "== two towers: --devices $towers --parallel towers (fp32)"
-  if ! "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
+  if ! timeout "$step_timeout" "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
       --train-batch 128 --infer-batch 256 --layer-steps 0; then
     echo "FAILED: alexnet bench --parallel towers"
     status=1

@@ -47,13 +47,18 @@ pub fn without_cuda(flag: &str, ordinal: usize) -> anyhow::Error {
     )
 }
 
-/// The CUDA backend on GPU `ordinal`, its products in the `--precision` given;
+/// The CUDA backend on GPU `ordinal`, its products in the `--precision` given
+/// and its convolutions' algorithms as `--conv-algorithms` says;
 /// fails with the reason (no driver, a CUDA library not found, no such device)
 /// rather than panicking.
 #[cfg(feature = "cuda")]
 pub fn cuda(ordinal: usize) -> Result<alexnet_cuda::CudaBackend> {
-    alexnet_cuda::CudaBackend::with_precision(ordinal, crate::engine::cuda_precision())
-        .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
+    alexnet_cuda::CudaBackend::with_options(
+        ordinal,
+        crate::engine::cuda_precision(),
+        crate::engine::cuda_algorithms(),
+    )
+    .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
 }
 
 /// `with_backend!(device, |backend| body)`: evaluates `body` (a `Result`) with

@@ -20,6 +20,42 @@ pub enum PrecisionArg {
     Bf16,
 }
 
+/// Which convolution algorithms cuDNN may choose from (--device cuda:N, fp32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ConvAlgorithmsArg {
+    /// The fastest it times, as PyTorch's cudnn.benchmark: FFT and Winograd
+    /// transforms too, which round beyond fp32 (within about 1e-3).
+    #[default]
+    Fastest,
+    /// Only direct sums: results within fp32 rounding of the CPU reference.
+    Exact,
+}
+
+/// The `--conv-algorithms` of a CUDA device.
+#[cfg(feature = "cuda")]
+static CUDA_ALGORITHMS: Mutex<Option<alexnet_cuda::Algorithms>> = Mutex::new(None);
+
+/// Sets the CUDA backend's choice of convolution algorithms from `--conv-algorithms`.
+pub fn set_conv_algorithms(choice: ConvAlgorithmsArg) {
+    #[cfg(feature = "cuda")]
+    {
+        let algorithms = match choice {
+            ConvAlgorithmsArg::Fastest => alexnet_cuda::Algorithms::Fastest,
+            ConvAlgorithmsArg::Exact => alexnet_cuda::Algorithms::Exact,
+        };
+        *CUDA_ALGORITHMS.lock().unwrap_or_else(|e| e.into_inner()) = Some(algorithms);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = choice;
+}
+
+/// The CUDA backend's choice of convolution algorithms (default: the fastest).
+#[cfg(feature = "cuda")]
+pub fn cuda_algorithms() -> alexnet_cuda::Algorithms {
+    let settings = CUDA_ALGORITHMS.lock().unwrap_or_else(|e| e.into_inner());
+    settings.unwrap_or_default()
+}
+
 /// Which bf16 kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelArg {

@@ -40,6 +40,11 @@ struct Cli {
     /// operands rounded to TF32 on tensor cores, f32 sums).
     #[arg(long, global = true, value_enum, default_value = "fp32")]
     precision: engine::PrecisionArg,
+    /// Which convolution algorithms cuDNN may run on a GPU in fp32: the fastest
+    /// it times (FFT and Winograd transforms too, as PyTorch's cudnn.benchmark),
+    /// or only exact ones (direct sums, within fp32 rounding of the CPU's results).
+    #[arg(long, global = true, value_enum, default_value = "fastest")]
+    conv_algorithms: engine::ConvAlgorithmsArg,
     /// The bf16 product kernel (default: the fastest this CPU has).
     #[arg(long, global = true, value_enum, default_value = "auto")]
     bf16_kernel: engine::KernelArg,
@@ -105,6 +110,7 @@ fn main() -> Result<()> {
     }
     let device = placement.map_or(device::Device::Cpu, device::Placement::main_device);
     engine::configure(cli.precision, cli.bf16_kernel, device)?;
+    engine::set_conv_algorithms(cli.conv_algorithms);
     let threads = rayon::current_num_threads();
     match cli.command {
         Command::Prepare(args) => prepare::run(args),

@@ -10,25 +10,74 @@
 //! all bf16, computed in f32 (the convolution descriptor's type). The backend
 //! therefore hands it bf16 copies of its f32 operands and turns the bf16 result
 //! back into f32.
+//!
+//! # Choosing algorithms
+//!
+//! The first time a shape (geometry and batch) is seen, each of its three passes
+//! (forward, backward-data, backward-filter) times every algorithm cuDNN has for
+//! it, as PyTorch's `cudnn.benchmark` does (`cudnnFind*AlgorithmEx`, on scratch
+//! tensors of the shape's sizes, never on the network's own buffers, since the
+//! trials write their outputs), and keeps the fastest one that the precision
+//! policy allows. cuDNN reports each algorithm together with the math type it was
+//! timed with; the pass's convolution descriptor is given that math type, or
+//! cuDNN would run a different kernel from the one it timed. Should the timing
+//! call fail, or none of its results be allowed, cuDNN's heuristic ranking (the
+//! v7 queries) is used instead, under the same policy.
+//!
+//! The precision policy keeps each mode's promise about rounding:
+//!
+//! - fp32 ([`CUDNN_FMA_MATH`](cudnnMathType_t::CUDNN_FMA_MATH)): only results
+//!   timed with FMA math (no TF32 tensor cores). With
+//!   [`Algorithms::Exact`](crate::Algorithms::Exact), also none of the transform
+//!   algorithms FFT, FFT_TILING and WINOGRAD_NONFUSED, whose transforms round
+//!   above fp32's own rounding (plain WINOGRAD is allowed); with
+//!   [`Algorithms::Fastest`](crate::Algorithms::Fastest), the default, they
+//!   compete too, as under PyTorch's `cudnn.benchmark`.
+//! - bf16 tensors: no backward-data or backward-filter algorithm that cuDNN
+//!   reports as non-deterministic, or documents as summing with atomic adds
+//!   (backward-filter ALGO_0 and ALGO_3, backward-data ALGO_0): such sums can
+//!   round every partial sum to bf16's 8-bit mantissa.
+//! - TF32: everything, except a math type that would convert the f32 operands to
+//!   16-bit types.
+//!
+//! If no algorithm passes, the convolution fails with an error that names the
+//! shape and every algorithm cuDNN offered with the reason it was turned down.
+//!
+//! # Logging
+//!
+//! With the environment variable `ALEXNET_CUDNN_LOG=1`, each new plan prints to
+//! stderr, once: the shape (batch, input channels and size, output channels and
+//! size, kernel, stride, padding, groups, data type), the mode's policy and the
+//! scratch workspace the timings were given; then for each pass the algorithm
+//! chosen, its math type, its measured time and its workspace, and every faster
+//! (or, for the heuristic ranking, higher-ranked) algorithm that was turned down,
+//! with the reason.
 
 use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use alexnet::layers::ConvGeometry;
 use cudarc::cudnn::sys::{
-    cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdFilterAlgo_t, cudnnConvolutionFwdAlgo_t,
-    cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t,
+    self, cudnnConvolutionBwdDataAlgo_t as BwdDataAlgo,
+    cudnnConvolutionBwdFilterAlgo_t as BwdFilterAlgo, cudnnConvolutionFwdAlgo_t as FwdAlgo,
+    cudnnConvolutionMode_t, cudnnDataType_t, cudnnDeterminism_t, cudnnMathType_t, cudnnStatus_t,
+    cudnnTensorFormat_t,
 };
-use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
-    CudnnError, FilterDescriptor, TensorDescriptor,
+use cudarc::cudnn::{CudnnDataType, CudnnError, result};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop, ValidAsZeroBits,
 };
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 
+use crate::Algorithms;
 use crate::bf16::Bf16;
 
-/// What a convolution's tensors may hold: f32, or bf16 (computed in f32).
-pub(crate) trait Element: CudnnDataType + DeviceRepr + Copy {
+/// What a convolution's tensors may hold: f32, or bf16 (computed in f32). Both
+/// take their scaling factors (alpha, beta) as f32.
+pub(crate) trait Element:
+    CudnnDataType<Scalar = f32> + DeviceRepr + ValidAsZeroBits + Copy
+{
     const ZERO: Self;
     const ONE: Self;
 }
@@ -62,59 +111,687 @@ fn key(g: &ConvGeometry, n: usize) -> ConvKey {
     ]
 }
 
-/// The descriptors of one convolution shape and the algorithm chosen for each pass.
-/// The convolution itself always computes in f32.
-struct ConvPlan<T> {
-    x: TensorDescriptor<T>,
-    y: TensorDescriptor<T>,
-    w: FilterDescriptor<T>,
-    conv: ConvDescriptor<f32>,
-    forward: cudnnConvolutionFwdAlgo_t,
-    backward_data: cudnnConvolutionBwdDataAlgo_t,
-    backward_filter: cudnnConvolutionBwdFilterAlgo_t,
-    /// Bytes of workspace the largest of the three algorithms needs.
-    workspace: usize,
+/// The most workspace the timing trials are given. An algorithm that needs more
+/// is reported as failed by the trial and not chosen (unless the heuristic
+/// fallback picks it, when nothing timed passed).
+const TIMING_WORKSPACE_CAP: usize = 1 << 30;
+
+/// Why a convolution could not be planned or run: the cuDNN (or CUDA) call and
+/// its status, or a shape for which no algorithm passed the precision policy.
+#[derive(Debug)]
+pub(crate) struct DnnError(String);
+
+impl DnnError {
+    fn call(what: &str, error: impl fmt::Display) -> DnnError {
+        DnnError(format!("{what}: {error}"))
+    }
 }
 
-/// The cuDNN handle with its plans. cuDNN handles must not be used by two threads
-/// at once, so the backend keeps this behind a mutex.
-pub(crate) struct Dnn<T> {
-    handle: Arc<Cudnn>,
-    stream: Arc<CudaStream>,
-    math: cudnnMathType_t,
-    plans: HashMap<ConvKey, ConvPlan<T>>,
-    workspace: Option<CudaSlice<u8>>,
+impl fmt::Display for DnnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-// SAFETY: cudarc marks the cuDNN handle (and the descriptors holding it) neither
-// Send nor Sync because cuDNN forbids concurrent use of one handle. `Dnn` is only
-// ever reached through the backend's `Mutex`, so one thread at a time uses it;
-// cuDNN allows a handle to move between threads as long as the device context is
-// current, which every entry point below makes sure of.
-unsafe impl<T> Send for Dnn<T> {}
+impl std::error::Error for DnnError {}
+
+/// `map_err` adapter: names the failing call.
+fn failed(what: &'static str) -> impl FnOnce(CudnnError) -> DnnError {
+    move |e| DnnError::call(what, e)
+}
+
+// ---------------------------------------------------------------------------
+// Handle and descriptors.
+//
+// cudarc's safe cuDNN wrappers keep the raw handle and descriptors private, and
+// the timed searches (`cudnnFind*AlgorithmEx`) and per-pass math types need them,
+// so this module owns its own, each destroyed when dropped.
+
+/// A cuDNN handle bound to the backend's stream.
+struct Handle(sys::cudnnHandle_t);
+
+impl Handle {
+    fn new(stream: &CudaStream) -> Result<Handle, DnnError> {
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| DnnError::call("making the context current", e))?;
+        let handle = Handle(result::create_handle().map_err(failed("cudnnCreate"))?);
+        // SAFETY: a live handle and the backend's live stream (which outlives it:
+        // `Dnn` holds the stream too).
+        unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
+            .map_err(failed("cudnnSetStream"))?;
+        Ok(handle)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { result::destroy_handle(self.0) } {
+            eprintln!("alexnet-cuda: cudnnDestroy: {e}");
+        }
+    }
+}
+
+/// An NCHW tensor descriptor.
+struct TensorDesc(sys::cudnnTensorDescriptor_t);
+
+impl TensorDesc {
+    fn new(data_type: cudnnDataType_t, dims: [usize; 4]) -> Result<TensorDesc, DnnError> {
+        // Wrapped at once so that it is destroyed if setting it fails.
+        let desc = TensorDesc(
+            result::create_tensor_descriptor().map_err(failed("cudnnCreateTensorDescriptor"))?,
+        );
+        // SAFETY: a live descriptor.
+        unsafe {
+            result::set_tensor4d_descriptor(
+                desc.0,
+                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                data_type,
+                dims.map(dim),
+            )
+        }
+        .map_err(failed("cudnnSetTensor4dDescriptor"))?;
+        Ok(desc)
+    }
+}
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { result::destroy_tensor_descriptor(self.0) } {
+            eprintln!("alexnet-cuda: cudnnDestroyTensorDescriptor: {e}");
+        }
+    }
+}
+
+/// A `[out, in / groups, k, k]` filter descriptor.
+struct FilterDesc(sys::cudnnFilterDescriptor_t);
+
+impl FilterDesc {
+    fn new(data_type: cudnnDataType_t, dims: [usize; 4]) -> Result<FilterDesc, DnnError> {
+        let desc = FilterDesc(
+            result::create_filter_descriptor().map_err(failed("cudnnCreateFilterDescriptor"))?,
+        );
+        // SAFETY: a live descriptor.
+        unsafe {
+            result::set_filter4d_descriptor(
+                desc.0,
+                data_type,
+                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                dims.map(dim),
+            )
+        }
+        .map_err(failed("cudnnSetFilter4dDescriptor"))?;
+        Ok(desc)
+    }
+}
+
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { result::destroy_filter_descriptor(self.0) } {
+            eprintln!("alexnet-cuda: cudnnDestroyFilterDescriptor: {e}");
+        }
+    }
+}
+
+/// A convolution descriptor: the geometry, f32 compute, the group count and a
+/// math type.
+struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl ConvDesc {
+    fn new(g: &ConvGeometry, math: cudnnMathType_t) -> Result<ConvDesc, DnnError> {
+        let desc = ConvDesc(
+            result::create_convolution_descriptor()
+                .map_err(failed("cudnnCreateConvolutionDescriptor"))?,
+        );
+        let (pad, stride) = (dim(g.pad), dim(g.stride));
+        // SAFETY: a live descriptor.
+        unsafe {
+            result::set_convolution2d_descriptor(
+                desc.0,
+                pad,
+                pad,
+                stride,
+                stride,
+                1,
+                1,
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                // f32 compute for f32 and bf16 tensors alike.
+                f32::DATA_TYPE,
+            )
+            .map_err(failed("cudnnSetConvolution2dDescriptor"))?;
+            result::set_convolution_group_count(desc.0, dim(g.groups))
+                .map_err(failed("cudnnSetConvolutionGroupCount"))?;
+            result::set_convolution_math_type(desc.0, math)
+                .map_err(failed("cudnnSetConvolutionMathType"))?;
+        }
+        Ok(desc)
+    }
+}
+
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { result::destroy_convolution_descriptor(self.0) } {
+            eprintln!("alexnet-cuda: cudnnDestroyConvolutionDescriptor: {e}");
+        }
+    }
+}
 
 fn dim(v: usize) -> i32 {
     i32::try_from(v).expect("convolution sizes fit cuDNN's 32-bit dimensions")
 }
 
+// ---------------------------------------------------------------------------
+// Algorithms and what cuDNN says about them.
+
+/// One of a convolution's three passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    BackwardData,
+    BackwardFilter,
+}
+
+const FWD_ALGOS: [FwdAlgo; 8] = [
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+];
+
+const BWD_DATA_ALGOS: [BwdDataAlgo; 6] = [
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+    BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+];
+
+const BWD_FILTER_ALGOS: [BwdFilterAlgo; 7] = [
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+];
+
+/// An algorithm of one pass. cuDNN reports algorithms as plain integers; only
+/// those these bindings know become an `Algo` (a number outside the Rust enum
+/// must never be turned into it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algo {
+    Forward(FwdAlgo),
+    BackwardData(BwdDataAlgo),
+    BackwardFilter(BwdFilterAlgo),
+}
+
+impl Algo {
+    fn new(pass: Pass, number: u32) -> Option<Algo> {
+        match pass {
+            Pass::Forward => FWD_ALGOS
+                .into_iter()
+                .find(|a| *a as u32 == number)
+                .map(Algo::Forward),
+            Pass::BackwardData => BWD_DATA_ALGOS
+                .into_iter()
+                .find(|a| *a as u32 == number)
+                .map(Algo::BackwardData),
+            Pass::BackwardFilter => BWD_FILTER_ALGOS
+                .into_iter()
+                .find(|a| *a as u32 == number)
+                .map(Algo::BackwardFilter),
+        }
+    }
+
+    /// Every algorithm of a pass.
+    fn all(pass: Pass) -> Vec<Algo> {
+        match pass {
+            Pass::Forward => FWD_ALGOS.into_iter().map(Algo::Forward).collect(),
+            Pass::BackwardData => BWD_DATA_ALGOS.into_iter().map(Algo::BackwardData).collect(),
+            Pass::BackwardFilter => BWD_FILTER_ALGOS
+                .into_iter()
+                .map(Algo::BackwardFilter)
+                .collect(),
+        }
+    }
+
+    /// The name without cuDNN's prefix, e.g. `IMPLICIT_PRECOMP_GEMM`, `FFT`,
+    /// `ALGO_1` (the numbered ones keep their `ALGO_`).
+    fn name(self) -> String {
+        let full = match self {
+            Algo::Forward(a) => format!("{a:?}"),
+            Algo::BackwardData(a) => format!("{a:?}"),
+            Algo::BackwardFilter(a) => format!("{a:?}"),
+        };
+        match full.split_once("_ALGO_") {
+            Some((_, rest)) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+                format!("ALGO_{rest}")
+            }
+            Some((_, rest)) => rest.to_string(),
+            None => full,
+        }
+    }
+
+    /// FFT, FFT_TILING and WINOGRAD_NONFUSED: algorithms that compute in a
+    /// transformed domain and round there, well above fp32's own rounding.
+    fn is_transform(self) -> bool {
+        matches!(
+            self,
+            Algo::Forward(
+                FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT
+                    | FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING
+                    | FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED
+            ) | Algo::BackwardData(
+                BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT
+                    | BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING
+                    | BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED
+            ) | Algo::BackwardFilter(
+                BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT
+                    | BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING
+                    | BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED
+            )
+        )
+    }
+
+    /// The algorithms cuDNN's documentation ("Reproducibility") names as summing
+    /// with atomic adds: backward-filter ALGO_0 and ALGO_3, backward-data ALGO_0.
+    fn uses_atomics(self) -> bool {
+        matches!(
+            self,
+            Algo::BackwardData(BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0)
+                | Algo::BackwardFilter(
+                    BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0
+                        | BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3
+                )
+        )
+    }
+}
+
+/// One entry of cuDNN's `cudnnConvolution*AlgoPerf_t` (the three structs share
+/// this layout), with its enumerations read as plain integers: a newer cuDNN may
+/// report a status, algorithm or math type these bindings do not list, and
+/// reading such a value as the bindings' Rust enum would be undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Perf {
+    algo: u32,
+    status: u32,
+    /// Milliseconds (timed searches only; the heuristics leave it meaningless).
+    time: f32,
+    /// Bytes of workspace.
+    memory: usize,
+    determinism: u32,
+    math_type: u32,
+    reserved: [c_int; 3],
+}
+
+// `Perf` stands in for the three structs in the calls that fill them.
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    macro_rules! same_layout {
+        ($t:ty) => {
+            assert!(size_of::<Perf>() == size_of::<$t>());
+            assert!(align_of::<Perf>() == align_of::<$t>());
+            assert!(offset_of!(Perf, algo) == offset_of!($t, algo));
+            assert!(offset_of!(Perf, status) == offset_of!($t, status));
+            assert!(offset_of!(Perf, time) == offset_of!($t, time));
+            assert!(offset_of!(Perf, memory) == offset_of!($t, memory));
+            assert!(offset_of!(Perf, determinism) == offset_of!($t, determinism));
+            assert!(offset_of!(Perf, math_type) == offset_of!($t, mathType));
+        };
+    }
+    same_layout!(sys::cudnnConvolutionFwdAlgoPerf_t);
+    same_layout!(sys::cudnnConvolutionBwdDataAlgoPerf_t);
+    same_layout!(sys::cudnnConvolutionBwdFilterAlgoPerf_t);
+};
+
+const SUCCESS: u32 = cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32;
+const NON_DETERMINISTIC: u32 = cudnnDeterminism_t::CUDNN_NON_DETERMINISTIC as u32;
+
+const MATH_TYPES: [cudnnMathType_t; 4] = [
+    cudnnMathType_t::CUDNN_DEFAULT_MATH,
+    cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+    cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+    cudnnMathType_t::CUDNN_FMA_MATH,
+];
+
+fn math_type(number: u32) -> Option<cudnnMathType_t> {
+    MATH_TYPES.into_iter().find(|m| *m as u32 == number)
+}
+
+fn math_name(number: u32) -> String {
+    match math_type(number) {
+        Some(cudnnMathType_t::CUDNN_DEFAULT_MATH) => "default math".into(),
+        Some(cudnnMathType_t::CUDNN_TENSOR_OP_MATH) => "tensor-op math".into(),
+        Some(cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) => {
+            "tensor-op math with down-conversion".into()
+        }
+        Some(cudnnMathType_t::CUDNN_FMA_MATH) => "FMA math".into(),
+        None => format!("math type {number}"),
+    }
+}
+
+/// A status read as an integer (see [`Perf`]): cuDNN 9 groups its codes by the
+/// thousand; cuDNN 8's were 0-14.
+fn status_name(code: u32) -> String {
+    let class = match code {
+        SUCCESS => "success",
+        1000..=1999 => "not initialised / library",
+        2000..=2999 => "bad parameter",
+        3000..=3999 => "not supported",
+        4000..=4999 => "internal error (allocation included)",
+        5000..=5999 => "execution failed",
+        1..=14 => "cuDNN 8 status",
+        _ => "unknown status",
+    };
+    format!("status {code} ({class})")
+}
+
+fn bytes(n: usize) -> String {
+    const KIB: f64 = 1024.0;
+    let v = n as f64;
+    if v < KIB {
+        format!("{n} B")
+    } else if v < KIB * KIB {
+        format!("{:.1} KiB", v / KIB)
+    } else if v < KIB * KIB * KIB {
+        format!("{:.1} MiB", v / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", v / (KIB * KIB * KIB))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The precision policy.
+
+/// Which algorithms a mode may run (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Policy {
+    /// f32 tensors, FMA math, no transform algorithms: fp32 rounding only.
+    Fp32,
+    /// f32 tensors, FMA math, any algorithm.
+    Fp32Fastest,
+    /// f32 tensors, tensor-op math: TF32 products.
+    Tf32,
+    /// bf16 tensors (computed in f32 on tensor cores).
+    Bf16,
+}
+
+impl Policy {
+    /// The policy of a mode, known from its tensors' type and its math type: bf16
+    /// tensors are bf16 mode, f32 with FMA math fp32 mode, f32 otherwise TF32.
+    fn of(data_type: cudnnDataType_t, math: cudnnMathType_t, algorithms: Algorithms) -> Policy {
+        if data_type == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
+            Policy::Bf16
+        } else if math == cudnnMathType_t::CUDNN_FMA_MATH {
+            match algorithms {
+                Algorithms::Exact => Policy::Fp32,
+                Algorithms::Fastest => Policy::Fp32Fastest,
+            }
+        } else {
+            Policy::Tf32
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Policy::Fp32 => "fp32: FMA math only, no FFT, FFT_TILING or WINOGRAD_NONFUSED",
+            Policy::Fp32Fastest => "fp32: FMA math only, any algorithm",
+            Policy::Tf32 => "tf32: any algorithm",
+            Policy::Bf16 => "bf16: deterministic backward passes only",
+        }
+    }
+
+    /// The math type a chosen result runs under: fp32 mode always runs FMA, even
+    /// where cuDNN reported a result as DEFAULT (which on Ampere and later may
+    /// use TF32 tensor cores).
+    fn run_math(self, reported: cudnnMathType_t) -> cudnnMathType_t {
+        match self {
+            Policy::Fp32 | Policy::Fp32Fastest => cudnnMathType_t::CUDNN_FMA_MATH,
+            _ => reported,
+        }
+    }
+
+    /// Whether an algorithm can be excluded before it is run: fp32's transform
+    /// algorithms need no timing workspace.
+    fn excludes_algo(self, algo: Algo) -> bool {
+        self == Policy::Fp32 && algo.is_transform()
+    }
+
+    /// Why a result may not be used, or `None` if it may.
+    fn rejection(self, pass: Pass, perf: &Perf) -> Option<String> {
+        if perf.status != SUCCESS {
+            return Some(status_name(perf.status));
+        }
+        let Some(algo) = Algo::new(pass, perf.algo) else {
+            return Some(format!(
+                "algorithm number {} unknown to this build",
+                perf.algo
+            ));
+        };
+        let Some(math) = math_type(perf.math_type) else {
+            return Some(format!(
+                "math type {} unknown to this build",
+                perf.math_type
+            ));
+        };
+        match self {
+            Policy::Fp32 if algo.is_transform() => Some(
+                "fp32 mode excludes FFT, FFT_TILING and WINOGRAD_NONFUSED (their transforms round \
+                 beyond fp32)"
+                    .into(),
+            ),
+            // DEFAULT is accepted and then run under FMA (`Policy::run_math`).
+            Policy::Fp32 | Policy::Fp32Fastest
+                if math != cudnnMathType_t::CUDNN_FMA_MATH
+                    && math != cudnnMathType_t::CUDNN_DEFAULT_MATH =>
+            {
+                Some(format!(
+                    "fp32 mode runs FMA math only; this result used {}, which may round to TF32",
+                    math_name(perf.math_type)
+                ))
+            }
+            Policy::Tf32 if math == cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION => {
+                Some("would round the f32 operands to a 16-bit type".into())
+            }
+            Policy::Bf16 if pass != Pass::Forward && perf.determinism == NON_DETERMINISTIC => Some(
+                "reported non-deterministic (unordered sums, which may round partial sums to bf16)"
+                    .into(),
+            ),
+            Policy::Bf16 if pass != Pass::Forward && algo.uses_atomics() => Some(
+                "documented to sum with atomic adds (non-deterministic), which may round partial \
+                 sums to bf16"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// How a list of results ranks its entries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ranking {
+    /// cuDNN's timings: the allowed entry with the least time wins.
+    Timed,
+    /// cuDNN's heuristics: the first allowed entry in cuDNN's order wins.
+    Heuristic,
+}
+
+/// The outcome of applying the policy to one list of results.
+struct Judged {
+    /// Index of the chosen entry in `results`.
+    chosen: Option<usize>,
+    results: Vec<Perf>,
+    /// Per entry, why it was turned down (`None`: allowed).
+    rejections: Vec<Option<String>>,
+    ranking: Ranking,
+}
+
+impl Judged {
+    fn new(policy: Policy, pass: Pass, results: Vec<Perf>, ranking: Ranking) -> Judged {
+        let rejections: Vec<_> = results.iter().map(|p| policy.rejection(pass, p)).collect();
+        let mut allowed = (0..results.len()).filter(|&i| rejections[i].is_none());
+        let chosen = match ranking {
+            Ranking::Heuristic => allowed.next(),
+            // cuDNN sorts its timings already; the minimum is taken regardless.
+            Ranking::Timed => allowed.min_by(|&a, &b| results[a].time.total_cmp(&results[b].time)),
+        };
+        Judged {
+            chosen,
+            results,
+            rejections,
+            ranking,
+        }
+    }
+
+    /// Turned-down entries that would have won without the policy: faster ones
+    /// (timed) or higher-ranked ones (heuristic), with why; and how many others
+    /// (slower, lower-ranked or failed) were turned down.
+    fn passed_over(&self) -> (Vec<(Perf, &str)>, usize) {
+        let chosen = self.chosen;
+        let mut ahead = Vec::new();
+        let mut others = 0;
+        for (i, (perf, why)) in self.results.iter().zip(&self.rejections).enumerate() {
+            let Some(why) = why else { continue };
+            let is_ahead = match (self.ranking, chosen) {
+                (_, None) => true,
+                (Ranking::Heuristic, Some(c)) => i < c,
+                (Ranking::Timed, Some(c)) => {
+                    perf.status == SUCCESS && perf.time < self.results[c].time
+                }
+            };
+            if is_ahead {
+                ahead.push((*perf, why.as_str()));
+            } else {
+                others += 1;
+            }
+        }
+        (ahead, others)
+    }
+
+    /// Every entry with its verdict, for the "no algorithm" error.
+    fn list(&self, pass: Pass) -> String {
+        let entries: Vec<String> = self
+            .results
+            .iter()
+            .zip(&self.rejections)
+            .map(|(p, why)| {
+                format!(
+                    "{} ({}): {}",
+                    algo_name(pass, p.algo),
+                    math_name(p.math_type),
+                    why.as_deref().unwrap_or("allowed")
+                )
+            })
+            .collect();
+        if entries.is_empty() {
+            "none".into()
+        } else {
+            entries.join("; ")
+        }
+    }
+}
+
+fn algo_name(pass: Pass, number: u32) -> String {
+    Algo::new(pass, number).map_or_else(|| format!("algorithm {number}"), Algo::name)
+}
+
+// ---------------------------------------------------------------------------
+// Plans.
+
+/// One pass's algorithm, with a convolution descriptor whose math type is the
+/// one cuDNN timed (or ranked) the algorithm with.
+struct PassPlan {
+    algo: Algo,
+    conv: ConvDesc,
+    /// Bytes of workspace the algorithm needs.
+    workspace: usize,
+}
+
+/// The descriptors of one convolution shape and the algorithm chosen for each pass.
+/// The convolution itself always computes in f32.
+struct ConvPlan {
+    x: TensorDesc,
+    y: TensorDesc,
+    w: FilterDesc,
+    forward: PassPlan,
+    backward_data: PassPlan,
+    backward_filter: PassPlan,
+    /// Bytes of workspace the largest of the three algorithms needs.
+    workspace: usize,
+}
+
+/// Scratch tensors of a shape's sizes, and a workspace, for the timing trials:
+/// the trials write their outputs, so the network's buffers are never used.
+/// All zeros: the trials read each other's outputs, and zeros stay finite (the
+/// kernels' speed does not depend on the values).
+struct Trial<T> {
+    x: CudaSlice<T>,
+    y: CudaSlice<T>,
+    w: CudaSlice<T>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+/// The cuDNN handle with its plans. cuDNN handles must not be used by two threads
+/// at once, so the backend keeps this behind a mutex.
+pub(crate) struct Dnn<T> {
+    // Field order is drop order: the plans' descriptors, the workspace, then the
+    // handle.
+    plans: HashMap<ConvKey, ConvPlan>,
+    workspace: Option<CudaSlice<u8>>,
+    handle: Handle,
+    stream: Arc<CudaStream>,
+    /// The math type the mode asks for; the searches start from it.
+    math: cudnnMathType_t,
+    policy: Policy,
+    /// `ALEXNET_CUDNN_LOG=1`: print each plan's choices to stderr.
+    log: bool,
+    _element: std::marker::PhantomData<T>,
+}
+
+// SAFETY: the raw cuDNN handle and descriptors make `Dnn` neither Send nor Sync
+// because cuDNN forbids concurrent use of one handle. `Dnn` is only ever reached
+// through the backend's `Mutex`, so one thread at a time uses it; cuDNN allows a
+// handle to move between threads as long as the device context is current, which
+// the backend makes sure of before every call.
+unsafe impl<T> Send for Dnn<T> {}
+
 impl<T: Element> Dnn<T> {
+    /// cuDNN on `stream`, with `math` for every convolution: FMA math (fp32
+    /// mode) or tensor-op math (TF32 with f32 tensors, bf16 with bf16 ones). The
+    /// precision policy follows from these two.
     pub(crate) fn new(
         stream: Arc<CudaStream>,
         math: cudnnMathType_t,
-    ) -> Result<Dnn<T>, CudnnError> {
+        algorithms: Algorithms,
+    ) -> Result<Dnn<T>, DnnError> {
         Ok(Dnn {
-            handle: Cudnn::new(stream.clone())?,
-            stream,
-            math,
             plans: HashMap::new(),
             workspace: None,
+            handle: Handle::new(&stream)?,
+            stream,
+            math,
+            policy: Policy::of(T::DATA_TYPE, math, algorithms),
+            log: std::env::var_os("ALEXNET_CUDNN_LOG").is_some_and(|v| v == "1"),
+            _element: std::marker::PhantomData,
         })
     }
 
     /// The plan for this shape, built (and its algorithms chosen) on first use.
     /// The workspace is grown here too, so a pass never allocates once its shape
     /// has been seen.
-    fn prepare(&mut self, g: &ConvGeometry, n: usize) -> Result<ConvKey, CudnnError> {
+    fn prepare(&mut self, g: &ConvGeometry, n: usize) -> Result<ConvKey, DnnError> {
         let k = key(g, n);
         if !self.plans.contains_key(&k) {
             let plan = self.build(g, n)?;
@@ -122,96 +799,290 @@ impl<T: Element> Dnn<T> {
             if plan.workspace > have {
                 // Drop the old workspace first so both never exist at once.
                 self.workspace = None;
-                self.workspace = Some(
-                    self.stream
-                        .alloc_zeros::<u8>(plan.workspace)
-                        .unwrap_or_else(|e| {
-                            panic!(
-                                "allocating {} bytes of cuDNN workspace: {e}",
-                                plan.workspace
-                            )
-                        }),
-                );
+                self.workspace =
+                    Some(self.stream.alloc_zeros::<u8>(plan.workspace).map_err(|e| {
+                        DnnError::call(
+                            &format!("allocating {} of cuDNN workspace", bytes(plan.workspace)),
+                            e,
+                        )
+                    })?);
             }
             self.plans.insert(k, plan);
         }
         Ok(k)
     }
 
-    fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan<T>, CudnnError> {
-        let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-        let x = self.handle.create_4d_tensor::<T>(
-            nchw,
-            [
-                dim(n),
-                dim(g.input.channels),
-                dim(g.input.height),
-                dim(g.input.width),
-            ],
+    fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan, DnnError> {
+        let x = TensorDesc::new(
+            T::DATA_TYPE,
+            [n, g.input.channels, g.input.height, g.input.width],
         )?;
-        let y = self.handle.create_4d_tensor::<T>(
-            nchw,
-            [
-                dim(n),
-                dim(g.output.channels),
-                dim(g.output.height),
-                dim(g.output.width),
-            ],
+        let y = TensorDesc::new(
+            T::DATA_TYPE,
+            [n, g.output.channels, g.output.height, g.output.width],
         )?;
-        let w = self.handle.create_4d_filter::<T>(
-            nchw,
-            [
-                dim(g.output.channels),
-                dim(g.in_per_group()),
-                dim(g.kernel),
-                dim(g.kernel),
-            ],
+        let w = FilterDesc::new(
+            T::DATA_TYPE,
+            [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
         )?;
-        let mut conv = self.handle.create_conv2d::<f32>(
-            [dim(g.pad), dim(g.pad)],
-            [dim(g.stride), dim(g.stride)],
-            [1, 1],
-            cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-        )?;
-        conv.set_group_count(dim(g.groups))?;
-        conv.set_math_type(self.math)?;
-
-        // cuDNN's heuristics (the v7 queries) rank the algorithms for this shape;
-        // the first that reports success is taken. Timing every algorithm
-        // (cudnnFind*) could pick faster ones and is left for when it is measured.
-        let forward_op = ConvForward {
-            conv: &conv,
+        // The searches run with the mode's math type; each pass's final
+        // descriptor gets the math type of the result chosen.
+        let search_conv = ConvDesc::new(g, self.math)?;
+        let shapes = Shapes {
+            handle: &self.handle,
             x: &x,
-            w: &w,
             y: &y,
-        };
-        let forward = forward_op.pick_algorithm()?;
-        let data_op = ConvBackwardData {
-            conv: &conv,
-            dx: &x,
             w: &w,
-            dy: &y,
         };
-        let backward_data = data_op.pick_algorithm()?;
-        let filter_op = ConvBackwardFilter {
-            conv: &conv,
-            x: &x,
-            dw: &w,
-            dy: &y,
-        };
-        let backward_filter = filter_op.pick_algorithm()?;
-        let workspace = forward_op
-            .get_workspace_size(forward)?
-            .max(data_op.get_workspace_size(backward_data)?)
-            .max(filter_op.get_workspace_size(backward_filter)?);
+
+        let mut log = String::new();
+        let mut trial = self.trial(g, n, &shapes, &search_conv, &mut log)?;
+        let mut choose =
+            |pass| self.choose(pass, g, n, &shapes, &search_conv, &mut trial, &mut log);
+        let forward = choose(Pass::Forward)?;
+        let backward_data = choose(Pass::BackwardData)?;
+        let backward_filter = choose(Pass::BackwardFilter)?;
+        // The scratch tensors go back in stream order, after the trials.
+        drop(trial);
+        let workspace = forward
+            .workspace
+            .max(backward_data.workspace)
+            .max(backward_filter.workspace);
+        if self.log {
+            let _ = writeln!(log, "  plan workspace {}", bytes(workspace));
+            eprint!("{log}");
+        }
         Ok(ConvPlan {
             x,
             y,
             w,
-            conv,
             forward,
             backward_data,
             backward_filter,
+            workspace,
+        })
+    }
+
+    /// Allocates the timing trials' scratch tensors and workspace (as much as the
+    /// largest algorithm the policy does not exclude outright needs, up to
+    /// [`TIMING_WORKSPACE_CAP`]), and starts the plan's log with the shape.
+    fn trial(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        shapes: &Shapes<'_>,
+        conv: &ConvDesc,
+        log: &mut String,
+    ) -> Result<Trial<T>, DnnError> {
+        let mut want = 0;
+        for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+            for algo in Algo::all(pass) {
+                if self.policy.excludes_algo(algo) {
+                    continue;
+                }
+                // An algorithm that does not apply to this shape answers with an
+                // error status here; it needs no workspace then.
+                if let Ok(size) = shapes.workspace_size(conv, algo) {
+                    want = want.max(size);
+                }
+            }
+        }
+        let want = want.min(TIMING_WORKSPACE_CAP);
+        let alloc = |len: usize, what: &str| {
+            self.stream.alloc_zeros::<T>(len).map_err(|e| {
+                DnnError::call(&format!("allocating the {what} for cuDNN's timings"), e)
+            })
+        };
+        let x = alloc(n * g.input.len(), "input")?;
+        let y = alloc(n * g.output.len(), "output")?;
+        let w = alloc(g.weight_len(), "weights")?;
+        // Without workspace the trials still time every algorithm that needs none.
+        let (workspace, note) = if want == 0 {
+            (None, String::new())
+        } else {
+            match self.stream.alloc_zeros::<u8>(want) {
+                Ok(ws) => (Some(ws), String::new()),
+                Err(e) => (None, format!(" (allocating {} failed: {e})", bytes(want))),
+            }
+        };
+        // The allocations and zero fills are queued on the stream; the trials are
+        // to see them done whichever stream cuDNN times on.
+        self.stream
+            .synchronize()
+            .map_err(|e| DnnError::call("synchronising before cuDNN's timings", e))?;
+        if self.log {
+            let given = workspace.as_ref().map_or(0, |w| w.len());
+            let data = if T::DATA_TYPE == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
+                "bf16"
+            } else {
+                "f32"
+            };
+            let _ = writeln!(
+                log,
+                "alexnet-cuda: cuDNN plan: n={n} c={} h={} w={} -> k={} {}x{}, kernel {} stride {} \
+                 pad {} groups {}, {data} tensors; policy {}; timing workspace {}{note}",
+                g.input.channels,
+                g.input.height,
+                g.input.width,
+                g.output.channels,
+                g.output.height,
+                g.output.width,
+                g.kernel,
+                g.stride,
+                g.pad,
+                g.groups,
+                self.policy.describe(),
+                bytes(given),
+            );
+        }
+        Ok(Trial { x, y, w, workspace })
+    }
+
+    /// Times (or, failing that, ranks) one pass's algorithms, applies the policy
+    /// and builds the pass's plan.
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        pass: Pass,
+        g: &ConvGeometry,
+        n: usize,
+        shapes: &Shapes<'_>,
+        search_conv: &ConvDesc,
+        trial: &mut Trial<T>,
+        log: &mut String,
+    ) -> Result<PassPlan, DnnError> {
+        let pass_name = match pass {
+            Pass::Forward => "forward",
+            Pass::BackwardData => "backward-data",
+            Pass::BackwardFilter => "backward-filter",
+        };
+        let timed = match shapes.find(&self.stream, pass, search_conv, trial) {
+            Ok(results) => Some(Judged::new(self.policy, pass, results, Ranking::Timed)),
+            Err(e) => {
+                if self.log {
+                    let _ = writeln!(
+                        log,
+                        "  {pass_name}: timing failed ({e}); using cuDNN's heuristic ranking"
+                    );
+                }
+                None
+            }
+        };
+        let judged = match timed {
+            Some(t) if t.chosen.is_some() => t,
+            timed => {
+                // Nothing timed may be used (or the timing failed): cuDNN's
+                // heuristics may still know an algorithm the trials could not run,
+                // e.g. one needing more workspace than they were given.
+                let heuristic = shapes
+                    .heuristics(pass, search_conv)
+                    .map_err(|e| DnnError::call(&format!("cuDNN's {pass_name} heuristics"), e))?;
+                let mut heuristic = Judged::new(self.policy, pass, heuristic, Ranking::Heuristic);
+                if heuristic.chosen.is_none() && self.policy == Policy::Bf16 {
+                    // bf16 asks for deterministic backward passes for precision's
+                    // sake only: rather than stop, run one that is not, and say so.
+                    let relaxed = match &timed {
+                        Some(t) => {
+                            Judged::new(Policy::Tf32, pass, t.results.clone(), Ranking::Timed)
+                        }
+                        None => Judged::new(
+                            Policy::Tf32,
+                            pass,
+                            heuristic.results.clone(),
+                            Ranking::Heuristic,
+                        ),
+                    };
+                    if let Some(chosen) = relaxed.chosen {
+                        eprintln!(
+                            "warning: no deterministic cuDNN {pass_name} algorithm for the bf16 \
+                             convolution {g:?} x {n}; using algorithm {}, whose sums may round \
+                             partial results to bf16",
+                            relaxed.results[chosen].algo
+                        );
+                        heuristic = relaxed;
+                    }
+                }
+                if heuristic.chosen.is_none() {
+                    return Err(DnnError(format!(
+                        "no cuDNN {pass_name} algorithm for the convolution {g:?} x {n} ({} \
+                         tensors) passes the precision policy ({}). Timed: {}. Heuristics: {}.",
+                        if self.policy == Policy::Bf16 {
+                            "bf16"
+                        } else {
+                            "f32"
+                        },
+                        self.policy.describe(),
+                        timed.map_or_else(|| "failed".into(), |t| t.list(pass)),
+                        heuristic.list(pass),
+                    )));
+                }
+                if self.log
+                    && let Some(timed) = &timed
+                {
+                    let _ = writeln!(
+                        log,
+                        "  {pass_name}: no timed algorithm passed the policy ({}); using cuDNN's \
+                         heuristic ranking",
+                        timed.list(pass)
+                    );
+                }
+                heuristic
+            }
+        };
+        let chosen = judged.results[judged.chosen.expect("checked above")];
+        let algo = Algo::new(pass, chosen.algo).expect("the policy admits known algorithms only");
+        let math = self.policy.run_math(
+            math_type(chosen.math_type).expect("the policy admits known math types only"),
+        );
+        let conv = ConvDesc::new(g, math)?;
+        // cuDNN's own figure for the algorithm under its final math type, in case
+        // it differs from what the search reported.
+        let (workspace, note) = match shapes.workspace_size(&conv, algo) {
+            Ok(size) => (size.max(chosen.memory), String::new()),
+            Err(e) => (
+                chosen.memory,
+                format!(" (workspace query failed: {e}; using the search's figure)"),
+            ),
+        };
+        if self.log {
+            let how = match judged.ranking {
+                Ranking::Timed => format!("{:.3} ms", chosen.time),
+                Ranking::Heuristic => "untimed, heuristic".into(),
+            };
+            let _ = writeln!(
+                log,
+                "  {pass_name}: {} ({}, {how}), workspace {}{note}",
+                algo.name(),
+                math_name(chosen.math_type),
+                bytes(workspace),
+            );
+            let (ahead, others) = judged.passed_over();
+            let word = match judged.ranking {
+                Ranking::Timed => "faster",
+                Ranking::Heuristic => "ranked higher",
+            };
+            for (p, why) in ahead {
+                let time = match judged.ranking {
+                    Ranking::Timed => format!(", {:.3} ms", p.time),
+                    Ranking::Heuristic => String::new(),
+                };
+                let _ = writeln!(
+                    log,
+                    "    rejected, {word}: {} ({}{time}): {why}",
+                    algo_name(pass, p.algo),
+                    math_name(p.math_type),
+                );
+            }
+            if others > 0 {
+                let _ = writeln!(
+                    log,
+                    "    ({others} slower, lower-ranked or failed not listed)"
+                );
+            }
+        }
+        Ok(PassPlan {
+            algo,
+            conv,
             workspace,
         })
     }
@@ -224,27 +1095,42 @@ impl<T: Element> Dnn<T> {
         x: &CudaSlice<T>,
         w: &CudaSlice<T>,
         y: &mut CudaSlice<T>,
-    ) -> Result<(), CudnnError> {
+    ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
-        let op = ConvForward {
-            conv: &plan.conv,
-            x: &plan.x,
-            w: &plan.w,
-            y: &plan.y,
+        let Algo::Forward(algo) = plan.forward.algo else {
+            unreachable!("the forward plan holds a forward algorithm")
         };
-        // SAFETY: the descriptors were built from this geometry and batch, and the
-        // engine sizes every buffer for at least `n` images of it.
+        let (alpha, beta) = (
+            T::ONE.into_scaling_parameter(),
+            T::ZERO.into_scaling_parameter(),
+        );
+        let stream = &*self.stream;
+        let (x_ptr, _x) = x.device_ptr(stream);
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (y_ptr, _y) = y.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
+        // SAFETY: the descriptors were built from this geometry and batch, the
+        // engine sizes every buffer for at least `n` images of it, and the
+        // workspace is at least as large as the plan asked for.
         unsafe {
-            op.launch(
-                plan.forward,
-                self.workspace.as_mut(),
-                (T::ONE, T::ZERO),
-                x,
-                w,
-                y,
+            result::convolution_forward(
+                self.handle.0,
+                (&raw const alpha).cast(),
+                plan.x.0,
+                x_ptr as *const c_void,
+                plan.w.0,
+                w_ptr as *const c_void,
+                plan.forward.conv.0,
+                algo,
+                ws,
+                ws_len,
+                (&raw const beta).cast(),
+                plan.y.0,
+                y_ptr as *mut c_void,
             )
         }
+        .map_err(failed("cudnnConvolutionForward"))
     }
 
     /// `dx = conv_transpose(dy, w)` (overwrites `dx`).
@@ -255,26 +1141,40 @@ impl<T: Element> Dnn<T> {
         w: &CudaSlice<T>,
         dy: &CudaSlice<T>,
         dx: &mut CudaSlice<T>,
-    ) -> Result<(), CudnnError> {
+    ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
-        let op = ConvBackwardData {
-            conv: &plan.conv,
-            dx: &plan.x,
-            w: &plan.w,
-            dy: &plan.y,
+        let Algo::BackwardData(algo) = plan.backward_data.algo else {
+            unreachable!("the backward-data plan holds a backward-data algorithm")
         };
+        let (alpha, beta) = (
+            T::ONE.into_scaling_parameter(),
+            T::ZERO.into_scaling_parameter(),
+        );
+        let stream = &*self.stream;
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (dy_ptr, _dy) = dy.device_ptr(stream);
+        let (dx_ptr, _dx) = dx.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
         // SAFETY: as in `forward`.
         unsafe {
-            op.launch(
-                plan.backward_data,
-                self.workspace.as_mut(),
-                (T::ONE, T::ZERO),
-                dx,
-                w,
-                dy,
+            result::convolution_backward_data(
+                self.handle.0,
+                (&raw const alpha).cast(),
+                plan.w.0,
+                w_ptr as *const c_void,
+                plan.y.0,
+                dy_ptr as *const c_void,
+                plan.backward_data.conv.0,
+                algo,
+                ws,
+                ws_len,
+                (&raw const beta).cast(),
+                plan.x.0,
+                dx_ptr as *mut c_void,
             )
         }
+        .map_err(failed("cudnnConvolutionBackwardData"))
     }
 
     /// `dw += correlate(x, dy)` when `accumulate` (beta = 1 keeps what `dw` held,
@@ -288,26 +1188,239 @@ impl<T: Element> Dnn<T> {
         dy: &CudaSlice<T>,
         dw: &mut CudaSlice<T>,
         accumulate: bool,
-    ) -> Result<(), CudnnError> {
+    ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
         let plan = &self.plans[&k];
-        let op = ConvBackwardFilter {
-            conv: &plan.conv,
-            x: &plan.x,
-            dw: &plan.w,
-            dy: &plan.y,
+        let Algo::BackwardFilter(algo) = plan.backward_filter.algo else {
+            unreachable!("the backward-filter plan holds a backward-filter algorithm")
         };
+        let alpha = T::ONE.into_scaling_parameter();
+        let beta = if accumulate { T::ONE } else { T::ZERO }.into_scaling_parameter();
+        let stream = &*self.stream;
+        let (x_ptr, _x) = x.device_ptr(stream);
+        let (dy_ptr, _dy) = dy.device_ptr(stream);
+        let (dw_ptr, _dw) = dw.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
         // SAFETY: as in `forward`.
         unsafe {
-            op.launch(
-                plan.backward_filter,
-                self.workspace.as_mut(),
-                (T::ONE, if accumulate { T::ONE } else { T::ZERO }),
-                x,
-                dw,
-                dy,
+            result::convolution_backward_filter(
+                self.handle.0,
+                (&raw const alpha).cast(),
+                plan.x.0,
+                x_ptr as *const c_void,
+                plan.y.0,
+                dy_ptr as *const c_void,
+                plan.backward_filter.conv.0,
+                algo,
+                ws,
+                ws_len,
+                (&raw const beta).cast(),
+                plan.w.0,
+                dw_ptr as *mut c_void,
             )
         }
+        .map_err(failed("cudnnConvolutionBackwardFilter"))
+    }
+}
+
+/// A workspace's pointer and size for a cuDNN call (null and 0 when there is
+/// none), with the guard cudarc's pointer access hands out.
+fn workspace_arg<'a>(
+    workspace: &'a mut Option<CudaSlice<u8>>,
+    stream: &'a CudaStream,
+) -> (*mut c_void, usize, Option<SyncOnDrop<'a>>) {
+    match workspace {
+        Some(ws) => {
+            let len = ws.len();
+            let (ptr, guard) = ws.device_ptr_mut(stream);
+            (ptr as *mut c_void, len, Some(guard))
+        }
+        None => (std::ptr::null_mut(), 0, None),
+    }
+}
+
+/// A shape's descriptors with the handle: what cuDNN's queries take.
+struct Shapes<'a> {
+    handle: &'a Handle,
+    x: &'a TensorDesc,
+    y: &'a TensorDesc,
+    w: &'a FilterDesc,
+}
+
+impl Shapes<'_> {
+    /// Bytes of workspace `algo` needs under `conv`'s math type.
+    fn workspace_size(&self, conv: &ConvDesc, algo: Algo) -> Result<usize, CudnnError> {
+        let (h, x, y, w, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let mut size = 0usize;
+        // SAFETY: live handle and descriptors; `size` is a valid out-pointer.
+        let status = unsafe {
+            match algo {
+                Algo::Forward(a) => {
+                    sys::cudnnGetConvolutionForwardWorkspaceSize(h, x, w, c, y, a, &mut size)
+                }
+                Algo::BackwardData(a) => {
+                    sys::cudnnGetConvolutionBackwardDataWorkspaceSize(h, w, y, c, x, a, &mut size)
+                }
+                Algo::BackwardFilter(a) => {
+                    sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(h, x, y, c, w, a, &mut size)
+                }
+            }
+        };
+        status.result()?;
+        Ok(size)
+    }
+
+    /// How many results a search of `pass` may return (cuDNN's count, which
+    /// includes tensor-op and other variants of one algorithm).
+    fn max_results(&self, pass: Pass) -> Result<usize, CudnnError> {
+        let mut count: c_int = 0;
+        // SAFETY: a live handle; `count` is a valid out-pointer.
+        let status = unsafe {
+            match pass {
+                Pass::Forward => {
+                    sys::cudnnGetConvolutionForwardAlgorithmMaxCount(self.handle.0, &mut count)
+                }
+                Pass::BackwardData => {
+                    sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount(self.handle.0, &mut count)
+                }
+                Pass::BackwardFilter => sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(
+                    self.handle.0,
+                    &mut count,
+                ),
+            }
+        };
+        status.result()?;
+        // Room for a tensor-op and a plain variant of every algorithm at least.
+        let known = Algo::all(pass).len() * 2;
+        Ok(usize::try_from(count).unwrap_or(0).max(known))
+    }
+
+    /// cuDNN's timed trial of every algorithm of `pass` (`cudnnFind*AlgorithmEx`)
+    /// on the scratch tensors, which it overwrites.
+    fn find<T: Element>(
+        &self,
+        stream: &CudaStream,
+        pass: Pass,
+        conv: &ConvDesc,
+        trial: &mut Trial<T>,
+    ) -> Result<Vec<Perf>, CudnnError> {
+        let max = self.max_results(pass)?;
+        let mut results = vec![Perf::default(); max];
+        let mut returned: c_int = 0;
+        let requested = c_int::try_from(max).unwrap_or(c_int::MAX);
+        let (h, xd, yd, wd, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let (x, _x) = trial.x.device_ptr_mut(stream);
+        let (y, _y) = trial.y.device_ptr_mut(stream);
+        let (w, _w) = trial.w.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut trial.workspace, stream);
+        let (x, y, w) = (x as *mut c_void, y as *mut c_void, w as *mut c_void);
+        let out = results.as_mut_ptr();
+        // SAFETY: live handle and descriptors; the scratch tensors have exactly
+        // the descriptors' sizes and the workspace its stated length; `results`
+        // holds `requested` entries laid out as cuDNN's perf structs (checked at
+        // compile time above).
+        let status = unsafe {
+            match pass {
+                Pass::Forward => sys::cudnnFindConvolutionForwardAlgorithmEx(
+                    h,
+                    xd,
+                    x,
+                    wd,
+                    w,
+                    c,
+                    yd,
+                    y,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                    ws,
+                    ws_len,
+                ),
+                Pass::BackwardData => sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                    h,
+                    wd,
+                    w,
+                    yd,
+                    y,
+                    c,
+                    xd,
+                    x,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                    ws,
+                    ws_len,
+                ),
+                Pass::BackwardFilter => sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                    h,
+                    xd,
+                    x,
+                    yd,
+                    y,
+                    c,
+                    wd,
+                    w,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                    ws,
+                    ws_len,
+                ),
+            }
+        };
+        status.result()?;
+        results.truncate(usize::try_from(returned).unwrap_or(0).min(max));
+        Ok(results)
+    }
+
+    /// cuDNN's heuristic ranking of the algorithms of `pass` (the v7 queries),
+    /// best first; nothing is run.
+    fn heuristics(&self, pass: Pass, conv: &ConvDesc) -> Result<Vec<Perf>, CudnnError> {
+        let max = self.max_results(pass)?;
+        let mut results = vec![Perf::default(); max];
+        let mut returned: c_int = 0;
+        let requested = c_int::try_from(max).unwrap_or(c_int::MAX);
+        let (h, x, y, w, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let out = results.as_mut_ptr();
+        // SAFETY: live handle and descriptors; `results` holds `requested`
+        // entries laid out as cuDNN's perf structs.
+        let status = unsafe {
+            match pass {
+                Pass::Forward => sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                    h,
+                    x,
+                    w,
+                    c,
+                    y,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                ),
+                Pass::BackwardData => sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    h,
+                    w,
+                    y,
+                    c,
+                    x,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                ),
+                Pass::BackwardFilter => sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                    h,
+                    x,
+                    y,
+                    c,
+                    w,
+                    requested,
+                    &mut returned,
+                    out.cast(),
+                ),
+            }
+        };
+        status.result()?;
+        results.truncate(usize::try_from(returned).unwrap_or(0).min(max));
+        Ok(results)
     }
 }
 
@@ -319,5 +1432,219 @@ pub(crate) fn version() -> String {
         format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
     } else {
         format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The policy and the ranking are plain logic over cuDNN's reports, checked
+    //! here without a GPU.
+
+    use super::*;
+
+    const FMA: u32 = cudnnMathType_t::CUDNN_FMA_MATH as u32;
+    const DEFAULT: u32 = cudnnMathType_t::CUDNN_DEFAULT_MATH as u32;
+    const TENSOR_OP: u32 = cudnnMathType_t::CUDNN_TENSOR_OP_MATH as u32;
+    const CONVERSION: u32 = cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION as u32;
+    const DETERMINISTIC: u32 = cudnnDeterminism_t::CUDNN_DETERMINISTIC as u32;
+    const NOT_SUPPORTED: u32 = 3000;
+
+    fn perf(algo: u32, math_type: u32, time: f32) -> Perf {
+        Perf {
+            algo,
+            status: SUCCESS,
+            time,
+            memory: 0,
+            determinism: DETERMINISTIC,
+            math_type,
+            reserved: [0; 3],
+        }
+    }
+
+    #[test]
+    fn algorithm_names_are_short() {
+        assert_eq!(algo_name(Pass::Forward, 1), "IMPLICIT_PRECOMP_GEMM");
+        assert_eq!(algo_name(Pass::BackwardData, 0), "ALGO_0");
+        assert_eq!(algo_name(Pass::BackwardFilter, 3), "ALGO_3");
+        assert_eq!(algo_name(Pass::BackwardFilter, 6), "FFT_TILING");
+        assert_eq!(algo_name(Pass::BackwardFilter, 7), "algorithm 7");
+    }
+
+    #[test]
+    fn policies_follow_the_modes() {
+        use cudnnDataType_t::{CUDNN_DATA_BFLOAT16, CUDNN_DATA_FLOAT};
+        use cudnnMathType_t::{CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH};
+        assert_eq!(
+            Policy::of(CUDNN_DATA_FLOAT, CUDNN_FMA_MATH, Algorithms::Exact),
+            Policy::Fp32
+        );
+        assert_eq!(
+            Policy::of(CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH, Algorithms::Exact),
+            Policy::Tf32
+        );
+        assert_eq!(
+            Policy::of(CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_OP_MATH, Algorithms::Exact),
+            Policy::Bf16
+        );
+        assert_eq!(f32::DATA_TYPE, CUDNN_DATA_FLOAT);
+        assert_eq!(Bf16::DATA_TYPE, CUDNN_DATA_BFLOAT16);
+    }
+
+    #[test]
+    fn fp32_excludes_transforms_and_tensor_ops() {
+        let p = Policy::Fp32;
+        for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+            for algo in Algo::all(pass) {
+                let number = match algo {
+                    Algo::Forward(a) => a as u32,
+                    Algo::BackwardData(a) => a as u32,
+                    Algo::BackwardFilter(a) => a as u32,
+                };
+                let name = algo.name();
+                let transform = ["FFT", "FFT_TILING", "WINOGRAD_NONFUSED"].contains(&name.as_str());
+                assert_eq!(algo.is_transform(), transform, "{pass:?} {name}");
+                assert_eq!(
+                    p.rejection(pass, &perf(number, FMA, 1.0)).is_some(),
+                    transform
+                );
+                // DEFAULT passes (and then runs under FMA); tensor-op math never does.
+                assert_eq!(
+                    p.rejection(pass, &perf(number, DEFAULT, 1.0)).is_some(),
+                    transform
+                );
+                assert!(p.rejection(pass, &perf(number, TENSOR_OP, 1.0)).is_some());
+            }
+        }
+        // Plain Winograd stays.
+        let winograd = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD as u32;
+        assert!(
+            p.rejection(Pass::Forward, &perf(winograd, FMA, 1.0))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bf16_excludes_non_deterministic_backward_passes() {
+        let p = Policy::Bf16;
+        let filter_0 = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 as u32;
+        let filter_1 = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 as u32;
+        let filter_3 = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3 as u32;
+        let data_0 = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 as u32;
+        let data_1 = BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 as u32;
+        // Documented atomics are out even when reported deterministic.
+        for (pass, algo) in [
+            (Pass::BackwardFilter, filter_0),
+            (Pass::BackwardFilter, filter_3),
+            (Pass::BackwardData, data_0),
+        ] {
+            assert!(p.rejection(pass, &perf(algo, TENSOR_OP, 1.0)).is_some());
+        }
+        assert!(
+            p.rejection(Pass::BackwardFilter, &perf(filter_1, TENSOR_OP, 1.0))
+                .is_none()
+        );
+        assert!(
+            p.rejection(Pass::BackwardData, &perf(data_1, DEFAULT, 1.0))
+                .is_none()
+        );
+        // A reported non-deterministic result is out whatever its algorithm.
+        let mut reported = perf(filter_1, TENSOR_OP, 1.0);
+        reported.determinism = NON_DETERMINISTIC;
+        assert!(p.rejection(Pass::BackwardFilter, &reported).is_some());
+        // The forward pass is not concerned.
+        let mut forward = perf(0, TENSOR_OP, 1.0);
+        forward.determinism = NON_DETERMINISTIC;
+        assert!(p.rejection(Pass::Forward, &forward).is_none());
+    }
+
+    #[test]
+    fn tf32_allows_all_but_down_conversion() {
+        let p = Policy::Tf32;
+        let fft = BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT as u32;
+        let mut atomics = perf(0, TENSOR_OP, 1.0);
+        atomics.determinism = NON_DETERMINISTIC;
+        assert!(p.rejection(Pass::BackwardFilter, &atomics).is_none());
+        assert!(
+            p.rejection(Pass::BackwardFilter, &perf(fft, DEFAULT, 1.0))
+                .is_none()
+        );
+        assert!(
+            p.rejection(Pass::BackwardFilter, &perf(fft, FMA, 1.0))
+                .is_none()
+        );
+        assert!(
+            p.rejection(Pass::Forward, &perf(1, CONVERSION, 1.0))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn failures_and_unknown_values_are_rejected_everywhere() {
+        for p in [Policy::Fp32, Policy::Tf32, Policy::Bf16] {
+            let mut failed = perf(1, FMA, 1.0);
+            failed.status = NOT_SUPPORTED;
+            assert!(p.rejection(Pass::Forward, &failed).is_some());
+            assert!(p.rejection(Pass::Forward, &perf(99, FMA, 1.0)).is_some());
+            assert!(p.rejection(Pass::Forward, &perf(1, 99, 1.0)).is_some());
+        }
+    }
+
+    #[test]
+    fn fp32_runs_under_fma_whatever_was_reported() {
+        let default = math_type(DEFAULT).unwrap();
+        assert_eq!(
+            Policy::Fp32.run_math(default),
+            cudnnMathType_t::CUDNN_FMA_MATH
+        );
+        assert_eq!(Policy::Tf32.run_math(default), default);
+    }
+
+    #[test]
+    fn timed_ranking_takes_the_fastest_allowed() {
+        let fft = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT as u32;
+        let mut failed = perf(2, FMA, 0.01);
+        failed.status = NOT_SUPPORTED;
+        // Out of order on purpose: the minimum is taken, not the first.
+        let results = vec![
+            perf(fft, FMA, 0.5),
+            failed,
+            perf(0, FMA, 3.0),
+            perf(1, FMA, 2.0),
+            perf(3, TENSOR_OP, 1.0),
+        ];
+        let judged = Judged::new(Policy::Fp32, Pass::Forward, results, Ranking::Timed);
+        assert_eq!(judged.chosen, Some(3));
+        let (ahead, others) = judged.passed_over();
+        let ahead: Vec<u32> = ahead.iter().map(|(p, _)| p.algo).collect();
+        assert_eq!(ahead, [fft, 3]);
+        // The failed one, however "fast".
+        assert_eq!(others, 1);
+    }
+
+    #[test]
+    fn heuristic_ranking_takes_the_first_allowed() {
+        let results = vec![
+            perf(0, TENSOR_OP, -1.0),
+            perf(3, TENSOR_OP, -1.0),
+            perf(1, TENSOR_OP, -1.0),
+        ];
+        let judged = Judged::new(
+            Policy::Bf16,
+            Pass::BackwardFilter,
+            results,
+            Ranking::Heuristic,
+        );
+        assert_eq!(judged.chosen, Some(2));
+        assert_eq!(judged.passed_over().0.len(), 2);
+    }
+
+    #[test]
+    fn nothing_allowed_is_reported_in_full() {
+        let results = vec![perf(0, TENSOR_OP, 1.0), perf(3, TENSOR_OP, 2.0)];
+        let judged = Judged::new(Policy::Bf16, Pass::BackwardFilter, results, Ranking::Timed);
+        assert_eq!(judged.chosen, None);
+        let list = judged.list(Pass::BackwardFilter);
+        assert!(list.contains("ALGO_0 (tensor-op math)"), "{list}");
+        assert!(list.contains("ALGO_3 (tensor-op math)"), "{list}");
     }
 }

@@ -10,7 +10,8 @@
 //! gives the same sums in the same order, and so is deterministic.
 //!
 //! One thread per output value unless a kernel says otherwise; lengths are
-//! 64-bit, geometry 32-bit.
+//! 64-bit, geometry 32-bit. The LRN and max-pooling kernels index planes on a
+//! 2-D grid instead of a flat length (see `plane_index` in [`SOURCE`]).
 
 use std::sync::Arc;
 
@@ -19,7 +20,8 @@ use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
 use crate::error::CudaError;
 
-/// Threads per block for every kernel; the reductions assume exactly this many.
+/// Threads per block: exactly this many for the reductions, at most this many
+/// for the kernels over planes.
 pub(crate) const BLOCK: u32 = 256;
 
 pub(crate) const SOURCE: &str = r#"
@@ -114,6 +116,15 @@ extern "C" __global__ void bias_grad(const float* dy, float* db, int images, int
     if (threadIdx.x == 0) db[c] += partial[0];
 }
 
+/* The LRN and max-pooling kernels work on whole planes (one channel of one
+   image) and run one thread per value of each plane on a 2-D grid
+   (`per_plane_value` on the host): blockIdx.x is the plane (image * channels +
+   channel), blockIdx.y * blockDim.x + threadIdx.x the position within it. A
+   flat 64-bit index would need 64-bit divisions to find these, which would cost
+   more than everything else these kernels compute. */
+__device__ __forceinline__ unsigned int plane_index() { return blockIdx.x; }
+__device__ __forceinline__ int position_in_plane() { return blockIdx.y * blockDim.x + threadIdx.x; }
+
 /* The LRN window of channel c: the `size` channels centred on c, clipped to the
    block of `per_group` channels (the tower) that c belongs to. */
 __device__ __forceinline__ void lrn_window(int c, int per_group, int size, int* lo, int* hi) {
@@ -123,72 +134,140 @@ __device__ __forceinline__ void lrn_window(int c, int per_group, int size, int* 
     *hi = min(c + half + 1, start + per_group);
 }
 
-/* s_c = k + alpha * sum over window(c) of a_j^2, at the pixel whose channel 0 is at `base`. */
-__device__ __forceinline__ float lrn_scale(const float* a, u64 base, u64 plane, int c,
-                                           int per_group, int size, float alpha, float k) {
+/* s_c = k + alpha * sum over window(c) of a_j^2, at the pixel whose channel 0 is
+   at `pixel`; a direct sum in the reference's order (a running sum along the
+   channels would lose digits to cancellation). */
+__device__ __forceinline__ float lrn_scale(const float* __restrict__ a, u64 pixel, int plane_len,
+                                           int c, int per_group, int size, float alpha,
+                                           float k) {
     int lo, hi;
     lrn_window(c, per_group, size, &lo, &hi);
     float sum = 0.0f;
     for (int j = lo; j < hi; ++j) {
-        float v = a[base + (u64)j * plane];
+        float v = a[pixel + (u64)j * plane_len];
         sum += v * v;
     }
     return k + alpha * sum;
 }
 
-extern "C" __global__ void lrn_forward(const float* x, float* y, int channels, int per_group,
-                                       int size, u64 plane, float alpha, float beta, float k,
-                                       u64 len) {
-    u64 i = global_index();
-    if (i >= len) return;
-    u64 p = i % plane;
-    int c = (int)((i / plane) % channels);
-    u64 base = (i / (plane * channels)) * plane * channels + p;
-    float s = lrn_scale(x, base, plane, c, per_group, size, alpha, k);
-    y[i] = x[i] * powf(s, -beta);
+/* The LRN's output at channel c of the pixel whose channel 0 is at `pixel`:
+   a_c s_c^-beta. The unfused and fused forward passes share it, so they give the
+   same values to the bit. */
+__device__ __forceinline__ float lrn_value(const float* __restrict__ a, u64 pixel, int plane_len,
+                                           int c, int per_group, int size, float alpha,
+                                           float beta, float k) {
+    float s = lrn_scale(a, pixel, plane_len, c, per_group, size, alpha, k);
+    return a[pixel + (u64)c * plane_len] * powf(s, -beta);
 }
 
-/* dx_m = dy_m s_m^-beta - 2 alpha beta a_m sum_{i in window(m)} dy_i a_i s_i^(-beta-1). */
-extern "C" __global__ void lrn_backward(const float* x, const float* dy, float* dx, int channels,
-                                        int per_group, int size, u64 plane, float alpha,
-                                        float beta, float k, u64 len) {
-    u64 i = global_index();
-    if (i >= len) return;
-    u64 p = i % plane;
-    int m = (int)((i / plane) % channels);
-    u64 base = (i / (plane * channels)) * plane * channels + p;
+extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ y,
+                                       int channels, int per_group, int size, float alpha,
+                                       float beta, float k, int plane_len) {
+    int p = position_in_plane();
+    if (p >= plane_len) return;
+    unsigned int plane = plane_index();
+    int c = (int)(plane % channels);
+    u64 pixel = (u64)(plane - c) * plane_len + p;
+    y[(u64)plane * plane_len + p] =
+        lrn_value(x, pixel, plane_len, c, per_group, size, alpha, beta, k);
+}
+
+/* The LRN's backward pass, with g the gradient of its output and q = s^-beta:
+
+     dx_m = g_m q_m - 2 alpha beta a_m sum_{i in window(m)} g_i a_i q_i / s_i
+
+   (s^(-beta-1) = q / s), in two element-wise passes so that each value's s and q
+   are computed once (one powf per value) rather than once per window holding it:
+   the first (lrn_backward_terms, lrn_max_pool_backward_terms) writes g_m q_m to
+   dx and the term t_m = g_m a_m q_m / s_m to `terms`; the second
+   (lrn_backward_finish) subtracts 2 alpha beta a_m times the sum of the window's
+   terms, added in the reference's order. */
+__device__ __forceinline__ void lrn_backward_terms_at(const float* __restrict__ x, float g,
+                                                      float* __restrict__ dx,
+                                                      float* __restrict__ terms,
+                                                      unsigned int plane, int p, int plane_len,
+                                                      int channels, int per_group, int size,
+                                                      float alpha, float beta, float k) {
+    int c = (int)(plane % channels);
+    u64 pixel = (u64)(plane - c) * plane_len + p;
+    u64 i = (u64)plane * plane_len + p;
+    float s = lrn_scale(x, pixel, plane_len, c, per_group, size, alpha, k);
+    float q = powf(s, -beta);
+    dx[i] = g * q;
+    terms[i] = g * x[i] * q / s;
+}
+
+/* The first pass of the LRN's backward pass, from the gradient dy of its output. */
+extern "C" __global__ void lrn_backward_terms(const float* __restrict__ x,
+                                              const float* __restrict__ dy,
+                                              float* __restrict__ dx, float* __restrict__ terms,
+                                              int channels, int per_group, int size, float alpha,
+                                              float beta, float k, int plane_len) {
+    int p = position_in_plane();
+    if (p >= plane_len) return;
+    unsigned int plane = plane_index();
+    float g = dy[(u64)plane * plane_len + p];
+    lrn_backward_terms_at(x, g, dx, terms, plane, p, plane_len, channels, per_group, size, alpha,
+                          beta, k);
+}
+
+/* The second pass: dx_m -= 2 alpha beta a_m sum_{i in window(m)} t_i (k unused,
+   taken so that every LRN kernel takes the same arguments). */
+extern "C" __global__ void lrn_backward_finish(const float* __restrict__ x,
+                                               const float* __restrict__ terms,
+                                               float* __restrict__ dx, int channels,
+                                               int per_group, int size, float alpha, float beta,
+                                               float k, int plane_len) {
+    int p = position_in_plane();
+    if (p >= plane_len) return;
+    unsigned int plane = plane_index();
+    int c = (int)(plane % channels);
+    u64 pixel = (u64)(plane - c) * plane_len + p;
+    u64 i = (u64)plane * plane_len + p;
     int lo, hi;
-    lrn_window(m, per_group, size, &lo, &hi);
+    lrn_window(c, per_group, size, &lo, &hi);
     float cross = 0.0f;
-    for (int c = lo; c < hi; ++c) {
-        u64 at = base + (u64)c * plane;
-        float s = lrn_scale(x, base, plane, c, per_group, size, alpha, k);
-        cross += dy[at] * x[at] * powf(s, -beta - 1.0f);
-    }
-    float s_m = lrn_scale(x, base, plane, m, per_group, size, alpha, k);
-    dx[i] = dy[i] * powf(s_m, -beta) - 2.0f * alpha * beta * x[i] * cross;
+    for (int j = lo; j < hi; ++j) cross += terms[pixel + (u64)j * plane_len];
+    dx[i] = dx[i] - 2.0f * alpha * beta * x[i] * cross;
 }
 
-/* Position within the input plane of the first largest value of output (oy, ox)'s
-   window in row-major order: the tie rule every backend shares. */
-__device__ __forceinline__ int window_argmax(const float* plane, int in_w, int oy, int ox,
-                                             int size, int stride) {
-    int best = oy * stride * in_w + ox * stride;
+/* The first largest value of output (oy, ox)'s window in row-major order (the
+   tie rule every backend shares) goes to *largest; returns its position within
+   the window, ky * size + kx. A NaN first value stays, later NaNs never win, as
+   in the reference's `>` comparisons. */
+__device__ __forceinline__ int window_argmax(const float* __restrict__ plane, int in_w, int oy,
+                                             int ox, int size, int stride, float* largest) {
+    const float* window = plane + oy * stride * in_w + ox * stride;
+    float best = window[0];
+    int best_at = 0;
     for (int ky = 0; ky < size; ++ky)
         for (int kx = 0; kx < size; ++kx) {
-            int pos = (oy * stride + ky) * in_w + ox * stride + kx;
-            if (plane[pos] > plane[best]) best = pos;
+            float v = window[ky * in_w + kx];
+            if (v > best) {
+                best = v;
+                best_at = ky * size + kx;
+            }
         }
-    return best;
+    *largest = best;
+    return best_at;
 }
 
-extern "C" __global__ void max_pool_forward(const float* x, float* y, int in_h, int in_w,
-                                            int out_h, int out_w, int size, int stride, u64 len) {
-    u64 i = global_index();
-    if (i >= len) return;
-    int ox = (int)(i % out_w), oy = (int)((i / out_w) % out_h);
-    const float* xp = x + (i / ((u64)out_w * out_h)) * in_h * in_w;
-    y[i] = xp[window_argmax(xp, in_w, oy, ox, size, stride)];
+/* One thread per output. Writes the largest value to y and its position within
+   the window to `winners`, each only where given (not null): the forward pass
+   wants the values, max_pool_backward the positions. */
+extern "C" __global__ void max_pool_forward(const float* __restrict__ x, float* __restrict__ y,
+                                            int* __restrict__ winners, int in_h, int in_w,
+                                            int out_h, int out_w, int size, int stride) {
+    int p = position_in_plane();
+    int out_len = out_h * out_w;
+    if (p >= out_len) return;
+    unsigned int plane = plane_index();
+    const float* xp = x + (u64)plane * in_h * in_w;
+    float largest;
+    int best_at = window_argmax(xp, in_w, p / out_w, p % out_w, size, stride, &largest);
+    u64 out = (u64)plane * out_len + p;
+    if (y) y[out] = largest;
+    if (winners) winners[out] = best_at;
 }
 
 /* The outputs whose windows cover input row (or column) `at`, inclusive. */
@@ -197,26 +276,106 @@ __device__ __forceinline__ void covering(int at, int size, int stride, int out, 
     *hi = min(at / stride, out - 1);
 }
 
-/* One thread per input value: sums the gradients of the outputs that picked it. */
-extern "C" __global__ void max_pool_backward(const float* x, const float* dy, float* dx, int in_h,
-                                             int in_w, int out_h, int out_w, int size,
-                                             int stride, u64 len) {
-    u64 i = global_index();
-    if (i >= len) return;
-    int ix = (int)(i % in_w), iy = (int)((i / in_w) % in_h);
-    u64 plane = i / ((u64)in_w * in_h);
-    const float* xp = x + plane * in_h * in_w;
-    const float* dyp = dy + plane * out_h * out_w;
+/* The gradient of input (iy, ix) of one plane of a max pooling: the sum of the
+   gradients dy of the outputs whose windows cover it and whose `winners` entry
+   (the position within the window that output took its value from) is it. At
+   most ceil(size / stride)^2 outputs, added in the order the reference's
+   scatter adds them (row-major), so the sums are the same to the bit. Winner is
+   int (plain max pooling) or unsigned char (the fused LRN + max pooling's
+   record). */
+template <typename Winner>
+__device__ __forceinline__ float max_pool_gradient(const Winner* __restrict__ winners,
+                                                   const float* __restrict__ dy, int iy, int ix,
+                                                   int out_h, int out_w, int size, int stride) {
     int y_lo, y_hi, x_lo, x_hi;
     covering(iy, size, stride, out_h, &y_lo, &y_hi);
     covering(ix, size, stride, out_w, &x_lo, &x_hi);
-    int here = iy * in_w + ix;
     float sum = 0.0f;
     for (int oy = y_lo; oy <= y_hi; ++oy)
-        for (int ox = x_lo; ox <= x_hi; ++ox)
-            if (window_argmax(xp, in_w, oy, ox, size, stride) == here)
-                sum += dyp[oy * out_w + ox];
-    dx[i] = sum;
+        for (int ox = x_lo; ox <= x_hi; ++ox) {
+            int out = oy * out_w + ox;
+            int here = (iy - oy * stride) * size + (ix - ox * stride);
+            if ((int)winners[out] == here) sum += dy[out];
+        }
+    return sum;
+}
+
+/* One thread per input value, from the winners max_pool_forward recorded: a
+   gather rather than the reference's scatter, so no atomics and a fixed order. */
+extern "C" __global__ void max_pool_backward(const int* __restrict__ winners,
+                                             const float* __restrict__ dy,
+                                             float* __restrict__ dx, int in_h, int in_w,
+                                             int out_h, int out_w, int size, int stride) {
+    int p = position_in_plane();
+    int in_len = in_h * in_w;
+    if (p >= in_len) return;
+    unsigned int plane = plane_index();
+    u64 outputs = (u64)plane * out_h * out_w;
+    dx[(u64)plane * in_len + p] = max_pool_gradient(winners + outputs, dy + outputs, p / in_w,
+                                                    p % in_w, out_h, out_w, size, stride);
+}
+
+/* The fused LRN + max pooling's forward pass, one thread per pooled output:
+   the LRN's output of each value of the window is computed where it is needed
+   (overlapping windows compute some twice), so it is never written nor read
+   back. `record`, where given (not null), receives each output's winning
+   position ky * size + kx in a byte (windows of at most 16x16, which
+   alexnet::fusion sees to): byte i for output i of the batch. */
+extern "C" __global__ void lrn_max_pool_forward(const float* __restrict__ x,
+                                                float* __restrict__ y,
+                                                unsigned char* __restrict__ record, int channels,
+                                                int per_group, int lrn_size, float alpha,
+                                                float beta, float k, int in_h, int in_w,
+                                                int out_h, int out_w, int size, int stride) {
+    int p = position_in_plane();
+    int out_len = out_h * out_w;
+    if (p >= out_len) return;
+    unsigned int plane = plane_index();
+    int c = (int)(plane % channels);
+    int in_len = in_h * in_w;
+    int oy = p / out_w, ox = p % out_w;
+    /* Channel 0 of the window's top-left pixel. */
+    u64 corner = (u64)(plane - c) * in_len + oy * stride * in_w + ox * stride;
+    float best = 0.0f;
+    int best_at = 0;
+    for (int ky = 0; ky < size; ++ky)
+        for (int kx = 0; kx < size; ++kx) {
+            float z = lrn_value(x, corner + ky * in_w + kx, in_len, c, per_group, lrn_size, alpha,
+                                beta, k);
+            /* The first value always stands; after it, the max_pool_forward rule. */
+            if ((ky == 0 && kx == 0) || z > best) {
+                best = z;
+                best_at = ky * size + kx;
+            }
+        }
+    u64 out = (u64)plane * out_len + p;
+    y[out] = best;
+    if (record) record[out] = (unsigned char)best_at;
+}
+
+/* The first pass of the fused LRN + max pooling's backward pass (the second is
+   lrn_backward_finish), one thread per LRN value: the gradient of the LRN's
+   output there is gathered from the pooled gradient dy and the forward pass's
+   record, then goes into lrn_backward_terms_at. Nothing of the forward pass is
+   computed again. */
+extern "C" __global__ void lrn_max_pool_backward_terms(const float* __restrict__ x,
+                                                       const unsigned char* __restrict__ record,
+                                                       const float* __restrict__ dy,
+                                                       float* __restrict__ dx,
+                                                       float* __restrict__ terms, int channels,
+                                                       int per_group, int lrn_size, float alpha,
+                                                       float beta, float k, int in_h, int in_w,
+                                                       int out_h, int out_w, int size,
+                                                       int stride) {
+    int p = position_in_plane();
+    int in_len = in_h * in_w;
+    if (p >= in_len) return;
+    unsigned int plane = plane_index();
+    u64 outputs = (u64)plane * out_h * out_w;
+    float g = max_pool_gradient(record + outputs, dy + outputs, p / in_w, p % in_w, out_h, out_w,
+                                size, stride);
+    lrn_backward_terms_at(x, g, dx, terms, plane, p, in_len, channels, per_group, lrn_size, alpha,
+                          beta, k);
 }
 
 extern "C" __global__ void avg_pool_forward(const float* x, float* y, int in_h, int in_w,
@@ -337,9 +496,12 @@ pub(crate) struct Kernels {
     pub bias_add: CudaFunction,
     pub bias_grad: CudaFunction,
     pub lrn_forward: CudaFunction,
-    pub lrn_backward: CudaFunction,
+    pub lrn_backward_terms: CudaFunction,
+    pub lrn_backward_finish: CudaFunction,
     pub max_pool_forward: CudaFunction,
     pub max_pool_backward: CudaFunction,
+    pub lrn_max_pool_forward: CudaFunction,
+    pub lrn_max_pool_backward_terms: CudaFunction,
     pub avg_pool_forward: CudaFunction,
     pub avg_pool_backward: CudaFunction,
     pub softmax_xent: CudaFunction,
@@ -395,9 +557,12 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         bias_add: f("bias_add")?,
         bias_grad: f("bias_grad")?,
         lrn_forward: f("lrn_forward")?,
-        lrn_backward: f("lrn_backward")?,
+        lrn_backward_terms: f("lrn_backward_terms")?,
+        lrn_backward_finish: f("lrn_backward_finish")?,
         max_pool_forward: f("max_pool_forward")?,
         max_pool_backward: f("max_pool_backward")?,
+        lrn_max_pool_forward: f("lrn_max_pool_forward")?,
+        lrn_max_pool_backward_terms: f("lrn_max_pool_backward_terms")?,
         avg_pool_forward: f("avg_pool_forward")?,
         avg_pool_backward: f("avg_pool_backward")?,
         softmax_xent: f("softmax_xent")?,

@@ -40,6 +40,7 @@ mod bf16;
 mod dnn;
 mod error;
 mod kernels;
+mod staging;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +64,7 @@ pub use error::CudaError;
 use bf16::{Bf16, Bf16Scratch};
 use dnn::Dnn;
 use kernels::{BLOCK, Kernels};
+use staging::Staging;
 
 /// How matrix products (convolutions and fully connected layers) round.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +87,23 @@ pub enum Precision {
     /// gradient then accumulates in f32), as under PyTorch's autocast. Needs a GPU
     /// of compute capability 8.0 (Ampere) or newer.
     Bf16,
+}
+
+/// Which cuDNN convolution algorithms fp32 mode may choose from (each shape's
+/// algorithms are timed once, and the fastest allowed one is kept). TF32 and
+/// bf16 round their operands far more than any algorithm does, so this applies
+/// to fp32 only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithms {
+    /// Any algorithm, as PyTorch's `cudnn.benchmark`: FFT and Winograd
+    /// transforms too, which are several times faster on some of the paper's
+    /// layers but round intermediate values, so results differ from a direct sum
+    /// by more than fp32 rounding.
+    #[default]
+    Fastest,
+    /// Only algorithms that sum the products directly (no FFT, FFT_TILING or
+    /// WINOGRAD_NONFUSED): results within fp32 rounding of the CPU reference.
+    Exact,
 }
 
 impl std::fmt::Display for Precision {
@@ -115,8 +134,10 @@ pub struct CudaBackend {
     /// Device buffers for the loss: labels in, per-image losses out.
     loss_scratch: Mutex<LossScratch>,
     input_scratch: Mutex<InputScratch>,
-    /// The LRN's output and its gradient for the fused LRN + max pooling.
-    lrn_pool_scratch: Mutex<LrnPoolScratch>,
+    /// Page-locked buffers that large uploads pass through.
+    staging: Mutex<Staging>,
+    /// Intermediate values of the LRN's and max pooling's backward passes.
+    backward_scratch: Mutex<BackwardScratch>,
     description: String,
 }
 
@@ -135,13 +156,15 @@ struct InputScratch {
     shift: Option<CudaSlice<f32>>,
 }
 
-/// The fused LRN + max pooling runs as its two kernels through these buffers
-/// (device memory is not what limits a GPU here), grown as needed. It records
-/// nothing: its backward pass recomputes the LRN's output.
+/// What the backward passes of the LRN (plain or fused with max pooling) and of
+/// max pooling keep between their kernels, grown as needed.
 #[derive(Default)]
-struct LrnPoolScratch {
-    normalised: Option<CudaSlice<f32>>,
-    gradient: Option<CudaSlice<f32>>,
+struct BackwardScratch {
+    /// The LRN's per-value terms `g a q / s` (see `lrn_backward_terms` in the
+    /// kernels), as many as the LRN's input.
+    lrn_terms: Option<CudaSlice<f32>>,
+    /// Each pooled output's winning position within its window.
+    pool_winners: Option<CudaSlice<i32>>,
 }
 
 #[derive(Default)]
@@ -216,19 +239,23 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 18] = [
+pub const KERNEL_NAMES: [&str; 22] = [
     "fill",
     "relu_forward",
     "relu_backward",
     "tanh_forward",
     "tanh_backward",
     "multiply",
+    "cut_views",
     "bias_add",
     "bias_grad",
     "lrn_forward",
-    "lrn_backward",
+    "lrn_backward_terms",
+    "lrn_backward_finish",
     "max_pool_forward",
     "max_pool_backward",
+    "lrn_max_pool_forward",
+    "lrn_max_pool_backward_terms",
     "avg_pool_forward",
     "avg_pool_backward",
     "softmax_xent",
@@ -250,6 +277,36 @@ fn per_value(len: usize) -> LaunchConfig {
         shared_mem_bytes: 0,
     }
 }
+
+/// One thread per value of each of `planes` planes (a channel of an image) of
+/// `plane_len` values, as the LRN and max-pooling kernels expect: `blockIdx.x`
+/// is the plane, `blockIdx.y * blockDim.x + threadIdx.x` the position within it.
+/// Blocks are cut down to the plane, in whole warps, where it holds fewer than
+/// [`BLOCK`] values, so that small planes (13x13 after conv2's pooling) leave
+/// fewer threads idle.
+fn per_plane_value(planes: usize, plane_len: usize) -> LaunchConfig {
+    let threads = plane_len.next_multiple_of(32).clamp(32, BLOCK as usize);
+    let blocks_per_plane = plane_len.div_ceil(threads);
+    LaunchConfig {
+        grid_dim: (
+            u32::try_from(planes)
+                .ok()
+                .filter(|&p| p <= i32::MAX as u32)
+                .expect("a launch of at most 2^31 - 1 planes"),
+            u32::try_from(blocks_per_plane)
+                .ok()
+                .filter(|&b| b <= 65535)
+                .expect("planes of at most 65535 blocks of values"),
+            1,
+        ),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A null device pointer (a pointer argument is its 64-bit address), for a
+/// kernel's optional output left out.
+const NULL_POINTER: u64 = 0;
 
 /// One block of [`BLOCK`] threads per row (or channel).
 fn per_row(rows: usize) -> LaunchConfig {
@@ -283,18 +340,31 @@ impl CudaBackend {
         CudaBackend::with_precision(ordinal, Precision::F32)
     }
 
-    /// The backend on device `ordinal` with the given rounding of matrix products.
+    /// The backend on device `ordinal` with the given rounding of matrix products
+    /// and the fastest convolution algorithms ([`Algorithms::Fastest`]).
+    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
+        CudaBackend::with_options(ordinal, precision, Algorithms::default())
+    }
+
+    /// The backend on device `ordinal` with the given rounding of matrix products
+    /// and choice of convolution algorithms.
     ///
     /// Fails with [`CudaError::LibraryMissing`] when the driver or a CUDA library
     /// cannot be opened and [`CudaError::NoDevice`] when the driver finds no such
     /// GPU ([`CudaError::is_no_gpu`] tells these apart from real failures).
-    pub fn with_precision(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
+    pub fn with_options(
+        ordinal: usize,
+        precision: Precision,
+        algorithms: Algorithms,
+    ) -> Result<CudaBackend, CudaError> {
         probe_libraries()?;
         // cudarc panics rather than returning an error when a symbol it needs is
         // missing from a library that did open (an older driver or library than
         // its bindings expect); setting up is where that would first happen, so a
         // panic here becomes an error too.
-        match catch_unwind(AssertUnwindSafe(|| CudaBackend::build(ordinal, precision))) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            CudaBackend::build(ordinal, precision, algorithms)
+        })) {
             Ok(result) => result,
             Err(payload) => Err(CudaError::Call {
                 what: format!("setting up cuda:{ordinal}"),
@@ -303,7 +373,11 @@ impl CudaBackend {
         }
     }
 
-    fn build(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
+    fn build(
+        ordinal: usize,
+        precision: Precision,
+        algorithms: Algorithms,
+    ) -> Result<CudaBackend, CudaError> {
         let no_device = |e: cudarc::driver::DriverError| match e.0 {
             cudaError_enum::CUDA_ERROR_NO_DEVICE | cudaError_enum::CUDA_ERROR_INVALID_DEVICE => {
                 CudaError::NoDevice {
@@ -360,15 +434,24 @@ impl CudaBackend {
         let dnn_error = |e| CudaError::call("creating cuDNN", e);
         let dnn = match precision {
             Precision::F32 => Convolutions::F32(
-                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_FMA_MATH).map_err(dnn_error)?,
+                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_FMA_MATH, algorithms)
+                    .map_err(dnn_error)?,
             ),
             Precision::Tf32 => Convolutions::F32(
-                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
-                    .map_err(dnn_error)?,
+                Dnn::new(
+                    stream.clone(),
+                    cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+                    algorithms,
+                )
+                .map_err(dnn_error)?,
             ),
             Precision::Bf16 => Convolutions::Bf16(
-                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
-                    .map_err(dnn_error)?,
+                Dnn::new(
+                    stream.clone(),
+                    cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+                    algorithms,
+                )
+                .map_err(dnn_error)?,
             ),
         };
         let bf16 = match precision {
@@ -392,7 +475,8 @@ impl CudaBackend {
             bf16,
             loss_scratch: Mutex::new(LossScratch::default()),
             input_scratch: Mutex::new(InputScratch::default()),
-            lrn_pool_scratch: Mutex::new(LrnPoolScratch::default()),
+            staging: Mutex::new(Staging::default()),
+            backward_scratch: Mutex::new(BackwardScratch::default()),
             description,
         })
     }
@@ -637,10 +721,12 @@ impl Backend for CudaBackend {
         if src.is_empty() {
             return;
         }
-        // From pageable memory the driver stages `src` before returning, so the
-        // caller may reuse it at once.
+        // Staged, so the caller may reuse `src` at once.
         let mut head = dst.slice_mut(..src.len());
-        if let Err(e) = self.stream.memcpy_htod(src, &mut head) {
+        let copied = self
+            .lock(&self.staging)
+            .upload(&self.ctx, &self.stream, src, &mut head);
+        if let Err(e) = copied {
             self.fail("copying to the device", e);
         }
     }
@@ -706,8 +792,12 @@ impl Backend for CudaBackend {
         let s = &mut *scratch;
         let copied = grow(&self.stream, &mut s.pixels, batch.pixels.len())
             .and_then(|pixels| {
-                self.stream
-                    .memcpy_htod(batch.pixels, &mut pixels.slice_mut(..batch.pixels.len()))
+                self.lock(&self.staging).upload(
+                    &self.ctx,
+                    &self.stream,
+                    batch.pixels,
+                    &mut pixels.slice_mut(..batch.pixels.len()),
+                )
             })
             .and_then(|()| grow(&self.stream, &mut s.place, place.len()))
             .and_then(|buf| {
@@ -965,28 +1055,16 @@ impl Backend for CudaBackend {
     }
 
     fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) {
-        let len = n * g.shape.len();
-        if len == 0 {
+        let (planes, plane_len) = (n * g.shape.channels, g.shape.height * g.shape.width);
+        if planes * plane_len == 0 {
             return;
         }
-        let (channels, per_group, size) = (
-            int(g.shape.channels),
-            int(g.channels_per_group()),
-            int(g.size),
-        );
-        let (plane, len64) = ((g.shape.height * g.shape.width) as u64, len as u64);
+        let (l, plane_len32) = (LrnArgs::new(g), int(plane_len));
         let mut args = self.stream.launch_builder(&self.kernels.lrn_forward);
-        args.arg(x)
-            .arg(y)
-            .arg(&channels)
-            .arg(&per_group)
-            .arg(&size)
-            .arg(&plane)
-            .arg(&g.alpha)
-            .arg(&g.beta)
-            .arg(&g.k)
-            .arg(&len64);
-        self.launch(args, per_value(len), "lrn_forward");
+        args.arg(x).arg(y);
+        l.push(&mut args);
+        args.arg(&plane_len32);
+        self.launch(args, per_plane_value(planes, plane_len), "lrn_forward");
     }
 
     fn lrn_backward(
@@ -997,29 +1075,24 @@ impl Backend for CudaBackend {
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) {
-        let len = n * g.shape.len();
-        if len == 0 {
+        let (planes, plane_len) = (n * g.shape.channels, g.shape.height * g.shape.width);
+        if planes * plane_len == 0 {
             return;
         }
-        let (channels, per_group, size) = (
-            int(g.shape.channels),
-            int(g.channels_per_group()),
-            int(g.size),
+        let mut scratch = self.lock(&self.backward_scratch);
+        let terms = grow(&self.stream, &mut scratch.lrn_terms, n * g.shape.len())
+            .unwrap_or_else(|e| self.fail("allocating the LRN's terms", e));
+        let (l, plane_len32) = (LrnArgs::new(g), int(plane_len));
+        let mut args = self.stream.launch_builder(&self.kernels.lrn_backward_terms);
+        args.arg(x).arg(dy).arg(&mut *dx).arg(&mut *terms);
+        l.push(&mut args);
+        args.arg(&plane_len32);
+        self.launch(
+            args,
+            per_plane_value(planes, plane_len),
+            "lrn_backward_terms",
         );
-        let (plane, len64) = ((g.shape.height * g.shape.width) as u64, len as u64);
-        let mut args = self.stream.launch_builder(&self.kernels.lrn_backward);
-        args.arg(x)
-            .arg(dy)
-            .arg(dx)
-            .arg(&channels)
-            .arg(&per_group)
-            .arg(&size)
-            .arg(&plane)
-            .arg(&g.alpha)
-            .arg(&g.beta)
-            .arg(&g.k)
-            .arg(&len64);
-        self.launch(args, per_value(len), "lrn_backward");
+        self.lrn_backward_finish(g, n, x, terms, dx);
     }
 
     fn max_pool_forward(
@@ -1029,16 +1102,19 @@ impl Backend for CudaBackend {
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        self.pool_forward(
-            &self.kernels.max_pool_forward,
-            "max_pool_forward",
-            g,
-            n,
-            x,
-            y,
-        );
+        let (planes, out_len) = (n * g.output.channels, g.output.height * g.output.width);
+        if planes * out_len == 0 {
+            return;
+        }
+        let p = PoolArgs::new(g);
+        let mut args = self.stream.launch_builder(&self.kernels.max_pool_forward);
+        args.arg(x).arg(y).arg(&NULL_POINTER);
+        p.push(&mut args);
+        self.launch(args, per_plane_value(planes, out_len), "max_pool_forward");
     }
 
+    /// Finds each output's winner again (the forward pass keeps none), then
+    /// gathers each input's gradient from the outputs it won.
     fn max_pool_backward(
         &self,
         g: &PoolGeometry,
@@ -1047,19 +1123,32 @@ impl Backend for CudaBackend {
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) {
-        let len = n * g.input.len();
-        if len == 0 {
+        let planes = n * g.input.channels;
+        let (in_len, out_len) = (
+            g.input.height * g.input.width,
+            g.output.height * g.output.width,
+        );
+        if planes * in_len == 0 {
             return;
         }
+        let mut scratch = self.lock(&self.backward_scratch);
+        let winners = grow(&self.stream, &mut scratch.pool_winners, planes * out_len)
+            .unwrap_or_else(|e| self.fail("allocating the pooling's winners", e));
         let p = PoolArgs::new(g);
-        let len64 = len as u64;
+        if out_len > 0 {
+            let mut args = self.stream.launch_builder(&self.kernels.max_pool_forward);
+            args.arg(x).arg(&NULL_POINTER).arg(&mut *winners);
+            p.push(&mut args);
+            self.launch(args, per_plane_value(planes, out_len), "max_pool_forward");
+        }
         let mut args = self.stream.launch_builder(&self.kernels.max_pool_backward);
-        args.arg(x).arg(dy).arg(dx);
+        args.arg(&*winners).arg(dy).arg(dx);
         p.push(&mut args);
-        args.arg(&len64);
-        self.launch(args, per_value(len), "max_pool_backward");
+        self.launch(args, per_plane_value(planes, in_len), "max_pool_backward");
     }
 
+    /// One kernel: each pooled output normalises its own window (see
+    /// `lrn_max_pool_forward` in the kernels).
     fn lrn_max_pool_forward(
         &self,
         lrn: &LrnGeometry,
@@ -1067,44 +1156,93 @@ impl Backend for CudaBackend {
         n: usize,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
-        _record: Option<&mut CudaSlice<f32>>,
+        record: Option<&mut CudaSlice<f32>>,
     ) {
-        let mut scratch = self.lock(&self.lrn_pool_scratch);
-        let normalised = grow(&self.stream, &mut scratch.normalised, n * lrn.shape.len())
-            .unwrap_or_else(|e| self.fail("allocating the LRN's output", e));
-        self.lrn_forward(lrn, n, x, normalised);
-        self.max_pool_forward(pool, n, normalised, y);
+        assert_eq!(pool.input, lrn.shape, "the pooling reads the LRN's output");
+        let (planes, out_len) = (
+            n * pool.output.channels,
+            pool.output.height * pool.output.width,
+        );
+        if planes * out_len == 0 {
+            return;
+        }
+        let (l, p) = (LrnArgs::new(lrn), PoolArgs::new(pool));
+        let mut args = self
+            .stream
+            .launch_builder(&self.kernels.lrn_max_pool_forward);
+        args.arg(x).arg(y);
+        match record {
+            Some(record) => {
+                assert!(
+                    record.len() >= n * self.lrn_max_pool_record_len(pool),
+                    "the record holds {} values, fewer than {n} images need",
+                    record.len()
+                );
+                args.arg(record)
+            }
+            None => args.arg(&NULL_POINTER),
+        };
+        l.push(&mut args);
+        p.push(&mut args);
+        self.launch(
+            args,
+            per_plane_value(planes, out_len),
+            "lrn_max_pool_forward",
+        );
     }
 
-    /// Nothing is recorded: the backward pass recomputes the LRN's output.
-    fn lrn_max_pool_record_len(&self, _pool: &PoolGeometry) -> usize {
-        0
+    /// Each pooled output's winning position within its window, in a byte
+    /// (`ky * size + kx`: windows are at most 16x16, see `alexnet::fusion`), four
+    /// to a value. The kernels treat the whole record as bytes, byte `i` for
+    /// output `i` of the batch: `n` images' outputs take `n * out` bytes, which
+    /// `n * ceil(out / 4)` values hold.
+    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
+        pool.output.len().div_ceil(4)
     }
 
+    /// Two element-wise kernels: the LRN output's gradient gathered through the
+    /// record together with the LRN's terms, then the LRN's input gradient
+    /// (see `lrn_max_pool_backward_terms` in the kernels).
     fn lrn_max_pool_backward(
         &self,
         lrn: &LrnGeometry,
         pool: &PoolGeometry,
         n: usize,
         x: &CudaSlice<f32>,
-        _record: &CudaSlice<f32>,
+        record: &CudaSlice<f32>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) {
-        let mut scratch = self.lock(&self.lrn_pool_scratch);
-        let s = &mut *scratch;
-        let len = n * lrn.shape.len();
-        if let Err(e) = grow(&self.stream, &mut s.normalised, len)
-            .and_then(|_| grow(&self.stream, &mut s.gradient, len))
-        {
-            self.fail("allocating the LRN's output and gradient", e);
+        assert_eq!(pool.input, lrn.shape, "the pooling reads the LRN's output");
+        let (planes, plane_len) = (n * lrn.shape.channels, lrn.shape.height * lrn.shape.width);
+        if planes * plane_len == 0 {
+            return;
         }
-        let (Some(normalised), Some(gradient)) = (&mut s.normalised, &mut s.gradient) else {
-            unreachable!("grown above")
-        };
-        self.lrn_forward(lrn, n, x, normalised);
-        self.max_pool_backward(pool, n, normalised, dy, gradient);
-        self.lrn_backward(lrn, n, x, gradient, dx);
+        assert!(
+            record.len() >= n * self.lrn_max_pool_record_len(pool),
+            "the record holds {} values, fewer than {n} images need",
+            record.len()
+        );
+        let mut scratch = self.lock(&self.backward_scratch);
+        let terms = grow(&self.stream, &mut scratch.lrn_terms, n * lrn.shape.len())
+            .unwrap_or_else(|e| self.fail("allocating the LRN's terms", e));
+        let (l, p) = (LrnArgs::new(lrn), PoolArgs::new(pool));
+        let mut args = self
+            .stream
+            .launch_builder(&self.kernels.lrn_max_pool_backward_terms);
+        args.arg(x)
+            .arg(record)
+            .arg(dy)
+            .arg(&mut *dx)
+            .arg(&mut *terms);
+        l.push(&mut args);
+        p.push(&mut args);
+        self.launch(
+            args,
+            per_plane_value(planes, plane_len),
+            "lrn_max_pool_backward_terms",
+        );
+        self.lrn_backward_finish(lrn, n, x, terms, dx);
     }
 
     fn avg_pool_forward(
@@ -1114,14 +1252,17 @@ impl Backend for CudaBackend {
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        self.pool_forward(
-            &self.kernels.avg_pool_forward,
-            "avg_pool_forward",
-            g,
-            n,
-            x,
-            y,
-        );
+        let len = n * g.output.len();
+        if len == 0 {
+            return;
+        }
+        let p = PoolArgs::new(g);
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.avg_pool_forward);
+        args.arg(x).arg(y);
+        p.push(&mut args);
+        args.arg(&len64);
+        self.launch(args, per_value(len), "avg_pool_forward");
     }
 
     fn avg_pool_backward(
@@ -1243,6 +1384,39 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The arguments every LRN kernel takes after its buffers (then the plane's
+/// length, or the pooling's [`PoolArgs`] for the fused kernels).
+struct LrnArgs {
+    channels: i32,
+    per_group: i32,
+    size: i32,
+    alpha: f32,
+    beta: f32,
+    k: f32,
+}
+
+impl LrnArgs {
+    fn new(g: &LrnGeometry) -> LrnArgs {
+        LrnArgs {
+            channels: int(g.shape.channels),
+            per_group: int(g.channels_per_group()),
+            size: int(g.size),
+            alpha: g.alpha,
+            beta: g.beta,
+            k: g.k,
+        }
+    }
+
+    fn push<'a>(&'a self, args: &mut LaunchArgs<'a>) {
+        args.arg(&self.channels)
+            .arg(&self.per_group)
+            .arg(&self.size)
+            .arg(&self.alpha)
+            .arg(&self.beta)
+            .arg(&self.k);
+    }
+}
+
 /// The geometry arguments every pooling kernel takes after its buffers.
 struct PoolArgs {
     in_h: i32,
@@ -1276,26 +1450,29 @@ impl PoolArgs {
 }
 
 impl CudaBackend {
-    fn pool_forward(
+    /// The second pass of the LRN's backward pass (`lrn_backward_finish` in the
+    /// kernels), after the first has written `terms` and the first part of `dx`.
+    fn lrn_backward_finish(
         &self,
-        kernel: &cudarc::driver::CudaFunction,
-        name: &str,
-        g: &PoolGeometry,
+        g: &LrnGeometry,
         n: usize,
         x: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        terms: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
     ) {
-        let len = n * g.output.len();
-        if len == 0 {
-            return;
-        }
-        let p = PoolArgs::new(g);
-        let len64 = len as u64;
-        let mut args = self.stream.launch_builder(kernel);
-        args.arg(x).arg(y);
-        p.push(&mut args);
-        args.arg(&len64);
-        self.launch(args, per_value(len), name);
+        let (planes, plane_len) = (n * g.shape.channels, g.shape.height * g.shape.width);
+        let (l, plane_len32) = (LrnArgs::new(g), int(plane_len));
+        let mut args = self
+            .stream
+            .launch_builder(&self.kernels.lrn_backward_finish);
+        args.arg(x).arg(terms).arg(dx);
+        l.push(&mut args);
+        args.arg(&plane_len32);
+        self.launch(
+            args,
+            per_plane_value(planes, plane_len),
+            "lrn_backward_finish",
+        );
     }
 
     /// The weight and input gradients of a convolution in bf16 mode: bf16 copies

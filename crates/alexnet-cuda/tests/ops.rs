@@ -323,22 +323,14 @@ fn lrn_across_all_channels() {
     );
 }
 
-#[test]
-fn lrn_then_max_pool_in_one_operation() {
-    // The paper's conv1 block in miniature: per-tower LRN, then 3/2 pooling, on
-    // rectified inputs (half zero: ties, broken the same way on both sides).
+/// The fused LRN + max pooling against the reference: forward with a record,
+/// backward from that record, and a test-mode forward (no record) that must give
+/// the same values. Inputs are rectified (half zero: ties, broken the same way on
+/// both sides); `dx` starts non-zero so that every value must be written.
+fn check_lrn_max_pool(label: &str, lrn: LrnGeometry, size: usize, stride: usize, n: usize) {
     let Some(gpu) = gpu() else { return };
     let cpu = ReferenceCpu;
-    let lrn = LrnGeometry {
-        shape: Shape::new(12, 9, 9),
-        size: 5,
-        alpha: 1e-4,
-        beta: 0.75,
-        k: 2.0,
-        groups: 2,
-    };
-    let pool = pool_geometry(lrn.shape, 3, 2);
-    let n = 3;
+    let pool = pool_geometry(lrn.shape, size, stride);
     let mut rng = Rng::new(37);
     let x: Vec<f32> = random(&mut rng, n * lrn.shape.len(), 30.0)
         .into_iter()
@@ -355,20 +347,77 @@ fn lrn_then_max_pool_in_one_operation() {
     let mut yd = gpu.alloc(dy.len()).unwrap();
     let mut record = gpu.alloc(n * gpu.lrn_max_pool_record_len(&pool)).unwrap();
     gpu.lrn_max_pool_forward(&lrn, &pool, n, &xd, &mut yd, Some(&mut record));
-    let mut dxd = gpu.alloc(x.len()).unwrap();
+    let mut dxd = to_device(gpu, &vec![7.0; x.len()]);
     gpu.lrn_max_pool_backward(&lrn, &pool, n, &xd, &record, &dyd, &mut dxd);
-    // A test-mode pass (no record) gives the same values.
     let mut y_test = gpu.alloc(dy.len()).unwrap();
     gpu.lrn_max_pool_forward(&lrn, &pool, n, &xd, &mut y_test, None);
 
     let y = to_host(gpu, &yd, dy.len());
-    assert_close("lrn + pool y", &y, &y_ref, 1e-5);
+    assert_close(&format!("{label} y"), &y, &y_ref, 1e-5);
     assert_eq!(
         to_host(gpu, &y_test, dy.len()),
         y,
-        "lrn + pool y without a record"
+        "{label} y without a record"
     );
-    assert_close("lrn + pool dx", &to_host(gpu, &dxd, x.len()), &dx_ref, 1e-5);
+    assert_close(
+        &format!("{label} dx"),
+        &to_host(gpu, &dxd, x.len()),
+        &dx_ref,
+        1e-5,
+    );
+}
+
+/// The paper's LRN constants on `shape`, in `groups` towers.
+fn paper_lrn(shape: Shape, groups: usize) -> LrnGeometry {
+    LrnGeometry {
+        shape,
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        groups,
+    }
+}
+
+#[test]
+fn lrn_then_max_pool_in_one_operation() {
+    // The paper's conv1 block in miniature: per-tower LRN, then 3/2 pooling.
+    check_lrn_max_pool(
+        "lrn + pool 12x9x9",
+        paper_lrn(Shape::new(12, 9, 9), 2),
+        3,
+        2,
+        3,
+    );
+}
+
+#[test]
+fn lrn_then_max_pool_at_other_geometries() {
+    // Planes longer than a block of threads, and a last row no window covers.
+    check_lrn_max_pool(
+        "lrn + pool 10x18x17",
+        paper_lrn(Shape::new(10, 18, 17), 2),
+        3,
+        2,
+        2,
+    );
+    // 45 outputs per image: records of images do not end on a whole value.
+    check_lrn_max_pool(
+        "lrn + pool 5x7x7",
+        paper_lrn(Shape::new(5, 7, 7), 1),
+        3,
+        2,
+        3,
+    );
+    // Windows apart (stride above size: inputs no window covers) and side by side.
+    check_lrn_max_pool(
+        "lrn + pool 2/3",
+        paper_lrn(Shape::new(6, 11, 10), 2),
+        2,
+        3,
+        2,
+    );
+    check_lrn_max_pool("lrn + pool 2/2", paper_lrn(Shape::new(6, 8, 8), 1), 2, 2, 2);
 }
 
 #[test]
@@ -416,6 +465,7 @@ fn max_and_average_pooling() {
         (3, 2, Shape::new(3, 13, 13)), // the paper's overlapping pooling
         (3, 2, Shape::new(2, 8, 7)),   // a last row and column no window covers
         (2, 2, Shape::new(2, 6, 6)),   // non-overlapping
+        (3, 2, Shape::new(2, 21, 19)), // planes longer than a block of threads
     ] {
         let g = pool_geometry(input, size, stride);
         let label = format!("pool {size}/{stride} on {input}");

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use alexnet::Backend;
 pub use alexnet::testing::{assert_close, paper_mini, random, ties};
-use alexnet_cuda::{CudaBackend, CudaError};
+use alexnet_cuda::{Algorithms, CudaBackend, CudaError};
 use cudarc::driver::CudaSlice;
 
 /// Whether a missing GPU must fail the test instead of skipping it.
@@ -33,8 +33,20 @@ pub fn skip_or_fail(error: CudaError) -> Option<CudaBackend> {
 }
 
 /// A new backend on device 0, or `None` (skip) where there is no GPU.
+///
+/// Its fp32 convolutions sum directly ([`Algorithms::Exact`]), so that results
+/// can be held to fp32 rounding; tests of the default algorithms use
+/// [`new_gpu_with`].
 pub fn new_gpu(precision: alexnet_cuda::Precision) -> Option<CudaBackend> {
-    CudaBackend::with_precision(0, precision).map_or_else(skip_or_fail, Some)
+    new_gpu_with(precision, Algorithms::Exact)
+}
+
+/// A new backend on device 0 with the given choice of algorithms, or `None`.
+pub fn new_gpu_with(
+    precision: alexnet_cuda::Precision,
+    algorithms: Algorithms,
+) -> Option<CudaBackend> {
+    CudaBackend::with_options(0, precision, algorithms).map_or_else(skip_or_fail, Some)
 }
 
 /// One fp32 backend shared by the op tests (creating one compiles the kernels).
