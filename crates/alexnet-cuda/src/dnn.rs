@@ -67,7 +67,8 @@ use cudarc::cudnn::sys::{
 };
 use cudarc::cudnn::{CudnnDataType, CudnnError, result};
 use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop, ValidAsZeroBits,
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop,
+    ValidAsZeroBits,
 };
 
 use crate::Algorithms;
@@ -147,19 +148,26 @@ fn failed(what: &'static str) -> impl FnOnce(CudnnError) -> DnnError {
 // the timed searches (`cudnnFind*AlgorithmEx`) and per-pass math types need them,
 // so this module owns its own, each destroyed when dropped.
 
-/// A cuDNN handle bound to the backend's stream.
-struct Handle(sys::cudnnHandle_t);
+/// A cuDNN handle bound to the backend's stream, and the context it was made in
+/// (current again when it is destroyed, whichever thread drops it).
+struct Handle {
+    raw: sys::cudnnHandle_t,
+    context: Arc<CudaContext>,
+}
 
 impl Handle {
     fn new(stream: &CudaStream) -> Result<Handle, DnnError> {
-        stream
-            .context()
+        let context = stream.context().clone();
+        context
             .bind_to_thread()
             .map_err(|e| DnnError::call("making the context current", e))?;
-        let handle = Handle(result::create_handle().map_err(failed("cudnnCreate"))?);
+        let handle = Handle {
+            raw: result::create_handle().map_err(failed("cudnnCreate"))?,
+            context,
+        };
         // SAFETY: a live handle and the backend's live stream (which outlives it:
         // `Dnn` holds the stream too).
-        unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }
+        unsafe { result::set_stream(handle.raw, stream.cu_stream() as sys::cudaStream_t) }
             .map_err(failed("cudnnSetStream"))?;
         Ok(handle)
     }
@@ -167,8 +175,12 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        // SAFETY: created in `new` and destroyed only here.
-        if let Err(e) = unsafe { result::destroy_handle(self.0) } {
+        if let Err(e) = self.context.bind_to_thread() {
+            eprintln!("alexnet-cuda: making the context current to destroy cuDNN: {e}");
+            return;
+        }
+        // SAFETY: created in `new` and destroyed only here, with its context current.
+        if let Err(e) = unsafe { result::destroy_handle(self.raw) } {
             eprintln!("alexnet-cuda: cudnnDestroy: {e}");
         }
     }
@@ -1115,7 +1127,7 @@ impl<T: Element> Dnn<T> {
         // workspace is at least as large as the plan asked for.
         unsafe {
             result::convolution_forward(
-                self.handle.0,
+                self.handle.raw,
                 (&raw const alpha).cast(),
                 plan.x.0,
                 x_ptr as *const c_void,
@@ -1159,7 +1171,7 @@ impl<T: Element> Dnn<T> {
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_data(
-                self.handle.0,
+                self.handle.raw,
                 (&raw const alpha).cast(),
                 plan.w.0,
                 w_ptr as *const c_void,
@@ -1204,7 +1216,7 @@ impl<T: Element> Dnn<T> {
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_filter(
-                self.handle.0,
+                self.handle.raw,
                 (&raw const alpha).cast(),
                 plan.x.0,
                 x_ptr as *const c_void,
@@ -1250,7 +1262,7 @@ struct Shapes<'a> {
 impl Shapes<'_> {
     /// Bytes of workspace `algo` needs under `conv`'s math type.
     fn workspace_size(&self, conv: &ConvDesc, algo: Algo) -> Result<usize, CudnnError> {
-        let (h, x, y, w, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let (h, x, y, w, c) = (self.handle.raw, self.x.0, self.y.0, self.w.0, conv.0);
         let mut size = 0usize;
         // SAFETY: live handle and descriptors; `size` is a valid out-pointer.
         let status = unsafe {
@@ -1278,13 +1290,14 @@ impl Shapes<'_> {
         let status = unsafe {
             match pass {
                 Pass::Forward => {
-                    sys::cudnnGetConvolutionForwardAlgorithmMaxCount(self.handle.0, &mut count)
+                    sys::cudnnGetConvolutionForwardAlgorithmMaxCount(self.handle.raw, &mut count)
                 }
-                Pass::BackwardData => {
-                    sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount(self.handle.0, &mut count)
-                }
+                Pass::BackwardData => sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount(
+                    self.handle.raw,
+                    &mut count,
+                ),
                 Pass::BackwardFilter => sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(
-                    self.handle.0,
+                    self.handle.raw,
                     &mut count,
                 ),
             }
@@ -1308,7 +1321,7 @@ impl Shapes<'_> {
         let mut results = vec![Perf::default(); max];
         let mut returned: c_int = 0;
         let requested = c_int::try_from(max).unwrap_or(c_int::MAX);
-        let (h, xd, yd, wd, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let (h, xd, yd, wd, c) = (self.handle.raw, self.x.0, self.y.0, self.w.0, conv.0);
         let (x, _x) = trial.x.device_ptr_mut(stream);
         let (y, _y) = trial.y.device_ptr_mut(stream);
         let (w, _w) = trial.w.device_ptr_mut(stream);
@@ -1380,7 +1393,7 @@ impl Shapes<'_> {
         let mut results = vec![Perf::default(); max];
         let mut returned: c_int = 0;
         let requested = c_int::try_from(max).unwrap_or(c_int::MAX);
-        let (h, x, y, w, c) = (self.handle.0, self.x.0, self.y.0, self.w.0, conv.0);
+        let (h, x, y, w, c) = (self.handle.raw, self.x.0, self.y.0, self.w.0, conv.0);
         let out = results.as_mut_ptr();
         // SAFETY: live handle and descriptors; `results` holds `requested`
         // entries laid out as cuDNN's perf structs.

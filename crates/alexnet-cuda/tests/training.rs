@@ -31,7 +31,9 @@ use alexnet::rng::Rng;
 use alexnet::spec::LayerSpec;
 use alexnet::{Backend, Model, NetSpec, Network, ReferenceCpu, Sgd, Towers};
 use alexnet_cuda::{Algorithms, Precision};
-use common::{assert_close, new_gpu, new_gpu_with, paper_mini, random, to_device, to_host};
+use common::{
+    assert_close, new_gpu, new_gpu_with, one_at_a_time, paper_mini, random, to_device, to_host,
+};
 
 struct Run {
     losses: Vec<f32>,
@@ -172,6 +174,7 @@ fn check_runs(name: &str, ours: &Run, reference: &Run, spec: &NetSpec, tol: f32)
 
 #[test]
 fn cifar_preset_trains_like_the_cpu_reference() {
+    let _one_at_a_time = one_at_a_time();
     // The preset as shipped: 3x32x32 input, conv 5x5, overlapping max pooling,
     // LRN, dropout and two fully connected layers.
     compare(&NetSpec::preset("cifar").unwrap(), 8, 2);
@@ -179,6 +182,7 @@ fn cifar_preset_trains_like_the_cpu_reference() {
 
 #[test]
 fn paper_layout_with_two_towers_trains_like_the_cpu_reference() {
+    let _one_at_a_time = one_at_a_time();
     compare(&paper_mini(), 4, 2);
 }
 
@@ -187,6 +191,7 @@ fn paper_layout_with_two_towers_trains_like_the_cpu_reference() {
 /// exchanging activations at conv3 and the fully connected layers.
 #[test]
 fn two_towers_on_one_gpu_train_like_the_cpu_reference() {
+    let _one_at_a_time = one_at_a_time();
     let (Some(first), Some(second)) = (new_gpu(Precision::F32), new_gpu(Precision::F32)) else {
         return;
     };
@@ -204,6 +209,7 @@ fn two_towers_on_one_gpu_train_like_the_cpu_reference() {
 /// term is still off by far more.
 #[test]
 fn fastest_algorithms_train_near_the_cpu_reference() {
+    let _one_at_a_time = one_at_a_time();
     for (spec, batch) in [(NetSpec::preset("cifar").unwrap(), 8), (paper_mini(), 4)] {
         let Some(gpu) = new_gpu_with(Precision::F32, Algorithms::Fastest) else {
             return;
@@ -237,6 +243,7 @@ fn smooth_paper_mini() -> NetSpec {
 
 #[test]
 fn bf16_trains_near_the_cpu_reference_where_nothing_jumps() {
+    let _one_at_a_time = one_at_a_time();
     let Some(gpu) = new_gpu(Precision::Bf16) else {
         return;
     };
@@ -253,6 +260,7 @@ fn bf16_trains_near_the_cpu_reference_where_nothing_jumps() {
 /// not every gradient.
 #[test]
 fn real_layouts_train_in_bf16_near_the_cpu_reference() {
+    let _one_at_a_time = one_at_a_time();
     for (spec, batch, logits) in [
         (paper_mini(), 4, true),
         (NetSpec::preset("cifar").unwrap(), 8, false),
@@ -282,6 +290,7 @@ fn real_layouts_train_in_bf16_near_the_cpu_reference() {
 
 #[test]
 fn tf32_convolution_stays_near_fp32() {
+    let _one_at_a_time = one_at_a_time();
     // TF32 keeps 10 mantissa bits of each input (relative rounding ~5e-4);
     // sums of a few hundred such products stay within 1e-2 of the largest output.
     let Some(gpu) = new_gpu(Precision::Tf32) else {

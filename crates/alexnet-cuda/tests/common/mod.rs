@@ -95,3 +95,12 @@ pub fn to_host(gpu: &CudaBackend, buffer: &CudaSlice<f32>, len: usize) -> Vec<f3
     gpu.download(buffer, &mut host);
     host
 }
+
+/// Held by each whole-network test for its whole run, so that they run one at a
+/// time: one whole-network test keeps a GPU busy anyway. When seven of them ran
+/// at once in one process (each with its own backends), the process once died
+/// of a segmentation fault on an H200; one or two at a time they had passed.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
