@@ -9,16 +9,8 @@ pub struct Rng {
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^ (x >> 31)
-        };
         Rng {
-            state: [next(), next(), next(), next()],
+            state: std::array::from_fn(|i| stream_value(seed, i as u64)),
         }
     }
 
@@ -62,9 +54,35 @@ impl Rng {
     }
 }
 
+/// SplitMix64's increment: the golden ratio in 64 bits.
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
+fn splitmix_mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Value `index` (from 0) of the SplitMix64 stream that starts at `seed`. Any
+/// value can be computed on its own, so a long run of them can be drawn in
+/// parallel, in any order, with the same result.
+pub fn stream_value(seed: u64, index: u64) -> u64 {
+    splitmix_mix(seed.wrapping_add(index.wrapping_add(1).wrapping_mul(SPLITMIX_GAMMA)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_values_are_splitmix64() {
+        // The first outputs of SplitMix64 seeded with 0 (its reference
+        // implementation's published values).
+        assert_eq!(stream_value(0, 0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(stream_value(0, 1), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(stream_value(0, 2), 0x06C4_5D18_8009_454F);
+    }
 
     #[test]
     fn same_seed_same_stream_and_state_round_trips() {
