@@ -58,6 +58,20 @@ def autocast(mode):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16"))
 
 
+def sgd_step(net, x, y, mode, sgd, velocities, what):
+    """Forward, cross-entropy backward and the paper's SGD update on one batch already on the GPU; reads the
+    loss back (which waits for the GPU) and fails if it is not finite."""
+    lr, momentum, weight_decay = sgd
+    net.zero_grad(set_to_none=True)
+    with autocast(mode):
+        loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    bench_pytorch.paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise RuntimeError(f"loss became {value} ({mode}, {what})")
+
+
 def measure_training(arch, batch, seconds, mode):
     spec, net = bench_pytorch.build_net(arch)
     net = net.cuda().train()
@@ -72,14 +86,7 @@ def measure_training(arch, batch, seconds, mode):
 
     def step():
         x, y = images.cuda(non_blocking=False), labels.cuda(non_blocking=False)
-        net.zero_grad(set_to_none=True)
-        with autocast(mode):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        bench_pytorch.paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"loss became {value} ({mode}, batch {batch})")
+        sgd_step(net, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}")
 
     per_step = time_steps(seconds, step)
     peak = torch.cuda.max_memory_allocated()
@@ -117,14 +124,7 @@ def measure_training_from_bytes(arch, batch, seconds, mode):
     def step():
         stored, y = pixels.cuda(), labels.cuda()
         x = stored[images, rows, columns].permute(0, 3, 1, 2).float() - 128.0
-        net.zero_grad(set_to_none=True)
-        with autocast(mode):
-            loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        bench_pytorch.paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"loss became {value} ({mode}, batch {batch}, from bytes)")
+        sgd_step(net, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}, from bytes")
 
     per_step = time_steps(seconds, step)
     del net, velocities
