@@ -50,6 +50,10 @@ fi
 
 echo "== tests (ALEXNET_REQUIRE_GPU=1)"
 export ALEXNET_REQUIRE_GPU=1
+# Test threads get 16 MiB stacks instead of 2: CUDA's libraries run on them (cuDNN
+# times algorithms on the calling thread), and an overflow inside C++ code is a bare
+# segmentation fault.
+export RUST_MIN_STACK=16777216
 for test in "$bundle"/tests/*; do
   echo "-- $(basename "$test")"
   if ! timeout "$step_timeout" "$test"; then

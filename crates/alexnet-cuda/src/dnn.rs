@@ -175,7 +175,11 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        if let Err(e) = self.context.bind_to_thread() {
+        // A first failure can be an earlier, unrelated error that the driver
+        // wrapper reports once and clears; only a second one is about binding.
+        if self.context.bind_to_thread().is_err()
+            && let Err(e) = self.context.bind_to_thread()
+        {
             eprintln!("alexnet-cuda: making the context current to destroy cuDNN: {e}");
             return;
         }

@@ -510,9 +510,28 @@ pub(crate) struct Kernels {
     pub bf16_to_f32: CudaFunction,
 }
 
+/// Stack for the thread NVRTC runs on. A compiler may recurse deeply, and the
+/// threads a backend is created on can be small (2 MiB for a test harness's or a
+/// thread pool's), where an overflow inside a C++ library is a bare segmentation
+/// fault rather than Rust's message.
+const COMPILER_STACK_BYTES: usize = 64 << 20;
+
 /// Compiles [`SOURCE`] to PTX for a virtual architecture (`compute_90`), or for
-/// NVRTC's default one when `arch` is `None`. Needs only the NVRTC library, no GPU.
+/// NVRTC's default one when `arch` is `None`, on a thread with a large stack.
+/// Needs only the NVRTC library, no GPU.
 pub(crate) fn compile(arch: Option<&str>) -> Result<Ptx, CudaError> {
+    let arch = arch.map(str::to_owned);
+    std::thread::Builder::new()
+        .name("nvrtc".into())
+        .stack_size(COMPILER_STACK_BYTES)
+        .spawn(move || compile_here(arch.as_deref()))
+        .map_err(|e| CudaError::Kernels(format!("could not start NVRTC's thread: {e}")))?
+        .join()
+        .map_err(|_| CudaError::Kernels("NVRTC's thread panicked".into()))?
+}
+
+/// [`compile`] on the calling thread.
+fn compile_here(arch: Option<&str>) -> Result<Ptx, CudaError> {
     let options = CompileOptions {
         options: arch
             .map(|a| format!("--gpu-architecture={a}"))

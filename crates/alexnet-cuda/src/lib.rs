@@ -1159,6 +1159,11 @@ impl Backend for CudaBackend {
         record: Option<&mut CudaSlice<f32>>,
     ) {
         assert_eq!(pool.input, lrn.shape, "the pooling reads the LRN's output");
+        // The record keeps each window's winner as one byte (ky * size + kx).
+        assert!(
+            pool.size <= 16,
+            "fused LRN + max pooling takes windows of at most 16x16"
+        );
         let (planes, out_len) = (
             n * pool.output.channels,
             pool.output.height * pool.output.width,

@@ -7,6 +7,13 @@
 //! one of two page-locked buffers of our own while the copy engine moves the
 //! previous piece to the device, so the two overlap. Like a pageable copy, the
 //! source may be reused as soon as [`Staging::upload`] returns.
+//!
+//! The copies are queued on the backend's one stream, behind the work already
+//! there. Refilling a buffer waits for the copy out of it, and so for everything
+//! queued before that copy: an upload of more than two pieces (16 MiB) waits for
+//! the work queued before it started, as a pageable copy would. Copying on a
+//! stream of its own would let the next batch's upload run during this batch's
+//! work; that is not done yet.
 
 use std::sync::Arc;
 
@@ -14,7 +21,7 @@ use rayon::prelude::*;
 
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaStream, DevicePtrMut, DeviceRepr, DriverError, PinnedHostSlice,
-    result,
+    result, sys,
 };
 
 /// Bytes per piece: large enough that each copy runs at the link's full speed,
@@ -23,8 +30,9 @@ const PIECE_BYTES: usize = 8 << 20;
 /// Bytes each core copies at a time into a page-locked buffer.
 const COPY_BYTES_PER_TASK: usize = 1 << 20;
 /// Below this, a plain copy is as fast and needs no page-locked memory. (A
-/// pageable copy may also wait for the work already queued on the stream, which
-/// a staged one never does unless both buffers are still being copied from.)
+/// pageable copy may also wait for the work already queued on the stream; a
+/// staged one of one or two pieces waits only for the copies that last used its
+/// buffers.)
 const STAGE_FROM_BYTES: usize = 1 << 20;
 
 /// A page-locked buffer and the event recorded after the copy out of it was queued.
@@ -90,7 +98,15 @@ impl Staging {
             // SAFETY: the destination range lies inside `dst` (asserted above), and
             // the page-locked source is not written again until `copied` has passed.
             unsafe { result::memcpy_htod_async(at, host, stream.cu_stream())? };
-            buffer.copied = Some(stream.record_event(None)?);
+            match stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)) {
+                Ok(event) => buffer.copied = Some(event),
+                Err(e) => {
+                    // Without the event nothing would keep the buffer from being
+                    // refilled while the copy engine reads it: wait here instead.
+                    stream.synchronize()?;
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }
@@ -101,8 +117,12 @@ impl Drop for Staging {
     fn drop(&mut self) {
         for buffer in &mut self.buffers {
             if let Some(copied) = buffer.copied.take() {
-                // Nothing useful can be done about a failure while dropping.
-                let _ = copied.synchronize();
+                // A first failure can be an earlier, unrelated error that the
+                // driver wrapper reports once and clears; a second means the wait
+                // itself failed, and nothing more can be done while dropping.
+                if copied.synchronize().is_err() {
+                    let _ = copied.synchronize();
+                }
             }
         }
     }

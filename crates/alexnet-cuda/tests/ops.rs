@@ -618,6 +618,33 @@ fn buffers_fill_copy_upload_download() {
     assert!(gpu.describe().starts_with("cuda:0"), "{}", gpu.describe());
 }
 
+/// Uploads large enough to go through the page-locked buffers in several pieces
+/// (the last one partial), back to back into two buffers, each source overwritten
+/// as soon as its upload returns: both arrive whole.
+#[test]
+fn large_uploads_arrive_whole() {
+    let Some(gpu) = gpu() else { return };
+    // 21 MiB and an odd number of values: three 8 MiB pieces, the last partial.
+    let len = (21 << 20) / 4 + 3;
+    let mut rng = Rng::new(31);
+    let first = random(&mut rng, len, 1.0);
+    let second = random(&mut rng, len - 5, 1.0);
+    let mut a = gpu.alloc(len).unwrap();
+    let mut b = gpu.alloc(len).unwrap();
+    let mut source = first.clone();
+    gpu.upload(&source, &mut a);
+    source.fill(f32::NAN);
+    source.truncate(second.len());
+    source.copy_from_slice(&second);
+    gpu.upload(&source, &mut b);
+    source.fill(f32::NAN);
+    assert!(to_host(gpu, &a, len) == first, "the first upload");
+    assert!(
+        to_host(gpu, &b, second.len()) == second,
+        "the second upload"
+    );
+}
+
 /// Views cut from stored bytes on the device against `alexnet::input::cut_views`:
 /// the same operations in the same order, so equal to the last bit. Colour and
 /// grey images, with and without the mean, reflected and not, every corner.
