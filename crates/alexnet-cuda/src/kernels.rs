@@ -64,6 +64,21 @@ extern "C" __global__ void multiply(const float* a, const float* b, float* out, 
     if (i < len) out[i] = a[i] * b[i];
 }
 
+/* A dropout mask (alexnet::layers::dropout::fill_mask): value i is `keep` when the
+   top 53 bits of value i of the SplitMix64 stream from `seed` reach `threshold`,
+   else 0, so it equals the host's mask bit for bit. Unsigned arithmetic wraps as
+   the host's wrapping operations do. */
+extern "C" __global__ void dropout_mask(float* mask, u64 seed, u64 threshold, float keep,
+                                        u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    u64 x = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x = x ^ (x >> 31);
+    mask[i] = (x >> 11) >= threshold ? keep : 0.0f;
+}
+
 /* The network's input cut from stored images (alexnet::input::cut_view): view v,
    channel c, row y, column x is (pixel - mean + shift) * scale, the pixel read at
    (y0 + y, x0 + x) of stored image `image`, or at (y0 + y, x0 + crop_w - 1 - x)
@@ -492,6 +507,7 @@ pub(crate) struct Kernels {
     pub tanh_forward: CudaFunction,
     pub tanh_backward: CudaFunction,
     pub multiply: CudaFunction,
+    pub dropout_mask: CudaFunction,
     pub cut_views: CudaFunction,
     pub bias_add: CudaFunction,
     pub bias_grad: CudaFunction,
@@ -572,6 +588,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         tanh_forward: f("tanh_forward")?,
         tanh_backward: f("tanh_backward")?,
         multiply: f("multiply")?,
+        dropout_mask: f("dropout_mask")?,
         cut_views: f("cut_views")?,
         bias_add: f("bias_add")?,
         bias_grad: f("bias_grad")?,

@@ -239,13 +239,14 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 22] = [
+pub const KERNEL_NAMES: [&str; 23] = [
     "fill",
     "relu_forward",
     "relu_backward",
     "tanh_forward",
     "tanh_backward",
     "multiply",
+    "dropout_mask",
     "cut_views",
     "bias_add",
     "bias_grad",
@@ -1288,6 +1289,22 @@ impl Backend for CudaBackend {
         p.push(&mut args);
         args.arg(&len64);
         self.launch(args, per_value(len), "avg_pool_backward");
+    }
+
+    /// Drawn on the device: nothing is drawn on the host or copied.
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut CudaSlice<f32>) {
+        if len == 0 {
+            return;
+        }
+        assert!(mask.len() >= len, "a dropout mask past its buffer");
+        let (threshold, keep, len64) = (g.keep_threshold(), g.keep_scale(), len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.dropout_mask);
+        args.arg(mask)
+            .arg(&seed)
+            .arg(&threshold)
+            .arg(&keep)
+            .arg(&len64);
+        self.launch(args, per_value(len), "dropout_mask");
     }
 
     fn dropout_forward(

@@ -514,6 +514,30 @@ fn max_and_average_pooling() {
     }
 }
 
+/// Masks drawn on the device equal the host's bit for bit (the same seed gives the
+/// same mask on every backend), for several drop probabilities, a length that is
+/// no whole number of blocks, and only the first `len` values written.
+#[test]
+fn dropout_masks_drawn_on_the_device_are_the_hosts() {
+    let Some(gpu) = gpu() else { return };
+    for (p, seed, len) in [(0.5, 7, 100_003), (0.3, u64::MAX, 4097), (0.0, 0, 513)] {
+        let g = DropoutGeometry { len, p };
+        let mut host = vec![0.0; len];
+        alexnet::layers::dropout::fill_mask(&g, seed, &mut host);
+        let mut mask = to_device(gpu, &vec![-1.0; len + 5]);
+        gpu.dropout_mask(&g, seed, len, &mut mask);
+        let device = to_host(gpu, &mask, len + 5);
+        let differing = (0..len)
+            .filter(|&i| device[i].to_bits() != host[i].to_bits())
+            .count();
+        assert_eq!(
+            differing, 0,
+            "p {p}, seed {seed}: values differing from the host's"
+        );
+        assert_eq!(&device[len..], &[-1.0; 5], "written past len");
+    }
+}
+
 #[test]
 fn dropout_multiplies_by_the_given_mask() {
     let Some(gpu) = gpu() else { return };

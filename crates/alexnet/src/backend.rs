@@ -156,6 +156,14 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
+    /// Fills the first `len` values of `mask` with the dropout mask seeded by
+    /// `seed` ([`crate::layers::dropout::fill_mask`]): every backend must give the
+    /// same values. The default fills it on the host and uploads it.
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut Self::Buffer) {
+        let mut host = vec![0.0; len];
+        crate::layers::dropout::fill_mask(g, seed, &mut host);
+        self.upload(&host, mask);
+    }
     fn dropout_forward(
         &self,
         g: &DropoutGeometry,

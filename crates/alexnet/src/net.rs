@@ -13,8 +13,6 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fusion::{Fusion, GradientStep, fusions, gradient_lens, gradient_step};
@@ -23,7 +21,7 @@ use crate::layers::DropoutGeometry;
 use crate::model::Model;
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
-use crate::rng::{Rng, stream_value};
+use crate::rng::Rng;
 use crate::spec::NetSpec;
 
 /// Whether a forward pass is for training (dropout active) or for testing.
@@ -66,8 +64,6 @@ pub struct Network<B: Backend> {
     records_fresh: Vec<bool>,
     /// One mask buffer per dropout layer (indexed like `plan.layers`).
     masks: Vec<Option<B::Buffer>>,
-    /// Host staging for drawing masks; sized for the largest dropout layer.
-    mask_host: Vec<f32>,
     /// When set, the next training forward pass uses masks given by the caller.
     masks_given: bool,
     rng: Rng,
@@ -88,33 +84,10 @@ pub(crate) fn initial_values(info: &ParamInfo, rng: &mut Rng) -> Vec<f32> {
     }
 }
 
-/// Fills `mask` with a dropout mask: each value 0 with probability `p`, else the
-/// inverted-dropout scale `1 / (1 - p)`.
-///
-/// One draw from `rng` seeds the mask; value `i` is then decided by value `i` of
-/// the SplitMix64 stream from that seed ([`stream_value`]). Each value depends on
-/// its index alone, so the mask is drawn on all cores (at batch 128 the paper's
-/// two masks are a million values, which one core drew in several milliseconds
-/// while a GPU waited), and any backend computes the same mask.
+/// Fills `mask` with a dropout mask, seeded by one draw from `rng`
+/// ([`crate::layers::dropout::fill_mask`]): the masks every backend draws.
 pub(crate) fn draw_mask(rng: &mut Rng, geometry: &DropoutGeometry, mask: &mut [f32]) {
-    /// Values per parallel task.
-    const CHUNK: usize = 1 << 14;
-    let seed = rng.next_u64();
-    // `uniform < p` for uniform = (top 53 bits) * 2^-53, compared in integers'
-    // terms (p * 2^53 is exact) and without a branch, which mispredicts half the
-    // time.
-    let limit = geometry.p as f64 * (1u64 << 53) as f64;
-    let keep = geometry.keep_scale();
-    mask.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(chunk, values)| {
-            let first = (chunk * CHUNK) as u64;
-            for (offset, v) in values.iter_mut().enumerate() {
-                let bits = stream_value(seed, first + offset as u64);
-                let kept = ((bits >> 11) as f64 >= limit) as u8;
-                *v = keep * f32::from(kept);
-            }
-        });
+    crate::layers::dropout::fill_mask(geometry, rng.next_u64(), mask);
 }
 
 /// Checks that there is one label per image and each names a class.
@@ -221,13 +194,9 @@ impl<B: Backend> Network<B> {
             });
         }
         let mut masks = Vec::with_capacity(plan.layers.len());
-        let mut mask_len = 0;
         for layer in &plan.layers {
             masks.push(match &layer.op {
-                Op::Dropout { geometry } => {
-                    mask_len = mask_len.max(geometry.len * max_batch);
-                    Some(backend.alloc(geometry.len * max_batch)?)
-                }
+                Op::Dropout { geometry } => Some(backend.alloc(geometry.len * max_batch)?),
                 _ => None,
             });
         }
@@ -242,7 +211,6 @@ impl<B: Backend> Network<B> {
             records,
             records_fresh: vec![false; layer_count],
             masks,
-            mask_host: vec![0.0; mask_len],
             masks_given: false,
             rng: Rng::new(0),
             batch: 0,
@@ -299,9 +267,9 @@ impl<B: Backend> Network<B> {
             let (Op::Dropout { geometry }, Some(buffer)) = (&layer.op, mask) else {
                 continue;
             };
-            let host = &mut self.mask_host[..n * geometry.len];
-            draw_mask(&mut self.rng, geometry, host);
-            self.backend.upload(host, buffer);
+            let seed = self.rng.next_u64();
+            self.backend
+                .dropout_mask(geometry, seed, n * geometry.len, buffer);
         }
     }
 
@@ -846,6 +814,7 @@ impl<B: Backend> Model for Network<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::stream_value;
 
     #[test]
     fn dropout_masks_are_each_values_own_draw_and_drop_about_p() {

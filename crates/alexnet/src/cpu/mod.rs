@@ -247,6 +247,9 @@ impl Backend for Cpu {
     fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &CpuBuffer, dx: &mut CpuBuffer) {
         fast::pool::avg_backward(g, n, dy, dx)
     }
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut CpuBuffer) {
+        crate::layers::dropout::fill_mask(g, seed, &mut mask.as_mut_slice()[..len]);
+    }
     fn dropout_forward(
         &self,
         g: &DropoutGeometry,
@@ -413,6 +416,9 @@ impl Backend for ReferenceCpu {
     }
     fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
         reference::avg_pool_backward(g, n, dy, dx)
+    }
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut Vec<f32>) {
+        crate::layers::dropout::fill_mask(g, seed, &mut mask[..len]);
     }
     fn dropout_forward(
         &self,
