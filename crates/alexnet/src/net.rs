@@ -726,9 +726,9 @@ impl<B: Backend> Model for Network<B> {
         assert!(n > 0, "forward called before set_input");
         let layers = self.plan.layers.len();
         if mode == Mode::Train && !self.masks_given {
-            // The masks are drawn on the host once the layers before the first
-            // dropout layer are queued: a GPU backend runs those while the host
-            // draws, instead of waiting for it.
+            // The masks are drawn once the layers before the first dropout layer
+            // are queued: a device backend that draws them on the host (the
+            // trait's default) then runs those layers meanwhile.
             let first_dropout = self
                 .plan
                 .layers
