@@ -91,9 +91,16 @@ impl Staging {
             let host = &mut buffer.memory.as_mut_slice()?[..piece.len()];
             // One core copies at a few GB/s, under the link's speed from
             // page-locked memory (BENCHMARKS.md, CUDA): split it among cores.
-            host.par_chunks_mut(COPY_BYTES_PER_TASK)
-                .zip(piece.par_chunks(COPY_BYTES_PER_TASK))
-                .for_each(|(to, from)| to.copy_from_slice(from));
+            // Not from inside a rayon task, though: waiting for the parallel copy
+            // there, the thread could steal another task that uploads to this
+            // backend and block on the lock this call holds.
+            if rayon::current_thread_index().is_some() {
+                host.copy_from_slice(piece);
+            } else {
+                host.par_chunks_mut(COPY_BYTES_PER_TASK)
+                    .zip(piece.par_chunks(COPY_BYTES_PER_TASK))
+                    .for_each(|(to, from)| to.copy_from_slice(from));
+            }
             let at = dst + (index * PIECE_BYTES) as u64;
             // SAFETY: the destination range lies inside `dst` (asserted above), and
             // the page-locked source is not written again until `copied` has passed.
