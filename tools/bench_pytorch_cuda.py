@@ -152,10 +152,14 @@ def measure_inference(arch, batch, seconds, mode):
     return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3}
 
 
+# The modes whose run also prints our per-layer breakdown.
+PER_LAYER_MODES = ("fp32", "bf16")
+
+
 def run_ours(args, mode):
     """Our bench in one mode (`--precision`, a global flag, before the subcommand); the per-layer breakdown
-    only in fp32. Returns (figures, None), or (None, what went wrong with the end of the child's stderr)."""
-    layer_steps = args.layer_steps if mode == "fp32" else 0
+    in fp32 and bf16. Returns (figures, None), or (None, what went wrong with the end of the child's stderr)."""
+    layer_steps = args.layer_steps if mode in PER_LAYER_MODES else 0
     command = [
         str(args.alexnet_bin), "--precision", mode, "bench", "--json", "--device", args.device,
         "--arch", args.arch, "--seconds", str(args.seconds), "--layer-steps", str(layer_steps),
@@ -237,11 +241,12 @@ def print_table(meta, ours, errors, pytorch):
         print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
     for mode, error in errors.items():
         print(f"\n  ours, {mode}, FAILED: " + error.replace("\n", "\n    "))
-    layers = (ours.get("fp32") or {}).get("layers", [])
-    if layers:
-        print(f"\n  ours per layer, fp32, training batch {meta['train_batch']} (ms): forward, backward")
-    for layer in layers:
-        print(f"    {layer['layer']:<22} {layer['forward_ms']:8.2f} {layer['backward_ms']:8.2f}")
+    for mode in PER_LAYER_MODES:
+        layers = (ours.get(mode) or {}).get("layers", [])
+        if layers:
+            print(f"\n  ours per layer, {mode}, training batch {meta['train_batch']} (ms): forward, backward")
+        for layer in layers:
+            print(f"    {layer['layer']:<22} {layer['forward_ms']:8.2f} {layer['backward_ms']:8.2f}")
 
 
 def parse_args():
@@ -251,7 +256,7 @@ def parse_args():
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--infer-batch", type=int, default=256)
     parser.add_argument("--layer-steps", type=int, default=2,
-                        help="training steps of our per-layer breakdown (fp32 run only)")
+                        help="training steps of our per-layer breakdown (fp32 and bf16 runs only)")
     parser.add_argument("--device", default="cuda:0", help="our --device")
     parser.add_argument("--alexnet-bin", type=Path, default=Path("gpu-bundle/alexnet"),
                         help="our binary, built with --features cuda")

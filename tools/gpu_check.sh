@@ -95,7 +95,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # counterpart of this net to compare with.
   echo "== two towers: --devices $towers --parallel towers (fp32)"
   if ! timeout "$step_timeout" "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
-      --train-batch 128 --infer-batch 256 --layer-steps 0; then
+      --train-batch 128 --infer-batch 256 --layer-steps 2; then
     echo "FAILED: alexnet bench --parallel towers"
     status=1
   fi
