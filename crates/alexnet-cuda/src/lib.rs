@@ -55,8 +55,8 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::cudnn::sys::cudnnMathType_t;
 use cudarc::driver::sys::cudaError_enum;
 use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchArgs, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError,
+    LaunchArgs, LaunchConfig, PushKernelArg, sys,
 };
 
 pub use error::CudaError;
@@ -124,6 +124,10 @@ pub struct CudaBackend {
     precision: Precision,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Where stored batches are copied to the device, so that a batch's copy runs
+    /// while the compute stream works through the batch before (which waits, by
+    /// an event, for the copy before cutting views from it).
+    copy_stream: Arc<CudaStream>,
     kernels: Kernels,
     /// cuBLAS and cuDNN handles must not be used from two threads at once.
     blas: Mutex<CudaBlas>,
@@ -151,9 +155,24 @@ enum Convolutions {
 /// (`image, y, x, flip`) and colour shift; grown as needed.
 #[derive(Default)]
 struct InputScratch {
-    pixels: Option<CudaSlice<u8>>,
+    /// Stored batches' bytes, two buffers used in turn: the next batch's bytes
+    /// are copied into one on the copy stream while the work already queued on
+    /// the compute stream may still read the other.
+    pixels: [PixelBuffer; 2],
+    /// The buffer the next stored batch goes to.
+    next_pixels: usize,
     place: Option<CudaSlice<i32>>,
     shift: Option<CudaSlice<f32>>,
+}
+
+/// One of [`InputScratch`]'s byte buffers.
+#[derive(Default)]
+struct PixelBuffer {
+    bytes: Option<CudaSlice<u8>>,
+    /// Recorded on the compute stream after the last work queued there that
+    /// uses the buffer (its allocation, or the kernel that reads it); the copy
+    /// stream waits for it before writing the buffer again.
+    released: Option<CudaEvent>,
 }
 
 /// What the backward passes of the LRN (plain or fused with max pooling) and of
@@ -331,6 +350,9 @@ fn grow<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     Ok(slot.as_mut().expect("filled above"))
 }
 
+/// Events that only order work (no timestamps, which cost time to record).
+const NO_TIMING: Option<sys::CUevent_flags> = Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+
 fn int(v: usize) -> i32 {
     i32::try_from(v).expect("layer sizes fit 32 bits")
 }
@@ -410,14 +432,19 @@ impl CudaBackend {
                 });
             }
         }
-        // SAFETY: every operation goes to the one stream created below, so stream
-        // order alone keeps reads after writes; per-buffer events (which cudarc
-        // records to order work across several streams) would only cost time.
-        // Disabled before the first buffer is allocated, as cudarc requires.
+        // SAFETY: every operation goes to the compute stream created below, so
+        // stream order alone keeps reads after writes, except the copies of
+        // stored batches on the copy stream, which are ordered by events of their
+        // own (`cut_views`); per-buffer events (which cudarc records to order
+        // work across streams) would only cost time. Disabled before the first
+        // buffer is allocated, as cudarc requires.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx
             .new_stream()
             .map_err(|e| CudaError::call("creating a stream", e))?;
+        let copy_stream = ctx
+            .new_stream()
+            .map_err(|e| CudaError::call("creating a copy stream", e))?;
         let kernels = kernels::load(&ctx)?;
 
         let blas =
@@ -470,6 +497,7 @@ impl CudaBackend {
             precision,
             ctx,
             stream,
+            copy_stream,
             kernels,
             blas: Mutex::new(blas),
             dnn: Mutex::new(dnn),
@@ -517,6 +545,33 @@ impl CudaBackend {
         mutex
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a copy of a stored batch's bytes into `buffer` on the copy stream,
+    /// after the compute stream's last use of the buffer, and makes the compute
+    /// stream wait for the copy: work queued on the compute stream before this
+    /// call (the previous batch's backward pass) runs while the bytes travel.
+    fn upload_pixels(&self, buffer: &mut PixelBuffer, pixels: &[u8]) -> Result<(), DriverError> {
+        if buffer.bytes.as_ref().is_none_or(|b| b.len() < pixels.len()) {
+            // Allocated, and the old buffer freed, in the compute stream's order.
+            grow(&self.stream, &mut buffer.bytes, pixels.len())?;
+            buffer.released = Some(self.stream.record_event(NO_TIMING)?);
+        }
+        if let Some(released) = &buffer.released {
+            self.copy_stream.wait(released)?;
+        }
+        if pixels.is_empty() {
+            return Ok(());
+        }
+        let bytes = buffer.bytes.as_mut().expect("grown above");
+        self.lock(&self.staging).upload(
+            &self.ctx,
+            &self.copy_stream,
+            pixels,
+            &mut bytes.slice_mut(..pixels.len()),
+        )?;
+        let arrived = self.copy_stream.record_event(NO_TIMING)?;
+        self.stream.wait(&arrived)
     }
 
     /// `y[img][c][p] += b[c]` over `len` values of `channels` planes of `plane`.
@@ -791,15 +846,10 @@ impl Backend for CudaBackend {
         let shift: Vec<f32> = batch.views.iter().flat_map(|v| v.shift).collect();
         let mut scratch = self.lock(&self.input_scratch);
         let s = &mut *scratch;
-        let copied = grow(&self.stream, &mut s.pixels, batch.pixels.len())
-            .and_then(|pixels| {
-                self.lock(&self.staging).upload(
-                    &self.ctx,
-                    &self.stream,
-                    batch.pixels,
-                    &mut pixels.slice_mut(..batch.pixels.len()),
-                )
-            })
+        let slot = s.next_pixels;
+        s.next_pixels = 1 - slot;
+        let arrived = self.upload_pixels(&mut s.pixels[slot], batch.pixels);
+        let copied = arrived
             .and_then(|()| grow(&self.stream, &mut s.place, place.len()))
             .and_then(|buf| {
                 self.stream
@@ -813,7 +863,8 @@ impl Backend for CudaBackend {
         if let Err(e) = copied {
             self.fail("copying a stored batch to the device", e);
         }
-        let (Some(pixels), Some(place), Some(shift)) = (&s.pixels, &s.place, &s.shift) else {
+        let (Some(pixels), Some(place), Some(shift)) = (&s.pixels[slot].bytes, &s.place, &s.shift)
+        else {
             unreachable!("grown above")
         };
         let mean = if batch.subtract_mean { mean } else { None };
@@ -842,6 +893,11 @@ impl Backend for CudaBackend {
             .arg(&s2)
             .arg(&len64);
         self.launch(args, per_value(len), "cut_views");
+        // The next copy into this buffer waits for the kernel that reads it.
+        match self.stream.record_event(NO_TIMING) {
+            Ok(event) => s.pixels[slot].released = Some(event),
+            Err(e) => self.fail("recording an event after cutting views", e),
+        }
     }
 
     fn synchronize(&self) {

@@ -8,12 +8,13 @@
 //! previous piece to the device, so the two overlap. Like a pageable copy, the
 //! source may be reused as soon as [`Staging::upload`] returns.
 //!
-//! The copies are queued on the backend's one stream, behind the work already
+//! The copies are queued on the stream the caller names, behind the work already
 //! there. Refilling a buffer waits for the copy out of it, and so for everything
-//! queued before that copy: an upload of more than two pieces (16 MiB) waits for
-//! the work queued before it started, as a pageable copy would. Copying on a
-//! stream of its own would let the next batch's upload run during this batch's
-//! work; that is not done yet.
+//! queued on that stream before the copy: on the compute stream, an upload of
+//! more than two pieces (16 MiB) waits for the work queued before it started, as
+//! a pageable copy would. Stored batches go through the backend's copy stream
+//! instead, where nothing but copies is queued, so their upload runs during the
+//! previous batch's work.
 
 use std::sync::Arc;
 

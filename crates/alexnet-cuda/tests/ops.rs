@@ -722,3 +722,85 @@ fn stored_views_are_cut_as_the_host_cuts_them() {
         assert_eq!(to_host(gpu, &out, len), expected, "{label}");
     }
 }
+
+/// Stored batches large enough to be staged in several pieces, queued one after
+/// another with no wait between: each is copied on the copy stream into one of
+/// two device buffers used in turn, so the third batch's copy goes into the
+/// first's buffer and must wait until the first batch's views are cut. Every
+/// output must be its own batch's views, equal to the host's to the last bit.
+#[test]
+fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
+    use alexnet::input::{StoredBatch, ViewPlacement, cut_views};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng::new(29);
+    let stored = Shape::new(3, 160, 160);
+    let crop_height = 144;
+    // 300 images of 76,800 bytes: 23 MB, three staging pieces.
+    let images = 300;
+    let batches: Vec<(Vec<u8>, Vec<ViewPlacement>)> = (0..4)
+        .map(|_| {
+            let pixels = (0..images * stored.len())
+                .map(|_| rng.below(256) as u8)
+                .collect();
+            let views = (0..images)
+                .map(|image| ViewPlacement {
+                    image,
+                    y: rng.below(160 - crop_height + 1),
+                    x: rng.below(160 - crop_height + 1),
+                    flip: rng.below(2) == 1,
+                    shift: [0.0; 3],
+                })
+                .collect();
+            (pixels, views)
+        })
+        .collect();
+    fn as_batch<'a>(
+        (pixels, views): &'a (Vec<u8>, Vec<ViewPlacement>),
+        stored: Shape,
+        crop: usize,
+    ) -> StoredBatch<'a> {
+        StoredBatch {
+            pixels,
+            stored,
+            crop_height: crop,
+            crop_width: crop,
+            views,
+            subtract_mean: false,
+            scale: [1.0; 3],
+        }
+    }
+    let len = images * 3 * crop_height * crop_height;
+    let mut outputs: Vec<_> = (0..batches.len())
+        .map(|_| gpu.alloc(len).unwrap())
+        .collect();
+    // Keep the compute stream busy first (products of some 0.8 TFLOP), so that
+    // the copies, which do not wait for it, run well ahead of the cuts: a copy
+    // that did not wait for the cut reading its buffer would overwrite bytes
+    // not yet cut.
+    let g = LinearGeometry {
+        inputs: 8192,
+        outputs: 8192,
+    };
+    let n = 2048;
+    let (x, w, b) = (
+        gpu.alloc(n * g.inputs).unwrap(),
+        gpu.alloc(g.weight_len()).unwrap(),
+        gpu.alloc(g.outputs).unwrap(),
+    );
+    let mut y = gpu.alloc(n * g.outputs).unwrap();
+    for _ in 0..3 {
+        gpu.linear_forward(&g, n, &x, &w, &b, &mut y);
+    }
+    for (batch, out) in batches.iter().zip(&mut outputs) {
+        gpu.cut_views(&as_batch(batch, stored, crop_height), None, out);
+    }
+    for (index, (batch, out)) in batches.iter().zip(&outputs).enumerate() {
+        let mut expected = vec![0.0; len];
+        cut_views(&as_batch(batch, stored, crop_height), None, &mut expected);
+        assert!(
+            to_host(gpu, out, len) == expected,
+            "stored batch {index} of {}: views differ from the host's",
+            batches.len()
+        );
+    }
+}
