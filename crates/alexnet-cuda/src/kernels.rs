@@ -64,19 +64,33 @@ extern "C" __global__ void multiply(const float* a, const float* b, float* out, 
     if (i < len) out[i] = a[i] * b[i];
 }
 
+/* dst row r += src row r, over `count` rows of `len` values each at the given
+   offsets and strides (the towers' sum of gradient shares). */
+extern "C" __global__ void add_rows(const float* src, u64 src_offset, u64 src_stride, float* dst,
+                                    u64 dst_offset, u64 dst_stride, u64 len, u64 count) {
+    u64 i = global_index();
+    if (i >= len * count) return;
+    u64 r = i / len, c = i - r * len;
+    dst[dst_offset + r * dst_stride + c] += src[src_offset + r * src_stride + c];
+}
+
 /* A dropout mask (alexnet::layers::dropout::fill_mask): value i is `keep` when the
    top 53 bits of value i of the SplitMix64 stream from `seed` reach `threshold`,
    else 0, so it equals the host's mask bit for bit. Unsigned arithmetic wraps as
    the host's wrapping operations do. */
 extern "C" __global__ void dropout_mask(float* mask, u64 seed, u64 threshold, float keep,
-                                        u64 len) {
-    u64 i = global_index();
-    if (i >= len) return;
+                                        u64 offset, u64 stride, u64 len, u64 count) {
+    u64 k = global_index();
+    if (k >= len * count) return;
+    /* Value k of the packed output is value i of the whole mask: column c of
+       row r of the rows picked (a tower's share of each image). */
+    u64 r = k / len, c = k - r * len;
+    u64 i = offset + r * stride + c;
     u64 x = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     x = x ^ (x >> 31);
-    mask[i] = (x >> 11) >= threshold ? keep : 0.0f;
+    mask[k] = (x >> 11) >= threshold ? keep : 0.0f;
 }
 
 /* The network's input cut from stored images (alexnet::input::cut_view): view v,
@@ -507,6 +521,7 @@ pub(crate) struct Kernels {
     pub tanh_forward: CudaFunction,
     pub tanh_backward: CudaFunction,
     pub multiply: CudaFunction,
+    pub add_rows: CudaFunction,
     pub dropout_mask: CudaFunction,
     pub cut_views: CudaFunction,
     pub bias_add: CudaFunction,
@@ -588,6 +603,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         tanh_forward: f("tanh_forward")?,
         tanh_backward: f("tanh_backward")?,
         multiply: f("multiply")?,
+        add_rows: f("add_rows")?,
         dropout_mask: f("dropout_mask")?,
         cut_views: f("cut_views")?,
         bias_add: f("bias_add")?,

@@ -45,9 +45,9 @@ mod staging;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use alexnet::Backend;
 use alexnet::input::StoredBatch;
 use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+use alexnet::{Backend, Rows};
 use cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasMath_t, cublasOperation_t, cudaDataType_t,
 };
@@ -258,13 +258,14 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 23] = [
+pub const KERNEL_NAMES: [&str; 24] = [
     "fill",
     "relu_forward",
     "relu_backward",
     "tanh_forward",
     "tanh_backward",
     "multiply",
+    "add_rows",
     "dropout_mask",
     "cut_views",
     "bias_add",
@@ -348,6 +349,34 @@ fn grow<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         *slot = Some(stream.alloc_zeros::<T>(len.max(1))?);
     }
     Ok(slot.as_mut().expect("filled above"))
+}
+
+/// Panics unless both blocks of rows have the same shape and lie inside their
+/// buffers (a device copy past the end would corrupt other memory).
+fn check_rows(
+    src: &CudaSlice<f32>,
+    src_rows: Rows,
+    dst: &CudaSlice<f32>,
+    dst_rows: Rows,
+    what: &str,
+) {
+    assert_eq!(
+        (src_rows.count, src_rows.len),
+        (dst_rows.count, dst_rows.len),
+        "rows {what} between blocks of different shapes"
+    );
+    assert!(
+        src_rows.len <= src_rows.stride || src_rows.count <= 1,
+        "overlapping source rows"
+    );
+    assert!(
+        dst_rows.len <= dst_rows.stride || dst_rows.count <= 1,
+        "overlapping destination rows"
+    );
+    assert!(
+        src_rows.end() <= src.len() && dst_rows.end() <= dst.len(),
+        "rows {what} past the end of a buffer"
+    );
 }
 
 /// Events that only order work (no timestamps, which cost time to record).
@@ -826,6 +855,122 @@ impl Backend for CudaBackend {
 
     fn cuts_views(&self) -> bool {
         true
+    }
+
+    fn wait_for(&self, other: &CudaBackend) {
+        if std::ptr::eq(self, other) {
+            return;
+        }
+        let waited = other
+            .stream
+            .record_event(NO_TIMING)
+            .and_then(|event| self.stream.wait(&event));
+        if let Err(e) = waited {
+            self.fail(
+                &format!("waiting for cuda:{}'s queued work", other.ordinal),
+                e,
+            );
+        }
+    }
+
+    /// One 2-D copy (rows of bytes at two pitches), queued on this backend's
+    /// stream after `from`'s queued work. `cuMemcpy3DPeerAsync` names both
+    /// contexts, so the same call serves two devices (through peer access where
+    /// the driver has it, else staged by the driver) and one device named twice.
+    fn pull_rows(
+        &self,
+        from: &CudaBackend,
+        src: &CudaSlice<f32>,
+        src_rows: Rows,
+        dst: &mut CudaSlice<f32>,
+        dst_rows: Rows,
+    ) {
+        check_rows(src, src_rows, dst, dst_rows, "pulled");
+        if src_rows.count == 0 || src_rows.len == 0 {
+            return;
+        }
+        self.wait_for(from);
+        const F32: usize = std::mem::size_of::<f32>();
+        let (src_ptr, _read) = src.device_ptr(&self.stream);
+        let (dst_ptr, _written) = dst.device_ptr_mut(&self.stream);
+        let copy = sys::CUDA_MEMCPY3D_PEER {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcZ: 0,
+            srcLOD: 0,
+            srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: src_ptr + (src_rows.offset * F32) as u64,
+            srcArray: std::ptr::null_mut(),
+            srcContext: from.ctx.cu_ctx(),
+            srcPitch: src_rows.stride.max(src_rows.len) * F32,
+            srcHeight: src_rows.count,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstZ: 0,
+            dstLOD: 0,
+            dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst_ptr + (dst_rows.offset * F32) as u64,
+            dstArray: std::ptr::null_mut(),
+            dstContext: self.ctx.cu_ctx(),
+            dstPitch: dst_rows.stride.max(dst_rows.len) * F32,
+            dstHeight: dst_rows.count,
+            WidthInBytes: src_rows.len * F32,
+            Height: src_rows.count,
+            Depth: 1,
+        };
+        self.bind();
+        // SAFETY: both ranges lie inside their buffers (checked above), and the
+        // stream orders the copy after the work that writes `src` (on `from`, by
+        // the wait above) and before later work on `dst`.
+        if let Err(e) = unsafe { sys::cuMemcpy3DPeerAsync(&copy, self.stream.cu_stream()) }.result()
+        {
+            self.fail(
+                &format!("copying {} rows from cuda:{}", src_rows.count, from.ordinal),
+                e,
+            );
+        }
+    }
+
+    fn add_rows(
+        &self,
+        src: &CudaSlice<f32>,
+        src_rows: Rows,
+        dst: &mut CudaSlice<f32>,
+        dst_rows: Rows,
+    ) {
+        check_rows(src, src_rows, dst, dst_rows, "added");
+        let len = src_rows.count * src_rows.len;
+        if len == 0 {
+            return;
+        }
+        let [
+            src_offset,
+            src_stride,
+            dst_offset,
+            dst_stride,
+            row_len,
+            count,
+        ] = [
+            src_rows.offset,
+            src_rows.stride,
+            dst_rows.offset,
+            dst_rows.stride,
+            src_rows.len,
+            src_rows.count,
+        ]
+        .map(|v| v as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.add_rows);
+        args.arg(src)
+            .arg(&src_offset)
+            .arg(&src_stride)
+            .arg(dst)
+            .arg(&dst_offset)
+            .arg(&dst_stride)
+            .arg(&row_len)
+            .arg(&count);
+        self.launch(args, per_value(len), "add_rows");
     }
 
     fn cut_views(
@@ -1348,18 +1493,30 @@ impl Backend for CudaBackend {
     }
 
     /// Drawn on the device: nothing is drawn on the host or copied.
-    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut CudaSlice<f32>) {
+    fn dropout_mask(
+        &self,
+        g: &DropoutGeometry,
+        seed: u64,
+        values: Rows,
+        mask: &mut CudaSlice<f32>,
+    ) {
+        let len = values.count * values.len;
         if len == 0 {
             return;
         }
         assert!(mask.len() >= len, "a dropout mask past its buffer");
-        let (threshold, keep, len64) = (g.keep_threshold(), g.keep_scale(), len as u64);
+        let (threshold, keep) = (g.keep_threshold(), g.keep_scale());
+        let [offset, stride, row_len, count] =
+            [values.offset, values.stride, values.len, values.count].map(|v| v as u64);
         let mut args = self.stream.launch_builder(&self.kernels.dropout_mask);
         args.arg(mask)
             .arg(&seed)
             .arg(&threshold)
             .arg(&keep)
-            .arg(&len64);
+            .arg(&offset)
+            .arg(&stride)
+            .arg(&row_len)
+            .arg(&count);
         self.launch(args, per_value(len), "dropout_mask");
     }
 

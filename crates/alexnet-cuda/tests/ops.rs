@@ -516,23 +516,37 @@ fn max_and_average_pooling() {
 
 /// Masks drawn on the device equal the host's bit for bit (the same seed gives the
 /// same mask on every backend), for several drop probabilities, a length that is
-/// no whole number of blocks, and only the first `len` values written.
+/// no whole number of blocks, a tower's share of each image's values (rows at an
+/// offset and stride), and only the values asked for written.
 #[test]
 fn dropout_masks_drawn_on_the_device_are_the_hosts() {
+    use alexnet::Rows;
     let Some(gpu) = gpu() else { return };
-    for (p, seed, len) in [(0.5, 7, 100_003), (0.3, u64::MAX, 4097), (0.0, 0, 513)] {
-        let g = DropoutGeometry { len, p };
+    let share = Rows {
+        count: 7,
+        len: 2048,
+        offset: 2048,
+        stride: 4096,
+    };
+    for (p, seed, rows) in [
+        (0.5, 7, Rows::packed(1, 100_003)),
+        (0.3, u64::MAX, Rows::packed(17, 241)),
+        (0.0, 0, Rows::packed(1, 513)),
+        (0.5, 11, share),
+    ] {
+        let len = rows.count * rows.len;
+        let g = DropoutGeometry { len: rows.len, p };
         let mut host = vec![0.0; len];
-        alexnet::layers::dropout::fill_mask(&g, seed, &mut host);
+        alexnet::layers::dropout::fill_mask_rows(&g, seed, rows, &mut host);
         let mut mask = to_device(gpu, &vec![-1.0; len + 5]);
-        gpu.dropout_mask(&g, seed, len, &mut mask);
+        gpu.dropout_mask(&g, seed, rows, &mut mask);
         let device = to_host(gpu, &mask, len + 5);
         let differing = (0..len)
             .filter(|&i| device[i].to_bits() != host[i].to_bits())
             .count();
         assert_eq!(
             differing, 0,
-            "p {p}, seed {seed}: values differing from the host's"
+            "p {p}, seed {seed}, {rows:?}: values differing from the host's"
         );
         assert_eq!(&device[len..], &[-1.0; 5], "written past len");
     }
@@ -803,4 +817,78 @@ fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
             batches.len()
         );
     }
+}
+
+/// Rows pulled from another backend on the same GPU (as two towers on one GPU
+/// exchange them) and from the same backend, and rows added, against the host's.
+/// The source is written last by a fill queued behind long work on the other
+/// backend's stream, so a pull that did not wait for that stream would read the
+/// values from before the fill.
+#[test]
+fn rows_pulled_between_backends_and_added_are_the_hosts() {
+    use alexnet::Rows;
+    let Some(gpu) = gpu() else { return };
+    let Some(other) = common::new_gpu(alexnet_cuda::Precision::F32) else {
+        return;
+    };
+    let mut rng = Rng::new(31);
+    let src_rows = Rows {
+        count: 5,
+        len: 7,
+        offset: 3,
+        stride: 20,
+    };
+    let dst_rows = Rows {
+        count: 5,
+        len: 7,
+        offset: 2,
+        stride: 9,
+    };
+    let (src_len, dst_len) = (src_rows.end() + 4, dst_rows.end() + 1);
+    let dst_start: Vec<f32> = random(&mut rng, dst_len, 1.0);
+
+    // The source: 2.5 everywhere, written after some 0.8 TFLOP of products.
+    let mut src = to_device(&other, &random(&mut rng, src_len, 1.0));
+    let g = LinearGeometry {
+        inputs: 8192,
+        outputs: 8192,
+    };
+    let n = 2048;
+    let (x, w, b) = (
+        other.alloc(n * g.inputs).unwrap(),
+        other.alloc(g.weight_len()).unwrap(),
+        other.alloc(g.outputs).unwrap(),
+    );
+    let mut y = other.alloc(n * g.outputs).unwrap();
+    for _ in 0..3 {
+        other.linear_forward(&g, n, &x, &w, &b, &mut y);
+    }
+    other.fill(&mut src, 2.5);
+    let host_src = vec![2.5; src_len];
+
+    let mut expected = dst_start.clone();
+    ReferenceCpu.pull_rows(&ReferenceCpu, &host_src, src_rows, &mut expected, dst_rows);
+    let mut dst = to_device(gpu, &dst_start);
+    gpu.pull_rows(&other, &src, src_rows, &mut dst, dst_rows);
+    assert_eq!(
+        to_host(gpu, &dst, dst_len),
+        expected,
+        "pulled from another backend"
+    );
+
+    let local: Vec<f32> = random(&mut rng, src_len, 1.0);
+    let local_gpu = to_device(gpu, &local);
+    let mut expected = dst_start.clone();
+    ReferenceCpu.pull_rows(&ReferenceCpu, &local, src_rows, &mut expected, dst_rows);
+    let mut dst = to_device(gpu, &dst_start);
+    gpu.pull_rows(gpu, &local_gpu, src_rows, &mut dst, dst_rows);
+    assert_eq!(
+        to_host(gpu, &dst, dst_len),
+        expected,
+        "pulled within one backend"
+    );
+
+    ReferenceCpu.add_rows(&local, src_rows, &mut expected, dst_rows);
+    gpu.add_rows(&local_gpu, src_rows, &mut dst, dst_rows);
+    assert_eq!(to_host(gpu, &dst, dst_len), expected, "rows added");
 }

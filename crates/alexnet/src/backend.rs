@@ -10,6 +10,43 @@ use crate::error::Result;
 use crate::input::StoredBatch;
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
 
+/// Where a block of rows lies in a buffer: `count` rows of `len` values each, row
+/// `r` starting at value `offset + r * stride`. Used to move one tower's share of
+/// every image's values (a run of channels) between towers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub count: usize,
+    pub len: usize,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl Rows {
+    /// `count` rows of `len` values one after another from the start.
+    pub fn packed(count: usize, len: usize) -> Rows {
+        Rows {
+            count,
+            len,
+            offset: 0,
+            stride: len,
+        }
+    }
+
+    /// One past the last value the rows touch (0 when there are none).
+    pub fn end(&self) -> usize {
+        if self.count == 0 || self.len == 0 {
+            0
+        } else {
+            self.offset + (self.count - 1) * self.stride + self.len
+        }
+    }
+
+    /// The index of each row's first value.
+    pub fn starts(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.count).map(|r| self.offset + r * self.stride)
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// A block of `f32` values owned by the backend.
     type Buffer: Send;
@@ -36,6 +73,29 @@ pub trait Backend: Send + Sync {
     }
     /// Waits until queued work has finished (for timing); a no-op on the CPU.
     fn synchronize(&self) {}
+    /// Makes the work queued on this backend from now on wait for the work queued
+    /// so far on `other` (a backend with a queue of its own, a GPU's stream). A
+    /// no-op where every operation has finished when its call returns (the CPU).
+    fn wait_for(&self, other: &Self) {
+        let _ = other;
+    }
+    /// Copies rows `src_rows` of `src`, a buffer of `from` (this backend or another
+    /// of the same kind, perhaps on another device), into rows `dst_rows` of `dst`,
+    /// a buffer of this backend; both name the same number of rows of the same
+    /// length. Runs after the work queued so far on this backend and on `from`.
+    /// Work queued on `from` afterwards is not ordered after the copy: before
+    /// writing `src` again, `from` must [`Backend::wait_for`] this backend.
+    fn pull_rows(
+        &self,
+        from: &Self,
+        src: &Self::Buffer,
+        src_rows: Rows,
+        dst: &mut Self::Buffer,
+        dst_rows: Rows,
+    );
+    /// Adds rows `src_rows` of `src` into rows `dst_rows` of `dst` (both this
+    /// backend's; the same number of rows of the same length): `dst += src`.
+    fn add_rows(&self, src: &Self::Buffer, src_rows: Rows, dst: &mut Self::Buffer, dst_rows: Rows);
 
     fn conv_forward(
         &self,
@@ -156,12 +216,15 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
-    /// Fills the first `len` values of `mask` with the dropout mask seeded by
-    /// `seed` ([`crate::layers::dropout::fill_mask`]): every backend must give the
-    /// same values. The default fills it on the host and uploads it.
-    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut Self::Buffer) {
-        let mut host = vec![0.0; len];
-        crate::layers::dropout::fill_mask(g, seed, &mut host);
+    /// Fills the first `values.count * values.len` values of `mask` with the values
+    /// `values` picks out of the dropout mask seeded by `seed`
+    /// ([`crate::layers::dropout::fill_mask_rows`]; all of a network's mask is
+    /// `Rows::packed(n, len)`, a tower's share of it a column of rows): every
+    /// backend must give the same values. The default fills it on the host and
+    /// uploads it.
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, values: Rows, mask: &mut Self::Buffer) {
+        let mut host = vec![0.0; values.count * values.len];
+        crate::layers::dropout::fill_mask_rows(g, seed, values, &mut host);
         self.upload(&host, mask);
     }
     fn dropout_forward(

@@ -39,7 +39,7 @@ pub mod spec;
 pub mod testing;
 pub mod towers;
 
-pub use backend::Backend;
+pub use backend::{Backend, Rows};
 pub use cpu::fast::gemm::{Bf16Kernel, Precision, Products};
 pub use cpu::{Cpu, ReferenceCpu};
 pub use error::{Error, Result};

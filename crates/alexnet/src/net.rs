@@ -13,11 +13,10 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Rows};
 use crate::error::{Error, Result};
 use crate::fusion::{Fusion, GradientStep, fusions, gradient_lens, gradient_step};
 use crate::input::StoredBatch;
-use crate::layers::DropoutGeometry;
 use crate::model::Model;
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
@@ -84,10 +83,16 @@ pub(crate) fn initial_values(info: &ParamInfo, rng: &mut Rng) -> Vec<f32> {
     }
 }
 
-/// Fills `mask` with a dropout mask, seeded by one draw from `rng`
-/// ([`crate::layers::dropout::fill_mask`]): the masks every backend draws.
-pub(crate) fn draw_mask(rng: &mut Rng, geometry: &DropoutGeometry, mask: &mut [f32]) {
-    crate::layers::dropout::fill_mask(geometry, rng.next_u64(), mask);
+/// Element `read` to read and element `write` to write, which must differ.
+pub(crate) fn pair_mut<T>(items: &mut [T], read: usize, write: usize) -> (&T, &mut T) {
+    assert_ne!(read, write, "an element read and written at once");
+    if read < write {
+        let (head, tail) = items.split_at_mut(write);
+        (&head[read], &mut tail[0])
+    } else {
+        let (head, tail) = items.split_at_mut(read);
+        (&tail[0], &mut head[write])
+    }
 }
 
 /// Checks that there is one label per image and each names a class.
@@ -262,14 +267,30 @@ impl<B: Backend> Network<B> {
     }
 
     fn draw_masks(&mut self) {
+        let dropouts = self.masks.iter().filter(|m| m.is_some()).count();
+        let seeds: Vec<u64> = (0..dropouts).map(|_| self.rng.next_u64()).collect();
         let n = self.batch;
-        for (layer, mask) in self.plan.layers.iter().zip(self.masks.iter_mut()) {
+        self.draw_masks_from(&seeds, |_, len| Rows::packed(n, len));
+    }
+
+    /// Draws each dropout layer's mask on the backend from its seed (one per
+    /// dropout layer, in order): for layer `index` with `len` values per image,
+    /// the values `pick(index, len)` names of the mask that seed gives.
+    pub(crate) fn draw_masks_from(&mut self, seeds: &[u64], pick: impl Fn(usize, usize) -> Rows) {
+        let dropouts = self
+            .plan
+            .layers
+            .iter()
+            .zip(self.masks.iter_mut())
+            .enumerate();
+        let mut seeds = seeds.iter();
+        for (index, (layer, mask)) in dropouts {
             let (Op::Dropout { geometry }, Some(buffer)) = (&layer.op, mask) else {
                 continue;
             };
-            let seed = self.rng.next_u64();
+            let seed = *seeds.next().expect("one seed per dropout layer");
             self.backend
-                .dropout_mask(geometry, seed, n * geometry.len, buffer);
+                .dropout_mask(geometry, seed, pick(index, geometry.len), buffer);
         }
     }
 
@@ -415,6 +436,15 @@ impl<B: Backend> Network<B> {
     /// The backend with activation buffer `index`, to write into it.
     pub(crate) fn backend_and_activation(&mut self, index: usize) -> (&B, &mut B::Buffer) {
         (&self.backend, &mut self.activations[index])
+    }
+    /// The backend with activation buffer `read` to read and `write` to write.
+    pub(crate) fn backend_and_activations(
+        &mut self,
+        read: usize,
+        write: usize,
+    ) -> (&B, &B::Buffer, &mut B::Buffer) {
+        let (src, dst) = pair_mut(&mut self.activations, read, write);
+        (&self.backend, src, dst)
     }
     /// One of the two gradient buffers the backward pass alternates between.
     pub(crate) fn gradient(&self, index: usize) -> &B::Buffer {
@@ -808,34 +838,5 @@ impl<B: Backend> Model for Network<B> {
                 decay,
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::stream_value;
-
-    #[test]
-    fn dropout_masks_are_each_values_own_draw_and_drop_about_p() {
-        let geometry = DropoutGeometry { len: 4096, p: 0.5 };
-        let mut mask = vec![f32::NAN; 128 * 4096];
-        let mut rng = Rng::new(3);
-        let mut copy = rng.clone();
-        draw_mask(&mut rng, &geometry, &mut mask);
-        // Value i is decided by value i of the stream seeded by one draw, whichever
-        // core drew it: check both sides of chunk boundaries and the ends.
-        let seed = copy.next_u64();
-        assert_eq!(rng, copy, "a mask takes one draw from the generator");
-        for i in [0, 1, 16383, 16384, 16385, 300_000, mask.len() - 1] {
-            let kept = (stream_value(seed, i as u64) >> 11) as f64 >= 0.5 * (1u64 << 53) as f64;
-            assert_eq!(mask[i], if kept { 2.0 } else { 0.0 }, "value {i}");
-        }
-        let dropped = mask.iter().filter(|&&v| v == 0.0).count() as f64 / mask.len() as f64;
-        assert!((dropped - 0.5).abs() < 0.005, "dropped {dropped}");
-        assert!(mask.iter().all(|&v| v == 0.0 || v == 2.0));
-        let mut again = vec![0.0; mask.len()];
-        draw_mask(&mut Rng::new(3), &geometry, &mut again);
-        assert_eq!(mask, again);
     }
 }

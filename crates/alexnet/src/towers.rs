@@ -18,20 +18,25 @@
 //! halves (every split tensor is split along its first axis, output channels or
 //! outputs). Checkpoints are the same either way.
 //!
-//! The exchange goes through host memory: each tower's half is downloaded, the
-//! halves are laid side by side and the result uploaded to every tower. The
-//! towers run one after the other from one thread; on two GPUs the queued work
-//! of both overlaps, since nothing waits until an exchange (unless per-layer
-//! times are being recorded, which waits after every layer).
+//! The exchange stays on the devices ([`Backend::pull_rows`]): each tower pulls
+//! every tower's share of each image into its place in its own buffer (on GPUs,
+//! one 2-D copy per pair of towers, device to device), and on the way back pulls
+//! its share of every tower's gradient into a scratch buffer and adds them up in
+//! tower order, as one device would. Each pull waits for the work queued on the
+//! tower it reads; afterwards every tower waits for the others' pulls
+//! ([`Backend::wait_for`]) before it may overwrite what they read. The towers are
+//! driven one after the other from one thread; on two GPUs their queued work
+//! overlaps, since the host waits only for the loss (and, when per-layer times
+//! are recorded, after every layer).
 
 use std::ops::Range;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Rows};
 use crate::cpu::reference;
 use crate::error::{Error, Result};
 use crate::input::StoredBatch;
 use crate::model::Model;
-use crate::net::{LayerTimes, Mode, Network, check_labels, draw_mask, initial_values, input_error};
+use crate::net::{LayerTimes, Mode, Network, check_labels, initial_values, input_error, pair_mut};
 use crate::optim::Sgd;
 use crate::plan::{Op, Plan};
 use crate::rng::Rng;
@@ -195,6 +200,9 @@ pub struct Towers<B: Backend> {
     plan: Plan,
     layout: TowerLayout,
     towers: Vec<Network<B>>,
+    /// One buffer per tower, on its backend, for the shares of the gradients it
+    /// pulls from every tower at an exchange (one packed slot per tower).
+    exchange: Vec<B::Buffer>,
     max_batch: usize,
     /// Draws dropout masks for the whole net, as [`Network`] would.
     rng: Rng,
@@ -225,10 +233,21 @@ impl<B: Backend> Towers<B> {
             .into_iter()
             .map(|backend| Network::from_plan(backend, layout.tower.clone(), max_batch))
             .collect::<Result<Vec<_>>>()?;
+        let exchange_len = layout
+            .gathered
+            .iter()
+            .map(|&layer| max_batch * layout.share_len(layer) * layout.towers)
+            .max()
+            .unwrap_or(0);
+        let exchange = towers
+            .iter()
+            .map(|tower| tower.backend().alloc(exchange_len))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Towers {
             plan,
             layout,
             towers,
+            exchange,
             max_batch,
             rng: Rng::new(0),
             masks_given: false,
@@ -286,68 +305,120 @@ impl<B: Backend> Towers<B> {
         Ok(())
     }
 
-    /// Draws the whole net's masks as [`Network`] does and gives each tower its share.
-    fn draw_masks(&mut self) -> Result<()> {
-        let n = self.batch;
-        let mut masks = Vec::new();
-        for (index, len) in self.dropout_layers() {
-            let Op::Dropout { geometry } = &self.plan.layers[index].op else {
-                unreachable!("dropout_layers lists dropout layers")
-            };
-            let mut mask = vec![0.0; n * len];
-            draw_mask(&mut self.rng, geometry, &mut mask);
-            masks.push(mask);
+    /// Draws the whole net's masks as [`Network`] does (one seed per dropout
+    /// layer from the same generator), each tower drawing only its share on its
+    /// own device: all of each image's values before the first split layer, its
+    /// run of them after.
+    fn draw_masks(&mut self) {
+        let (n, towers, first_split) = (self.batch, self.layout.towers, self.layout.first_split);
+        let seeds: Vec<u64> = self
+            .dropout_layers()
+            .iter()
+            .map(|_| self.rng.next_u64())
+            .collect();
+        for (t, tower) in self.towers.iter_mut().enumerate() {
+            // `len`: the tower's values per image, a share of the whole's after the split.
+            tower.draw_masks_from(&seeds, |index, len| {
+                if index < first_split {
+                    Rows::packed(n, len)
+                } else {
+                    Rows {
+                        count: n,
+                        len,
+                        offset: t * len,
+                        stride: len * towers,
+                    }
+                }
+            });
         }
-        self.upload_mask_shares(&masks)
     }
 
-    /// Fills every tower's input buffer of gathered layer `layer` with all towers' shares.
+    /// Fills every tower's input buffer of gathered layer `layer` with all towers'
+    /// shares, each image's side by side.
     fn gather_activations(&mut self, layer: usize) {
-        let n = self.batch;
+        let (n, towers) = (self.batch, self.layout.towers);
         let (from, to) = self.layout.exchange_buffers(layer);
         let share = self.layout.share_len(layer);
-        let shares: Vec<Vec<f32>> = self
-            .towers
-            .iter()
-            .map(|tower| {
-                let mut host = vec![0.0; n * share];
-                tower.backend().download(tower.activation(from), &mut host);
-                host
-            })
-            .collect();
-        let mut whole = vec![0.0; n * share * shares.len()];
-        interleave(&shares, n, share, &mut whole);
-        for tower in &mut self.towers {
-            let (backend, buffer) = tower.backend_and_activation(to);
-            backend.upload(&whole, buffer);
+        for t in 0..towers {
+            for s in 0..towers {
+                let placed = Rows {
+                    count: n,
+                    len: share,
+                    offset: s * share,
+                    stride: share * towers,
+                };
+                let packed = Rows::packed(n, share);
+                if s == t {
+                    let (backend, src, dst) = self.towers[t].backend_and_activations(from, to);
+                    backend.pull_rows(backend, src, packed, dst, placed);
+                } else {
+                    let (source, target) = pair_mut(&mut self.towers, s, t);
+                    let (backend, dst) = target.backend_and_activation(to);
+                    backend.pull_rows(
+                        source.backend(),
+                        source.activation(from),
+                        packed,
+                        dst,
+                        placed,
+                    );
+                }
+            }
         }
+        self.after_pulls();
     }
 
     /// After the backward pass of gathered layer `layer`, gradient buffer `current`
     /// of every tower holds the gradient of the whole gathered input; replaces it
-    /// in each tower by the sum over towers of that tower's share.
+    /// in each tower by the sum over towers of that tower's share, packed.
     fn scatter_gradients(&mut self, layer: usize, current: usize) {
-        let n = self.batch;
-        let towers = self.layout.towers;
+        let (n, towers) = (self.batch, self.layout.towers);
         let share = self.layout.share_len(layer);
-        let wholes: Vec<Vec<f32>> = self
-            .towers
-            .iter()
-            .map(|tower| {
-                let mut host = vec![0.0; n * share * towers];
-                tower.backend().download(tower.gradient(current), &mut host);
-                host
-            })
-            .collect();
-        for (t, tower) in self.towers.iter_mut().enumerate() {
-            let mut sum = vec![0.0; n * share];
-            for whole in &wholes {
-                for (s, v) in sum.iter_mut().zip(share_of(whole, towers, t, n, share)) {
-                    *s += v;
+        let slot = |s: usize| Rows {
+            count: n,
+            len: share,
+            offset: s * n * share,
+            stride: share,
+        };
+        // Tower t's share of every tower's gradient, into slot s of t's scratch.
+        for (t, scratch) in self.exchange.iter_mut().enumerate() {
+            let own = &self.towers[t];
+            for (s, source) in self.towers.iter().enumerate() {
+                let shared = Rows {
+                    count: n,
+                    len: share,
+                    offset: t * share,
+                    stride: share * towers,
+                };
+                own.backend().pull_rows(
+                    source.backend(),
+                    source.gradient(current),
+                    shared,
+                    scratch,
+                    slot(s),
+                );
+            }
+        }
+        self.after_pulls();
+        // The sum, in tower order (as one device adds the paths into one input).
+        for (tower, scratch) in self.towers.iter_mut().zip(&self.exchange) {
+            let (backend, sum) = tower.backend_and_gradient(current);
+            let packed = Rows::packed(n, share);
+            backend.pull_rows(backend, scratch, slot(0), sum, packed);
+            for s in 1..towers {
+                backend.add_rows(scratch, slot(s), sum, packed);
+            }
+        }
+    }
+
+    /// Orders every tower's later work after the other towers' pulls from it, so
+    /// that nothing a tower pulled from is overwritten before the pull has run.
+    fn after_pulls(&self) {
+        for (s, source) in self.towers.iter().enumerate() {
+            for (t, puller) in self.towers.iter().enumerate() {
+                if s != t {
+                    source.backend().wait_for(puller.backend());
                 }
             }
-            let (backend, buffer) = tower.backend_and_gradient(current);
-            backend.upload(&sum, buffer);
         }
     }
 
@@ -491,8 +562,7 @@ impl<B: Backend> Model for Towers<B> {
     fn forward(&mut self, mode: Mode) {
         assert!(self.batch > 0, "forward called before set_input");
         if mode == Mode::Train && !self.masks_given {
-            self.draw_masks()
-                .expect("masks drawn for the loaded batch fit their buffers");
+            self.draw_masks();
         }
         for stretch in self.stretches() {
             if stretch.start > 0 {

@@ -8,7 +8,7 @@ pub mod reference;
 
 pub use buffer::CpuBuffer;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Rows};
 use crate::error::{Error, Result};
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
 use fast::gemm::{Bf16Kernel, Precision, Products};
@@ -66,6 +66,43 @@ macro_rules! host_buffers {
         }
         fn copy(&self, len: usize, src: &$buffer, dst: &mut $buffer) {
             dst[..len].copy_from_slice(&src[..len]);
+        }
+        fn pull_rows(
+            &self,
+            _from: &Self,
+            src: &$buffer,
+            src_rows: crate::backend::Rows,
+            dst: &mut $buffer,
+            dst_rows: crate::backend::Rows,
+        ) {
+            assert_eq!(
+                (src_rows.count, src_rows.len),
+                (dst_rows.count, dst_rows.len),
+                "rows pulled between buffers of different shapes"
+            );
+            let len = src_rows.len;
+            for (from, to) in src_rows.starts().zip(dst_rows.starts()) {
+                dst[to..to + len].copy_from_slice(&src[from..from + len]);
+            }
+        }
+        fn add_rows(
+            &self,
+            src: &$buffer,
+            src_rows: crate::backend::Rows,
+            dst: &mut $buffer,
+            dst_rows: crate::backend::Rows,
+        ) {
+            assert_eq!(
+                (src_rows.count, src_rows.len),
+                (dst_rows.count, dst_rows.len),
+                "rows added between buffers of different shapes"
+            );
+            let len = src_rows.len;
+            for (from, to) in src_rows.starts().zip(dst_rows.starts()) {
+                for (d, s) in dst[to..to + len].iter_mut().zip(&src[from..from + len]) {
+                    *d += s;
+                }
+            }
         }
         fn cut_views(
             &self,
@@ -247,8 +284,8 @@ impl Backend for Cpu {
     fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &CpuBuffer, dx: &mut CpuBuffer) {
         fast::pool::avg_backward(g, n, dy, dx)
     }
-    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut CpuBuffer) {
-        crate::layers::dropout::fill_mask(g, seed, &mut mask.as_mut_slice()[..len]);
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, values: Rows, mask: &mut CpuBuffer) {
+        crate::layers::dropout::fill_mask_rows(g, seed, values, mask.as_mut_slice());
     }
     fn dropout_forward(
         &self,
@@ -417,8 +454,8 @@ impl Backend for ReferenceCpu {
     fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &Vec<f32>, dx: &mut Vec<f32>) {
         reference::avg_pool_backward(g, n, dy, dx)
     }
-    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, len: usize, mask: &mut Vec<f32>) {
-        crate::layers::dropout::fill_mask(g, seed, &mut mask[..len]);
+    fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, values: Rows, mask: &mut Vec<f32>) {
+        crate::layers::dropout::fill_mask_rows(g, seed, values, mask);
     }
     fn dropout_forward(
         &self,
