@@ -126,7 +126,10 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     /// Where stored batches are copied to the device, so that a batch's copy runs
     /// while the compute stream works through the batch before (which waits, by
-    /// an event, for the copy before cutting views from it).
+    /// an event, for the copy before cutting views from it). Every copy queued
+    /// here is waited for by the compute stream right away, so buffers freed in
+    /// the compute stream's order are never still being written, and this stream
+    /// needs no draining when the backend is dropped.
     copy_stream: Arc<CudaStream>,
     kernels: Kernels,
     /// cuBLAS and cuDNN handles must not be used from two threads at once.
@@ -875,8 +878,11 @@ impl Backend for CudaBackend {
 
     /// One 2-D copy (rows of bytes at two pitches), queued on this backend's
     /// stream after `from`'s queued work. `cuMemcpy3DPeerAsync` names both
-    /// contexts, so the same call serves two devices (through peer access where
-    /// the driver has it, else staged by the driver) and one device named twice.
+    /// contexts, so the same call serves two devices and one device named twice.
+    /// Peer access is not enabled (the buffers come from each device's
+    /// stream-ordered pool, which context peer access does not cover), so between
+    /// two devices the driver stages the copy through host memory; that path has
+    /// not run on a two-GPU machine yet.
     fn pull_rows(
         &self,
         from: &CudaBackend,
@@ -886,6 +892,12 @@ impl Backend for CudaBackend {
         dst_rows: Rows,
     ) {
         check_rows(src, src_rows, dst, dst_rows, "pulled");
+        // Each buffer must be its backend's (allocated on its stream): the copy
+        // names the contexts, and a mix-up would go unseen on one device.
+        assert!(
+            Arc::ptr_eq(src.stream(), &from.stream) && Arc::ptr_eq(dst.stream(), &self.stream),
+            "rows pulled between buffers of other backends than the ones named"
+        );
         if src_rows.count == 0 || src_rows.len == 0 {
             return;
         }

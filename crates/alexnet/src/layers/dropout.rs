@@ -50,6 +50,10 @@ pub fn fill_mask_rows(g: &DropoutGeometry, seed: u64, rows: Rows, mask: &mut [f3
     if rows.len == 0 {
         return;
     }
+    if rows.offset == 0 && rows.stride == rows.len {
+        // One run from the start (a whole network's mask): chunks of any size.
+        return fill_mask(g, seed, &mut mask[..rows.count * rows.len]);
+    }
     mask[..rows.count * rows.len]
         .par_chunks_mut(rows.len)
         .zip(rows.starts().collect::<Vec<_>>())
