@@ -4,22 +4,31 @@
 //! profile (`perf record`).
 //!
 //! ```text
-//! cargo run --release -p alexnet --example forward_probe [PRESET] [BATCH] [PASSES]
+//! cargo run --release -p alexnet --example forward_probe [PRESET] [BATCH] [PASSES] [fp32|bf16]
 //! ```
-//! Defaults: `alexnet`, batch 64, 10 passes (after one warm-up pass).
+//! Defaults: `alexnet`, batch 64, 10 passes (after one warm-up pass), fp32 products.
 
 use std::time::Instant;
 
-use alexnet::{Cpu, Mode, Model, NetSpec, Network, rng::Rng};
+use alexnet::{Bf16Kernel, Cpu, Mode, Model, NetSpec, Network, Precision, Products, rng::Rng};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let preset = args.next().unwrap_or_else(|| "alexnet".into());
     let batch: usize = args.next().map_or(Ok(64), |a| a.parse())?;
     let passes: usize = args.next().map_or(Ok(10), |a| a.parse())?;
+    let precision = match args.next().as_deref() {
+        None | Some("fp32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => return Err(format!("precision: fp32 or bf16, not {other}").into()),
+    };
 
     let spec = NetSpec::preset(&preset)?;
-    let mut net = Network::new(Cpu::new(), &spec, batch, 1)?;
+    let products = Products {
+        precision,
+        bf16_kernel: Bf16Kernel::detect(),
+    };
+    let mut net = Network::new(Cpu::with_products(products)?, &spec, batch, 1)?;
     let plan = net.plan().clone();
     let mut rng = Rng::new(2);
     let images: Vec<f32> = (0..batch * plan.input_shape().len())
