@@ -877,7 +877,7 @@ impl Backend for CudaBackend {
     }
 
     /// One 2-D copy (rows of bytes at two pitches), queued on this backend's
-    /// stream after `from`'s queued work. `cuMemcpy3DPeerAsync` names both
+    /// stream (after the caller's `wait_for(from)`). `cuMemcpy3DPeerAsync` names both
     /// contexts, so the same call serves two devices and one device named twice.
     /// Peer access is not enabled (the buffers come from each device's
     /// stream-ordered pool, which context peer access does not cover), so between
@@ -901,7 +901,6 @@ impl Backend for CudaBackend {
         if src_rows.count == 0 || src_rows.len == 0 {
             return;
         }
-        self.wait_for(from);
         const F32: usize = std::mem::size_of::<f32>();
         let (src_ptr, _read) = src.device_ptr(&self.stream);
         let (dst_ptr, _written) = dst.device_ptr_mut(&self.stream);
@@ -933,9 +932,10 @@ impl Backend for CudaBackend {
             Depth: 1,
         };
         self.bind();
-        // SAFETY: both ranges lie inside their buffers (checked above), and the
-        // stream orders the copy after the work that writes `src` (on `from`, by
-        // the wait above) and before later work on `dst`.
+        // SAFETY: both ranges lie inside their buffers (checked above); the stream
+        // orders the copy before later work on `dst`, and the caller's waits order
+        // it after the work on `from` that writes `src` and before any that
+        // overwrites it.
         if let Err(e) = unsafe { sys::cuMemcpy3DPeerAsync(&copy, self.stream.cu_stream()) }.result()
         {
             self.fail(

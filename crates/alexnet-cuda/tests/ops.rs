@@ -822,8 +822,8 @@ fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
 /// Rows pulled from another backend on the same GPU (as two towers on one GPU
 /// exchange them) and from the same backend, and rows added, against the host's.
 /// The source is written last by a fill queued behind long work on the other
-/// backend's stream, so a pull that did not wait for that stream would read the
-/// values from before the fill.
+/// backend's stream, so a pull not ordered after that stream by `wait_for` would
+/// read the values from before the fill.
 #[test]
 fn rows_pulled_between_backends_and_added_are_the_hosts() {
     use alexnet::Rows;
@@ -869,6 +869,7 @@ fn rows_pulled_between_backends_and_added_are_the_hosts() {
     let mut expected = dst_start.clone();
     ReferenceCpu.pull_rows(&ReferenceCpu, &host_src, src_rows, &mut expected, dst_rows);
     let mut dst = to_device(gpu, &dst_start);
+    gpu.wait_for(&other);
     gpu.pull_rows(&other, &src, src_rows, &mut dst, dst_rows);
     assert_eq!(
         to_host(gpu, &dst, dst_len),

@@ -82,9 +82,12 @@ pub trait Backend: Send + Sync {
     /// Copies rows `src_rows` of `src`, a buffer of `from` (this backend or another
     /// of the same kind, perhaps on another device), into rows `dst_rows` of `dst`,
     /// a buffer of this backend; both name the same number of rows of the same
-    /// length. Runs after the work queued so far on this backend and on `from`.
-    /// Work queued on `from` afterwards is not ordered after the copy: before
-    /// writing `src` again, `from` must [`Backend::wait_for`] this backend.
+    /// length. Runs after the work queued so far on this backend only: the caller
+    /// orders it after the work on `from` that writes `src` by calling
+    /// `self.wait_for(from)` first, and the work `from` queues later that writes
+    /// `src` again after the copy by `from.wait_for(self)`. (Separate, so that
+    /// several backends can each wait for the others' results before any of
+    /// them queues its copies, and their copies then run at the same time.)
     fn pull_rows(
         &self,
         from: &Self,

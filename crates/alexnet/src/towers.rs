@@ -339,6 +339,7 @@ impl<B: Backend> Towers<B> {
         let (n, towers) = (self.batch, self.layout.towers);
         let (from, to) = self.layout.exchange_buffers(layer);
         let share = self.layout.share_len(layer);
+        self.before_pulls();
         for t in 0..towers {
             for s in 0..towers {
                 let placed = Rows {
@@ -380,6 +381,7 @@ impl<B: Backend> Towers<B> {
             stride: share,
         };
         // Tower t's share of every tower's gradient, into slot s of t's scratch.
+        self.before_pulls();
         for (t, scratch) in self.exchange.iter_mut().enumerate() {
             let own = &self.towers[t];
             for (s, source) in self.towers.iter().enumerate() {
@@ -406,6 +408,19 @@ impl<B: Backend> Towers<B> {
             backend.pull_rows(backend, scratch, slot(0), sum, packed);
             for s in 1..towers {
                 backend.add_rows(scratch, slot(s), sum, packed);
+            }
+        }
+    }
+
+    /// Orders every tower's next work (its pulls) after the work queued so far on
+    /// the others, which produces what it pulls. Every tower waits before any
+    /// queues a pull, so no tower's pulls wait for another's.
+    fn before_pulls(&self) {
+        for (t, puller) in self.towers.iter().enumerate() {
+            for (s, source) in self.towers.iter().enumerate() {
+                if s != t {
+                    puller.backend().wait_for(source.backend());
+                }
             }
         }
     }
