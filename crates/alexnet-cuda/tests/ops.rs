@@ -791,20 +791,7 @@ fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
     // the copies, which do not wait for it, run well ahead of the cuts: a copy
     // that did not wait for the cut reading its buffer would overwrite bytes
     // not yet cut.
-    let g = LinearGeometry {
-        inputs: 8192,
-        outputs: 8192,
-    };
-    let n = 2048;
-    let (x, w, b) = (
-        gpu.alloc(n * g.inputs).unwrap(),
-        gpu.alloc(g.weight_len()).unwrap(),
-        gpu.alloc(g.outputs).unwrap(),
-    );
-    let mut y = gpu.alloc(n * g.outputs).unwrap();
-    for _ in 0..3 {
-        gpu.linear_forward(&g, n, &x, &w, &b, &mut y);
-    }
+    keep_busy(gpu);
     for (batch, out) in batches.iter().zip(&mut outputs) {
         gpu.cut_views(&as_batch(batch, stored, crop_height), None, out);
     }
@@ -847,22 +834,9 @@ fn rows_pulled_between_backends_and_added_are_the_hosts() {
     let (src_len, dst_len) = (src_rows.end() + 4, dst_rows.end() + 1);
     let dst_start: Vec<f32> = random(&mut rng, dst_len, 1.0);
 
-    // The source: 2.5 everywhere, written after some 0.8 TFLOP of products.
+    // The source: 2.5 everywhere, written after long work.
     let mut src = to_device(&other, &random(&mut rng, src_len, 1.0));
-    let g = LinearGeometry {
-        inputs: 8192,
-        outputs: 8192,
-    };
-    let n = 2048;
-    let (x, w, b) = (
-        other.alloc(n * g.inputs).unwrap(),
-        other.alloc(g.weight_len()).unwrap(),
-        other.alloc(g.outputs).unwrap(),
-    );
-    let mut y = other.alloc(n * g.outputs).unwrap();
-    for _ in 0..3 {
-        other.linear_forward(&g, n, &x, &w, &b, &mut y);
-    }
+    keep_busy(&other);
     other.fill(&mut src, 2.5);
     let host_src = vec![2.5; src_len];
 
@@ -892,4 +866,23 @@ fn rows_pulled_between_backends_and_added_are_the_hosts() {
     ReferenceCpu.add_rows(&local, src_rows, &mut expected, dst_rows);
     gpu.add_rows(&local_gpu, src_rows, &mut dst, dst_rows);
     assert_eq!(to_host(gpu, &dst, dst_len), expected, "rows added");
+}
+
+/// Queues products of some 0.8 TFLOP on `gpu`'s stream (tens of milliseconds),
+/// so that work ordered after them starts late.
+fn keep_busy(gpu: &alexnet_cuda::CudaBackend) {
+    let g = LinearGeometry {
+        inputs: 8192,
+        outputs: 8192,
+    };
+    let n = 2048;
+    let (x, w, b) = (
+        gpu.alloc(n * g.inputs).unwrap(),
+        gpu.alloc(g.weight_len()).unwrap(),
+        gpu.alloc(g.outputs).unwrap(),
+    );
+    let mut y = gpu.alloc(n * g.outputs).unwrap();
+    for _ in 0..3 {
+        gpu.linear_forward(&g, n, &x, &w, &b, &mut y);
+    }
 }

@@ -45,6 +45,22 @@ impl Rows {
     pub fn starts(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.count).map(|r| self.offset + r * self.stride)
     }
+
+    /// The first values of each row of `self` and of the matching row of `other`,
+    /// which must have the same number of rows of the same length (a copy or sum
+    /// of one block into another); `what` names the operation in the panic.
+    pub fn paired_starts<'a>(
+        &'a self,
+        other: &'a Rows,
+        what: &str,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        assert_eq!(
+            (self.count, self.len),
+            (other.count, other.len),
+            "rows {what} between blocks of different shapes"
+        );
+        self.starts().zip(other.starts())
+    }
 }
 
 pub trait Backend: Send + Sync {

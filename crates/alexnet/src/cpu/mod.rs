@@ -75,13 +75,8 @@ macro_rules! host_buffers {
             dst: &mut $buffer,
             dst_rows: crate::backend::Rows,
         ) {
-            assert_eq!(
-                (src_rows.count, src_rows.len),
-                (dst_rows.count, dst_rows.len),
-                "rows pulled between buffers of different shapes"
-            );
             let len = src_rows.len;
-            for (from, to) in src_rows.starts().zip(dst_rows.starts()) {
+            for (from, to) in src_rows.paired_starts(&dst_rows, "pulled") {
                 dst[to..to + len].copy_from_slice(&src[from..from + len]);
             }
         }
@@ -92,13 +87,8 @@ macro_rules! host_buffers {
             dst: &mut $buffer,
             dst_rows: crate::backend::Rows,
         ) {
-            assert_eq!(
-                (src_rows.count, src_rows.len),
-                (dst_rows.count, dst_rows.len),
-                "rows added between buffers of different shapes"
-            );
             let len = src_rows.len;
-            for (from, to) in src_rows.starts().zip(dst_rows.starts()) {
+            for (from, to) in src_rows.paired_starts(&dst_rows, "added") {
                 for (d, s) in dst[to..to + len].iter_mut().zip(&src[from..from + len]) {
                     *d += s;
                 }
