@@ -428,9 +428,11 @@ fn linear_small_and_paper_sizes() {
 }
 
 #[test]
-fn linear_with_bf16_weights_at_small_batches() {
-    // bf16 mode below BF16_MIN_BATCH: the weights rounded to bf16, the inputs
-    // and sums f32.
+fn linear_at_small_batches_with_f32_and_bf16_weights() {
+    // Below BF16_MIN_BATCH the weight rows are streamed (`fast::gemv`): f32
+    // weights in fp32 mode; in bf16 mode the weights rounded to bf16, the inputs
+    // and sums f32. Row counts not a multiple of the kernels' groups of eight,
+    // and inputs not a multiple of their runs of 16, included.
     let bf16 = Products {
         precision: Precision::Bf16,
         ..Products::default()
@@ -451,8 +453,14 @@ fn linear_with_bf16_weights_at_small_batches() {
         reference::linear_forward(&g, n, &x, &operand(bf16, &w), &b, &mut y_ref);
         let w_bits: Vec<u16> = w.iter().map(|&v| fast::gemm_bf16::bf16_bits(v)).collect();
         let mut y = vec![f32::NAN; n * outputs];
-        fast::linear::forward_bf16_weights(&g, n, &x, &w_bits, &b, &mut y);
+        fast::gemv::forward(&g, n, &x, &w_bits, &b, &mut y);
         let name = format!("linear {inputs}->{outputs} batch {n}, bf16 weights");
+        assert_close(&name, &y, &y_ref, TOL);
+
+        reference::linear_forward(&g, n, &x, &w, &b, &mut y_ref);
+        let mut y = vec![f32::NAN; n * outputs];
+        fast::gemv::forward(&g, n, &x, &w, &b, &mut y);
+        let name = format!("linear {inputs}->{outputs} batch {n}, f32 weights");
         assert_close(&name, &y, &y_ref, TOL);
     }
 }

@@ -173,12 +173,14 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        if self.products.precision == Precision::Bf16 && n < fast::gemm::BF16_MIN_BATCH {
+        if n >= fast::gemm::BF16_MIN_BATCH {
+            fast::linear::forward(g, n, x, w, b, y, self.products)
+        } else if self.products.precision == Precision::Bf16 {
             // Small batches read every weight per image: from a bf16 copy, made
             // on first use and kept while the weights are unchanged.
-            fast::linear::forward_bf16_weights(g, n, x, w.bf16(), b, y)
+            fast::gemv::forward(g, n, x, w.bf16(), b, y)
         } else {
-            fast::linear::forward(g, n, x, w, b, y, self.products)
+            fast::gemv::forward(g, n, x, w, b, y)
         }
     }
     fn linear_backward(

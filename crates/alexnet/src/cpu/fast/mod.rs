@@ -6,6 +6,7 @@ pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod gemm_bf16;
+pub mod gemv;
 pub mod lanes;
 pub mod linear;
 pub mod lrn;
