@@ -50,6 +50,26 @@ pub fn forward(
     record: Option<&mut [f32]>,
 ) {
     let (il, ol) = (lrn.shape.len(), pool.output.len());
+    let threads = rayon::current_num_threads();
+    if n < threads && record.is_none() {
+        // Too few images to keep every thread busy (the batch-1 latency): share
+        // each image's channels among the threads instead.
+        let out_plane = pool.output.height * pool.output.width;
+        let per_task = lrn.shape.channels.div_ceil(threads);
+        for (x, y) in x[..n * il]
+            .chunks_exact(il)
+            .zip(y[..n * ol].chunks_exact_mut(ol))
+        {
+            y.par_chunks_mut(per_task * out_plane)
+                .enumerate()
+                .for_each(|(task, y)| {
+                    let first = task * per_task;
+                    let channels = first..first + y.len() / out_plane;
+                    forward_channels(lrn, pool, x, channels, y, None);
+                });
+        }
+        return;
+    }
     let images = x[..n * il]
         .par_chunks_exact(il)
         .zip(y[..n * ol].par_chunks_exact_mut(ol));
@@ -71,14 +91,28 @@ fn forward_image(
     pool: &PoolGeometry,
     a: &[f32],
     y: &mut [f32],
+    record: Option<&mut [u8]>,
+) {
+    forward_channels(lrn, pool, a, 0..lrn.shape.channels, y, record);
+}
+
+/// The channels `channels` of one image `a`: their pooled outputs into `y` (and
+/// their records into `record`), which hold those channels only.
+fn forward_channels(
+    lrn: &LrnGeometry,
+    pool: &PoolGeometry,
+    a: &[f32],
+    channels: std::ops::Range<usize>,
+    y: &mut [f32],
     mut record: Option<&mut [u8]>,
 ) {
     let plane = lrn.shape.height * lrn.shape.width;
     let out_plane = pool.output.height * pool.output.width;
     let beta = lrn.beta;
+    let first = channels.start;
     with_scratch(plane + pool::separable_scratch_len(pool), |scratch| {
         let (z, pool_scratch) = scratch.split_at_mut(plane);
-        for c in 0..lrn.shape.channels {
+        for c in channels {
             // z = a_c * s_c^-beta: channel c of the LRN's output.
             lrn::normaliser(lrn, a, c, z);
             let ac = &a[c * plane..][..plane];
@@ -97,11 +131,11 @@ fn forward_image(
                     .zip(ac)
                     .for_each(|(z, &a)| *z = a * z.powf(-beta));
             }
-            let yc = &mut y[c * out_plane..][..out_plane];
+            let yc = &mut y[(c - first) * out_plane..][..out_plane];
             match record.as_deref_mut() {
                 None => pool::max_plane_separable(pool, z, yc, pool_scratch),
                 Some(record) => {
-                    let rc = &mut record[c * out_plane..][..out_plane];
+                    let rc = &mut record[(c - first) * out_plane..][..out_plane];
                     record_plane(pool, z, yc, rc);
                 }
             }
