@@ -124,9 +124,10 @@ pub struct CudaBackend {
     precision: Precision,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// Where stored batches are copied to the device, so that a batch's copy runs
-    /// while the compute stream works through the batch before (which waits, by
-    /// an event, for the copy before cutting views from it). Every copy queued
+    /// Where stored batches and input batches (`upload_input`) are copied to the
+    /// device, so that a batch's copy runs while the compute stream works through
+    /// the batch before (which waits, by an event, for the copy before reading
+    /// it). Every copy queued
     /// here is waited for by the compute stream right away, so buffers freed in
     /// the compute stream's order are never still being written, and this stream
     /// needs no draining when the backend is dropped.
@@ -143,6 +144,9 @@ pub struct CudaBackend {
     input_scratch: Mutex<InputScratch>,
     /// Page-locked buffers that large uploads pass through.
     staging: Mutex<Staging>,
+    /// Recorded on the compute stream at the last `upload_input`: the input
+    /// buffer the next one writes was last used by work queued before it.
+    input_released: Mutex<Option<CudaEvent>>,
     /// Intermediate values of the LRN's and max pooling's backward passes.
     backward_scratch: Mutex<BackwardScratch>,
     description: String,
@@ -537,6 +541,7 @@ impl CudaBackend {
             loss_scratch: Mutex::new(LossScratch::default()),
             input_scratch: Mutex::new(InputScratch::default()),
             staging: Mutex::new(Staging::default()),
+            input_released: Mutex::new(None),
             backward_scratch: Mutex::new(BackwardScratch::default()),
             description,
         })
@@ -817,6 +822,36 @@ impl Backend for CudaBackend {
         if let Err(e) = copied {
             self.fail("copying to the device", e);
         }
+    }
+
+    /// On the copy stream, after the work queued before the previous call (the
+    /// last that used `dst`, the network's other input buffer) and before the
+    /// compute stream's next work, which waits for it: the copy runs while the
+    /// compute stream works through what was queued since the previous call (the
+    /// last batch's backward pass). Before any previous call, after everything
+    /// queued so far (the buffer's allocation among it).
+    fn upload_input(&self, src: &[f32], dst: &mut CudaSlice<f32>) {
+        if src.is_empty() {
+            return;
+        }
+        let mut released = self.lock(&self.input_released);
+        let copied = self.stream.record_event(NO_TIMING).and_then(|now| {
+            let after = released.replace(now);
+            self.copy_stream
+                .wait(after.as_ref().or(released.as_ref()).expect("just set"))?;
+            let mut head = dst.slice_mut(..src.len());
+            self.lock(&self.staging)
+                .upload(&self.ctx, &self.copy_stream, src, &mut head)?;
+            let arrived = self.copy_stream.record_event(NO_TIMING)?;
+            self.stream.wait(&arrived)
+        });
+        if let Err(e) = copied {
+            self.fail("copying an input batch to the device", e);
+        }
+    }
+
+    fn overlaps_input_uploads(&self) -> bool {
+        true
     }
 
     fn download(&self, src: &CudaSlice<f32>, dst: &mut [f32]) {

@@ -886,3 +886,35 @@ fn keep_busy(gpu: &alexnet_cuda::CudaBackend) {
         gpu.linear_forward(&g, n, &x, &w, &b, &mut y);
     }
 }
+
+/// Input uploads alternate between two buffers (as a network's input does) and
+/// run on the copy stream: the third upload, into the first buffer again, must
+/// wait for the work queued before the second upload that reads that buffer,
+/// which long work on the compute stream holds back; each read must see its own
+/// batch.
+#[test]
+fn input_uploads_wait_for_the_last_reads_of_their_buffer() {
+    let Some(gpu) = common::new_gpu(alexnet_cuda::Precision::F32) else {
+        return;
+    };
+    assert!(gpu.overlaps_input_uploads());
+    let len = 6 << 20; // 24 MiB: staged in several pieces
+    let mut rng = Rng::new(37);
+    let batches: Vec<Vec<f32>> = (0..3).map(|_| random(&mut rng, len, 1.0)).collect();
+    let mut buffers = [gpu.alloc(len).unwrap(), gpu.alloc(len).unwrap()];
+    let mut reads: Vec<_> = (0..3).map(|_| gpu.alloc(len).unwrap()).collect();
+    for (index, (batch, read)) in batches.iter().zip(&mut reads).enumerate() {
+        let buffer = &mut buffers[index % 2];
+        gpu.upload_input(batch, buffer);
+        if index == 0 {
+            keep_busy(&gpu);
+        }
+        gpu.copy(len, buffer, read);
+    }
+    for (index, (batch, read)) in batches.iter().zip(&reads).enumerate() {
+        assert!(
+            to_host(&gpu, read, len) == *batch,
+            "batch {index}: the read saw other values"
+        );
+    }
+}

@@ -74,6 +74,21 @@ pub trait Backend: Send + Sync {
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
     /// Copies `src` into the start of `dst`.
     fn upload(&self, src: &[f32], dst: &mut Self::Buffer);
+    /// Copies `src` into the start of `dst` as [`Backend::upload`] does, for a
+    /// network's input where [`Backend::overlaps_input_uploads`] says so: the
+    /// caller alternates between two input buffers, so that `dst` was last used
+    /// by work queued before the previous call of this method, and the copy may
+    /// run while the work queued since then runs (on a GPU, on a stream of its
+    /// own). Work queued after this call sees the copied values.
+    fn upload_input(&self, src: &[f32], dst: &mut Self::Buffer) {
+        self.upload(src, dst);
+    }
+    /// Whether [`Backend::upload_input`] overlaps queued work, so that a network
+    /// keeps two input buffers and alternates between them (a GPU: the next
+    /// batch's copy runs during this batch's backward pass).
+    fn overlaps_input_uploads(&self) -> bool {
+        false
+    }
     /// Copies the start of `src` into `dst`.
     fn download(&self, src: &Self::Buffer, dst: &mut [f32]);
     fn fill(&self, buf: &mut Self::Buffer, value: f32);

@@ -53,6 +53,11 @@ pub struct Network<B: Backend> {
     max_batch: usize,
     params: Vec<Param<B::Buffer>>,
     activations: Vec<B::Buffer>,
+    /// The second input buffer, where the backend overlaps input uploads with
+    /// queued work ([`Backend::overlaps_input_uploads`]): `set_input` swaps it
+    /// with `activations[0]` and uploads into it while the work queued on the
+    /// other may still read that.
+    spare_input: Option<B::Buffer>,
     gradients: [B::Buffer; 2],
     /// How each layer runs (indexed like `plan.layers`).
     fusions: Vec<Fusion>,
@@ -181,6 +186,11 @@ impl<B: Backend> Network<B> {
             });
             activations.push(backend.alloc(if unused { 0 } else { len * max_batch })?);
         }
+        let spare_input = if backend.overlaps_input_uploads() {
+            Some(backend.alloc(plan.activations[0] * max_batch)?)
+        } else {
+            None
+        };
         let [first, second] = gradient_lens(&plan, &fusions);
         let gradients = [
             backend.alloc(first * max_batch)?,
@@ -211,6 +221,7 @@ impl<B: Backend> Network<B> {
             max_batch,
             params,
             activations,
+            spare_input,
             gradients,
             fusions,
             records,
@@ -689,7 +700,13 @@ impl<B: Backend> Model for Network<B> {
                 format!("{n} images"),
             ));
         }
-        self.backend.upload(images, &mut self.activations[0]);
+        match &mut self.spare_input {
+            Some(spare) => {
+                std::mem::swap(spare, &mut self.activations[0]);
+                self.backend.upload_input(images, &mut self.activations[0]);
+            }
+            None => self.backend.upload(images, &mut self.activations[0]),
+        }
         self.batch = n;
         self.records_fresh.fill(false);
         Ok(n)
