@@ -79,7 +79,9 @@ pub trait Backend: Send + Sync {
     /// caller alternates between two input buffers, so that `dst` was last used
     /// by work queued before the previous call of this method, and the copy may
     /// run while the work queued since then runs (on a GPU, on a stream of its
-    /// own). Work queued after this call sees the copied values.
+    /// own). Work queued after this call sees the copied values. The backend
+    /// keeps the point of the previous call, so only one caller (one network)
+    /// may use this method on a backend.
     fn upload_input(&self, src: &[f32], dst: &mut Self::Buffer) {
         self.upload(src, dst);
     }

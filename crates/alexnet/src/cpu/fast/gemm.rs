@@ -34,10 +34,12 @@ pub struct Products {
 }
 
 impl Products {
-    /// The settings a fully connected layer uses for a batch of `n`: below
-    /// [`BF16_MIN_BATCH`] its products stay f32. There the arithmetic is negligible
-    /// and each product streams the layer's weights once; converting them to bf16
-    /// would cost more than it saves (f32 is also at least as accurate).
+    /// The settings a fully connected layer's matrix products use for a batch of
+    /// `n`: below [`BF16_MIN_BATCH`] they stay f32. There the arithmetic is
+    /// negligible and each product streams the layer's weights once; rounding the
+    /// f32 weights to bf16 on the way would cost more than it saves. (The forward
+    /// pass at such batches does not come here: it streams its weights in
+    /// [`super::gemv`], from a bf16 copy kept between calls in bf16 mode.)
     pub fn for_linear_batch(self, n: usize) -> Products {
         if n < BF16_MIN_BATCH {
             Products {

@@ -54,9 +54,16 @@ pub fn forward<W: Weight>(
 ) where
     Rows: Kernel<W>,
 {
+    if n == 0 || g.outputs == 0 {
+        return;
+    }
     let threads = rayon::current_num_threads();
-    // Several tasks per thread, so that an uneven split costs little.
-    let rows_per_task = g.outputs.div_ceil(4 * threads).max(1);
+    // Several tasks per thread, so that an uneven split costs little; whole
+    // groups of rows, so that none is left to the one-row loop but the last.
+    let rows_per_task = g
+        .outputs
+        .div_ceil(4 * threads)
+        .next_multiple_of(ROWS_AT_ONCE);
     let avx512 = has_avx512f();
     let y = &mut y[..n * g.outputs];
     with_scratch(n * g.outputs, |yt| {
@@ -212,11 +219,29 @@ mod tests {
 
     /// Both weight types, batches of 1 and 3, row counts that leave rows over
     /// from the groups of eight and inputs that leave values over from the runs
-    /// of 16, against the sums in f64.
+    /// of 16, against the sums in f64; on one thread and on three, so that tasks
+    /// both of whole groups and of groups with rows left over are run.
     #[test]
     fn few_image_products_match_the_sums() {
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(check_few_image_products);
+        }
+    }
+
+    fn check_few_image_products() {
         let mut rng = Rng::new(5);
-        for (inputs, outputs, n) in [(9216 / 8, 4096 / 8, 1), (37, 29, 3), (16, 8, 1), (5, 3, 2)] {
+        let cases = [
+            (9216 / 8, 4096 / 8, 1),
+            (37, 29, 3),
+            (100, 45, 2),
+            (16, 8, 1),
+            (5, 3, 2),
+        ];
+        for (inputs, outputs, n) in cases {
             let g = LinearGeometry { inputs, outputs };
             let x = random(&mut rng, n * inputs);
             let w = random(&mut rng, outputs * inputs);

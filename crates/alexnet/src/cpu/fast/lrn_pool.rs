@@ -1,5 +1,6 @@
 //! Local response normalisation followed by max pooling in one pass (the
-//! paper's conv1 and conv2 blocks), one image per thread.
+//! paper's conv1 and conv2 blocks), one image per thread (or, with fewer images
+//! than threads and nothing to record, each image's channels shared among them).
 //!
 //! The forward pass normalises one channel plane at a time into a plane of
 //! scratch and pools it straight away, so the LRN's output (as large as the
