@@ -52,7 +52,7 @@ pub fn forward<W: Weight>(
     b: &[f32],
     y: &mut [f32],
 ) where
-    Rows: Kernel<W>,
+    Kernels: Kernel<W>,
 {
     if n == 0 || g.outputs == 0 {
         return;
@@ -86,7 +86,7 @@ pub fn forward<W: Weight>(
                     for i in 0..n {
                         // SAFETY: `avx512` says the CPU has AVX-512F; every row is
                         // as long as an image's inputs.
-                        let dots = unsafe { Rows::dots_avx512(rows, image(i)) };
+                        let dots = unsafe { Kernels::dots_avx512(rows, image(i)) };
                         for (k, dot) in dots.into_iter().enumerate() {
                             sums[k * n + i] = dot;
                         }
@@ -138,7 +138,7 @@ fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
 }
 
 /// The AVX-512 kernels, one per weight type.
-pub struct Rows;
+pub struct Kernels;
 
 /// [`dot`] of [`ROWS_AT_ONCE`] weight rows with the same `x`: each run of 16
 /// values of `x` is loaded once for all the rows, and each row has its own chain
@@ -190,7 +190,7 @@ macro_rules! avx512_kernel {
             unreachable!("AVX-512 outside x86-64 (`has_avx512f` is false there)")
         }
 
-        impl Kernel<$weight> for Rows {
+        impl Kernel<$weight> for Kernels {
             unsafe fn dots_avx512(
                 rows: [&[$weight]; ROWS_AT_ONCE],
                 x: &[f32],
