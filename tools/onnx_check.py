@@ -16,7 +16,8 @@ failure, and 3 when onnxruntime is not installed (so callers can tell "cannot
 check" from "wrong"). When the `onnx` package is present, its checker (with shape
 inference) runs on the model first.
 
-Install: pip install --require-hashes -r tools/onnx-requirements.txt
+Its packages: tools/ci/python-requirements.txt, installed into an environment of
+its own by `bash tools/ci/python_env.sh` (which prints that interpreter).
 """
 
 import argparse
@@ -114,7 +115,7 @@ def main():
     except ImportError:
         print(
             "skipped: onnxruntime not installed "
-            "(pip install -r tools/onnx-requirements.txt)"
+            "(run it with the interpreter `bash tools/ci/python_env.sh` prints)"
         )
         return EXIT_NO_ONNXRUNTIME
 

@@ -2,7 +2,8 @@
 //! small protobuf decoder below), bad parameters are refused naming them, and
 //! onnxruntime computes our outputs (through tools/onnx_check.py).
 //!
-//! The onnxruntime tests skip with a message when python3 or onnxruntime is
+//! The onnxruntime tests run tools/onnx_check.py with `ALEXNET_PYTHON` (default
+//! `python3`). They skip with a message when that interpreter or onnxruntime is
 //! missing, unless ALEXNET_REQUIRE_ONNXRUNTIME=1, which makes that a failure.
 
 use std::collections::HashMap;
@@ -929,6 +930,12 @@ fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// The interpreter that runs tools/onnx_check.py: `ALEXNET_PYTHON` (as `.ci/run`
+/// sets it, to the environment of tools/ci/python_env.sh), else `python3`.
+fn python() -> String {
+    std::env::var("ALEXNET_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
 /// What running tools/onnx_check.py came to.
 enum Check {
     Passed(String),
@@ -939,13 +946,14 @@ enum Check {
 
 fn run_onnx_check(model: &Path, inputs: &Path, expected: &Path) -> Check {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/onnx_check.py");
-    let output = match Command::new("python3")
+    let python = python();
+    let output = match Command::new(&python)
         .arg(&script)
         .args([model, inputs, expected])
         .output()
     {
         Ok(output) => output,
-        Err(e) => return Check::Unavailable(format!("python3 could not be run: {e}")),
+        Err(e) => return Check::Unavailable(format!("{python} could not be run: {e}")),
     };
     let text = format!(
         "{}{}",
@@ -967,10 +975,13 @@ fn available(check: &Check) -> bool {
     if std::env::var("ALEXNET_REQUIRE_ONNXRUNTIME").as_deref() == Ok("1") {
         panic!(
             "ALEXNET_REQUIRE_ONNXRUNTIME=1 but onnxruntime cannot run: {why}\n\
-             install it with: pip install -r tools/onnx-requirements.txt"
+             make its environment with: export ALEXNET_PYTHON=\"$(bash tools/ci/python_env.sh)\""
         );
     }
-    eprintln!("skipped: onnxruntime not installed (pip install -r tools/onnx-requirements.txt)");
+    eprintln!(
+        "skipped: onnxruntime cannot run ({why}); \
+         export ALEXNET_PYTHON=\"$(bash tools/ci/python_env.sh)\" to run it"
+    );
     false
 }
 
