@@ -14,6 +14,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
+use crate::engine::EngineSettings;
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// A preset name or the path of a TOML description.
@@ -77,7 +79,7 @@ fn time_steps(seconds: f64, mut step: impl FnMut() -> Result<()>) -> Result<f64>
     Ok(started.elapsed().as_secs_f64() / steps as f64)
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, engine: &EngineSettings) -> Result<()> {
     let spec = NetSpec::resolve(&args.arch)?;
     let max_batch = args
         .train_batch
@@ -89,12 +91,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.train_batch.contains(&0) || args.infer_batch == 0 {
         bail!("batch sizes must be at least 1");
     }
-    let net = args.placement.network(&spec, max_batch, 1)?;
-    measure(args, spec, net)
+    let net = args.placement.nets(engine).network(&spec, max_batch, 1)?;
+    measure(args, spec, net, engine.worker_threads())
 }
 
 /// Times `net` (built for the largest batch asked for) and prints the report.
-fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()> {
+fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usize) -> Result<()> {
     let plan = net.plan().clone();
     let image_len = plan.input_shape().len();
     let classes = plan.classes();
@@ -236,7 +238,7 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>) -> Result<()
     let report = json!({
         "arch": spec.name,
         "backend": backend,
-        "threads": rayon::current_num_threads(),
+        "threads": threads,
         "train": train,
         "train_stored": train_stored,
         "inference": inference,

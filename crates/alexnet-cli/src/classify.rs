@@ -10,8 +10,9 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use crate::evaluate::top_k;
-use crate::preprocess::Preprocess;
+use alexnet_train::{Preprocess, top_k};
+
+use crate::engine::EngineSettings;
 
 /// Decoded images larger than this many pixels are refused (decompression bombs).
 pub const MAX_PIXELS: u64 = 100_000_000;
@@ -85,10 +86,10 @@ pub fn load_input(
     Ok(input)
 }
 
-pub fn run(args: ClassifyArgs) -> Result<()> {
+pub fn run(args: ClassifyArgs, engine: &EngineSettings) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-    let mut net = args.placement.network_zeroed(&ckpt.spec, 1)?;
+    let mut net = args.placement.nets(engine).network_zeroed(&ckpt.spec, 1)?;
     ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
     let classes = net.plan().classes();

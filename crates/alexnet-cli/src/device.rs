@@ -7,7 +7,10 @@
 //! through it, as an `alexnet::Model`; their bodies do not know where it runs.
 
 use alexnet::{Model, NetSpec, Network, Towers};
+use alexnet_train::{External, NetFactory};
 use anyhow::{Result, bail};
+
+use crate::engine::EngineSettings;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -52,29 +55,30 @@ pub fn without_cuda(flag: &str, ordinal: usize) -> anyhow::Error {
 /// fails with the reason (no driver, a CUDA library not found, no such device)
 /// rather than panicking.
 #[cfg(feature = "cuda")]
-pub fn cuda(ordinal: usize) -> Result<alexnet_cuda::CudaBackend> {
+pub fn cuda(ordinal: usize, engine: &EngineSettings) -> Result<alexnet_cuda::CudaBackend> {
     alexnet_cuda::CudaBackend::with_options(
         ordinal,
-        crate::engine::cuda_precision(),
-        crate::engine::cuda_algorithms(),
+        engine.cuda_precision(),
+        engine.cuda_algorithms(),
     )
     .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
 }
 
-/// `with_backend!(device, |backend| body)`: evaluates `body` (a `Result`) with
-/// `backend` bound to the CPU engine or, for `Device::Cuda`, the CUDA backend.
+/// `with_backend!(device, engine, |backend| body)`: evaluates `body` (a `Result`)
+/// with `backend` bound to the CPU engine or, for `Device::Cuda`, the CUDA
+/// backend, both made with the settings `engine`.
 /// The body is compiled once per backend type, so it can call generic code; in a
 /// binary without the `cuda` feature a CUDA device gives [`without_cuda`]'s error.
 macro_rules! with_backend {
-    ($device:expr, |$backend:ident| $body:expr) => {
+    ($device:expr, $engine:expr, |$backend:ident| $body:expr) => {
         match $device {
             $crate::device::Device::Cpu => {
-                let $backend = $crate::engine::cpu();
+                let $backend = $engine.cpu()?;
                 $body
             }
             #[cfg(feature = "cuda")]
             $crate::device::Device::Cuda(ordinal) => {
-                let $backend = $crate::device::cuda(ordinal)?;
+                let $backend = $crate::device::cuda(ordinal, $engine)?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -114,22 +118,6 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// The flags that give another command this placement.
-    pub fn to_args(&self) -> Vec<String> {
-        match self.parallel {
-            Some(Parallel::Towers) => {
-                let devices: Vec<String> = self.devices.iter().map(Device::to_string).collect();
-                vec![
-                    "--devices".into(),
-                    devices.join(","),
-                    "--parallel".into(),
-                    "towers".into(),
-                ]
-            }
-            None => vec!["--device".into(), self.device.to_string()],
-        }
-    }
-
     /// The device whose settings (`--precision`) apply: the first named.
     pub fn main_device(&self) -> Device {
         self.devices.first().copied().unwrap_or(self.device)
@@ -163,6 +151,23 @@ impl Placement {
         Ok(())
     }
 
+    /// The nets of this placement, their backends made with `engine`.
+    pub fn nets<'a>(&'a self, engine: &'a EngineSettings) -> Nets<'a> {
+        Nets {
+            placement: self,
+            engine,
+        }
+    }
+}
+
+/// Builds nets where a [`Placement`] says, with one command's engine settings.
+#[derive(Clone, Copy)]
+pub struct Nets<'a> {
+    placement: &'a Placement,
+    engine: &'a EngineSettings,
+}
+
+impl Nets<'_> {
     /// The net of `spec` for batches of up to `max_batch`, initialised from `seed`
     /// as the paper does.
     pub fn network(&self, spec: &NetSpec, max_batch: usize, seed: u64) -> Result<Box<dyn Model>> {
@@ -175,24 +180,26 @@ impl Placement {
     }
 
     fn build(&self, spec: &NetSpec, max_batch: usize, seed: Option<u64>) -> Result<Box<dyn Model>> {
-        let Some(Parallel::Towers) = self.parallel else {
-            return with_backend!(self.device, |backend| Ok(match seed {
+        let (placement, engine) = (self.placement, self.engine);
+        let Some(Parallel::Towers) = placement.parallel else {
+            return with_backend!(placement.device, engine, |backend| Ok(match seed {
                 Some(seed) => Box::new(Network::new(backend, spec, max_batch, seed)?),
                 None => Box::new(Network::new_zeroed(backend, spec, max_batch)?),
-            } as Box<dyn Model>));
+            }
+                as Box<dyn Model>));
         };
-        self.validate()?;
-        match (self.devices[0], self.devices[1]) {
-            (Device::Cpu, Device::Cpu) => towers(
-                vec![crate::engine::cpu(), crate::engine::cpu()],
+        placement.validate()?;
+        match (placement.devices[0], placement.devices[1]) {
+            (Device::Cpu, Device::Cpu) => {
+                towers(vec![engine.cpu()?, engine.cpu()?], spec, max_batch, seed)
+            }
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(a), Device::Cuda(b)) => towers(
+                vec![cuda(a, engine)?, cuda(b, engine)?],
                 spec,
                 max_batch,
                 seed,
             ),
-            #[cfg(feature = "cuda")]
-            (Device::Cuda(a), Device::Cuda(b)) => {
-                towers(vec![cuda(a)?, cuda(b)?], spec, max_batch, seed)
-            }
             #[cfg(not(feature = "cuda"))]
             (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => {
                 Err(without_cuda("--devices", ordinal))
@@ -200,6 +207,18 @@ impl Placement {
             #[cfg(feature = "cuda")]
             _ => bail!("--devices: both towers must be on the CPU or both on GPUs"),
         }
+    }
+}
+
+/// The trainer builds its nets here.
+impl NetFactory for Nets<'_> {
+    fn build(
+        &self,
+        spec: &NetSpec,
+        max_batch: usize,
+        seed: Option<u64>,
+    ) -> Result<Box<dyn Model>, External> {
+        Nets::build(self, spec, max_batch, seed).map_err(Into::into)
     }
 }
 

@@ -1,7 +1,8 @@
-//! The compute engine every command uses, configured once from the global flags
-//! `--precision` and `--bf16-kernel` and the command's `--device`.
-
-use std::sync::Mutex;
+//! The compute engine's settings, one value built in `main` from the global flags
+//! (`--threads`, `--precision`, `--bf16-kernel`, `--conv-algorithms`) and the
+//! command's device, then handed to whatever builds a backend. Nothing here is
+//! process-global: two values (an experiment's fp32 and bf16 variants) live side
+//! by side.
 
 use alexnet::{Bf16Kernel, Cpu, Precision, Products};
 use anyhow::{Result, bail};
@@ -31,31 +32,6 @@ pub enum ConvAlgorithmsArg {
     Exact,
 }
 
-/// The `--conv-algorithms` of a CUDA device.
-#[cfg(feature = "cuda")]
-static CUDA_ALGORITHMS: Mutex<Option<alexnet_cuda::Algorithms>> = Mutex::new(None);
-
-/// Sets the CUDA backend's choice of convolution algorithms from `--conv-algorithms`.
-pub fn set_conv_algorithms(choice: ConvAlgorithmsArg) {
-    #[cfg(feature = "cuda")]
-    {
-        let algorithms = match choice {
-            ConvAlgorithmsArg::Fastest => alexnet_cuda::Algorithms::Fastest,
-            ConvAlgorithmsArg::Exact => alexnet_cuda::Algorithms::Exact,
-        };
-        *CUDA_ALGORITHMS.lock().unwrap_or_else(|e| e.into_inner()) = Some(algorithms);
-    }
-    #[cfg(not(feature = "cuda"))]
-    let _ = choice;
-}
-
-/// The CUDA backend's choice of convolution algorithms (default: the fastest).
-#[cfg(feature = "cuda")]
-pub fn cuda_algorithms() -> alexnet_cuda::Algorithms {
-    let settings = CUDA_ALGORITHMS.lock().unwrap_or_else(|e| e.into_inner());
-    settings.unwrap_or_default()
-}
-
 /// Which bf16 kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelArg {
@@ -67,51 +43,112 @@ pub enum KernelArg {
     Portable,
 }
 
-/// This process's product settings; `None` until configured (then the default).
-static PRODUCTS: Mutex<Option<Products>> = Mutex::new(None);
-
-fn current() -> Products {
-    let settings = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
-    settings.unwrap_or_default()
+/// How every backend of a command computes.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSettings {
+    /// The CPU backend's products: precision and bf16 kernel (checked to exist).
+    pub products: Products,
+    /// `--precision` as a GPU takes it (tf32 too). Read only by the CUDA backend.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub gpu_precision: PrecisionArg,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub conv_algorithms: ConvAlgorithmsArg,
+    /// Worker threads of a CPU backend's pool; `None`: one per core.
+    pub threads: Option<usize>,
 }
 
-fn set(products: Products) {
-    *PRODUCTS.lock().unwrap_or_else(|e| e.into_inner()) = Some(products);
-}
+/// The most worker threads `--threads` takes: far beyond any machine's cores,
+/// low enough that a typo does not try to start millions of threads.
+pub const MAX_THREADS: usize = 1024;
 
-/// The `--precision` of a CUDA device; `None` until configured (then fp32).
-#[cfg(feature = "cuda")]
-static CUDA_PRECISION: Mutex<Option<alexnet_cuda::Precision>> = Mutex::new(None);
-
-/// The rounding of the CUDA backend's products, from `--precision`.
-#[cfg(feature = "cuda")]
-pub fn cuda_precision() -> alexnet_cuda::Precision {
-    let settings = CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-    settings.unwrap_or_default()
-}
-
-/// Sets the product settings for this process from the global flags and the
-/// command's device (commands without `--device` run on the CPU). An error names
-/// a precision the device does not offer or a bf16 kernel this CPU lacks.
-pub fn configure(precision: PrecisionArg, kernel: KernelArg, device: Device) -> Result<()> {
-    if let Device::Cuda(ordinal) = device {
-        if kernel != KernelArg::Auto {
-            eprintln!(
-                "note: --bf16-kernel chooses a CPU kernel; it does nothing on cuda:{ordinal}"
-            );
-        }
-        #[cfg(feature = "cuda")]
+impl EngineSettings {
+    /// The settings of the global flags for a command on `device` (commands
+    /// without `--device` run on the CPU). An error names a precision the device
+    /// does not offer, a bf16 kernel this CPU lacks, or a thread count out of range.
+    pub fn from_flags(
+        precision: PrecisionArg,
+        kernel: KernelArg,
+        conv_algorithms: ConvAlgorithmsArg,
+        threads: Option<usize>,
+        device: Device,
+    ) -> Result<EngineSettings> {
+        if let Some(threads) = threads
+            && !(1..=MAX_THREADS).contains(&threads)
         {
-            let precision = match precision {
-                PrecisionArg::Fp32 => alexnet_cuda::Precision::F32,
-                PrecisionArg::Tf32 => alexnet_cuda::Precision::Tf32,
-                PrecisionArg::Bf16 => alexnet_cuda::Precision::Bf16,
-            };
-            *CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner()) = Some(precision);
+            bail!("--threads {threads}: expected 1 to {MAX_THREADS} worker threads");
         }
-        // Without the feature the command itself refuses the device.
-        return Ok(());
+        let products = match device {
+            Device::Cuda(ordinal) => {
+                if kernel != KernelArg::Auto {
+                    eprintln!(
+                        "note: --bf16-kernel chooses a CPU kernel; it does nothing on cuda:{ordinal}"
+                    );
+                }
+                Products::default()
+            }
+            Device::Cpu => cpu_products(precision, kernel)?,
+        };
+        Ok(EngineSettings {
+            products,
+            gpu_precision: precision,
+            conv_algorithms,
+            threads,
+        })
     }
+
+    /// The same settings with the matrix products in `precision` (on the CPU with
+    /// the same bf16 kernel): for experiments that compare precisions.
+    pub fn with_precision(self, precision: Precision) -> EngineSettings {
+        EngineSettings {
+            products: Products {
+                precision,
+                ..self.products
+            },
+            gpu_precision: match precision {
+                Precision::F32 => PrecisionArg::Fp32,
+                Precision::Bf16 => PrecisionArg::Bf16,
+            },
+            ..self
+        }
+    }
+
+    /// A CPU backend with these settings and a thread pool of its own.
+    pub fn cpu(&self) -> Result<Cpu> {
+        let cpu = Cpu::with_products(self.products)?;
+        Ok(match self.threads {
+            Some(threads) => cpu.with_threads(threads)?,
+            None => cpu,
+        })
+    }
+
+    /// Threads for work beside a backend's (the loader of `eval`, `features`).
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// The CUDA backend's rounding of its products.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_precision(&self) -> alexnet_cuda::Precision {
+        match self.gpu_precision {
+            PrecisionArg::Fp32 => alexnet_cuda::Precision::F32,
+            PrecisionArg::Tf32 => alexnet_cuda::Precision::Tf32,
+            PrecisionArg::Bf16 => alexnet_cuda::Precision::Bf16,
+        }
+    }
+
+    /// The CUDA backend's choice of convolution algorithms.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_algorithms(&self) -> alexnet_cuda::Algorithms {
+        match self.conv_algorithms {
+            ConvAlgorithmsArg::Fastest => alexnet_cuda::Algorithms::Fastest,
+            ConvAlgorithmsArg::Exact => alexnet_cuda::Algorithms::Exact,
+        }
+    }
+}
+
+/// The CPU's products for `--precision` and `--bf16-kernel`.
+fn cpu_products(precision: PrecisionArg, kernel: KernelArg) -> Result<Products> {
     if precision == PrecisionArg::Tf32 {
         bail!(
             "--precision tf32: TF32 is a tensor-core format of NVIDIA GPUs, accepted only with \
@@ -131,13 +168,8 @@ pub fn configure(precision: PrecisionArg, kernel: KernelArg, device: Device) -> 
         );
     }
     let precision = match precision {
-        PrecisionArg::Fp32 => Precision::F32,
         PrecisionArg::Bf16 => Precision::Bf16,
-        PrecisionArg::Tf32 => unreachable!("refused above on the CPU"),
-    };
-    let products = Products {
-        precision,
-        bf16_kernel,
+        _ => Precision::F32,
     };
     if precision == Precision::Bf16 && bf16_kernel == Bf16Kernel::Portable {
         // Correct everywhere, but without the bf16 instructions it is several
@@ -151,35 +183,8 @@ pub fn configure(precision: PrecisionArg, kernel: KernelArg, device: Device) -> 
             }
         );
     }
-    set(products);
-    Ok(())
-}
-
-/// Runs `f` with the matrix products in `precision` (on the CPU with the configured
-/// bf16 kernel; on a GPU as `--precision fp32` or `bf16`), then restores the
-/// settings: for experiments that compare precisions.
-pub fn with_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
-    let saved = current();
-    set(Products { precision, ..saved });
-    #[cfg(feature = "cuda")]
-    let saved_cuda = {
-        let mut cuda = CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner());
-        cuda.replace(match precision {
-            Precision::F32 => alexnet_cuda::Precision::F32,
-            Precision::Bf16 => alexnet_cuda::Precision::Bf16,
-        })
-    };
-    let result = f();
-    set(saved);
-    #[cfg(feature = "cuda")]
-    {
-        *CUDA_PRECISION.lock().unwrap_or_else(|e| e.into_inner()) = saved_cuda;
-    }
-    result
-}
-
-/// The CPU backend with this process's product settings.
-pub fn cpu() -> Cpu {
-    // `configure` checked the kernel, and the default is always available.
-    Cpu::with_products(current()).unwrap_or_default()
+    Ok(Products {
+        precision,
+        bf16_kernel,
+    })
 }

@@ -1,152 +1,15 @@
-//! Evaluation shared by `train` (validation each epoch) and `eval`: top-1 and
-//! top-5 error over a split, with the centre crop or the paper's ten patches
-//! (softmax averaged over the views), optionally per class and as a confusion matrix.
+//! `alexnet eval`: top-1 and top-5 error of a checkpoint on a dataset split.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use alexnet::{Mode, Model, checkpoint, softmax_rows};
-use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View};
-use anyhow::{Context, Result, bail};
+use alexnet::checkpoint;
+use alexnet_data::Dataset;
+use alexnet_train::{Preprocess, check_compatible, eval_view, evaluate};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::preprocess::Preprocess;
-
-/// Counts over an evaluated split.
-#[derive(Clone, Debug, Default)]
-pub struct Evaluation {
-    pub images: usize,
-    pub top1_errors: usize,
-    pub top5_errors: usize,
-    pub loss_sum: f64,
-    /// `confusion[true][predicted]`, when requested.
-    pub confusion: Option<Vec<Vec<u64>>>,
-}
-
-impl Evaluation {
-    pub fn top1_error(&self) -> f64 {
-        self.top1_errors as f64 / self.images.max(1) as f64
-    }
-    pub fn top5_error(&self) -> f64 {
-        self.top5_errors as f64 / self.images.max(1) as f64
-    }
-    pub fn mean_loss(&self) -> f64 {
-        self.loss_sum / self.images.max(1) as f64
-    }
-}
-
-/// The evaluation view of a net's input: centre crop, or ten patches.
-pub fn eval_view(preprocess: &Preprocess, height: usize, width: usize, ten_crop: bool) -> View {
-    View {
-        crop_height: height,
-        crop_width: width,
-        random_crop: false,
-        mirror: false,
-        pca_std: 0.0,
-        subtract_mean: preprocess.subtract_mean,
-        channel_scale: preprocess.channel_scale(),
-        ten_crop,
-    }
-}
-
-/// Evaluates `net` on `split` (or the subset `indices` of it).
-pub fn evaluate(
-    net: &mut dyn Model,
-    split: Split,
-    indices: Option<Arc<Vec<u32>>>,
-    view: View,
-    dataset: &Dataset,
-    mean: Arc<Vec<f32>>,
-    threads: usize,
-    with_confusion: bool,
-) -> Result<Evaluation> {
-    let classes = net.plan().classes();
-    let views = if view.ten_crop { 10 } else { 1 };
-    let batch = (net.max_batch() / views).max(1);
-    if batch * views > net.max_batch() {
-        bail!(
-            "the net holds {} images at once, fewer than the {views} views of one image",
-            net.max_batch()
-        );
-    }
-    let config = LoaderConfig {
-        batch,
-        view,
-        seed: 0,
-        epoch: 0,
-        shuffle: false,
-        start_batch: 0,
-        indices,
-        threads,
-        queue: 2,
-        drop_last: false,
-        stored: wants_stored(net),
-    };
-    if config.stored {
-        net.set_mean_image(&mean)?;
-    }
-    let mut loader = Loader::new(split, config, mean, dataset.info())?;
-    let mut result = Evaluation {
-        confusion: with_confusion.then(|| vec![vec![0; classes]; classes]),
-        ..Evaluation::default()
-    };
-    while let Some(batch) = loader.next_batch()? {
-        load_batch(net, &batch)?;
-        net.forward(Mode::Test);
-        let logits = net.logits();
-        let probabilities = softmax_rows(&logits, classes);
-        for (image, &label) in batch.labels.iter().enumerate().take(batch.count) {
-            // Average the softmax over this image's views (one, or the ten patches).
-            let mut mean = vec![0.0f32; classes];
-            for v in 0..batch.views {
-                let row = &probabilities[(image * batch.views + v) * classes..][..classes];
-                mean.iter_mut()
-                    .zip(row)
-                    .for_each(|(m, p)| *m += p / batch.views as f32);
-            }
-            let ranked = top_k(&mean, 5);
-            let label = label as usize;
-            result.images += 1;
-            if ranked[0] != label {
-                result.top1_errors += 1;
-            }
-            if !ranked.contains(&label) {
-                result.top5_errors += 1;
-            }
-            result.loss_sum -= (mean[label].max(1e-30) as f64).ln();
-            if let Some(confusion) = result.confusion.as_mut() {
-                confusion[label][ranked[0]] += 1;
-            }
-        }
-    }
-    Ok(result)
-}
-
-/// Whether the loader should deliver stored batches to `net`: where its device
-/// cuts the views itself (a GPU), or anywhere when `ALEXNET_STORED_BATCHES=1`,
-/// which tests that path on the CPU.
-pub fn wants_stored(net: &dyn Model) -> bool {
-    net.cuts_views() || std::env::var("ALEXNET_STORED_BATCHES").is_ok_and(|v| v == "1")
-}
-
-/// Loads a loader's batch into `net`: finished views, or stored images for the
-/// net's device to cut.
-pub fn load_batch(net: &mut dyn Model, batch: &Batch) -> Result<usize> {
-    Ok(if batch.is_stored() {
-        net.set_input_stored(&batch.stored())?
-    } else {
-        net.set_input(&batch.images)?
-    })
-}
-
-/// Indices of the `k` largest values, largest first.
-pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    order.truncate(k);
-    order
-}
+use crate::engine::EngineSettings;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -172,7 +35,7 @@ pub struct EvalArgs {
     pub placement: crate::device::Placement,
 }
 
-pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
+pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let dataset = Dataset::open(&args.data)
@@ -181,10 +44,11 @@ pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
     let views = if args.ten_crop { 10 } else { 1 };
     let mut net = args
         .placement
+        .nets(engine)
         .network_zeroed(&ckpt.spec, args.batch.max(1) * views)?;
     ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
     let shape = net.plan().input_shape();
-    crate::train::check_compatible(&dataset, &ckpt.spec)?;
+    check_compatible(&dataset, &ckpt.spec)?;
     let view = eval_view(&preprocess, shape.height, shape.width, args.ten_crop);
     let started = std::time::Instant::now();
     let mean = preprocess.mean_for(&dataset)?;
@@ -195,7 +59,7 @@ pub fn run(args: EvalArgs, threads: usize) -> Result<()> {
         view,
         &dataset,
         mean,
-        threads,
+        engine.worker_threads(),
         args.json,
     )?;
     let seconds = started.elapsed().as_secs_f64();

@@ -7,21 +7,20 @@
 //! against epochs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use alexnet::spec::{LayerSpec, NetSpec};
 use alexnet::towers::TowerLayout;
 use alexnet::{Precision, checkpoint};
 use alexnet_data::Dataset;
+use alexnet_train::{
+    MetricsLog, Preprocess, Record, StopRequest, TrainConfig, Trainer, eval_view, evaluate,
+};
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::chart::{LineChart, Series};
-use crate::engine::with_precision;
-use crate::evaluate::{eval_view, evaluate};
-use crate::preprocess::Preprocess;
+use crate::engine::EngineSettings;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Experiment {
@@ -294,13 +293,6 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
     Ok(v)
 }
 
-/// `train` flags for one run, parsed by the same parser as the command line.
-#[derive(Parser)]
-struct TrainCommand {
-    #[command(flatten)]
-    args: crate::train::TrainArgs,
-}
-
 fn mean_and_spread(values: &[f64]) -> (f64, f64) {
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
@@ -308,42 +300,64 @@ fn mean_and_spread(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// (epochs done, training error, elapsed seconds) of each step line of a run's
-/// log: the error over the steps since the previous line, so the time to a
+/// (epochs done, training error, elapsed seconds) of each step line of a run:
+/// the error over the steps since the previous line, so the time to a
 /// threshold is resolved to a fraction of an epoch.
-fn step_curve(run: &Path) -> Result<Vec<(f64, f64, f64)>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .with_context(|| format!("reading {}", run.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "step")
-        .filter_map(|v| {
-            Some((
-                v["epochs_done"].as_f64()?,
-                v["train_error"].as_f64()?,
-                v["elapsed_s"].as_f64()?,
-            ))
-        })
-        .collect())
+fn step_curve(record: &Record) -> Vec<(f64, f64, f64)> {
+    let points = record.steps.iter();
+    points
+        .map(|l| (l.epochs_done, l.train_error, l.elapsed_s))
+        .collect()
 }
 
-/// (epoch, training error, elapsed seconds) of each epoch line of a run's log.
-fn epoch_curve(run: &Path) -> Result<Vec<(f64, f64, f64)>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .with_context(|| format!("reading {}", run.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "epoch")
-        .filter_map(|v| {
-            Some((
-                v["epoch"].as_f64()?,
-                v["train_error"].as_f64()?,
-                v["elapsed_s"].as_f64()?,
-            ))
-        })
-        .collect())
+/// (epoch, training error, elapsed seconds) of each epoch of a run.
+fn epoch_curve(record: &Record) -> Vec<(f64, f64, f64)> {
+    let points = record.epochs.iter();
+    points
+        .map(|l| (l.epoch as f64, l.train_error, l.elapsed_s))
+        .collect()
+}
+
+/// Where a finished run keeps its curves; present only once it is done.
+const RECORD: &str = "record.json";
+
+/// The curves of the finished run in `run_dir`.
+fn read_record(run_dir: &Path) -> Result<Record> {
+    let path = run_dir.join(RECORD);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a run's record", path.display()))
+}
+
+/// What every run of an experiment shares.
+struct Budget<'a> {
+    args: &'a ExperimentArgs,
+    engine: &'a EngineSettings,
+    log_every: u64,
+}
+
+impl Budget<'_> {
+    /// Trains `variant` with `seed` in `run_dir` and keeps its curves there.
+    fn train(&self, variant: &Variant, seed: u64, run_dir: &Path) -> Result<Record> {
+        let args = self.args;
+        let mut config = TrainConfig::new(&args.data, variant.spec.clone(), run_dir);
+        config.recipe.epochs = Some(args.epochs);
+        config.recipe.batch = args.batch;
+        config.recipe.learning_rate = args.lr;
+        config.max_steps = args.max_steps;
+        config.seed = seed;
+        config.holdout = args.holdout;
+        config.log_every = self.log_every;
+        let engine = self.engine.with_precision(variant.precision);
+        let mut trainer = Trainer::new(config, &args.placement.nets(&engine))?;
+        eprintln!("{}", trainer.summary());
+        let mut log = MetricsLog::open(run_dir)?;
+        let mut record = Record::default();
+        trainer.run(&mut [&mut log, &mut record], &StopRequest::new())?;
+        let text = serde_json::to_string(&record)?;
+        crate::output::write_atomically(&run_dir.join(RECORD), text.as_bytes())?;
+        Ok(record)
+    }
 }
 
 /// The first epoch (and its elapsed time) at which the training error is at or below `threshold`.
@@ -354,7 +368,7 @@ fn time_to(curve: &[(f64, f64, f64)], threshold: f64) -> Option<(f64, f64)> {
         .map(|(ep, _, s)| (*ep, *s))
 }
 
-pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
+pub fn run(args: ExperimentArgs, engine: &EngineSettings) -> Result<()> {
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let base = NetSpec::resolve(&args.base)?;
@@ -384,67 +398,44 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
     let log_every = (train_images / batch / 4).clamp(1, 100);
 
     // Train every variant with every seed (runs already finished are kept).
+    let budget = Budget {
+        args: &args,
+        engine,
+        log_every: log_every as u64,
+    };
     let mut runs: Vec<Vec<PathBuf>> = Vec::new();
+    let mut records: Vec<Vec<Record>> = Vec::new();
     for (index, variant) in variants.iter().enumerate() {
         let spec_path = out.join(format!("variant{index}.toml"));
         crate::output::write_atomically(&spec_path, variant.spec.to_toml().as_bytes())?;
-        let mut seeds = Vec::new();
+        let (mut seeds, mut curves) = (Vec::new(), Vec::new());
         for seed in 1..=args.seeds {
             let run_dir = out.join(format!("variant{index}-seed{seed}"));
-            seeds.push(run_dir.clone());
-            if run_dir.join("last.safetensors").exists() && run_dir.join("done").exists() {
+            let record = if run_dir.join(RECORD).exists() {
                 eprintln!("{} seed {seed}: already done", variant.name);
-                continue;
-            }
-            let _ = std::fs::remove_dir_all(&run_dir);
-            eprintln!("{} seed {seed}: training", variant.name);
-            let mut argv: Vec<String> = vec![
-                "train".into(),
-                "--data".into(),
-                args.data.display().to_string(),
-                "--arch".into(),
-                spec_path.display().to_string(),
-                "--out".into(),
-                run_dir.display().to_string(),
-                "--epochs".into(),
-                args.epochs.to_string(),
-                "--seed".into(),
-                seed.to_string(),
-                "--holdout".into(),
-                args.holdout.to_string(),
-                "--log-every".into(),
-                log_every.to_string(),
-                "--quiet".into(),
-            ];
-            if let Some(batch) = args.batch {
-                argv.extend(["--batch".into(), batch.to_string()]);
-            }
-            if let Some(lr) = args.lr {
-                argv.extend(["--lr".into(), lr.to_string()]);
-            }
-            if let Some(max) = args.max_steps {
-                argv.extend(["--max-steps".into(), max.to_string()]);
-            }
-            argv.extend(args.placement.to_args());
-            let command = TrainCommand::try_parse_from(&argv)?;
-            with_precision(variant.precision, || {
-                crate::train::run(command.args, Arc::new(AtomicBool::new(false)))
-            })?;
-            std::fs::write(run_dir.join("done"), b"")?;
+                read_record(&run_dir)?
+            } else {
+                let _ = std::fs::remove_dir_all(&run_dir);
+                eprintln!("{} seed {seed}: training", variant.name);
+                budget.train(variant, seed, &run_dir)?
+            };
+            seeds.push(run_dir);
+            curves.push(record);
         }
         runs.push(seeds);
+        records.push(curves);
     }
 
     // The threshold rule: given, or the first variant's mean training error after a
     // quarter of its epochs. Times to the threshold come from the step lines.
-    let curves: Vec<Vec<Vec<(f64, f64, f64)>>> = runs
+    let curves: Vec<Vec<Vec<(f64, f64, f64)>>> = records
         .iter()
-        .map(|seeds| seeds.iter().map(|r| epoch_curve(r)).collect::<Result<_>>())
-        .collect::<Result<_>>()?;
-    let step_curves: Vec<Vec<Vec<(f64, f64, f64)>>> = runs
+        .map(|seeds| seeds.iter().map(epoch_curve).collect())
+        .collect();
+    let step_curves: Vec<Vec<Vec<(f64, f64, f64)>>> = records
         .iter()
-        .map(|seeds| seeds.iter().map(|r| step_curve(r)).collect::<Result<_>>())
-        .collect::<Result<_>>()?;
+        .map(|seeds| seeds.iter().map(step_curve).collect())
+        .collect();
     let threshold = match args.threshold {
         Some(t) => t / 100.0,
         None => {
@@ -487,9 +478,11 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                 let path = run_dir.join("last.safetensors");
                 let ckpt = checkpoint::load_weights(&path)?;
                 let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-                let mut net = with_precision(variant.precision, || {
-                    args.placement.network_zeroed(&ckpt.spec, 100)
-                })?;
+                let engine = engine.with_precision(variant.precision);
+                let mut net = args
+                    .placement
+                    .nets(&engine)
+                    .network_zeroed(&ckpt.spec, 100)?;
                 ckpt.apply(net.as_mut(), &path, false)?;
                 let shape = net.plan().input_shape();
                 let view = eval_view(&preprocess, shape.height, shape.width, false);
@@ -500,7 +493,7 @@ pub fn run(args: ExperimentArgs, threads: usize) -> Result<()> {
                     view,
                     &dataset,
                     preprocess.mean_for(&dataset)?,
-                    threads,
+                    engine.worker_threads(),
                     false,
                 )?;
                 test_errors.push(result.top1_error());

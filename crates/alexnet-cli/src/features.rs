@@ -14,8 +14,9 @@ use clap::Args;
 use image::{Rgb, RgbImage};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::evaluate::eval_view;
-use crate::preprocess::Preprocess;
+use alexnet_train::{Preprocess, check_compatible, eval_view, load_batch, wants_stored};
+
+use crate::engine::EngineSettings;
 
 #[derive(Args)]
 pub struct FeaturesArgs {
@@ -64,11 +65,12 @@ fn feature_layer(net: &dyn Model, name: Option<&str>) -> Result<usize> {
     }
 }
 
-pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
+pub fn run_features(args: FeaturesArgs, engine: &EngineSettings) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let mut net = args
         .placement
+        .nets(engine)
         .network_zeroed(&ckpt.spec, args.batch.max(1))?;
     ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
     let layer = feature_layer(net.as_ref(), args.layer.as_deref())?;
@@ -86,7 +88,7 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
     if let Some(data) = &args.data {
         let dataset = Dataset::open(data)?;
         let split = dataset.split(&args.split)?;
-        crate::train::check_compatible(&dataset, &ckpt.spec)?;
+        check_compatible(&dataset, &ckpt.spec)?;
         let count = args.limit.unwrap_or(split.len()).min(split.len());
         let config = LoaderConfig {
             batch: args.batch.max(1),
@@ -96,10 +98,10 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
             shuffle: false,
             start_batch: 0,
             indices: Some(Arc::new((0..count as u32).collect())),
-            threads,
+            threads: engine.worker_threads(),
             queue: 2,
             drop_last: false,
-            stored: crate::evaluate::wants_stored(net.as_ref()),
+            stored: wants_stored(net.as_ref()),
         };
         let mean = preprocess.mean_for(&dataset)?;
         if config.stored {
@@ -107,7 +109,7 @@ pub fn run_features(args: FeaturesArgs, threads: usize) -> Result<()> {
         }
         let mut loader = Loader::new(split, config, mean, dataset.info())?;
         while let Some(batch) = loader.next_batch()? {
-            crate::evaluate::load_batch(net.as_mut(), &batch)?;
+            load_batch(net.as_mut(), &batch)?;
             net.forward(Mode::Test);
             features.extend(net.layer_output(layer));
             labels.extend(batch.labels.iter().map(|&l| l as f32));

@@ -10,7 +10,7 @@ use alexnet_data::Dataset;
 use anyhow::Result;
 use clap::Args;
 
-use crate::preprocess::Preprocess;
+use alexnet_train::Preprocess;
 
 #[derive(Args)]
 pub struct InfoArgs {

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::output::write_atomically;
-use crate::preprocess::Preprocess;
 
 #[derive(Args)]
 pub struct ImportArgs {
@@ -106,7 +105,7 @@ pub fn run_import(args: ImportArgs) -> Result<()> {
         }
     };
     save_imported(&imported, &out)?;
-    let preprocess = Preprocess::from_imported(&imported);
+    let preprocess = crate::preprocess::from_imported(&imported);
     eprintln!(
         "imported {} ({} classes, {}x{} input) into {} in {:.2} s; preprocessing: resize {}, {:?}",
         imported.spec.name,
@@ -177,7 +176,7 @@ fn save_imported(imported: &Imported, out: &Path) -> Result<()> {
         .iter()
         .map(|(name, shape, values)| (name.as_str(), shape.as_slice(), values.as_slice()))
         .collect();
-    let preprocess = Preprocess::from_imported(imported);
+    let preprocess = crate::preprocess::from_imported(imported);
     let mut options = SaveOptions::default();
     preprocess.store(&mut options.metadata, &mut options.tensors);
     options

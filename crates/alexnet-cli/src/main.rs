@@ -18,9 +18,6 @@ mod preprocess;
 mod progress;
 mod train;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -99,36 +96,47 @@ impl Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(threads) = cli.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()?;
-    }
     let placement = cli.command.placement();
     if let Some(placement) = placement {
         placement.validate()?;
     }
     let device = placement.map_or(device::Device::Cpu, device::Placement::main_device);
-    engine::configure(cli.precision, cli.bf16_kernel, device)?;
-    engine::set_conv_algorithms(cli.conv_algorithms);
-    let threads = rayon::current_num_threads();
-    match cli.command {
+    let engine = engine::EngineSettings::from_flags(
+        cli.precision,
+        cli.bf16_kernel,
+        cli.conv_algorithms,
+        cli.threads,
+        device,
+    )?;
+    match engine.threads {
+        // Work beside the backends (preparing, checking a dataset) gets the
+        // threads asked for too; each CPU backend has a pool of its own.
+        Some(threads) => rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?
+            .install(|| run(cli.command, &engine)),
+        None => run(cli.command, &engine),
+    }
+}
+
+fn run(command: Command, engine: &engine::EngineSettings) -> Result<()> {
+    match command {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => {
             // Ctrl-C asks the trainer to write a checkpoint and stop after the current step.
-            let interrupted = Arc::new(AtomicBool::new(false));
-            let flag = interrupted.clone();
-            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
-            train::run(args, interrupted)
+            let stop = alexnet_train::StopRequest::new();
+            let on_signal = stop.clone();
+            ctrlc::set_handler(move || on_signal.request())?;
+            train::run(args, engine, &stop)
         }
-        Command::Eval(args) => evaluate::run(args, threads),
-        Command::Classify(args) => classify::run(args),
-        Command::Features(args) => features::run_features(args, threads),
+        Command::Eval(args) => evaluate::run(args, engine),
+        Command::Classify(args) => classify::run(args, engine),
+        Command::Features(args) => features::run_features(args, engine),
         Command::Similar(args) => features::run_similar(args),
-        Command::Experiment(args) => experiment::run(args, threads),
+        Command::Experiment(args) => experiment::run(args, engine),
         Command::Plot(args) => plot::run(args),
         Command::Kernels(args) => kernels::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, engine),
         Command::Info(args) => info::run(args),
         Command::Import(args) => interop::run_import(args),
         Command::Export(args) => interop::run_export(args),

@@ -1,187 +1,45 @@
-//! What a trained net expects of its input, carried inside its checkpoint so that
-//! `eval` and `classify` apply it by themselves: the stored image size, the mean
-//! image subtracted from every pixel, the scale applied after it, and the class
-//! ids and names.
-//!
-//! Both pixel conventions are one formula, `(pixel - mean_image) * channel_scale`
-//! on 0-255 pixels: the paper's has the training set's mean image and scale 1;
-//! torchvision's `(pixel/255 - m) / s` has a mean image of constant 255·m and
-//! scale 1/(255·s).
+//! The preprocessing that imported weights expect (the rest of [`Preprocess`]
+//! is the training crate's: it is what a trained net's checkpoint carries).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use alexnet::checkpoint::Checkpoint;
 use alexnet::spec::PixelScale;
-use alexnet_data::Dataset;
 use alexnet_interop::Imported;
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use alexnet_train::Preprocess;
 
-/// Metadata key and tensor name under which a checkpoint stores these.
-const META_KEY: &str = "preprocess";
-const MEAN_TENSOR: &str = "preprocess.mean";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Preprocess {
-    /// Channels, height and width the images were stored at before cropping.
-    pub stored: [usize; 3],
-    /// Subtract the mean image (always, except for nets trained on raw pixels).
-    pub subtract_mean: bool,
-    /// The convention the weights expect (checkpoints without it: the paper's).
-    #[serde(default)]
-    pub pixels: PixelScale,
-    /// Per-channel standard deviation on the [0, 1] scale (`unit-mean-std` only).
-    #[serde(default)]
-    pub channel_std: Option<[f32; 3]>,
-    /// Class ids (WordNet ids or folder names) and readable names, in label order.
-    pub class_ids: Vec<String>,
-    pub class_names: Vec<String>,
-    /// The dataset the net was trained on.
-    pub dataset: String,
-    /// The mean image, CHW at the stored size (kept as a tensor, not in the JSON).
-    #[serde(skip)]
-    pub mean: Vec<f32>,
-}
-
-impl Preprocess {
-    pub fn from_dataset(dataset: &Dataset) -> Preprocess {
-        let info = dataset.info();
-        Preprocess {
-            stored: [info.channels, info.height, info.width],
-            subtract_mean: true,
-            pixels: PixelScale::RawMinusMean,
-            channel_std: None,
-            class_ids: info.classes.iter().map(|c| c.id.clone()).collect(),
-            class_names: info.classes.iter().map(|c| c.name.clone()).collect(),
-            dataset: info.name.clone(),
-            mean: dataset.mean().to_vec(),
-        }
-    }
-
-    /// The preprocessing imported weights expect, with the ImageNet-1k class names
-    /// attached when the net has 1000 classes.
-    pub fn from_imported(imported: &Imported) -> Preprocess {
-        let convention = &imported.input;
-        let size = convention.resize;
-        let plane = size * size;
-        let (channel_std, per_channel_mean) = match convention.pixels {
-            PixelScale::RawMinusMean => (None, convention.channel_mean),
-            PixelScale::UnitMeanStd => (
-                Some(convention.channel_std),
-                convention.channel_mean.map(|m| 255.0 * m),
-            ),
-        };
-        let mean = convention.mean_image.clone().unwrap_or_else(|| {
-            per_channel_mean
-                .iter()
-                .flat_map(|&m| std::iter::repeat_n(m, plane))
-                .collect()
-        });
-        let classes = imported.spec.classes;
-        let (class_ids, class_names) = if classes == 1000 {
-            let list = alexnet_interop::classes::imagenet_1k();
-            (list.ids, list.names)
-        } else {
-            let numbered: Vec<String> = (0..classes).map(|c| format!("class {c}")).collect();
-            (numbered.clone(), numbered)
-        };
-        Preprocess {
-            stored: [3, size, size],
-            subtract_mean: true,
-            pixels: convention.pixels,
-            channel_std,
-            class_ids,
-            class_names,
-            dataset: imported.source.clone(),
-            mean,
-        }
-    }
-
-    /// These settings (mean, scale) for training on `dataset`: its classes and name.
-    pub fn for_dataset(mut self, dataset: &Dataset) -> Result<Preprocess> {
-        self.mean_for(dataset)?;
-        let info = dataset.info();
-        self.class_ids = info.classes.iter().map(|c| c.id.clone()).collect();
-        self.class_names = info.classes.iter().map(|c| c.name.clone()).collect();
-        self.dataset = info.name.clone();
-        Ok(self)
-    }
-
-    /// What each channel is multiplied by after the mean image is subtracted.
-    pub fn channel_scale(&self) -> [f32; 3] {
-        match (self.pixels, self.channel_std) {
-            (PixelScale::UnitMeanStd, Some(std)) => std.map(|s| 1.0 / (255.0 * s)),
-            _ => [1.0; 3],
-        }
-    }
-
-    /// Adds these settings to a checkpoint's metadata and tensors.
-    pub fn store(
-        &self,
-        metadata: &mut BTreeMap<String, String>,
-        tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
-    ) {
-        metadata.insert(
-            META_KEY.into(),
-            serde_json::to_string(self).expect("serialisable"),
-        );
-        tensors.push((MEAN_TENSOR.into(), self.stored.to_vec(), self.mean.clone()));
-    }
-
-    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Preprocess> {
-        let text = ckpt.metadata.get(META_KEY).context(
-            "the checkpoint has no preprocessing settings (it was not written by `alexnet train`)",
-        )?;
-        let mut preprocess: Preprocess = serde_json::from_str(text)
-            .context("the checkpoint's preprocessing settings are unreadable")?;
-        let (shape, values) = ckpt
-            .tensors
-            .get(MEAN_TENSOR)
-            .context("the checkpoint has no mean image")?;
-        if shape.as_slice() != preprocess.stored {
-            bail!(
-                "the checkpoint's mean image has shape {shape:?}, expected {:?}",
-                preprocess.stored
-            );
-        }
-        if preprocess.pixels == PixelScale::UnitMeanStd
-            && !preprocess
-                .channel_std
-                .is_some_and(|s| s.iter().all(|v| v.is_finite() && *v > 0.0))
-        {
-            bail!("the checkpoint's preprocessing says unit-mean-std but has no valid channel_std");
-        }
-        preprocess.mean = values.clone();
-        Ok(preprocess)
-    }
-
-    /// The mean image to subtract from `dataset`'s images: the checkpoint's own
-    /// (the net was trained or imported with it), which must be at the dataset's
-    /// stored size.
-    pub fn mean_for(&self, dataset: &Dataset) -> Result<Arc<Vec<f32>>> {
-        let info = dataset.info();
-        let stored = [info.channels, info.height, info.width];
-        if stored != self.stored {
-            bail!(
-                "the dataset stores images at {}x{}x{} but the net's preprocessing expects {}x{}x{} \
-                 (prepare the images at that size)",
-                stored[0],
-                stored[1],
-                stored[2],
-                self.stored[0],
-                self.stored[1],
-                self.stored[2]
-            );
-        }
-        Ok(Arc::new(self.mean.clone()))
-    }
-
-    /// The readable name of class `index`.
-    pub fn class_name(&self, index: usize) -> String {
-        self.class_names
-            .get(index)
-            .cloned()
-            .unwrap_or_else(|| format!("class {index}"))
+/// The preprocessing imported weights expect, with the ImageNet-1k class names
+/// attached when the net has 1000 classes.
+pub fn from_imported(imported: &Imported) -> Preprocess {
+    let convention = &imported.input;
+    let size = convention.resize;
+    let plane = size * size;
+    let (channel_std, per_channel_mean) = match convention.pixels {
+        PixelScale::RawMinusMean => (None, convention.channel_mean),
+        PixelScale::UnitMeanStd => (
+            Some(convention.channel_std),
+            convention.channel_mean.map(|m| 255.0 * m),
+        ),
+    };
+    let mean = convention.mean_image.clone().unwrap_or_else(|| {
+        per_channel_mean
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, plane))
+            .collect()
+    });
+    let classes = imported.spec.classes;
+    let (class_ids, class_names) = if classes == 1000 {
+        let list = alexnet_interop::classes::imagenet_1k();
+        (list.ids, list.names)
+    } else {
+        let numbered: Vec<String> = (0..classes).map(|c| format!("class {c}")).collect();
+        (numbered.clone(), numbered)
+    };
+    Preprocess {
+        stored: [3, size, size],
+        subtract_mean: true,
+        pixels: convention.pixels,
+        channel_std,
+        class_ids,
+        class_names,
+        dataset: imported.source.clone(),
+        mean,
     }
 }

@@ -10,6 +10,7 @@
 
 mod common;
 
+use alexnet::cpu::fast::buffers::ConvBuffers;
 use alexnet::cpu::fast::gemm::BF16_MIN_BATCH;
 use alexnet::cpu::{fast, reference};
 use alexnet::layers::{
@@ -168,11 +169,24 @@ fn check_bf16_winograd(
         dw0,
         db0,
     } = case;
+    // One set of buffers for all the calls, as a backend keeps them.
+    let buffers = ConvBuffers::default();
     let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products, false);
+    fast::conv::forward(g, n, x, w, b, &mut y, products, &buffers, false);
     assert_within_bf16_error(&format!("{name} forward"), &y, &exact.y, &direct.y);
     let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
-    fast::conv::backward(g, n, x, w, dy, &mut dw, &mut db, Some(&mut dx), products);
+    fast::conv::backward(
+        g,
+        n,
+        x,
+        w,
+        dy,
+        &mut dw,
+        &mut db,
+        Some(&mut dx),
+        products,
+        &buffers,
+    );
     assert_within_bf16_error(&format!("{name} dw"), &dw, &exact.dw, &direct.dw);
     assert_close(&format!("{name} db"), &db, &exact.db, TOL);
     assert_within_bf16_error(&format!("{name} dx"), &dx, &exact.dx, &direct.dx);
@@ -194,12 +208,14 @@ fn check_conv_against(
         dw0,
         db0,
     } = case;
+    // One set of buffers for all the calls, as a backend keeps them.
+    let buffers = ConvBuffers::default();
     let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products, false);
+    fast::conv::forward(g, n, x, w, b, &mut y, products, &buffers, false);
     assert_close(&format!("{name} forward"), &y, &expected.y, TOL);
     // With the ReLU after it: the same values, rectified.
     let mut rectified = vec![f32::NAN; y.len()];
-    fast::conv::forward(g, n, x, w, b, &mut rectified, products, true);
+    fast::conv::forward(g, n, x, w, b, &mut rectified, products, &buffers, true);
     let expected_rectified: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
     assert_eq!(
         rectified, expected_rectified,
@@ -207,14 +223,36 @@ fn check_conv_against(
     );
 
     let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
-    fast::conv::backward(g, n, x, w, dy, &mut dw, &mut db, Some(&mut dx), products);
+    fast::conv::backward(
+        g,
+        n,
+        x,
+        w,
+        dy,
+        &mut dw,
+        &mut db,
+        Some(&mut dx),
+        products,
+        &buffers,
+    );
     assert_close(&format!("{name} dw"), &dw, &expected.dw, TOL);
     assert_close(&format!("{name} db"), &db, &expected.db, TOL);
     assert_close(&format!("{name} dx"), &dx, &expected.dx, TOL);
 
     // Without an input gradient the parameter gradients are the same.
     let (mut dw_none, mut db_none) = (dw0.clone(), db0.clone());
-    fast::conv::backward(g, n, x, w, dy, &mut dw_none, &mut db_none, None, products);
+    fast::conv::backward(
+        g,
+        n,
+        x,
+        w,
+        dy,
+        &mut dw_none,
+        &mut db_none,
+        None,
+        products,
+        &buffers,
+    );
     assert_close(
         &format!("{name} dw without dx"),
         &dw_none,

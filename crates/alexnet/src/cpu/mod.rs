@@ -11,18 +11,54 @@ pub use buffer::CpuBuffer;
 use crate::backend::{Backend, Rows};
 use crate::error::{Error, Result};
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+use fast::buffers::ConvBuffers;
 use fast::gemm::{Bf16Kernel, Precision, Products};
+use std::sync::Arc;
 
-/// The fast CPU backend: GEMM-based convolutions, vectorised passes, all threads
-/// of the current rayon pool. Its matrix products are f32 unless built with
+/// The fast CPU backend: GEMM and Winograd convolutions, vectorised passes, on a
+/// thread pool of its own. Its matrix products are f32 unless built with
 /// [`Cpu::with_products`] for bf16.
-#[derive(Clone, Debug, Default)]
+///
+/// Each backend owns its pool and the buffers its convolutions keep between
+/// calls, so two backends (the paper's two towers on the CPU) never share or
+/// wait for each other's. A clone shares both with the original; make a new
+/// backend for an independent one.
+#[derive(Clone, Debug)]
 pub struct Cpu {
     products: Products,
+    pool: Arc<rayon::ThreadPool>,
+    buffers: Arc<ConvBuffers>,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu {
+            products: Products::default(),
+            pool: Arc::new(new_pool(None).expect("a thread pool with one thread per core")),
+            buffers: Arc::default(),
+        }
+    }
+}
+
+/// A pool of `threads` workers (one per core when `None`).
+fn new_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("alexnet-cpu-{i}"));
+    let builder = match threads {
+        Some(threads) => builder.num_threads(threads),
+        None => builder,
+    };
+    builder.build().map_err(|e| Error::Input {
+        what: "threads".into(),
+        expected: "a thread pool the system can start".into(),
+        found: format!(
+            "{} threads: {e}",
+            threads.map_or("one per core".into(), |t| t.to_string())
+        ),
+    })
 }
 
 impl Cpu {
-    /// f32 products.
+    /// f32 products, one thread per core.
     pub fn new() -> Self {
         Self::default()
     }
@@ -36,11 +72,41 @@ impl Cpu {
                 found: products.bf16_kernel.name().into(),
             });
         }
-        Ok(Cpu { products })
+        Ok(Cpu {
+            products,
+            ..Cpu::default()
+        })
+    }
+
+    /// This backend on a pool of `threads` worker threads instead.
+    pub fn with_threads(self, threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Err(Error::Input {
+                what: "threads".into(),
+                expected: "at least 1".into(),
+                found: "0".into(),
+            });
+        }
+        Ok(Cpu {
+            pool: Arc::new(new_pool(Some(threads))?),
+            ..self
+        })
     }
 
     pub fn products(&self) -> Products {
         self.products
+    }
+
+    /// Worker threads of this backend's pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `f` on this backend's threads: the kernels' parallel loops then
+    /// share out their work among them (and `rayon::current_num_threads` is
+    /// the pool's). From one of its own threads, `f` just runs.
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
     }
 }
 
@@ -115,7 +181,7 @@ impl Backend for Cpu {
         };
         format!(
             "cpu ({} threads, {}, {products})",
-            rayon::current_num_threads(),
+            self.pool.current_num_threads(),
             fast::simd::instruction_set()
         )
     }
@@ -128,7 +194,7 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        fast::conv::forward(g, n, x, w, b, y, self.products, false)
+        self.install(|| fast::conv::forward(g, n, x, w, b, y, self.products, &self.buffers, false))
     }
     fn conv_relu_forward(
         &self,
@@ -139,7 +205,7 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        fast::conv::forward(g, n, x, w, b, y, self.products, true)
+        self.install(|| fast::conv::forward(g, n, x, w, b, y, self.products, &self.buffers, true))
     }
     fn conv_backward(
         &self,
@@ -152,17 +218,20 @@ impl Backend for Cpu {
         db: &mut CpuBuffer,
         dx: Option<&mut CpuBuffer>,
     ) {
-        fast::conv::backward(
-            g,
-            n,
-            x,
-            w,
-            dy,
-            dw,
-            db,
-            dx.map(|d| d.as_mut_slice()),
-            self.products,
-        )
+        self.install(|| {
+            fast::conv::backward(
+                g,
+                n,
+                x,
+                w,
+                dy,
+                dw,
+                db,
+                dx.map(|d| d.as_mut_slice()),
+                self.products,
+                &self.buffers,
+            )
+        })
     }
     fn linear_forward(
         &self,
@@ -173,15 +242,17 @@ impl Backend for Cpu {
         b: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        if n >= fast::gemm::BF16_MIN_BATCH {
-            fast::linear::forward(g, n, x, w, b, y, self.products)
-        } else if self.products.precision == Precision::Bf16 {
-            // Small batches read every weight per image: from a bf16 copy, made
-            // on first use and kept while the weights are unchanged.
-            fast::gemv::forward(g, n, x, w.bf16(), b, y)
-        } else {
-            fast::gemv::forward(g, n, x, w, b, y)
-        }
+        self.install(|| {
+            if n >= fast::gemm::BF16_MIN_BATCH {
+                fast::linear::forward(g, n, x, w, b, y, self.products)
+            } else if self.products.precision == Precision::Bf16 {
+                // Small batches read every weight per image: from a bf16 copy, made
+                // on first use and kept while the weights are unchanged.
+                fast::gemv::forward(g, n, x, w.bf16(), b, y)
+            } else {
+                fast::gemv::forward(g, n, x, w, b, y)
+            }
+        })
     }
     fn linear_backward(
         &self,
@@ -194,32 +265,34 @@ impl Backend for Cpu {
         db: &mut CpuBuffer,
         dx: Option<&mut CpuBuffer>,
     ) {
-        fast::linear::backward(
-            g,
-            n,
-            x,
-            w,
-            dy,
-            dw,
-            db,
-            dx.map(|d| d.as_mut_slice()),
-            self.products,
-        )
+        self.install(|| {
+            fast::linear::backward(
+                g,
+                n,
+                x,
+                w,
+                dy,
+                dw,
+                db,
+                dx.map(|d| d.as_mut_slice()),
+                self.products,
+            )
+        })
     }
     fn relu_forward(&self, len: usize, x: &mut CpuBuffer) {
-        fast::elementwise::relu_forward(&mut x[..len])
+        self.install(|| fast::elementwise::relu_forward(&mut x[..len]))
     }
     fn relu_backward(&self, len: usize, y: &CpuBuffer, d: &mut CpuBuffer) {
-        fast::elementwise::relu_backward(&y[..len], &mut d[..len])
+        self.install(|| fast::elementwise::relu_backward(&y[..len], &mut d[..len]))
     }
     fn tanh_forward(&self, len: usize, x: &mut CpuBuffer) {
-        fast::elementwise::tanh_forward(&mut x[..len])
+        self.install(|| fast::elementwise::tanh_forward(&mut x[..len]))
     }
     fn tanh_backward(&self, len: usize, y: &CpuBuffer, d: &mut CpuBuffer) {
-        fast::elementwise::tanh_backward(&y[..len], &mut d[..len])
+        self.install(|| fast::elementwise::tanh_backward(&y[..len], &mut d[..len]))
     }
     fn lrn_forward(&self, g: &LrnGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
-        fast::lrn::forward(g, n, x, y)
+        self.install(|| fast::lrn::forward(g, n, x, y))
     }
     fn lrn_backward(
         &self,
@@ -229,10 +302,10 @@ impl Backend for Cpu {
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) {
-        fast::lrn::backward(g, n, x, dy, dx)
+        self.install(|| fast::lrn::backward(g, n, x, dy, dx))
     }
     fn max_pool_forward(&self, g: &PoolGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
-        fast::pool::max_forward(g, n, x, y)
+        self.install(|| fast::pool::max_forward(g, n, x, y))
     }
     fn max_pool_backward(
         &self,
@@ -242,7 +315,7 @@ impl Backend for Cpu {
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) {
-        fast::pool::max_backward(g, n, x, dy, dx)
+        self.install(|| fast::pool::max_backward(g, n, x, dy, dx))
     }
     fn lrn_max_pool_forward(
         &self,
@@ -253,7 +326,9 @@ impl Backend for Cpu {
         y: &mut CpuBuffer,
         record: Option<&mut CpuBuffer>,
     ) {
-        fast::lrn_pool::forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
+        self.install(|| {
+            fast::lrn_pool::forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
+        })
     }
     fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
         fast::lrn_pool::record_len(pool)
@@ -268,16 +343,18 @@ impl Backend for Cpu {
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) {
-        fast::lrn_pool::backward(lrn, pool, n, x, record, dy, dx)
+        self.install(|| fast::lrn_pool::backward(lrn, pool, n, x, record, dy, dx))
     }
     fn avg_pool_forward(&self, g: &PoolGeometry, n: usize, x: &CpuBuffer, y: &mut CpuBuffer) {
-        fast::pool::avg_forward(g, n, x, y)
+        self.install(|| fast::pool::avg_forward(g, n, x, y))
     }
     fn avg_pool_backward(&self, g: &PoolGeometry, n: usize, dy: &CpuBuffer, dx: &mut CpuBuffer) {
-        fast::pool::avg_backward(g, n, dy, dx)
+        self.install(|| fast::pool::avg_backward(g, n, dy, dx))
     }
     fn dropout_mask(&self, g: &DropoutGeometry, seed: u64, values: Rows, mask: &mut CpuBuffer) {
-        crate::layers::dropout::fill_mask_rows(g, seed, values, mask.as_mut_slice());
+        self.install(|| {
+            crate::layers::dropout::fill_mask_rows(g, seed, values, mask.as_mut_slice())
+        })
     }
     fn dropout_forward(
         &self,
@@ -287,8 +364,10 @@ impl Backend for Cpu {
         x: &CpuBuffer,
         y: &mut CpuBuffer,
     ) {
-        let len = n * g.len;
-        fast::elementwise::multiply(&x[..len], &mask[..len], &mut y[..len])
+        self.install(|| {
+            let len = n * g.len;
+            fast::elementwise::multiply(&x[..len], &mask[..len], &mut y[..len])
+        })
     }
     fn dropout_backward(
         &self,
@@ -298,8 +377,10 @@ impl Backend for Cpu {
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) {
-        let len = n * g.len;
-        fast::elementwise::multiply(&dy[..len], &mask[..len], &mut dx[..len])
+        self.install(|| {
+            let len = n * g.len;
+            fast::elementwise::multiply(&dy[..len], &mask[..len], &mut dx[..len])
+        })
     }
     fn softmax_cross_entropy(
         &self,
@@ -309,8 +390,10 @@ impl Backend for Cpu {
         labels: &[u32],
         dlogits: &mut CpuBuffer,
     ) -> f32 {
-        // A few thousand values per batch: the reference is fast enough.
-        reference::softmax_cross_entropy(classes, n, logits, labels, dlogits)
+        self.install(|| {
+            // A few thousand values per batch: the reference is fast enough.
+            reference::softmax_cross_entropy(classes, n, logits, labels, dlogits)
+        })
     }
     fn sgd_update(
         &self,
@@ -321,7 +404,7 @@ impl Backend for Cpu {
         momentum: f32,
         decay: f32,
     ) {
-        fast::elementwise::sgd_update(w, dw, v, lr, momentum, decay)
+        self.install(|| fast::elementwise::sgd_update(w, dw, v, lr, momentum, decay))
     }
 }
 

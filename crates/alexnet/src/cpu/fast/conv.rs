@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::Mutex;
 
+use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
 use super::gemm::{Layout, Precision, Products, matmul};
 use super::scratch::with_scratch;
@@ -281,17 +281,18 @@ pub fn forward(
     b: &[f32],
     y: &mut [f32],
     products: Products,
+    buffers: &ConvBuffers,
     rectify: bool,
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
     if uses_winograd(g, n, products) {
         return if winograd::applies(g) {
-            winograd::forward(g, n, x, w, b, y, products, rectify)
+            winograd::forward(g, n, x, w, b, y, products, buffers, rectify)
         } else if winograd_strided::applies(g) {
-            winograd_strided::forward(g, n, x, w, b, y, rectify)
+            winograd_strided::forward(g, n, x, w, b, y, buffers, rectify)
         } else {
-            winograd_5x5::forward(g, n, x, w, b, y, rectify)
+            winograd_5x5::forward(g, n, x, w, b, y, buffers, rectify)
         };
     }
     if n >= threads {
@@ -534,9 +535,8 @@ fn images_per_product(g: &ConvGeometry) -> usize {
     MIN_PRODUCT_COLUMNS.div_ceil(g.out_plane()).max(1)
 }
 
-/// Per-chunk parameter-gradient sums, kept between calls so that they are allocated once.
-static PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-
+/// Parameter gradients `dw`, `db` (added to) and the input gradient `dx`
+/// (overwritten, where asked for) of the first `n` images.
 pub fn backward(
     g: &ConvGeometry,
     n: usize,
@@ -547,26 +547,27 @@ pub fn backward(
     db: &mut [f32],
     dx: Option<&mut [f32]>,
     products: Products,
+    buffers: &ConvBuffers,
 ) {
     let (il, ol) = (g.input.len(), g.output.len());
     let (x, dy) = (&x[..n * il], &dy[..n * ol]);
     if uses_winograd(g, n, products) && winograd_strided::applies(g) && dx.is_none() {
         // The paper's conv1: only the weight gradient is needed.
-        winograd_strided::backward_weights(g, n, x, dy, dw);
+        winograd_strided::backward_weights(g, n, x, dy, dw, buffers);
         add_bias_gradient(g, dy, db);
         return;
     }
     if uses_winograd(g, n, products) && !winograd_strided::applies(g) {
         let dx = dx.map(|dx| &mut dx[..n * il]);
         if winograd::applies(g) {
-            winograd::backward_weights(g, n, x, dy, dw, products);
+            winograd::backward_weights(g, n, x, dy, dw, products, buffers);
             if let Some(dx) = dx {
-                winograd::backward_data(g, n, w, dy, dx, products);
+                winograd::backward_data(g, n, w, dy, dx, products, buffers);
             }
         } else {
-            winograd_5x5::backward_weights(g, n, x, dy, dw);
+            winograd_5x5::backward_weights(g, n, x, dy, dw, buffers);
             if let Some(dx) = dx {
-                winograd_5x5::backward_data(g, n, w, dy, dx);
+                winograd_5x5::backward_data(g, n, w, dy, dx, buffers);
             }
         }
         add_bias_gradient(g, dy, db);
@@ -584,7 +585,7 @@ pub fn backward(
     let per_chunk = n.div_ceil(threads);
     let chunks = n.div_ceil(per_chunk);
     let param_len = dw.len() + db.len();
-    let mut partials = PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut partials = lock(&buffers.gemm_weight_partials);
     if partials.len() < chunks * param_len {
         partials.resize(chunks * param_len, 0.0);
     }

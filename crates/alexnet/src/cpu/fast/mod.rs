@@ -2,6 +2,7 @@
 //! vectorised, multi-threaded passes for everything else. Each is tested against
 //! [`super::reference`].
 
+pub mod buffers;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;

@@ -25,10 +25,9 @@
 //! rather than one (checked against the reference in the layer tests, and by
 //! the `precision` experiment).
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
+use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
 use super::gemm::{Layout, Products, matmul};
 use super::lanes::{lanes, lanewise};
@@ -44,17 +43,6 @@ const OUT: usize = 2;
 /// short enough for their operands to stay in cache: conv3-5's forward pass
 /// measured about 7% faster than with 384 (8 images); one image was slower.
 const TARGET_TILES: usize = 96;
-
-/// Transformed kernels, and the rotated kernels of the input gradient: kept
-/// between calls so that they are allocated once. (Not the per-thread scratch,
-/// which the tiles of each thread use inside.) Like every such static of the
-/// fast kernels, each is locked for a whole call, around its parallel loops: a
-/// convolution must not be started from inside a job of the rayon pool it runs
-/// on, where a waiting thread could take up a second call's job that wants the
-/// same lock.
-static TRANSFORMED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-static ROTATED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-static WEIGHT_PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// `buffer` grown to at least `len` values, the first `len` returned.
 pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -246,10 +234,12 @@ pub fn forward(
     b: &[f32],
     y: &mut [f32],
     products: Products,
+    buffers: &ConvBuffers,
     rectify: bool,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
-    let mut transformed = TRANSFORMED.lock().unwrap_or_else(|e| e.into_inner());
+    // The transformed kernels; the tiles use per-thread scratch inside.
+    let mut transformed = lock(&buffers.winograd_kernels);
     let u = sized(&mut transformed, transformed_len(g));
     transform_kernels(g, w, u);
     let u = &*u;
@@ -519,6 +509,7 @@ pub fn backward_weights(
     dy: &[f32],
     dw: &mut [f32],
     products: Products,
+    buffers: &ConvBuffers,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let (il, ol) = (g.input.len(), g.output.len());
@@ -526,7 +517,7 @@ pub fn backward_weights(
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
     let du_len = transformed_len(g);
-    let mut buffer = WEIGHT_PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut buffer = lock(&buffers.winograd_weight_partials);
     let partials = sized(&mut buffer, parts * du_len);
     let per_chunk = images_per_product(g);
     partials
@@ -587,9 +578,12 @@ pub fn backward_data(
     dy: &[f32],
     dx: &mut [f32],
     products: Products,
+    buffers: &ConvBuffers,
 ) {
-    with_input_gradient_kernels(g, w, |reversed, kernels, zero_bias| {
-        forward(reversed, n, dy, kernels, zero_bias, dx, products, false);
+    with_input_gradient_kernels(g, w, buffers, |reversed, kernels, zero_bias| {
+        forward(
+            reversed, n, dy, kernels, zero_bias, dx, products, buffers, false,
+        );
     });
 }
 
@@ -600,6 +594,7 @@ pub fn backward_data(
 pub(super) fn with_input_gradient_kernels(
     g: &ConvGeometry,
     w: &[f32],
+    buffers: &ConvBuffers,
     f: impl FnOnce(&ConvGeometry, &[f32], &[f32]),
 ) {
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
@@ -609,7 +604,7 @@ pub(super) fn with_input_gradient_kernels(
         output: g.input,
         ..*g
     };
-    let mut buffer = ROTATED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut buffer = lock(&buffers.rotated_kernels);
     let scratch = sized(&mut buffer, w.len() + g.input.channels);
     let (rotated, zero_bias) = scratch.split_at_mut(w.len());
     zero_bias.fill(0.0);

@@ -37,10 +37,10 @@
 //! coefficients reach 4 and 1/6), so bf16 mode keeps the direct convolution.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
 use super::gemm::{Strided, matmul_f32_strided};
 use super::lanes::{lanes, lanewise};
@@ -70,12 +70,6 @@ const G: [[f32; 3]; SIDE] = [
     [1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
     [0.0, 0.0, 1.0],
 ];
-
-/// Transformed kernels `[xi][out channel][piece][in channel of its group]`,
-/// and the per-thread weight-gradient partials: kept between calls so that
-/// they are allocated once.
-static TRANSFORMED: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-static WEIGHT_PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Whether a convolution can take this path: 5x5, stride 1, padding 2.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -487,6 +481,7 @@ pub fn forward(
     w: &[f32],
     b: &[f32],
     y: &mut [f32],
+    buffers: &ConvBuffers,
     rectify: bool,
 ) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
@@ -494,7 +489,7 @@ pub fn forward(
     let co = g.output.channels;
     // Transformed kernels, [xi][out channel][piece][in channel of its group].
     let inner = PIECES * cig;
-    let mut transformed = TRANSFORMED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut transformed = lock(&buffers.pieces_kernels);
     let u = sized(&mut transformed, XI * co * inner);
     for o in 0..co {
         for c in 0..cig {
@@ -575,7 +570,14 @@ pub fn forward(
 /// The batch is split into one contiguous part per thread, each summing its
 /// Winograd-domain gradients into its own partial; the partials are added in a
 /// fixed order, so results do not depend on scheduling.
-pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub fn backward_weights(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    buffers: &ConvBuffers,
+) {
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     let (cig, cog) = (g.in_per_group(), g.out_per_group());
     let co = g.output.channels;
@@ -586,7 +588,7 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
     let du_len = XI * co * inner;
-    let mut buffer = WEIGHT_PARTIALS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut buffer = lock(&buffers.pieces_weight_partials);
     let partials = sized(&mut buffer, parts * du_len);
     partials
         .par_chunks_exact_mut(du_len)
@@ -668,9 +670,16 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
 /// Input gradient `dx` (overwritten) from the output gradient `dy`: a 5x5,
 /// stride-1, padding-2 convolution of `dy` with each kernel rotated by 180
 /// degrees and the in/out channels swapped.
-pub fn backward_data(g: &ConvGeometry, n: usize, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    with_input_gradient_kernels(g, w, |reversed, kernels, zero_bias| {
-        forward(reversed, n, dy, kernels, zero_bias, dx, false);
+pub fn backward_data(
+    g: &ConvGeometry,
+    n: usize,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    buffers: &ConvBuffers,
+) {
+    with_input_gradient_kernels(g, w, buffers, |reversed, kernels, zero_bias| {
+        forward(reversed, n, dy, kernels, zero_bias, dx, buffers, false);
     });
 }
 

@@ -21,20 +21,15 @@
 //! the multiplies saved), by F(4x4, 3x3) it is about 10% faster
 //! (BENCHMARKS.md). An input gradient, and bf16 mode, keep im2col.
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
+use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
 use super::gemm::Products;
 use super::scratch::with_staging;
 use super::winograd::sum_partials;
 use super::winograd_4x4;
 use crate::layers::{ConvGeometry, Shape};
-
-/// The inner convolution's kernels and their transforms: kept between calls so
-/// that they are allocated once.
-static BUFFERS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Taps a side of the inner convolution.
 const INNER_KERNEL: usize = 3;
@@ -152,11 +147,13 @@ pub fn forward(
     w: &[f32],
     b: &[f32],
     y: &mut [f32],
+    buffers: &ConvBuffers,
     rectify: bool,
 ) {
     assert!(applies(g));
     let inner = inner(g);
-    let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    // The inner convolution's kernels and their transforms.
+    let mut buffer = lock(&buffers.strided);
     let [inner_w, u] = pieces(
         &mut buffer,
         [inner.weight_len(), winograd_4x4::transformed_len(&inner)],
@@ -198,7 +195,14 @@ pub fn forward(
 /// its contiguous part of the batch, an image at a time, into its own partial;
 /// the partials are added in a fixed order, so results do not depend on
 /// scheduling.
-pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub fn backward_weights(
+    g: &ConvGeometry,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    buffers: &ConvBuffers,
+) {
     assert!(applies(g));
     let inner = inner(g);
     let (il, ol) = (g.input.len(), g.output.len());
@@ -208,7 +212,7 @@ pub fn backward_weights(g: &ConvGeometry, n: usize, x: &[f32], dy: &[f32], dw: &
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
     let du_len = winograd_4x4::transformed_len(&inner);
-    let mut buffer = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut buffer = lock(&buffers.strided);
     let [partials, inner_dw] = pieces(&mut buffer, [parts * du_len, inner.weight_len()]);
     partials
         .par_chunks_exact_mut(du_len)

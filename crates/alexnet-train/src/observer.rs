@@ -1,0 +1,143 @@
+//! What a training run reports as it goes, delivered to observers: a metrics
+//! log (JSON lines, read by `alexnet plot`), a progress bar, an in-memory record
+//! for experiments. Observers only watch; they cannot change the run.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{External, io};
+
+/// An epoch about to be trained (or continued, after a resume).
+#[derive(Clone, Debug)]
+pub struct EpochStart {
+    /// Counted from 1.
+    pub epoch: u64,
+    pub epochs: usize,
+    pub batches: usize,
+    /// Batches of it already done (a resumed epoch).
+    pub done: usize,
+}
+
+/// One optimisation step.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub step: u64,
+    pub loss: f32,
+    /// Images per second since the last [`StepLine`].
+    pub images_per_s: f64,
+}
+
+/// Every `log_every` steps: the training error and speed since the previous line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepLine {
+    pub step: u64,
+    /// The epoch in progress, counted from 1.
+    pub epoch: u64,
+    /// Epochs done, with the fraction of the current one.
+    pub epochs_done: f64,
+    pub loss: f32,
+    pub lr: f32,
+    pub images_per_s: f64,
+    /// Over the steps since the previous line, with dropout and augmentation on.
+    pub train_error: f64,
+    pub elapsed_s: f64,
+}
+
+/// The end of an epoch: its training figures and the validation error.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochLine {
+    pub epoch: u64,
+    pub step: u64,
+    pub train_loss: f64,
+    pub train_error: f64,
+    pub val_top1_error: f64,
+    pub val_top5_error: f64,
+    /// The learning rate this epoch trained with, and the one the next will use.
+    pub lr: f32,
+    pub next_lr: f32,
+    pub elapsed_s: f64,
+}
+
+/// Watches a training run. Every method has a default that ignores the event.
+pub trait Observer {
+    fn epoch_started(&mut self, _start: &EpochStart) -> Result<(), External> {
+        Ok(())
+    }
+    fn step(&mut self, _step: &Step) -> Result<(), External> {
+        Ok(())
+    }
+    fn step_line(&mut self, _line: &StepLine) -> Result<(), External> {
+        Ok(())
+    }
+    /// The epoch's batches are done; validation begins.
+    fn validation_started(&mut self) -> Result<(), External> {
+        Ok(())
+    }
+    fn epoch_finished(&mut self, _line: &EpochLine) -> Result<(), External> {
+        Ok(())
+    }
+}
+
+/// The metrics log: one JSON object per line, `"kind": "step"` or `"epoch"`,
+/// appended (a resumed run continues its log), flushed after every line.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// The log's file in a run's output folder.
+    pub const FILE: &'static str = "metrics.jsonl";
+
+    /// Opens (or creates) `metrics.jsonl` in `out` for appending.
+    pub fn open(out: &Path) -> crate::Result<MetricsLog> {
+        let path = out.join(Self::FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("opening the metrics log", &path))?;
+        Ok(MetricsLog { path, file })
+    }
+
+    fn write(&mut self, kind: &str, line: &impl Serialize) -> Result<(), External> {
+        let mut value = serde_json::to_value(line)?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("kind".into(), kind.into());
+        }
+        writeln!(self.file, "{value}")
+            .and_then(|()| self.file.flush())
+            .map_err(|e| format!("writing the metrics log {}: {e}", self.path.display()).into())
+    }
+}
+
+impl Observer for MetricsLog {
+    fn step_line(&mut self, line: &StepLine) -> Result<(), External> {
+        self.write("step", line)
+    }
+    fn epoch_finished(&mut self, line: &EpochLine) -> Result<(), External> {
+        self.write("epoch", line)
+    }
+}
+
+/// Keeps every step and epoch line in memory, for code that wants a run's
+/// curves as values (the experiments).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub steps: Vec<StepLine>,
+    pub epochs: Vec<EpochLine>,
+}
+
+impl Observer for Record {
+    fn step_line(&mut self, line: &StepLine) -> Result<(), External> {
+        self.steps.push(line.clone());
+        Ok(())
+    }
+    fn epoch_finished(&mut self, line: &EpochLine) -> Result<(), External> {
+        self.epochs.push(line.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The trainer driven from code, as `train`, `experiment` and data-parallel
+//! training drive it: a run stopped from outside and resumed ends with exactly
+//! the weights of an uninterrupted one, the step hook sees each step's gradients
+//! before the update, and observers get every line the metrics log gets.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use alexnet::rng::Rng;
+use alexnet::{Cpu, Model, NetSpec, Network};
+use alexnet_data::{PrepareOptions, prepare_idx};
+use alexnet_train::{
+    Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
+    Trainer,
+};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("alexnet-trainer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// MNIST-style IDX files: each class a bright bar at its own height, plus noise.
+fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
+    let mut images = vec![0, 0, 8, 3];
+    for v in [count as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend((count as u32).to_be_bytes());
+    for _ in 0..count {
+        let class = rng.below(10);
+        labels.push(class as u8);
+        for y in 0..28 {
+            for _x in 0..28 {
+                let bar = if y / 3 == class { 200.0 } else { 20.0 };
+                images.push((bar + rng.uniform() * 50.0) as u8);
+            }
+        }
+    }
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
+fn dataset(root: &Path) -> PathBuf {
+    let source = root.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let mut rng = Rng::new(3);
+    write_idx(&source, "train", 240, &mut rng);
+    write_idx(&source, "t10k", 60, &mut rng);
+    let data = root.join("data");
+    prepare_idx(&source, None, &PrepareOptions::new(&data)).unwrap();
+    data
+}
+
+/// Nets on a two-thread CPU backend.
+fn on_cpu(spec: &NetSpec, batch: usize, seed: Option<u64>) -> Result<Box<dyn Model>, External> {
+    let cpu = Cpu::new().with_threads(2)?;
+    Ok(match seed {
+        Some(seed) => Box::new(Network::new(cpu, spec, batch, seed)?),
+        None => Box::new(Network::new_zeroed(cpu, spec, batch)?),
+    })
+}
+
+/// Two epochs of the cifar preset: 12 steps each (200 training images, 40 held out).
+fn config(data: &Path, out: &Path) -> TrainConfig {
+    let mut config = TrainConfig::new(data, NetSpec::preset("cifar").unwrap(), out);
+    config.recipe.epochs = Some(2);
+    config.recipe.batch = Some(16);
+    config.holdout = 40;
+    config.log_every = 5;
+    config.checkpoint_every = 1000;
+    config
+}
+
+fn all_params(net: &dyn Model) -> Vec<Vec<f32>> {
+    (0..net.plan().params.len())
+        .map(|i| net.param_values(i))
+        .collect()
+}
+
+/// Asks for a stop once `at` steps are done.
+struct StopAt {
+    at: u64,
+    stop: StopRequest,
+}
+
+impl Observer for StopAt {
+    fn step(&mut self, step: &Step) -> Result<(), External> {
+        if step.step == self.at {
+            self.stop.request();
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_run_stopped_from_outside_and_resumed_ends_with_the_weights_of_an_uninterrupted_one() {
+    let root = temp_dir("resume");
+    let data = dataset(&root);
+
+    let mut whole = Trainer::new(config(&data, &root.join("whole")), &on_cpu).unwrap();
+    let outcome = whole.run(&mut [], &StopRequest::new()).unwrap();
+    assert_eq!(
+        (outcome.ending, outcome.steps, outcome.epochs),
+        (Ending::Finished, 24, 2)
+    );
+
+    let out = root.join("parts");
+    let stop = StopRequest::new();
+    let mut first = Trainer::new(config(&data, &out), &on_cpu).unwrap();
+    let mut stop_at = StopAt {
+        at: 17,
+        stop: stop.clone(),
+    };
+    let outcome = first.run(&mut [&mut stop_at], &stop).unwrap();
+    assert_eq!((outcome.ending, outcome.steps), (Ending::Stopped, 17));
+    assert!(outcome.last.exists());
+
+    let mut again = config(&data, &out);
+    again.resume = true;
+    let mut second = Trainer::new(again, &on_cpu).unwrap();
+    assert_eq!(second.state().step, 17);
+    let outcome = second.run(&mut [], &StopRequest::new()).unwrap();
+    assert_eq!((outcome.ending, outcome.steps), (Ending::Finished, 24));
+    assert_eq!(
+        all_params(second.net()),
+        all_params(whole.net()),
+        "resumed weights differ from the uninterrupted run's"
+    );
+    assert_eq!(second.state(), whole.state());
+}
+
+/// Each step the hook saw, with the first parameter's values then.
+type Seen = Arc<Mutex<Vec<(u64, Vec<f32>)>>>;
+
+/// Records the first parameter as the hook sees it, and the step numbers.
+#[derive(Default)]
+struct Spy {
+    seen: Seen,
+}
+
+impl StepHook for Spy {
+    fn before_update(&mut self, net: &mut dyn Model, step: u64) -> Result<(), External> {
+        // The gradients are there: the step's backward pass has run.
+        assert!(
+            net.param_grad(0).iter().any(|g| *g != 0.0),
+            "step {step}: no gradient yet"
+        );
+        self.seen.lock().unwrap().push((step, net.param_values(0)));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_step_hook_runs_after_the_backward_pass_and_before_each_update() {
+    let root = temp_dir("hook");
+    let data = dataset(&root);
+    let mut config = config(&data, &root.join("run"));
+    config.max_steps = Some(4);
+    let mut trainer = Trainer::new(config, &on_cpu).unwrap();
+    let initial = trainer.net().param_values(0);
+    let spy = Spy::default();
+    let seen = spy.seen.clone();
+    trainer.set_step_hook(Box::new(spy));
+    let outcome = trainer.run(&mut [], &StopRequest::new()).unwrap();
+    assert_eq!(outcome.ending, Ending::MaxSteps);
+
+    let seen = seen.lock().unwrap();
+    let steps: Vec<u64> = seen.iter().map(|(step, _)| *step).collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
+    // Each call sees the weights of the update before it, never its own.
+    assert_eq!(
+        seen[0].1, initial,
+        "the first hook call came after an update"
+    );
+    for pair in seen.windows(2) {
+        assert_ne!(
+            pair[0].1, pair[1].1,
+            "no update between steps {} and {}",
+            pair[0].0, pair[1].0
+        );
+    }
+    assert_ne!(
+        trainer.net().param_values(0),
+        seen[3].1,
+        "the last update did not follow the hook"
+    );
+}
+
+#[test]
+fn observers_get_every_line_the_metrics_log_writes() {
+    let root = temp_dir("observers");
+    let data = dataset(&root);
+    let out = root.join("run");
+    let mut trainer = Trainer::new(config(&data, &out), &on_cpu).unwrap();
+    let mut log = MetricsLog::open(&out).unwrap();
+    let mut record = Record::default();
+    trainer
+        .run(&mut [&mut log, &mut record], &StopRequest::new())
+        .unwrap();
+
+    // 24 steps, a line every 5: steps 5, 10, ..., 20; and two epoch lines.
+    let steps: Vec<u64> = record.steps.iter().map(|l| l.step).collect();
+    assert_eq!(steps, [5, 10, 15, 20]);
+    let epochs: Vec<u64> = record.epochs.iter().map(|l| l.epoch).collect();
+    assert_eq!(epochs, [1, 2]);
+    assert!(
+        record
+            .epochs
+            .iter()
+            .all(|l| (0.0..=1.0).contains(&l.val_top1_error))
+    );
+
+    let text = std::fs::read_to_string(out.join(MetricsLog::FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    let logged_steps: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["kind"] == "step")
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged_steps, steps);
+    let logged_val: Vec<f64> = lines
+        .iter()
+        .filter(|l| l["kind"] == "epoch")
+        .map(|l| l["val_top1_error"].as_f64().unwrap())
+        .collect();
+    let recorded_val: Vec<f64> = record.epochs.iter().map(|l| l.val_top1_error).collect();
+    assert_eq!(logged_val, recorded_val);
+}
