@@ -97,9 +97,6 @@ pub fn run(args: BenchArgs, engine: &EngineSettings) -> Result<()> {
 
 /// Times `net` (built for the largest batch asked for) and prints the report.
 fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usize) -> Result<()> {
-    let plan = net.plan().clone();
-    let image_len = plan.input_shape().len();
-    let classes = plan.classes();
     let mut rng = Rng::new(2);
     // Speed does not depend on the learning rate; a small one keeps the loss finite
     // while the same random batch is trained on again and again (at the recipe's
@@ -112,128 +109,25 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
 
     let mut train = Vec::new();
     for &batch in &args.train_batch {
-        let data = random_batch(&mut rng, batch, image_len, classes);
-        let per_step = time_steps(args.seconds, || {
-            let loss = net.train_step(&data.images, &data.labels, &sgd)?;
-            if !loss.is_finite() {
-                bail!("loss became {loss}");
-            }
-            Ok(())
-        })?;
-        train.push(json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}));
+        train.push(time_training(&args, net.as_mut(), &mut rng, batch, &sgd)?);
     }
     let train_peak = peak_resident_bytes();
-
-    // The trainer's own input path: stored bytes (here 1/8 larger than the input
-    // on each side, as 256 is to the paper's 224) from which the backend cuts the
-    // views, reflected and colour-shifted; a GPU does it on the device after
-    // copying a quarter of the bytes an f32 batch needs.
     let train_stored = match args.train_batch.first() {
-        Some(&batch) => {
-            let input = plan.input_shape();
-            let stored = Shape::new(
-                input.channels,
-                input.height + input.height / 8,
-                input.width + input.width / 8,
-            );
-            let pixels: Vec<u8> = (0..batch * stored.len())
-                .map(|_| rng.below(256) as u8)
-                .collect();
-            let views: Vec<ViewPlacement> = (0..batch)
-                .map(|image| ViewPlacement {
-                    image,
-                    y: rng.below(stored.height - input.height + 1),
-                    x: rng.below(stored.width - input.width + 1),
-                    flip: rng.below(2) == 1,
-                    // In place of a mean image: values centred as the f32 batch's are.
-                    shift: [-128.0; 3],
-                })
-                .collect();
-            let stored_batch = StoredBatch {
-                pixels: &pixels,
-                stored,
-                crop_height: input.height,
-                crop_width: input.width,
-                views: &views,
-                subtract_mean: false,
-                scale: [1.0; 3],
-            };
-            let labels = random_batch(&mut rng, batch, 0, classes).labels;
-            let per_step = time_steps(args.seconds, || {
-                net.set_input_stored(&stored_batch)?;
-                net.forward(Mode::Train);
-                let loss = net.backward(&labels)?;
-                net.sgd_step(&sgd);
-                if !loss.is_finite() {
-                    bail!("loss became {loss}");
-                }
-                Ok(())
-            })?;
-            Some(
-                json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}),
-            )
-        }
+        Some(&batch) => Some(time_stored_training(
+            &args,
+            net.as_mut(),
+            &mut rng,
+            batch,
+            &sgd,
+        )?),
         None => None,
     };
-
-    let data = random_batch(&mut rng, args.infer_batch, image_len, classes);
-    let per_batch = time_steps(args.seconds, || {
-        net.predict(&data.images)?;
-        Ok(())
-    })?;
-    let inference =
-        json!({"batch": args.infer_batch, "images_per_s": args.infer_batch as f64 / per_batch});
-
-    let one = random_batch(&mut rng, 1, image_len, classes);
-    let latency = time_steps(args.seconds.min(5.0), || {
-        net.predict(&one.images)?;
-        Ok(())
-    })?;
-
-    let mut layers = Vec::new();
-    if args.layer_steps > 0 {
-        let batch = args.train_batch[0];
-        let data = random_batch(&mut rng, batch, image_len, classes);
-        net.record_layer_times(true);
-        for _ in 0..args.layer_steps {
-            net.set_input(&data.images)?;
-            net.forward(Mode::Train);
-            net.backward(&data.labels)?;
-        }
-        let times = net.layer_times().expect("recording is on");
-        net.record_layer_times(false);
-        let fusions = alexnet::fusion::fusions(&plan);
-        for (index, layer) in plan.layers.iter().enumerate() {
-            let steps = args.layer_steps as f64;
-            let macs = match &layer.op {
-                Op::Conv { geometry, .. } => geometry.forward_macs(),
-                Op::Linear { geometry, .. } => geometry.weight_len(),
-                _ => 0,
-            } as f64
-                * batch as f64;
-            let (fwd, bwd) = (times.forward[index] / steps, times.backward[index] / steps);
-            // Backward computes the weight gradient and, except for a layer reading the
-            // network input, the input gradient: two products of the forward's size.
-            let backward_products = if layer.src == 0 { 2.0 } else { 4.0 };
-            layers.push(json!({
-                "layer": layer.label,
-                "output": layer.output.to_string(),
-                "forward_ms": fwd * 1e3,
-                "backward_ms": bwd * 1e3,
-                // 2 flops per multiply-add.
-                "forward_gflops": if macs > 0.0 { 2.0 * macs / fwd / 1e9 } else { 0.0 },
-                "backward_gflops": if macs > 0.0 && bwd > 0.0 { backward_products * macs / bwd / 1e9 } else { 0.0 },
-                // Layers run as one operation: the times are all in one of the rows.
-                "fused_with": match fusions[index] {
-                    Fusion::Alone => None,
-                    Fusion::LrnIntoPool { pool } => Some(plan.layers[pool].label.clone()),
-                    Fusion::PoolAfterLrn { lrn } => Some(plan.layers[lrn].label.clone()),
-                    Fusion::ConvWithRelu { relu } => Some(plan.layers[relu].label.clone()),
-                    Fusion::ReluAfterConv { conv } => Some(plan.layers[conv].label.clone()),
-                },
-            }));
-        }
-    }
+    let (inference, latency) = time_inference(&args, net.as_mut(), &mut rng)?;
+    let layers = if args.layer_steps > 0 {
+        layer_breakdown(&args, net.as_mut(), &mut rng)?
+    } else {
+        Vec::new()
+    };
 
     let report = json!({
         "arch": spec.name,
@@ -249,64 +143,232 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
     });
     if args.json {
         println!("{report}");
-        return Ok(());
+    } else {
+        print_report(&report, &args);
     }
-    println!("alexnet bench: {} on {}", spec.name, backend);
+    Ok(())
+}
+
+/// Training steps on one random batch of `batch` f32 images, repeated.
+fn time_training(
+    args: &BenchArgs,
+    net: &mut dyn Model,
+    rng: &mut Rng,
+    batch: usize,
+    sgd: &Sgd,
+) -> Result<serde_json::Value> {
+    let plan = net.plan();
+    let data = random_batch(rng, batch, plan.input_shape().len(), plan.classes());
+    let per_step = time_steps(args.seconds, || {
+        let loss = net.train_step(&data.images, &data.labels, sgd)?;
+        if !loss.is_finite() {
+            bail!("loss became {loss}");
+        }
+        Ok(())
+    })?;
+    Ok(
+        json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}),
+    )
+}
+
+/// The trainer's own input path: stored bytes (here 1/8 larger than the input on
+/// each side, as 256 is to the paper's 224) from which the backend cuts the
+/// views, reflected and colour-shifted; a GPU does it on the device after copying
+/// a quarter of the bytes an f32 batch needs.
+fn time_stored_training(
+    args: &BenchArgs,
+    net: &mut dyn Model,
+    rng: &mut Rng,
+    batch: usize,
+    sgd: &Sgd,
+) -> Result<serde_json::Value> {
+    let input = net.plan().input_shape();
+    let classes = net.plan().classes();
+    let stored = Shape::new(
+        input.channels,
+        input.height + input.height / 8,
+        input.width + input.width / 8,
+    );
+    let pixels: Vec<u8> = (0..batch * stored.len())
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let views: Vec<ViewPlacement> = (0..batch)
+        .map(|image| ViewPlacement {
+            image,
+            y: rng.below(stored.height - input.height + 1),
+            x: rng.below(stored.width - input.width + 1),
+            flip: rng.below(2) == 1,
+            // In place of a mean image: values centred as the f32 batch's are.
+            shift: [-128.0; 3],
+        })
+        .collect();
+    let stored_batch = StoredBatch {
+        pixels: &pixels,
+        stored,
+        crop_height: input.height,
+        crop_width: input.width,
+        views: &views,
+        subtract_mean: false,
+        scale: [1.0; 3],
+    };
+    let labels = random_batch(rng, batch, 0, classes).labels;
+    let per_step = time_steps(args.seconds, || {
+        net.set_input_stored(&stored_batch)?;
+        net.forward(Mode::Train);
+        let loss = net.backward(&labels)?;
+        net.sgd_step(sgd);
+        if !loss.is_finite() {
+            bail!("loss became {loss}");
+        }
+        Ok(())
+    })?;
+    Ok(
+        json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}),
+    )
+}
+
+/// Inference at `--infer-batch` (its report) and the seconds of one image.
+fn time_inference(
+    args: &BenchArgs,
+    net: &mut dyn Model,
+    rng: &mut Rng,
+) -> Result<(serde_json::Value, f64)> {
+    let (image_len, classes) = (net.plan().input_shape().len(), net.plan().classes());
+    let data = random_batch(rng, args.infer_batch, image_len, classes);
+    let per_batch = time_steps(args.seconds, || {
+        net.predict(&data.images)?;
+        Ok(())
+    })?;
+    let inference =
+        json!({"batch": args.infer_batch, "images_per_s": args.infer_batch as f64 / per_batch});
+    let one = random_batch(rng, 1, image_len, classes);
+    let latency = time_steps(args.seconds.min(5.0), || {
+        net.predict(&one.images)?;
+        Ok(())
+    })?;
+    Ok((inference, latency))
+}
+
+/// Each layer's forward and backward time over `--layer-steps` training passes
+/// at the first training batch size.
+fn layer_breakdown(
+    args: &BenchArgs,
+    net: &mut dyn Model,
+    rng: &mut Rng,
+) -> Result<Vec<serde_json::Value>> {
+    let plan = net.plan().clone();
+    let batch = args.train_batch[0];
+    let data = random_batch(rng, batch, plan.input_shape().len(), plan.classes());
+    net.record_layer_times(true);
+    for _ in 0..args.layer_steps {
+        net.set_input(&data.images)?;
+        net.forward(Mode::Train);
+        net.backward(&data.labels)?;
+    }
+    let times = net.layer_times().expect("recording is on");
+    net.record_layer_times(false);
+    let fusions = alexnet::fusion::fusions(&plan);
+    let steps = args.layer_steps as f64;
+    let mut layers = Vec::new();
+    for (index, layer) in plan.layers.iter().enumerate() {
+        let macs = match &layer.op {
+            Op::Conv { geometry, .. } => geometry.forward_macs(),
+            Op::Linear { geometry, .. } => geometry.weight_len(),
+            _ => 0,
+        } as f64
+            * batch as f64;
+        let (fwd, bwd) = (times.forward[index] / steps, times.backward[index] / steps);
+        // Backward computes the weight gradient and, except for a layer reading the
+        // network input, the input gradient: two products of the forward's size.
+        let backward_products = if layer.src == 0 { 2.0 } else { 4.0 };
+        layers.push(json!({
+            "layer": layer.label,
+            "output": layer.output.to_string(),
+            "forward_ms": fwd * 1e3,
+            "backward_ms": bwd * 1e3,
+            // 2 flops per multiply-add.
+            "forward_gflops": if macs > 0.0 { 2.0 * macs / fwd / 1e9 } else { 0.0 },
+            "backward_gflops": if macs > 0.0 && bwd > 0.0 { backward_products * macs / bwd / 1e9 } else { 0.0 },
+            // Layers run as one operation: the times are all in one of the rows.
+            "fused_with": match fusions[index] {
+                Fusion::Alone => None,
+                Fusion::LrnIntoPool { pool } => Some(plan.layers[pool].label.clone()),
+                Fusion::PoolAfterLrn { lrn } => Some(plan.layers[lrn].label.clone()),
+                Fusion::ConvWithRelu { relu } => Some(plan.layers[relu].label.clone()),
+                Fusion::ReluAfterConv { conv } => Some(plan.layers[conv].label.clone()),
+            },
+        }));
+    }
+    Ok(layers)
+}
+
+/// The report as a table.
+fn print_report(report: &serde_json::Value, args: &BenchArgs) {
+    let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    println!(
+        "alexnet bench: {} on {}",
+        report["arch"].as_str().unwrap_or(""),
+        report["backend"].as_str().unwrap_or("")
+    );
     for t in report["train"].as_array().into_iter().flatten() {
         println!(
             "  training step, batch {:>3}: {:>8.1} images/s ({:.0} ms/step)",
             t["batch"],
-            t["images_per_s"].as_f64().unwrap_or(0.0),
-            t["ms_per_step"].as_f64().unwrap_or(0.0)
+            number(&t["images_per_s"]),
+            number(&t["ms_per_step"])
         );
     }
     if let Some(t) = report["train_stored"].as_object() {
         println!(
             "  training step, batch {:>3}, from stored bytes: {:>8.1} images/s ({:.0} ms/step)",
             t["batch"],
-            t["images_per_s"].as_f64().unwrap_or(0.0),
-            t["ms_per_step"].as_f64().unwrap_or(0.0)
+            number(&t["images_per_s"]),
+            number(&t["ms_per_step"])
         );
     }
     println!(
         "  inference,     batch {:>3}: {:>8.1} images/s",
         args.infer_batch,
-        args.infer_batch as f64 / per_batch
+        number(&report["inference"]["images_per_s"])
     );
-    println!("  latency,       batch   1: {:>8.2} ms", latency * 1e3);
-    if let Some(peak) = train_peak {
+    println!(
+        "  latency,       batch   1: {:>8.2} ms",
+        number(&report["latency_batch1_ms"])
+    );
+    if let Some(peak) = report["peak_resident_bytes_training"].as_u64() {
         println!(
             "  peak resident memory after training: {:.2} GiB",
             peak as f64 / (1u64 << 30) as f64
         );
     }
-    if !layers.is_empty() {
-        println!(
-            "\n  per layer, training batch {} (ms):",
-            args.train_batch[0]
-        );
-        println!(
-            "  {:<22} {:>12} {:>10} {:>10} {:>9} {:>9}",
-            "layer", "output", "forward", "backward", "fwd GF/s", "bwd GF/s"
-        );
-        for l in &layers {
-            println!(
-                "  {:<22} {:>12} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",
-                l["layer"].as_str().unwrap_or(""),
-                l["output"].as_str().unwrap_or(""),
-                l["forward_ms"].as_f64().unwrap_or(0.0),
-                l["backward_ms"].as_f64().unwrap_or(0.0),
-                l["forward_gflops"].as_f64().unwrap_or(0.0),
-                l["backward_gflops"].as_f64().unwrap_or(0.0),
-            );
-        }
-        if layers.iter().any(|l| !l["fused_with"].is_null()) {
-            println!(
-                "  (fused layers: a ReLU's forward pass is in its convolution's row; an LRN and the \
-                 max pooling after it run as one operation, both forward passes in the LRN's row, \
-                 both backward passes in the pooling's)"
-            );
-        }
+    let layers = report["layers"].as_array().map_or(&[][..], |l| &l[..]);
+    if layers.is_empty() {
+        return;
     }
-    Ok(())
+    println!(
+        "\n  per layer, training batch {} (ms):",
+        args.train_batch[0]
+    );
+    println!(
+        "  {:<22} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "layer", "output", "forward", "backward", "fwd GF/s", "bwd GF/s"
+    );
+    for l in layers {
+        println!(
+            "  {:<22} {:>12} {:>10.2} {:>10.2} {:>9.0} {:>9.0}",
+            l["layer"].as_str().unwrap_or(""),
+            l["output"].as_str().unwrap_or(""),
+            number(&l["forward_ms"]),
+            number(&l["backward_ms"]),
+            number(&l["forward_gflops"]),
+            number(&l["backward_gflops"]),
+        );
+    }
+    if layers.iter().any(|l| !l["fused_with"].is_null()) {
+        println!(
+            "  (fused layers: a ReLU's forward pass is in its convolution's row; an LRN and the \
+             max pooling after it run as one operation, both forward passes in the LRN's row, \
+             both backward passes in the pooling's)"
+        );
+    }
 }

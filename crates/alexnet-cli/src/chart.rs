@@ -178,6 +178,27 @@ impl Canvas {
     }
 }
 
+/// Where the plot area lies on the canvas, and the data range it shows.
+struct Axes {
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+impl Axes {
+    /// Canvas position of a data point.
+    fn to_px(&self, (x, y): (f64, f64)) -> (f64, f64) {
+        let ((x_lo, x_hi), (y_lo, y_hi)) = (self.x, self.y);
+        (
+            self.left + (x - x_lo) / (x_hi - x_lo) * (self.right - self.left),
+            self.bottom - (y - y_lo) / (y_hi - y_lo) * (self.bottom - self.top),
+        )
+    }
+}
+
 impl LineChart {
     pub fn render(&self, width: u32, height: u32) -> RgbImage {
         let font = FontRef::try_from_slice(FONT).expect("the bundled font is valid");
@@ -185,8 +206,26 @@ impl LineChart {
             image: RgbImage::from_pixel(width, height, WHITE),
             font,
         };
-        let (left, right, top, bottom) = (80.0, width as f64 - 20.0, 50.0, height as f64 - 60.0);
+        let (x, y) = self.data_range();
+        let axes = Axes {
+            left: 80.0,
+            right: width as f64 - 20.0,
+            top: 50.0,
+            bottom: height as f64 - 60.0,
+            x,
+            y,
+        };
+        draw_axes(&mut canvas, &axes);
+        self.draw_reference(&mut canvas, &axes);
+        self.draw_series(&mut canvas, &axes);
+        self.draw_legend(&mut canvas, &axes);
+        self.draw_labels(&mut canvas, &axes, width, height);
+        canvas.image
+    }
 
+    /// The x and y ranges shown: every finite point, the reference line, and 0
+    /// on the y axis, with 5% room above.
+    fn data_range(&self) -> ((f64, f64), (f64, f64)) {
         let points = self.series.iter().flat_map(|s| s.points.iter().copied());
         let (mut x_lo, mut x_hi, mut y_lo, mut y_hi) =
             (f64::INFINITY, f64::NEG_INFINITY, 0.0f64, f64::NEG_INFINITY);
@@ -208,70 +247,41 @@ impl LineChart {
         if y_hi <= y_lo {
             y_hi = y_lo + 1.0;
         }
-        y_hi *= 1.05;
-        let to_px = |(x, y): (f64, f64)| {
-            (
-                left + (x - x_lo) / (x_hi - x_lo) * (right - left),
-                bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top),
-            )
+        ((x_lo, x_hi), (y_lo, y_hi * 1.05))
+    }
+
+    fn draw_reference(&self, canvas: &mut Canvas, axes: &Axes) {
+        let Some((y, label)) = &self.reference else {
+            return;
         };
-
-        for t in ticks(y_lo, y_hi, 6) {
-            let (_, py) = to_px((x_lo, t));
-            canvas.rect(left as i64, py as i64, right as i64, py as i64, GRID);
-            let label = format_tick(t);
-            let w = canvas.text_width(&label, 13.0);
-            canvas.text(&label, left - 8.0 - w, py + 5.0, 13.0, BLACK);
-        }
-        for t in ticks(x_lo, x_hi, 8) {
-            let (px, _) = to_px((t, y_lo));
-            canvas.rect(
-                px as i64,
-                bottom as i64,
-                px as i64,
-                bottom as i64 + 5,
-                BLACK,
-            );
-            let label = format_tick(t);
-            let w = canvas.text_width(&label, 13.0);
-            canvas.text(&label, px - w / 2.0, bottom + 20.0, 13.0, BLACK);
-        }
-        canvas.rect(left as i64, top as i64, left as i64, bottom as i64, BLACK);
-        canvas.rect(
-            left as i64,
-            bottom as i64,
-            right as i64,
-            bottom as i64,
-            BLACK,
+        let (_, py) = axes.to_px((axes.x.0, *y));
+        let mut phase = 0.0;
+        canvas.line(
+            (axes.left, py),
+            (axes.right, py),
+            Rgb([120, 120, 120]),
+            1.0,
+            3.0,
+            &mut phase,
         );
+        canvas.text(
+            label,
+            axes.right - canvas.text_width(label, 12.0) - 4.0,
+            py - 4.0,
+            12.0,
+            Rgb([90, 90, 90]),
+        );
+    }
 
-        if let Some((y, label)) = &self.reference {
-            let (_, py) = to_px((x_lo, *y));
-            let mut phase = 0.0;
-            canvas.line(
-                (left, py),
-                (right, py),
-                Rgb([120, 120, 120]),
-                1.0,
-                3.0,
-                &mut phase,
-            );
-            canvas.text(
-                label,
-                right - canvas.text_width(label, 12.0) - 4.0,
-                py - 4.0,
-                12.0,
-                Rgb([90, 90, 90]),
-            );
-        }
+    fn draw_series(&self, canvas: &mut Canvas, axes: &Axes) {
         for series in &self.series {
             let colour = Rgb(PALETTE[series.colour % PALETTE.len()]);
             let mut phase = 0.0;
             let dash = if series.dashed { 8.0 } else { 0.0 };
             for pair in series.points.windows(2) {
                 canvas.line(
-                    to_px(pair[0]),
-                    to_px(pair[1]),
+                    axes.to_px(pair[0]),
+                    axes.to_px(pair[1]),
                     colour,
                     2.0,
                     dash,
@@ -279,7 +289,7 @@ impl LineChart {
                 );
             }
             if series.points.len() == 1 {
-                let (px, py) = to_px(series.points[0]);
+                let (px, py) = axes.to_px(series.points[0]);
                 canvas.rect(
                     px as i64 - 2,
                     py as i64 - 2,
@@ -289,13 +299,15 @@ impl LineChart {
                 );
             }
         }
+    }
 
-        // Legend, top right inside the axes.
-        let mut y = top + 18.0;
+    /// The legend, top right inside the axes.
+    fn draw_legend(&self, canvas: &mut Canvas, axes: &Axes) {
+        let mut y = axes.top + 18.0;
         for series in &self.series {
             let colour = Rgb(PALETTE[series.colour % PALETTE.len()]);
             let w = canvas.text_width(&series.label, 13.0);
-            let x = right - w - 50.0;
+            let x = axes.right - w - 50.0;
             let mut phase = 0.0;
             canvas.line(
                 (x, y - 5.0),
@@ -308,7 +320,10 @@ impl LineChart {
             canvas.text(&series.label, x + 42.0, y, 13.0, BLACK);
             y += 18.0;
         }
+    }
 
+    /// The title and the two axis labels.
+    fn draw_labels(&self, canvas: &mut Canvas, axes: &Axes, width: u32, height: u32) {
         let title_width = canvas.text_width(&self.title, 16.0);
         canvas.text(
             &self.title,
@@ -320,14 +335,47 @@ impl LineChart {
         let x_width = canvas.text_width(&self.x_label, 14.0);
         canvas.text(
             &self.x_label,
-            (left + right - x_width) / 2.0,
+            (axes.left + axes.right - x_width) / 2.0,
             height as f64 - 18.0,
             14.0,
             BLACK,
         );
-        canvas.vertical_text(&self.y_label, 22.0, (top + bottom) / 2.0, 14.0, BLACK);
-        canvas.image
+        let middle = (axes.top + axes.bottom) / 2.0;
+        canvas.vertical_text(&self.y_label, 22.0, middle, 14.0, BLACK);
     }
+}
+
+/// Grid lines with their values on the y axis, ticks on the x axis, and the two axes.
+fn draw_axes(canvas: &mut Canvas, axes: &Axes) {
+    let (left, right, top, bottom) = (axes.left, axes.right, axes.top, axes.bottom);
+    for t in ticks(axes.y.0, axes.y.1, 6) {
+        let (_, py) = axes.to_px((axes.x.0, t));
+        canvas.rect(left as i64, py as i64, right as i64, py as i64, GRID);
+        let label = format_tick(t);
+        let w = canvas.text_width(&label, 13.0);
+        canvas.text(&label, left - 8.0 - w, py + 5.0, 13.0, BLACK);
+    }
+    for t in ticks(axes.x.0, axes.x.1, 8) {
+        let (px, _) = axes.to_px((t, axes.y.0));
+        canvas.rect(
+            px as i64,
+            bottom as i64,
+            px as i64,
+            bottom as i64 + 5,
+            BLACK,
+        );
+        let label = format_tick(t);
+        let w = canvas.text_width(&label, 13.0);
+        canvas.text(&label, px - w / 2.0, bottom + 20.0, 13.0, BLACK);
+    }
+    canvas.rect(left as i64, top as i64, left as i64, bottom as i64, BLACK);
+    canvas.rect(
+        left as i64,
+        bottom as i64,
+        right as i64,
+        bottom as i64,
+        BLACK,
+    );
 }
 
 #[cfg(test)]

@@ -56,12 +56,8 @@ pub fn without_cuda(flag: &str, ordinal: usize) -> anyhow::Error {
 /// rather than panicking.
 #[cfg(feature = "cuda")]
 pub fn cuda(ordinal: usize, engine: &EngineSettings) -> Result<alexnet_cuda::CudaBackend> {
-    alexnet_cuda::CudaBackend::with_options(
-        ordinal,
-        engine.cuda_precision(),
-        engine.cuda_algorithms(),
-    )
-    .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
+    alexnet_cuda::CudaBackend::with_options(ordinal, engine.gpu_precision, engine.cuda_algorithms())
+        .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
 }
 
 /// `with_backend!(device, engine, |backend| body)`: evaluates `body` (a `Result`)

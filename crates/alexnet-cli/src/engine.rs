@@ -4,13 +4,16 @@
 //! process-global: two values (an experiment's fp32 and bf16 variants) live side
 //! by side.
 
+use std::sync::Arc;
+
 use alexnet::{Bf16Kernel, Cpu, Precision, Products};
 use anyhow::{Result, bail};
 use clap::ValueEnum;
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::device::Device;
 
-/// Arithmetic of the matrix products.
+/// Arithmetic of the matrix products: `--precision`, as the engine's [`Precision`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     /// f32 operands and sums.
@@ -19,6 +22,16 @@ pub enum PrecisionArg {
     Tf32,
     /// Mixed precision: bf16 operands, f32 sums, f32 weights and everything else.
     Bf16,
+}
+
+impl PrecisionArg {
+    fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::Fp32 => Precision::F32,
+            PrecisionArg::Tf32 => Precision::Tf32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
 }
 
 /// Which convolution algorithms cuDNN may choose from (--device cuda:N, fp32).
@@ -44,17 +57,19 @@ pub enum KernelArg {
 }
 
 /// How every backend of a command computes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineSettings {
     /// The CPU backend's products: precision and bf16 kernel (checked to exist).
     pub products: Products,
     /// `--precision` as a GPU takes it (tf32 too). Read only by the CUDA backend.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub gpu_precision: PrecisionArg,
+    pub gpu_precision: Precision,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub conv_algorithms: ConvAlgorithmsArg,
-    /// Worker threads of a CPU backend's pool; `None`: one per core.
-    pub threads: Option<usize>,
+    /// The one pool of worker threads the command runs on (`main` runs the
+    /// command inside it) and every CPU backend's layers run on: a layer called
+    /// from one of its threads just runs, with nothing handed across pools.
+    pub pool: Arc<ThreadPool>,
 }
 
 /// The most worker threads `--threads` takes: far beyond any machine's cores,
@@ -88,53 +103,48 @@ impl EngineSettings {
             }
             Device::Cpu => cpu_products(precision, kernel)?,
         };
+        let mut pool = ThreadPoolBuilder::new().thread_name(|i| format!("alexnet-{i}"));
+        if let Some(threads) = threads {
+            pool = pool.num_threads(threads);
+        }
+        let pool = pool
+            .build()
+            .map_err(|e| anyhow::anyhow!("--threads: cannot start the worker threads: {e}"))?;
         Ok(EngineSettings {
             products,
-            gpu_precision: precision,
+            gpu_precision: precision.precision(),
             conv_algorithms,
-            threads,
+            pool: Arc::new(pool),
         })
     }
 
     /// The same settings with the matrix products in `precision` (on the CPU with
     /// the same bf16 kernel): for experiments that compare precisions.
-    pub fn with_precision(self, precision: Precision) -> EngineSettings {
+    pub fn with_precision(&self, precision: Precision) -> EngineSettings {
         EngineSettings {
             products: Products {
                 precision,
                 ..self.products
             },
-            gpu_precision: match precision {
-                Precision::F32 => PrecisionArg::Fp32,
-                Precision::Bf16 => PrecisionArg::Bf16,
-            },
-            ..self
+            gpu_precision: precision,
+            ..self.clone()
         }
     }
 
-    /// A CPU backend with these settings and a thread pool of its own.
+    /// A CPU backend with these settings, on the command's pool; its
+    /// convolutions' buffers are its own.
     pub fn cpu(&self) -> Result<Cpu> {
-        let cpu = Cpu::with_products(self.products)?;
-        Ok(match self.threads {
-            Some(threads) => cpu.with_threads(threads)?,
-            None => cpu,
-        })
+        Ok(Cpu::with_products(self.products)?.with_pool(self.pool.clone()))
+    }
+
+    /// Runs `work` (a command) on the pool.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(work)
     }
 
     /// Threads for work beside a backend's (the loader of `eval`, `features`).
     pub fn worker_threads(&self) -> usize {
-        self.threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// The CUDA backend's rounding of its products.
-    #[cfg(feature = "cuda")]
-    pub fn cuda_precision(&self) -> alexnet_cuda::Precision {
-        match self.gpu_precision {
-            PrecisionArg::Fp32 => alexnet_cuda::Precision::F32,
-            PrecisionArg::Tf32 => alexnet_cuda::Precision::Tf32,
-            PrecisionArg::Bf16 => alexnet_cuda::Precision::Bf16,
-        }
+        self.pool.current_num_threads()
     }
 
     /// The CUDA backend's choice of convolution algorithms.
@@ -167,10 +177,7 @@ fn cpu_products(precision: PrecisionArg, kernel: KernelArg) -> Result<Products> 
             Bf16Kernel::detect().name()
         );
     }
-    let precision = match precision {
-        PrecisionArg::Bf16 => Precision::Bf16,
-        _ => Precision::F32,
-    };
+    let precision = precision.precision();
     if precision == Precision::Bf16 && bf16_kernel == Bf16Kernel::Portable {
         // Correct everywhere, but without the bf16 instructions it is several
         // times slower than f32: say so rather than leave a user wondering.

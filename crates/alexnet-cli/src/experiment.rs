@@ -56,7 +56,7 @@ pub struct ExperimentArgs {
     #[arg(long, default_value_t = 4)]
     epochs: usize,
     /// Learning rate (default: the base recipe's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     /// Batch size (default: the base recipe's).
     #[arg(long)]
@@ -120,21 +120,24 @@ fn map_layers(spec: &NetSpec, f: impl FnMut(&LayerSpec) -> Option<LayerSpec>) ->
     out
 }
 
+impl Variant {
+    /// A variant trained in fp32; `dashed` in the figure.
+    fn fp32(name: &'static str, spec: NetSpec, dashed: bool) -> Variant {
+        Variant {
+            name,
+            spec,
+            dashed,
+            precision: Precision::F32,
+        }
+    }
+}
+
 /// The variants of an experiment, the base's own form first.
 fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
-    let keep = |l: &LayerSpec| Some(l.clone());
-    let base_variant = |name| Variant {
-        name,
-        spec: base.clone(),
-        dashed: false,
-        precision: Precision::F32,
-    };
-    let count = |pred: fn(&LayerSpec) -> bool| base.layers.iter().filter(|l| pred(l)).count();
-    let v = match experiment {
+    let same = |name| Variant::fp32(name, base.clone(), false);
+    Ok(match experiment {
         Experiment::ReluVsTanh => {
-            if count(|l| matches!(l, LayerSpec::Relu)) == 0 {
-                bail!("the base description has no ReLU to replace");
-            }
+            require(base, |l| matches!(l, LayerSpec::Relu), "no ReLU to replace")?;
             let tanh = map_layers(base, |l| {
                 Some(if *l == LayerSpec::Relu {
                     LayerSpec::Tanh
@@ -142,41 +145,21 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                     l.clone()
                 })
             });
-            vec![
-                base_variant("relu"),
-                Variant {
-                    name: "tanh",
-                    spec: tanh,
-                    dashed: true,
-                    precision: Precision::F32,
-                },
-            ]
+            vec![same("relu"), Variant::fp32("tanh", tanh, true)]
         }
         Experiment::Lrn => {
-            if count(|l| matches!(l, LayerSpec::Lrn(_))) == 0 {
-                bail!("the base description has no LRN layer to remove");
-            }
-            let without = map_layers(base, |l| {
-                if matches!(l, LayerSpec::Lrn(_)) {
-                    None
-                } else {
-                    keep(l)
-                }
-            });
+            let is_lrn = |l: &LayerSpec| matches!(l, LayerSpec::Lrn(_));
+            require(base, is_lrn, "no LRN layer to remove")?;
+            let without = map_layers(base, |l| (!is_lrn(l)).then(|| l.clone()));
             vec![
-                base_variant("with LRN"),
-                Variant {
-                    name: "without LRN",
-                    spec: without,
-                    dashed: true,
-                    precision: Precision::F32,
-                },
+                same("with LRN"),
+                Variant::fp32("without LRN", without, true),
             ]
         }
         Experiment::OverlappingPool => {
-            if count(|l| matches!(l, LayerSpec::MaxPool(p) if p.size > p.stride)) == 0 {
-                bail!("the base description has no overlapping max pooling");
-            }
+            let overlapping =
+                |l: &LayerSpec| matches!(l, LayerSpec::MaxPool(p) if p.size > p.stride);
+            require(base, overlapping, "no overlapping max pooling")?;
             let plain = map_layers(base, |l| match l {
                 LayerSpec::MaxPool(p) if p.size > p.stride => {
                     Some(LayerSpec::MaxPool(alexnet::spec::PoolSpec {
@@ -184,104 +167,28 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                         stride: p.stride,
                     }))
                 }
-                other => keep(other),
+                other => Some(other.clone()),
             });
             vec![
-                base_variant("overlapping 3/2"),
-                Variant {
-                    name: "plain 2/2",
-                    spec: plain,
-                    dashed: true,
-                    precision: Precision::F32,
-                },
+                same("overlapping 3/2"),
+                Variant::fp32("plain 2/2", plain, true),
             ]
         }
         Experiment::Dropout => {
-            if count(|l| matches!(l, LayerSpec::Dropout(_))) == 0 {
-                bail!("the base description has no dropout layer to remove");
-            }
-            let without = map_layers(base, |l| {
-                if matches!(l, LayerSpec::Dropout(_)) {
-                    None
-                } else {
-                    keep(l)
-                }
-            });
+            let is_dropout = |l: &LayerSpec| matches!(l, LayerSpec::Dropout(_));
+            require(base, is_dropout, "no dropout layer to remove")?;
+            let without = map_layers(base, |l| (!is_dropout(l)).then(|| l.clone()));
             vec![
-                base_variant("with dropout"),
-                Variant {
-                    name: "without dropout",
-                    spec: without,
-                    dashed: true,
-                    precision: Precision::F32,
-                },
+                same("with dropout"),
+                Variant::fp32("without dropout", without, true),
             ]
         }
-        Experiment::Towers => {
-            // Two towers: every convolution after the first and every LRN split in
-            // two groups (the paper's layout). One tower, as the paper's comparison
-            // net (Section 3.2): half the kernels in every convolution but the
-            // last, which keeps its count, as do the fully connected layers, so
-            // that the two nets have about as many parameters.
-            let last_conv = base
-                .layers
-                .iter()
-                .filter(|l| matches!(l, LayerSpec::Conv(_)))
-                .count();
-            let mut convolutions = 0;
-            let two = map_layers(base, |l| match l {
-                LayerSpec::Conv(c) => {
-                    convolutions += 1;
-                    let groups = if convolutions > 1 { 2 } else { c.groups };
-                    Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
-                        groups,
-                        ..c.clone()
-                    }))
-                }
-                LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
-                    groups: 2,
-                    ..n.clone()
-                })),
-                other => keep(other),
-            });
-            let mut convolutions = 0;
-            let one = map_layers(base, |l| match l {
-                LayerSpec::Conv(c) => {
-                    convolutions += 1;
-                    let out = if convolutions == last_conv {
-                        c.out
-                    } else {
-                        c.out / 2
-                    };
-                    Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
-                        out,
-                        groups: 1,
-                        ..c.clone()
-                    }))
-                }
-                LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
-                    groups: 1,
-                    ..n.clone()
-                })),
-                other => keep(other),
-            });
-            vec![
-                Variant {
-                    name: "two towers",
-                    spec: two,
-                    dashed: false,
-                    precision: Precision::F32,
-                },
-                Variant {
-                    name: "one tower, half the kernels",
-                    spec: one,
-                    dashed: true,
-                    precision: Precision::F32,
-                },
-            ]
-        }
+        Experiment::Towers => vec![
+            Variant::fp32("two towers", two_towers(base), false),
+            Variant::fp32("one tower, half the kernels", one_tower(base), true),
+        ],
         Experiment::Precision => vec![
-            base_variant("fp32"),
+            same("fp32"),
             Variant {
                 name: "bf16 products",
                 spec: base.clone(),
@@ -289,8 +196,68 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                 precision: Precision::Bf16,
             },
         ],
-    };
-    Ok(v)
+    })
+}
+
+/// Refuses a base description without a layer the experiment changes.
+fn require(base: &NetSpec, wanted: impl Fn(&LayerSpec) -> bool, missing: &str) -> Result<()> {
+    if !base.layers.iter().any(wanted) {
+        bail!("the base description has {missing}");
+    }
+    Ok(())
+}
+
+/// The paper's layout: every convolution after the first and every LRN split in
+/// two groups.
+fn two_towers(base: &NetSpec) -> NetSpec {
+    let mut convolutions = 0;
+    map_layers(base, |l| match l {
+        LayerSpec::Conv(c) => {
+            convolutions += 1;
+            let groups = if convolutions > 1 { 2 } else { c.groups };
+            Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
+                groups,
+                ..c.clone()
+            }))
+        }
+        LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
+            groups: 2,
+            ..n.clone()
+        })),
+        other => Some(other.clone()),
+    })
+}
+
+/// The paper's comparison net (Section 3.2): one tower with half the kernels in
+/// every convolution but the last, which keeps its count, as do the fully
+/// connected layers, so that the two nets have about as many parameters.
+fn one_tower(base: &NetSpec) -> NetSpec {
+    let last_conv = base
+        .layers
+        .iter()
+        .filter(|l| matches!(l, LayerSpec::Conv(_)))
+        .count();
+    let mut convolutions = 0;
+    map_layers(base, |l| match l {
+        LayerSpec::Conv(c) => {
+            convolutions += 1;
+            let out = if convolutions == last_conv {
+                c.out
+            } else {
+                c.out / 2
+            };
+            Some(LayerSpec::Conv(alexnet::spec::ConvSpec {
+                out,
+                groups: 1,
+                ..c.clone()
+            }))
+        }
+        LayerSpec::Lrn(n) => Some(LayerSpec::Lrn(alexnet::spec::LrnSpec {
+            groups: 1,
+            ..n.clone()
+        })),
+        other => Some(other.clone()),
+    })
 }
 
 fn mean_and_spread(values: &[f64]) -> (f64, f64) {
@@ -303,7 +270,7 @@ fn mean_and_spread(values: &[f64]) -> (f64, f64) {
 /// (epochs done, training error, elapsed seconds) of each step line of a run:
 /// the error over the steps since the previous line, so the time to a
 /// threshold is resolved to a fraction of an epoch.
-fn step_curve(record: &Record) -> Vec<(f64, f64, f64)> {
+fn step_curve(record: &Record) -> Curve {
     let points = record.steps.iter();
     points
         .map(|l| (l.epochs_done, l.train_error, l.elapsed_s))
@@ -311,7 +278,7 @@ fn step_curve(record: &Record) -> Vec<(f64, f64, f64)> {
 }
 
 /// (epoch, training error, elapsed seconds) of each epoch of a run.
-fn epoch_curve(record: &Record) -> Vec<(f64, f64, f64)> {
+fn epoch_curve(record: &Record) -> Curve {
     let points = record.epochs.iter();
     points
         .map(|l| (l.epoch as f64, l.train_error, l.elapsed_s))
@@ -337,6 +304,64 @@ struct Budget<'a> {
 }
 
 impl Budget<'_> {
+    /// Trains every variant with every seed in `out`; runs finished before are
+    /// read back, not trained again.
+    fn train_all(&self, variants: &[Variant], out: &Path) -> Result<Vec<Vec<Run>>> {
+        let mut runs = Vec::new();
+        for (index, variant) in variants.iter().enumerate() {
+            let spec_path = out.join(format!("variant{index}.toml"));
+            crate::output::write_atomically(&spec_path, variant.spec.to_toml().as_bytes())?;
+            let mut seeds = Vec::new();
+            for seed in 1..=self.args.seeds {
+                let dir = out.join(format!("variant{index}-seed{seed}"));
+                let record = if dir.join(RECORD).exists() {
+                    eprintln!("{} seed {seed}: already done", variant.name);
+                    read_record(&dir)?
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    eprintln!("{} seed {seed}: training", variant.name);
+                    self.train(variant, seed, &dir)?
+                };
+                seeds.push(Run { dir, record });
+            }
+            runs.push(seeds);
+        }
+        Ok(runs)
+    }
+
+    /// The top-1 test error of the last weights of the run in `run_dir`.
+    fn test_error(
+        &self,
+        variant: &Variant,
+        dataset: &Dataset,
+        split: &str,
+        run_dir: &Path,
+    ) -> Result<f64> {
+        let path = run_dir.join("last.safetensors");
+        let ckpt = checkpoint::load_weights(&path)?;
+        let preprocess = Preprocess::from_checkpoint(&ckpt)?;
+        let engine = self.engine.with_precision(variant.precision);
+        let mut net = self
+            .args
+            .placement
+            .nets(&engine)
+            .network_zeroed(&ckpt.spec, 100)?;
+        ckpt.apply(net.as_mut(), &path, false)?;
+        let shape = net.plan().input_shape();
+        let view = eval_view(&preprocess, shape.height, shape.width, false);
+        let result = evaluate(
+            net.as_mut(),
+            dataset.split(split)?,
+            None,
+            view,
+            dataset,
+            preprocess.mean_for(dataset)?,
+            engine.worker_threads(),
+            false,
+        )?;
+        Ok(result.top1_error())
+    }
+
     /// Trains `variant` with `seed` in `run_dir` and keeps its curves there.
     fn train(&self, variant: &Variant, seed: u64, run_dir: &Path) -> Result<Record> {
         let args = self.args;
@@ -368,19 +393,21 @@ fn time_to(curve: &[(f64, f64, f64)], threshold: f64) -> Option<(f64, f64)> {
         .map(|(ep, _, s)| (*ep, *s))
 }
 
+/// One finished run: where it trained and what it recorded.
+struct Run {
+    dir: PathBuf,
+    record: Record,
+}
+
+/// (epochs, training error, seconds) points.
+type Curve = Vec<(f64, f64, f64)>;
+
 pub fn run(args: ExperimentArgs, engine: &EngineSettings) -> Result<()> {
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
     let base = NetSpec::resolve(&args.base)?;
     let variants = variants(args.name, &base)?;
-    if args.placement.parallel.is_some() {
-        // Refuse a variant that cannot be split before any other trains for hours.
-        for variant in &variants {
-            TowerLayout::new(&variant.spec, args.placement.devices.len()).map_err(|e| {
-                anyhow::anyhow!("--parallel towers: the variant '{}': {e}", variant.name)
-            })?;
-        }
-    }
+    check_splittable(&args, &variants)?;
     let experiment_name = args
         .name
         .to_possible_value()
@@ -391,133 +418,39 @@ pub fn run(args: ExperimentArgs, engine: &EngineSettings) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs/experiments").join(&experiment_name));
     std::fs::create_dir_all(&out)?;
 
-    // Step lines every 100 steps (the train default), or four per epoch on small
-    // sets, so that the time to a threshold is resolved within an epoch.
-    let batch = args.batch.unwrap_or(base.recipe.batch).max(1);
-    let train_images = dataset.split("train")?.len().saturating_sub(args.holdout);
-    let log_every = (train_images / batch / 4).clamp(1, 100);
-
-    // Train every variant with every seed (runs already finished are kept).
     let budget = Budget {
         args: &args,
         engine,
-        log_every: log_every as u64,
+        log_every: log_every(&args, &base, &dataset)?,
     };
-    let mut runs: Vec<Vec<PathBuf>> = Vec::new();
-    let mut records: Vec<Vec<Record>> = Vec::new();
-    for (index, variant) in variants.iter().enumerate() {
-        let spec_path = out.join(format!("variant{index}.toml"));
-        crate::output::write_atomically(&spec_path, variant.spec.to_toml().as_bytes())?;
-        let (mut seeds, mut curves) = (Vec::new(), Vec::new());
-        for seed in 1..=args.seeds {
-            let run_dir = out.join(format!("variant{index}-seed{seed}"));
-            let record = if run_dir.join(RECORD).exists() {
-                eprintln!("{} seed {seed}: already done", variant.name);
-                read_record(&run_dir)?
-            } else {
-                let _ = std::fs::remove_dir_all(&run_dir);
-                eprintln!("{} seed {seed}: training", variant.name);
-                budget.train(variant, seed, &run_dir)?
-            };
-            seeds.push(run_dir);
-            curves.push(record);
-        }
-        runs.push(seeds);
-        records.push(curves);
-    }
-
-    // The threshold rule: given, or the first variant's mean training error after a
-    // quarter of its epochs. Times to the threshold come from the step lines.
-    let curves: Vec<Vec<Vec<(f64, f64, f64)>>> = records
-        .iter()
-        .map(|seeds| seeds.iter().map(epoch_curve).collect())
-        .collect();
-    let step_curves: Vec<Vec<Vec<(f64, f64, f64)>>> = records
-        .iter()
-        .map(|seeds| seeds.iter().map(step_curve).collect())
-        .collect();
+    let runs = budget.train_all(&variants, &out)?;
     let threshold = match args.threshold {
         Some(t) => t / 100.0,
-        None => {
-            let quarter = args.epochs as f64 / 4.0;
-            let at_quarter: Vec<f64> = step_curves[0]
-                .iter()
-                .filter_map(|c| c.iter().find(|(e, _, _)| *e >= quarter).map(|p| p.1))
-                .collect();
-            if at_quarter.is_empty() {
-                bail!(
-                    "the runs logged no step reaching a quarter of their epochs; the threshold rule needs one"
-                );
-            }
-            mean_and_spread(&at_quarter).0
-        }
+        None => default_threshold(&runs[0], args.epochs)?,
     };
-
-    // Test error of each run's last weights.
     let test_split = dataset
         .split_names()
         .into_iter()
         .find(|s| s == "test" || s == "val");
-    let mut rows = Vec::new();
-    let mut series = Vec::new();
+    let (mut rows, mut series) = (Vec::new(), Vec::new());
     for (index, (variant, seeds)) in variants.iter().zip(&runs).enumerate() {
-        let mut train_errors = Vec::new();
         let mut test_errors = Vec::new();
-        let mut epochs_to = Vec::new();
-        let mut seconds_to = Vec::new();
-        for (seed, run_dir) in seeds.iter().enumerate() {
-            let curve = &curves[index][seed];
-            if let Some(last) = curve.last() {
-                train_errors.push(last.1);
+        if let Some(split) = &test_split {
+            for run in seeds {
+                test_errors.push(budget.test_error(variant, &dataset, split, &run.dir)?);
             }
-            if let Some((e, s)) = time_to(&step_curves[index][seed], threshold) {
-                epochs_to.push(e);
-                seconds_to.push(s);
-            }
-            if let Some(split) = &test_split {
-                let path = run_dir.join("last.safetensors");
-                let ckpt = checkpoint::load_weights(&path)?;
-                let preprocess = Preprocess::from_checkpoint(&ckpt)?;
-                let engine = engine.with_precision(variant.precision);
-                let mut net = args
-                    .placement
-                    .nets(&engine)
-                    .network_zeroed(&ckpt.spec, 100)?;
-                ckpt.apply(net.as_mut(), &path, false)?;
-                let shape = net.plan().input_shape();
-                let view = eval_view(&preprocess, shape.height, shape.width, false);
-                let result = evaluate(
-                    net.as_mut(),
-                    dataset.split(split)?,
-                    None,
-                    view,
-                    &dataset,
-                    preprocess.mean_for(&dataset)?,
-                    engine.worker_threads(),
-                    false,
-                )?;
-                test_errors.push(result.top1_error());
-            }
-            series.push(Series {
+        }
+        rows.push(variant_row(variant, seeds, threshold, &test_errors));
+        series.extend(seeds.iter().enumerate().map(|(seed, run)| {
+            Series {
                 label: format!("{} (seed {})", variant.name, seed + 1),
-                points: curve.iter().map(|(e, err, _)| (*e, err * 100.0)).collect(),
+                points: epoch_curve(&run.record)
+                    .iter()
+                    .map(|(e, err, _)| (*e, err * 100.0))
+                    .collect(),
                 dashed: variant.dashed,
                 colour: index,
-            });
-        }
-        let (train_mean, train_sd) = mean_and_spread(&train_errors);
-        let (test_mean, test_sd) = mean_and_spread(&test_errors);
-        let (epochs_mean, _) = mean_and_spread(&epochs_to);
-        let (seconds_mean, _) = mean_and_spread(&seconds_to);
-        rows.push(json!({
-            "variant": variant.name,
-            "runs": seeds.len(),
-            "final_train_error": {"mean": train_mean, "sd": train_sd},
-            "test_error": if test_errors.is_empty() { json!(null) } else { json!({"mean": test_mean, "sd": test_sd}) },
-            "reached_threshold": epochs_to.len(),
-            "epochs_to_threshold": if epochs_to.len() == seeds.len() { json!(epochs_mean) } else { json!(null) },
-            "epochs_to_threshold_per_seed": epochs_to,
-            "seconds_to_threshold": if seconds_to.len() == seeds.len() { json!(seconds_mean) } else { json!(null) },
+            }
         }));
     }
 
@@ -532,14 +465,99 @@ pub fn run(args: ExperimentArgs, engine: &EngineSettings) -> Result<()> {
         "paper": paper_claim(args.name),
         "variants": rows,
     });
+    let title = format!("{experiment_name} on {}", dataset.info().name);
+    write_results(&out, &results, title, series, threshold)
+}
+
+/// Under `--parallel towers`, refuses a variant that cannot be split before any
+/// other trains for hours.
+fn check_splittable(args: &ExperimentArgs, variants: &[Variant]) -> Result<()> {
+    if args.placement.parallel.is_some() {
+        for variant in variants {
+            TowerLayout::new(&variant.spec, args.placement.devices.len()).map_err(|e| {
+                anyhow::anyhow!("--parallel towers: the variant '{}': {e}", variant.name)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Step lines every 100 steps (the train default), or four per epoch on small
+/// sets, so that the time to a threshold is resolved within an epoch.
+fn log_every(args: &ExperimentArgs, base: &NetSpec, dataset: &Dataset) -> Result<u64> {
+    let batch = args.batch.unwrap_or(base.recipe.batch).max(1);
+    let train_images = dataset.split("train")?.len().saturating_sub(args.holdout);
+    Ok((train_images / batch / 4).clamp(1, 100) as u64)
+}
+
+/// The default threshold rule: the first variant's mean training error (over its
+/// seeds' step lines) once a quarter of the epochs are done.
+fn default_threshold(first: &[Run], epochs: usize) -> Result<f64> {
+    let quarter = epochs as f64 / 4.0;
+    let at_quarter: Vec<f64> = first
+        .iter()
+        .filter_map(|run| {
+            let curve = step_curve(&run.record);
+            curve.iter().find(|(e, _, _)| *e >= quarter).map(|p| p.1)
+        })
+        .collect();
+    if at_quarter.is_empty() {
+        bail!(
+            "the runs logged no step reaching a quarter of their epochs; the threshold rule needs one"
+        );
+    }
+    Ok(mean_and_spread(&at_quarter).0)
+}
+
+/// A variant's line of the results: final training and test error, and the
+/// epochs and seconds its seeds took to reach the threshold.
+fn variant_row(
+    variant: &Variant,
+    seeds: &[Run],
+    threshold: f64,
+    test_errors: &[f64],
+) -> serde_json::Value {
+    let train_errors: Vec<f64> = seeds
+        .iter()
+        .filter_map(|run| epoch_curve(&run.record).last().map(|p| p.1))
+        .collect();
+    let reached: Vec<(f64, f64)> = seeds
+        .iter()
+        .filter_map(|run| time_to(&step_curve(&run.record), threshold))
+        .collect();
+    let epochs_to: Vec<f64> = reached.iter().map(|r| r.0).collect();
+    let seconds_to: Vec<f64> = reached.iter().map(|r| r.1).collect();
+    let (train_mean, train_sd) = mean_and_spread(&train_errors);
+    let (test_mean, test_sd) = mean_and_spread(test_errors);
+    let all_reached = reached.len() == seeds.len();
+    json!({
+        "variant": variant.name,
+        "runs": seeds.len(),
+        "final_train_error": {"mean": train_mean, "sd": train_sd},
+        "test_error": if test_errors.is_empty() { json!(null) } else { json!({"mean": test_mean, "sd": test_sd}) },
+        "reached_threshold": epochs_to.len(),
+        "epochs_to_threshold": if all_reached { json!(mean_and_spread(&epochs_to).0) } else { json!(null) },
+        "epochs_to_threshold_per_seed": epochs_to,
+        "seconds_to_threshold": if all_reached { json!(mean_and_spread(&seconds_to).0) } else { json!(null) },
+    })
+}
+
+/// Writes results.json, results.md and figure.png into `out`, and prints the table.
+fn write_results(
+    out: &Path,
+    results: &serde_json::Value,
+    title: String,
+    series: Vec<Series>,
+    threshold: f64,
+) -> Result<()> {
     crate::output::write_atomically(
         &out.join("results.json"),
-        serde_json::to_string_pretty(&results)?.as_bytes(),
+        serde_json::to_string_pretty(results)?.as_bytes(),
     )?;
-    let markdown = markdown_table(&results);
+    let markdown = markdown_table(results);
     crate::output::write_atomically(&out.join("results.md"), markdown.as_bytes())?;
     let chart = LineChart {
-        title: format!("{experiment_name} on {}", dataset.info().name),
+        title,
         x_label: "epochs".into(),
         y_label: "training error (%)".into(),
         series,

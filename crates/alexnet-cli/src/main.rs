@@ -95,6 +95,7 @@ impl Command {
 }
 
 fn main() -> Result<()> {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let placement = cli.command.placement();
     if let Some(placement) = placement {
@@ -108,14 +109,19 @@ fn main() -> Result<()> {
         cli.threads,
         device,
     )?;
-    match engine.threads {
-        // Work beside the backends (preparing, checking a dataset) gets the
-        // threads asked for too; each CPU backend has a pool of its own.
-        Some(threads) => rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?
-            .install(|| run(cli.command, &engine)),
-        None => run(cli.command, &engine),
+    // Work beside the backends (preparing, checking a dataset) runs on the same
+    // pool as the CPU backends' layers.
+    engine.install(|| run(cli.command, &engine))
+}
+
+/// Rust programs ignore SIGPIPE, so printing into a closed pipe
+/// (`alexnet classify ... | head -1`) fails, and `println!` panics. Restoring the
+/// default makes this program end quietly there, as other command-line tools do.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default, before any thread
+    // is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -123,7 +129,8 @@ fn run(command: Command, engine: &engine::EngineSettings) -> Result<()> {
     match command {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => {
-            // Ctrl-C asks the trainer to write a checkpoint and stop after the current step.
+            // Ctrl-C, SIGTERM and SIGHUP (a batch scheduler stopping the job, a closed
+            // terminal) ask the trainer to write a checkpoint and stop after the current step.
             let stop = alexnet_train::StopRequest::new();
             let on_signal = stop.clone();
             ctrlc::set_handler(move || on_signal.request())?;

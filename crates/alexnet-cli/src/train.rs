@@ -55,11 +55,12 @@ pub struct TrainArgs {
     max_steps: Option<u64>,
     #[arg(long)]
     batch: Option<usize>,
-    #[arg(long)]
+    // Negative numbers reach the trainer's checks, which say what is expected.
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f32>,
     /// Dropout probability for every dropout layer (default: the description's).
     #[arg(long)]
@@ -144,14 +145,14 @@ impl TrainArgs {
     }
 }
 
-/// Trains as the flags say until done, `--max-steps`, or `stop` (Ctrl-C).
+/// Trains as the flags say until done, `--max-steps`, or `stop` (Ctrl-C, SIGTERM, SIGHUP).
 pub fn run(args: TrainArgs, engine: &EngineSettings, stop: &StopRequest) -> Result<()> {
     let mut trainer = Trainer::new(args.config()?, &args.placement.nets(engine))?;
     for notice in trainer.notices() {
         eprintln!("{notice}");
     }
     eprintln!("{}", trainer.summary());
-    let mut log = MetricsLog::open(&args.out)?;
+    let mut log = MetricsLog::open_at(&args.out, trainer.state())?;
     let mut console = Console::new(!args.quiet);
     let outcome = trainer.run(&mut [&mut log, &mut console], stop);
     console.progress.finish();

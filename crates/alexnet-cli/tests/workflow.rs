@@ -4,50 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use alexnet::rng::Rng;
-use common::{fails, ok, temp_dir};
-
-/// Writes MNIST-style IDX files: each class is a bright bar at its own height plus noise.
-fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [count as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((count as u32).to_be_bytes());
-    for _ in 0..count {
-        let class = rng.below(10);
-        labels.push(class as u8);
-        for y in 0..28 {
-            for _x in 0..28 {
-                let bar = if y / 3 == class { 200.0 } else { 20.0 };
-                images.push((bar + rng.uniform() * 50.0) as u8);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
-/// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
-fn dataset(root: &Path) -> PathBuf {
-    let source = root.join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let mut rng = Rng::new(3);
-    write_idx(&source, "train", 240, &mut rng);
-    write_idx(&source, "t10k", 60, &mut rng);
-    let data = root.join("data");
-    ok(&[
-        "prepare",
-        source.to_str().unwrap(),
-        "--out",
-        data.to_str().unwrap(),
-    ]);
-    data
-}
+use common::{dataset, fails, kill, ok, start_training, temp_dir};
 
 /// The tensors of a checkpoint, by name.
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -184,10 +145,25 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let root = temp_dir("interrupt");
     let data = dataset(&root);
     let out = root.join("run");
-    // Many epochs, so the run is still going when the interrupt comes.
-    let args = [
-        "--threads",
-        "2",
+    // Many epochs, so the run is still going when the interrupt comes; it is
+    // interrupted once training is under way, as Ctrl-C would.
+    let child = start_training(&data, &out, 3, &[]);
+    kill(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "an interrupted run exits cleanly: {text}"
+    );
+    assert!(text.contains("interrupted: checkpoint written"), "{text}");
+    // The checkpoint is whole and the run resumes from it.
+    let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let until = (steps + 5).to_string();
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&[
         "train",
         "--arch",
         "cifar",
@@ -201,39 +177,13 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         "--log-every",
         "1",
         "--data",
-        data.to_str().unwrap(),
+        data,
         "--out",
-        out.to_str().unwrap(),
-    ];
-    let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until training is under way, then interrupt it as Ctrl-C would.
-    let log = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map_or(true, |t| t.lines().count() < 3) {
-        assert!(started.elapsed().as_secs() < 60, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "an interrupted run exits cleanly: {text}"
-    );
-    assert!(text.contains("interrupted: checkpoint written"), "{text}");
-    // The checkpoint is whole and the run resumes from it.
-    let steps = std::fs::read_to_string(&log).unwrap().lines().count();
-    let until = (steps + 5).to_string();
-    ok(&[&args[2..], &["--resume", "--max-steps", &until]].concat());
+        out,
+        "--resume",
+        "--max-steps",
+        &until,
+    ]);
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -257,6 +207,7 @@ fn a_diverging_run_stops_with_a_clear_message() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one trained run through every command in turn: one story
 fn trained_checkpoints_serve_every_command() {
     let root = temp_dir("commands");
     let data = dataset(&root);
@@ -670,6 +621,7 @@ fn step_losses(run: &Path) -> Vec<f64> {
 /// (same seed, same batches, same dropout masks), and its checkpoints serve the
 /// one-device commands, and the other way round.
 #[test]
+#[allow(clippy::too_many_lines)] // two runs compared step by step, then every command on both
 fn two_towers_train_like_one_device_and_share_checkpoints() {
     let root = temp_dir("towers");
     let data = dataset(&root);

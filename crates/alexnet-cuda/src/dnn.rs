@@ -312,6 +312,16 @@ enum Pass {
     BackwardFilter,
 }
 
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::BackwardData => "backward-data",
+            Pass::BackwardFilter => "backward-filter",
+        }
+    }
+}
+
 const FWD_ALGOS: [FwdAlgo; 8] = [
     FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
     FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
@@ -967,11 +977,46 @@ impl<T: Element> Dnn<T> {
         trial: &mut Trial<T>,
         log: &mut String,
     ) -> Result<PassPlan, DnnError> {
-        let pass_name = match pass {
-            Pass::Forward => "forward",
-            Pass::BackwardData => "backward-data",
-            Pass::BackwardFilter => "backward-filter",
+        let judged = self.judge(pass, g, n, shapes, search_conv, trial, log)?;
+        let chosen = judged.results[judged.chosen.expect("checked above")];
+        let algo = Algo::new(pass, chosen.algo).expect("the policy admits known algorithms only");
+        let math = self.policy.run_math(
+            math_type(chosen.math_type).expect("the policy admits known math types only"),
+        );
+        let conv = ConvDesc::new(g, math)?;
+        // cuDNN's own figure for the algorithm under its final math type, in case
+        // it differs from what the search reported.
+        let (workspace, note) = match shapes.workspace_size(&conv, algo) {
+            Ok(size) => (size.max(chosen.memory), String::new()),
+            Err(e) => (
+                chosen.memory,
+                format!(" (workspace query failed: {e}; using the search's figure)"),
+            ),
         };
+        if self.log {
+            log_choice(log, pass, &judged, &chosen, algo, workspace, &note);
+        }
+        Ok(PassPlan {
+            algo,
+            conv,
+            workspace,
+        })
+    }
+
+    /// The pass's algorithms timed (or ranked by cuDNN's heuristics where timing
+    /// fails or admits none) and judged by the policy; an error where none passes.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        pass: Pass,
+        g: &ConvGeometry,
+        n: usize,
+        shapes: &Shapes<'_>,
+        search_conv: &ConvDesc,
+        trial: &mut Trial<T>,
+        log: &mut String,
+    ) -> Result<Judged, DnnError> {
+        let pass_name = pass.name();
         let timed = match shapes.find(&self.stream, pass, search_conv, trial) {
             Ok(results) => Some(Judged::new(self.policy, pass, results, Ranking::Timed)),
             Err(e) => {
@@ -984,7 +1029,7 @@ impl<T: Element> Dnn<T> {
                 None
             }
         };
-        let judged = match timed {
+        Ok(match timed {
             Some(t) if t.chosen.is_some() => t,
             timed => {
                 // Nothing timed may be used (or the timing failed): cuDNN's
@@ -1044,62 +1089,6 @@ impl<T: Element> Dnn<T> {
                 }
                 heuristic
             }
-        };
-        let chosen = judged.results[judged.chosen.expect("checked above")];
-        let algo = Algo::new(pass, chosen.algo).expect("the policy admits known algorithms only");
-        let math = self.policy.run_math(
-            math_type(chosen.math_type).expect("the policy admits known math types only"),
-        );
-        let conv = ConvDesc::new(g, math)?;
-        // cuDNN's own figure for the algorithm under its final math type, in case
-        // it differs from what the search reported.
-        let (workspace, note) = match shapes.workspace_size(&conv, algo) {
-            Ok(size) => (size.max(chosen.memory), String::new()),
-            Err(e) => (
-                chosen.memory,
-                format!(" (workspace query failed: {e}; using the search's figure)"),
-            ),
-        };
-        if self.log {
-            let how = match judged.ranking {
-                Ranking::Timed => format!("{:.3} ms", chosen.time),
-                Ranking::Heuristic => "untimed, heuristic".into(),
-            };
-            let _ = writeln!(
-                log,
-                "  {pass_name}: {} ({}, {how}), workspace {}{note}",
-                algo.name(),
-                math_name(chosen.math_type),
-                bytes(workspace),
-            );
-            let (ahead, others) = judged.passed_over();
-            let word = match judged.ranking {
-                Ranking::Timed => "faster",
-                Ranking::Heuristic => "ranked higher",
-            };
-            for (p, why) in ahead {
-                let time = match judged.ranking {
-                    Ranking::Timed => format!(", {:.3} ms", p.time),
-                    Ranking::Heuristic => String::new(),
-                };
-                let _ = writeln!(
-                    log,
-                    "    rejected, {word}: {} ({}{time}): {why}",
-                    algo_name(pass, p.algo),
-                    math_name(p.math_type),
-                );
-            }
-            if others > 0 {
-                let _ = writeln!(
-                    log,
-                    "    ({others} slower, lower-ranked or failed not listed)"
-                );
-            }
-        }
-        Ok(PassPlan {
-            algo,
-            conv,
-            workspace,
         })
     }
 
@@ -1449,6 +1438,53 @@ pub(crate) fn version() -> String {
         format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
     } else {
         format!("{}.{}.{}", v / 1000, v / 100 % 10, v % 100)
+    }
+}
+
+/// Writes the chosen algorithm of a pass, and those passed over, to the log.
+fn log_choice(
+    log: &mut String,
+    pass: Pass,
+    judged: &Judged,
+    chosen: &Perf,
+    algo: Algo,
+    workspace: usize,
+    note: &str,
+) {
+    let pass_name = pass.name();
+    let how = match judged.ranking {
+        Ranking::Timed => format!("{:.3} ms", chosen.time),
+        Ranking::Heuristic => "untimed, heuristic".into(),
+    };
+    let _ = writeln!(
+        log,
+        "  {pass_name}: {} ({}, {how}), workspace {}{note}",
+        algo.name(),
+        math_name(chosen.math_type),
+        bytes(workspace),
+    );
+    let (ahead, others) = judged.passed_over();
+    let word = match judged.ranking {
+        Ranking::Timed => "faster",
+        Ranking::Heuristic => "ranked higher",
+    };
+    for (p, why) in ahead {
+        let time = match judged.ranking {
+            Ranking::Timed => format!(", {:.3} ms", p.time),
+            Ranking::Heuristic => String::new(),
+        };
+        let _ = writeln!(
+            log,
+            "    rejected, {word}: {} ({}{time}): {why}",
+            algo_name(pass, p.algo),
+            math_name(p.math_type),
+        );
+    }
+    if others > 0 {
+        let _ = writeln!(
+            log,
+            "    ({others} slower, lower-ranked or failed not listed)"
+        );
     }
 }
 

@@ -66,28 +66,14 @@ use dnn::Dnn;
 use kernels::{BLOCK, Kernels};
 use staging::Staging;
 
-/// How matrix products (convolutions and fully connected layers) round.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// Plain fp32 FMA: cuDNN is told not to use tensor cores (its default on
-    /// Ampere and later would round inputs to TF32) and cuBLAS runs SGEMM.
-    #[default]
-    F32,
-    /// Inputs rounded to TF32 (10-bit mantissa) on tensor cores, fp32 accumulation.
-    /// Values, gradients and weights stay fp32.
-    Tf32,
-    /// Mixed precision: both operands of every product rounded to bf16 (8-bit
-    /// mantissa, nearest even) on tensor cores, summed in f32; activations,
-    /// gradients, weights (the master copy) and the SGD step stay f32.
-    ///
-    /// Fully connected layers give f32 results (cuBLAS GEMM with bf16 inputs and
-    /// an f32 output). cuDNN's legacy API runs bf16 convolutions only with bf16
-    /// outputs too, so a convolution's output, input gradient and weight gradient
-    /// are each rounded to bf16 once more before they return to f32 (the weight
-    /// gradient then accumulates in f32), as under PyTorch's autocast. Needs a GPU
-    /// of compute capability 8.0 (Ampere) or newer.
-    Bf16,
-}
+/// How matrix products round: the engine's one [`Precision`]. On this backend,
+/// bf16 fully connected layers give f32 results (cuBLAS GEMM with bf16 inputs and
+/// an f32 output). cuDNN's legacy API runs bf16 convolutions only with bf16
+/// outputs too, so a convolution's output, input gradient and weight gradient are
+/// each rounded to bf16 once more before they return to f32 (the weight gradient
+/// then accumulates in f32), as under PyTorch's autocast. tf32 and bf16 need a GPU
+/// of compute capability 8.0 (Ampere) or newer.
+pub use alexnet::Precision;
 
 /// Which cuDNN convolution algorithms fp32 mode may choose from (each shape's
 /// algorithms are timed once, and the fastest allowed one is kept). TF32 and
@@ -104,16 +90,6 @@ pub enum Algorithms {
     /// Only algorithms that sum the products directly (no FFT, FFT_TILING or
     /// WINOGRAD_NONFUSED): results within fp32 rounding of the CPU reference.
     Exact,
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "fp32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        })
-    }
 }
 
 /// One CUDA device: a context, one stream every operation is queued on (so they

@@ -274,6 +274,132 @@ pub fn holdout(len: usize, count: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
     (train, held)
 }
 
+/// Refuses settings that do not fit the split, naming the field.
+fn check_config(
+    split: &Split,
+    config: &LoaderConfig,
+    mean: &[f32],
+    info: &DatasetInfo,
+) -> Result<()> {
+    let [channels, height, width] = split.shape();
+    let view = config.view;
+    let what = |field: &str| format!("loader {field}");
+    if [info.channels, info.height, info.width] != split.shape() {
+        return Err(config_error(
+            what("dataset info"),
+            format!(
+                "expected the split's shape {channels}x{height}x{width}, found {}x{}x{}",
+                info.channels, info.height, info.width
+            ),
+        ));
+    }
+    if mean.len() != channels * height * width {
+        return Err(config_error(
+            what("mean"),
+            format!(
+                "expected {} values ({channels}x{height}x{width}), found {}",
+                channels * height * width,
+                mean.len()
+            ),
+        ));
+    }
+    if view.crop_height == 0
+        || view.crop_width == 0
+        || view.crop_height > height
+        || view.crop_width > width
+    {
+        return Err(config_error(
+            what("crop"),
+            format!(
+                "expected a crop within the stored {height}x{width}, found {}x{}",
+                view.crop_height, view.crop_width
+            ),
+        ));
+    }
+    if view.ten_crop && view.random_crop {
+        return Err(config_error(
+            what("view"),
+            "ten_crop takes fixed corner and centre crops; turn random_crop off",
+        ));
+    }
+    if !(view.pca_std.is_finite() && view.pca_std >= 0.0) {
+        return Err(config_error(
+            what("pca_std"),
+            format!("expected a finite value >= 0, found {}", view.pca_std),
+        ));
+    }
+    if !view.channel_scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return Err(config_error(
+            what("channel_scale"),
+            format!("expected finite values > 0, found {:?}", view.channel_scale),
+        ));
+    }
+    if config.batch == 0 {
+        return Err(config_error(what("batch"), "expected at least 1 image"));
+    }
+    if config.threads > 0 && config.queue == 0 {
+        return Err(config_error(
+            what("queue"),
+            "expected at least 1 batch ahead with worker threads",
+        ));
+    }
+    if split.len() > u32::MAX as usize {
+        return Err(config_error(
+            what("split"),
+            format!("{} images do not fit u32 indices", split.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The colour shift's basis: each principal component's direction times its
+/// spread and `pca_std`.
+fn colour_shift_basis(info: &DatasetInfo, pca_std: f32) -> [[f32; 3]; 3] {
+    // The paper's shift is sum_i p_i α_i λ_i. With λ the eigenvalues of the
+    // covariance of 0-255 pixels (variances in the thousands) that would move
+    // pixels by hundreds of levels; the authors' own code (cuda-convnet2's
+    // ImageNet provider) scales by the standard deviations sqrt(λ_i), which is
+    // what is done here: α ~ N(0, pca_std) of each component's spread.
+    let mut colour = [[0.0f32; 3]; 3];
+    for i in 0..3 {
+        let spread = info.pca_eigenvalues[i].max(0.0).sqrt() * pca_std;
+        for c in 0..3 {
+            colour[i][c] = info.pca_eigenvectors[i][c] * spread;
+        }
+    }
+    colour
+}
+
+/// Starts the worker threads that prepare batches `start..end`, each its share in turn.
+fn start_workers(
+    plan: &Arc<Plan>,
+    pool: &Arc<Mutex<Vec<Batch>>>,
+    start: usize,
+    end: usize,
+    config: &LoaderConfig,
+) -> Result<Vec<Worker>> {
+    let what = |field: &str| format!("loader {field}");
+    let mut workers = Vec::new();
+    if start < end {
+        let threads = config.threads.min(end - start);
+        let depth = config.queue.div_ceil(threads.max(1)).max(1);
+        for w in 0..threads {
+            let (tx, rx) = sync_channel(depth);
+            let plan = plan.clone();
+            let pool = pool.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("loader-{w}"))
+                .spawn(move || work(&plan, &pool, start + w, end, threads, tx))
+                .map_err(|e| config_error(what("threads"), format!("cannot start: {e}")))?;
+            workers.push(Worker {
+                rx: Some(rx),
+                handle: Some(handle),
+            });
+        }
+    }
+    Ok(workers)
+}
+
 impl Loader {
     /// Checks the settings against the split and starts the workers.
     pub fn new(
@@ -282,74 +408,9 @@ impl Loader {
         mean: Arc<Vec<f32>>,
         info: &DatasetInfo,
     ) -> Result<Loader> {
-        let [channels, height, width] = split.shape();
+        check_config(&split, &config, &mean, info)?;
         let view = config.view;
         let what = |field: &str| format!("loader {field}");
-        if [info.channels, info.height, info.width] != split.shape() {
-            return Err(config_error(
-                what("dataset info"),
-                format!(
-                    "expected the split's shape {channels}x{height}x{width}, found {}x{}x{}",
-                    info.channels, info.height, info.width
-                ),
-            ));
-        }
-        if mean.len() != channels * height * width {
-            return Err(config_error(
-                what("mean"),
-                format!(
-                    "expected {} values ({channels}x{height}x{width}), found {}",
-                    channels * height * width,
-                    mean.len()
-                ),
-            ));
-        }
-        if view.crop_height == 0
-            || view.crop_width == 0
-            || view.crop_height > height
-            || view.crop_width > width
-        {
-            return Err(config_error(
-                what("crop"),
-                format!(
-                    "expected a crop within the stored {height}x{width}, found {}x{}",
-                    view.crop_height, view.crop_width
-                ),
-            ));
-        }
-        if view.ten_crop && view.random_crop {
-            return Err(config_error(
-                what("view"),
-                "ten_crop takes fixed corner and centre crops; turn random_crop off",
-            ));
-        }
-        if !(view.pca_std.is_finite() && view.pca_std >= 0.0) {
-            return Err(config_error(
-                what("pca_std"),
-                format!("expected a finite value >= 0, found {}", view.pca_std),
-            ));
-        }
-        if !view.channel_scale.iter().all(|s| s.is_finite() && *s > 0.0) {
-            return Err(config_error(
-                what("channel_scale"),
-                format!("expected finite values > 0, found {:?}", view.channel_scale),
-            ));
-        }
-        if config.batch == 0 {
-            return Err(config_error(what("batch"), "expected at least 1 image"));
-        }
-        if config.threads > 0 && config.queue == 0 {
-            return Err(config_error(
-                what("queue"),
-                "expected at least 1 batch ahead with worker threads",
-            ));
-        }
-        if split.len() > u32::MAX as usize {
-            return Err(config_error(
-                what("split"),
-                format!("{} images do not fit u32 indices", split.len()),
-            ));
-        }
         let mut order: Vec<u32> = match &config.indices {
             Some(indices) => {
                 if let Some(bad) = indices.iter().find(|&&i| i as usize >= split.len()) {
@@ -384,19 +445,7 @@ impl Loader {
             ));
         }
 
-        // The paper's shift is sum_i p_i α_i λ_i. With λ the eigenvalues of the
-        // covariance of 0-255 pixels (variances in the thousands) that would move
-        // pixels by hundreds of levels; the authors' own code (cuda-convnet2's
-        // ImageNet provider) scales by the standard deviations sqrt(λ_i), which is
-        // what is done here: α ~ N(0, pca_std) of each component's spread.
-        let mut colour = [[0.0f32; 3]; 3];
-        for i in 0..3 {
-            let spread = info.pca_eigenvalues[i].max(0.0).sqrt() * view.pca_std;
-            for c in 0..3 {
-                colour[i][c] = info.pca_eigenvectors[i][c] * spread;
-            }
-        }
-
+        let colour = colour_shift_basis(info, view.pca_std);
         let plan = Arc::new(Plan {
             split,
             order,
@@ -408,26 +457,9 @@ impl Loader {
             batch: config.batch,
             stored: config.stored,
         });
-        let pool = Arc::new(Mutex::new(Vec::new()));
         let (start, end) = (config.start_batch, per_epoch);
-        let mut workers = Vec::new();
-        if start < end {
-            let threads = config.threads.min(end - start);
-            let depth = config.queue.div_ceil(threads.max(1)).max(1);
-            for w in 0..threads {
-                let (tx, rx) = sync_channel(depth);
-                let plan = plan.clone();
-                let pool = pool.clone();
-                let handle = std::thread::Builder::new()
-                    .name(format!("loader-{w}"))
-                    .spawn(move || work(&plan, &pool, start + w, end, threads, tx))
-                    .map_err(|e| config_error(what("threads"), format!("cannot start: {e}")))?;
-                workers.push(Worker {
-                    rx: Some(rx),
-                    handle: Some(handle),
-                });
-            }
-        }
+        let pool = Arc::new(Mutex::new(Vec::new()));
+        let workers = start_workers(&plan, &pool, start, end, &config)?;
         Ok(Loader {
             plan,
             start,

@@ -64,6 +64,13 @@ pub fn evaluate(
     threads: usize,
     with_confusion: bool,
 ) -> Result<Evaluation> {
+    let images = indices.as_ref().map_or(split.len(), |i| i.len());
+    if images == 0 {
+        return Err(Error::Setting(format!(
+            "the split '{}' has no images to evaluate",
+            split.name()
+        )));
+    }
     let classes = net.plan().classes();
     let views = if view.ten_crop { 10 } else { 1 };
     let batch = (net.max_batch() / views).max(1);

@@ -103,6 +103,33 @@ impl MetricsLog {
         Ok(MetricsLog { path, file })
     }
 
+    /// Opens the log of a run that has reached `state` (a resumed run's last
+    /// checkpoint, or a fresh run's start): lines written after that point by a
+    /// run killed before its next checkpoint are dropped (and a line torn by the
+    /// kill), so every step and epoch appears once.
+    pub fn open_at(out: &Path, state: &crate::TrainState) -> crate::Result<MetricsLog> {
+        let path = out.join(Self::FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let kept: Vec<&str> = text
+                    .lines()
+                    .filter(|line| written_before(line, state.step, state.epoch))
+                    .collect();
+                if kept.len() != text.lines().count() || (!text.is_empty() && !text.ends_with('\n'))
+                {
+                    let mut rewritten = kept.join("\n");
+                    if !rewritten.is_empty() {
+                        rewritten.push('\n');
+                    }
+                    alexnet::checkpoint::write_atomically(&path, rewritten.as_bytes())?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("reading the metrics log", &path)(e)),
+        }
+        Self::open(out)
+    }
+
     fn write(&mut self, kind: &str, line: &impl Serialize) -> Result<(), External> {
         let mut value = serde_json::to_value(line)?;
         if let Some(object) = value.as_object_mut() {
@@ -120,6 +147,21 @@ impl Observer for MetricsLog {
     }
     fn epoch_finished(&mut self, line: &EpochLine) -> Result<(), External> {
         self.write("epoch", line)
+    }
+}
+
+/// Whether a log line belongs to the run up to `step` steps and `epochs` whole
+/// epochs: step lines up to that step, epoch lines up to that epoch. A line that
+/// does not parse (cut short by a kill) does not.
+fn written_before(line: &str, step: u64, epochs: u64) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+        return false;
+    };
+    let field = |name: &str| value[name].as_u64();
+    match value["kind"].as_str() {
+        Some("step") => field("step").is_some_and(|s| s <= step),
+        Some("epoch") => field("epoch").is_some_and(|e| e <= epochs),
+        _ => true,
     }
 }
 

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use alexnet::checkpoint::Checkpoint;
-use alexnet::spec::PixelScale;
+use alexnet::spec::{NetSpec, PixelScale};
 use alexnet_data::Dataset;
+use alexnet_data::format::MAX_SIDE;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -46,6 +47,40 @@ pub struct Preprocess {
     /// The mean image, CHW at the stored size (kept as a tensor, not in the JSON).
     #[serde(skip)]
     pub mean: Vec<f32>,
+}
+
+/// Checks a checkpoint's preprocessing against its own net before anything is
+/// sized from it: the stored images must have the net's channels, hold its input
+/// crop and fit the dataset format's sides, and the class lists must name the
+/// net's classes (or be empty).
+fn check_against_net(preprocess: &Preprocess, spec: &NetSpec) -> Result<()> {
+    let [channels, height, width] = preprocess.stored;
+    let input = &spec.input;
+    if channels != input.channels
+        || height < input.height
+        || width < input.width
+        || height > MAX_SIDE
+        || width > MAX_SIDE
+    {
+        return Err(mismatch(format!(
+            "the checkpoint's preprocessing stores images at {channels}x{height}x{width}; its net \
+             needs {} channels, at least {}x{} (its input crop) and sides of at most {MAX_SIDE}",
+            input.channels, input.height, input.width
+        )));
+    }
+    for (what, list) in [
+        ("class ids", &preprocess.class_ids),
+        ("class names", &preprocess.class_names),
+    ] {
+        if !list.is_empty() && list.len() != spec.classes {
+            return Err(mismatch(format!(
+                "the checkpoint's preprocessing has {} {what} for a net of {} classes",
+                list.len(),
+                spec.classes
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Preprocess {
@@ -115,6 +150,7 @@ impl Preprocess {
                 preprocess.stored
             )));
         }
+        check_against_net(&preprocess, &ckpt.spec)?;
         if preprocess.pixels == PixelScale::UnitMeanStd
             && !preprocess
                 .channel_std

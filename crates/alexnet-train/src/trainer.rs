@@ -135,8 +135,12 @@ impl Trainer {
         let dataset = Dataset::open(&config.data)?;
         let train = dataset.split("train")?;
         std::fs::create_dir_all(&config.out).map_err(io("creating", &config.out))?;
+        for name in [LAST, BEST] {
+            // A write killed before its rename: the real file is the one to trust.
+            checkpoint::remove_stale_temporary(&config.out.join(name))?;
+        }
         let settings = RunSettings::of(&config, &dataset, train.len());
-        check_settings(&settings, train.len())?;
+        check_settings(&config, &settings, train.len())?;
         let wanted = fit_spec(&config.arch, &dataset, config.dropout);
         let start = if config.resume {
             resume(&config, &settings, &wanted, &dataset, factory)?
@@ -518,18 +522,57 @@ fn top1_errors(logits: &[f32], labels: &[u32], classes: usize) -> usize {
         .count()
 }
 
-/// Refuses settings no run can train with.
-fn check_settings(settings: &RunSettings, train_images: usize) -> Result<()> {
+/// Refuses settings no run can train with, naming the setting: sizes that
+/// train nothing, and rates outside the paper's rule's sense.
+fn check_settings(config: &TrainConfig, settings: &RunSettings, train_images: usize) -> Result<()> {
+    let setting = |message: String| Err(Error::Setting(message));
     if settings.batch == 0 || settings.epochs == 0 {
-        return Err(Error::Setting(
-            "--batch and --epochs must be at least 1".into(),
-        ));
+        return setting("--batch and --epochs must be at least 1".into());
     }
     if settings.holdout > 0 && settings.holdout >= train_images {
-        return Err(Error::Setting(format!(
+        return setting(format!(
             "--holdout {} leaves no training images of {train_images}",
             settings.holdout
-        )));
+        ));
+    }
+    let trained = train_images - settings.holdout;
+    if settings.batch > trained {
+        return setting(format!(
+            "--batch {} is larger than the {trained} training images: an epoch keeps only whole \
+             batches, so no step would run",
+            settings.batch
+        ));
+    }
+    if config.max_steps == Some(0) {
+        return setting("--max-steps 0 would train nothing: give at least 1".into());
+    }
+    if config.log_every == 0 || config.checkpoint_every == 0 {
+        return setting("--log-every and --checkpoint-every must be at least 1 step".into());
+    }
+    let learning_rate = config
+        .recipe
+        .learning_rate
+        .unwrap_or(config.arch.recipe.learning_rate);
+    if !(learning_rate.is_finite() && learning_rate > 0.0) {
+        return setting(format!("--lr {learning_rate}: expected a number above 0"));
+    }
+    if !(settings.momentum.is_finite() && (0.0..1.0).contains(&settings.momentum)) {
+        return setting(format!(
+            "--momentum {}: expected a number in [0, 1)",
+            settings.momentum
+        ));
+    }
+    if !(settings.weight_decay.is_finite() && settings.weight_decay >= 0.0) {
+        return setting(format!(
+            "--weight-decay {}: expected a number of at least 0",
+            settings.weight_decay
+        ));
+    }
+    if !(settings.lr_drop_factor > 0.0 && settings.lr_drop_factor <= 1.0) {
+        return setting(format!(
+            "the recipe's lr_drop_factor {}: expected a number in (0, 1]",
+            settings.lr_drop_factor
+        ));
     }
     Ok(())
 }

@@ -179,6 +179,20 @@ fn temporary_name(path: &Path) -> Result<std::path::PathBuf> {
     Ok(path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy())))
 }
 
+/// Removes the hidden temporary file a write of `path` left behind when it was
+/// killed before its rename; returns whether there was one.
+pub fn remove_stale_temporary(path: &Path) -> Result<bool> {
+    let tmp = temporary_name(path)?;
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::Io {
+            path: tmp.display().to_string(),
+            source: e,
+        }),
+    }
+}
+
 /// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -243,6 +257,11 @@ fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint>
         .get("spec")
         .ok_or_else(|| ckpt_error(path, "metadata has no network description (spec)"))?;
     let spec = NetSpec::from_toml(spec_text, &format!("{} (spec)", path.display()))?;
+    // The description is believed only once it is a valid net whose every
+    // parameter the file holds with its shape: checked on the header alone,
+    // before any value is read or any net is built from it.
+    let plan = crate::plan::Plan::new(&spec)
+        .map_err(|e| ckpt_error(path, format!("its network description is invalid: {e}")))?;
     let step = metadata
         .get("step")
         .map(|s| {
@@ -251,22 +270,35 @@ fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint>
         })
         .transpose()?
         .unwrap_or(0);
-    let mut out = HashMap::new();
-    for (name, view) in tensors.tensors().into_iter().filter(|(name, _)| keep(name)) {
-        if view.dtype() != Dtype::F32 {
-            return Err(ckpt_error(
-                path,
-                format!(
-                    "tensor {name}: expected dtype F32, found {:?}",
-                    view.dtype()
-                ),
-            ));
+    let views: HashMap<String, TensorView<'_>> = tensors.tensors().into_iter().collect();
+    for info in &plan.params {
+        match views.get(&info.name) {
+            None => {
+                return Err(ckpt_error(
+                    path,
+                    format!(
+                        "tensor {} is missing (its own network description has it, shape {:?})",
+                        info.name, info.shape
+                    ),
+                ));
+            }
+            Some(view) if view.shape() != info.shape.as_slice() => {
+                return Err(ckpt_error(
+                    path,
+                    format!(
+                        "tensor {}: its network description says shape {:?}, the tensor has {:?}",
+                        info.name,
+                        info.shape,
+                        view.shape()
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+    }
+    let mut out = HashMap::new();
+    for (name, view) in views.into_iter().filter(|(name, _)| keep(name)) {
+        let values = read_f32(path, &name, &view)?;
         out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(Checkpoint {
@@ -275,6 +307,40 @@ fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint>
         metadata,
         tensors: out,
     })
+}
+
+/// A tensor's values, which must be f32 and finite: a NaN or infinite weight,
+/// velocity or mean would otherwise flow silently into every result.
+fn read_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    if view.dtype() != Dtype::F32 {
+        return Err(ckpt_error(
+            path,
+            format!(
+                "tensor {name}: expected dtype F32, found {:?}",
+                view.dtype()
+            ),
+        ));
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    check_finite(&values).map_err(|e| ckpt_error(path, format!("tensor {name}: {e}")))?;
+    Ok(values)
+}
+
+/// Refuses NaN and infinite values, naming the first one and how many there are.
+pub fn check_finite(values: &[f32]) -> std::result::Result<(), String> {
+    let Some(first) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    Err(format!(
+        "value {first} of {} is {} ({count} non-finite in all); weights and statistics must be finite numbers",
+        values.len(),
+        values[first]
+    ))
 }
 
 impl Checkpoint {

@@ -33,20 +33,23 @@ pub mod layers;
 pub mod model;
 pub mod net;
 pub mod optim;
+pub mod paper_net;
 pub mod plan;
+pub mod precision;
 pub mod rng;
 pub mod spec;
 pub mod testing;
 pub mod towers;
 
-pub use backend::{Backend, Rows};
-pub use cpu::fast::gemm::{Bf16Kernel, Precision, Products};
+pub use backend::Backend;
 pub use cpu::{Cpu, ReferenceCpu};
 pub use error::{Error, Result};
-pub use model::Model;
-pub use net::{Mode, Network};
+pub use layers::Rows;
+pub use model::{Mode, Model};
+pub use net::Network;
 pub use optim::Sgd;
 pub use plan::Plan;
+pub use precision::{Bf16Kernel, Precision, Products};
 pub use spec::NetSpec;
 pub use towers::Towers;
 

@@ -5,11 +5,24 @@
 
 use crate::error::Result;
 use crate::input::StoredBatch;
-use crate::net::{LayerTimes, Mode};
 use crate::optim::Sgd;
 use crate::plan::Plan;
 use crate::rng::Rng;
 use crate::spec::NetSpec;
+
+/// Whether a forward pass is for training (dropout active) or for testing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Test,
+}
+
+/// Seconds spent in each layer's forward and backward pass, when recorded.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTimes {
+    pub forward: Vec<f64>,
+    pub backward: Vec<f64>,
+}
 
 pub trait Model {
     /// Where the net runs, for reports: "cpu (2 threads, avx512)".

@@ -13,22 +13,16 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::backend::{Backend, Rows};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fusion::{Fusion, GradientStep, fusions, gradient_lens, gradient_step};
 use crate::input::StoredBatch;
-use crate::model::Model;
+use crate::layers::Rows;
+use crate::model::{LayerTimes, Mode, Model};
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
 use crate::rng::Rng;
 use crate::spec::NetSpec;
-
-/// Whether a forward pass is for training (dropout active) or for testing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Train,
-    Test,
-}
 
 /// A parameter tensor with its gradient and SGD velocity.
 pub struct Param<Buf> {
@@ -38,13 +32,6 @@ pub struct Param<Buf> {
     pub velocity: Buf,
     /// Frozen parameters keep their values: the SGD step skips them (fine-tuning).
     pub frozen: bool,
-}
-
-/// Seconds spent in each layer's forward and backward pass, when recorded.
-#[derive(Clone, Debug, Default)]
-pub struct LayerTimes {
-    pub forward: Vec<f64>,
-    pub backward: Vec<f64>,
 }
 
 pub struct Network<B: Backend> {
@@ -119,6 +106,35 @@ pub(crate) fn check_labels(labels: &[u32], n: usize, classes: usize) -> Result<(
     Ok(())
 }
 
+/// Refuses a net whose buffers at `max_batch` would not fit in `memory` bytes,
+/// saying how much they would need.
+pub(crate) fn check_memory(plan: &Plan, max_batch: usize, memory: Option<u64>) -> Result<()> {
+    let need = plan.buffer_bytes(max_batch);
+    let fits = match (need, memory) {
+        (None, _) => false,
+        (Some(need), Some(memory)) => need <= u128::from(memory),
+        (Some(_), None) => true,
+    };
+    if fits {
+        return Ok(());
+    }
+    let needed = need.map_or(
+        "more bytes than can be counted".into(),
+        crate::plan::bytes_text,
+    );
+    let have = memory.map_or(String::new(), |m| {
+        format!(
+            ", more than the {} of memory here",
+            crate::plan::bytes_text(m.into())
+        )
+    });
+    Err(input_error(
+        "batch size",
+        "a batch whose buffers fit in memory".into(),
+        format!("{max_batch} images: the net's buffers would need {needed}{have}"),
+    ))
+}
+
 pub(crate) fn input_error(what: &str, expected: String, found: String) -> Error {
     Error::Input {
         what: what.to_string(),
@@ -166,6 +182,7 @@ impl<B: Backend> Network<B> {
         if max_batch == 0 {
             return Err(input_error("batch size", "at least 1".into(), "0".into()));
         }
+        check_memory(&plan, max_batch, backend.memory_bytes())?;
         let mut params = Vec::with_capacity(plan.params.len());
         for info in &plan.params {
             params.push(Param {
@@ -469,6 +486,40 @@ impl<B: Backend> Network<B> {
         self.batch
     }
 
+    /// Backward through an LRN and the max pooling reading it (`pool`), run as
+    /// one operation from the record the fused forward pass left.
+    fn backward_lrn_pool(&mut self, lrn: usize, pool: usize, n: usize, current: usize) {
+        let (lrn_layer, pool_layer) = (&self.plan.layers[lrn], &self.plan.layers[pool]);
+        let (
+            Op::Lrn {
+                geometry: lrn_geometry,
+            },
+            Op::MaxPool {
+                geometry: pool_geometry,
+            },
+        ) = (&lrn_layer.op, &pool_layer.op)
+        else {
+            unreachable!("fusions pair an LRN with a max pooling");
+        };
+        let [g0, g1] = &mut self.gradients;
+        let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
+        let record = self.records[pool]
+            .as_mut()
+            .expect("fused pools own a record");
+        let x = &self.activations[lrn_layer.src];
+        if !self.records_fresh[pool] && self.backend.lrn_max_pool_record_len(pool_geometry) > 0 {
+            // The last forward pass was a test-mode one, which records
+            // nothing: run it again for the record. Its pooled values go
+            // to `dx`, which is overwritten next; the pool's own buffer may
+            // already hold an in-place activation's output.
+            self.backend
+                .lrn_max_pool_forward(lrn_geometry, pool_geometry, n, x, dx, Some(record));
+            self.records_fresh[pool] = true;
+        }
+        self.backend
+            .lrn_max_pool_backward(lrn_geometry, pool_geometry, n, x, record, dy, dx);
+    }
+
     /// Backward through one layer; returns whether the gradient moved to the other buffer.
     fn backward_layer(&mut self, index: usize, n: usize, current: usize) -> bool {
         let step = gradient_step(&self.plan, &self.fusions, index);
@@ -481,50 +532,7 @@ impl<B: Backend> Network<B> {
                 if step == GradientStep::Stays {
                     return false;
                 }
-                let (lrn_layer, pool_layer) = (&self.plan.layers[lrn], &self.plan.layers[index]);
-                let (
-                    Op::Lrn {
-                        geometry: lrn_geometry,
-                    },
-                    Op::MaxPool {
-                        geometry: pool_geometry,
-                    },
-                ) = (&lrn_layer.op, &pool_layer.op)
-                else {
-                    unreachable!("fusions pair an LRN with a max pooling");
-                };
-                let [g0, g1] = &mut self.gradients;
-                let (dy, dx) = if current == 0 { (g0, g1) } else { (g1, g0) };
-                let record = self.records[index]
-                    .as_mut()
-                    .expect("fused pools own a record");
-                let x = &self.activations[lrn_layer.src];
-                if !self.records_fresh[index]
-                    && self.backend.lrn_max_pool_record_len(pool_geometry) > 0
-                {
-                    // The last forward pass was a test-mode one, which records
-                    // nothing: run it again for the record. Its pooled values go
-                    // to `dx`, which is overwritten next; the pool's own buffer may
-                    // already hold an in-place activation's output.
-                    self.backend.lrn_max_pool_forward(
-                        lrn_geometry,
-                        pool_geometry,
-                        n,
-                        x,
-                        dx,
-                        Some(record),
-                    );
-                    self.records_fresh[index] = true;
-                }
-                self.backend.lrn_max_pool_backward(
-                    lrn_geometry,
-                    pool_geometry,
-                    n,
-                    x,
-                    record,
-                    dy,
-                    dx,
-                );
+                self.backward_lrn_pool(lrn, index, n, current);
                 return true;
             }
         }

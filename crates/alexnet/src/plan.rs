@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::layers::{
     ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
 };
-use crate::spec::{LayerSpec, NetSpec};
+use crate::spec::{ConvSpec, DropoutSpec, LayerSpec, LinearSpec, LrnSpec, NetSpec, PoolSpec};
 
 /// How a parameter tensor starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -121,23 +121,7 @@ impl Plan {
     /// that no layer writes (whoever runs the copies fills it). This is one tower's
     /// half of a net split across devices (see [`crate::towers`]).
     pub(crate) fn build(spec: &NetSpec, gathered: &[usize], parts: usize) -> Result<Plan> {
-        let input = Shape::new(spec.input.channels, spec.input.height, spec.input.width);
-        if input.is_empty() {
-            return Err(shape_error(
-                "input",
-                "channels, height and width of at least 1".into(),
-                input.to_string(),
-                None,
-            ));
-        }
-        if spec.classes == 0 {
-            return Err(shape_error(
-                "classes",
-                "at least 1".into(),
-                "0".into(),
-                None,
-            ));
-        }
+        let input = check_input(spec)?;
         let mut layers = Vec::new();
         let mut params = Vec::new();
         let mut activations = vec![input.len()];
@@ -146,11 +130,7 @@ impl Plan {
         let mut classes_layer_seen = false;
 
         for (index, layer) in spec.layers.iter().enumerate() {
-            let label = match layer {
-                LayerSpec::Conv(c) => format!("layer {} ({})", index + 1, c.name),
-                LayerSpec::Linear(l) => format!("layer {} ({})", index + 1, l.name),
-                other => format!("layer {} ({})", index + 1, kind_name(other)),
-            };
+            let label = layer_label(index, layer);
             if classes_layer_seen {
                 return Err(shape_error(
                     &label,
@@ -163,111 +143,15 @@ impl Plan {
                 shape = Shape::new(shape.channels * parts, shape.height, shape.width);
                 activations.push(shape.len());
             }
+            let params_before = params.len();
             let (op, output) = match layer {
-                LayerSpec::Conv(c) => {
-                    if c.out == 0 || c.kernel == 0 || c.stride == 0 || c.groups == 0 {
-                        return Err(shape_error(
-                            &label,
-                            "out, kernel, stride and groups of at least 1".into(),
-                            format!(
-                                "out {} kernel {} stride {} groups {}",
-                                c.out, c.kernel, c.stride, c.groups
-                            ),
-                            None,
-                        ));
-                    }
-                    if !shape.channels.is_multiple_of(c.groups) || c.out % c.groups != 0 {
-                        return Err(shape_error(
-                            &label,
-                            format!(
-                                "input and output channels divisible by groups = {}",
-                                c.groups
-                            ),
-                            format!("{} input and {} output channels", shape.channels, c.out),
-                            None,
-                        ));
-                    }
-                    let side = |s| ConvGeometry::output_side(s, c.kernel, c.stride, c.pad);
-                    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
-                        return Err(shape_error(
-                            &label,
-                            format!(
-                                "an input of at least {k}x{k} after padding {p}",
-                                k = c.kernel,
-                                p = c.pad
-                            ),
-                            format!("{shape}"),
-                            Some("use a smaller kernel, more padding or a larger input"),
-                        ));
-                    };
-                    let output = Shape::new(c.out, h, w);
-                    let geometry = ConvGeometry {
-                        input: shape,
-                        output,
-                        kernel: c.kernel,
-                        stride: c.stride,
-                        pad: c.pad,
-                        groups: c.groups,
-                    };
-                    let weight = params.len();
-                    params.push(ParamInfo {
-                        name: format!("{}.weight", c.name),
-                        shape: vec![c.out, shape.channels / c.groups, c.kernel, c.kernel],
-                        init: Init::Gaussian(c.init_std),
-                        decay: true,
-                    });
-                    params.push(ParamInfo {
-                        name: format!("{}.bias", c.name),
-                        shape: vec![c.out],
-                        init: Init::Constant(c.bias_init),
-                        decay: false,
-                    });
-                    (Op::Conv { geometry, weight }, output)
-                }
+                LayerSpec::Conv(c) => plan_conv(&label, c, shape, &mut params)?,
                 LayerSpec::Linear(l) => {
-                    let outputs = match l.out {
-                        Some(0) => {
-                            return Err(shape_error(
-                                &label,
-                                "out of at least 1".into(),
-                                "0".into(),
-                                None,
-                            ));
-                        }
-                        Some(n) => n,
-                        None => {
-                            classes_layer_seen = true;
-                            spec.classes
-                        }
-                    };
-                    let geometry = LinearGeometry {
-                        inputs: shape.len(),
-                        outputs,
-                    };
-                    let weight = params.len();
-                    params.push(ParamInfo {
-                        name: format!("{}.weight", l.name),
-                        shape: vec![outputs, shape.len()],
-                        init: Init::Gaussian(l.init_std),
-                        decay: true,
-                    });
-                    params.push(ParamInfo {
-                        name: format!("{}.bias", l.name),
-                        shape: vec![outputs],
-                        init: Init::Constant(l.bias_init),
-                        decay: false,
-                    });
-                    (Op::Linear { geometry, weight }, Shape::new(outputs, 1, 1))
+                    classes_layer_seen = l.out.is_none();
+                    plan_linear(&label, l, shape, spec.classes, &mut params)?
                 }
                 LayerSpec::Relu | LayerSpec::Tanh => {
-                    if previous_was_activation || layers.is_empty() {
-                        return Err(shape_error(
-                            &label,
-                            "an activation after a convolution, linear, pooling, LRN or dropout layer".into(),
-                            if layers.is_empty() { "it first".into() } else { "another activation right before it".into() },
-                            Some("activations work in place on the previous layer's output; two in a row would lose what the first one's backward needs"),
-                        ));
-                    }
+                    check_activation(&label, previous_was_activation, layers.is_empty())?;
                     let len = shape.len();
                     let op = if matches!(layer, LayerSpec::Relu) {
                         Op::Relu { len }
@@ -276,92 +160,26 @@ impl Plan {
                     };
                     (op, shape)
                 }
-                LayerSpec::Lrn(n) => {
-                    if n.size == 0 || n.size % 2 == 0 {
-                        return Err(shape_error(
-                            &label,
-                            "an odd window size (the window is centred on each channel)".into(),
-                            n.size.to_string(),
-                            None,
-                        ));
-                    }
-                    if n.groups == 0 || !shape.channels.is_multiple_of(n.groups) {
-                        return Err(shape_error(
-                            &label,
-                            format!("channels divisible by groups = {}", n.groups),
-                            format!("{} channels", shape.channels),
-                            None,
-                        ));
-                    }
-                    if n.k <= 0.0 || n.alpha < 0.0 || n.beta < 0.0 {
-                        return Err(shape_error(
-                            &label,
-                            "k > 0, alpha >= 0 and beta >= 0".into(),
-                            format!("k {} alpha {} beta {}", n.k, n.alpha, n.beta),
-                            None,
-                        ));
-                    }
-                    let geometry = LrnGeometry {
-                        shape,
-                        size: n.size,
-                        alpha: n.alpha,
-                        beta: n.beta,
-                        k: n.k,
-                        groups: n.groups,
-                    };
-                    (Op::Lrn { geometry }, shape)
+                LayerSpec::Lrn(n) => (
+                    Op::Lrn {
+                        geometry: plan_lrn(&label, n, shape)?,
+                    },
+                    shape,
+                ),
+                LayerSpec::MaxPool(p) => {
+                    let geometry = plan_pool(&label, p, shape)?;
+                    (Op::MaxPool { geometry }, geometry.output)
                 }
-                LayerSpec::MaxPool(p) | LayerSpec::AvgPool(p) => {
-                    let side = |s| PoolGeometry::output_side(s, p.size, p.stride);
-                    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
-                        return Err(shape_error(
-                            &label,
-                            format!(
-                                "an input of at least {s}x{s} and size, stride of at least 1",
-                                s = p.size
-                            ),
-                            format!("{shape}, size {} stride {}", p.size, p.stride),
-                            None,
-                        ));
-                    };
-                    let output = Shape::new(shape.channels, h, w);
-                    let geometry = PoolGeometry {
-                        input: shape,
-                        output,
-                        size: p.size,
-                        stride: p.stride,
-                    };
-                    let op = if matches!(layer, LayerSpec::MaxPool(_)) {
-                        Op::MaxPool { geometry }
-                    } else {
-                        Op::AvgPool { geometry }
-                    };
-                    (op, output)
+                LayerSpec::AvgPool(p) => {
+                    let geometry = plan_pool(&label, p, shape)?;
+                    (Op::AvgPool { geometry }, geometry.output)
                 }
                 LayerSpec::Dropout(d) => {
-                    if !(0.0..1.0).contains(&d.p) {
-                        return Err(shape_error(
-                            &label,
-                            "p in [0, 1)".into(),
-                            d.p.to_string(),
-                            None,
-                        ));
-                    }
-                    let geometry = DropoutGeometry {
-                        len: shape.len(),
-                        p: d.p,
-                    };
+                    let geometry = plan_dropout(&label, d, shape)?;
                     (Op::Dropout { geometry }, shape)
                 }
             };
-            if output.is_empty() {
-                return Err(shape_error(
-                    &label,
-                    "a non-empty output".into(),
-                    output.to_string(),
-                    None,
-                ));
-            }
+            check_output(&label, output, &params[params_before..])?;
             previous_was_activation = op.in_place();
             let src = activations.len() - 1;
             let dst = if op.in_place() {
@@ -403,6 +221,27 @@ impl Plan {
         self.params.iter().map(ParamInfo::len).sum()
     }
 
+    /// The bytes a network's buffers take at `max_batch` images (parameters with
+    /// their gradients and velocities, every activation, the two gradient
+    /// buffers, dropout masks): an upper bound, checked against the memory
+    /// there is before anything is allocated. `None` if it overflows.
+    pub fn buffer_bytes(&self, max_batch: usize) -> Option<u128> {
+        let batch = max_batch as u128;
+        let params: u128 = self.params.iter().map(|p| p.len() as u128).sum();
+        let activations: u128 = self.activations.iter().map(|&a| a as u128).sum();
+        let largest = self.activations.iter().copied().max().unwrap_or(0) as u128;
+        let masks: u128 = self
+            .layers
+            .iter()
+            .map(|l| match &l.op {
+                Op::Dropout { geometry } => geometry.len as u128,
+                _ => 0,
+            })
+            .sum();
+        let values = 3 * params + batch.checked_mul(activations + 2 * largest + masks)?;
+        values.checked_mul(4)
+    }
+
     /// Multiply-adds of one image's forward pass through convolutions and linear layers.
     pub fn forward_macs(&self) -> usize {
         self.layers
@@ -425,6 +264,298 @@ impl Plan {
 
     pub fn classes(&self) -> usize {
         self.spec.classes
+    }
+}
+
+/// The net's input shape, checked, and a class count of at least 1.
+fn check_input(spec: &NetSpec) -> Result<Shape> {
+    let input = Shape::new(spec.input.channels, spec.input.height, spec.input.width);
+    check_values(
+        "input",
+        "input",
+        &[input.channels, input.height, input.width],
+    )?;
+    if input.is_empty() {
+        return Err(shape_error(
+            "input",
+            "channels, height and width of at least 1".into(),
+            input.to_string(),
+            None,
+        ));
+    }
+    if spec.classes == 0 {
+        return Err(shape_error(
+            "classes",
+            "at least 1".into(),
+            "0".into(),
+            None,
+        ));
+    }
+    Ok(input)
+}
+
+/// How errors and reports name a layer: "layer 5 (conv2)", "layer 6 (relu)".
+fn layer_label(index: usize, layer: &LayerSpec) -> String {
+    match layer {
+        LayerSpec::Conv(c) => format!("layer {} ({})", index + 1, c.name),
+        LayerSpec::Linear(l) => format!("layer {} ({})", index + 1, l.name),
+        other => format!("layer {} ({})", index + 1, kind_name(other)),
+    }
+}
+
+/// A layer's output must hold something, and it and the layer's parameter
+/// tensors no more than [`MAX_VALUES`].
+fn check_output(label: &str, output: Shape, params: &[ParamInfo]) -> Result<()> {
+    if output.is_empty() {
+        return Err(shape_error(
+            label,
+            "a non-empty output".into(),
+            output.to_string(),
+            None,
+        ));
+    }
+    check_values(
+        label,
+        "output",
+        &[output.channels, output.height, output.width],
+    )?;
+    for param in params {
+        check_values(label, &param.name, &param.shape)?;
+    }
+    Ok(())
+}
+
+/// A convolution reading `shape`: its geometry, and its two tensors appended to `params`.
+fn plan_conv(
+    label: &str,
+    c: &ConvSpec,
+    shape: Shape,
+    params: &mut Vec<ParamInfo>,
+) -> Result<(Op, Shape)> {
+    if c.out == 0 || c.kernel == 0 || c.stride == 0 || c.groups == 0 {
+        return Err(shape_error(
+            label,
+            "out, kernel, stride and groups of at least 1".into(),
+            format!(
+                "out {} kernel {} stride {} groups {}",
+                c.out, c.kernel, c.stride, c.groups
+            ),
+            None,
+        ));
+    }
+    if !shape.channels.is_multiple_of(c.groups) || !c.out.is_multiple_of(c.groups) {
+        return Err(shape_error(
+            label,
+            format!(
+                "input and output channels divisible by groups = {}",
+                c.groups
+            ),
+            format!("{} input and {} output channels", shape.channels, c.out),
+            None,
+        ));
+    }
+    let side = |s| ConvGeometry::output_side(s, c.kernel, c.stride, c.pad);
+    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
+        return Err(shape_error(
+            label,
+            format!(
+                "an input of at least {k}x{k} after padding {p}",
+                k = c.kernel,
+                p = c.pad
+            ),
+            format!("{shape}"),
+            Some("use a smaller kernel, more padding or a larger input"),
+        ));
+    };
+    let output = Shape::new(c.out, h, w);
+    let geometry = ConvGeometry {
+        input: shape,
+        output,
+        kernel: c.kernel,
+        stride: c.stride,
+        pad: c.pad,
+        groups: c.groups,
+    };
+    let weight = params.len();
+    params.push(ParamInfo {
+        name: format!("{}.weight", c.name),
+        shape: vec![c.out, shape.channels / c.groups, c.kernel, c.kernel],
+        init: Init::Gaussian(c.init_std),
+        decay: true,
+    });
+    params.push(ParamInfo {
+        name: format!("{}.bias", c.name),
+        shape: vec![c.out],
+        init: Init::Constant(c.bias_init),
+        decay: false,
+    });
+    Ok((Op::Conv { geometry, weight }, output))
+}
+
+/// A fully connected layer reading `shape` (the classifier, with `classes`
+/// outputs, when it has no `out`), its two tensors appended to `params`.
+fn plan_linear(
+    label: &str,
+    l: &LinearSpec,
+    shape: Shape,
+    classes: usize,
+    params: &mut Vec<ParamInfo>,
+) -> Result<(Op, Shape)> {
+    let outputs = match l.out {
+        Some(0) => {
+            return Err(shape_error(
+                label,
+                "out of at least 1".into(),
+                "0".into(),
+                None,
+            ));
+        }
+        Some(n) => n,
+        None => classes,
+    };
+    let geometry = LinearGeometry {
+        inputs: shape.len(),
+        outputs,
+    };
+    let weight = params.len();
+    params.push(ParamInfo {
+        name: format!("{}.weight", l.name),
+        shape: vec![outputs, shape.len()],
+        init: Init::Gaussian(l.init_std),
+        decay: true,
+    });
+    params.push(ParamInfo {
+        name: format!("{}.bias", l.name),
+        shape: vec![outputs],
+        init: Init::Constant(l.bias_init),
+        decay: false,
+    });
+    Ok((Op::Linear { geometry, weight }, Shape::new(outputs, 1, 1)))
+}
+
+/// Activations work in place on the previous layer's output, so one must not
+/// come first or straight after another.
+fn check_activation(label: &str, after_activation: bool, first: bool) -> Result<()> {
+    if after_activation || first {
+        return Err(shape_error(
+            label,
+            "an activation after a convolution, linear, pooling, LRN or dropout layer".into(),
+            if first {
+                "it first".into()
+            } else {
+                "another activation right before it".into()
+            },
+            Some(
+                "activations work in place on the previous layer's output; two in a row would lose what the first one's backward needs",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn plan_dropout(label: &str, d: &DropoutSpec, shape: Shape) -> Result<DropoutGeometry> {
+    if !(0.0..1.0).contains(&d.p) {
+        return Err(shape_error(
+            label,
+            "p in [0, 1)".into(),
+            d.p.to_string(),
+            None,
+        ));
+    }
+    Ok(DropoutGeometry {
+        len: shape.len(),
+        p: d.p,
+    })
+}
+
+fn plan_lrn(label: &str, n: &LrnSpec, shape: Shape) -> Result<LrnGeometry> {
+    if n.size == 0 || n.size.is_multiple_of(2) {
+        return Err(shape_error(
+            label,
+            "an odd window size (the window is centred on each channel)".into(),
+            n.size.to_string(),
+            None,
+        ));
+    }
+    if n.groups == 0 || !shape.channels.is_multiple_of(n.groups) {
+        return Err(shape_error(
+            label,
+            format!("channels divisible by groups = {}", n.groups),
+            format!("{} channels", shape.channels),
+            None,
+        ));
+    }
+    if n.k <= 0.0 || n.alpha < 0.0 || n.beta < 0.0 {
+        return Err(shape_error(
+            label,
+            "k > 0, alpha >= 0 and beta >= 0".into(),
+            format!("k {} alpha {} beta {}", n.k, n.alpha, n.beta),
+            None,
+        ));
+    }
+    Ok(LrnGeometry {
+        shape,
+        size: n.size,
+        alpha: n.alpha,
+        beta: n.beta,
+        k: n.k,
+        groups: n.groups,
+    })
+}
+
+fn plan_pool(label: &str, p: &PoolSpec, shape: Shape) -> Result<PoolGeometry> {
+    let side = |s| PoolGeometry::output_side(s, p.size, p.stride);
+    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
+        return Err(shape_error(
+            label,
+            format!(
+                "an input of at least {s}x{s} and size, stride of at least 1",
+                s = p.size
+            ),
+            format!("{shape}, size {} stride {}", p.size, p.stride),
+            None,
+        ));
+    };
+    Ok(PoolGeometry {
+        input: shape,
+        output: Shape::new(shape.channels, h, w),
+        size: p.size,
+        stride: p.stride,
+    })
+}
+
+/// The most values one activation or parameter tensor may hold (4 TiB of f32):
+/// beyond any machine's memory, so larger descriptions are mistakes, and low
+/// enough that no size computed from a plan overflows.
+pub const MAX_VALUES: usize = 1 << 40;
+
+/// Refuses a tensor of more than [`MAX_VALUES`] values (or whose size overflows).
+fn check_values(label: &str, what: &str, dims: &[usize]) -> Result<()> {
+    let len = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match len {
+        Some(len) if len <= MAX_VALUES => Ok(()),
+        _ => Err(shape_error(
+            label,
+            format!("a {what} of at most {MAX_VALUES} values (4 TiB)"),
+            format!("{dims:?}"),
+            Some("a layer this large cannot be allocated; check its sizes"),
+        )),
+    }
+}
+
+/// A size in bytes as people read it: "1.5 GiB".
+pub fn bytes_text(bytes: u128) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", units[unit])
     }
 }
 

@@ -31,12 +31,13 @@
 
 use std::ops::Range;
 
-use crate::backend::{Backend, Rows};
+use crate::backend::Backend;
 use crate::cpu::reference;
 use crate::error::{Error, Result};
 use crate::input::StoredBatch;
-use crate::model::Model;
-use crate::net::{LayerTimes, Mode, Network, check_labels, initial_values, input_error, pair_mut};
+use crate::layers::Rows;
+use crate::model::{LayerTimes, Mode, Model};
+use crate::net::{Network, check_labels, initial_values, input_error, pair_mut};
 use crate::optim::Sgd;
 use crate::plan::{Op, Plan};
 use crate::rng::Rng;

@@ -31,6 +31,7 @@ pub fn product_modes() -> Vec<(String, alexnet::Products)> {
 pub fn operand(products: alexnet::Products, values: &[f32]) -> Vec<f32> {
     match products.precision {
         alexnet::Precision::F32 => values.to_vec(),
+        alexnet::Precision::Tf32 => panic!("the CPU has no tf32 products"),
         alexnet::Precision::Bf16 => values
             .iter()
             .map(|&v| alexnet::cpu::fast::gemm_bf16::round_to_bf16(v))

@@ -11,11 +11,11 @@
 mod common;
 
 use alexnet::cpu::fast::buffers::ConvBuffers;
-use alexnet::cpu::fast::gemm::BF16_MIN_BATCH;
 use alexnet::cpu::{fast, reference};
 use alexnet::layers::{
     ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
 };
+use alexnet::precision::BF16_MIN_BATCH;
 use alexnet::rng::Rng;
 use alexnet::{Precision, Products};
 use common::{assert_close, operand, product_modes, random};

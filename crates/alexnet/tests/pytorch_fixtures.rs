@@ -188,6 +188,7 @@ fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
 }
 
 /// Replays the fixture's five steps on `backend` and measures every compared tensor.
+#[allow(clippy::too_many_lines)] // the fixture's steps replayed in its order, each finding beside its step
 fn replay<B: Backend>(backend: B, fx: &Fixture) -> Vec<Finding> {
     let spec = NetSpec::from_toml(fx.meta("spec"), &fx.name)
         .unwrap_or_else(|e| panic!("{}: the stored description does not parse: {e}", fx.name));

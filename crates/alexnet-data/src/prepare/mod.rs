@@ -236,6 +236,72 @@ pub fn partial_dir(out: &Path) -> PathBuf {
 /// the partial directory into place.
 pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summary> {
     let started = Instant::now();
+    check_shape(&job, opts)?;
+    let out = &opts.out;
+    check_output(out, opts.force)?;
+    let partial = partial_dir(out);
+    let [channels, height, width] = job.shape;
+    let record = record_bytes(channels, height, width).unwrap();
+    let per_shard = ((opts.shard_bytes.saturating_sub(SHARD_HEADER_BYTES as u64)) / record as u64)
+        .max(1) as usize;
+    let mut journal = open_journal(&partial, fingerprint(&job, opts, per_shard))?;
+    let total: usize = job.splits.iter().map(|(_, s)| s.len()).sum();
+    let bar = progress_bar(total, opts.progress);
+    let mut stats = PixelStats::new(channels, height, width);
+    let progress = ShardWork {
+        partial: &partial,
+        layout: ShardLayout {
+            shape: job.shape,
+            encoding: opts.encoding,
+            classes: job.classes.len(),
+        },
+        per_shard,
+        stop_after: opts.stop_after_shards,
+        bar: &bar,
+    }
+    .write_splits(&job, &mut journal, &mut stats)?;
+    bar.finish_and_clear();
+    let summary = |splits: Vec<(String, u64)>, skipped: usize, complete: bool| Summary {
+        out: out.clone(),
+        name: job.name.clone(),
+        shape: job.shape,
+        encoding: opts.encoding,
+        classes: job.classes.len(),
+        splits,
+        skipped: skipped as u64,
+        resumed_shards: progress.resumed,
+        written_shards: progress.written,
+        complete,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if progress.stopped {
+        return Ok(summary(Vec::new(), 0, false));
+    }
+
+    let skipped = skipped_in_order(&job, &journal);
+    if stats.images() == 0 {
+        write_skipped(&partial, &skipped)?;
+        return Err(source_error(
+            Path::new(&job.source),
+            format!(
+                "no usable images in the {} split ({} skipped; see {})",
+                job.splits[0].0,
+                skipped.len(),
+                partial.join(SKIPPED_FILE).display()
+            ),
+        ));
+    }
+    let manifest = finish(&job, opts, &partial, &stats, progress.splits, &skipped)?;
+    let splits = manifest
+        .splits
+        .iter()
+        .map(|s| (s.name.clone(), s.images))
+        .collect();
+    Ok(summary(splits, skipped.len(), true))
+}
+
+/// Refuses an image shape or JPEG quality outside what the format holds.
+fn check_shape(job: &Job<'_>, opts: &PrepareOptions) -> Result<()> {
     let [channels, height, width] = job.shape;
     if !(channels == 1 || channels == 3)
         || height == 0
@@ -258,16 +324,15 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             format!("expected 1..=100, found {quality}"),
         ));
     }
-    let out = &opts.out;
-    check_output(out, opts.force)?;
-    let partial = partial_dir(out);
-    let record = record_bytes(channels, height, width).unwrap();
-    let per_shard = ((opts.shard_bytes.saturating_sub(SHARD_HEADER_BYTES as u64)) / record as u64)
-        .max(1) as usize;
+    Ok(())
+}
 
-    // The fingerprint covers the inputs and every setting that changes the bytes
-    // written, so a journal from different work is never continued. (The encoding
-    // is added only when it is not raw, so raw work keeps the fingerprint it had.)
+/// What identifies a preparation: the inputs and every setting that changes the
+/// bytes written, so a journal from different work is never continued. (The
+/// encoding is added only when it is not raw, so raw work keeps the fingerprint
+/// it had.)
+fn fingerprint(job: &Job<'_>, opts: &PrepareOptions, per_shard: usize) -> String {
+    let [channels, height, width] = job.shape;
     let mut hash = crc32fast::Hasher::new();
     hash.update(
         format!(
@@ -283,8 +348,12 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         hash.update(format!("split {name} {} items;", source.len()).as_bytes());
         source.fingerprint(&mut hash);
     }
-    let fingerprint = format!("{:08x}", hash.finalize());
+    format!("{:08x}", hash.finalize())
+}
 
+/// The journal of the shards already written into `partial`, if it records the
+/// same work; otherwise a fresh, empty `partial` directory and journal.
+fn open_journal(partial: &Path, fingerprint: String) -> Result<Journal> {
     let journal_path = partial.join(JOURNAL_FILE);
     let mut journal = match std::fs::read_to_string(&journal_path) {
         Ok(text) => match serde_json::from_str::<Journal>(&text) {
@@ -295,14 +364,16 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
     };
     if journal.done.is_empty() {
         if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(io_error(&partial))?;
+            std::fs::remove_dir_all(partial).map_err(io_error(partial))?;
         }
-        std::fs::create_dir_all(&partial).map_err(io_error(&partial))?;
+        std::fs::create_dir_all(partial).map_err(io_error(partial))?;
     }
     journal.fingerprint = fingerprint;
+    Ok(journal)
+}
 
-    let total: usize = job.splits.iter().map(|(_, s)| s.len()).sum();
-    let bar = if opts.progress {
+fn progress_bar(total: usize, shown: bool) -> ProgressBar {
+    let bar = if shown {
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr())
     } else {
         ProgressBar::hidden()
@@ -314,90 +385,109 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         .unwrap()
         .progress_chars("=> "),
     );
+    bar
+}
 
-    let layout = ShardLayout {
-        shape: job.shape,
-        encoding: opts.encoding,
-        classes: job.classes.len(),
-    };
-    let mut stats = PixelStats::new(channels, height, width);
-    let mut manifest_splits = Vec::new();
-    let mut resumed = 0;
-    let mut written = 0;
-    let mut stopped = false;
-    'splits: for (split_index, (split_name, source)) in job.splits.iter().enumerate() {
-        bar.set_prefix(split_name.clone());
-        let train = split_index == 0;
-        let mut shards = Vec::new();
-        let mut images = 0u64;
-        for (index, first) in (0..source.len()).step_by(per_shard).enumerate() {
-            let range = first..(first + per_shard).min(source.len());
-            let done = journal
-                .done
-                .iter()
-                .find(|d| d.split == *split_name && d.index == index)
-                .cloned();
-            let done = match done {
-                Some(done) if resume_shard(&partial, &done, &layout, train, &mut stats)? => {
-                    resumed += 1;
-                    bar.inc(range.len() as u64);
-                    done
-                }
-                _ => {
-                    if opts.stop_after_shards.is_some_and(|n| written >= n) {
-                        stopped = true;
-                        break 'splits;
+/// What writing the splits' shards did.
+struct Written {
+    splits: Vec<SplitManifest>,
+    resumed: usize,
+    written: usize,
+    /// `stop_after_shards` was reached before the end.
+    stopped: bool,
+}
+
+/// Where and how shards are written.
+struct ShardWork<'a> {
+    partial: &'a Path,
+    layout: ShardLayout,
+    per_shard: usize,
+    stop_after: Option<usize>,
+    bar: &'a ProgressBar,
+}
+
+impl ShardWork<'_> {
+    /// Writes every split's shards in order, keeping those the journal records as
+    /// done (and still whole), and records each new one in the journal.
+    fn write_splits(
+        &self,
+        job: &Job<'_>,
+        journal: &mut Journal,
+        stats: &mut PixelStats,
+    ) -> Result<Written> {
+        let journal_path = self.partial.join(JOURNAL_FILE);
+        let (partial, layout, bar, per_shard) =
+            (self.partial, &self.layout, self.bar, self.per_shard);
+        let mut manifest_splits = Vec::new();
+        let mut resumed = 0;
+        let mut written = 0;
+        let mut stopped = false;
+        'splits: for (split_index, (split_name, source)) in job.splits.iter().enumerate() {
+            bar.set_prefix(split_name.clone());
+            let train = split_index == 0;
+            let mut shards = Vec::new();
+            let mut images = 0u64;
+            for (index, first) in (0..source.len()).step_by(per_shard).enumerate() {
+                let range = first..(first + per_shard).min(source.len());
+                let done = journal
+                    .done
+                    .iter()
+                    .find(|d| d.split == *split_name && d.index == index)
+                    .cloned();
+                let done = match done {
+                    Some(done) if resume_shard(partial, &done, layout, train, stats)? => {
+                        resumed += 1;
+                        bar.inc(range.len() as u64);
+                        done
                     }
-                    written += 1;
-                    let done = write_shard(
-                        &partial,
-                        split_name,
-                        index,
-                        *source,
-                        range,
-                        &layout,
-                        train.then_some(&mut stats),
-                        &bar,
-                    )?;
-                    journal
-                        .done
-                        .retain(|d| !(d.split == *split_name && d.index == index));
-                    journal.done.push(done.clone());
-                    let text = serde_json::to_string(&journal).unwrap();
-                    format::write_atomically(&journal_path, text.as_bytes())?;
-                    done
+                    _ => {
+                        if self.stop_after.is_some_and(|n| written >= n) {
+                            stopped = true;
+                            break 'splits;
+                        }
+                        written += 1;
+                        let done = write_shard(
+                            partial,
+                            split_name,
+                            index,
+                            *source,
+                            range,
+                            layout,
+                            train.then_some(&mut *stats),
+                            bar,
+                        )?;
+                        journal
+                            .done
+                            .retain(|d| !(d.split == *split_name && d.index == index));
+                        journal.done.push(done.clone());
+                        let text = serde_json::to_string(&journal).unwrap();
+                        format::write_atomically(&journal_path, text.as_bytes())?;
+                        done
+                    }
+                };
+                if let Some(shard) = done.shard {
+                    images += shard.images;
+                    shards.push(shard);
                 }
-            };
-            if let Some(shard) = done.shard {
-                images += shard.images;
-                shards.push(shard);
             }
+            manifest_splits.push(SplitManifest {
+                name: split_name.clone(),
+                images,
+                shards,
+            });
         }
-        manifest_splits.push(SplitManifest {
-            name: split_name.clone(),
-            images,
-            shards,
-        });
+        Ok(Written {
+            splits: manifest_splits,
+            resumed,
+            written,
+            stopped,
+        })
     }
-    bar.finish_and_clear();
-    if stopped {
-        return Ok(Summary {
-            out: out.clone(),
-            name: job.name,
-            shape: job.shape,
-            encoding: opts.encoding,
-            classes: job.classes.len(),
-            splits: Vec::new(),
-            skipped: 0,
-            resumed_shards: resumed,
-            written_shards: written,
-            complete: false,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-    }
+}
 
-    let skipped: Vec<Skipped> = job
-        .splits
+/// Every skipped file, split by split, shard by shard.
+fn skipped_in_order(job: &Job<'_>, journal: &Journal) -> Vec<Skipped> {
+    job.splits
         .iter()
         .flat_map(|(name, _)| {
             let mut done: Vec<&DoneShard> =
@@ -405,25 +495,27 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             done.sort_by_key(|d| d.index);
             done.into_iter().flat_map(|d| d.skipped.iter().cloned())
         })
-        .collect();
-    if stats.images() == 0 {
-        write_skipped(&partial, &skipped)?;
-        return Err(source_error(
-            Path::new(&job.source),
-            format!(
-                "no usable images in the {} split ({} skipped; see {})",
-                job.splits[0].0,
-                skipped.len(),
-                partial.join(SKIPPED_FILE).display()
-            ),
-        ));
-    }
+        .collect()
+}
 
+/// Writes the mean image, the skipped list and the manifest, then moves the
+/// finished directory to `--out`.
+fn finish(
+    job: &Job<'_>,
+    opts: &PrepareOptions,
+    partial: &Path,
+    stats: &PixelStats,
+    splits: Vec<SplitManifest>,
+    skipped: &[Skipped],
+) -> Result<Manifest> {
+    let [channels, height, width] = job.shape;
+    let out = &opts.out;
+    let journal_path = partial.join(JOURNAL_FILE);
     let mean = stats.mean_image();
     let mean_bytes = format::f32_bytes(&mean);
     let mean_path = partial.join(MEAN_FILE);
     format::write_atomically(&mean_path, &mean_bytes)?;
-    write_skipped(&partial, &skipped)?;
+    write_skipped(partial, skipped)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: opts.encoding.manifest_version(),
@@ -439,7 +531,7 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
             crc32: crc32fast::hash(&mean_bytes),
         },
         pca: stats.pca(),
-        splits: manifest_splits,
+        splits,
         encoding: opts.encoding,
     };
     let text = serde_json::to_string_pretty(&manifest).unwrap() + "\n";
@@ -450,25 +542,9 @@ pub(crate) fn write_dataset(job: Job<'_>, opts: &PrepareOptions) -> Result<Summa
         // check_output allowed this: an empty directory, or a finished dataset with --force.
         std::fs::remove_dir_all(out).map_err(io_error(out))?;
     }
-    std::fs::rename(&partial, out).map_err(io_error(out))?;
+    std::fs::rename(partial, out).map_err(io_error(out))?;
 
-    Ok(Summary {
-        out: out.clone(),
-        name: job.name,
-        shape: job.shape,
-        encoding: opts.encoding,
-        classes: job.classes.len(),
-        splits: manifest
-            .splits
-            .iter()
-            .map(|s| (s.name.clone(), s.images))
-            .collect(),
-        skipped: skipped.len() as u64,
-        resumed_shards: resumed,
-        written_shards: written,
-        complete: true,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(manifest)
 }
 
 /// Refuses to write over anything but nothing, an empty directory, or (with

@@ -8,11 +8,12 @@ pub mod reference;
 
 pub use buffer::CpuBuffer;
 
-use crate::backend::{Backend, Rows};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::layers::Rows;
 use crate::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry};
+use crate::precision::{Bf16Kernel, Precision, Products};
 use fast::buffers::ConvBuffers;
-use fast::gemm::{Bf16Kernel, Precision, Products};
 use std::sync::Arc;
 
 /// The fast CPU backend: GEMM and Winograd convolutions, vectorised passes, on a
@@ -65,6 +66,13 @@ impl Cpu {
 
     /// The given precision and bf16 kernel; an error names a kernel this CPU lacks.
     pub fn with_products(products: Products) -> Result<Self> {
+        if products.precision == Precision::Tf32 {
+            return Err(Error::Input {
+                what: "precision".into(),
+                expected: "fp32 or bf16 on the CPU (tf32 is a GPU tensor-core format)".into(),
+                found: "tf32".into(),
+            });
+        }
         if products.precision == Precision::Bf16 && !products.bf16_kernel.is_available() {
             return Err(Error::Input {
                 what: "bf16 kernel".into(),
@@ -93,6 +101,14 @@ impl Cpu {
         })
     }
 
+    /// This backend on `pool`, which others may share: a program that runs its
+    /// own work on the same pool (inside its `install`) then calls the layers
+    /// from one of the pool's threads, where they just run, instead of handing
+    /// each layer across to another pool's threads and waiting.
+    pub fn with_pool(self, pool: Arc<rayon::ThreadPool>) -> Self {
+        Cpu { pool, ..self }
+    }
+
     pub fn products(&self) -> Products {
         self.products
     }
@@ -110,6 +126,35 @@ impl Cpu {
     }
 }
 
+/// `len` zeros, or an error saying how much memory they would have taken
+/// (rather than the process aborting).
+fn host_zeros(len: usize) -> Result<Vec<f32>> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(len).map_err(|_| Error::Input {
+        what: "memory".into(),
+        expected: "an allocation this machine can make".into(),
+        found: format!(
+            "{} for a buffer of {len} values",
+            crate::plan::bytes_text(len as u128 * 4)
+        ),
+    })?;
+    values.resize(len, 0.0);
+    Ok(values)
+}
+
+/// This machine's physical memory, from the operating system.
+fn physical_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system configuration; a negative result means
+    // the value is unknown.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
 /// The reference backend: naive loops on one thread. Slow; for tests.
 #[derive(Clone, Debug, Default)]
 pub struct ReferenceCpu;
@@ -119,7 +164,10 @@ macro_rules! host_buffers {
     ($buffer:ty) => {
         type Buffer = $buffer;
         fn alloc(&self, len: usize) -> Result<$buffer> {
-            Ok(vec![0.0; len].into())
+            Ok(host_zeros(len)?.into())
+        }
+        fn memory_bytes(&self) -> Option<u64> {
+            physical_memory_bytes()
         }
         fn upload(&self, src: &[f32], dst: &mut $buffer) {
             dst[..src.len()].copy_from_slice(src);
@@ -137,9 +185,9 @@ macro_rules! host_buffers {
             &self,
             _from: &Self,
             src: &$buffer,
-            src_rows: crate::backend::Rows,
+            src_rows: crate::layers::Rows,
             dst: &mut $buffer,
-            dst_rows: crate::backend::Rows,
+            dst_rows: crate::layers::Rows,
         ) {
             let len = src_rows.len;
             for (from, to) in src_rows.paired_starts(&dst_rows, "pulled") {
@@ -149,9 +197,9 @@ macro_rules! host_buffers {
         fn add_rows(
             &self,
             src: &$buffer,
-            src_rows: crate::backend::Rows,
+            src_rows: crate::layers::Rows,
             dst: &mut $buffer,
-            dst_rows: crate::backend::Rows,
+            dst_rows: crate::layers::Rows,
         ) {
             let len = src_rows.len;
             for (from, to) in src_rows.paired_starts(&dst_rows, "added") {
@@ -176,7 +224,8 @@ impl Backend for Cpu {
 
     fn describe(&self) -> String {
         let products = match self.products.precision {
-            Precision::F32 => "fp32 products".to_string(),
+            // `with_products` refuses tf32, so a Cpu never holds it.
+            Precision::F32 | Precision::Tf32 => "fp32 products".to_string(),
             Precision::Bf16 => format!("bf16 products on {}", self.products.bf16_kernel.name()),
         };
         format!(
@@ -243,7 +292,7 @@ impl Backend for Cpu {
         y: &mut CpuBuffer,
     ) {
         self.install(|| {
-            if n >= fast::gemm::BF16_MIN_BATCH {
+            if n >= crate::precision::BF16_MIN_BATCH {
                 fast::linear::forward(g, n, x, w, b, y, self.products)
             } else if self.products.precision == Precision::Bf16 {
                 // Small batches read every weight per image: from a bf16 copy, made

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::Rows;
+use super::Rows;
 use crate::rng::stream_value;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

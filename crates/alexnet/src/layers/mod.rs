@@ -50,3 +50,56 @@ impl std::fmt::Display for Shape {
         write!(f, "{}x{}x{}", self.channels, self.height, self.width)
     }
 }
+
+/// Where a block of rows lies in a buffer: `count` rows of `len` values each, row
+/// `r` starting at value `offset + r * stride`. Used to move one tower's share of
+/// every image's values (a run of channels) between towers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub count: usize,
+    pub len: usize,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl Rows {
+    /// `count` rows of `len` values one after another from the start.
+    pub fn packed(count: usize, len: usize) -> Rows {
+        Rows {
+            count,
+            len,
+            offset: 0,
+            stride: len,
+        }
+    }
+
+    /// One past the last value the rows touch (0 when there are none).
+    pub fn end(&self) -> usize {
+        if self.count == 0 || self.len == 0 {
+            0
+        } else {
+            self.offset + (self.count - 1) * self.stride + self.len
+        }
+    }
+
+    /// The index of each row's first value.
+    pub fn starts(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.count).map(|r| self.offset + r * self.stride)
+    }
+
+    /// The first values of each row of `self` and of the matching row of `other`,
+    /// which must have the same number of rows of the same length (a copy or sum
+    /// of one block into another); `what` names the operation in the panic.
+    pub fn paired_starts<'a>(
+        &'a self,
+        other: &'a Rows,
+        what: &str,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        assert_eq!(
+            (self.count, self.len),
+            (other.count, other.len),
+            "rows {what} between blocks of different shapes"
+        );
+        self.starts().zip(other.starts())
+    }
+}

@@ -11,10 +11,11 @@ use std::ops::Range;
 
 use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
-use super::gemm::{Layout, Precision, Products, matmul};
+use super::gemm::{Layout, matmul};
 use super::scratch::with_scratch;
 use super::{winograd, winograd_5x5, winograd_strided};
 use crate::layers::ConvGeometry;
+use crate::precision::{Precision, Products};
 
 /// The output columns `ox` whose tap `kx` lands inside the input row (not in padding).
 fn valid_columns(g: &ConvGeometry, kx: usize) -> Range<usize> {

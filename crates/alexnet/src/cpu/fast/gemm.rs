@@ -3,67 +3,7 @@
 
 use gemm::Parallelism;
 
-pub use super::gemm_bf16::Bf16Kernel;
-
-/// The arithmetic of the matrix products (convolutions and fully connected layers).
-/// Everything else (weights, activations, gradients, the SGD update) stays f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 operands and sums.
-    #[default]
-    F32,
-    /// Mixed precision: operands rounded to bf16, products summed in f32.
-    Bf16,
-}
-
-impl Precision {
-    /// The name used by `--precision` and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "fp32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-}
-
-/// How the matrix products are computed: the precision, and the kernel for bf16.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Products {
-    pub precision: Precision,
-    pub bf16_kernel: Bf16Kernel,
-}
-
-impl Products {
-    /// The settings a fully connected layer's matrix products use for a batch of
-    /// `n`: below [`BF16_MIN_BATCH`] they stay f32. There the arithmetic is
-    /// negligible and each product streams the layer's weights once; rounding the
-    /// f32 weights to bf16 on the way would cost more than it saves. (The forward
-    /// pass at such batches does not come here: it streams its weights in
-    /// [`super::gemv`], from a bf16 copy kept between calls in bf16 mode.)
-    pub fn for_linear_batch(self, n: usize) -> Products {
-        if n < BF16_MIN_BATCH {
-            Products {
-                precision: Precision::F32,
-                ..self
-            }
-        } else {
-            self
-        }
-    }
-}
-
-/// The smallest batch at which fully connected layers use bf16 products.
-pub const BF16_MIN_BATCH: usize = 8;
-
-impl Default for Products {
-    /// f32, with the fastest bf16 kernel of this CPU ready if bf16 is chosen.
-    fn default() -> Self {
-        Products {
-            precision: Precision::F32,
-            bf16_kernel: Bf16Kernel::detect(),
-        }
-    }
-}
+use crate::precision::{Precision, Products};
 
 /// How a matrix operand is stored, row-major either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use super::gemm::Layout;
 use super::simd::dispatch;
+use crate::precision::Bf16Kernel;
 
 /// Rows of `C` per micro-tile (broadcast pairs of `A`).
 const MR: usize = 12;
@@ -33,52 +34,6 @@ const KC: usize = 192;
 const MC: usize = 144;
 /// Columns of `B` packed at a time (a `KC x NC` slice of 2.3 MiB, from L3).
 const NC: usize = 3072;
-
-/// The bf16 micro-kernel implementations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bf16Kernel {
-    /// `VDPBF16PS` (x86-64 with AVX512-BF16).
-    Avx512Bf16,
-    /// Plain f32 arithmetic on the bf16 values; runs anywhere.
-    Portable,
-}
-
-impl Bf16Kernel {
-    /// The fastest kernel this CPU can run.
-    pub fn detect() -> Self {
-        if Self::Avx512Bf16.is_available() {
-            Self::Avx512Bf16
-        } else {
-            Self::Portable
-        }
-    }
-
-    pub fn is_available(self) -> bool {
-        match self {
-            Self::Portable => true,
-            Self::Avx512Bf16 => {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx512f")
-                        && std::arch::is_x86_feature_detected!("avx512bw")
-                        && std::arch::is_x86_feature_detected!("avx512bf16")
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            }
-        }
-    }
-
-    /// The name used by `--kernels` and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Avx512Bf16 => "avx512-bf16",
-            Self::Portable => "portable",
-        }
-    }
-}
 
 /// The bf16 bit pattern nearest to `x` (ties to even); NaN stays NaN.
 pub fn bf16_bits(x: f32) -> u16 {

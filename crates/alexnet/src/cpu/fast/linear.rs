@@ -6,9 +6,10 @@
 //! computed transposed into scratch memory and transposed back: the transposes
 //! move a few MB, the products hundreds of MFLOP.
 
-use super::gemm::{Layout, Products, matmul};
+use super::gemm::{Layout, matmul};
 use super::scratch::with_scratch;
 use crate::layers::LinearGeometry;
+use crate::precision::Products;
 
 /// `dst[c][r] = src[r][c]` for a `rows x cols` matrix.
 pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {

@@ -29,10 +29,11 @@ use rayon::prelude::*;
 
 use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
-use super::gemm::{Layout, Products, matmul};
+use super::gemm::{Layout, matmul};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use crate::layers::{ConvGeometry, Shape};
+use crate::precision::Products;
 
 /// Positions in a 4x4 Winograd-domain block.
 const XI: usize = 16;

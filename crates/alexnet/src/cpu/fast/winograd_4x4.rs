@@ -19,11 +19,11 @@
 //!       [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]]`,
 //! `A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]`.
 
-use super::gemm::Products;
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use super::winograd::{domain_products, domain_weight_products};
 use crate::layers::{ConvGeometry, Shape};
+use crate::precision::Products;
 
 /// Positions in a 6x6 Winograd-domain block.
 const XI: usize = 36;

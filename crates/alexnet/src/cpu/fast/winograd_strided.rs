@@ -25,11 +25,11 @@ use rayon::prelude::*;
 
 use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
-use super::gemm::Products;
 use super::scratch::with_staging;
 use super::winograd::sum_partials;
 use super::winograd_4x4;
 use crate::layers::{ConvGeometry, Shape};
+use crate::precision::Products;
 
 /// Taps a side of the inner convolution.
 const INNER_KERNEL: usize = 3;
