@@ -127,19 +127,33 @@ impl Cpu {
 }
 
 /// `len` zeros, or an error saying how much memory they would have taken
-/// (rather than the process aborting).
+/// (rather than the process aborting). Zeroed memory from the allocator, as
+/// `vec![0.0; len]` takes it: large buffers arrive as untouched zero pages, so
+/// parts a run never uses cost no memory.
 fn host_zeros(len: usize) -> Result<Vec<f32>> {
-    let mut values = Vec::new();
-    values.try_reserve_exact(len).map_err(|_| Error::Input {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let error = || Error::Input {
         what: "memory".into(),
         expected: "an allocation this machine can make".into(),
         found: format!(
             "{} for a buffer of {len} values",
             crate::plan::bytes_text(len as u128 * 4)
         ),
-    })?;
-    values.resize(len, 0.0);
-    Ok(values)
+    };
+    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| error())?;
+    // SAFETY: the layout's size is not zero (len > 0). A non-null result is
+    // `len` f32s of zero bits (0.0), allocated by the global allocator with the
+    // layout of `len` f32s: what `Vec::from_raw_parts` needs for length and
+    // capacity `len`.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if ptr.is_null() {
+            return Err(error());
+        }
+        Ok(Vec::from_raw_parts(ptr, len, len))
+    }
 }
 
 /// This machine's physical memory, from the operating system.
