@@ -256,11 +256,29 @@ fn photo_tree(root: &Path) -> Expect {
     .unwrap();
     bad.push(("zebra/old.ppm".into(), "Pnm"));
 
-    // Hidden files, files beside the class folders and nested folders are not images of a class.
-    std::fs::write(root.join("cat/.DS_Store"), b"x").unwrap();
-    std::fs::write(root.join("README.txt"), b"about").unwrap();
+    // What is not a file: a folder (not entered), a dangling link, a link loop,
+    // a FIFO (never opened: reading it would wait for a writer forever).
     std::fs::create_dir_all(root.join("cat/nested")).unwrap();
     std::fs::write(root.join("cat/nested/z.png"), &png).unwrap();
+    bad.push(("cat/nested".into(), "a directory"));
+    std::os::unix::fs::symlink("missing.jpg", root.join("dog/gone.jpg")).unwrap();
+    bad.push(("dog/gone.jpg".into(), "dangling"));
+    std::os::unix::fs::symlink("loop.jpg", root.join("dog/loop.jpg")).unwrap();
+    bad.push(("dog/loop.jpg".into(), "loop"));
+    let fifo = root.join("zebra/pipe.jpg");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    bad.push(("zebra/pipe.jpg".into(), "FIFO"));
+    // A link to a good file is that file.
+    std::os::unix::fs::symlink("a.png", root.join("cat/a-link.png")).unwrap();
+    good.push(("cat".into(), "a-link.png".into(), Some(chw(&a))));
+
+    // Hidden files and files beside the class folders are not images of a class.
+    std::fs::write(root.join("cat/.DS_Store"), b"x").unwrap();
+    std::fs::write(root.join("README.txt"), b"about").unwrap();
 
     Expect { good, bad }
 }
@@ -298,7 +316,8 @@ fn photo_folders_every_format_and_broken_files_skipped() {
         vec![("train".to_string(), expect.good.len() as u64)]
     );
     let line = summary.to_string();
-    assert!(line.contains("7 skipped (see skipped.txt)"), "{line}");
+    let skipped_text = format!("{} skipped (see skipped.txt)", expect.bad.len());
+    assert!(line.contains(&skipped_text), "{line}");
 
     // Every broken file is listed, with a reason that says what is wrong.
     let skipped = skipped_lines(&tmp.join("data"));
@@ -565,4 +584,32 @@ fn a_folder_of_nothing_usable_fails_and_says_so() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("class folders"), "{err}");
+}
+
+#[test]
+fn an_empty_class_and_an_output_inside_the_input_are_refused() {
+    let tmp = TempDir::new("careless-folders");
+    let src = tmp.join("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    write_png(&src.join("a/x.png"), 1);
+    // A class folder that is a link to an empty folder elsewhere.
+    std::fs::create_dir_all(tmp.join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(tmp.join("elsewhere"), src.join("b")).unwrap();
+    let mut folder = FolderOptions::new(&src);
+    folder.size = S;
+    let err = prepare_folder(&folder, &PrepareOptions::new(&tmp.join("d")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("'b'") && err.contains("a link to") && err.contains("no entries"),
+        "{err}"
+    );
+    std::fs::remove_file(src.join("b")).unwrap();
+
+    let err = prepare_folder(&folder, &PrepareOptions::new(&src.join("a/data")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("inside the input folder"), "{err}");
+    assert!(!src.join("a/data").exists(), "nothing is written there");
+    prepare_folder(&folder, &PrepareOptions::new(&tmp.join("d"))).unwrap();
 }

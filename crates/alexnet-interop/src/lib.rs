@@ -44,6 +44,33 @@ pub struct Imported {
     pub source: String,
 }
 
+impl Imported {
+    /// Refuses NaN and infinite weights and means, naming the tensor: they would
+    /// flow silently into every result (and every checkpoint) after import.
+    pub fn checked_finite(self, file: &str) -> Result<Imported> {
+        for (name, _, values) in &self.tensors {
+            alexnet::checkpoint::check_finite(values)
+                .map_err(|e| Error::format(file, format!("tensor {name}: {e}")))?;
+        }
+        if let Some(mean) = &self.input.mean_image {
+            alexnet::checkpoint::check_finite(mean)
+                .map_err(|e| Error::format(file, format!("the mean image: {e}")))?;
+        }
+        let finite = self
+            .input
+            .channel_mean
+            .iter()
+            .chain(&self.input.channel_std);
+        if let Some(bad) = finite.into_iter().find(|v| !v.is_finite()) {
+            return Err(Error::format(
+                file,
+                format!("a per-channel mean or deviation is {bad}; expected finite numbers"),
+            ));
+        }
+        Ok(self)
+    }
+}
+
 /// The preprocessing imported weights expect, in our terms: the image's shorter
 /// side is resized to `resize` and the centre `resize x resize` square kept, then
 /// the centre `spec.input` patch is taken. Pixels are RGB (importers reorder

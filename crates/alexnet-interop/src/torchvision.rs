@@ -92,7 +92,7 @@ pub fn from_state_dict(state: StateDict, file: &str) -> Result<Imported> {
         }
         tensors.push((param.name.clone(), tensor.shape, tensor.values));
     }
-    Ok(Imported {
+    Imported {
         spec,
         tensors,
         input: input_convention(),
@@ -100,7 +100,8 @@ pub fn from_state_dict(state: StateDict, file: &str) -> Result<Imported> {
             "torchvision AlexNet state_dict {file} ({})",
             format.describe()
         ),
-    })
+    }
+    .checked_finite(file)
 }
 
 /// A tensor under our name, with the name it had in the file.
@@ -294,6 +295,19 @@ mod tests {
         for (param, (name, shape, values)) in plan.params.iter().zip(&imported.tensors) {
             assert_eq!((&param.name, &param.shape), (name, shape));
             assert_eq!(values.len(), param.len());
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_naming_the_tensor() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut tensors = state_dict([8, 16, 24, 16, 16], [32, 32], 10);
+            tensors[4].1.values[7] = bad;
+            let e = import_tensors(tensors).unwrap_err().to_string();
+            assert!(
+                e.contains("t.pth") && e.contains("conv3.weight") && e.contains("value 7"),
+                "{e}"
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::{Job, PrepareOptions, Source, Summary, folder_name, read_limited, write_dataset};
 use crate::error::{Result, config_error, io_error, source_error};
-use crate::format::{ClassInfo, MAX_SIDE};
+use crate::format::ClassInfo;
 
 /// Where the photographs are and what to make of them.
 #[derive(Clone, Debug)]
@@ -50,6 +50,12 @@ impl FolderOptions {
     }
 }
 
+/// The largest stored side of photographs: each decoding thread holds a few
+/// images of this size (48 MiB each as RGB) besides the one it decodes, and
+/// every stored image takes as much on disk. (The format itself allows
+/// [`crate::format::MAX_SIDE`].)
+pub const MAX_PHOTO_SIDE: usize = 4096;
+
 /// Largest image file read: far above any real photograph, and a bound on the
 /// memory one decoding thread can take for its input.
 const MAX_FILE_BYTES: u64 = 256 << 20;
@@ -69,9 +75,21 @@ fn photo_into(
     max_pixels: u64,
     out: &mut [u8],
 ) -> std::result::Result<(), String> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read: {e}"))?
-        .len();
+    photo_into_serialised(path, size, max_pixels, out, None)
+}
+
+/// [`photo_into`], where images of more than [`LARGE_PIXELS`] decode one at a
+/// time under `large` (when given), so that the memory of several decoding
+/// threads does not grow with the threads times the largest image.
+fn photo_into_serialised(
+    path: &Path,
+    size: u32,
+    max_pixels: u64,
+    out: &mut [u8],
+    large: Option<&std::sync::Mutex<()>>,
+) -> std::result::Result<(), String> {
+    let metadata = file_metadata(path)?;
+    let len = metadata.len();
     if len == 0 {
         return Err("empty file (0 bytes)".into());
     }
@@ -81,12 +99,48 @@ fn photo_into(
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let rgb = decode_rgb(&bytes, max_pixels)?;
+    let rgb = decode_rgb(&bytes, max_pixels, large)?;
     resize_centre_crop(&rgb, size, out)
 }
 
-/// Decodes an image file's bytes (format from the content, not the name) to RGB.
-pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<RgbImage, String> {
+/// What `path` is, if it is a regular file (or a link to one); otherwise why it
+/// is not an image file. Nothing but a regular file is opened: reading a FIFO
+/// would wait for a writer forever.
+fn file_metadata(path: &Path) -> std::result::Result<std::fs::Metadata, String> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => {
+            return Err(if e.kind() == std::io::ErrorKind::NotFound {
+                "a dangling symbolic link (its target does not exist)".into()
+            } else {
+                format!("a symbolic link that cannot be followed (a loop?): {e}")
+            });
+        }
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    if metadata.is_dir() {
+        return Err(
+            "a directory (a class folder holds image files; folders in it are not entered)".into(),
+        );
+    }
+    if !metadata.is_file() {
+        return Err("not a regular file (a FIFO, socket or device)".into());
+    }
+    Ok(metadata)
+}
+
+/// Images with more pixels than this decode one at a time in `prepare` (about
+/// 130 MB as 16-bit RGBA, the decoder's largest output): several threads may
+/// each hold one smaller image, but only one such large one.
+pub const LARGE_PIXELS: u64 = 16_000_000;
+
+/// Decodes an image file's bytes (format from the content, not the name) to RGB;
+/// an image of more than [`LARGE_PIXELS`] waits for `large` where given.
+fn decode_rgb(
+    bytes: &[u8],
+    max_pixels: u64,
+    large: Option<&std::sync::Mutex<()>>,
+) -> std::result::Result<RgbImage, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
@@ -116,6 +170,12 @@ pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64) -> std::result::Result<R
             "declared size {w}x{h} is over the limit of {max_pixels} pixels (a decompression bomb?)"
         ));
     }
+    let _one_at_a_time = large
+        .filter(|_| w as u64 * h as u64 > LARGE_PIXELS)
+        .map(|lock| {
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
     let image = DynamicImage::from_decoder(decoder)
         .map_err(|e| format!("cannot decode {format:?}: {e}"))?;
     // Grey, grey+alpha, palette, 16-bit and CMYK (converted by the JPEG decoder)
@@ -172,6 +232,8 @@ struct Photos {
     items: Vec<(PathBuf, u32)>,
     size: u32,
     max_pixels: u64,
+    /// Held while a large image decodes (see [`LARGE_PIXELS`]).
+    large: std::sync::Mutex<()>,
 }
 
 impl Source for Photos {
@@ -185,7 +247,7 @@ impl Source for Photos {
 
     fn load(&self, i: usize, out: &mut [u8]) -> std::result::Result<u32, String> {
         let (path, label) = &self.items[i];
-        photo_into(path, self.size, self.max_pixels, out)?;
+        photo_into_serialised(path, self.size, self.max_pixels, out, Some(&self.large))?;
         Ok(*label)
     }
 
@@ -232,6 +294,63 @@ fn class_folders(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// Files of one folder (regular files or links to them; sub-folders are not entered).
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     entries(dir, |p| p.is_file())
+}
+
+/// Every visible entry of a class folder: what is not an image file (a folder,
+/// a dangling or looping link, a FIFO) is skipped with its reason when loaded,
+/// so it is listed in `skipped.txt` rather than passed over in silence.
+fn class_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    entries(dir, |_| true)
+}
+
+/// Refuses a training class folder with nothing in it: a class no image
+/// teaches, usually a link to a folder that is not where it was meant to be.
+fn check_no_empty_class(
+    items: &[(PathBuf, u32)],
+    folders: &[(String, PathBuf)],
+    classes: &[ClassInfo],
+) -> Result<()> {
+    for (name, path) in folders {
+        let label = classes.iter().position(|c| c.id == *name);
+        if !items.iter().any(|(_, l)| Some(*l as usize) == label) {
+            let link = std::fs::read_link(path)
+                .map(|to| format!(" (a link to {})", to.display()))
+                .unwrap_or_default();
+            return Err(source_error(
+                path,
+                format!("the class folder '{name}'{link} has no entries: no image would teach it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an output folder inside an input folder: a rerun would read the
+/// dataset's own files as photographs.
+fn check_output_outside(opts: &PrepareOptions, train: &Path, val: Option<&Path>) -> Result<()> {
+    let out = opts.out.parent().map_or_else(
+        || opts.out.clone(),
+        |parent| {
+            let parent = parent
+                .canonicalize()
+                .unwrap_or_else(|_| parent.to_path_buf());
+            parent.join(opts.out.file_name().unwrap_or_default())
+        },
+    );
+    for input in std::iter::once(train).chain(val) {
+        let input = input.canonicalize().unwrap_or_else(|_| input.to_path_buf());
+        if out.starts_with(&input) {
+            return Err(config_error(
+                "out",
+                format!(
+                    "{} is inside the input folder {}: put the dataset outside it",
+                    opts.out.display(),
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a synset list: `<id> <name>` a line, in class order.
@@ -290,7 +409,7 @@ fn labelled_folders(
     let per_folder = labelled
         .par_iter()
         .map(|(label, path)| {
-            Ok(image_files(path)?
+            Ok(class_entries(path)?
                 .into_iter()
                 .map(|f| (f, *label))
                 .collect::<Vec<_>>())
@@ -347,10 +466,13 @@ fn flat_validation(dir: &Path, labels: &Path, classes: usize) -> Result<Vec<(Pat
 /// Prepares a folder of class folders of photographs (and optionally a validation
 /// folder) at `size` x `size` RGB: splits `train` and, with a validation folder, `val`.
 pub fn prepare_folder(folder: &FolderOptions, opts: &PrepareOptions) -> Result<Summary> {
-    if folder.size == 0 || folder.size as usize > MAX_SIDE {
+    if folder.size == 0 || folder.size as usize > MAX_PHOTO_SIDE {
         return Err(config_error(
             "size",
-            format!("expected 1..={MAX_SIDE}, found {}", folder.size),
+            format!(
+                "expected 1..={MAX_PHOTO_SIDE} (the paper stores 256), found {}",
+                folder.size
+            ),
         ));
     }
     if folder.val_labels.is_some() && folder.val.is_none() {
@@ -383,11 +505,14 @@ pub fn prepare_folder(folder: &FolderOptions, opts: &PrepareOptions) -> Result<S
             root.clone(),
         ),
     };
+    check_output_outside(opts, root, folder.val.as_deref())?;
     let train = Photos {
         items: labelled_folders(root, &classes, &list)?,
         size: folder.size,
         max_pixels: folder.max_pixels,
+        large: std::sync::Mutex::new(()),
     };
+    check_no_empty_class(&train.items, &folders, &classes)?;
     let val = match (&folder.val, &folder.val_labels) {
         (Some(dir), Some(labels)) => Some(flat_validation(dir, labels, classes.len())?),
         (Some(dir), None) => Some(labelled_folders(dir, &classes, &list)?),
@@ -397,6 +522,7 @@ pub fn prepare_folder(folder: &FolderOptions, opts: &PrepareOptions) -> Result<S
         items,
         size: folder.size,
         max_pixels: folder.max_pixels,
+        large: std::sync::Mutex::new(()),
     });
 
     let mut splits: Vec<(String, &dyn Source)> = vec![("train".into(), &train)];

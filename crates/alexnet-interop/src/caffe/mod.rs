@@ -130,12 +130,13 @@ pub fn import(model: &[u8], file: &str, mean: Option<(&[u8], &str)>) -> Result<I
         spec.name,
         if net.v1 { "V1" } else { "current" },
     );
-    Ok(Imported {
+    Imported {
         spec,
         tensors,
         input,
         source,
-    })
+    }
+    .checked_finite(file)
 }
 
 /// Our description of the net a `.prototxt` (Caffe's text format, current or
