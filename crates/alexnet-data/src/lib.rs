@@ -32,6 +32,7 @@ pub mod jpeg;
 pub mod loader;
 pub mod prepare;
 mod stats;
+pub mod testing;
 
 pub use dataset::{Dataset, DatasetInfo, Split};
 pub use error::{Error, Result};

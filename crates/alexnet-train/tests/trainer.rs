@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use alexnet::rng::Rng;
 use alexnet::{Cpu, Model, NetSpec, Network};
+use alexnet_data::testing::write_bar_idx;
 use alexnet_data::{PrepareOptions, prepare_idx};
 use alexnet_train::{
     Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
@@ -21,35 +22,13 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// MNIST-style IDX files: each class a bright bar at its own height, plus noise.
-fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [count as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((count as u32).to_be_bytes());
-    for _ in 0..count {
-        let class = rng.below(10);
-        labels.push(class as u8);
-        for y in 0..28 {
-            for _x in 0..28 {
-                let bar = if y / 3 == class { 200.0 } else { 20.0 };
-                images.push((bar + rng.uniform() * 50.0) as u8);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 fn dataset(root: &Path) -> PathBuf {
     let source = root.join("source");
     std::fs::create_dir_all(&source).unwrap();
     let mut rng = Rng::new(3);
-    write_idx(&source, "train", 240, &mut rng);
-    write_idx(&source, "t10k", 60, &mut rng);
+    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
+    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
     let data = root.join("data");
     prepare_idx(&source, None, &PrepareOptions::new(&data)).unwrap();
     data
@@ -233,4 +212,34 @@ fn observers_get_every_line_the_metrics_log_writes() {
         .collect();
     let recorded_val: Vec<f64> = record.epochs.iter().map(|l| l.val_top1_error).collect();
     assert_eq!(logged_val, recorded_val);
+}
+
+#[test]
+fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
+    let root = temp_dir("empty-eval");
+    let data = dataset(&root);
+    let dataset = alexnet_data::Dataset::open(&data).unwrap();
+    let spec = alexnet_train::fit_spec(&NetSpec::preset("cifar").unwrap(), &dataset, None);
+    let mut net = on_cpu(&spec, 8, Some(1)).unwrap();
+    let preprocess = alexnet_train::Preprocess::from_dataset(&dataset);
+    let shape = net.plan().input_shape();
+    let view = alexnet_train::eval_view(&preprocess, shape.height, shape.width, false);
+    let mean = preprocess.mean_for(&dataset).unwrap();
+    let evaluate = |net: &mut dyn Model, indices: Vec<u32>| {
+        alexnet_train::evaluate(
+            net,
+            dataset.split("test").unwrap(),
+            Some(Arc::new(indices)),
+            view,
+            &dataset,
+            mean.clone(),
+            1,
+            false,
+        )
+    };
+    let err = evaluate(net.as_mut(), Vec::new()).unwrap_err().to_string();
+    assert!(err.contains("'test' has no images"), "{err}");
+    let some = evaluate(net.as_mut(), vec![0, 1, 2]).unwrap();
+    assert!((0.0..=1.0).contains(&some.top1_error()));
+    std::fs::remove_dir_all(&root).unwrap();
 }

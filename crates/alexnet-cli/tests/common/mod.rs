@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use alexnet::rng::Rng;
+use alexnet_data::testing::write_bar_idx;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,35 +50,13 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Writes MNIST-style IDX files: each class is a bright bar at its own height plus noise.
-pub fn write_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) {
-    let mut images = vec![0, 0, 8, 3];
-    for v in [count as u32, 28, 28] {
-        images.extend(v.to_be_bytes());
-    }
-    let mut labels = vec![0, 0, 8, 1];
-    labels.extend((count as u32).to_be_bytes());
-    for _ in 0..count {
-        let class = rng.below(10);
-        labels.push(class as u8);
-        for y in 0..28 {
-            for _x in 0..28 {
-                let bar = if y / 3 == class { 200.0 } else { 20.0 };
-                images.push((bar + rng.uniform() * 50.0) as u8);
-            }
-        }
-    }
-    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
-}
-
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 pub fn dataset(root: &Path) -> PathBuf {
     let source = root.join("source");
     std::fs::create_dir_all(&source).unwrap();
     let mut rng = Rng::new(3);
-    write_idx(&source, "train", 240, &mut rng);
-    write_idx(&source, "t10k", 60, &mut rng);
+    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
+    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
     let data = root.join("data");
     ok(&[
         "prepare",
