@@ -8,6 +8,12 @@
 use cudarc::cudnn::CudnnDataType;
 use cudarc::cudnn::sys::cudnnDataType_t;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits};
+use std::sync::MutexGuard;
+
+use cudarc::driver::PushKernelArg;
+
+use crate::CudaBackend;
+use crate::launch::per_value;
 
 /// One bf16 value: the upper 16 bits of the f32 it rounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,5 +88,58 @@ impl Bf16Scratch {
         grow(stream, &mut self.input, input)?;
         grow(stream, &mut self.output, output)?;
         grow(stream, &mut self.weights, weights)
+    }
+}
+
+impl CudaBackend {
+    /// The bf16 scratch buffers, each grown to hold at least the given number of
+    /// values. Only called in bf16 mode.
+    pub(crate) fn bf16_scratch(
+        &self,
+        input: usize,
+        output: usize,
+        weights: usize,
+    ) -> MutexGuard<'_, Bf16Scratch> {
+        let Some(scratch) = &self.bf16 else {
+            unreachable!("bf16 buffers exist in bf16 mode")
+        };
+        let mut scratch = self.lock(scratch);
+        if let Err(e) = scratch.reserve(&self.stream, input, output, weights) {
+            self.fail("allocating the bf16 buffers", e);
+        }
+        scratch
+    }
+
+    /// `dst[..len] = bf16(src[..len])`, rounding to nearest even.
+    pub(crate) fn convert_to_bf16(
+        &self,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<Bf16>,
+        len: usize,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let len64 = len as u64;
+        let mut args = self.stream.launch_builder(&self.kernels.f32_to_bf16);
+        args.arg(src).arg(dst).arg(&len64);
+        self.launch(args, per_value(len), "f32_to_bf16");
+    }
+
+    /// `dst[..len] = f32(src[..len])`, or `+=` with `accumulate`.
+    pub(crate) fn convert_to_f32(
+        &self,
+        src: &CudaSlice<Bf16>,
+        dst: &mut CudaSlice<f32>,
+        len: usize,
+        accumulate: bool,
+    ) {
+        if len == 0 {
+            return;
+        }
+        let (accumulate, len64) = (i32::from(accumulate), len as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.bf16_to_f32);
+        args.arg(src).arg(dst).arg(&accumulate).arg(&len64);
+        self.launch(args, per_value(len), "bf16_to_f32");
     }
 }
