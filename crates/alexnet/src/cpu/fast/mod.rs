@@ -18,4 +18,5 @@ pub mod simd;
 pub mod winograd;
 pub mod winograd_4x4;
 pub mod winograd_5x5;
+pub mod winograd_driver;
 pub mod winograd_strided;

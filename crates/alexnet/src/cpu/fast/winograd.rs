@@ -29,9 +29,8 @@ use rayon::prelude::*;
 
 use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
-use super::gemm::{Layout, matmul};
 use super::lanes::{lanes, lanewise};
-use super::scratch::with_scratch;
+use super::winograd_driver::{Tiling, sized, sum_partials, with_input_gradient_kernels};
 use crate::layers::{ConvGeometry, Shape};
 use crate::precision::Products;
 
@@ -45,90 +44,19 @@ const OUT: usize = 2;
 /// measured about 7% faster than with 384 (8 images); one image was slower.
 const TARGET_TILES: usize = 96;
 
-/// `buffer` grown to at least `len` values, the first `len` returned.
-pub(super) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
-}
-
-/// The products of a forward pass in a Winograd domain of `positions` values
-/// per block, for every group: `m[xi] (out x width) = u[xi] (out x in) * v[xi]
-/// (in x width)`, with `u` laid out `[xi][out][in of group]` and `v`, `m`
-/// `[xi][channel][column]`.
-pub(super) fn domain_products(
-    g: &ConvGeometry,
-    positions: usize,
-    u: &[f32],
-    v: &[f32],
-    m: &mut [f32],
-    width: usize,
-    products: Products,
-) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
-    let (ci, co) = (g.input.channels, g.output.channels);
-    for group in 0..g.groups {
-        for xi in 0..positions {
-            matmul(
-                cog,
-                width,
-                cig,
-                &u[(xi * co + group * cog) * cig..][..cog * cig],
-                Layout::Normal,
-                &v[(xi * ci + group * cig) * width..][..cig * width],
-                Layout::Normal,
-                &mut m[(xi * co + group * cog) * width..][..cog * width],
-                false,
-                1,
-                products,
-            );
-        }
-    }
-}
-
-/// The products of a weight gradient in a Winograd domain, laid out as in
-/// [`domain_products`]: `du[xi] (out x in) += dm[xi] (out x width) * v[xi]^T`.
-pub(super) fn domain_weight_products(
-    g: &ConvGeometry,
-    positions: usize,
-    dm: &[f32],
-    v: &[f32],
-    du: &mut [f32],
-    width: usize,
-    products: Products,
-) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
-    let (ci, co) = (g.input.channels, g.output.channels);
-    for group in 0..g.groups {
-        for xi in 0..positions {
-            matmul(
-                cog,
-                cig,
-                width,
-                &dm[(xi * co + group * cog) * width..][..cog * width],
-                Layout::Normal,
-                &v[(xi * ci + group * cig) * width..][..cig * width],
-                Layout::Transposed,
-                &mut du[(xi * co + group * cog) * cig..][..cog * cig],
-                true,
-                1,
-                products,
-            );
-        }
-    }
-}
-
-/// Adds every `len`-value partial sum of `partials` after the first into the
-/// first, in order (so results do not depend on which thread made which), and
-/// returns it.
-pub(super) fn sum_partials(partials: &mut [f32], len: usize) -> &mut [f32] {
-    let (total, rest) = partials.split_at_mut(len);
-    for partial in rest.chunks_exact(len) {
-        total.iter_mut().zip(partial).for_each(|(t, p)| *t += p);
-    }
-    total
-}
+/// F(2x2, 3x3) for the shared skeleton (`winograd_driver`).
+pub(super) const F2: Tiling = Tiling {
+    out: OUT,
+    xi: XI,
+    lanes: LANES,
+    grad_rows: 4,
+    transform_kernel: |k, u| u.copy_from_slice(&transform_kernel(k)),
+    kernel_gradient: |du, dw| add_kernel_gradient(du.try_into().expect("16 values"), dw),
+    padded_len,
+    input_tiles,
+    output_tiles,
+    output_grad_tiles,
+};
 
 /// Whether a convolution can take this path: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -202,29 +130,6 @@ fn transform_output(m: &[f32; XI]) -> [f32; OUT * OUT] {
     y
 }
 
-/// Tiles per image: 2x2 output blocks covering the plane.
-fn tiles(shape: &Shape) -> (usize, usize) {
-    (shape.height.div_ceil(OUT), shape.width.div_ceil(OUT))
-}
-
-/// Values of `g`'s transformed kernels (see `transform_kernels`).
-pub(super) fn transformed_len(g: &ConvGeometry) -> usize {
-    XI * g.output.channels * g.in_per_group()
-}
-
-/// `u[xi][out channel][in channel of its group]`: every kernel of `w` transformed.
-pub(super) fn transform_kernels(g: &ConvGeometry, w: &[f32], u: &mut [f32]) {
-    let (cig, co) = (g.in_per_group(), g.output.channels);
-    for o in 0..co {
-        for c in 0..cig {
-            let k: &[f32; 9] = w[(o * cig + c) * 9..][..9].try_into().expect("3x3");
-            for (xi, value) in transform_kernel(k).into_iter().enumerate() {
-                u[(xi * co + o) * cig + c] = value;
-            }
-        }
-    }
-}
-
 /// Forward pass: `y = conv(x, w) + b` for the first `n` images. `n` should be at
 /// least the thread count (the images are shared among threads).
 pub fn forward(
@@ -241,8 +146,8 @@ pub fn forward(
     assert!(applies(g) && g.input.height == g.output.height && g.input.width == g.output.width);
     // The transformed kernels; the tiles use per-thread scratch inside.
     let mut transformed = lock(&buffers.winograd_kernels);
-    let u = sized(&mut transformed, transformed_len(g));
-    transform_kernels(g, w, u);
+    let u = sized(&mut transformed, F2.transformed_len(g));
+    F2.transform_kernels(g, w, u);
     let u = &*u;
     let (il, ol) = (g.input.len(), g.output.len());
     let threads = rayon::current_num_threads();
@@ -251,7 +156,7 @@ pub fn forward(
         .par_chunks(per_chunk * il)
         .zip(y[..n * ol].par_chunks_mut(per_chunk * ol))
         .for_each(|(x, y)| {
-            forward_images(g, x, u, b, y, products);
+            F2.forward_images(g, x, u, b, y, products);
             if rectify {
                 elementwise::rectify(y);
             }
@@ -260,38 +165,13 @@ pub fn forward(
 
 /// How many images side by side make a product of about `TARGET_TILES` columns.
 fn images_per_product(g: &ConvGeometry) -> usize {
-    let (ty, tx) = tiles(&g.input);
+    let (ty, tx) = F2.tiles(&g.input);
     TARGET_TILES.div_ceil(ty * tx)
-}
-
-/// The forward pass of the whole images in `x` on this thread, with the
-/// transformed kernels `u` (`transform_kernels`), in one run of products.
-pub(super) fn forward_images(
-    g: &ConvGeometry,
-    x: &[f32],
-    u: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-    products: Products,
-) {
-    let (ci, co) = (g.input.channels, g.output.channels);
-    let (ty, tx) = tiles(&g.input);
-    let width = x.len() / g.input.len() * ty * tx;
-    let pad_len = padded_len(&g.input);
-    with_scratch(XI * (ci + co) * width + LANES + pad_len, |scratch| {
-        let (v, rest) = scratch.split_at_mut(XI * ci * width);
-        let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
-        // Compiled for baseline x86-64: run through `simd::dispatch` (AVX-512),
-        // this transform and `output_tiles` measured no faster (BENCHMARKS.md).
-        input_tiles(&g.input, x, v, width, pad);
-        domain_products(g, XI, u, v, m, width, products);
-        output_tiles(&g.output, m, b, y, width);
-    });
 }
 
 /// Scratch values `input_tiles` needs for a plane of this shape.
 fn padded_len(shape: &Shape) -> usize {
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F2.tiles(shape);
     // The padded plane, then four rows of column sums.
     (2 * ty + 2) * (2 * tx + 2) + 4 * (2 * tx + 2)
 }
@@ -308,7 +188,7 @@ fn padded_len(shape: &Shape) -> usize {
 fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize, pad: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F2.tiles(shape);
     let pw = 2 * tx + 2;
     let (padded, sums) = pad.split_at_mut((2 * ty + 2) * pw);
     let (t0, rest) = sums.split_at_mut(pw);
@@ -374,7 +254,7 @@ const LANES: usize = 8;
 fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: usize) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F2.tiles(shape);
     let count = y.len() / (shape.channels * plane);
     for i in 0..count {
         for o in 0..shape.channels {
@@ -427,7 +307,7 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
 fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, rows: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F2.tiles(shape);
     let pw = 2 * tx;
     let (t0, rest) = rows.split_at_mut(pw);
     let (t1, rest) = rest.split_at_mut(pw);
@@ -517,7 +397,7 @@ pub fn backward_weights(
     let parts = rayon::current_num_threads().min(n).max(1);
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
-    let du_len = transformed_len(g);
+    let du_len = F2.transformed_len(g);
     let mut buffer = lock(&buffers.winograd_weight_partials);
     let partials = sized(&mut buffer, parts * du_len);
     let per_chunk = images_per_product(g);
@@ -528,45 +408,10 @@ pub fn backward_weights(
         .for_each(|((du, x), dy)| {
             du.fill(0.0);
             for (x, dy) in x.chunks(per_chunk * il).zip(dy.chunks(per_chunk * ol)) {
-                add_transformed_weight_gradient(g, x, dy, du, products);
+                F2.add_transformed_weight_gradient(g, x, dy, du, products);
             }
         });
-    add_weight_gradient(g, sum_partials(partials, du_len), dw);
-}
-
-/// `du += ` the Winograd-domain weight gradient (`[xi][out][in of group]`, as
-/// `transform_kernels` lays out kernels) of the whole images in `x`, on this
-/// thread, in one run of products.
-pub(super) fn add_transformed_weight_gradient(
-    g: &ConvGeometry,
-    x: &[f32],
-    dy: &[f32],
-    du: &mut [f32],
-    products: Products,
-) {
-    let (ci, co) = (g.input.channels, g.output.channels);
-    let (ty, tx) = tiles(&g.input);
-    let width = x.len() / g.input.len() * ty * tx;
-    let extra = padded_len(&g.input).max(4 * 2 * tx);
-    with_scratch(XI * (ci + co) * width + extra, |scratch| {
-        let (v, rest) = scratch.split_at_mut(XI * ci * width);
-        let (dm, pad) = rest.split_at_mut(XI * co * width);
-        input_tiles(&g.input, x, v, width, pad);
-        output_grad_tiles(&g.output, dy, dm, width, pad);
-        domain_weight_products(g, XI, dm, v, du, width, products);
-    });
-}
-
-/// `dw += G^T dU G` for every kernel: the weight gradient from its
-/// Winograd-domain form `du` (`add_transformed_weight_gradient`'s sums).
-pub(super) fn add_weight_gradient(g: &ConvGeometry, du: &[f32], dw: &mut [f32]) {
-    let (cig, co) = (g.in_per_group(), g.output.channels);
-    for o in 0..co {
-        for c in 0..cig {
-            let block: [f32; XI] = std::array::from_fn(|xi| du[(xi * co + o) * cig + c]);
-            add_kernel_gradient(&block, &mut dw[(o * cig + c) * 9..][..9]);
-        }
-    }
+    F2.add_weight_gradient(g, sum_partials(partials, du_len), dw);
 }
 
 /// Input gradient `dx` (overwritten) from the output gradient `dy`: the same
@@ -586,43 +431,6 @@ pub fn backward_data(
             reversed, n, dy, kernels, zero_bias, dx, products, buffers, false,
         );
     });
-}
-
-/// Runs `f` with the convolution whose forward pass is the input gradient of
-/// `g` (stride 1, padding `kernel - 1 - pad` equal to `pad`: same-size planes),
-/// its kernels (each of `w`'s rotated by 180 degrees, in/out channels swapped
-/// within each group) and a zero bias.
-pub(super) fn with_input_gradient_kernels(
-    g: &ConvGeometry,
-    w: &[f32],
-    buffers: &ConvBuffers,
-    f: impl FnOnce(&ConvGeometry, &[f32], &[f32]),
-) {
-    let (cig, cog) = (g.in_per_group(), g.out_per_group());
-    let taps = g.kernel * g.kernel;
-    let reversed = ConvGeometry {
-        input: g.output,
-        output: g.input,
-        ..*g
-    };
-    let mut buffer = lock(&buffers.rotated_kernels);
-    let scratch = sized(&mut buffer, w.len() + g.input.channels);
-    let (rotated, zero_bias) = scratch.split_at_mut(w.len());
-    zero_bias.fill(0.0);
-    for group in 0..g.groups {
-        for o in 0..cog {
-            for c in 0..cig {
-                let src = &w[((group * cog + o) * cig + c) * taps..][..taps];
-                // Output channel `c` of the reversed convolution reads input channel `o`;
-                // reversing a kernel's row-major taps rotates it by 180 degrees.
-                let dst = &mut rotated[((group * cig + c) * cog + o) * taps..][..taps];
-                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
-                    *d = *s;
-                }
-            }
-        }
-    }
-    f(&reversed, rotated, zero_bias);
 }
 
 #[cfg(test)]
@@ -654,7 +462,7 @@ mod tests {
     fn input_tiles_transform_every_padded_block() {
         // Two images of three 5x7 channels: odd sides leave the last blocks half outside.
         let shape = Shape::new(3, 5, 7);
-        let (ty, tx) = tiles(&shape);
+        let (ty, tx) = F2.tiles(&shape);
         let x: Vec<f32> = (0..2 * shape.len())
             .map(|i| (i as f32 * 0.13).sin())
             .collect();

@@ -20,10 +20,8 @@
 //! `A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]`.
 
 use super::lanes::{lanes, lanewise};
-use super::scratch::with_scratch;
-use super::winograd::{domain_products, domain_weight_products};
-use crate::layers::{ConvGeometry, Shape};
-use crate::precision::Products;
+use super::winograd_driver::Tiling;
+use crate::layers::Shape;
 
 /// Positions in a 6x6 Winograd-domain block.
 const XI: usize = 36;
@@ -99,6 +97,37 @@ fn kernel_gradient_transform([u0, u1, u2, u3, u4, u5]: [f32; SIDE]) -> [f32; 3] 
     ]
 }
 
+/// F(4x4, 3x3) for the shared skeleton (`winograd_driver`).
+pub(super) const F4: Tiling = Tiling {
+    out: OUT,
+    xi: XI,
+    lanes: LANES,
+    grad_rows: SIDE + OUT,
+    transform_kernel: |k, u| u.copy_from_slice(&transform_kernel(k)),
+    kernel_gradient: add_kernel_gradient,
+    padded_len,
+    input_tiles,
+    output_tiles,
+    output_grad_tiles,
+};
+
+/// `dk += G^T dU G` for one kernel from its 6x6 domain block `du`: `s = G^T dU`
+/// (3x6) column by column, then `s G` (3x3) row by row.
+fn add_kernel_gradient(du: &[f32], dk: &mut [f32]) {
+    let mut s = [[0.0f32; SIDE]; 3];
+    for col in 0..SIDE {
+        let column = std::array::from_fn(|r| du[r * SIDE + col]);
+        for (r, value) in kernel_gradient_transform(column).into_iter().enumerate() {
+            s[r][col] = value;
+        }
+    }
+    for (r, row) in s.into_iter().enumerate() {
+        for (q, value) in kernel_gradient_transform(row).into_iter().enumerate() {
+            dk[r * 3 + q] += value;
+        }
+    }
+}
+
 /// `U = G k G^T` for one 3x3 kernel.
 fn transform_kernel(k: &[f32; 9]) -> [f32; XI] {
     // Columns first: t = G k (6x3).
@@ -119,56 +148,10 @@ fn transform_kernel(k: &[f32; 9]) -> [f32; XI] {
     u
 }
 
-/// Blocks per image: 4x4 output blocks covering the plane.
-fn tiles(shape: &Shape) -> (usize, usize) {
-    (shape.height.div_ceil(OUT), shape.width.div_ceil(OUT))
-}
-
-/// Values of `g`'s transformed kernels (see `transform_kernels`).
-pub(super) fn transformed_len(g: &ConvGeometry) -> usize {
-    XI * g.output.channels * g.in_per_group()
-}
-
-/// `u[xi][out channel][in channel of its group]`: every kernel of `w` transformed.
-pub(super) fn transform_kernels(g: &ConvGeometry, w: &[f32], u: &mut [f32]) {
-    let (cig, co) = (g.in_per_group(), g.output.channels);
-    for o in 0..co {
-        for c in 0..cig {
-            let k: &[f32; 9] = w[(o * cig + c) * 9..][..9].try_into().expect("3x3");
-            for (xi, value) in transform_kernel(k).into_iter().enumerate() {
-                u[(xi * co + o) * cig + c] = value;
-            }
-        }
-    }
-}
-
-/// The forward pass of the whole images in `x` on this thread, with the
-/// transformed kernels `u` (`transform_kernels`), in one run of products.
-pub(super) fn forward_images(
-    g: &ConvGeometry,
-    x: &[f32],
-    u: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-    products: Products,
-) {
-    let (ci, co) = (g.input.channels, g.output.channels);
-    let (ty, tx) = tiles(&g.input);
-    let width = x.len() / g.input.len() * ty * tx;
-    let pad_len = padded_len(&g.input);
-    with_scratch(XI * (ci + co) * width + LANES + pad_len, |scratch| {
-        let (v, rest) = scratch.split_at_mut(XI * ci * width);
-        let (m, pad) = rest.split_at_mut(XI * co * width + LANES);
-        input_tiles(&g.input, x, v, width, pad);
-        domain_products(g, XI, u, v, m, width, products);
-        output_tiles(&g.output, m, b, y, width);
-    });
-}
-
 /// Scratch values `input_tiles` needs for a plane of this shape: the padded
 /// plane, then six rows of column transforms.
 fn padded_len(shape: &Shape) -> usize {
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F4.tiles(shape);
     let pw = OUT * tx + 2;
     (OUT * ty + 2) * pw + SIDE * pw
 }
@@ -182,7 +165,7 @@ fn padded_len(shape: &Shape) -> usize {
 fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize, pad: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F4.tiles(shape);
     let pw = OUT * tx + 2;
     let (padded, rows) = pad.split_at_mut((OUT * ty + 2) * pw);
     let rows = &mut rows[..SIDE * pw];
@@ -223,7 +206,7 @@ fn input_tiles(shape: &Shape, x: &[f32], v: &mut [f32], width: usize, pad: &mut 
 fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: usize) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F4.tiles(shape);
     let count = y.len() / (shape.channels * plane);
     for i in 0..count {
         for o in 0..shape.channels {
@@ -274,7 +257,7 @@ fn output_tiles(shape: &Shape, m: &[f32], bias: &[f32], y: &mut [f32], width: us
 fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, rows: &mut [f32]) {
     let (h, wd) = (shape.height, shape.width);
     let plane = h * wd;
-    let (ty, tx) = tiles(shape);
+    let (ty, tx) = F4.tiles(shape);
     let pw = OUT * tx;
     let (rows, band) = rows[..(SIDE + OUT) * pw].split_at_mut(SIDE * pw);
     // The block row's four gradient rows, zero past the plane's right edge
@@ -316,57 +299,10 @@ fn output_grad_tiles(shape: &Shape, dy: &[f32], dm: &mut [f32], width: usize, ro
     }
 }
 
-/// `du += ` the Winograd-domain weight gradient (`[xi][out][in of group]`, as
-/// `transform_kernels` lays out kernels) of the whole images in `x` with
-/// output gradients `dy`, on this thread, in one run of products:
-/// `dU[xi] (out x in) += dM[xi] (out x tiles) * V[xi]^T`.
-pub(super) fn add_transformed_weight_gradient(
-    g: &ConvGeometry,
-    x: &[f32],
-    dy: &[f32],
-    du: &mut [f32],
-    products: Products,
-) {
-    let (ci, co) = (g.input.channels, g.output.channels);
-    let (ty, tx) = tiles(&g.input);
-    let width = x.len() / g.input.len() * ty * tx;
-    let extra = padded_len(&g.input).max((SIDE + OUT) * OUT * tx);
-    with_scratch(XI * (ci + co) * width + extra, |scratch| {
-        let (v, rest) = scratch.split_at_mut(XI * ci * width);
-        let (dm, pad) = rest.split_at_mut(XI * co * width);
-        input_tiles(&g.input, x, v, width, pad);
-        output_grad_tiles(&g.output, dy, dm, width, pad);
-        domain_weight_products(g, XI, dm, v, du, width, products);
-    });
-}
-
-/// `dw += G^T dU G` for every kernel: the weight gradient from its
-/// Winograd-domain form `du` (`add_transformed_weight_gradient`'s sums).
-pub(super) fn add_weight_gradient(g: &ConvGeometry, du: &[f32], dw: &mut [f32]) {
-    let (cig, co) = (g.in_per_group(), g.output.channels);
-    for o in 0..co {
-        for c in 0..cig {
-            // s = G^T dU (3x6) column by column, then dW = s G (3x3) row by row.
-            let mut s = [[0.0f32; SIDE]; 3];
-            for col in 0..SIDE {
-                let column = std::array::from_fn(|r| du[((r * SIDE + col) * co + o) * cig + c]);
-                for (r, value) in kernel_gradient_transform(column).into_iter().enumerate() {
-                    s[r][col] = value;
-                }
-            }
-            let kernel = &mut dw[(o * cig + c) * 9..][..9];
-            for (r, row) in s.into_iter().enumerate() {
-                for (q, value) in kernel_gradient_transform(row).into_iter().enumerate() {
-                    kernel[r * 3 + q] += value;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::ConvGeometry;
 
     /// `B^T d B` for one 6x6 block, by columns then rows.
     fn transform_block(d: &[f32; XI]) -> [f32; XI] {
@@ -406,7 +342,7 @@ mod tests {
         let du: Vec<f32> = dm.iter().zip(&v).map(|(m, v)| m * v).collect();
         let g = ConvGeometry::new(Shape::new(1, 4, 4), 1, 3, 1, 1, 1).expect("3x3");
         let mut dw = [0.5f32; 9];
-        add_weight_gradient(&g, &du, &mut dw);
+        F4.add_weight_gradient(&g, &du, &mut dw);
         for ky in 0..3 {
             for kx in 0..3 {
                 let mut direct = 0.5f32;

@@ -46,7 +46,7 @@ use super::gemm::{Strided, matmul_f32_strided};
 use super::lanes::{lanes, lanewise};
 use super::scratch::with_scratch;
 use super::simd;
-use super::winograd::{sized, sum_partials, with_input_gradient_kernels};
+use super::winograd_driver::{sized, sum_partials, with_input_gradient_kernels};
 use crate::layers::{ConvGeometry, Shape};
 
 /// Positions in a 5x5 Winograd-domain block.

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 use super::buffers::{ConvBuffers, lock};
 use super::elementwise;
 use super::scratch::with_staging;
-use super::winograd::sum_partials;
-use super::winograd_4x4;
+use super::winograd_4x4::F4;
+use super::winograd_driver::sum_partials;
 use crate::layers::{ConvGeometry, Shape};
 use crate::precision::Products;
 
@@ -156,10 +156,10 @@ pub fn forward(
     let mut buffer = lock(&buffers.strided);
     let [inner_w, u] = pieces(
         &mut buffer,
-        [inner.weight_len(), winograd_4x4::transformed_len(&inner)],
+        [inner.weight_len(), F4.transformed_len(&inner)],
     );
     split_kernels(g, w, inner_w);
-    winograd_4x4::transform_kernels(&inner, inner_w, u);
+    F4.transform_kernels(&inner, inner_w, u);
     let u = &*u;
     let (il, ol) = (g.input.len(), g.output.len());
     let (oh, ow) = (g.output.height, g.output.width);
@@ -172,7 +172,7 @@ pub fn forward(
                 let (planes, inner_y) = staging.split_at_mut(inner.input.len());
                 split_phases(g, &inner, x, planes);
                 // f32 products (the default).
-                winograd_4x4::forward_images(&inner, planes, u, b, inner_y, Products::default());
+                F4.forward_images(&inner, planes, u, b, inner_y, Products::default());
                 // The padding-1 outputs one in from the border are the valid ones.
                 for (dst, src) in y
                     .chunks_exact_mut(oh * ow)
@@ -211,7 +211,7 @@ pub fn backward_weights(
     let parts = rayon::current_num_threads().min(n).max(1);
     let per_part = n.div_ceil(parts);
     let parts = n.div_ceil(per_part);
-    let du_len = winograd_4x4::transformed_len(&inner);
+    let du_len = F4.transformed_len(&inner);
     let mut buffer = lock(&buffers.strided);
     let [partials, inner_dw] = pieces(&mut buffer, [parts * du_len, inner.weight_len()]);
     partials
@@ -235,7 +235,7 @@ pub fn backward_weights(
                             dst[(i + 1) * pw + 1..][..ow].copy_from_slice(row);
                         }
                     }
-                    winograd_4x4::add_transformed_weight_gradient(
+                    F4.add_transformed_weight_gradient(
                         &inner,
                         planes,
                         inner_dy,
@@ -246,7 +246,7 @@ pub fn backward_weights(
             }
         });
     inner_dw.fill(0.0);
-    winograd_4x4::add_weight_gradient(&inner, sum_partials(partials, du_len), inner_dw);
+    F4.add_weight_gradient(&inner, sum_partials(partials, du_len), inner_dw);
     merge_kernels(g, inner_dw, dw);
 }
 
