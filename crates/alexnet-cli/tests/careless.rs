@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{dataset, fails, kill, ok, start_training, temp_dir};
+use common::{LONG_RUN, dataset, fails, kill, ok, start_training, temp_dir};
 
 /// A short run's checkpoint on the generated dataset.
 fn trained(root: &Path, data: &Path) -> PathBuf {
@@ -405,28 +405,20 @@ fn a_killed_run_resumes_with_each_step_logged_once_and_no_stale_files() {
 
     let until = (before.len() + 6).to_string();
     let resumed = [
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--epochs",
-        "100000",
-        "--quiet",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "4",
-        "--resume",
-        "--max-steps",
-        &until,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+        LONG_RUN,
+        &[
+            "--checkpoint-every",
+            "4",
+            "--resume",
+            "--max-steps",
+            &until,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ]
+    .concat();
     ok(&resumed);
     let after = logged_steps(&out);
     let expected: Vec<u64> = (1..=after.len() as u64).collect();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use alexnet::rng::Rng;
-use common::{dataset, fails, kill, ok, start_training, temp_dir};
+use common::{LONG_RUN, dataset, fails, kill, ok, start_training, temp_dir};
 
 /// The tensors of a checkpoint, by name.
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -164,26 +164,18 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
     let until = (steps + 5).to_string();
     let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
     ok(&[
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--epochs",
-        "100000",
-        "--quiet",
-        "--log-every",
-        "1",
-        "--data",
-        data,
-        "--out",
-        out,
-        "--resume",
-        "--max-steps",
-        &until,
-    ]);
+        LONG_RUN,
+        &[
+            "--data",
+            data,
+            "--out",
+            out,
+            "--resume",
+            "--max-steps",
+            &until,
+        ],
+    ]
+    .concat());
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -436,7 +428,7 @@ fn an_experiment_trains_its_variants_and_reports() {
     let root = temp_dir("experiment");
     let data = dataset(&root);
     let out = root.join("lrn");
-    let text = ok(&[
+    let args = [
         "experiment",
         "lrn",
         "--data",
@@ -451,7 +443,8 @@ fn an_experiment_trains_its_variants_and_reports() {
         "40",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let text = ok(&args);
     assert!(
         text.contains("| with LRN |") && text.contains("| without LRN |"),
         "{text}"
@@ -470,22 +463,7 @@ fn an_experiment_trains_its_variants_and_reports() {
     assert!(threshold > 0.0 && threshold < 1.0, "{threshold}");
     assert!(image::open(out.join("figure.png")).is_ok());
     // Running it again reuses the finished runs.
-    let again = ok(&[
-        "experiment",
-        "lrn",
-        "--data",
-        data.to_str().unwrap(),
-        "--seeds",
-        "2",
-        "--epochs",
-        "2",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let again = ok(&args);
     assert!(again.contains("already done"), "{again}");
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -68,23 +68,26 @@ pub fn dataset(root: &Path) -> PathBuf {
 }
 
 /// Starts a long training run and waits until its log has `lines` lines.
+/// A training run too long to finish in a test (100,000 epochs of the generated
+/// dataset), logging every step: for runs stopped or killed from outside.
+pub const LONG_RUN: &[&str] = &[
+    "train",
+    "--arch",
+    "cifar",
+    "--batch",
+    "16",
+    "--holdout",
+    "40",
+    "--epochs",
+    "100000",
+    "--quiet",
+    "--log-every",
+    "1",
+];
+
 pub fn start_training(data: &Path, out: &Path, lines: usize, extra: &[&str]) -> Child {
-    let mut args = vec![
-        "--threads",
-        "2",
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--epochs",
-        "100000",
-        "--quiet",
-        "--log-every",
-        "1",
-    ];
+    let mut args = vec!["--threads", "2"];
+    args.extend(LONG_RUN);
     args.extend(extra);
     let child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
         .args(&args)
