@@ -40,6 +40,8 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux), if known.

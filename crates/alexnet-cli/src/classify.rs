@@ -36,6 +36,8 @@ pub struct ClassifyArgs {
     logits: bool,
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 /// An image file turned into the net's input: decoded, resized and cropped to the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use alexnet::{Bf16Kernel, Cpu, Precision, Products};
 use anyhow::{Result, bail};
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::device::Device;
@@ -56,6 +56,52 @@ pub enum KernelArg {
     Portable,
 }
 
+/// The engine's flags, on the commands that compute (under an "Engine" heading
+/// of their help). Each may also come before the command (`alexnet --threads 2
+/// train ...`), as scripts written for earlier versions put them; given in both
+/// places, the command's own wins.
+#[derive(Args, Clone, Debug, Default)]
+pub struct EngineArgs {
+    /// Worker threads (default: all cores).
+    #[arg(long, help_heading = "Engine")]
+    pub threads: Option<usize>,
+    /// Arithmetic of the convolutions' and fully connected layers' matrix products:
+    /// fp32 [default]; bf16 operands with f32 sums (weights, gradients and all other
+    /// layers stay f32; on a GPU, on its tensor cores); or tf32 (--device cuda:N
+    /// only: operands rounded to TF32 on tensor cores, f32 sums).
+    #[arg(long, value_enum, help_heading = "Engine")]
+    pub precision: Option<PrecisionArg>,
+    /// The bf16 product kernel of the CPU [default: auto, the fastest this CPU has].
+    #[arg(long, value_enum, help_heading = "Engine")]
+    pub bf16_kernel: Option<KernelArg>,
+    /// Which convolution algorithms cuDNN may run on a GPU in fp32: the fastest it
+    /// times [default] (FFT and Winograd transforms too, as PyTorch's
+    /// cudnn.benchmark), or only exact ones (direct sums, within fp32 rounding of
+    /// the CPU's results).
+    #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
+    pub conv_algorithms: Option<ConvAlgorithmsArg>,
+}
+
+impl EngineArgs {
+    /// These flags, where not given, taken from `outer` (the flags before the command).
+    pub fn or(self, outer: &EngineArgs) -> EngineArgs {
+        EngineArgs {
+            threads: self.threads.or(outer.threads),
+            precision: self.precision.or(outer.precision),
+            bf16_kernel: self.bf16_kernel.or(outer.bf16_kernel),
+            conv_algorithms: self.conv_algorithms.or(outer.conv_algorithms),
+        }
+    }
+}
+
+/// The `--threads` flag alone, for commands that use threads but no backend.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ThreadsArg {
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
 /// How every backend of a command computes.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -80,13 +126,11 @@ impl EngineSettings {
     /// The settings of the global flags for a command on `device` (commands
     /// without `--device` run on the CPU). An error names a precision the device
     /// does not offer, a bf16 kernel this CPU lacks, or a thread count out of range.
-    pub fn from_flags(
-        precision: PrecisionArg,
-        kernel: KernelArg,
-        conv_algorithms: ConvAlgorithmsArg,
-        threads: Option<usize>,
-        device: Device,
-    ) -> Result<EngineSettings> {
+    pub fn from_flags(flags: &EngineArgs, device: Device) -> Result<EngineSettings> {
+        let precision = flags.precision.unwrap_or(PrecisionArg::Fp32);
+        let kernel = flags.bf16_kernel.unwrap_or(KernelArg::Auto);
+        let conv_algorithms = flags.conv_algorithms.unwrap_or_default();
+        let threads = flags.threads;
         if let Some(threads) = threads
             && !(1..=MAX_THREADS).contains(&threads)
         {

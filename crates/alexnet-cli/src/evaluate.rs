@@ -33,6 +33,8 @@ pub struct EvalArgs {
     json: bool,
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {

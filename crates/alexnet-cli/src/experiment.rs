@@ -78,6 +78,8 @@ pub struct ExperimentArgs {
     /// Where every run trains and is evaluated.
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 /// One network of an experiment.

@@ -43,6 +43,8 @@ pub struct FeaturesArgs {
     out: PathBuf,
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 /// Index (in the plan) of the layer called `name`, or by default of the layer
@@ -172,6 +174,8 @@ pub struct SimilarArgs {
     cell: u32,
     #[arg(long, default_value = "similar.png")]
     out: PathBuf,
+    #[command(flatten)]
+    pub threads: crate::engine::ThreadsArg,
 }
 
 /// Indices of the `k` rows of `features` nearest to row `query` (itself excluded).

@@ -25,26 +25,15 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "alexnet",
     version,
-    about = "AlexNet (Krizhevsky, Sutskever, Hinton 2012) in Rust"
+    about = "AlexNet (Krizhevsky, Sutskever, Hinton 2012) in Rust",
+    long_about = "AlexNet (Krizhevsky, Sutskever, Hinton 2012) in Rust.\n\n\
+        Start here: `alexnet prepare <images or MNIST/CIFAR files> --out data/<name>`, then\n\
+        `alexnet train --data data/<name> --arch cifar` (or `bash tools/quickstart.sh` for both)."
 )]
 struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
-    /// Arithmetic of the convolutions' and fully connected layers' matrix products:
-    /// fp32; bf16 operands with f32 sums (weights, gradients and all other layers
-    /// stay f32; on a GPU, on its tensor cores); or tf32 (--device cuda:N only:
-    /// operands rounded to TF32 on tensor cores, f32 sums).
-    #[arg(long, global = true, value_enum, default_value = "fp32")]
-    precision: engine::PrecisionArg,
-    /// Which convolution algorithms cuDNN may run on a GPU in fp32: the fastest
-    /// it times (FFT and Winograd transforms too, as PyTorch's cudnn.benchmark),
-    /// or only exact ones (direct sums, within fp32 rounding of the CPU's results).
-    #[arg(long, global = true, value_enum, default_value = "fastest")]
-    conv_algorithms: engine::ConvAlgorithmsArg,
-    /// The bf16 product kernel (default: the fastest this CPU has).
-    #[arg(long, global = true, value_enum, default_value = "auto")]
-    bf16_kernel: engine::KernelArg,
+    /// The engine's flags may also come before the command.
+    #[command(flatten)]
+    engine: engine::EngineArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,34 +41,106 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Turn image folders or MNIST/CIFAR files into a prepared dataset.
+    #[command(
+        after_long_help = "Example:\n  alexnet prepare /usr/share/datasets/fashion-mnist --out data/fashion-mnist\n  alexnet prepare imagenet/train --val imagenet/val --out data/imagenet"
+    )]
     Prepare(prepare::PrepareArgs),
     /// Train a net on a prepared dataset with the paper's recipe.
+    #[command(
+        after_long_help = "Example:\n  alexnet train --data data/fashion-mnist --arch cifar --out runs/fashion"
+    )]
     Train(train::TrainArgs),
     /// Top-1 and top-5 error of a checkpoint on a dataset split.
+    #[command(
+        after_long_help = "Example:\n  alexnet eval --checkpoint runs/fashion/best.safetensors --data data/fashion-mnist --ten-crop"
+    )]
     Eval(evaluate::EvalArgs),
     /// The most probable classes of image files.
+    #[command(
+        after_long_help = "Example:\n  alexnet classify --checkpoint runs/fashion/best.safetensors examples/images/*.png"
+    )]
     Classify(classify::ClassifyArgs),
     /// Write the last hidden layer's activations for a dataset split.
+    #[command(
+        after_long_help = "Example:\n  alexnet features --checkpoint runs/fashion/best.safetensors --data data/fashion-mnist --out features.safetensors"
+    )]
     Features(features::FeaturesArgs),
     /// Find the images nearest to queries by their features (the paper's Figure 4).
+    #[command(
+        after_long_help = "Example:\n  alexnet similar --features features.safetensors --queries 0,7 --out similar.png"
+    )]
     Similar(features::SimilarArgs),
     /// Run one of the paper's experiments (variants of one net, several seeds) and report.
+    #[command(after_long_help = "Example:\n  alexnet experiment relu-vs-tanh --data data/cifar10")]
     Experiment(experiment::ExperimentArgs),
     /// Draw training curves from metrics logs (the paper's Figure 1).
+    #[command(after_long_help = "Example:\n  alexnet plot runs/fashion --out curves.png")]
     Plot(plot::PlotArgs),
     /// Draw the first layer's kernels (the paper's Figure 3).
+    #[command(
+        after_long_help = "Example:\n  alexnet kernels --checkpoint runs/imagenet/best.safetensors --out kernels.png"
+    )]
     Kernels(kernels::KernelsArgs),
     /// Time training and inference of a net on random data, with a per-layer breakdown.
+    #[command(after_long_help = "Example:\n  alexnet bench --arch alexnet --threads 2")]
     Bench(bench::BenchArgs),
     /// Show a network's layers, shapes and parameter counts.
+    #[command(after_long_help = "Example:\n  alexnet info --arch alexnet")]
     Info(info::InfoArgs),
     /// Turn weights trained elsewhere (torchvision, Caffe) into a checkpoint.
+    #[command(
+        after_long_help = "Example:\n  alexnet import torchvision alexnet-owt-7be5be79.pth --out alexnet-owt.safetensors"
+    )]
     Import(interop::ImportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_long_help = "Example:\n  alexnet completions bash > ~/.local/share/bash-completion/completions/alexnet"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), made from the same definitions as --help.
+    #[command(after_long_help = "Example:\n  alexnet man > alexnet.1 && man ./alexnet.1")]
+    Man,
     /// Write a checkpoint in another format (ONNX).
+    #[command(
+        after_long_help = "Example:\n  alexnet export onnx runs/fashion/best.safetensors --out fashion.onnx"
+    )]
     Export(interop::ExportArgs),
 }
 
 impl Command {
+    /// The engine flags of a command that computes.
+    fn engine_args(&self) -> Option<&engine::EngineArgs> {
+        match self {
+            Command::Train(args) => Some(&args.engine),
+            Command::Eval(args) => Some(&args.engine),
+            Command::Classify(args) => Some(&args.engine),
+            Command::Features(args) => Some(&args.engine),
+            Command::Bench(args) => Some(&args.engine),
+            Command::Experiment(args) => Some(&args.engine),
+            _ => None,
+        }
+    }
+
+    /// `--threads` of a command that uses threads without a backend.
+    fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Prepare(args) => args.threads.threads,
+            Command::Similar(args) => args.threads.threads,
+            _ => None,
+        }
+    }
+
+    /// The engine flags in force: the command's own, else those before it.
+    fn engine_flags(&self, outer: &engine::EngineArgs) -> engine::EngineArgs {
+        match self.engine_args() {
+            Some(own) => own.clone().or(outer),
+            None => engine::EngineArgs {
+                threads: self.threads().or(outer.threads),
+                ..outer.clone()
+            },
+        }
+    }
+
     /// Where a command that computes runs; the others run on the CPU.
     fn placement(&self) -> Option<&device::Placement> {
         match self {
@@ -102,13 +163,8 @@ fn main() -> Result<()> {
         placement.validate()?;
     }
     let device = placement.map_or(device::Device::Cpu, device::Placement::main_device);
-    let engine = engine::EngineSettings::from_flags(
-        cli.precision,
-        cli.bf16_kernel,
-        cli.conv_algorithms,
-        cli.threads,
-        device,
-    )?;
+    let flags = cli.command.engine_flags(&cli.engine);
+    let engine = engine::EngineSettings::from_flags(&flags, device)?;
     // Work beside the backends (preparing, checking a dataset) runs on the same
     // pool as the CPU backends' layers.
     engine.install(|| run(cli.command, &engine))
@@ -147,5 +203,99 @@ fn run(command: Command, engine: &engine::EngineSettings) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Import(args) => interop::run_import(args),
         Command::Export(args) => interop::run_export(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "alexnet", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    /// The example lines of each subcommand's long help.
+    fn examples() -> Vec<(String, String)> {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut found = Vec::new();
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            let help = sub.render_long_help().to_string();
+            let lines = help
+                .lines()
+                .skip_while(|l| !l.starts_with("Example:"))
+                .skip(1);
+            for line in lines.take_while(|l| l.starts_with("  alexnet ")) {
+                let line = line
+                    .split(" > ")
+                    .next()
+                    .unwrap_or(line)
+                    .split(" && ")
+                    .next()
+                    .unwrap_or(line);
+                found.push((name.clone(), line.trim().to_string()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example_that_parses() {
+        let examples = examples();
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands().filter(|s| s.get_name() != "help") {
+            assert!(
+                examples.iter().any(|(name, _)| name == sub.get_name()),
+                "{} has no example in its long help",
+                sub.get_name()
+            );
+        }
+        for (name, line) in examples {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Err(e) = Cli::try_parse_from(&words) {
+                panic!("{name}: the example `{line}` does not parse: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn engine_flags_appear_only_where_they_act() {
+        let mut cli = Cli::command();
+        cli.build();
+        let computing = [
+            "train",
+            "eval",
+            "classify",
+            "features",
+            "bench",
+            "experiment",
+        ];
+        for sub in cli.get_subcommands_mut() {
+            let name = sub.get_name().to_string();
+            let help = sub.render_long_help().to_string();
+            for flag in ["--precision", "--bf16-kernel"] {
+                assert_eq!(
+                    help.contains(flag),
+                    computing.contains(&name.as_str()),
+                    "{name} --help and {flag}"
+                );
+            }
+            let cuda = help.contains("--conv-algorithms");
+            assert_eq!(
+                cuda,
+                cfg!(feature = "cuda") && computing.contains(&name.as_str()),
+                "{name} --help and --conv-algorithms"
+            );
+        }
     }
 }

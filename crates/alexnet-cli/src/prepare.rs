@@ -3,7 +3,7 @@
 //! that training reads at full speed.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use alexnet_data::{
     Encoding, FolderOptions, IdxNames, PrepareOptions, SourceKind, detect_source, prepare_cifar,
@@ -65,6 +65,8 @@ pub struct PrepareArgs {
     /// Write at most this many shards, then stop; the same command continues later.
     #[arg(long)]
     pub stop_after_shards: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::engine::ThreadsArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,6 +95,9 @@ pub enum Names {
 }
 
 pub fn run(args: PrepareArgs) -> Result<()> {
+    if args.val.is_none() {
+        suggest_split_folders(&args.input)?;
+    }
     let kind = match args.format {
         SourceFormat::Auto => detect_source(&args.input)?,
         SourceFormat::Idx => SourceKind::Idx,
@@ -155,6 +160,16 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             let mut folder = FolderOptions::new(&args.input);
             folder.val = args.val;
             folder.val_labels = args.val_labels;
+            if args.synsets.is_none() && named_by_wordnet_ids(&args.input) {
+                // ImageNet's layout: folders named by WordNet ids get the shipped names.
+                let classes = alexnet_interop::classes::imagenet_1k();
+                folder.known_names = classes
+                    .ids
+                    .into_iter()
+                    .zip(classes.names)
+                    .map(|(id, name)| alexnet_data::ClassInfo { id, name })
+                    .collect();
+            }
             folder.synsets = args.synsets;
             if let Some(size) = args.size {
                 folder.size = size;
@@ -167,4 +182,42 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     };
     println!("{summary}");
     Ok(())
+}
+
+/// A dataset root holding `train/` and `val/` (the usual download) is not a
+/// folder of classes: say which command prepares it, rather than failing on
+/// two classes of folders.
+fn suggest_split_folders(input: &Path) -> Result<()> {
+    let train = input.join("train");
+    let val = ["val", "validation"]
+        .into_iter()
+        .map(|name| input.join(name))
+        .find(|dir| dir.is_dir());
+    if let (true, Some(val)) = (train.is_dir(), val) {
+        bail!(
+            "{} holds a train and a validation folder, not class folders: prepare it with\n  \
+             alexnet prepare {} --val {} --out <dataset>",
+            input.display(),
+            train.display(),
+            val.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether every class folder of `input` is named by a WordNet id (`n01440764`).
+fn named_by_wordnet_ids(input: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(input) else {
+        return false;
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    !names.is_empty()
+        && names.iter().all(|n| {
+            n.len() == 9 && n.starts_with('n') && n[1..].bytes().all(|b| b.is_ascii_digit())
+        })
 }

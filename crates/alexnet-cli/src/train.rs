@@ -106,6 +106,8 @@ pub struct TrainArgs {
     quiet: bool,
     #[command(flatten)]
     pub placement: crate::device::Placement,
+    #[command(flatten)]
+    pub engine: crate::engine::EngineArgs,
 }
 
 impl TrainArgs {

@@ -31,6 +31,9 @@ pub struct FolderOptions {
     /// A class list, one `<id> <name>` a line ("n01440764 tench, Tinca tinca"):
     /// fixes the class order and names; every class folder must be listed.
     pub synsets: Option<PathBuf>,
+    /// Readable names for class ids (without `synsets`): a folder named by an id
+    /// listed here gets its name, others keep their folder name.
+    pub known_names: Vec<ClassInfo>,
     /// The stored side: shorter side rescaled to this, then the central square kept.
     pub size: u32,
     /// Images declaring more pixels than this are skipped unread (decompression bombs).
@@ -44,6 +47,7 @@ impl FolderOptions {
             val: None,
             val_labels: None,
             synsets: None,
+            known_names: Vec::new(),
             size: 256,
             max_pixels: 100_000_000,
         }
@@ -497,9 +501,13 @@ pub fn prepare_folder(folder: &FolderOptions, opts: &PrepareOptions) -> Result<S
         None => (
             folders
                 .iter()
-                .map(|(name, _)| ClassInfo {
-                    id: name.clone(),
-                    name: name.clone(),
+                .map(|(id, _)| ClassInfo {
+                    id: id.clone(),
+                    name: folder
+                        .known_names
+                        .iter()
+                        .find(|known| known.id == *id)
+                        .map_or_else(|| id.clone(), |known| known.name.clone()),
                 })
                 .collect(),
             root.clone(),
