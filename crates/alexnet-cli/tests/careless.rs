@@ -309,6 +309,37 @@ fn careless_flags_are_refused_before_any_work() {
         ],
         &["would need", "memory"],
     );
+    // A batch that fits the planner's count but not this machine: the same.
+    refused(
+        &[
+            "bench",
+            "--arch",
+            "alexnet",
+            "--train-batch",
+            "100000",
+            "--seconds",
+            "1",
+        ],
+        &["100000 images", "would need", "of memory here"],
+    );
+    // A description with a layer too large to allocate, from a TOML file.
+    let toml = root.join("huge.toml");
+    let cifar = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../alexnet/presets/cifar.toml"),
+    )
+    .unwrap();
+    std::fs::write(&toml, cifar.replace("out = 256", "out = 4000000000")).unwrap();
+    refused(
+        &["info", "--arch", toml.to_str().unwrap()],
+        &["fc3", "at most"],
+    );
+    // A stored side far beyond the paper's 256.
+    refused(
+        &[
+            "prepare", data, "--format", "folder", "--size", "100000", "--out", out,
+        ],
+        &["size", "4096"],
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
