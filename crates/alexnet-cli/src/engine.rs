@@ -80,6 +80,10 @@ pub struct EngineArgs {
     /// the CPU's results).
     #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
     pub conv_algorithms: Option<ConvAlgorithmsArg>,
+    /// Hand the CPU stored images to cut the views from, as a GPU is (the same
+    /// results; for testing that path without a GPU).
+    #[arg(long, help_heading = "Engine", hide = true)]
+    pub stored_batches: bool,
 }
 
 impl EngineArgs {
@@ -90,6 +94,7 @@ impl EngineArgs {
             precision: self.precision.or(outer.precision),
             bf16_kernel: self.bf16_kernel.or(outer.bf16_kernel),
             conv_algorithms: self.conv_algorithms.or(outer.conv_algorithms),
+            stored_batches: self.stored_batches || outer.stored_batches,
         }
     }
 }
@@ -116,6 +121,8 @@ pub struct EngineSettings {
     /// command inside it) and every CPU backend's layers run on: a layer called
     /// from one of its threads just runs, with nothing handed across pools.
     pub pool: Arc<ThreadPool>,
+    /// CPU backends ask for stored batches (`--stored-batches`).
+    pub stored_batches: bool,
 }
 
 /// The most worker threads `--threads` takes: far beyond any machine's cores,
@@ -159,6 +166,7 @@ impl EngineSettings {
             gpu_precision: precision.precision(),
             conv_algorithms,
             pool: Arc::new(pool),
+            stored_batches: flags.stored_batches,
         })
     }
 
@@ -178,7 +186,9 @@ impl EngineSettings {
     /// A CPU backend with these settings, on the command's pool; its
     /// convolutions' buffers are its own.
     pub fn cpu(&self) -> Result<Cpu> {
-        Ok(Cpu::with_products(self.products)?.with_pool(self.pool.clone()))
+        Ok(Cpu::with_products(self.products)?
+            .with_pool(self.pool.clone())
+            .with_stored_batches(self.stored_batches))
     }
 
     /// Runs `work` (a command) on the pool.

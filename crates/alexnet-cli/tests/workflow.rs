@@ -811,10 +811,14 @@ fn stored_batches_give_the_run_of_finished_views() {
     let run = |stored: bool, name: &str| -> (String, String, Vec<(String, Vec<u8>)>) {
         let out = root.join(name);
         let with = |args: &[&str]| {
+            let engine: &[&str] = if stored {
+                &["--threads", "2", "--stored-batches"]
+            } else {
+                &["--threads", "2"]
+            };
             let output = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-                .args(["--threads", "2"])
+                .args(engine)
                 .args(args)
-                .env("ALEXNET_STORED_BATCHES", if stored { "1" } else { "0" })
                 .env_remove("RUST_BACKTRACE")
                 .output()
                 .unwrap();

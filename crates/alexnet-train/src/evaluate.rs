@@ -134,10 +134,9 @@ pub fn evaluate(
 }
 
 /// Whether the loader should deliver stored batches to `net`: where its device
-/// cuts the views itself (a GPU), or anywhere when `ALEXNET_STORED_BATCHES=1`,
-/// which tests that path on the CPU.
+/// cuts the views itself (a GPU, or a CPU backend asked to, which tests that path).
 pub fn wants_stored(net: &dyn Model) -> bool {
-    net.cuts_views() || std::env::var("ALEXNET_STORED_BATCHES").is_ok_and(|v| v == "1")
+    net.cuts_views()
 }
 
 /// Loads a loader's batch into `net`: finished views, or stored images for the

@@ -29,6 +29,8 @@ pub struct Cpu {
     products: Products,
     pool: Arc<rayon::ThreadPool>,
     buffers: Arc<ConvBuffers>,
+    /// Ask for stored batches, as a GPU does (see [`Cpu::with_stored_batches`]).
+    stored_batches: bool,
 }
 
 impl Default for Cpu {
@@ -37,6 +39,7 @@ impl Default for Cpu {
             products: Products::default(),
             pool: Arc::new(new_pool(None).expect("a thread pool with one thread per core")),
             buffers: Arc::default(),
+            stored_batches: false,
         }
     }
 }
@@ -107,6 +110,16 @@ impl Cpu {
     /// each layer across to another pool's threads and waiting.
     pub fn with_pool(self, pool: Arc<rayon::ThreadPool>) -> Self {
         Cpu { pool, ..self }
+    }
+
+    /// This backend asking for stored batches and cutting the views itself, as a
+    /// GPU does ([`Backend::cuts_views`]): the same results by the same cutting
+    /// function, for testing that path where there is no GPU.
+    pub fn with_stored_batches(self, stored: bool) -> Self {
+        Cpu {
+            stored_batches: stored,
+            ..self
+        }
     }
 
     pub fn products(&self) -> Products {
@@ -235,6 +248,10 @@ macro_rules! host_buffers {
 
 impl Backend for Cpu {
     host_buffers!(CpuBuffer);
+
+    fn cuts_views(&self) -> bool {
+        self.stored_batches
+    }
 
     fn describe(&self) -> String {
         let products = match self.products.precision {
