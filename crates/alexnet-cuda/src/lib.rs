@@ -767,6 +767,27 @@ impl Backend for CudaBackend {
 
     /// One kernel: each pooled output normalises its own window (see
     /// `lrn_max_pool_forward` in the kernels).
+    /// Each pooled output's winning position within its window in a byte
+    /// (`ky * size + kx`: windows are at most 16x16, see `alexnet::fusion`), byte
+    /// `i` for output `i` of the batch.
+    type PoolRecord = CudaSlice<u8>;
+
+    fn alloc_pool_record(
+        &self,
+        pool: &PoolGeometry,
+        images: usize,
+    ) -> alexnet::Result<CudaSlice<u8>> {
+        let len = images.saturating_mul(pool.output.len());
+        self.bind();
+        self.stream
+            .alloc_zeros::<u8>(len.max(1))
+            .map_err(|e| alexnet::Error::Input {
+                what: format!("cuda:{} memory", self.ordinal),
+                expected: "a record the device can hold".into(),
+                found: format!("{len} bytes: {e}"),
+            })
+    }
+
     fn lrn_max_pool_forward(
         &self,
         lrn: &LrnGeometry,
@@ -774,7 +795,7 @@ impl Backend for CudaBackend {
         n: usize,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
-        record: Option<&mut CudaSlice<f32>>,
+        record: Option<&mut CudaSlice<u8>>,
     ) {
         assert_eq!(pool.input, lrn.shape, "the pooling reads the LRN's output");
         // The record keeps each window's winner as one byte (ky * size + kx).
@@ -797,8 +818,8 @@ impl Backend for CudaBackend {
         match record {
             Some(record) => {
                 assert!(
-                    record.len() >= n * self.lrn_max_pool_record_len(pool),
-                    "the record holds {} values, fewer than {n} images need",
+                    record.len() >= n * pool.output.len(),
+                    "the record holds {} bytes, fewer than {n} images need",
                     record.len()
                 );
                 args.arg(record)
@@ -814,15 +835,6 @@ impl Backend for CudaBackend {
         );
     }
 
-    /// Each pooled output's winning position within its window, in a byte
-    /// (`ky * size + kx`: windows are at most 16x16, see `alexnet::fusion`), four
-    /// to a value. The kernels treat the whole record as bytes, byte `i` for
-    /// output `i` of the batch: `n` images' outputs take `n * out` bytes, which
-    /// `n * ceil(out / 4)` values hold.
-    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
-        pool.output.len().div_ceil(4)
-    }
-
     /// Two element-wise kernels: the LRN output's gradient gathered through the
     /// record together with the LRN's terms, then the LRN's input gradient
     /// (see `lrn_max_pool_backward_terms` in the kernels).
@@ -832,7 +844,7 @@ impl Backend for CudaBackend {
         pool: &PoolGeometry,
         n: usize,
         x: &CudaSlice<f32>,
-        record: &CudaSlice<f32>,
+        record: &CudaSlice<u8>,
         dy: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) {
@@ -842,8 +854,8 @@ impl Backend for CudaBackend {
             return;
         }
         assert!(
-            record.len() >= n * self.lrn_max_pool_record_len(pool),
-            "the record holds {} values, fewer than {n} images need",
+            record.len() >= n * pool.output.len(),
+            "the record holds {} bytes, fewer than {n} images need",
             record.len()
         );
         let mut scratch = self.lock(&self.backward_scratch);

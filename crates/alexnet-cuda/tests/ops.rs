@@ -338,14 +338,14 @@ fn check_lrn_max_pool(label: &str, lrn: LrnGeometry, size: usize, stride: usize,
         .collect();
     let dy = random(&mut rng, n * pool.output.len(), 1.0);
     let mut y_ref = vec![0.0; dy.len()];
-    let mut record_ref = vec![0.0; n * cpu.lrn_max_pool_record_len(&pool)];
+    let mut record_ref = cpu.alloc_pool_record(&pool, n).unwrap();
     cpu.lrn_max_pool_forward(&lrn, &pool, n, &x, &mut y_ref, Some(&mut record_ref));
     let mut dx_ref = vec![0.0; x.len()];
     cpu.lrn_max_pool_backward(&lrn, &pool, n, &x, &record_ref, &dy, &mut dx_ref);
 
     let (xd, dyd) = (to_device(gpu, &x), to_device(gpu, &dy));
     let mut yd = gpu.alloc(dy.len()).unwrap();
-    let mut record = gpu.alloc(n * gpu.lrn_max_pool_record_len(&pool)).unwrap();
+    let mut record = gpu.alloc_pool_record(&pool, n).unwrap();
     gpu.lrn_max_pool_forward(&lrn, &pool, n, &xd, &mut yd, Some(&mut record));
     let mut dxd = to_device(gpu, &vec![7.0; x.len()]);
     gpu.lrn_max_pool_backward(&lrn, &pool, n, &xd, &record, &dyd, &mut dxd);

@@ -166,13 +166,17 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
+    /// What a fused LRN + max pooling's forward pass keeps for its backward pass
+    /// instead of the LRN's output: on every backend here, each pooled output's
+    /// winning position within its window (`ky * size + kx`), one byte each.
+    type PoolRecord;
+    /// A record for `images` images of the max pooling `pool`.
+    fn alloc_pool_record(&self, pool: &PoolGeometry, images: usize) -> Result<Self::PoolRecord>;
     /// Local response normalisation followed by max pooling in one pass:
     /// `y = max_pool(lrn(x))`, without keeping `lrn(x)` (the paper's conv1 and
     /// conv2 blocks, where nothing else reads the LRN's output). Where `record`
-    /// is given (`lrn_max_pool_record_len` values per image), it receives what
-    /// [`Backend::lrn_max_pool_backward`] needs instead of `lrn(x)`: on the CPU
-    /// backends, each output's winning position within its window. Test-mode
-    /// passes give `None`.
+    /// is given, it receives what [`Backend::lrn_max_pool_backward`] needs
+    /// instead of `lrn(x)`. Test-mode passes give `None`.
     fn lrn_max_pool_forward(
         &self,
         lrn: &LrnGeometry,
@@ -180,12 +184,8 @@ pub trait Backend: Send + Sync {
         n: usize,
         x: &Self::Buffer,
         y: &mut Self::Buffer,
-        record: Option<&mut Self::Buffer>,
+        record: Option<&mut Self::PoolRecord>,
     );
-    /// Values per image of the `record` of [`Backend::lrn_max_pool_forward`].
-    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
-        pool.output.len()
-    }
     /// The gradient of the LRN's input `x` from the pooled output's gradient `dy`,
     /// with the `record` of the forward pass of the same batch.
     fn lrn_max_pool_backward(
@@ -194,7 +194,7 @@ pub trait Backend: Send + Sync {
         pool: &PoolGeometry,
         n: usize,
         x: &Self::Buffer,
-        record: &Self::Buffer,
+        record: &Self::PoolRecord,
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );

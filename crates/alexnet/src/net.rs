@@ -51,7 +51,7 @@ pub struct Network<B: Backend> {
     /// What each max pooling fused with an LRN recorded in its last training
     /// forward pass, and whether that was of the loaded batch's current values
     /// (both indexed like `plan.layers`).
-    records: Vec<Option<B::Buffer>>,
+    records: Vec<Option<B::PoolRecord>>,
     records_fresh: Vec<bool>,
     /// One mask buffer per dropout layer (indexed like `plan.layers`).
     masks: Vec<Option<B::Buffer>>,
@@ -220,7 +220,7 @@ impl<B: Backend> Network<B> {
                     let Op::MaxPool { geometry } = &layer.op else {
                         unreachable!("fusions pair an LRN with a max pooling");
                     };
-                    Some(backend.alloc(backend.lrn_max_pool_record_len(geometry) * max_batch)?)
+                    Some(backend.alloc_pool_record(geometry, max_batch)?)
                 }
                 _ => None,
             });
@@ -507,7 +507,7 @@ impl<B: Backend> Network<B> {
             .as_mut()
             .expect("fused pools own a record");
         let x = &self.activations[lrn_layer.src];
-        if !self.records_fresh[pool] && self.backend.lrn_max_pool_record_len(pool_geometry) > 0 {
+        if !self.records_fresh[pool] {
             // The last forward pass was a test-mode one, which records
             // nothing: run it again for the record. Its pooled values go
             // to `dx`, which is overwritten next; the pool's own buffer may

@@ -169,6 +169,18 @@ fn host_zeros(len: usize) -> Result<Vec<f32>> {
     }
 }
 
+/// `len` zero bytes, or an error saying how much memory they would have taken.
+fn host_bytes(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| Error::Input {
+        what: "memory".into(),
+        expected: "an allocation this machine can make".into(),
+        found: format!("{} for a record", crate::plan::bytes_text(len as u128)),
+    })?;
+    bytes.resize(len, 0);
+    Ok(bytes)
+}
+
 /// This machine's physical memory, from the operating system.
 fn physical_memory_bytes() -> Option<u64> {
     // SAFETY: sysconf only reads system configuration; a negative result means
@@ -397,6 +409,10 @@ impl Backend for Cpu {
     ) {
         self.install(|| fast::pool::max_backward(g, n, x, dy, dx))
     }
+    type PoolRecord = Vec<u8>;
+    fn alloc_pool_record(&self, pool: &PoolGeometry, images: usize) -> Result<Vec<u8>> {
+        host_bytes(images.saturating_mul(fast::lrn_pool::record_len(pool)))
+    }
     fn lrn_max_pool_forward(
         &self,
         lrn: &LrnGeometry,
@@ -404,14 +420,11 @@ impl Backend for Cpu {
         n: usize,
         x: &CpuBuffer,
         y: &mut CpuBuffer,
-        record: Option<&mut CpuBuffer>,
+        record: Option<&mut Vec<u8>>,
     ) {
         self.install(|| {
             fast::lrn_pool::forward(lrn, pool, n, x, y, record.map(|r| r.as_mut_slice()))
         })
-    }
-    fn lrn_max_pool_record_len(&self, pool: &PoolGeometry) -> usize {
-        fast::lrn_pool::record_len(pool)
     }
     fn lrn_max_pool_backward(
         &self,
@@ -419,7 +432,7 @@ impl Backend for Cpu {
         pool: &PoolGeometry,
         n: usize,
         x: &CpuBuffer,
-        record: &CpuBuffer,
+        record: &Vec<u8>,
         dy: &CpuBuffer,
         dx: &mut CpuBuffer,
     ) {
@@ -579,6 +592,11 @@ impl Backend for ReferenceCpu {
         dx: &mut Vec<f32>,
     ) {
         reference::max_pool_backward(g, n, x, dy, dx)
+    }
+    /// The reference records positions as values of its float type.
+    type PoolRecord = Vec<f32>;
+    fn alloc_pool_record(&self, pool: &PoolGeometry, images: usize) -> Result<Vec<f32>> {
+        host_zeros(images.saturating_mul(pool.output.len()))
     }
     fn lrn_max_pool_forward(
         &self,

@@ -6,8 +6,7 @@
 //! scratch and pools it straight away, so the LRN's output (as large as the
 //! convolution's) is never written to memory, nor read back by the pooling.
 //! Training passes record each window's winning position (`ky * size + kx`) in
-//! a byte, four to an `f32` of the record buffer (windows of at most 16x16, which
-//! [`crate::fusion`] sees to); the backward pass sends the pooled gradient
+//! a byte of the record (windows of at most 16x16, which [`crate::fusion`] sees to); the backward pass sends the pooled gradient
 //! there, in a per-thread image of scratch, and runs the LRN's backward pass on it.
 
 use rayon::prelude::*;
@@ -16,30 +15,9 @@ use super::scratch::{with_scratch, with_staging};
 use super::{lrn, pool, simd};
 use crate::layers::{LrnGeometry, PoolGeometry};
 
-/// Values per image of a record: one byte per pooled output.
+/// Bytes per image of a record: one per pooled output.
 pub fn record_len(pool: &PoolGeometry) -> usize {
-    pool.output.len().div_ceil(4)
-}
-
-/// The bytes of a record.
-fn bytes(record: &[f32]) -> &[u8] {
-    // SAFETY: the bytes of `f32`s; any byte is a valid `u8`, and `u8` needs no alignment.
-    unsafe { std::slice::from_raw_parts(record.as_ptr().cast::<u8>(), record.len() * 4) }
-}
-
-fn bytes_mut(record: &mut [f32]) -> &mut [u8] {
-    // SAFETY: as `bytes`; also, any four bytes are a valid `f32`.
-    unsafe { std::slice::from_raw_parts_mut(record.as_mut_ptr().cast::<u8>(), record.len() * 4) }
-}
-
-/// The winning position within its window (`ky * size + kx`) of each of the
-/// first `n` images' pooled outputs, read from a record.
-pub fn recorded_positions(pool: &PoolGeometry, n: usize, record: &[f32]) -> Vec<u8> {
-    let (rl, ol) = (record_len(pool), pool.output.len());
-    record[..n * rl]
-        .chunks_exact(rl)
-        .flat_map(|image| bytes(image)[..ol].to_vec())
-        .collect()
+    pool.output.len()
 }
 
 pub fn forward(
@@ -48,7 +26,7 @@ pub fn forward(
     n: usize,
     x: &[f32],
     y: &mut [f32],
-    record: Option<&mut [f32]>,
+    record: Option<&mut [u8]>,
 ) {
     let (il, ol) = (lrn.shape.len(), pool.output.len());
     let threads = rayon::current_num_threads();
@@ -75,14 +53,9 @@ pub fn forward(
         .par_chunks_exact(il)
         .zip(y[..n * ol].par_chunks_exact_mut(ol));
     match record {
-        Some(record) => {
-            let rl = record_len(pool);
-            images
-                .zip(record[..n * rl].par_chunks_exact_mut(rl))
-                .for_each(|((x, y), record)| {
-                    forward_image(lrn, pool, x, y, Some(&mut bytes_mut(record)[..ol]))
-                })
-        }
+        Some(record) => images
+            .zip(record[..n * ol].par_chunks_exact_mut(ol))
+            .for_each(|((x, y), record)| forward_image(lrn, pool, x, y, Some(record))),
         None => images.for_each(|(x, y)| forward_image(lrn, pool, x, y, None)),
     }
 }
@@ -163,7 +136,7 @@ pub fn backward(
     pool: &PoolGeometry,
     n: usize,
     x: &[f32],
-    record: &[f32],
+    record: &[u8],
     dy: &[f32],
     dx: &mut [f32],
 ) {
@@ -184,7 +157,7 @@ pub fn backward(
                 dz.fill(0.0);
                 for ((dzp, rp), dyp) in dz
                     .chunks_exact_mut(ip)
-                    .zip(bytes(record)[..ol].chunks_exact(op))
+                    .zip(record[..ol].chunks_exact(op))
                     .zip(dy.chunks_exact(op))
                 {
                     for oy in 0..pool.output.height {
