@@ -36,6 +36,9 @@ pub struct LineChart {
     pub series: Vec<Series>,
     /// A horizontal reference line (for instance the paper's 25% threshold).
     pub reference: Option<(f64, String)>,
+    /// Vertical lines at these x values with their labels (learning-rate drops,
+    /// epoch boundaries; an empty label draws the line alone).
+    pub markers: Vec<(f64, String)>,
 }
 
 /// Round tick values covering `lo..hi`, about `count` of them.
@@ -217,6 +220,7 @@ impl LineChart {
         };
         draw_axes(&mut canvas, &axes);
         self.draw_reference(&mut canvas, &axes);
+        self.draw_markers(&mut canvas, &axes);
         self.draw_series(&mut canvas, &axes);
         self.draw_legend(&mut canvas, &axes);
         self.draw_labels(&mut canvas, &axes, width, height);
@@ -248,6 +252,32 @@ impl LineChart {
             y_hi = y_lo + 1.0;
         }
         ((x_lo, x_hi), (y_lo, y_hi * 1.05))
+    }
+
+    fn draw_markers(&self, canvas: &mut Canvas, axes: &Axes) {
+        for (x, label) in &self.markers {
+            if !(axes.x.0..=axes.x.1).contains(x) {
+                continue;
+            }
+            let (px, _) = axes.to_px((*x, axes.y.0));
+            let mut phase = 0.0;
+            let grey = if label.is_empty() {
+                Rgb([215, 215, 215])
+            } else {
+                Rgb([150, 150, 150])
+            };
+            canvas.line(
+                (px, axes.bottom),
+                (px, axes.top),
+                grey,
+                1.0,
+                4.0,
+                &mut phase,
+            );
+            if !label.is_empty() {
+                canvas.text(label, px + 3.0, axes.top + 12.0, 11.0, Rgb([90, 90, 90]));
+            }
+        }
     }
 
     fn draw_reference(&self, canvas: &mut Canvas, axes: &Axes) {
@@ -408,6 +438,7 @@ mod tests {
                 colour: 1,
             }],
             reference: Some((0.25, "25%".into())),
+            markers: vec![(0.5, "lr 0.001".into())],
         };
         let image = chart.render(400, 300);
         let red = image

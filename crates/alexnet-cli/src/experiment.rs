@@ -563,6 +563,7 @@ fn write_results(
         x_label: "epochs".into(),
         y_label: "training error (%)".into(),
         series,
+        markers: Vec::new(),
         reference: Some((
             threshold * 100.0,
             format!("threshold {:.1}%", threshold * 100.0),

@@ -889,3 +889,77 @@ fn stored_batches_give_the_run_of_finished_views() {
     assert_eq!(stored_features, finished_features);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Pixels of `image` in rows `rows` close to `colour`.
+fn pixels_like(image: &image::RgbImage, rows: std::ops::Range<u32>, colour: [u8; 3]) -> usize {
+    image
+        .enumerate_pixels()
+        .filter(|(_, y, p)| {
+            rows.contains(y) && p.0.iter().zip(colour).all(|(a, b)| a.abs_diff(b) < 8)
+        })
+        .count()
+}
+
+#[test]
+fn plot_draws_errors_and_loss_of_a_real_run_with_its_learning_rate_drop() {
+    let root = temp_dir("plot");
+    let data = dataset(&root);
+    let run = root.join("run");
+    train(
+        &data,
+        &run,
+        &["--schedule", "steps", "--lr-steps", "1", "--log-every", "2"],
+    );
+    let figure = root.join("curves.png");
+    let (run_arg, figure_arg) = (run.to_str().unwrap(), figure.to_str().unwrap());
+    let metrics = "train-error,val-top1-error,train-loss";
+    ok(&[
+        "plot",
+        run_arg,
+        "--metric",
+        metrics,
+        "--by-step",
+        "--out",
+        figure_arg,
+    ]);
+    let image = image::open(&figure).unwrap().to_rgb8();
+    // Errors in the upper panel (500 rows), the loss below it (320).
+    assert_eq!(image.dimensions(), (800, 820));
+    let (blue, red) = ([31, 119, 180], [214, 39, 40]);
+    assert!(pixels_like(&image, 0..500, blue) > 50, "the training error");
+    assert!(
+        pixels_like(&image, 0..500, red) > 50,
+        "the validation error"
+    );
+    assert!(pixels_like(&image, 500..820, blue) > 50, "the loss");
+    assert_eq!(pixels_like(&image, 500..820, red), 0, "one curve below");
+    // The learning rate drops after epoch 1 of 3: a marked line in both panels.
+    let marker = [150, 150, 150];
+    assert!(pixels_like(&image, 60..440, marker) > 50, "the drop, above");
+    assert!(
+        pixels_like(&image, 560..760, marker) > 50,
+        "the drop, below"
+    );
+
+    // Following a run that has ended draws once and returns; one that has not
+    // (its last line is not an end line) is followed for --follow-seconds.
+    ok(&["plot", run_arg, "--follow", "--out", figure_arg]);
+    let log = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().last().unwrap().contains("\"end\""), "{text}");
+    let running: Vec<&str> = text.lines().filter(|l| !l.contains("\"end\"")).collect();
+    std::fs::write(&log, running.join("\n") + "\n").unwrap();
+    let started = std::time::Instant::now();
+    ok(&[
+        "plot",
+        run_arg,
+        "--follow",
+        "--follow-seconds",
+        "1",
+        "--out",
+        figure_arg,
+    ]);
+    let waited = started.elapsed().as_secs_f64();
+    assert!((1.0..30.0).contains(&waited), "followed for {waited} s");
+    std::fs::remove_dir_all(&root).unwrap();
+}

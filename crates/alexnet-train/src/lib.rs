@@ -42,7 +42,7 @@ pub use evaluate::{
     Evaluation, check_compatible, eval_view, evaluate, load_batch, top_k, wants_stored,
 };
 pub use hooks::{NetFactory, StepHook, StopRequest};
-pub use observer::{EpochLine, EpochStart, MetricsLog, Observer, Record, Step, StepLine};
+pub use observer::{EndLine, EpochLine, EpochStart, MetricsLog, Observer, Record, Step, StepLine};
 pub use preprocess::Preprocess;
 pub use schedule::ScheduleState;
 pub use trainer::{BEST, Ending, LAST, Outcome, StepResult, TrainState, Trainer};

@@ -61,6 +61,15 @@ pub struct EpochLine {
     pub elapsed_s: f64,
 }
 
+/// How a call of `Trainer::run` ended, for its last line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EndLine {
+    /// "finished", "max_steps" or "stopped".
+    pub ending: String,
+    pub step: u64,
+    pub epochs_done: u64,
+}
+
 /// Watches a training run. Every method has a default that ignores the event.
 pub trait Observer {
     fn epoch_started(&mut self, _start: &EpochStart) -> Result<(), External> {
@@ -77,6 +86,11 @@ pub trait Observer {
         Ok(())
     }
     fn epoch_finished(&mut self, _line: &EpochLine) -> Result<(), External> {
+        Ok(())
+    }
+    /// `Trainer::run` returned: the run finished, reached its step limit or was
+    /// stopped (a resumed run goes on writing after this line).
+    fn run_ended(&mut self, _line: &EndLine) -> Result<(), External> {
         Ok(())
     }
 }
@@ -148,6 +162,9 @@ impl Observer for MetricsLog {
     fn epoch_finished(&mut self, line: &EpochLine) -> Result<(), External> {
         self.write("epoch", line)
     }
+    fn run_ended(&mut self, line: &EndLine) -> Result<(), External> {
+        self.write("end", line)
+    }
 }
 
 /// Whether a log line belongs to the run up to `step` steps and `epochs` whole
@@ -171,6 +188,9 @@ fn written_before(line: &str, step: u64, epochs: u64) -> bool {
 pub struct Record {
     pub steps: Vec<StepLine>,
     pub epochs: Vec<EpochLine>,
+    /// How each call of `Trainer::run` ended (records written before had none).
+    #[serde(default)]
+    pub ends: Vec<EndLine>,
 }
 
 impl Observer for Record {
@@ -180,6 +200,10 @@ impl Observer for Record {
     }
     fn epoch_finished(&mut self, line: &EpochLine) -> Result<(), External> {
         self.epochs.push(line.clone());
+        Ok(())
+    }
+    fn run_ended(&mut self, line: &EndLine) -> Result<(), External> {
+        self.ends.push(line.clone());
         Ok(())
     }
 }

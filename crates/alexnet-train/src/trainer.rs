@@ -32,7 +32,7 @@ use crate::evaluate::{
     Evaluation, check_compatible, eval_view, evaluate, load_batch, top_k, wants_stored,
 };
 use crate::hooks::{NetFactory, StepHook, StopRequest};
-use crate::observer::{EpochLine, EpochStart, Observer, Step, StepLine};
+use crate::observer::{EndLine, EpochLine, EpochStart, Observer, Step, StepLine};
 use crate::preprocess::Preprocess;
 use crate::schedule::ScheduleState;
 
@@ -238,11 +238,27 @@ impl Trainer {
         while (self.state.epoch as usize) < self.settings.epochs {
             if let Some(ending) = self.train_epoch(observers, stop)? {
                 self.save_last()?;
-                return Ok(self.outcome(ending));
+                return self.ended(observers, ending);
             }
             self.end_epoch(observers)?;
         }
-        Ok(self.outcome(Ending::Finished))
+        self.ended(observers, Ending::Finished)
+    }
+
+    /// Tells the observers how the run ended, and returns its outcome.
+    fn ended(&self, observers: &mut [&mut dyn Observer], ending: Ending) -> Result<Outcome> {
+        let line = EndLine {
+            ending: match ending {
+                Ending::Finished => "finished",
+                Ending::MaxSteps => "max_steps",
+                Ending::Stopped => "stopped",
+            }
+            .into(),
+            step: self.state.step,
+            epochs_done: self.state.epoch,
+        };
+        notify(observers, |o| o.run_ended(&line))?;
+        Ok(self.outcome(ending))
     }
 
     fn outcome(&self, ending: Ending) -> Outcome {

@@ -198,7 +198,11 @@ fn observers_get_every_line_the_metrics_log_writes() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 6);
+    assert_eq!(lines.len(), 7);
+    assert_eq!(lines[6]["kind"], "end");
+    assert_eq!(lines[6]["ending"], "finished");
+    assert_eq!(record.ends.len(), 1);
+    assert_eq!(record.ends[0].step, 24);
     let logged_steps: Vec<u64> = lines
         .iter()
         .filter(|l| l["kind"] == "step")
