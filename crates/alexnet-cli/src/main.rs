@@ -4,6 +4,7 @@ mod bench;
 mod chart;
 mod classify;
 mod device;
+mod dist;
 mod engine;
 mod evaluate;
 mod experiment;
@@ -163,7 +164,11 @@ fn main() -> Result<()> {
         placement.validate()?;
     }
     let device = placement.map_or(device::Device::Cpu, device::Placement::main_device);
-    let flags = cli.command.engine_flags(&cli.engine);
+    let mut flags = cli.command.engine_flags(&cli.engine);
+    if flags.threads.is_none() {
+        // Several processes on one machine share its cores.
+        flags.threads = dist::default_threads();
+    }
     let engine = engine::EngineSettings::from_flags(&flags, device)?;
     // Work beside the backends (preparing, checking a dataset) runs on the same
     // pool as the CPU backends' layers.

@@ -10,7 +10,7 @@ use alexnet_train::{
     Augmentation, Ending, EpochLine, EpochStart, External, MetricsLog, Observer, Outcome,
     RecipeOverrides, Step, StopRequest, TrainConfig, Trainer,
 };
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use crate::engine::EngineSettings;
@@ -149,7 +149,23 @@ impl TrainArgs {
 
 /// Trains as the flags say until done, `--max-steps`, or `stop` (Ctrl-C, SIGTERM, SIGHUP).
 pub fn run(args: TrainArgs, engine: &EngineSettings, stop: &StopRequest) -> Result<()> {
-    let mut trainer = Trainer::new(args.config()?, &args.placement.nets(engine))?;
+    let comm = crate::dist::communicator()?;
+    if comm.size() > 1 && args.placement.parallel.is_some() {
+        bail!(
+            "--parallel towers splits one net over devices; data-parallel training ({} processes) \
+             takes a whole net per process: use one or the other",
+            comm.size()
+        );
+    }
+    let writer = comm.rank() == 0;
+    let nets = args.placement.nets(engine);
+    let mut trainer = Trainer::with_communicator(args.config()?, &nets, comm)?;
+    if !writer {
+        // The other processes train their shares silently; rank 0 logs and writes.
+        let outcome = trainer.run(&mut [], stop)?;
+        drop(outcome);
+        return Ok(());
+    }
     for notice in trainer.notices() {
         eprintln!("{notice}");
     }

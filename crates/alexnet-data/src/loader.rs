@@ -180,6 +180,56 @@ impl Batch {
         !self.placements.is_empty()
     }
 
+    /// Images `first..first + count` of this batch, with their views: one
+    /// process's share of it in data-parallel training.
+    pub fn rows(&self, first: usize, count: usize) -> Batch {
+        let (views, end) = (self.views, first + count);
+        let per_image = self.images.len() / self.count.max(1);
+        let stored_len = self.stored_shape.len();
+        let placements = if self.placements.is_empty() {
+            Vec::new()
+        } else {
+            self.placements[first * views..end * views]
+                .iter()
+                .map(|p| ViewPlacement {
+                    image: p.image - first,
+                    ..*p
+                })
+                .collect()
+        };
+        Batch {
+            images: self.images[first * per_image..end * per_image].to_vec(),
+            pixels: if self.pixels.is_empty() {
+                Vec::new()
+            } else {
+                self.pixels[first * stored_len..end * stored_len].to_vec()
+            },
+            placements,
+            labels: self.labels[first..end].to_vec(),
+            indices: self.indices[first..end].to_vec(),
+            count,
+            ..self.clone_settings()
+        }
+    }
+
+    /// The batch's settings, without images.
+    fn clone_settings(&self) -> Batch {
+        Batch {
+            images: Vec::new(),
+            pixels: Vec::new(),
+            placements: Vec::new(),
+            stored_shape: self.stored_shape,
+            crop: self.crop,
+            subtract_mean: self.subtract_mean,
+            channel_scale: self.channel_scale,
+            labels: Vec::new(),
+            indices: Vec::new(),
+            count: 0,
+            views: self.views,
+            index: self.index,
+        }
+    }
+
     /// A stored batch as the engine takes it ([`alexnet::Model::set_input_stored`]).
     pub fn stored(&self) -> StoredBatch<'_> {
         StoredBatch {

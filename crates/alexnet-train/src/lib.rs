@@ -27,6 +27,7 @@
 //! The engine does no file I/O besides checkpoints and the data crate knows
 //! nothing of networks, so training, which needs both, lives here.
 
+mod comm;
 mod config;
 mod error;
 mod evaluate;
@@ -36,6 +37,7 @@ mod preprocess;
 mod schedule;
 mod trainer;
 
+pub use comm::{Communicator, SingleProcess};
 pub use config::{Augmentation, RecipeOverrides, RunSettings, TrainConfig, fit_spec};
 pub use error::{Error, External, Result};
 pub use evaluate::{

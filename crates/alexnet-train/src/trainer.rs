@@ -26,6 +26,7 @@ use alexnet::{Mode, Model, NetSpec, Sgd};
 use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View, holdout};
 use serde::{Deserialize, Serialize};
 
+use crate::comm::{Communicator, SingleProcess};
 use crate::config::{RunSettings, TrainConfig, fit_spec};
 use crate::error::{Error, External, Result, io};
 use crate::evaluate::{
@@ -123,6 +124,8 @@ pub struct Trainer {
     /// Batches go to the net as stored images that its device cuts.
     stored: bool,
     hook: Option<Box<dyn StepHook>>,
+    /// The processes sharing the run (data parallelism), or this one alone.
+    comm: Box<dyn Communicator>,
     notices: Vec<String>,
     started: Instant,
 }
@@ -132,27 +135,53 @@ impl Trainer {
     /// dataset, fits the net to it, and either resumes the run in `config.out`
     /// or begins one there (refusing to overwrite a run).
     pub fn new(config: TrainConfig, factory: &dyn NetFactory) -> Result<Trainer> {
+        Trainer::with_communicator(config, factory, Box::new(SingleProcess))
+    }
+
+    /// [`Trainer::new`] for one of the processes `comm` joins (data
+    /// parallelism): each takes its share of every batch (the batch divided by
+    /// their number), their gradients are summed before every update, so every
+    /// process holds the same weights, and only rank 0 writes checkpoints. Every
+    /// process must be started with the same configuration.
+    pub fn with_communicator(
+        config: TrainConfig,
+        factory: &dyn NetFactory,
+        comm: Box<dyn Communicator>,
+    ) -> Result<Trainer> {
         let dataset = Dataset::open(&config.data)?;
         let train = dataset.split("train")?;
         std::fs::create_dir_all(&config.out).map_err(io("creating", &config.out))?;
-        for name in [LAST, BEST] {
-            // A write killed before its rename: the real file is the one to trust.
-            checkpoint::remove_stale_temporary(&config.out.join(name))?;
+        if comm.rank() == 0 {
+            for name in [LAST, BEST] {
+                // A write killed before its rename: the real file is the one to trust.
+                checkpoint::remove_stale_temporary(&config.out.join(name))?;
+            }
         }
         let settings = RunSettings::of(&config, &dataset, train.len());
         check_settings(&config, &settings, train.len())?;
+        let share = share_of_batch(settings.batch, comm.as_ref())?;
         let wanted = fit_spec(&config.arch, &dataset, config.dropout);
         let start = if config.resume {
-            resume(&config, &settings, &wanted, &dataset, factory)?
+            resume(&config, &settings, &wanted, &dataset, factory, share)?
         } else {
-            fresh(&config, &settings, wanted, &dataset, factory)?
+            fresh(&config, &settings, wanted, &dataset, factory, share)?
         };
         let mut net = start.net;
+        if comm.size() > 1 {
+            net.set_dropout_offset(comm.rank() * share)?;
+        }
         freeze(net.as_mut(), &config.freeze)?;
         let pixels = config.arch.input.pixels;
         let preprocess = run_preprocess(&dataset, start.inherited, pixels, &net.spec().name)?;
         let data = Data::new(dataset, train, &settings, &preprocess, net.as_ref())?;
         let stored = wants_stored(net.as_ref());
+        if stored && comm.size() > 1 {
+            return Err(Error::Setting(
+                "data-parallel training cuts finished views on the host; this device asks for \
+                 stored batches"
+                    .into(),
+            ));
+        }
         Ok(Trainer {
             config,
             settings,
@@ -162,6 +191,7 @@ impl Trainer {
             preprocess,
             stored,
             hook: None,
+            comm,
             notices: start.notices,
             started: Instant::now(),
         })
@@ -315,7 +345,7 @@ impl Trainer {
         notify(observers, |o| o.epoch_started(&start))?;
         let mut window = Window::new();
         while let Some(batch) = loader.next_batch()? {
-            if stop.is_requested() {
+            if self.stop_agreed(stop)? {
                 return Ok(Some(Ending::Stopped));
             }
             let result = self.step(&batch)?;
@@ -354,10 +384,24 @@ impl Trainer {
             momentum: self.settings.momentum,
             weight_decay: self.settings.weight_decay,
         };
+        let share;
+        let batch = if self.comm.size() > 1 {
+            let size = batch.count / self.comm.size();
+            share = batch.rows(self.comm.rank() * size, size);
+            &share
+        } else {
+            batch
+        };
         load_batch(self.net.as_mut(), batch)?;
         self.net.forward(Mode::Train);
         let logits = self.net.logits();
         let loss = self.net.backward(&batch.labels)?;
+        let classes = self.net.plan().classes();
+        let (loss, top1_errors, images) = self.reduce(
+            loss,
+            top1_errors(&logits, &batch.labels, classes),
+            batch.count,
+        )?;
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 loss,
@@ -373,8 +417,8 @@ impl Trainer {
         self.net.sgd_step(&sgd);
         let result = StepResult {
             loss,
-            top1_errors: top1_errors(&logits, &batch.labels, self.net.plan().classes()),
-            images: batch.count,
+            top1_errors,
+            images,
         };
         let state = &mut self.state;
         state.step += 1;
@@ -383,6 +427,40 @@ impl Trainer {
         state.epoch_errors += result.top1_errors as u64;
         state.epoch_images += result.images as u64;
         Ok(result)
+    }
+
+    /// With several processes: every parameter's gradient replaced by the mean of
+    /// all processes' (each the mean over its share of the batch, so their mean
+    /// is the whole batch's), and the loss and errors of the whole batch. Alone:
+    /// the values as they are.
+    fn reduce(&mut self, loss: f32, errors: usize, images: usize) -> Result<(f32, usize, usize)> {
+        let world = self.comm.size();
+        if world == 1 {
+            return Ok((loss, errors, images));
+        }
+        let external = Error::External;
+        for index in 0..self.net.plan().params.len() {
+            let mut grad = self.net.param_grad(index);
+            self.comm.all_reduce_sum(&mut grad).map_err(external)?;
+            grad.iter_mut().for_each(|g| *g /= world as f32);
+            self.net.set_param_grad(index, &grad)?;
+        }
+        let mut totals = [loss * images as f32, errors as f32, images as f32];
+        self.comm.all_reduce_sum(&mut totals).map_err(external)?;
+        let images = totals[2] as usize;
+        Ok((totals[0] / images as f32, totals[1] as usize, images))
+    }
+
+    /// Whether a stop was asked for, agreed among the processes (a signal may
+    /// reach them at different steps; all stop at the same one).
+    fn stop_agreed(&self, stop: &StopRequest) -> Result<bool> {
+        let mut asked = [f32::from(u8::from(stop.is_requested()))];
+        if self.comm.size() > 1 {
+            self.comm
+                .all_reduce_sum(&mut asked)
+                .map_err(Error::External)?;
+        }
+        Ok(asked[0] > 0.0)
     }
 
     /// The step line after the step just taken, over the steps of `window`.
@@ -466,6 +544,10 @@ impl Trainer {
     /// Writes a checkpoint: weights, the preprocessing, the training state, and
     /// the velocities where training may resume from it.
     fn save(&self, path: &Path, with_velocity: bool) -> Result<()> {
+        if self.comm.rank() != 0 {
+            // Every process holds the same weights and state; one writes them.
+            return Ok(());
+        }
         let mut metadata = BTreeMap::new();
         let mut tensors = Vec::new();
         self.preprocess.store(&mut metadata, &mut tensors);
@@ -536,6 +618,18 @@ fn top1_errors(logits: &[f32], labels: &[u32], classes: usize) -> usize {
         .zip(labels)
         .filter(|(row, label)| top_k(row, 1)[0] != **label as usize)
         .count()
+}
+
+/// Each process's share of a batch of `batch` images: the batch divided by the
+/// processes, which must divide it.
+fn share_of_batch(batch: usize, comm: &dyn Communicator) -> Result<usize> {
+    let world = comm.size();
+    if !batch.is_multiple_of(world) {
+        return Err(Error::Setting(format!(
+            "--batch {batch} does not divide among {world} processes: give a multiple of {world}"
+        )));
+    }
+    Ok(batch / world)
 }
 
 /// Refuses settings no run can train with, naming the setting: sizes that
@@ -635,6 +729,7 @@ fn resume(
     wanted: &NetSpec,
     dataset: &Dataset,
     factory: &dyn NetFactory,
+    net_batch: usize,
 ) -> Result<Start> {
     let last = config.out.join(LAST);
     let ckpt = checkpoint::load(&last).map_err(|e| {
@@ -661,7 +756,7 @@ fn resume(
     }
     check_compatible(dataset, &ckpt.spec)?;
     let mut net = factory
-        .build(&ckpt.spec, settings.batch, None)
+        .build(&ckpt.spec, net_batch, None)
         .map_err(Error::External)?;
     ckpt.apply(net.as_mut(), &last, true)?;
     net.set_rng(Rng::from_state(state.rng));
@@ -697,6 +792,7 @@ fn fresh(
     spec: NetSpec,
     dataset: &Dataset,
     factory: &dyn NetFactory,
+    net_batch: usize,
 ) -> Result<Start> {
     if config.out.join(LAST).exists() {
         return Err(Error::Run(format!(
@@ -706,7 +802,7 @@ fn fresh(
     }
     check_compatible(dataset, &spec)?;
     let mut net = factory
-        .build(&spec, settings.batch, Some(settings.seed))
+        .build(&spec, net_batch, Some(settings.seed))
         .map_err(Error::External)?;
     let (inherited, notices) = match &config.init_from {
         Some(path) => load_initial_weights(net.as_mut(), path)?,

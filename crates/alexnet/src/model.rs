@@ -24,6 +24,16 @@ pub struct LayerTimes {
     pub backward: Vec<f64>,
 }
 
+/// What a kind of net does not offer (two towers do not take part in data
+/// parallelism).
+fn unsupported(what: &str) -> crate::Error {
+    crate::Error::Input {
+        what: what.into(),
+        expected: "a net on one device".into(),
+        found: "a net that does not support it (towers)".into(),
+    }
+}
+
 pub trait Model {
     /// Where the net runs, for reports: "cpu (2 threads, avx512)".
     fn describe(&self) -> String;
@@ -51,6 +61,19 @@ pub trait Model {
     /// Replaces a parameter tensor's values; the length must match its shape.
     fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()>;
     fn set_param_velocity(&mut self, index: usize, values: &[f32]) -> Result<()>;
+    /// Replaces a parameter tensor's gradient (gradients reduced across
+    /// processes, between the backward pass and the update).
+    fn set_param_grad(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let _ = (index, values);
+        Err(unsupported("replacing gradients"))
+    }
+    /// Draws the dropout masks of this net's batch as images `images..` of a
+    /// larger batch drawn from the same generator, so that processes sharing a
+    /// batch use the masks one process would (data parallelism).
+    fn set_dropout_offset(&mut self, images: usize) -> Result<()> {
+        let _ = images;
+        Err(unsupported("a dropout offset"))
+    }
     /// Frozen parameters keep their values: the SGD step skips them (fine-tuning).
     fn set_frozen(&mut self, index: usize, frozen: bool);
 

@@ -57,6 +57,9 @@ pub struct Network<B: Backend> {
     masks: Vec<Option<B::Buffer>>,
     /// When set, the next training forward pass uses masks given by the caller.
     masks_given: bool,
+    /// The first image of this batch within a larger one whose dropout masks
+    /// it shares (data parallelism: each process draws its rows of them).
+    dropout_offset: usize,
     rng: Rng,
     /// Images in the current batch (set by `set_input`).
     batch: usize,
@@ -245,6 +248,7 @@ impl<B: Backend> Network<B> {
             records_fresh: vec![false; layer_count],
             masks,
             masks_given: false,
+            dropout_offset: 0,
             rng: Rng::new(0),
             batch: 0,
             mean: None,
@@ -297,8 +301,13 @@ impl<B: Backend> Network<B> {
     fn draw_masks(&mut self) {
         let dropouts = self.masks.iter().filter(|m| m.is_some()).count();
         let seeds: Vec<u64> = (0..dropouts).map(|_| self.rng.next_u64()).collect();
-        let n = self.batch;
-        self.draw_masks_from(&seeds, |_, len| Rows::packed(n, len));
+        let (n, first) = (self.batch, self.dropout_offset);
+        // Rows `first..first + n` of the masks of a larger batch (a process's
+        // share of a data-parallel batch), or the whole mask of this one.
+        self.draw_masks_from(&seeds, |_, len| Rows {
+            offset: first * len,
+            ..Rows::packed(n, len)
+        });
     }
 
     /// Draws each dropout layer's mask on the backend from its seed (one per
@@ -659,6 +668,22 @@ impl<B: Backend> Model for Network<B> {
         host
     }
     /// Replaces a parameter tensor's values; the length must match its shape.
+    fn set_param_grad(&mut self, index: usize, values: &[f32]) -> Result<()> {
+        let info = &self.params[index].info;
+        if values.len() != info.len() {
+            return Err(input_error(
+                &format!("{} gradient", info.name),
+                format!("{} values (shape {:?})", info.len(), info.shape),
+                format!("{} values", values.len()),
+            ));
+        }
+        self.backend.upload(values, &mut self.params[index].grad);
+        Ok(())
+    }
+    fn set_dropout_offset(&mut self, images: usize) -> Result<()> {
+        self.dropout_offset = images;
+        Ok(())
+    }
     fn set_param_values(&mut self, index: usize, values: &[f32]) -> Result<()> {
         let info = &self.params[index].info;
         if values.len() != info.len() {

@@ -482,3 +482,34 @@ name = "fc"
         );
     }
 }
+
+#[test]
+fn a_share_of_a_batch_draws_its_rows_of_the_whole_batchs_dropout_masks() {
+    // Data parallelism: images 2..4 of a batch of 4, on a net of its own with the
+    // same generator, must meet the same dropout masks as in the whole batch.
+    let spec = paper_mini();
+    let mut whole = Network::new(ReferenceCpu, &spec, 4, 11).unwrap();
+    let mut share = Network::new(ReferenceCpu, &spec, 2, 11).unwrap();
+    share.set_dropout_offset(2).unwrap();
+    let mut rng = Rng::new(5);
+    let len = whole.plan().input_shape().len();
+    let images = random(&mut rng, 4 * len, 1.0);
+    whole.set_input(&images).unwrap();
+    whole.forward(Mode::Train);
+    share.set_input(&images[2 * len..]).unwrap();
+    share.forward(Mode::Train);
+    let dropouts: Vec<usize> = (0..whole.plan().layers.len())
+        .filter(|&i| matches!(whole.plan().layers[i].op, alexnet::plan::Op::Dropout { .. }))
+        .collect();
+    assert_eq!(dropouts.len(), 2);
+    for layer in dropouts {
+        let per_image = whole.plan().layers[layer].output.len();
+        let (a, b) = (whole.layer_output(layer), share.layer_output(layer));
+        assert_eq!(
+            &a[2 * per_image..4 * per_image],
+            &b[..2 * per_image],
+            "layer {layer}"
+        );
+        assert!(b.contains(&0.0), "some values dropped");
+    }
+}
