@@ -49,13 +49,32 @@ pub fn load_input(
     height: usize,
     width: usize,
 ) -> Result<Vec<f32>> {
-    let [channels, stored_h, stored_w] = preprocess.stored;
+    let side = stored_side(preprocess)?;
+    let rgb = alexnet_data::load_photo(path, side, MAX_PIXELS)?;
+    photo_input(&rgb, preprocess, height, width)
+}
+
+/// The side of the square images the net was trained on, which photos are
+/// resized and cropped to.
+pub fn stored_side(preprocess: &Preprocess) -> Result<u32> {
+    let [_, stored_h, stored_w] = preprocess.stored;
     if stored_h != stored_w {
         bail!(
             "the net was trained on {stored_h}x{stored_w} images; only square stored sizes are supported"
         );
     }
-    let rgb = alexnet_data::load_photo(path, stored_h as u32, MAX_PIXELS)?;
+    Ok(stored_h as u32)
+}
+
+/// A photo at the stored size (RGB bytes, CHW) turned into the net's input: the
+/// mean image subtracted, the channels scaled, the centre `height x width` patch.
+pub fn photo_input(
+    rgb: &[u8],
+    preprocess: &Preprocess,
+    height: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
+    let [channels, stored_h, stored_w] = preprocess.stored;
     let plane = stored_h * stored_w;
     // Grey nets (MNIST-like) see the luminance of the photo.
     let pixels: Vec<f32> = match channels {

@@ -4,7 +4,7 @@
 //! as a grid: the paper's Figure 4.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alexnet::{Mode, Model, checkpoint};
@@ -50,7 +50,7 @@ pub struct FeaturesArgs {
 /// Index (in the plan) of the layer called `name`, or by default of the layer
 /// whose output the classifier reads: the paper's fc7 activations (after ReLU;
 /// dropout is the identity at test time) for `alexnet`.
-fn feature_layer(net: &dyn Model, name: Option<&str>) -> Result<usize> {
+pub fn feature_layer(net: &dyn Model, name: Option<&str>) -> Result<usize> {
     let layers = &net.plan().layers;
     match name {
         Some(name) => layers
@@ -85,6 +85,10 @@ pub fn run_features(args: FeaturesArgs, engine: &EngineSettings) -> Result<()> {
         (
             "checkpoint".to_string(),
             args.checkpoint.display().to_string(),
+        ),
+        (
+            "checkpoint_sha256".to_string(),
+            crate::digest::file_sha256(&args.checkpoint)?,
         ),
     ]);
     if let Some(data) = &args.data {
@@ -181,71 +185,96 @@ pub struct SimilarArgs {
 /// Indices of the `k` rows of `features` nearest to row `query` (itself excluded).
 pub fn nearest(features: &[f32], dim: usize, query: usize, k: usize) -> Vec<(usize, f32)> {
     let q = &features[query * dim..][..dim];
-    let mut distances: Vec<(usize, f32)> = features
-        .chunks_exact(dim)
-        .enumerate()
-        .filter(|(i, _)| *i != query)
-        .map(|(i, row)| {
-            (
-                i,
-                row.iter()
-                    .zip(q)
-                    .map(|(a, b)| (a - b) * (a - b))
-                    .sum::<f32>()
-                    .sqrt(),
-            )
-        })
-        .collect();
-    distances.sort_by(|a, b| a.1.total_cmp(&b.1));
-    distances.truncate(k);
-    distances
+    let mut found = nearest_to(features, q, k + 1);
+    found.retain(|&(i, _)| i != query);
+    found.truncate(k);
+    found
 }
 
-pub fn run_similar(args: SimilarArgs) -> Result<()> {
-    let bytes = std::fs::read(&args.features)
-        .with_context(|| format!("reading {}", args.features.display()))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a features file", args.features.display()))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)?;
-    let meta = header.metadata().clone().unwrap_or_default();
-    let view = file
-        .tensor("features")
-        .context("the file has no `features` tensor")?;
-    let [count, dim] = view.shape()[..] else {
-        bail!("`features` should be two-dimensional")
-    };
-    let features: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    // Where the pictures come from: the dataset split, or the image files, that
-    // the vectors were computed from. Each yields (pixels CHW, channels, height, width).
-    enum Source {
-        Split(alexnet_data::Split, [usize; 3]),
-        Files(Vec<PathBuf>),
+/// Where the pictures of a features file come from: the dataset split, or the
+/// image files, that its vectors were computed from.
+pub enum Source {
+    Split(alexnet_data::Split, [usize; 3]),
+    Files(Vec<PathBuf>),
+}
+
+/// A features file written by `alexnet features`, read and checked.
+pub struct FeatureFile {
+    /// `count` rows of `dim` values.
+    pub features: Vec<f32>,
+    pub count: usize,
+    pub dim: usize,
+    /// Each row's label (-1 where unknown: image files).
+    pub labels: Vec<f32>,
+    pub metadata: HashMap<String, String>,
+    pub source: Source,
+}
+
+impl FeatureFile {
+    pub fn open(path: &Path) -> Result<FeatureFile> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.display();
+        let file = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{name} is not a features file"))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let view = file
+            .tensor("features")
+            .with_context(|| format!("{name} has no `features` tensor"))?;
+        let [count, dim] = view.shape()[..] else {
+            bail!("{name}: `features` should be two-dimensional")
+        };
+        if view.dtype() != Dtype::F32 || dim == 0 {
+            bail!("{name}: `features` should hold f32 rows of at least one value");
+        }
+        let features = f32_values(view.data());
+        let labels = match file.tensor("labels") {
+            Ok(view) if view.dtype() == Dtype::F32 && view.shape() == [count] => {
+                f32_values(view.data())
+            }
+            Ok(_) => bail!("{name}: `labels` should be {count} f32 values"),
+            Err(_) => vec![-1.0; count],
+        };
+        let source = Self::source(&metadata)?;
+        Ok(FeatureFile {
+            features,
+            count,
+            dim,
+            labels,
+            metadata,
+            source,
+        })
     }
-    let source = if let Some(images) = meta.get("images") {
-        Source::Files(
-            serde_json::from_str(images).context("the features file's image list is unreadable")?,
-        )
-    } else {
-        let data = meta
+
+    fn source(metadata: &HashMap<String, String>) -> Result<Source> {
+        if let Some(images) = metadata.get("images") {
+            return Ok(Source::Files(
+                serde_json::from_str(images)
+                    .context("the features file's image list is unreadable")?,
+            ));
+        }
+        let data = metadata
             .get("data")
             .context("the features file names neither a dataset nor images")?;
-        let split_name = meta
+        let split_name = metadata
             .get("split")
             .context("the features file does not name its split")?;
-        let dataset = Dataset::open(std::path::Path::new(data))?;
+        let dataset = Dataset::open(Path::new(data))?;
         let info = dataset.info();
-        Source::Split(
+        Ok(Source::Split(
             dataset.split(split_name)?,
             [info.channels, info.height, info.width],
-        )
-    };
-    let picture = |index: usize| -> Result<(Vec<u8>, [usize; 3])> {
-        match &source {
+        ))
+    }
+
+    /// Row `index`'s picture as CHW bytes with its shape; image files are read at
+    /// `side` x `side`.
+    pub fn picture(&self, index: usize, side: u32) -> Result<(Vec<u8>, [usize; 3])> {
+        match &self.source {
             Source::Split(split, shape) => {
+                if index >= split.len() {
+                    bail!("the split has no image {index}");
+                }
                 let mut decoded = alexnet_data::DecodeBuffer::default();
                 Ok((split.read(index, &mut decoded)?.0.to_vec(), *shape))
             }
@@ -253,14 +282,61 @@ pub fn run_similar(args: SimilarArgs) -> Result<()> {
                 let path = paths
                     .get(index)
                     .context("the features file lists fewer images than vectors")?;
-                let side = args.cell as usize;
+                let side_px = side as usize;
                 Ok((
-                    alexnet_data::load_photo(path, args.cell, crate::classify::MAX_PIXELS)?,
-                    [3, side, side],
+                    alexnet_data::load_photo(path, side, crate::classify::MAX_PIXELS)?,
+                    [3, side_px, side_px],
                 ))
             }
         }
-    };
+    }
+
+    /// The image file of row `index`, when the vectors came from files.
+    pub fn path(&self, index: usize) -> Option<&Path> {
+        match &self.source {
+            Source::Files(paths) => paths.get(index).map(PathBuf::as_path),
+            Source::Split(..) => None,
+        }
+    }
+
+    /// Row `index`'s class label, when known.
+    pub fn label(&self, index: usize) -> Option<usize> {
+        let label = *self.labels.get(index)?;
+        (label >= 0.0).then_some(label as usize)
+    }
+}
+
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Indices of the `k` rows of `features` nearest to `query` (a vector of the
+/// same length as a row), with their distances.
+pub fn nearest_to(features: &[f32], query: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut distances: Vec<(usize, f32)> = features
+        .chunks_exact(query.len())
+        .map(|row| {
+            row.iter()
+                .zip(query)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt()
+        })
+        .enumerate()
+        .collect();
+    distances.sort_by(|a, b| a.1.total_cmp(&b.1));
+    distances.truncate(k);
+    distances
+}
+
+pub fn run_similar(args: SimilarArgs) -> Result<()> {
+    let file = FeatureFile::open(&args.features)?;
+    let (count, dim) = (file.count, file.dim);
+    let features = &file.features;
+    let picture = |index: usize| file.picture(index, args.cell);
     let cell = args.cell;
     let columns = args.k + 1;
     let mut grid = RgbImage::from_pixel(
@@ -275,7 +351,7 @@ pub fn run_similar(args: SimilarArgs) -> Result<()> {
                 args.features.display()
             );
         }
-        let neighbours = nearest(&features, dim, query, args.k);
+        let neighbours = nearest(features, dim, query, args.k);
         let mut shown = vec![query];
         shown.extend(neighbours.iter().map(|(i, _)| *i));
         println!(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use alexnet::checkpoint;
+use alexnet::checkpoint::{self, Checkpoint};
 use alexnet::plan::{Op, Plan};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -39,6 +39,30 @@ fn towers(plan: &Plan) -> usize {
 
 pub fn run(args: KernelsArgs) -> Result<()> {
     let ckpt = checkpoint::load_weights(&args.checkpoint)?;
+    let drawing = draw(&ckpt, args.scale, args.columns)?;
+    crate::output::save_png(&drawing.image, &args.out)?;
+    println!(
+        "{} kernels of {} in {} block(s): {}",
+        drawing.kernels,
+        drawing.layer,
+        drawing.blocks,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The first convolution's kernels of a checkpoint, drawn.
+pub struct Drawing {
+    pub image: RgbImage,
+    /// The layer's label, how many kernels, in how many blocks (one per tower).
+    pub layer: String,
+    pub kernels: usize,
+    pub blocks: usize,
+}
+
+/// Draws the first convolution's kernels, each `scale` pixels per weight, in
+/// `columns` columns per tower.
+pub fn draw(ckpt: &Checkpoint, scale: u32, columns: usize) -> Result<Drawing> {
     let plan = Plan::new(&ckpt.spec)?;
     let Some((layer, weight)) = plan.layers.iter().find_map(|l| match &l.op {
         Op::Conv { weight, .. } => Some((l, *weight)),
@@ -62,9 +86,9 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     }
     let blocks = towers(&plan).min(out).max(1);
     let per_block = out / blocks;
-    let columns = args.columns.max(1);
+    let columns = columns.max(1);
     let rows = per_block.div_ceil(columns);
-    let cell = k as u32 * args.scale + 1;
+    let cell = k as u32 * scale + 1;
     let block_width = columns as u32 * cell + 1;
     let gap = 8;
     let width = blocks as u32 * block_width + (blocks as u32 - 1) * gap;
@@ -91,11 +115,11 @@ pub fn run(args: KernelsArgs) -> Result<()> {
                 } else {
                     [channel(0); 3]
                 };
-                for dy in 0..args.scale {
-                    for dx in 0..args.scale {
+                for dy in 0..scale {
+                    for dx in 0..scale {
                         image.put_pixel(
-                            x0 + kx as u32 * args.scale + dx,
-                            y0 + ky as u32 * args.scale + dy,
+                            x0 + kx as u32 * scale + dx,
+                            y0 + ky as u32 * scale + dy,
                             Rgb(colour),
                         );
                     }
@@ -103,12 +127,10 @@ pub fn run(args: KernelsArgs) -> Result<()> {
             }
         }
     }
-    crate::output::save_png(&image, &args.out)?;
-    println!(
-        "{} kernels of {} in {blocks} block(s): {}",
-        out,
-        layer.label,
-        args.out.display()
-    );
-    Ok(())
+    Ok(Drawing {
+        image,
+        layer: layer.label.clone(),
+        kernels: out,
+        blocks,
+    })
 }

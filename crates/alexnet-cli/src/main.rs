@@ -4,6 +4,7 @@ mod bench;
 mod chart;
 mod classify;
 mod device;
+mod digest;
 mod dist;
 mod engine;
 mod evaluate;
@@ -17,6 +18,7 @@ mod plot;
 mod prepare;
 mod preprocess;
 mod progress;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -61,6 +63,11 @@ enum Command {
         after_long_help = "Example:\n  alexnet classify --checkpoint runs/fashion/best.safetensors examples/images/*.png"
     )]
     Classify(classify::ClassifyArgs),
+    /// Serve a checkpoint over HTTP: classify, features, similar images, a page.
+    #[command(
+        after_long_help = "Example:\n  alexnet serve --checkpoint runs/fashion/best.safetensors --addr 127.0.0.1:8080\n\nThen open http://127.0.0.1:8080/ or:\n  curl --data-binary @examples/images/cat.jpg 'http://127.0.0.1:8080/v1/classify?top=3'"
+    )]
+    Serve(serve::ServeArgs),
     /// Write the last hidden layer's activations for a dataset split.
     #[command(
         after_long_help = "Example:\n  alexnet features --checkpoint runs/fashion/best.safetensors --data data/fashion-mnist --out features.safetensors"
@@ -116,6 +123,7 @@ impl Command {
             Command::Eval(args) => Some(&args.engine),
             Command::Classify(args) => Some(&args.engine),
             Command::Features(args) => Some(&args.engine),
+            Command::Serve(args) => Some(&args.engine),
             Command::Bench(args) => Some(&args.engine),
             Command::Experiment(args) => Some(&args.engine),
             _ => None,
@@ -149,6 +157,7 @@ impl Command {
             Command::Eval(args) => Some(&args.placement),
             Command::Classify(args) => Some(&args.placement),
             Command::Features(args) => Some(&args.placement),
+            Command::Serve(args) => Some(&args.placement),
             Command::Bench(args) => Some(&args.placement),
             Command::Experiment(args) => Some(&args.placement),
             _ => None,
@@ -170,6 +179,11 @@ fn main() -> Result<()> {
         flags.threads = dist::default_threads();
     }
     let engine = engine::EngineSettings::from_flags(&flags, device)?;
+    if let Command::Serve(args) = cli.command {
+        // Not inside the pool: the server's own threads must not take one of
+        // the pool's, which its inference worker uses whole.
+        return serve::run(args, &engine);
+    }
     // Work beside the backends (preparing, checking a dataset) runs on the same
     // pool as the CPU backends' layers.
     engine.install(|| run(cli.command, &engine))
@@ -200,6 +214,7 @@ fn run(command: Command, engine: &engine::EngineSettings) -> Result<()> {
         Command::Eval(args) => evaluate::run(args, engine),
         Command::Classify(args) => classify::run(args, engine),
         Command::Features(args) => features::run_features(args, engine),
+        Command::Serve(args) => serve::run(args, engine),
         Command::Similar(args) => features::run_similar(args),
         Command::Experiment(args) => experiment::run(args, engine),
         Command::Plot(args) => plot::run(args),
@@ -282,6 +297,7 @@ mod tests {
             "eval",
             "classify",
             "features",
+            "serve",
             "bench",
             "experiment",
         ];

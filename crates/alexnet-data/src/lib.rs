@@ -41,5 +41,5 @@ pub use jpeg::DecodeBuffer;
 pub use loader::{Batch, Loader, LoaderConfig, View, holdout};
 pub use prepare::{
     FolderOptions, IdxNames, PrepareOptions, SourceKind, Summary, detect_source, load_photo,
-    prepare_cifar, prepare_folder, prepare_idx,
+    photo_from_bytes, prepare_cifar, prepare_folder, prepare_idx,
 };

@@ -73,6 +73,22 @@ pub fn load_photo(path: &Path, size: u32, max_pixels: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// [`load_photo`] of an image already in memory (an upload, say): the same
+/// decoding, checks and crop; the error is the reason alone, with no file name.
+pub fn photo_from_bytes(
+    bytes: &[u8],
+    size: u32,
+    max_pixels: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    if bytes.is_empty() {
+        return Err("empty image (0 bytes)".into());
+    }
+    let rgb = decode_rgb(bytes, max_pixels, None)?;
+    let mut out = vec![0u8; 3 * size as usize * size as usize];
+    resize_centre_crop(&rgb, size, &mut out)?;
+    Ok(out)
+}
+
 fn photo_into(
     path: &Path,
     size: u32,

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use cifar::prepare_cifar;
-pub use folder::{FolderOptions, load_photo, prepare_folder};
+pub use folder::{FolderOptions, load_photo, photo_from_bytes, prepare_folder};
 pub use idx::{IdxNames, prepare_idx};
 
 use crate::error::{Result, config_error, io_error, source_error};
