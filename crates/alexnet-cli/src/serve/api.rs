@@ -14,6 +14,7 @@ use alexnet::spec::NetSpec;
 use alexnet_train::top_k;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -237,11 +238,11 @@ async fn read_uploads(server: &Server, request: Request) -> ApiResult<Vec<Upload
     let limits = server.limits;
     let read = async {
         if is_multipart(&request) {
-            read_multipart(request, limits.max_batch).await
+            read_multipart(request, limits).await
         } else {
             let bytes = Bytes::from_request(request, &())
                 .await
-                .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+                .map_err(|r| body_error(r.status(), r.body_text(), limits))?;
             Ok(vec![Upload { name: None, bytes }])
         }
     };
@@ -265,15 +266,30 @@ async fn read_uploads(server: &Server, request: Request) -> ApiResult<Vec<Upload
     Ok(uploads)
 }
 
-async fn read_multipart(request: Request, max_batch: usize) -> ApiResult<Vec<Upload>> {
+/// A failure to read the body, saying which limit it met if it met one.
+fn body_error(status: StatusCode, text: String, limits: super::Limits) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            status,
+            format!(
+                "the body is over the server's limit of {} bytes (its --max-body-bytes)",
+                limits.max_body_bytes
+            ),
+        );
+    }
+    ApiError::new(status, text)
+}
+
+async fn read_multipart(request: Request, limits: super::Limits) -> ApiResult<Vec<Upload>> {
+    let max_batch = limits.max_batch;
     let mut multipart = Multipart::from_request(request, &())
         .await
-        .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        .map_err(|r| body_error(r.status(), r.body_text(), limits))?;
     let mut uploads = Vec::new();
     while let Some(field) = multipart
         .next_field()
         .await
-        .map_err(|e| ApiError::new(e.status(), e.body_text()))?
+        .map_err(|e| body_error(e.status(), e.body_text(), limits))?
     {
         // Text fields (no file name) are not images.
         let Some(name) = field.file_name().map(str::to_string) else {
@@ -288,7 +304,7 @@ async fn read_multipart(request: Request, max_batch: usize) -> ApiResult<Vec<Upl
         let bytes = field
             .bytes()
             .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+            .map_err(|e| body_error(e.status(), e.body_text(), limits))?;
         uploads.push(Upload {
             name: Some(name),
             bytes,
@@ -424,6 +440,10 @@ async fn run_decoded(
     Ok(Some(answer))
 }
 
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::new(rejection.status(), rejection.body_text())
+}
+
 #[derive(Deserialize)]
 struct ClassifyQuery {
     top: Option<usize>,
@@ -431,9 +451,10 @@ struct ClassifyQuery {
 
 async fn classify(
     State(server): State<Arc<Server>>,
-    Query(query): Query<ClassifyQuery>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult<axum::Json<Value>> {
+    let Query(query) = query.map_err(query_error)?;
     let computed = compute(&server, request).await?;
     let answer = computed
         .answer
@@ -542,9 +563,10 @@ struct SimilarQuery {
 
 async fn similar(
     State(server): State<Arc<Server>>,
-    Query(query): Query<SimilarQuery>,
+    query: Result<Query<SimilarQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult<axum::Json<Value>> {
+    let Query(query) = query.map_err(query_error)?;
     let index = server.index.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -92,6 +92,7 @@ pub struct ServeArgs {
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_batch: usize,
+    pub max_body_bytes: usize,
     pub timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -233,6 +234,7 @@ fn build(args: &ServeArgs, engine: &EngineSettings) -> Result<Server> {
         index,
         limits: Limits {
             max_batch,
+            max_body_bytes: args.max_body_bytes,
             timeout: Duration::from_millis(args.timeout_ms),
             read_timeout: Duration::from_millis(args.read_timeout_ms),
         },

@@ -1,6 +1,8 @@
 //! Running the `alexnet` binary from the integration tests.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 use alexnet::rng::Rng;
