@@ -35,6 +35,13 @@ pub struct BenchArgs {
     /// between them are in no row.
     #[arg(long, default_value_t = 2)]
     layer_steps: usize,
+    /// Also time preparing this photo as `classify` and `serve` do (decode,
+    /// resize to --photo-size, crop, subtract a mean), on one thread.
+    #[arg(long)]
+    photo: Option<std::path::PathBuf>,
+    /// The stored size --photo is resized to (the paper's 256).
+    #[arg(long, default_value_t = 256, requires = "photo")]
+    photo_size: u32,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -130,6 +137,10 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
     } else {
         Vec::new()
     };
+    let photo = match &args.photo {
+        Some(path) => Some(time_photo(&args, path, net.plan().input_shape())?),
+        None => None,
+    };
 
     let report = json!({
         "arch": spec.name,
@@ -142,6 +153,7 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
         "peak_resident_bytes_training": train_peak,
         "peak_resident_bytes": peak_resident_bytes(),
         "layers": layers,
+        "photo": photo,
     });
     if args.json {
         println!("{report}");
@@ -149,6 +161,35 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
         print_report(&report, &args);
     }
     Ok(())
+}
+
+/// Preparing a photo file for the net, repeated: decoding, resizing and
+/// cropping to the stored size, then the input crop with a mean subtracted.
+fn time_photo(args: &BenchArgs, path: &std::path::Path, input: Shape) -> Result<serde_json::Value> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("--photo {}: {e}", path.display()))?;
+    let side = args.photo_size as usize;
+    if side < input.height || side < input.width || input.channels != 3 {
+        bail!("--photo-size {side} must hold the net's {input} RGB input");
+    }
+    let preprocess = alexnet_train::Preprocess {
+        stored: [3, side, side],
+        subtract_mean: true,
+        pixels: alexnet::spec::PixelScale::RawMinusMean,
+        channel_std: None,
+        class_ids: Vec::new(),
+        class_names: Vec::new(),
+        dataset: String::new(),
+        mean: vec![120.0; 3 * side * side],
+    };
+    let per_image = time_steps(args.seconds.min(3.0), || {
+        let photo =
+            alexnet_data::photo_from_bytes(&bytes, args.photo_size, crate::classify::MAX_PIXELS)
+                .map_err(|e| anyhow::anyhow!("--photo {}: {e}", path.display()))?;
+        crate::classify::photo_input(&photo, &preprocess, input.height, input.width)?;
+        Ok(())
+    })?;
+    Ok(json!({"file": path.display().to_string(), "size": side, "ms_per_image": per_image * 1e3}))
 }
 
 /// Training steps on one random batch of `batch` f32 images, repeated.
@@ -337,6 +378,14 @@ fn print_report(report: &serde_json::Value, args: &BenchArgs) {
         "  latency,       batch   1: {:>8.2} ms",
         number(&report["latency_batch1_ms"])
     );
+    if let Some(photo) = report["photo"].as_object() {
+        println!(
+            "  preparing {} at {}: {:.2} ms per image (one thread)",
+            photo["file"].as_str().unwrap_or(""),
+            photo["size"],
+            number(&photo["ms_per_image"])
+        );
+    }
     if let Some(peak) = report["peak_resident_bytes_training"].as_u64() {
         println!(
             "  peak resident memory after training: {:.2} GiB",
