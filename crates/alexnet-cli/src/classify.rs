@@ -19,9 +19,8 @@ pub const MAX_PIXELS: u64 = 100_000_000;
 
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// A checkpoint written by `alexnet train`.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    weights: crate::weights::CheckpointArg,
     /// Image files (JPEG, PNG, ...).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -108,10 +107,11 @@ pub fn photo_input(
 }
 
 pub fn run(args: ClassifyArgs, engine: &EngineSettings) -> Result<()> {
-    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
+    let path = args.weights.path()?;
+    let ckpt = checkpoint::load_weights(&path)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let mut net = args.placement.nets(engine).network_zeroed(&ckpt.spec, 1)?;
-    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
+    ckpt.apply(net.as_mut(), &path, false)?;
     let shape = net.plan().input_shape();
     let classes = net.plan().classes();
     let mut failures = 0;

@@ -13,9 +13,8 @@ use crate::engine::EngineSettings;
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// A checkpoint written by `alexnet train`.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    weights: crate::weights::CheckpointArg,
     /// A prepared dataset directory.
     #[arg(long)]
     data: PathBuf,
@@ -38,7 +37,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
-    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
+    let path = args.weights.path()?;
+    let ckpt = checkpoint::load_weights(&path)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("opening dataset {}", args.data.display()))?;
@@ -48,7 +48,7 @@ pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
         .placement
         .nets(engine)
         .network_zeroed(&ckpt.spec, args.batch.max(1) * views)?;
-    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
+    ckpt.apply(net.as_mut(), &path, false)?;
     let shape = net.plan().input_shape();
     check_compatible(&dataset, &ckpt.spec)?;
     let view = eval_view(&preprocess, shape.height, shape.width, args.ten_crop);
@@ -82,7 +82,7 @@ pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
         println!(
             "{}",
             json!({
-                "checkpoint": args.checkpoint.display().to_string(),
+                "checkpoint": path.display().to_string(),
                 "data": args.data.display().to_string(),
                 "split": args.split,
                 "views": views,

@@ -20,8 +20,8 @@ use crate::engine::EngineSettings;
 
 #[derive(Args)]
 pub struct FeaturesArgs {
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    weights: crate::weights::CheckpointArg,
     /// A prepared dataset directory (or give image files instead).
     #[arg(long, required_unless_present = "images")]
     data: Option<PathBuf>,
@@ -68,13 +68,14 @@ pub fn feature_layer(net: &dyn Model, name: Option<&str>) -> Result<usize> {
 }
 
 pub fn run_features(args: FeaturesArgs, engine: &EngineSettings) -> Result<()> {
-    let ckpt = checkpoint::load_weights(&args.checkpoint)?;
+    let path = args.weights.path()?;
+    let ckpt = checkpoint::load_weights(&path)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let mut net = args
         .placement
         .nets(engine)
         .network_zeroed(&ckpt.spec, args.batch.max(1))?;
-    ckpt.apply(net.as_mut(), &args.checkpoint, false)?;
+    ckpt.apply(net.as_mut(), &path, false)?;
     let layer = feature_layer(net.as_ref(), args.layer.as_deref())?;
     let dim = net.plan().layers[layer].output.len();
     let shape = net.plan().input_shape();
@@ -82,13 +83,10 @@ pub fn run_features(args: FeaturesArgs, engine: &EngineSettings) -> Result<()> {
     let mut labels = Vec::new();
     let mut metadata = HashMap::from([
         ("layer".to_string(), net.plan().layers[layer].label.clone()),
-        (
-            "checkpoint".to_string(),
-            args.checkpoint.display().to_string(),
-        ),
+        ("checkpoint".to_string(), path.display().to_string()),
         (
             "checkpoint_sha256".to_string(),
-            crate::digest::file_sha256(&args.checkpoint)?,
+            crate::digest::file_sha256(&path)?,
         ),
     ]);
     if let Some(data) = &args.data {

@@ -170,7 +170,7 @@ fn check_against_prototxt(imported: &Imported, path: &Path) -> Result<()> {
 /// Writes an imported net as a checkpoint straight from its tensors (no network
 /// is built: that would hold the weights twice more), each checked against the
 /// description.
-fn save_imported(imported: &Imported, out: &Path) -> Result<()> {
+pub fn save_imported(imported: &Imported, out: &Path) -> Result<()> {
     let params: Vec<(&str, &[usize], &[f32])> = imported
         .tensors
         .iter()

@@ -20,6 +20,7 @@ mod preprocess;
 mod progress;
 mod serve;
 mod train;
+mod weights;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -100,6 +101,11 @@ enum Command {
         after_long_help = "Example:\n  alexnet import torchvision alexnet-owt-7be5be79.pth --out alexnet-owt.safetensors"
     )]
     Import(interop::ImportArgs),
+    /// Fetch published ImageNet weights (torchvision, Caffe) into the cache.
+    #[command(
+        after_long_help = "Example:\n  alexnet weights fetch torchvision --out alexnet-owt.safetensors"
+    )]
+    Weights(weights::WeightsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_long_help = "Example:\n  alexnet completions bash > ~/.local/share/bash-completion/completions/alexnet"
@@ -222,6 +228,7 @@ fn run(command: Command, engine: &engine::EngineSettings) -> Result<()> {
         Command::Bench(args) => bench::run(args, engine),
         Command::Info(args) => info::run(args),
         Command::Import(args) => interop::run_import(args),
+        Command::Weights(args) => weights::run(args),
         Command::Export(args) => interop::run_export(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -38,3 +38,25 @@ impl Progress {
         }
     }
 }
+
+/// A download's bar: bytes so far of `total` (a spinner when the size is
+/// unknown), starting at `done` (a resumed download), on stderr when it is a
+/// terminal.
+pub fn bytes_bar(total: Option<u64>, done: u64, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(total) => ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes}, {bytes_per_sec}, ETA {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{msg} {bytes}, {bytes_per_sec}")
+                .expect("a valid template"),
+        ),
+    };
+    bar.set_message(what.rsplit('/').next().unwrap_or(what).to_string());
+    bar.set_position(done);
+    bar
+}

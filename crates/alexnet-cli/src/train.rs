@@ -44,6 +44,10 @@ pub struct TrainArgs {
     /// another shape starts fresh.
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// Start from published ImageNet weights (torchvision's or Caffe's), fetched
+    /// on first use as `alexnet weights fetch` does.
+    #[arg(long, value_enum, conflicts_with = "init_from")]
+    pretrained: Option<crate::weights::Pretrained>,
     /// Layers whose parameters stay fixed (comma-separated layer names).
     #[arg(long, value_delimiter = ',')]
     freeze: Vec<String>,
@@ -115,7 +119,10 @@ impl TrainArgs {
     pub fn config(&self) -> Result<TrainConfig> {
         let mut config = TrainConfig::new(&self.data, NetSpec::resolve(&self.arch)?, &self.out);
         config.resume = self.resume;
-        config.init_from = self.init_from.clone();
+        config.init_from = match self.pretrained {
+            Some(source) => Some(crate::weights::obtain(source)?),
+            None => self.init_from.clone(),
+        };
         config.freeze = self.freeze.clone();
         config.recipe = RecipeOverrides {
             epochs: self.epochs,

@@ -33,9 +33,8 @@ const DEFAULT_BODY_BYTES: usize = 20 * 1000 * 1000;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A checkpoint written by `alexnet train` or `alexnet import`.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    weights: crate::weights::CheckpointArg,
     /// Address and port to listen on (port 0: any free port, printed at start).
     /// Other than loopback, anyone who can reach the machine can use it: see --api-key.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -123,7 +122,8 @@ pub struct Server {
 
 pub fn run(args: ServeArgs, engine: &EngineSettings) -> Result<()> {
     let started = std::time::Instant::now();
-    let server = build(&args, engine)?;
+    let checkpoint = args.weights.path()?;
+    let server = build(&args, &checkpoint, engine)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.http_threads as usize)
         .thread_name("http")
@@ -149,7 +149,7 @@ pub fn run(args: ServeArgs, engine: &EngineSettings) -> Result<()> {
         }
         println!(
             "serving {} on http://{local} (loaded in {:.1} s)",
-            args.checkpoint.display(),
+            checkpoint.display(),
             started.elapsed().as_secs_f64()
         );
         let router = api::router(Arc::new(server), body_limit);
@@ -158,8 +158,8 @@ pub fn run(args: ServeArgs, engine: &EngineSettings) -> Result<()> {
 }
 
 /// Loads the checkpoint, starts the worker (which builds the net) and the decoder.
-fn build(args: &ServeArgs, engine: &EngineSettings) -> Result<Server> {
-    let ckpt = Arc::new(checkpoint::load_weights(&args.checkpoint)?);
+fn build(args: &ServeArgs, path: &Path, engine: &EngineSettings) -> Result<Server> {
+    let ckpt = Arc::new(checkpoint::load_weights(path)?);
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
     let max_batch = args.max_batch as usize;
     let metrics = Arc::new(metrics::Metrics::new(max_batch));
@@ -171,7 +171,7 @@ fn build(args: &ServeArgs, engine: &EngineSettings) -> Result<Server> {
     };
     let make = {
         let (ckpt, placement, engine) = (Arc::clone(&ckpt), args.placement.clone(), engine.clone());
-        let (path, layer) = (args.checkpoint.clone(), args.layer.clone());
+        let (path, layer) = (path.to_path_buf(), args.layer.clone());
         move || {
             let mut net = placement
                 .nets(&engine)
@@ -191,11 +191,11 @@ fn build(args: &ServeArgs, engine: &EngineSettings) -> Result<Server> {
     let plan = &built.plan;
     let feature_label = plan.layers[built.feature_layer].label.clone();
     let feature_dim = plan.layers[built.feature_layer].output.len();
-    let digest = crate::digest::file_sha256(&args.checkpoint)?;
+    let digest = crate::digest::file_sha256(path)?;
     let index = args
         .index
         .as_deref()
-        .map(|path| open_index(path, &feature_label, feature_dim, &args.checkpoint, &digest))
+        .map(|index| open_index(index, &feature_label, feature_dim, path, &digest))
         .transpose()?
         .map(Arc::new);
     let shape = plan.input_shape();
@@ -211,7 +211,7 @@ fn build(args: &ServeArgs, engine: &EngineSettings) -> Result<Server> {
         spec: &ckpt.spec,
         preparation: &preparation,
         device: &built.device,
-        checkpoint: &args.checkpoint,
+        checkpoint: path,
         digest: &digest,
         feature_label: &feature_label,
         max_batch,
