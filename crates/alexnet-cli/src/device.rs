@@ -15,14 +15,24 @@ use crate::engine::EngineSettings;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
+    /// The CPU's readable reference loops (`cpu-reference`): slow, but the same
+    /// arithmetic on every CPU, for checks that must not depend on its kernels.
+    Reference,
     /// A CUDA GPU by ordinal (0 for the first).
     Cuda(usize),
+}
+
+impl Device {
+    fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
 }
 
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Reference => write!(f, "cpu-reference"),
             Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
         }
     }
@@ -33,6 +43,7 @@ impl std::fmt::Display for Device {
 pub fn parse(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
+        "cpu-reference" => Ok(Device::Reference),
         "cuda" => Ok(Device::Cuda(0)),
         _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
@@ -70,6 +81,10 @@ macro_rules! with_backend {
         match $device {
             $crate::device::Device::Cpu => {
                 let $backend = $engine.cpu()?;
+                $body
+            }
+            $crate::device::Device::Reference => {
+                let $backend = alexnet::ReferenceCpu;
                 $body
             }
             #[cfg(feature = "cuda")]
@@ -128,7 +143,7 @@ impl Placement {
             if let Device::Cuda(ordinal) = self.device {
                 return Err(without_cuda("--device", ordinal));
             }
-            if let Some(Device::Cuda(ordinal)) = self.devices.iter().find(|d| **d != Device::Cpu) {
+            if let Some(Device::Cuda(ordinal)) = self.devices.iter().find(|d| d.is_cuda()) {
                 return Err(without_cuda("--devices", *ordinal));
             }
         }
@@ -140,7 +155,10 @@ impl Placement {
                     self.devices.len()
                 );
             }
-            if (self.devices[0] == Device::Cpu) != (self.devices[1] == Device::Cpu) {
+            if self.devices.contains(&Device::Reference) {
+                bail!("--devices: towers run on cpu or cuda:N, not on cpu-reference");
+            }
+            if self.devices[0].is_cuda() != self.devices[1].is_cuda() {
                 bail!("--devices: both towers must be on the CPU or both on GPUs");
             }
         }
@@ -200,7 +218,7 @@ impl Nets<'_> {
             (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => {
                 Err(without_cuda("--devices", ordinal))
             }
-            #[cfg(feature = "cuda")]
+            // `validate` refused the rest.
             _ => bail!("--devices: both towers must be on the CPU or both on GPUs"),
         }
     }

@@ -1,15 +1,59 @@
 //! Data-parallel training across processes started by a launcher: under
-//! `mpirun -np N alexnet train ...` every process trains its share of each
+//! `mpirun -np N alexnet train ...` every process trains its part of each
 //! batch and the gradients are summed by MPI (`--features mpi`, Open MPI through
 //! the `mpi` crate). The launcher is recognised from its environment.
+//!
+//! No process waits for the others forever: each step begins with a check-in
+//! (a small message to every other process, answered within `--dist-timeout`),
+//! which names the processes that did not answer, and every collective runs
+//! under a watchdog with the same deadline.
+
+use std::time::Duration;
 
 use alexnet_train::{Communicator, SingleProcess};
 use anyhow::{Result, bail};
+use clap::Args;
+
+/// How processes of one run wait for each other.
+#[derive(Args, Clone, Debug)]
+pub struct DistArgs {
+    /// Under mpirun: seconds a process waits for the others (at each step's
+    /// check-in, or inside a sum of gradients) before the run stops with an
+    /// error naming the processes that did not answer.
+    #[arg(
+        long,
+        default_value_t = 300,
+        value_name = "SECONDS",
+        help_heading = "Several processes"
+    )]
+    pub dist_timeout: u64,
+}
+
+impl DistArgs {
+    fn timeout(&self) -> Result<Duration> {
+        if self.dist_timeout == 0 {
+            bail!("--dist-timeout 0: expected at least 1 second");
+        }
+        Ok(Duration::from_secs(self.dist_timeout))
+    }
+}
 
 /// The processes this one runs among, as the launcher's environment says:
 /// `OMPI_COMM_WORLD_SIZE` (Open MPI's `mpirun`); none is one process alone.
+/// Started by `torchrun` (its `WORLD_SIZE` above 1), which needs NCCL, not
+/// built yet: refused, rather than every process training alone into one
+/// folder.
 pub fn world_size() -> Result<usize> {
     let Ok(text) = std::env::var("OMPI_COMM_WORLD_SIZE") else {
+        if let Ok(size) = std::env::var("WORLD_SIZE")
+            && size.trim() != "1"
+        {
+            bail!(
+                "WORLD_SIZE={size}: started by torchrun or another launcher that this build \
+                 cannot join (data parallelism runs under mpirun, with --features mpi); start \
+                 it with `mpirun -np N alexnet ...`"
+            );
+        }
         return Ok(1);
     };
     match text.parse::<usize>() {
@@ -31,15 +75,16 @@ pub fn default_threads() -> Option<usize> {
 }
 
 /// The communicator of this process: MPI's under a launcher, or this process alone.
-pub fn communicator() -> Result<Box<dyn Communicator>> {
+pub fn communicator(args: &DistArgs) -> Result<Box<dyn Communicator>> {
+    let timeout = args.timeout()?;
     if world_size()? == 1 {
         return Ok(Box::new(SingleProcess));
     }
-    mpi_communicator()
+    mpi_communicator(timeout)
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_communicator() -> Result<Box<dyn Communicator>> {
+fn mpi_communicator(_timeout: Duration) -> Result<Box<dyn Communicator>> {
     bail!(
         "started by mpirun with {} processes, but this binary was built without MPI: build it \
          with `cargo build --release -p alexnet-cli --features mpi`",
@@ -48,38 +93,14 @@ fn mpi_communicator() -> Result<Box<dyn Communicator>> {
 }
 
 #[cfg(feature = "mpi")]
-fn mpi_communicator() -> Result<Box<dyn Communicator>> {
+fn mpi_communicator(timeout: Duration) -> Result<Box<dyn Communicator>> {
     let Some(universe) = mpi::initialize() else {
         bail!("MPI was initialised twice in one process");
     };
-    Ok(Box::new(mpi_world::Mpi { universe }))
+    Ok(Box::new(mpi_world::Mpi::new(universe, timeout)?))
 }
 
 #[cfg(feature = "mpi")]
-mod mpi_world {
-    use alexnet_train::{Communicator, External};
-    use mpi::collective::SystemOperation;
-    use mpi::traits::{Communicator as _, CommunicatorCollectives};
-
-    /// MPI's world communicator; MPI is finalised when it is dropped.
-    pub struct Mpi {
-        pub universe: mpi::environment::Universe,
-    }
-
-    impl Communicator for Mpi {
-        fn rank(&self) -> usize {
-            self.universe.world().rank() as usize
-        }
-        fn size(&self) -> usize {
-            self.universe.world().size() as usize
-        }
-        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
-            // MPI reduces into a buffer apart from the one it reads.
-            let send = values.to_vec();
-            self.universe
-                .world()
-                .all_reduce_into(&send[..], values, SystemOperation::sum());
-            Ok(())
-        }
-    }
-}
+mod mpi_world;
+#[cfg(feature = "mpi")]
+mod watchdog;

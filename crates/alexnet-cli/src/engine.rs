@@ -152,7 +152,7 @@ impl EngineSettings {
                 }
                 Products::default()
             }
-            Device::Cpu => cpu_products(precision, kernel)?,
+            Device::Cpu | Device::Reference => cpu_products(precision, kernel)?,
         };
         let mut pool = ThreadPoolBuilder::new().thread_name(|i| format!("alexnet-{i}"));
         if let Some(threads) = threads {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use alexnet::checkpoint;
 use alexnet_data::Dataset;
-use alexnet_train::{Preprocess, check_compatible, eval_view, evaluate};
+use alexnet_train::{
+    Preprocess, check_compatible, eval_view, evaluate, part_of, reduce_evaluation,
+};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -31,12 +33,17 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    pub dist: crate::dist::DistArgs,
+    #[command(flatten)]
     pub placement: crate::device::Placement,
     #[command(flatten)]
     pub engine: crate::engine::EngineArgs,
 }
 
+/// Evaluates as the flags say; under mpirun every process evaluates its part
+/// of each batch, and rank 0 prints the sums.
 pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
+    let comm = crate::dist::communicator(&args.dist)?;
     let path = args.weights.path()?;
     let ckpt = checkpoint::load_weights(&path)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;
@@ -63,8 +70,13 @@ pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
         mean,
         engine.worker_threads(),
         args.json,
+        part_of(comm.as_ref()),
     )?;
+    let result = reduce_evaluation(comm.as_ref(), result)?;
     let seconds = started.elapsed().as_secs_f64();
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     if args.json {
         let confusion = result.confusion.clone().unwrap_or_default();
         let per_class: Vec<_> = confusion

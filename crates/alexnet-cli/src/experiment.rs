@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use alexnet::spec::{LayerSpec, NetSpec};
 use alexnet::towers::TowerLayout;
 use alexnet::{Precision, checkpoint};
-use alexnet_data::Dataset;
+use alexnet_data::{Dataset, Part};
 use alexnet_train::{
     MetricsLog, Preprocess, Record, StopRequest, TrainConfig, Trainer, eval_view, evaluate,
 };
@@ -360,6 +360,7 @@ impl Budget<'_> {
             preprocess.mean_for(dataset)?,
             engine.worker_threads(),
             false,
+            Part::WHOLE,
         )?;
         Ok(result.top1_error())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alexnet::{Mode, Model, checkpoint};
-use alexnet_data::{Dataset, Loader, LoaderConfig};
+use alexnet_data::{Dataset, Loader, LoaderConfig, Part};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use image::{Rgb, RgbImage};
@@ -106,6 +106,7 @@ pub fn run_features(args: FeaturesArgs, engine: &EngineSettings) -> Result<()> {
             queue: 2,
             drop_last: false,
             stored: wants_stored(net.as_ref()),
+            part: Part::WHOLE,
         };
         let mean = preprocess.mean_for(&dataset)?;
         if config.stored {

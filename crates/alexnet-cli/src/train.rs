@@ -108,6 +108,12 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Under mpirun: sum the processes' gradients carried as bf16 (half the
+    /// bytes of f32; each partial sum rounded to bf16).
+    #[arg(long, help_heading = "Several processes")]
+    bf16_gradients: bool,
+    #[command(flatten)]
+    pub dist: crate::dist::DistArgs,
     #[command(flatten)]
     pub placement: crate::device::Placement,
     #[command(flatten)]
@@ -150,13 +156,14 @@ impl TrainArgs {
         config.checkpoint_every = self.checkpoint_every;
         config.log_every = self.log_every;
         config.loader_threads = self.loader_threads;
+        config.bf16_gradients = self.bf16_gradients;
         Ok(config)
     }
 }
 
 /// Trains as the flags say until done, `--max-steps`, or `stop` (Ctrl-C, SIGTERM, SIGHUP).
 pub fn run(args: TrainArgs, engine: &EngineSettings, stop: &StopRequest) -> Result<()> {
-    let comm = crate::dist::communicator()?;
+    let comm = crate::dist::communicator(&args.dist)?;
     if comm.size() > 1 && args.placement.parallel.is_some() {
         bail!(
             "--parallel towers splits one net over devices; data-parallel training ({} processes) \

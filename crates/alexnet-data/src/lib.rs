@@ -38,7 +38,7 @@ pub use dataset::{Dataset, DatasetInfo, Split};
 pub use error::{Error, Result};
 pub use format::{ClassInfo, Encoding};
 pub use jpeg::DecodeBuffer;
-pub use loader::{Batch, Loader, LoaderConfig, View, holdout};
+pub use loader::{Batch, Loader, LoaderConfig, Part, View, holdout};
 pub use prepare::{
     FolderOptions, IdxNames, PrepareOptions, SourceKind, Summary, detect_source, load_photo,
     photo_from_bytes, prepare_cifar, prepare_folder, prepare_idx,

@@ -13,6 +13,11 @@
 //! the batches are identical, and arrive in the same order, for any thread count.
 //! Resuming at `start_batch` reproduces the rest of the epoch exactly.
 //!
+//! **Parts of a batch.** In data-parallel training every process asks for its
+//! [`Part`] of each batch: the loader reads and augments only those images, with
+//! the draws they have in the whole batch, so the parts of all processes put
+//! together are the batch a single process would get.
+//!
 //! **JPEG datasets.** Images stored as JPEG are decoded by whichever thread fills
 //! the batch, into that thread's own reusable buffer; decoding is deterministic, so
 //! the above holds for them too. A record that fails to decode (a shard damaged
@@ -20,6 +25,7 @@
 //! [`Loader::next_batch`], naming the shard and record; iterating the loader
 //! instead panics with that message.
 
+use std::ops::Range;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -99,6 +105,28 @@ impl View {
     }
 }
 
+/// Which images of every batch a loader delivers: the `index`-th of `parts`
+/// runs of nearly equal length (one process's share in data-parallel training),
+/// or the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub parts: usize,
+}
+
+impl Part {
+    /// Every image of every batch.
+    pub const WHOLE: Part = Part { index: 0, parts: 1 };
+
+    /// This part's images of a batch of `count`: `count * index / parts` up to
+    /// `count * (index + 1) / parts`, so parts differ by at most one image and
+    /// together cover the batch exactly once.
+    pub fn range(&self, count: usize) -> Range<usize> {
+        let parts = self.parts.max(1);
+        count * self.index / parts..count * (self.index + 1) / parts
+    }
+}
+
 /// What a loader reads and how.
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -125,6 +153,8 @@ pub struct LoaderConfig {
     /// Deliver the stored images and where to cut each view ([`Batch::stored`]),
     /// for a device that cuts them itself, instead of finished f32 views.
     pub stored: bool,
+    /// Which images of each batch to deliver.
+    pub part: Part,
 }
 
 impl LoaderConfig {
@@ -143,6 +173,7 @@ impl LoaderConfig {
             queue: 4,
             drop_last: false,
             stored: false,
+            part: Part::WHOLE,
         }
     }
 }
@@ -166,8 +197,13 @@ pub struct Batch {
     pub labels: Vec<u32>,
     /// Each image's index in the split.
     pub indices: Vec<u32>,
-    /// Images in the batch (views not counted).
+    /// Images in the batch (views not counted): the loader's part of it.
     pub count: usize,
+    /// The position of the first of them in the whole batch (0 unless the
+    /// loader delivers a part).
+    pub first: usize,
+    /// Images in the whole batch, every part's together.
+    pub whole: usize,
     /// Views per image: 1 or 10.
     pub views: usize,
     /// This batch's number within the epoch.
@@ -178,56 +214,6 @@ impl Batch {
     /// Whether the batch holds stored images rather than finished views.
     pub fn is_stored(&self) -> bool {
         !self.placements.is_empty()
-    }
-
-    /// Images `first..first + count` of this batch, with their views: one
-    /// process's share of it in data-parallel training.
-    pub fn rows(&self, first: usize, count: usize) -> Batch {
-        let (views, end) = (self.views, first + count);
-        let per_image = self.images.len() / self.count.max(1);
-        let stored_len = self.stored_shape.len();
-        let placements = if self.placements.is_empty() {
-            Vec::new()
-        } else {
-            self.placements[first * views..end * views]
-                .iter()
-                .map(|p| ViewPlacement {
-                    image: p.image - first,
-                    ..*p
-                })
-                .collect()
-        };
-        Batch {
-            images: self.images[first * per_image..end * per_image].to_vec(),
-            pixels: if self.pixels.is_empty() {
-                Vec::new()
-            } else {
-                self.pixels[first * stored_len..end * stored_len].to_vec()
-            },
-            placements,
-            labels: self.labels[first..end].to_vec(),
-            indices: self.indices[first..end].to_vec(),
-            count,
-            ..self.clone_settings()
-        }
-    }
-
-    /// The batch's settings, without images.
-    fn clone_settings(&self) -> Batch {
-        Batch {
-            images: Vec::new(),
-            pixels: Vec::new(),
-            placements: Vec::new(),
-            stored_shape: self.stored_shape,
-            crop: self.crop,
-            subtract_mean: self.subtract_mean,
-            channel_scale: self.channel_scale,
-            labels: Vec::new(),
-            indices: Vec::new(),
-            count: 0,
-            views: self.views,
-            index: self.index,
-        }
     }
 
     /// A stored batch as the engine takes it ([`alexnet::Model::set_input_stored`]).
@@ -258,6 +244,7 @@ struct Plan {
     epoch: u64,
     batch: usize,
     stored: bool,
+    part: Part,
 }
 
 /// Iterates one epoch's batches, in order, computed ahead by worker threads.
@@ -387,6 +374,16 @@ fn check_config(
     if config.batch == 0 {
         return Err(config_error(what("batch"), "expected at least 1 image"));
     }
+    let part = config.part;
+    if part.parts == 0 || part.index >= part.parts {
+        return Err(config_error(
+            what("part"),
+            format!(
+                "expected a part index below the number of parts, found {} of {}",
+                part.index, part.parts
+            ),
+        ));
+    }
     if config.threads > 0 && config.queue == 0 {
         return Err(config_error(
             what("queue"),
@@ -506,6 +503,7 @@ impl Loader {
             epoch: config.epoch,
             batch: config.batch,
             stored: config.stored,
+            part: config.part,
         });
         let (start, end) = (config.start_batch, per_epoch);
         let pool = Arc::new(Mutex::new(Vec::new()));
@@ -644,8 +642,10 @@ impl Plan {
         let (ch, cw) = (view.crop_height, view.crop_width);
         let views = view.views();
         let per_view = channels * ch * cw;
-        let first = b * self.batch;
-        let count = self.batch.min(self.order.len() - first);
+        let whole = self.batch.min(self.order.len() - b * self.batch);
+        let rows = self.part.range(whole);
+        let first = b * self.batch + rows.start;
+        let count = rows.len();
         if self.stored {
             out.images.clear();
             out.pixels.resize(count * stored.len(), 0);
@@ -661,6 +661,8 @@ impl Plan {
         out.labels.clear();
         out.indices.clear();
         out.count = count;
+        out.first = rows.start;
+        out.whole = whole;
         out.views = views;
         out.index = b;
         let centre = ((height - ch) / 2, (width - cw) / 2);

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View, holdout};
+use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Part, Split, View, holdout};
 use common::*;
 
 const CROP: usize = 24;
@@ -390,4 +390,80 @@ fn stored_batches_cut_to_the_same_views() {
             assert_eq!(cut, f.images, "{view:?}");
         }
     }
+}
+
+/// One process's part of each batch (data-parallel training): the parts of
+/// every process, put together in rank order, are the whole batch, views and
+/// draws included, also when the batch does not divide evenly and for the last
+/// short batch; stored batches too. A part beyond the number of parts is refused.
+#[test]
+fn parts_of_a_batch_put_together_are_the_whole_batch() {
+    let tmp = TempDir::new("parts");
+    let (ds, _) = cifar_dataset(&tmp, 23);
+    let split = ds.split("train").unwrap();
+    for stored in [false, true] {
+        let whole_config = LoaderConfig {
+            stored,
+            ..LoaderConfig::new(8, View::paper_train(CROP, CROP), 9, 2)
+        };
+        let whole = run(&ds, &split, whole_config.clone());
+        assert_eq!(whole.last().unwrap().count, 23 % 8, "a short last batch");
+        for parts in [2, 3] {
+            let runs: Vec<Vec<Batch>> = (0..parts)
+                .map(|index| {
+                    let part = Part { index, parts };
+                    run(
+                        &ds,
+                        &split,
+                        LoaderConfig {
+                            part,
+                            ..whole_config.clone()
+                        },
+                    )
+                })
+                .collect();
+            for (b, batch) in whole.iter().enumerate() {
+                let pieces: Vec<&Batch> = runs.iter().map(|r| &r[b]).collect();
+                let counts: Vec<usize> = pieces.iter().map(|p| p.count).collect();
+                assert_eq!(counts.iter().sum::<usize>(), batch.count, "{counts:?}");
+                assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1);
+                let mut first = 0;
+                for piece in &pieces {
+                    assert_eq!((piece.first, piece.whole), (first, batch.count));
+                    first += piece.count;
+                }
+                let joined = |f: fn(&Batch) -> Vec<f32>| -> Vec<f32> {
+                    pieces.iter().flat_map(|p| f(p)).collect()
+                };
+                assert_eq!(joined(|p| p.images.clone()), batch.images);
+                let bytes: Vec<u8> = pieces.iter().flat_map(|p| p.pixels.clone()).collect();
+                assert_eq!(bytes, batch.pixels);
+                let labels: Vec<u32> = pieces.iter().flat_map(|p| p.labels.clone()).collect();
+                assert_eq!(labels, batch.labels);
+                // Stored views are numbered within the part; their cuts are the batch's.
+                let placements: Vec<_> = pieces
+                    .iter()
+                    .flat_map(|p| {
+                        p.placements
+                            .iter()
+                            .map(move |v| (v.image + p.first, v.y, v.x, v.flip))
+                    })
+                    .collect();
+                let expected: Vec<_> = batch
+                    .placements
+                    .iter()
+                    .map(|v| (v.image, v.y, v.x, v.flip))
+                    .collect();
+                assert_eq!(placements, expected);
+            }
+        }
+    }
+    let config = LoaderConfig {
+        part: Part { index: 2, parts: 2 },
+        ..LoaderConfig::new(8, raw(CROP), 1, 0)
+    };
+    let err = Loader::new(split, config, ds.mean_shared(), ds.info())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("loader part"), "{err}");
 }

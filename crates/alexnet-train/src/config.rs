@@ -46,6 +46,9 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Loader worker threads.
     pub loader_threads: usize,
+    /// With several processes: sum their gradients carried as bf16 (half the
+    /// bytes) instead of f32.
+    pub bf16_gradients: bool,
 }
 
 impl TrainConfig {
@@ -68,6 +71,7 @@ impl TrainConfig {
             checkpoint_every: 1000,
             log_every: 100,
             loader_threads: 1,
+            bf16_gradients: false,
         }
     }
 }

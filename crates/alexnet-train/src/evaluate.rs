@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use alexnet::{Mode, Model, NetSpec, softmax_rows};
-use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View};
+use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Part, Split, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -53,7 +53,9 @@ pub fn eval_view(preprocess: &Preprocess, height: usize, width: usize, ten_crop:
     }
 }
 
-/// Evaluates `net` on `split` (or the subset `indices` of it).
+/// Evaluates `net` on `split` (or the subset `indices` of it): on the `part`
+/// of each batch that this process takes (every image with [`Part::WHOLE`];
+/// the parts of all processes, summed, are the whole split's evaluation).
 pub fn evaluate(
     net: &mut dyn Model,
     split: Split,
@@ -63,6 +65,7 @@ pub fn evaluate(
     mean: Arc<Vec<f32>>,
     threads: usize,
     with_confusion: bool,
+    part: Part,
 ) -> Result<Evaluation> {
     let images = indices.as_ref().map_or(split.len(), |i| i.len());
     if images == 0 {
@@ -81,7 +84,8 @@ pub fn evaluate(
         )));
     }
     let config = LoaderConfig {
-        batch,
+        // Each part of a batch fits the net.
+        batch: batch * part.parts,
         view,
         seed: 0,
         epoch: 0,
@@ -92,6 +96,7 @@ pub fn evaluate(
         queue: 2,
         drop_last: false,
         stored: wants_stored(net),
+        part,
     };
     if config.stored {
         net.set_mean_image(&mean)?;

@@ -33,11 +33,12 @@ mod error;
 mod evaluate;
 mod hooks;
 mod observer;
+mod parallel;
 mod preprocess;
 mod schedule;
 mod trainer;
 
-pub use comm::{Communicator, SingleProcess};
+pub use comm::{Communicator, SingleProcess, round_slice_to_bf16};
 pub use config::{Augmentation, RecipeOverrides, RunSettings, TrainConfig, fit_spec};
 pub use error::{Error, External, Result};
 pub use evaluate::{
@@ -45,6 +46,7 @@ pub use evaluate::{
 };
 pub use hooks::{NetFactory, StepHook, StopRequest};
 pub use observer::{EndLine, EpochLine, EpochStart, MetricsLog, Observer, Record, Step, StepLine};
+pub use parallel::{part_of, reduce_evaluation};
 pub use preprocess::Preprocess;
 pub use schedule::ScheduleState;
 pub use trainer::{BEST, Ending, LAST, Outcome, StepResult, TrainState, Trainer};

@@ -44,6 +44,12 @@ pub struct StepLine {
     /// Over the steps since the previous line, with dropout and augmentation on.
     pub train_error: f64,
     pub elapsed_s: f64,
+    /// With several processes, seconds per step: waiting for the others at
+    /// the check-in (their imbalance), and summing the gradients across them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_s: Option<f64>,
 }
 
 /// The end of an epoch: its training figures and the validation error.

@@ -34,6 +34,7 @@ use crate::evaluate::{
 };
 use crate::hooks::{NetFactory, StepHook, StopRequest};
 use crate::observer::{EndLine, EpochLine, EpochStart, Observer, Step, StepLine};
+use crate::parallel;
 use crate::preprocess::Preprocess;
 use crate::schedule::ScheduleState;
 
@@ -126,6 +127,12 @@ pub struct Trainer {
     hook: Option<Box<dyn StepHook>>,
     /// The processes sharing the run (data parallelism), or this one alone.
     comm: Box<dyn Communicator>,
+    /// The stop request of the run in progress, and whether the processes
+    /// agreed at the last step's check-in to stop.
+    stop: StopRequest,
+    stop_agreed: bool,
+    /// The last step's seconds at the check-in and summing gradients.
+    times: (f64, f64),
     notices: Vec<String>,
     started: Instant,
 }
@@ -139,10 +146,11 @@ impl Trainer {
     }
 
     /// [`Trainer::new`] for one of the processes `comm` joins (data
-    /// parallelism): each takes its share of every batch (the batch divided by
-    /// their number), their gradients are summed before every update, so every
-    /// process holds the same weights, and only rank 0 writes checkpoints. Every
-    /// process must be started with the same configuration.
+    /// parallelism): each reads and trains its part of every batch (the batch
+    /// cut into nearly equal parts, one per process), their gradients are summed
+    /// before every update, so every process holds the same weights (rank 0's
+    /// to begin with), and only rank 0 writes checkpoints. Every process must be
+    /// started with the same configuration.
     pub fn with_communicator(
         config: TrainConfig,
         factory: &dyn NetFactory,
@@ -159,7 +167,8 @@ impl Trainer {
         }
         let settings = RunSettings::of(&config, &dataset, train.len());
         check_settings(&config, &settings, train.len())?;
-        let share = share_of_batch(settings.batch, comm.as_ref())?;
+        parallel::check_batch(settings.batch, comm.as_ref())?;
+        let share = parallel::largest_part(settings.batch, comm.size());
         let wanted = fit_spec(&config.arch, &dataset, config.dropout);
         let start = if config.resume {
             resume(&config, &settings, &wanted, &dataset, factory, share)?
@@ -168,20 +177,17 @@ impl Trainer {
         };
         let mut net = start.net;
         if comm.size() > 1 {
-            net.set_dropout_offset(comm.rank() * share)?;
+            // Every batch is whole (the last short one is dropped), so each
+            // process's rows of the dropout masks start at the same place.
+            let part = parallel::part_of(comm.as_ref());
+            net.set_dropout_offset(part.range(settings.batch).start)?;
+            parallel::broadcast_weights(net.as_mut(), comm.as_ref())?;
         }
         freeze(net.as_mut(), &config.freeze)?;
         let pixels = config.arch.input.pixels;
         let preprocess = run_preprocess(&dataset, start.inherited, pixels, &net.spec().name)?;
         let data = Data::new(dataset, train, &settings, &preprocess, net.as_ref())?;
         let stored = wants_stored(net.as_ref());
-        if stored && comm.size() > 1 {
-            return Err(Error::Setting(
-                "data-parallel training cuts finished views on the host; this device asks for \
-                 stored batches"
-                    .into(),
-            ));
-        }
         Ok(Trainer {
             config,
             settings,
@@ -192,6 +198,9 @@ impl Trainer {
             stored,
             hook: None,
             comm,
+            stop: StopRequest::new(),
+            stop_agreed: false,
+            times: (0.0, 0.0),
             notices: start.notices,
             started: Instant::now(),
         })
@@ -265,6 +274,7 @@ impl Trainer {
         observers: &mut [&mut dyn Observer],
         stop: &StopRequest,
     ) -> Result<Outcome> {
+        self.stop = stop.clone();
         while (self.state.epoch as usize) < self.settings.epochs {
             if let Some(ending) = self.train_epoch(observers, stop)? {
                 self.save_last()?;
@@ -316,6 +326,7 @@ impl Trainer {
             queue: 4,
             drop_last: true,
             stored: self.stored,
+            part: parallel::part_of(self.comm.as_ref()),
         };
         if self.stored {
             self.net.set_mean_image(&self.data.mean)?;
@@ -345,7 +356,7 @@ impl Trainer {
         notify(observers, |o| o.epoch_started(&start))?;
         let mut window = Window::new();
         while let Some(batch) = loader.next_batch()? {
-            if self.stop_agreed(stop)? {
+            if self.stop_agreed(stop) {
                 return Ok(Some(Ending::Stopped));
             }
             let result = self.step(&batch)?;
@@ -375,7 +386,8 @@ impl Trainer {
         Ok(None)
     }
 
-    /// One optimisation step on `batch`: forward, backward, the step hook, the
+    /// One optimisation step on `batch` (with several processes, this
+    /// process's part of the batch): forward, backward, the step hook, the
     /// paper's SGD update. A loss that is not a number stops training with an
     /// error naming the last good checkpoint.
     pub fn step(&mut self, batch: &Batch) -> Result<StepResult> {
@@ -383,14 +395,6 @@ impl Trainer {
             learning_rate: self.state.schedule.learning_rate,
             momentum: self.settings.momentum,
             weight_decay: self.settings.weight_decay,
-        };
-        let share;
-        let batch = if self.comm.size() > 1 {
-            let size = batch.count / self.comm.size();
-            share = batch.rows(self.comm.rank() * size, size);
-            &share
-        } else {
-            batch
         };
         load_batch(self.net.as_mut(), batch)?;
         self.net.forward(Mode::Train);
@@ -419,6 +423,8 @@ impl Trainer {
             loss,
             top1_errors,
             images,
+            wait_s: self.times.0,
+            sum_s: self.times.1,
         };
         let state = &mut self.state;
         state.step += 1;
@@ -429,38 +435,46 @@ impl Trainer {
         Ok(result)
     }
 
-    /// With several processes: every parameter's gradient replaced by the mean of
-    /// all processes' (each the mean over its share of the batch, so their mean
-    /// is the whole batch's), and the loss and errors of the whole batch. Alone:
-    /// the values as they are.
+    /// With several processes: the loss, errors and images of the whole batch,
+    /// and every parameter's gradient replaced by the whole batch's. Alone: the
+    /// values as they are.
     fn reduce(&mut self, loss: f32, errors: usize, images: usize) -> Result<(f32, usize, usize)> {
-        let world = self.comm.size();
-        if world == 1 {
+        self.times = (0.0, 0.0);
+        if self.comm.size() == 1 {
             return Ok((loss, errors, images));
         }
-        let external = Error::External;
-        for index in 0..self.net.plan().params.len() {
-            let mut grad = self.net.param_grad(index);
-            self.comm.all_reduce_sum(&mut grad).map_err(external)?;
-            grad.iter_mut().for_each(|g| *g /= world as f32);
-            self.net.set_param_grad(index, &grad)?;
-        }
-        let mut totals = [loss * images as f32, errors as f32, images as f32];
-        self.comm.all_reduce_sum(&mut totals).map_err(external)?;
-        let images = totals[2] as usize;
-        Ok((totals[0] / images as f32, totals[1] as usize, images))
+        let started = Instant::now();
+        self.check_in()?;
+        let checked_in = Instant::now();
+        let comm = self.comm.as_ref();
+        let (loss, errors, all) = parallel::reduce_step(comm, loss, errors, images)?;
+        let bf16 = self.config.bf16_gradients;
+        parallel::reduce_gradients(self.net.as_mut(), comm, images, all, bf16)?;
+        self.times = (
+            (checked_in - started).as_secs_f64(),
+            checked_in.elapsed().as_secs_f64(),
+        );
+        Ok((loss, errors, all))
     }
 
-    /// Whether a stop was asked for, agreed among the processes (a signal may
-    /// reach them at different steps; all stop at the same one).
-    fn stop_agreed(&self, stop: &StopRequest) -> Result<bool> {
-        let mut asked = [f32::from(u8::from(stop.is_requested()))];
-        if self.comm.size() > 1 {
-            self.comm
-                .all_reduce_sum(&mut asked)
-                .map_err(Error::External)?;
+    /// Whether to stop before the next step: as asked, alone; with several
+    /// processes, as agreed at the last step's check-in (a signal may reach
+    /// them at different steps; all stop at the same one).
+    fn stop_agreed(&self, stop: &StopRequest) -> bool {
+        if self.comm.size() == 1 {
+            stop.is_requested()
+        } else {
+            self.stop_agreed
         }
-        Ok(asked[0] > 0.0)
+    }
+
+    /// The check-in after a step's or a validation's computation, before the
+    /// sums that follow it.
+    fn check_in(&mut self) -> Result<()> {
+        let asked = self.stop.is_requested();
+        let step = self.state.step + 1;
+        self.stop_agreed = self.comm.check_in(step, asked).map_err(Error::External)?;
+        Ok(())
     }
 
     /// The step line after the step just taken, over the steps of `window`.
@@ -475,6 +489,8 @@ impl Trainer {
             images_per_s: window.images_per_s(),
             train_error: window.errors as f64 / window.images.max(1) as f64,
             elapsed_s: self.started.elapsed().as_secs_f64(),
+            wait_s: (self.comm.size() > 1).then(|| window.per_step(window.wait_s)),
+            sum_s: (self.comm.size() > 1).then(|| window.per_step(window.sum_s)),
         }
     }
 
@@ -486,7 +502,7 @@ impl Trainer {
         };
         let data = &self.data;
         let threads = self.config.loader_threads;
-        evaluate(
+        let part = evaluate(
             self.net.as_mut(),
             split,
             indices,
@@ -495,7 +511,12 @@ impl Trainer {
             data.mean.clone(),
             threads,
             false,
-        )
+            parallel::part_of(self.comm.as_ref()),
+        )?;
+        if self.comm.size() > 1 {
+            self.check_in()?;
+        }
+        parallel::reduce_evaluation(self.comm.as_ref(), part)
     }
 
     /// The end of an epoch: validation, the schedule, the epoch line, the last
@@ -572,27 +593,44 @@ pub struct StepResult {
     /// Images whose most probable class (before the update) was not their label.
     pub top1_errors: usize,
     pub images: usize,
+    /// With several processes: seconds waiting for the others at the check-in,
+    /// and summing the gradients across them.
+    pub wait_s: f64,
+    pub sum_s: f64,
 }
 
 /// The steps since the last step line: their images, errors and time.
 struct Window {
     started: Instant,
+    steps: usize,
     images: usize,
     errors: usize,
+    wait_s: f64,
+    sum_s: f64,
 }
 
 impl Window {
     fn new() -> Window {
         Window {
             started: Instant::now(),
+            steps: 0,
             images: 0,
             errors: 0,
+            wait_s: 0.0,
+            sum_s: 0.0,
         }
     }
 
     fn add(&mut self, step: &StepResult) {
+        self.steps += 1;
         self.images += step.images;
         self.errors += step.top1_errors;
+        self.wait_s += step.wait_s;
+        self.sum_s += step.sum_s;
+    }
+
+    fn per_step(&self, seconds: f64) -> f64 {
+        seconds / self.steps.max(1) as f64
     }
 
     fn images_per_s(&self) -> f64 {
@@ -618,18 +656,6 @@ fn top1_errors(logits: &[f32], labels: &[u32], classes: usize) -> usize {
         .zip(labels)
         .filter(|(row, label)| top_k(row, 1)[0] != **label as usize)
         .count()
-}
-
-/// Each process's share of a batch of `batch` images: the batch divided by the
-/// processes, which must divide it.
-fn share_of_batch(batch: usize, comm: &dyn Communicator) -> Result<usize> {
-    let world = comm.size();
-    if !batch.is_multiple_of(world) {
-        return Err(Error::Setting(format!(
-            "--batch {batch} does not divide among {world} processes: give a multiple of {world}"
-        )));
-    }
-    Ok(batch / world)
 }
 
 /// Refuses settings no run can train with, naming the setting: sizes that

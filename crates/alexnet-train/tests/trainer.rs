@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use alexnet::rng::Rng;
 use alexnet::{Cpu, Model, NetSpec, Network};
 use alexnet_data::testing::write_bar_idx;
-use alexnet_data::{PrepareOptions, prepare_idx};
+use alexnet_data::{Part, PrepareOptions, prepare_idx};
 use alexnet_train::{
     Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
     Trainer,
@@ -239,6 +239,7 @@ fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
             mean.clone(),
             1,
             false,
+            Part::WHOLE,
         )
     };
     let err = evaluate(net.as_mut(), Vec::new()).unwrap_err().to_string();

@@ -513,3 +513,41 @@ fn a_share_of_a_batch_draws_its_rows_of_the_whole_batchs_dropout_masks() {
         assert!(b.contains(&0.0), "some values dropped");
     }
 }
+
+/// A net that ran a larger batch (a validation batch of a data-parallel
+/// process) trains a smaller one exactly as a net that never did: nothing of
+/// the larger batch's rows is read again.
+#[test]
+fn a_smaller_batch_after_a_larger_one_trains_as_if_alone() {
+    let spec = NetSpec::preset("cifar").unwrap();
+    let mut rng = Rng::new(8);
+    let len = Network::new(Cpu::new(), &spec, 1, 3)
+        .unwrap()
+        .plan()
+        .input_shape()
+        .len();
+    let classes = 10;
+    let large = random(&mut rng, 6 * len, 1.0);
+    let small = random(&mut rng, 5 * len, 1.0);
+    let labels: Vec<u32> = (0..5).map(|i| i % classes).collect();
+    let sgd = Sgd {
+        learning_rate: 0.01,
+        momentum: 0.9,
+        weight_decay: 0.0005,
+    };
+    let mut after = Network::new(Cpu::new(), &spec, 6, 3).unwrap();
+    let mut alone = Network::new(Cpu::new(), &spec, 6, 3).unwrap();
+    after.predict(&large).unwrap();
+    for _ in 0..2 {
+        after.train_step(&small, &labels, &sgd).unwrap();
+        alone.train_step(&small, &labels, &sgd).unwrap();
+    }
+    for index in 0..after.plan().params.len() {
+        let name = &after.plan().params[index].name;
+        assert_eq!(
+            after.param_values(index),
+            alone.param_values(index),
+            "{name}"
+        );
+    }
+}
