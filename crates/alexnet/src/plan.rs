@@ -504,9 +504,8 @@ fn plan_lrn(label: &str, n: &LrnSpec, shape: Shape) -> Result<LrnGeometry> {
 }
 
 fn plan_pool(label: &str, p: &PoolSpec, shape: Shape) -> Result<PoolGeometry> {
-    let side = |s| PoolGeometry::output_side(s, p.size, p.stride);
-    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
-        return Err(shape_error(
+    PoolGeometry::new(shape, p.size, p.stride).ok_or_else(|| {
+        shape_error(
             label,
             format!(
                 "an input of at least {s}x{s} and size, stride of at least 1",
@@ -514,13 +513,7 @@ fn plan_pool(label: &str, p: &PoolSpec, shape: Shape) -> Result<PoolGeometry> {
             ),
             format!("{shape}, size {} stride {}", p.size, p.stride),
             None,
-        ));
-    };
-    Ok(PoolGeometry {
-        input: shape,
-        output: Shape::new(shape.channels, h, w),
-        size: p.size,
-        stride: p.stride,
+        )
     })
 }
 

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use alexnet::Backend;
-pub use alexnet::testing::{assert_close, paper_mini, random, ties};
+pub use alexnet::testing::{assert_close, conv, paper_lrn, paper_mini, pool, random, ties};
 use alexnet_cuda::{Algorithms, CudaBackend, CudaError};
 use cudarc::driver::CudaSlice;
 
