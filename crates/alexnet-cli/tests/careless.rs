@@ -8,27 +8,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{LONG_RUN, dataset, fails, kill, ok, start_training, temp_dir};
+use common::{
+    LONG_RUN, dataset, fails, kill, ok, small_train, start_training, step_values, temp_dir,
+};
 
 /// A short run's checkpoint on the generated dataset.
 fn trained(root: &Path, data: &Path) -> PathBuf {
     let out = root.join("run");
-    ok(&[
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--max-steps",
-        "2",
-        "--quiet",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ok(&small_train(&["--max-steps", "2", "--quiet"], data, &out));
     out.join("last.safetensors")
 }
 
@@ -409,12 +396,9 @@ fn a_batch_schedulers_signals_stop_training_with_a_checkpoint() {
 
 /// The `step` of every step line of a run's log.
 fn logged_steps(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["step"].as_u64().unwrap())
+    step_values(out, "step")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
         .collect()
 }
 
@@ -437,20 +421,10 @@ fn a_killed_run_resumes_with_each_step_logged_once_and_no_stale_files() {
     let until = (before.len() + 6).to_string();
     let resumed = [
         LONG_RUN,
-        &[
-            "--checkpoint-every",
-            "4",
-            "--resume",
-            "--max-steps",
-            &until,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        &["--checkpoint-every", "4", "--resume", "--max-steps", &until],
     ]
     .concat();
-    ok(&resumed);
+    ok(&small_train(&resumed, &data, &out));
     let after = logged_steps(&out);
     let expected: Vec<u64> = (1..=after.len() as u64).collect();
     assert_eq!(after, expected, "every step logged once, in order");

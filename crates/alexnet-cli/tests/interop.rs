@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, temp_dir};
+use common::{TINY_RUN, fails, ok, temp_dir};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -221,21 +221,8 @@ fn imported_torchvision_weights_fine_tune_with_their_own_normalisation() {
     let arch = arch.display().to_string();
     let run = dir.join("run");
     let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            &data,
-            "--arch",
-            &arch,
-            "--epochs",
-            "1",
-            "--batch",
-            "2",
-            "--holdout",
-            "2",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
+        let head: &[&str] = &["train", "--data", &data, "--arch", &arch];
+        let args = [head, TINY_RUN, extra].concat();
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     };
     // Without the imported weights the normalisation is unknown: refused, saying why.
