@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{TINY_RUN, fails, ok, temp_dir};
+use common::{TINY_RUN, fails, ok, temp_dir, tensors_by_name};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,23 +23,13 @@ fn photo(name: &str) -> String {
 
 /// The f64 tensors of a safetensors file, by name.
 fn reference_logits(path: &Path) -> Vec<(String, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f64>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
-            let values = view
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    tensors_by_name(path, |name, view| {
+        assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
+        view.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    })
 }
 
 /// `alexnet classify --json --logits` on the photos named in `reference` gives

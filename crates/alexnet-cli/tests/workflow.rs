@@ -10,20 +10,12 @@ use std::process::Command;
 use alexnet::rng::Rng;
 use common::{
     LONG_RUN, TINY_RUN, dataset, fails, kill, ok, small_train, start_training, step_losses,
-    temp_dir,
+    temp_dir, tensors_by_name,
 };
 
 /// The tensors of a checkpoint, by name.
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect();
-    out.sort();
-    out
+    tensors_by_name(path, |_, view| view.data().to_vec())
 }
 
 /// The short runs of these tests: three epochs, quietly.

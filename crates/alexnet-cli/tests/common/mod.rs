@@ -106,6 +106,26 @@ pub fn small_train<'a>(extra: &[&'a str], data: &'a Path, out: &'a Path) -> Vec<
     args
 }
 
+/// The tensors of a safetensors file, sorted by name, each read by `values`
+/// (given its name and view).
+pub fn tensors_by_name<T>(
+    path: &Path,
+    values: impl Fn(&str, &safetensors::tensor::TensorView) -> T,
+) -> Vec<(String, T)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, T)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let read = values(&name, &view);
+            (name, read)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The values of `field` on the step lines of a run's log, in order.
 pub fn step_values(run: &Path, field: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
