@@ -19,6 +19,15 @@ fn trained(root: &Path, data: &Path) -> PathBuf {
     out.join("last.safetensors")
 }
 
+/// A 28x28 image of one grey `level` in `root`, the generated dataset's size.
+fn grey_image(root: &Path, level: u8) -> PathBuf {
+    let image = root.join("image.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([level]))
+        .save(&image)
+        .unwrap();
+    image
+}
+
 /// A checkpoint's metadata and tensors (name -> shape, f32 values).
 struct Contents {
     metadata: HashMap<String, String>,
@@ -125,10 +134,7 @@ fn hostile_checkpoints_are_refused_naming_what_is_wrong() {
     let root = temp_dir("hostile");
     let data = dataset(&root);
     let good = trained(&root, &data);
-    let image = root.join("image.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([128]))
-        .save(&image)
-        .unwrap();
+    let image = grey_image(&root, 128);
     let classify = |ckpt: &Path| -> Vec<String> {
         let mut args: Vec<String> = vec!["classify".into(), "--checkpoint".into()];
         args.extend([ckpt.display().to_string(), image.display().to_string()]);
@@ -335,10 +341,7 @@ fn classify_into_a_closed_pipe_ends_quietly() {
     let root = temp_dir("pipe");
     let data = dataset(&root);
     let ckpt = trained(&root, &data);
-    let image = root.join("image.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([90]))
-        .save(&image)
-        .unwrap();
+    let image = grey_image(&root, 90);
     let image = image.to_str().unwrap();
     let mut args = vec![
         "--threads",
