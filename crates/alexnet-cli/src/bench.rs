@@ -257,15 +257,7 @@ fn time_stored_training(
             shift: [-128.0; 3],
         })
         .collect();
-    let stored_batch = StoredBatch {
-        pixels: &pixels,
-        stored,
-        crop_height: input.height,
-        crop_width: input.width,
-        views: &views,
-        subtract_mean: false,
-        scale: [1.0; 3],
-    };
+    let stored_batch = StoredBatch::raw(&pixels, stored, input.height, input.width, &views);
     let labels = random_batch(rng, batch, 0, classes).labels;
     time_training_steps(args.seconds, batch, || {
         net.set_input_stored(&stored_batch)?;

@@ -727,15 +727,7 @@ fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
         stored: Shape,
         crop: usize,
     ) -> StoredBatch<'a> {
-        StoredBatch {
-            pixels,
-            stored,
-            crop_height: crop,
-            crop_width: crop,
-            views,
-            subtract_mean: false,
-            scale: [1.0; 3],
-        }
+        StoredBatch::raw(pixels, stored, crop, crop, views)
     }
     let len = images * 3 * crop_height * crop_height;
     let mut outputs: Vec<_> = (0..batches.len())
