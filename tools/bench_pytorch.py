@@ -327,12 +327,22 @@ def print_report(meta, ours, pytorch):
             "-" if theirs is None else format(theirs, fmt),
             "-" if r is None else f"{r:.2f}x",
         ))
+    print_columns(header, body)
+
+
+def print_columns(header, body):
+    """Prints `header`, a rule, and the rows of `body` (four strings each) as aligned columns: the first
+    left-aligned, the figures right-aligned. Shared with bench_pytorch_cuda.py."""
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
     line = "  {:<{}} | {:>{}} | {:>{}} | {:>{}}"
-    print(line.format(header[0], widths[0], header[1], widths[1], header[2], widths[2], header[3], widths[3]))
+
+    def show(row):
+        print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
+
+    show(header)
     print("  " + "-+-".join("-" * w for w in widths))
     for row in body:
-        print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
+        show(row)
 
 
 def log(message):

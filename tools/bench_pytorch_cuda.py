@@ -233,12 +233,7 @@ def print_table(meta, ours, errors, pytorch):
                      fmt(i), ratio(mine_i, i)))
         if mine.get("latency_batch1_ms") is not None:
             body.append((f"latency, batch 1, {mode} (ms)", fmt(mine["latency_batch1_ms"], ".2f"), "-", "-"))
-    widths = [max(len(row[k]) for row in [header, *body]) for k in range(4)]
-    line = "  {:<{}} | {:>{}} | {:>{}} | {:>{}}"
-    print(line.format(header[0], widths[0], header[1], widths[1], header[2], widths[2], header[3], widths[3]))
-    print("  " + "-+-".join("-" * w for w in widths))
-    for row in body:
-        print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
+    bench_pytorch.print_columns(header, body)
     for mode, error in errors.items():
         print(f"\n  ours, {mode}, FAILED: " + error.replace("\n", "\n    "))
     for mode in PER_LAYER_MODES:

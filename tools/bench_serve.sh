@@ -93,6 +93,16 @@ rate, prepare = r["inference"]["images_per_s"], r["photo"]["ms_per_image"]
 print(f"{rate:.1f} {prepare:.2f} {1 / (1 / rate + prepare / 1e3):.1f}")' "$work/bench.json")
 echo "inference at batch 64: $rate images/s; preparing the photo: $prepare_ms ms; ceiling: $ceiling images/s"
 
+# The server on $port under 1, 8 and 64 clients: a result line each, named $1
+# (described as $2 in the log).
+load_each() {
+    for clients in 1 8 64; do
+        echo "== $2, $clients clients"
+        results+=("$1 $clients $(load "http://127.0.0.1:$port/v1/classify" "$clients")")
+        echo "${results[-1]}"
+    done
+}
+
 results=()
 port=$(free_port)
 "$alexnet" serve --checkpoint "$checkpoint" --addr "127.0.0.1:$port" --threads "$threads" \
@@ -100,11 +110,7 @@ port=$(free_port)
 server=$!
 trap 'kill $server 2> /dev/null || true' EXIT
 wait_for "http://127.0.0.1:$port/readyz"
-for clients in 1 8 64; do
-    echo "== alexnet serve, $clients clients"
-    results+=("alexnet-serve $clients $(load "http://127.0.0.1:$port/v1/classify" "$clients")")
-    echo "${results[-1]}"
-done
+load_each "alexnet-serve" "alexnet serve"
 curl -s "http://127.0.0.1:$port/metrics" > "$work/metrics.txt"
 kill -TERM $server; wait $server || true
 
@@ -114,11 +120,7 @@ BASELINE_MODEL="$work/alexnet.onnx" BASELINE_THREADS="$threads" \
     --workers 1 --log-level warning > "$work/baseline.log" 2>&1 &
 server=$!
 wait_for "http://127.0.0.1:$port/healthz"
-for clients in 1 8 64; do
-    echo "== onnxruntime + FastAPI + uvicorn, $clients clients"
-    results+=("onnxruntime-fastapi $clients $(load "http://127.0.0.1:$port/v1/classify" "$clients")")
-    echo "${results[-1]}"
-done
+load_each "onnxruntime-fastapi" "onnxruntime + FastAPI + uvicorn"
 kill -TERM $server; wait $server || true
 
 echo

@@ -63,6 +63,27 @@ def recipe(weight_decay: float, learning_rate: float = LEARNING_RATE) -> dict:
     }
 
 
+def mini(preset: str, name: str, **input_fields) -> dict:
+    """The preset `preset` renamed `name`, for 10 classes of 3x67x67 images (and the
+    `input_fields`), with the twin's recipe."""
+    spec = copy.deepcopy(load_spec(preset))
+    spec["name"] = name
+    spec["classes"] = 10
+    spec["input"].update(channels=3, height=67, width=67, **input_fields)
+    spec["recipe"] = recipe(0.0005)
+    return spec
+
+
+def narrowed(spec: dict, widths: dict, stds: dict, **init) -> dict:
+    """`spec` with each layer of `widths` that many outputs wide, then each layer of
+    `stds` initialised with that spread (and the fields `init`)."""
+    for name, out in widths.items():
+        set_layer(spec, name, out=out)
+    for name, std in stds.items():
+        set_layer(spec, name, init_std=std, **init)
+    return spec
+
+
 def paper_mini() -> dict:
     """The paper's net (alexnet.toml) with its kernel sizes, strides, pads, groups,
     per-tower LRN, dropout and bias-1 layers, but narrow, on 67x67 images.
@@ -75,11 +96,7 @@ def paper_mini() -> dict:
     with the paper's 0.01 everywhere, conv1's outputs are too small for LRN to
     matter and the later layers see little but their biases of 1.
     """
-    spec = copy.deepcopy(load_spec("alexnet"))
-    spec["name"] = "paper-mini"
-    spec["classes"] = 10
-    spec["input"].update(channels=3, height=67, width=67)
-    spec["recipe"] = recipe(0.0005)
+    spec = mini("alexnet", "paper-mini")
     widths = {"conv1": 16, "conv2": 32, "conv3": 48, "conv4": 48, "conv5": 32, "fc6": 64, "fc7": 64}
     stds = {
         "conv1": 0.03,
@@ -91,11 +108,7 @@ def paper_mini() -> dict:
         "fc7": 0.05,
         "fc8": 0.05,
     }
-    for name, out in widths.items():
-        set_layer(spec, name, out=out)
-    for name, std in stds.items():
-        set_layer(spec, name, init_std=std)
-    return spec
+    return narrowed(spec, widths, stds)
 
 
 def owt_mini() -> dict:
@@ -105,11 +118,7 @@ def owt_mini() -> dict:
     torchvision's input convention. Biases start at 0.1 rather than 0 so that the
     first forward pass already adds them.
     """
-    spec = copy.deepcopy(load_spec("alexnet-owt"))
-    spec["name"] = "owt-mini"
-    spec["classes"] = 10
-    spec["input"].update(channels=3, height=67, width=67, pixels="raw-minus-mean")
-    spec["recipe"] = recipe(0.0005)
+    spec = mini("alexnet-owt", "owt-mini", pixels="raw-minus-mean")
     widths = {"conv1": 16, "conv2": 24, "conv3": 32, "conv4": 32, "conv5": 24, "fc6": 64, "fc7": 64}
     stds = {
         "conv1": 0.01,
@@ -121,11 +130,7 @@ def owt_mini() -> dict:
         "fc7": 0.1,
         "fc8": 0.1,
     }
-    for name, out in widths.items():
-        set_layer(spec, name, out=out)
-    for name, std in stds.items():
-        set_layer(spec, name, init_std=std, bias_init=0.1)
-    return spec
+    return narrowed(spec, widths, stds, bias_init=0.1)
 
 
 def cifar_tanh() -> dict:

@@ -202,8 +202,20 @@ fn time_training(
 ) -> Result<serde_json::Value> {
     let plan = net.plan();
     let data = random_batch(rng, batch, plan.input_shape().len(), plan.classes());
-    let per_step = time_steps(args.seconds, || {
-        let loss = net.train_step(&data.images, &data.labels, sgd)?;
+    time_training_steps(args.seconds, batch, || {
+        Ok(net.train_step(&data.images, &data.labels, sgd)?)
+    })
+}
+
+/// `step` (one training step of `batch` images, returning its loss) repeated
+/// for `seconds`: its report, or an error once a loss is not finite.
+fn time_training_steps(
+    seconds: f64,
+    batch: usize,
+    mut step: impl FnMut() -> Result<f32>,
+) -> Result<serde_json::Value> {
+    let per_step = time_steps(seconds, || {
+        let loss = step()?;
         if !loss.is_finite() {
             bail!("loss became {loss}");
         }
@@ -245,29 +257,15 @@ fn time_stored_training(
             shift: [-128.0; 3],
         })
         .collect();
-    let stored_batch = StoredBatch {
-        pixels: &pixels,
-        stored,
-        crop_height: input.height,
-        crop_width: input.width,
-        views: &views,
-        subtract_mean: false,
-        scale: [1.0; 3],
-    };
+    let stored_batch = StoredBatch::raw(&pixels, stored, input.height, input.width, &views);
     let labels = random_batch(rng, batch, 0, classes).labels;
-    let per_step = time_steps(args.seconds, || {
+    time_training_steps(args.seconds, batch, || {
         net.set_input_stored(&stored_batch)?;
         net.forward(Mode::Train);
         let loss = net.backward(&labels)?;
         net.sgd_step(sgd);
-        if !loss.is_finite() {
-            bail!("loss became {loss}");
-        }
-        Ok(())
-    })?;
-    Ok(
-        json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}),
-    )
+        Ok(loss)
+    })
 }
 
 /// Inference at `--infer-batch` (its report) and the seconds of one image.

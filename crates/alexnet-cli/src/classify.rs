@@ -106,6 +106,26 @@ pub fn photo_input(
     Ok(input)
 }
 
+/// The classes `ranked` as JSON, each with its id, name and probability: the
+/// top classes as `classify --json` prints them and `serve` answers them.
+pub fn ranked_json(
+    preprocess: &Preprocess,
+    probabilities: &[f32],
+    ranked: &[usize],
+) -> Vec<serde_json::Value> {
+    ranked
+        .iter()
+        .map(|&c| {
+            json!({
+                "class": c,
+                "id": preprocess.class_ids.get(c),
+                "name": preprocess.class_name(c),
+                "probability": probabilities[c],
+            })
+        })
+        .collect()
+}
+
 pub fn run(args: ClassifyArgs, engine: &EngineSettings) -> Result<()> {
     let path = args.weights.path()?;
     let ckpt = checkpoint::load_weights(&path)?;
@@ -135,17 +155,7 @@ pub fn run(args: ClassifyArgs, engine: &EngineSettings) -> Result<()> {
         let probabilities = softmax_rows(&logits, classes);
         let ranked = top_k(&probabilities, args.top.min(classes));
         if args.json {
-            let top: Vec<_> = ranked
-                .iter()
-                .map(|&c| {
-                    json!({
-                        "class": c,
-                        "id": preprocess.class_ids.get(c),
-                        "name": preprocess.class_name(c),
-                        "probability": probabilities[c],
-                    })
-                })
-                .collect();
+            let top = ranked_json(&preprocess, &probabilities, &ranked);
             let mut line = json!({"image": path.display().to_string(), "top": top});
             if args.logits {
                 line["logits"] = json!(logits);

@@ -149,15 +149,12 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
             });
             vec![same("relu"), Variant::fp32("tanh", tanh, true)]
         }
-        Experiment::Lrn => {
-            let is_lrn = |l: &LayerSpec| matches!(l, LayerSpec::Lrn(_));
-            require(base, is_lrn, "no LRN layer to remove")?;
-            let without = map_layers(base, |l| (!is_lrn(l)).then(|| l.clone()));
-            vec![
-                same("with LRN"),
-                Variant::fp32("without LRN", without, true),
-            ]
-        }
+        Experiment::Lrn => with_and_without(
+            base,
+            |l| matches!(l, LayerSpec::Lrn(_)),
+            ["with LRN", "without LRN"],
+            "no LRN layer to remove",
+        )?,
         Experiment::OverlappingPool => {
             let overlapping =
                 |l: &LayerSpec| matches!(l, LayerSpec::MaxPool(p) if p.size > p.stride);
@@ -176,15 +173,12 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                 Variant::fp32("plain 2/2", plain, true),
             ]
         }
-        Experiment::Dropout => {
-            let is_dropout = |l: &LayerSpec| matches!(l, LayerSpec::Dropout(_));
-            require(base, is_dropout, "no dropout layer to remove")?;
-            let without = map_layers(base, |l| (!is_dropout(l)).then(|| l.clone()));
-            vec![
-                same("with dropout"),
-                Variant::fp32("without dropout", without, true),
-            ]
-        }
+        Experiment::Dropout => with_and_without(
+            base,
+            |l| matches!(l, LayerSpec::Dropout(_)),
+            ["with dropout", "without dropout"],
+            "no dropout layer to remove",
+        )?,
         Experiment::Towers => vec![
             Variant::fp32("two towers", two_towers(base), false),
             Variant::fp32("one tower, half the kernels", one_tower(base), true),
@@ -202,6 +196,22 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
 }
 
 /// Refuses a base description without a layer the experiment changes.
+/// The base as it is and without its layers of one kind (those `is` picks),
+/// named `names`; refused, saying `missing`, where the base has none.
+fn with_and_without(
+    base: &NetSpec,
+    is: impl Fn(&LayerSpec) -> bool,
+    names: [&'static str; 2],
+    missing: &str,
+) -> Result<Vec<Variant>> {
+    require(base, &is, missing)?;
+    let without = map_layers(base, |l| (!is(l)).then(|| l.clone()));
+    Ok(vec![
+        Variant::fp32(names[0], base.clone(), false),
+        Variant::fp32(names[1], without, true),
+    ])
+}
+
 fn require(base: &NetSpec, wanted: impl Fn(&LayerSpec) -> bool, missing: &str) -> Result<()> {
     if !base.layers.iter().any(wanted) {
         bail!("the base description has {missing}");

@@ -8,28 +8,24 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{LONG_RUN, dataset, fails, kill, ok, start_training, temp_dir};
+use common::{
+    LONG_RUN, dataset, fails, kill, ok, small_train, start_training, step_values, temp_dir,
+};
 
 /// A short run's checkpoint on the generated dataset.
 fn trained(root: &Path, data: &Path) -> PathBuf {
     let out = root.join("run");
-    ok(&[
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--max-steps",
-        "2",
-        "--quiet",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ok(&small_train(&["--max-steps", "2", "--quiet"], data, &out));
     out.join("last.safetensors")
+}
+
+/// A 28x28 image of one grey `level` in `root`, the generated dataset's size.
+fn grey_image(root: &Path, level: u8) -> PathBuf {
+    let image = root.join("image.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([level]))
+        .save(&image)
+        .unwrap();
+    image
 }
 
 /// A checkpoint's metadata and tensors (name -> shape, f32 values).
@@ -138,10 +134,7 @@ fn hostile_checkpoints_are_refused_naming_what_is_wrong() {
     let root = temp_dir("hostile");
     let data = dataset(&root);
     let good = trained(&root, &data);
-    let image = root.join("image.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([128]))
-        .save(&image)
-        .unwrap();
+    let image = grey_image(&root, 128);
     let classify = |ckpt: &Path| -> Vec<String> {
         let mut args: Vec<String> = vec!["classify".into(), "--checkpoint".into()];
         args.extend([ckpt.display().to_string(), image.display().to_string()]);
@@ -348,10 +341,7 @@ fn classify_into_a_closed_pipe_ends_quietly() {
     let root = temp_dir("pipe");
     let data = dataset(&root);
     let ckpt = trained(&root, &data);
-    let image = root.join("image.png");
-    image::GrayImage::from_pixel(28, 28, image::Luma([90]))
-        .save(&image)
-        .unwrap();
+    let image = grey_image(&root, 90);
     let image = image.to_str().unwrap();
     let mut args = vec![
         "--threads",
@@ -409,12 +399,9 @@ fn a_batch_schedulers_signals_stop_training_with_a_checkpoint() {
 
 /// The `step` of every step line of a run's log.
 fn logged_steps(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["step"].as_u64().unwrap())
+    step_values(out, "step")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
         .collect()
 }
 
@@ -437,20 +424,10 @@ fn a_killed_run_resumes_with_each_step_logged_once_and_no_stale_files() {
     let until = (before.len() + 6).to_string();
     let resumed = [
         LONG_RUN,
-        &[
-            "--checkpoint-every",
-            "4",
-            "--resume",
-            "--max-steps",
-            &until,
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
+        &["--checkpoint-every", "4", "--resume", "--max-steps", &until],
     ]
     .concat();
-    ok(&resumed);
+    ok(&small_train(&resumed, &data, &out));
     let after = logged_steps(&out);
     let expected: Vec<u64> = (1..=after.len() as u64).collect();
     assert_eq!(after, expected, "every step logged once, in order");

@@ -35,46 +35,47 @@ const COMMANDS: [&[&str]; 6] = [
     &["experiment", "lrn", "--data", "no-such-dataset"],
 ];
 
+/// Runs every command of COMMANDS between the flags `before` and `after`: each
+/// must fail saying all of `said`, before it opens any of its files.
+fn refused_by_every_command(before: &[&str], after: &[&str], said: &[&str]) {
+    for command in COMMANDS {
+        let args = [before, command, after].concat();
+        let text = fails(&args);
+        assert!(
+            said.iter().all(|s| text.contains(s)),
+            "alexnet {args:?}: {text}"
+        );
+        assert!(
+            !text.contains("no-such"),
+            "alexnet {args:?} looked at its files first: {text}"
+        );
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_devices_are_refused_by_a_binary_built_without_cuda() {
-    for command in COMMANDS {
-        for precision in ["fp32", "tf32", "bf16"] {
-            let mut args = vec!["--precision", precision];
-            args.extend(command);
-            args.extend(["--device", "cuda:0"]);
-            let text = fails(&args);
-            assert!(
-                text.contains("--device cuda:0")
-                    && text.contains("built without CUDA support")
-                    && text.contains("--features cuda"),
-                "alexnet {args:?}: {text}"
-            );
-            assert!(
-                !text.contains("no-such"),
-                "alexnet {args:?} looked at its files first: {text}"
-            );
-        }
+    for precision in ["fp32", "tf32", "bf16"] {
+        refused_by_every_command(
+            &["--precision", precision],
+            &["--device", "cuda:0"],
+            &[
+                "--device cuda:0",
+                "built without CUDA support",
+                "--features cuda",
+            ],
+        );
     }
 }
 
 #[test]
 fn tf32_is_refused_on_the_cpu() {
-    for command in COMMANDS {
-        for device in [None, Some("cpu")] {
-            let mut args = vec!["--precision", "tf32"];
-            args.extend(command);
-            if let Some(device) = device {
-                args.extend(["--device", device]);
-            }
-            let text = fails(&args);
-            assert!(
-                text.contains("--precision tf32")
-                    && text.contains("--device cuda:N")
-                    && text.contains("fp32 or bf16"),
-                "alexnet {args:?}: {text}"
-            );
-        }
+    for device in [&[][..], &["--device", "cpu"]] {
+        refused_by_every_command(
+            &["--precision", "tf32"],
+            device,
+            &["--precision tf32", "--device cuda:N", "fp32 or bf16"],
+        );
     }
 }
 
@@ -92,30 +93,20 @@ fn a_malformed_device_is_a_usage_error() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn towers_on_gpus_are_refused_by_a_binary_built_without_cuda() {
-    for command in COMMANDS {
-        let mut args = command.to_vec();
-        args.extend(["--devices", "cuda:0,cuda:1", "--parallel", "towers"]);
-        let text = fails(&args);
-        assert!(
-            text.contains("--devices cuda:0") && text.contains("built without CUDA support"),
-            "alexnet {args:?}: {text}"
-        );
-        assert!(!text.contains("no-such"), "alexnet {args:?}: {text}");
-    }
+    refused_by_every_command(
+        &[],
+        &["--devices", "cuda:0,cuda:1", "--parallel", "towers"],
+        &["--devices cuda:0", "built without CUDA support"],
+    );
 }
 
 #[test]
 fn towers_take_two_devices_of_one_kind() {
-    for command in COMMANDS {
-        let mut args = command.to_vec();
-        args.extend(["--devices", "cpu", "--parallel", "towers"]);
-        let text = fails(&args);
-        assert!(
-            text.contains("--devices") && text.contains("two devices") && text.contains("found 1"),
-            "alexnet {args:?}: {text}"
-        );
-        assert!(!text.contains("no-such"), "alexnet {args:?}: {text}");
-    }
+    refused_by_every_command(
+        &[],
+        &["--devices", "cpu", "--parallel", "towers"],
+        &["--devices", "two devices", "found 1"],
+    );
     // Each of --devices and --parallel needs the other; --device excludes --devices.
     for flags in [
         &["--devices", "cpu,cpu"][..],

@@ -6,12 +6,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails, ok, temp_dir};
+use common::{TINY_RUN, fails, ok, temp_dir, tensors_by_name};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(path)
+}
+
+/// A file of the repository as a command-line argument.
+fn repo_arg(path: &str) -> String {
+    repo(path).display().to_string()
 }
 
 fn photo(name: &str) -> String {
@@ -21,25 +26,24 @@ fn photo(name: &str) -> String {
         .to_string()
 }
 
+/// The tensors of `reference` whose names start with `prefix`.
+fn named_from(reference: &[(String, Vec<f64>)], prefix: &str) -> Vec<(String, Vec<f64>)> {
+    reference
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
 /// The f64 tensors of a safetensors file, by name.
 fn reference_logits(path: &Path) -> Vec<(String, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f64>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
-            let values = view
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    tensors_by_name(path, |name, view| {
+        assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
+        view.data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    })
 }
 
 /// `alexnet classify --json --logits` on the photos named in `reference` gives
@@ -83,7 +87,7 @@ fn torchvision_weights_classify_real_photos_as_pytorch_does() {
     let dir = temp_dir("import-torchvision");
     let ckpt = dir.join("imported.safetensors");
     let ckpt_s = ckpt.display().to_string();
-    let pth = repo("fixtures/torchvision-mini.pth").display().to_string();
+    let pth = repo_arg("fixtures/torchvision-mini.pth");
     let said = ok(&["import", "torchvision", &pth, "--out", &ckpt_s]);
     assert!(said.contains("UnitMeanStd"), "{said}");
     let info = ok(&["info", "--checkpoint", &ckpt_s]);
@@ -112,15 +116,9 @@ fn torchvision_weights_classify_real_photos_as_pytorch_does() {
 fn caffe_weights_import_with_their_mean_and_definition() {
     let dir = temp_dir("import-caffe");
     let ckpt = dir.join("caffenet.safetensors").display().to_string();
-    let model = repo("fixtures/caffe-mini-caffenet.caffemodel")
-        .display()
-        .to_string();
-    let mean = repo("fixtures/caffe-mini-mean.binaryproto")
-        .display()
-        .to_string();
-    let prototxt = repo("fixtures/caffe-mini-caffenet.prototxt")
-        .display()
-        .to_string();
+    let model = repo_arg("fixtures/caffe-mini-caffenet.caffemodel");
+    let mean = repo_arg("fixtures/caffe-mini-mean.binaryproto");
+    let prototxt = repo_arg("fixtures/caffe-mini-caffenet.prototxt");
     let said = ok(&[
         "import",
         "caffe",
@@ -136,30 +134,18 @@ fn caffe_weights_import_with_their_mean_and_definition() {
     // PyTorch's logits following Caffe's conventions (BGR, mean image, LRN α/n,
     // round-up pooling) from our resized photos (tools/caffe_photo_reference.py).
     let reference = reference_logits(&repo("fixtures/caffe-mini-photos.safetensors"));
-    let caffenet: Vec<_> = reference
-        .iter()
-        .filter(|(name, _)| name.starts_with("caffenet/"))
-        .cloned()
-        .collect();
+    let caffenet = named_from(&reference, "caffenet/");
     assert_eq!(caffenet.len(), 4);
     classify_matches(&ckpt, &caffenet);
     // The paper's layout (normalise, then pool), from the old V1 layer format.
     let v1 = dir.join("alexnet-v1.safetensors").display().to_string();
-    let v1_model = repo("fixtures/caffe-mini-alexnet-v1.caffemodel")
-        .display()
-        .to_string();
+    let v1_model = repo_arg("fixtures/caffe-mini-alexnet-v1.caffemodel");
     ok(&["import", "caffe", &v1_model, "--mean", &mean, "--out", &v1]);
-    let alexnet: Vec<_> = reference
-        .iter()
-        .filter(|(name, _)| name.starts_with("alexnet/"))
-        .cloned()
-        .collect();
+    let alexnet = named_from(&reference, "alexnet/");
     classify_matches(&v1, &alexnet);
 
     // A definition of another net is refused, naming the difference.
-    let other = repo("fixtures/caffe-bvlc-alexnet-deploy.prototxt")
-        .display()
-        .to_string();
+    let other = repo_arg("fixtures/caffe-bvlc-alexnet-deploy.prototxt");
     let said = fails(&[
         "import",
         "caffe",
@@ -208,7 +194,7 @@ fn imported_torchvision_weights_fine_tune_with_their_own_normalisation() {
         &data,
     ]);
     let imported = dir.join("imported.safetensors");
-    let pth = repo("fixtures/torchvision-mini.pth").display().to_string();
+    let pth = repo_arg("fixtures/torchvision-mini.pth");
     ok(&[
         "import",
         "torchvision",
@@ -221,21 +207,8 @@ fn imported_torchvision_weights_fine_tune_with_their_own_normalisation() {
     let arch = arch.display().to_string();
     let run = dir.join("run");
     let train = |extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--data",
-            &data,
-            "--arch",
-            &arch,
-            "--epochs",
-            "1",
-            "--batch",
-            "2",
-            "--holdout",
-            "2",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
+        let head: &[&str] = &["train", "--data", &data, "--arch", &arch];
+        let args = [head, TINY_RUN, extra].concat();
         args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
     };
     // Without the imported weights the normalisation is unknown: refused, saying why.

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http;
-use common::{ok, temp_dir};
+use common::served::{Served, mini_checkpoint};
+use common::temp_dir;
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -202,61 +202,14 @@ fn browser_available() -> bool {
     found
 }
 
-/// Starts `alexnet serve` on a free loopback port; returns it and its address.
-fn serve(checkpoint: &Path) -> (Running, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args([
-            "serve",
-            "--threads",
-            "2",
-            "--addr",
-            "127.0.0.1:0",
-            "--checkpoint",
-        ])
-        .arg(checkpoint)
-        .env_remove("ALEXNET_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the server did not start: {line}"));
-    let running = Running(child);
-    let started = Instant::now();
-    while http::get(addr, "/readyz").status != 200 {
-        assert!(
-            started.elapsed() < http::WAIT,
-            "the server never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (running, addr)
-}
-
 #[test]
 fn the_page_shows_the_apis_top_class_for_an_uploaded_photo() {
     if !browser_available() {
         return;
     }
     let dir = temp_dir("serve-page");
-    let checkpoint = dir.join("mini.safetensors");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    ok(&[
-        "import",
-        "torchvision",
-        fixtures.join("torchvision-mini.pth").to_str().unwrap(),
-        "--out",
-        checkpoint.to_str().unwrap(),
-    ]);
-    let (_server, addr) = serve(&checkpoint);
+    let server = Served::start(&mini_checkpoint(&dir), &[]);
+    let addr = server.addr;
     let photo: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../alexnet-data/tests/photos/rocket.jpg")
         .canonicalize()

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::{self, Response};
+use common::served::{Served, mini_checkpoint};
 use common::{ok, temp_dir};
 use serde_json::Value;
 
@@ -22,97 +21,6 @@ fn photo(name: &str) -> PathBuf {
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
-}
-
-/// A checkpoint of the small torchvision-shaped net in fixtures/ (RGB, 10 classes).
-fn checkpoint(dir: &Path) -> PathBuf {
-    let out = dir.join("mini.safetensors");
-    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/torchvision-mini.pth");
-    ok(&[
-        "import",
-        "torchvision",
-        pth.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    out
-}
-
-/// A running server; killed when dropped.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Served {
-    fn start(checkpoint: &Path, extra: &[&str]) -> Served {
-        Self::start_with_env(checkpoint, extra, &[])
-    }
-
-    fn start_with_env(checkpoint: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-            .args([
-                "serve",
-                "--threads",
-                "2",
-                "--addr",
-                "127.0.0.1:0",
-                "--checkpoint",
-            ])
-            .arg(checkpoint)
-            .args(extra)
-            .env_remove("ALEXNET_API_KEY")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.split("http://").nth(1) else {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            panic!("the server did not start: {line}{stderr}");
-        };
-        let addr: SocketAddr = addr.split_whitespace().next().unwrap().parse().unwrap();
-        let served = Served { child, addr };
-        let started = Instant::now();
-        while http::get(addr, "/readyz").status != 200 {
-            assert!(
-                started.elapsed() < http::WAIT,
-                "the server never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        served
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        common::kill(&self.child, "TERM");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < http::WAIT, "the server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `alexnet classify --json`'s top classes of `image`: (class, probability).
@@ -171,7 +79,7 @@ fn metric(metrics: &str, name: &str) -> f64 {
 #[allow(clippy::too_many_lines)] // one server, every route in turn
 fn every_route_answers_over_a_socket() {
     let dir = temp_dir("serve-routes");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let images = [
         photo("rocket.jpg"),
         photo("chelsea.png"),
@@ -358,7 +266,7 @@ fn every_route_answers_over_a_socket() {
 #[test]
 fn concurrent_requests_share_one_forward_pass() {
     let dir = temp_dir("serve-batching");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     // A long delay: the four requests are sure to arrive inside it.
     let server = Served::start(&ckpt, &["--max-batch", "8", "--max-delay-ms", "1500"]);
     let addr = server.addr;
@@ -405,7 +313,7 @@ fn concurrent_requests_share_one_forward_pass() {
 #[test]
 fn bad_input_gets_the_status_that_names_it() {
     let dir = temp_dir("serve-refusals");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let server = Served::start(
         &ckpt,
         &[
@@ -478,7 +386,7 @@ fn bad_input_gets_the_status_that_names_it() {
 #[test]
 fn a_full_queue_gets_429_and_a_late_answer_503() {
     let dir = temp_dir("serve-load");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let server = Served::start(&ckpt, &["--max-queue", "1", "--read-timeout-ms", "20000"]);
     let addr = server.addr;
     // A client that announces a body and sends only part of it holds the one place.
@@ -513,7 +421,7 @@ fn a_full_queue_gets_429_and_a_late_answer_503() {
 #[test]
 fn slow_clients_cannot_hold_a_connection() {
     let dir = temp_dir("serve-slow");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let server = Served::start(&ckpt, &["--read-timeout-ms", "300"]);
     let addr = server.addr;
     // Headers never finished: the connection is closed.
@@ -542,7 +450,7 @@ fn slow_clients_cannot_hold_a_connection() {
 #[test]
 fn an_api_key_guards_all_but_the_health_checks() {
     let dir = temp_dir("serve-key");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let server = Served::start_with_env(&ckpt, &[], &[("ALEXNET_API_KEY", "s3cret")]);
     let addr = server.addr;
     assert_eq!(http::get(addr, "/healthz").status, 200);
@@ -573,7 +481,7 @@ fn an_api_key_guards_all_but_the_health_checks() {
 #[test]
 fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let dir = temp_dir("serve-stop");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     // The request waits 2 s for company: the stop comes while it is in flight.
     let server = Served::start(&ckpt, &["--max-delay-ms", "2000"]);
     let addr = server.addr;
@@ -593,7 +501,7 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 #[test]
 fn an_index_of_another_checkpoint_is_refused_at_start() {
     let dir = temp_dir("serve-index");
-    let ckpt = checkpoint(&dir);
+    let ckpt = mini_checkpoint(&dir);
     let other = dir.join("other.safetensors");
     let trained = common::dataset(&dir);
     ok(&[

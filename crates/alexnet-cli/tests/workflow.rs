@@ -8,44 +8,26 @@ use std::path::Path;
 use std::process::Command;
 
 use alexnet::rng::Rng;
-use common::{LONG_RUN, dataset, fails, kill, ok, start_training, temp_dir};
+use common::{
+    LONG_RUN, TINY_RUN, dataset, fails, kill, ok, small_train, start_training, step_losses,
+    temp_dir, tensors_by_name,
+};
 
 /// The tensors of a checkpoint, by name.
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect();
-    out.sort();
-    out
+    tensors_by_name(path, |_, view| view.data().to_vec())
 }
 
-const TRAIN: &[&str] = &[
-    "train",
-    "--arch",
-    "cifar",
-    "--batch",
-    "16",
-    "--holdout",
-    "40",
-    "--epochs",
-    "3",
-    "--quiet",
-];
+/// The short runs of these tests: three epochs, quietly.
+const SHORT: &[&str] = &["--epochs", "3", "--quiet"];
+
+/// The arguments of a short run with the flags `extra`, on `data` into `out`.
+fn train_args<'a>(data: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    small_train(&[SHORT, extra].concat(), data, out)
+}
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> String {
-    let mut args: Vec<&str> = TRAIN.to_vec();
-    args.extend([
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    args.extend(extra);
-    ok(&args)
+    ok(&train_args(data, out, extra))
 }
 
 #[test]
@@ -87,55 +69,20 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
     );
 
     // A resume with other settings is refused and says why.
-    let text = fails(
-        &[
-            TRAIN,
-            &[
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                resumed.to_str().unwrap(),
-                "--resume",
-                "--seed",
-                "9",
-            ],
-        ]
-        .concat(),
-    );
+    let text = fails(&train_args(&data, &resumed, &["--resume", "--seed", "9"]));
     assert!(
         text.contains("other settings") && text.contains("seed"),
         "{text}"
     );
     // So is a resume with another network.
-    let text = fails(
-        &[
-            TRAIN,
-            &[
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                resumed.to_str().unwrap(),
-                "--resume",
-                "--dropout",
-                "0.3",
-            ],
-        ]
-        .concat(),
-    );
+    let text = fails(&train_args(
+        &data,
+        &resumed,
+        &["--resume", "--dropout", "0.3"],
+    ));
     assert!(text.contains("differs from --arch"), "{text}");
     // Starting a new run over an existing one is refused.
-    let text = fails(
-        &[
-            TRAIN,
-            &[
-                "--data",
-                data.to_str().unwrap(),
-                "--out",
-                resumed.to_str().unwrap(),
-            ],
-        ]
-        .concat(),
-    );
+    let text = fails(&train_args(&data, &resumed, &[]));
     assert!(text.contains("--resume"), "{text}");
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -162,20 +109,8 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
         .lines()
         .count();
     let until = (steps + 5).to_string();
-    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
-    ok(&[
-        LONG_RUN,
-        &[
-            "--data",
-            data,
-            "--out",
-            out,
-            "--resume",
-            "--max-steps",
-            &until,
-        ],
-    ]
-    .concat());
+    let resumed = [LONG_RUN, &["--resume", "--max-steps", &until]].concat();
+    ok(&small_train(&resumed, &data, &out));
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -184,16 +119,7 @@ fn a_diverging_run_stops_with_a_clear_message() {
     let root = temp_dir("diverge");
     let data = dataset(&root);
     let out = root.join("run");
-    let mut args: Vec<&str> = TRAIN.to_vec();
-    args.extend([
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--lr",
-        "1e30",
-    ]);
-    let text = fails(&args);
+    let text = fails(&train_args(&data, &out, &["--lr", "1e30"]));
     assert!(text.contains("the loss became"), "{text}");
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -404,13 +330,7 @@ fn the_papers_net_trains_on_photos() {
         "1",
         "--quiet",
     ]);
-    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect();
+    let losses = step_losses(&run);
     assert_eq!(losses.len(), 6, "{losses:?}");
     assert!(
         losses.windows(2).all(|w| w[1] < w[0]),
@@ -487,7 +407,7 @@ fn a_jpeg_encoded_dataset_serves_training_evaluation_and_similar_images() {
     assert!(info.to_lowercase().contains("jpeg"), "{info}");
 
     let run = root.join("run");
-    ok(&[
+    let flags: &[&str] = &[
         "train",
         "--data",
         d,
@@ -495,14 +415,8 @@ fn a_jpeg_encoded_dataset_serves_training_evaluation_and_similar_images() {
         "cifar",
         "--out",
         run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--batch",
-        "2",
-        "--holdout",
-        "2",
-        "--quiet",
-    ]);
+    ];
+    ok(&[flags, TINY_RUN].concat());
     let best = run.join("best.safetensors");
     let best = best.to_str().unwrap();
     let eval = ok(&[
@@ -582,17 +496,6 @@ fn bench_reports_the_precision_and_the_bf16_kernel_it_ran() {
         let text = fails(&fast);
         assert!(text.contains("this CPU does not have it"), "{text}");
     }
-}
-
-/// Losses of the logged steps of a run.
-fn step_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
 }
 
 /// `--devices cpu,cpu --parallel towers` trains the same net as one device does
@@ -826,14 +729,7 @@ fn stored_batches_give_the_run_of_finished_views() {
             assert!(output.status.success(), "{stderr}");
             (String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
         };
-        let (_, log) = with(&[
-            "train",
-            "--arch",
-            "cifar",
-            "--batch",
-            "16",
-            "--holdout",
-            "40",
+        let steps = [
             "--epochs",
             "1",
             "--max-steps",
@@ -841,11 +737,8 @@ fn stored_batches_give_the_run_of_finished_views() {
             "--log-every",
             "1",
             "--quiet",
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        ];
+        let (_, log) = with(&small_train(&steps, &data, &out));
         assert_eq!(log.contains("views cut by the backend"), stored, "{log}");
         let ckpt = out.join("last.safetensors");
         let (eval, _) = with(&[

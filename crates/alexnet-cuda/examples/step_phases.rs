@@ -53,15 +53,7 @@ fn main() {
             shift: [1.0, -2.0, 0.5],
         })
         .collect();
-    let stored_batch = StoredBatch {
-        pixels: &pixels,
-        stored,
-        crop_height: input.height,
-        crop_width: input.width,
-        views: &views,
-        subtract_mean: false,
-        scale: [1.0; 3],
-    };
+    let stored_batch = StoredBatch::raw(&pixels, stored, input.height, input.width, &views);
     let masks: Vec<Vec<f32>> = net
         .plan()
         .layers

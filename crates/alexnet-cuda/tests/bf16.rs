@@ -26,7 +26,7 @@ mod common;
 use alexnet::layers::{ConvGeometry, LinearGeometry, Shape};
 use alexnet::rng::Rng;
 use alexnet::{Backend, ReferenceCpu};
-use common::{assert_close, bf16_gpu, random, round_to_bf16, to_device, to_host};
+use common::{assert_close, bf16_gpu, conv, random, round_to_bf16, to_device, to_host};
 
 const EXACT_TOL: f32 = 1e-2;
 const ROUNDED_CONV_TOL: f32 = 5e-3;
@@ -95,17 +95,6 @@ fn compare(label: &str, ours: &Results, exact: &Results, rounded: &Results, roun
     assert_close(&format!("{label} db"), &ours.db, &exact.db, BIAS_TOL);
 }
 
-fn conv_geometry(
-    input: Shape,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> ConvGeometry {
-    ConvGeometry::new(input, out_channels, kernel, stride, pad, groups).expect("the kernel fits")
-}
-
 fn conv_on<B: Backend>(
     backend: &B,
     g: &ConvGeometry,
@@ -168,7 +157,7 @@ fn bf16_backend_says_so() {
 fn bf16_convolution_two_towers() {
     check_conv(
         "bf16 conv 16x13x13 -> 32 groups 2, 3x3/1 pad 1",
-        conv_geometry(Shape::new(16, 13, 13), 32, 3, 1, 1, 2),
+        conv(Shape::new(16, 13, 13), 32, 3, 1, 1, 2),
         4,
     );
 }
@@ -178,7 +167,7 @@ fn bf16_convolution_like_the_first_layer() {
     // Three input channels, an 11x11 kernel with stride 4.
     check_conv(
         "bf16 conv 3x35x35 -> 8, 11x11/4 pad 2",
-        conv_geometry(Shape::new(3, 35, 35), 8, 11, 4, 2, 1),
+        conv(Shape::new(3, 35, 35), 8, 11, 4, 2, 1),
         3,
     );
 }

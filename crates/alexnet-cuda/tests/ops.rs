@@ -14,23 +14,10 @@
 
 mod common;
 
-use alexnet::layers::{
-    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
-};
+use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, Shape};
 use alexnet::rng::Rng;
 use alexnet::{Backend, ReferenceCpu};
-use common::{assert_close, gpu, random, ties, to_device, to_host};
-
-fn conv_geometry(
-    input: Shape,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> ConvGeometry {
-    ConvGeometry::new(input, out_channels, kernel, stride, pad, groups).expect("the kernel fits")
-}
+use common::{assert_close, conv, gpu, paper_lrn, pool, random, ties, to_device, to_host};
 
 /// Forward and backward of one convolution on both backends; `dw` and `db`
 /// start non-zero so that accumulation (`+=`) is checked too.
@@ -113,7 +100,7 @@ fn check_conv(label: &str, g: ConvGeometry, n: usize, with_dx: bool) {
 fn convolution_one_group() {
     check_conv(
         "conv 4x9x9 -> 6, 3x3/1 pad 1",
-        conv_geometry(Shape::new(4, 9, 9), 6, 3, 1, 1, 1),
+        conv(Shape::new(4, 9, 9), 6, 3, 1, 1, 1),
         3,
         true,
     );
@@ -125,7 +112,7 @@ fn convolution_two_towers() {
     // conv4 and conv5).
     check_conv(
         "conv 6x11x11 -> 8 groups 2, 5x5/2 pad 2",
-        conv_geometry(Shape::new(6, 11, 11), 8, 5, 2, 2, 2),
+        conv(Shape::new(6, 11, 11), 8, 5, 2, 2, 2),
         3,
         true,
     );
@@ -136,7 +123,7 @@ fn convolution_first_layer_without_input_gradient() {
     // conv1's shape in small: a large kernel with stride 4, and no dx.
     check_conv(
         "conv 3x23x23 -> 4, 11x11/4 pad 2",
-        conv_geometry(Shape::new(3, 23, 23), 4, 11, 4, 2, 1),
+        conv(Shape::new(3, 23, 23), 4, 11, 4, 2, 1),
         2,
         false,
     );
@@ -146,7 +133,7 @@ fn convolution_first_layer_without_input_gradient() {
 fn convolution_on_fewer_images_than_the_buffers_hold() {
     // Buffers sized for 4 images, a batch of 3: only the first 3 take part.
     let Some(gpu) = gpu() else { return };
-    let g = conv_geometry(Shape::new(2, 6, 6), 4, 3, 1, 1, 2);
+    let g = conv(Shape::new(2, 6, 6), 4, 3, 1, 1, 2);
     let mut rng = Rng::new(3);
     let x = random(&mut rng, 4 * g.input.len(), 1.0);
     let w = random(&mut rng, g.weight_len(), 0.5);
@@ -292,18 +279,7 @@ fn check_lrn(label: &str, g: LrnGeometry, n: usize) {
 fn lrn_within_each_tower() {
     // The paper's constants on 2 towers of 6 channels: the windows of the channels
     // beside the boundary (5 and 6) are clipped there.
-    check_lrn(
-        "lrn paper, 2 towers",
-        LrnGeometry {
-            shape: Shape::new(12, 5, 6),
-            size: 5,
-            alpha: 1e-4,
-            beta: 0.75,
-            k: 2.0,
-            groups: 2,
-        },
-        3,
-    );
+    check_lrn("lrn paper, 2 towers", paper_lrn(Shape::new(12, 5, 6), 2), 3);
 }
 
 #[test]
@@ -330,7 +306,7 @@ fn lrn_across_all_channels() {
 fn check_lrn_max_pool(label: &str, lrn: LrnGeometry, size: usize, stride: usize, n: usize) {
     let Some(gpu) = gpu() else { return };
     let cpu = ReferenceCpu;
-    let pool = pool_geometry(lrn.shape, size, stride);
+    let pool = pool(lrn.shape, size, stride);
     let mut rng = Rng::new(37);
     let x: Vec<f32> = random(&mut rng, n * lrn.shape.len(), 30.0)
         .into_iter()
@@ -365,18 +341,6 @@ fn check_lrn_max_pool(label: &str, lrn: LrnGeometry, size: usize, stride: usize,
         &dx_ref,
         1e-5,
     );
-}
-
-/// The paper's LRN constants on `shape`, in `groups` towers.
-fn paper_lrn(shape: Shape, groups: usize) -> LrnGeometry {
-    LrnGeometry {
-        shape,
-        size: 5,
-        alpha: 1e-4,
-        beta: 0.75,
-        k: 2.0,
-        groups,
-    }
 }
 
 #[test]
@@ -446,16 +410,6 @@ fn lrn_with_the_cpu_formula_at_the_tower_boundary() {
     assert_eq!(y[..g.shape.len() / 2], y2[..g.shape.len() / 2]);
 }
 
-fn pool_geometry(input: Shape, size: usize, stride: usize) -> PoolGeometry {
-    let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
-    PoolGeometry {
-        input,
-        output: Shape::new(input.channels, side(input.height), side(input.width)),
-        size,
-        stride,
-    }
-}
-
 #[test]
 fn max_and_average_pooling() {
     let Some(gpu) = gpu() else { return };
@@ -467,7 +421,7 @@ fn max_and_average_pooling() {
         (2, 2, Shape::new(2, 6, 6)),   // non-overlapping
         (3, 2, Shape::new(2, 21, 19)), // planes longer than a block of threads
     ] {
-        let g = pool_geometry(input, size, stride);
+        let g = pool(input, size, stride);
         let label = format!("pool {size}/{stride} on {input}");
         let mut rng = Rng::new(9);
         // Small integers: many ties, so the first-largest rule is exercised.
@@ -773,15 +727,7 @@ fn stored_batches_queued_back_to_back_keep_their_own_bytes() {
         stored: Shape,
         crop: usize,
     ) -> StoredBatch<'a> {
-        StoredBatch {
-            pixels,
-            stored,
-            crop_height: crop,
-            crop_width: crop,
-            views,
-            subtract_mean: false,
-            scale: [1.0; 3],
-        }
+        StoredBatch::raw(pixels, stored, crop, crop, views)
     }
     let len = images * 3 * crop_height * crop_height;
     let mut outputs: Vec<_> = (0..batches.len())

@@ -285,10 +285,7 @@ pub(crate) struct ShardWriter {
 
 impl ShardWriter {
     pub fn create(path: &Path, shape: [usize; 3]) -> Result<ShardWriter> {
-        let file = File::create(path).map_err(io_error(path))?;
-        let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(&[0u8; SHARD_HEADER_BYTES])
-            .map_err(io_error(path))?;
+        let file = create_shard_file(path)?;
         Ok(ShardWriter {
             path: path.to_path_buf(),
             file,
@@ -329,6 +326,16 @@ impl ShardWriter {
         debug_assert_eq!(Some(info.bytes), shard_bytes(record, self.count));
         Ok(info)
     }
+}
+
+/// A new shard file at `path`, buffered, with a placeholder header of zeros
+/// that [`finish_shard_file`] overwrites once the records are written.
+pub(crate) fn create_shard_file(path: &Path) -> Result<BufWriter<File>> {
+    let file = File::create(path).map_err(io_error(path))?;
+    let mut file = BufWriter::with_capacity(1 << 20, file);
+    file.write_all(&[0u8; SHARD_HEADER_BYTES])
+        .map_err(io_error(path))?;
+    Ok(file)
 }
 
 /// Ends a shard written behind a placeholder header: flushes it, writes the real

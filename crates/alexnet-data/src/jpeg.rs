@@ -25,7 +25,9 @@ use image::codecs::jpeg::{JpegDecoder, JpegEncoder};
 use image::{ColorType, ExtendedColorType, ImageDecoder};
 
 use crate::error::{Result, dataset_error, io_error};
-use crate::format::{SHARD_HEADER_BYTES, ShardHeader, ShardInfo, finish_shard_file};
+use crate::format::{
+    SHARD_HEADER_BYTES, ShardHeader, ShardInfo, create_shard_file, finish_shard_file,
+};
 
 /// The first eight bytes of every JPEG shard.
 pub const JPEG_SHARD_MAGIC: [u8; 8] = *b"ALXJPEGS";
@@ -218,10 +220,7 @@ pub(crate) struct JpegShardWriter {
 
 impl JpegShardWriter {
     pub fn create(path: &Path, shape: [usize; 3]) -> Result<JpegShardWriter> {
-        let file = File::create(path).map_err(io_error(path))?;
-        let mut file = BufWriter::with_capacity(1 << 20, file);
-        file.write_all(&[0u8; SHARD_HEADER_BYTES])
-            .map_err(io_error(path))?;
+        let file = create_shard_file(path)?;
         Ok(JpegShardWriter {
             path: path.to_path_buf(),
             file,

@@ -368,23 +368,18 @@ fn a_damaged_jpeg_shard_is_recognised_and_named() {
     refused(&data, false, &["bytes", "truncated"]);
 
     // Index entries that do not tile the file, even with a matching checksum.
-    let mut bad = good.clone();
-    let mut e = index_entry(&bad, 3);
-    e.offset += 1;
-    set_index_entry(&mut bad, 3, e);
-    std::fs::write(&shard, &bad).unwrap();
+    let damaged = |k: usize, damage: fn(&mut IndexEntry)| {
+        let mut bad = good.clone();
+        let mut e = index_entry(&bad, k);
+        damage(&mut e);
+        set_index_entry(&mut bad, k, e);
+        std::fs::write(&shard, &bad).unwrap();
+    };
+    damaged(3, |e| e.offset += 1);
     refused(&data, false, &["record 3", "the index is damaged"]);
-    let mut bad = good.clone();
-    let mut e = index_entry(&bad, 11);
-    e.length += 1;
-    set_index_entry(&mut bad, 11, e);
-    std::fs::write(&shard, &bad).unwrap();
+    damaged(11, |e| e.length += 1);
     refused(&data, false, &["record 11", "run past"]);
-    let mut bad = good.clone();
-    let mut e = index_entry(&bad, 0);
-    e.label = 3;
-    set_index_entry(&mut bad, 0, e);
-    std::fs::write(&shard, &bad).unwrap();
+    damaged(0, |e| e.label = 3);
     refused(&data, false, &["record 0", "label below 3, found 3"]);
 
     // A record that is not a JPEG stream, in a shard whose checksum matches.

@@ -40,15 +40,17 @@ fn chw(image: &RgbImage) -> Vec<u8> {
 }
 
 /// An indexed-colour PNG with a transparency table, which `image` cannot write.
-fn palette_png(path: &Path, indices: &[u8], palette: &[[u8; 3]]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), S, S);
+fn palette_png(indices: &[u8], palette: &[[u8; 3]]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, S, S);
     encoder.set_color(png::ColorType::Indexed);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_palette(palette.iter().flatten().copied().collect::<Vec<u8>>());
     encoder.set_trns(vec![255u8, 128, 0, 40]);
     let mut writer = encoder.write_header().unwrap();
     writer.write_image_data(indices).unwrap();
+    writer.finish().unwrap();
+    bytes
 }
 
 fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
@@ -178,26 +180,30 @@ fn photo_tree(root: &Path) -> Expect {
     // Palette with transparency: the palette's colours, alpha dropped.
     let palette = [[255u8, 0, 0], [0, 255, 0], [0, 0, 255], [90, 80, 70]];
     let indices: Vec<u8> = (0..S * S).map(|i| (i % 4) as u8).collect();
-    palette_png(&root.join("cat/c.png"), &indices, &palette);
     let pal_rgb: RgbImage =
         ImageBuffer::from_fn(S, S, |x, y| Rgb(palette[((y * S + x) % 4) as usize]));
-    good.push(("cat".into(), "c.png".into(), Some(chw(&pal_rgb))));
+    put(
+        "cat",
+        "c.png",
+        palette_png(&indices, &palette),
+        Some(chw(&pal_rgb)),
+    );
 
     // JPEG (colour and grey), larger than the stored size: checked loosely.
     let flat: RgbImage = ImageBuffer::from_pixel(64, 48, Rgb([120, 60, 30]));
-    std::fs::write(
-        root.join("dog/e.jpg"),
+    put(
+        "dog",
+        "e.jpg",
         encode(&DynamicImage::ImageRgb8(flat), ImageFormat::Jpeg),
-    )
-    .unwrap();
-    good.push(("dog".into(), "e.jpg".into(), None));
+        None,
+    );
     let grey_jpeg: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_pixel(20, 20, Luma([77]));
-    std::fs::write(
-        root.join("dog/e2.jpeg"),
+    put(
+        "dog",
+        "e2.jpeg",
         encode(&DynamicImage::ImageLuma8(grey_jpeg), ImageFormat::Jpeg),
-    )
-    .unwrap();
-    good.push(("dog".into(), "e2.jpeg".into(), None));
+        None,
+    );
 
     // Centre crop geometry: landscape red|blue halves, portrait green/white halves.
     let land: RgbImage = ImageBuffer::from_fn(48, 32, |x, _| {
@@ -207,12 +213,12 @@ fn photo_tree(root: &Path) -> Expect {
             Rgb([0, 0, 255])
         }
     });
-    std::fs::write(
-        root.join("zebra/j.png"),
+    put(
+        "zebra",
+        "j.png",
         encode(&DynamicImage::ImageRgb8(land), ImageFormat::Png),
-    )
-    .unwrap();
-    good.push(("zebra".into(), "j.png".into(), None));
+        None,
+    );
     let port: RgbImage = ImageBuffer::from_fn(32, 64, |_, y| {
         if y < 32 {
             Rgb([0, 255, 0])
@@ -220,12 +226,12 @@ fn photo_tree(root: &Path) -> Expect {
             Rgb([255, 255, 255])
         }
     });
-    std::fs::write(
-        root.join("zebra/k.png"),
+    put(
+        "zebra",
+        "k.png",
         encode(&DynamicImage::ImageRgb8(port), ImageFormat::Png),
-    )
-    .unwrap();
-    good.push(("zebra".into(), "k.png".into(), None));
+        None,
+    );
 
     // Broken files of every kind.
     let mut bad = Vec::new();

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use alexnet_data::format::{MANIFEST_FILE, Manifest, SHARD_HEADER_BYTES};
 use alexnet_data::{
     Dataset, Error, IdxNames, PrepareOptions, SourceKind, detect_source, prepare_cifar, prepare_idx,
@@ -226,10 +228,14 @@ fn cifar_names_come_from_the_meta_file_when_present() {
     let ds = Dataset::open(&tmp.join("d")).unwrap();
     assert_eq!(ds.info().classes[7].name, "thing7");
 
+    // Why preparing the source now fails.
+    let refusal = || {
+        prepare_cifar(&tmp.join("c"), &PrepareOptions::new(&tmp.join("e")))
+            .unwrap_err()
+            .to_string()
+    };
     std::fs::write(tmp.join("c/batches.meta.txt"), "a\nb\n").unwrap();
-    let err = prepare_cifar(&tmp.join("c"), &PrepareOptions::new(&tmp.join("e")))
-        .unwrap_err()
-        .to_string();
+    let err = refusal();
     assert!(
         err.contains("batches.meta.txt") && err.contains("expected 10 class names"),
         "{err}"
@@ -237,9 +243,7 @@ fn cifar_names_come_from_the_meta_file_when_present() {
     std::fs::remove_file(tmp.join("c/batches.meta.txt")).unwrap();
 
     std::fs::write(tmp.join("c/test_batch.bin"), vec![0u8; 3000]).unwrap();
-    let err = prepare_cifar(&tmp.join("c"), &PrepareOptions::new(&tmp.join("e")))
-        .unwrap_err()
-        .to_string();
+    let err = refusal();
     assert!(
         err.contains("test_batch.bin") && err.contains("3073-byte records"),
         "{err}"
@@ -320,11 +324,7 @@ fn corruption_is_detected_and_named() {
 
     // Truncation: the length is compared with the manifest before anything is read.
     std::fs::write(&shard, &good[..good.len() - 1]).unwrap();
-    let err = Dataset::open(&data)
-        .unwrap()
-        .split("train")
-        .unwrap_err()
-        .to_string();
+    let err = split_error(&data, "train");
     assert!(
         err.contains("expected 188 bytes") && err.contains("found 187"),
         "{err}"
@@ -353,33 +353,32 @@ fn corruption_is_detected_and_named() {
     );
     std::fs::write(data.join("mean.bin"), &mean).unwrap();
     let text = std::fs::read_to_string(data.join(MANIFEST_FILE)).unwrap();
-    std::fs::write(
-        data.join(MANIFEST_FILE),
-        text.replacen("\"images\": 12", "\"images\": 13", 1),
-    )
-    .unwrap();
-    let err = Dataset::open(&data).unwrap_err().to_string();
+    // The error opening the dataset once `from` in its manifest reads `to`.
+    let opened_with = |from: &str, to: &str| {
+        std::fs::write(data.join(MANIFEST_FILE), text.replacen(from, to, 1)).unwrap();
+        Dataset::open(&data).unwrap_err().to_string()
+    };
+    let err = opened_with("\"images\": 12", "\"images\": 13");
     assert!(
         err.contains("dataset.json") && err.contains("split 'train'"),
         "{err}"
     );
-    std::fs::write(
-        data.join(MANIFEST_FILE),
-        text.replacen("\"version\": 1", "\"version\": 7", 1),
-    )
-    .unwrap();
-    let err = Dataset::open(&data).unwrap_err().to_string();
+    let err = opened_with("\"version\": 1", "\"version\": 7");
     assert!(
         err.contains("expected version 1 (raw pixels) or 2 (JPEG shards), found 7"),
         "{err}"
     );
-    std::fs::write(
-        data.join(MANIFEST_FILE),
-        text.replacen("train-00000.shard", "../elsewhere.shard", 1),
-    )
-    .unwrap();
-    let err = Dataset::open(&data).unwrap_err().to_string();
+    let err = opened_with("train-00000.shard", "../elsewhere.shard");
     assert!(err.contains("not a plain file name"), "{err}");
+}
+
+/// Why the dataset at `data` cannot open its split `split`.
+fn split_error(data: &Path, split: &str) -> String {
+    Dataset::open(data)
+        .unwrap()
+        .split(split)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -387,11 +386,7 @@ fn unknown_split_names_the_ones_there_are() {
     let tmp = TempDir::new("splitname");
     write_idx(&tmp.join("src"), 3, 2, 2, 2, false);
     prepare_idx(&tmp.join("src"), None, &PrepareOptions::new(&tmp.join("d"))).unwrap();
-    let err = Dataset::open(&tmp.join("d"))
-        .unwrap()
-        .split("val")
-        .unwrap_err()
-        .to_string();
+    let err = split_error(&tmp.join("d"), "val");
     assert!(
         err.contains("'val'") && err.contains("train, test"),
         "{err}"

@@ -8,28 +8,19 @@
 //! must agree. The hostile files of `fixtures/caffe-corpus` must each be refused
 //! for their own reason, and no corruption of a good file may panic.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use alexnet::spec::{LayerSpec, LrnSpec, PixelScale};
-use alexnet::{Cpu, Model, NetSpec, Network, Plan};
+use alexnet::{Model, NetSpec, Plan};
 use alexnet_interop::{Error, Imported, caffe};
+use common::{imported_net, read_fixture, relative_error};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
 const MEAN: &str = "caffe-mini-mean.binaryproto";
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
 fn read(name: &str) -> Vec<u8> {
-    let path = fixture_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (written by tools/caffe_fixtures.py)",
-            path.display()
-        )
-    })
+    read_fixture(name, "written by tools/caffe_fixtures.py")
 }
 
 fn import(model: &str) -> Imported {
@@ -107,26 +98,9 @@ fn to_our_input(imported: &Imported, shape: &[usize], bgr: &[u8]) -> Vec<f32> {
 /// Our logits for the imported net on the reference images.
 fn run(imported: &Imported, reference: &Reference) -> Vec<f32> {
     let (shape, images) = reference.images();
-    let mut net = Network::new_zeroed(Cpu::new(), &imported.spec, shape[0]).unwrap();
-    assert_eq!(imported.tensors.len(), net.params().len());
-    for (name, tensor_shape, values) in &imported.tensors {
-        let index = net.param_index(name).unwrap_or_else(|| panic!("{name}"));
-        assert_eq!(&net.params()[index].info.shape, tensor_shape, "{name}");
-        net.set_param_values(index, values).unwrap();
-    }
-    net.predict(&to_our_input(imported, &shape, &images))
+    imported_net(imported, shape[0])
+        .predict(&to_our_input(imported, &shape, &images))
         .unwrap()
-}
-
-/// max|ours - theirs| / max|theirs|.
-fn relative_error(ours: &[f32], theirs: &[f64]) -> f64 {
-    assert_eq!(ours.len(), theirs.len());
-    let scale = theirs.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(theirs)
-        .fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
-    diff / scale
 }
 
 /// The kinds of our layers in order, as short words.

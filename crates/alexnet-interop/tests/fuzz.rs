@@ -10,13 +10,16 @@
 //! `ALEXNET_FUZZ_SECONDS` sets the time per reader (default 5). A mutant that
 //! panics is written to target/fuzz-failures/ so that it can be replayed.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use alexnet::rng::Rng;
+use common::fixtures;
 
 /// Forwards to the system allocator, remembering the largest request.
 struct Counting;
@@ -49,10 +52,6 @@ static ALLOCATOR: Counting = Counting;
 /// under a megabyte, so their honest contents never need more than a few times
 /// that, while a trusted declared size would reach gigabytes.
 const ALLOCATION_LIMIT: usize = 64 << 20;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn budget() -> Duration {
     let seconds = std::env::var("ALEXNET_FUZZ_SECONDS")

@@ -5,26 +5,19 @@
 //! hostile file of fixtures/pickle-corpus is refused with a message naming the
 //! problem.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use alexnet::{Cpu, Model, NetSpec, Network};
+use std::path::Path;
+
+use alexnet::{Model, NetSpec};
 use alexnet_interop::torch::{self, DType, Format};
-use alexnet_interop::{Error, Imported, torchvision};
+use alexnet_interop::{Error, torchvision};
+use common::{fixtures, imported_net, read_fixture, relative_error};
 use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
 fn read(name: &str) -> Vec<u8> {
-    let path = fixtures().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run python3 tools/torchvision_fixtures.py)",
-            path.display()
-        )
-    })
+    read_fixture(name, "run python3 tools/torchvision_fixtures.py")
 }
 
 /// The reference inputs as the net takes them, their count, and PyTorch's float64 logits.
@@ -50,29 +43,6 @@ fn reference() -> (Vec<f32>, usize, Vec<f64>) {
     (input, count, logits)
 }
 
-fn logits_of(imported: &Imported, input: &[f32], count: usize) -> Vec<f32> {
-    let mut net = Network::new_zeroed(Cpu::new(), &imported.spec, count).unwrap();
-    assert_eq!(net.params().len(), imported.tensors.len());
-    for (name, _, values) in &imported.tensors {
-        let index = net
-            .param_index(name)
-            .unwrap_or_else(|| panic!("{name} not in the net"));
-        net.set_param_values(index, values).unwrap();
-    }
-    net.predict(input).unwrap()
-}
-
-/// max|ours - torch| / max|torch| over the whole tensor.
-fn max_norm_relative_error(ours: &[f32], torch: &[f64]) -> f64 {
-    assert_eq!(ours.len(), torch.len());
-    let scale = torch.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let diff = ours
-        .iter()
-        .zip(torch)
-        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
-    diff / scale
-}
-
 #[test]
 fn both_layouts_import_and_compute_pytorchs_logits() {
     let (input, count, expected) = reference();
@@ -91,8 +61,8 @@ fn both_layouts_import_and_compute_pytorchs_logits() {
             "{}",
             imported.source
         );
-        let logits = logits_of(&imported, &input, count);
-        let error = max_norm_relative_error(&logits, &expected);
+        let logits = imported_net(&imported, count).predict(&input).unwrap();
+        let error = relative_error(&logits, &expected);
         println!("{file}: logits max-norm relative error {error:.2e}");
         assert!(
             error <= 1e-4,

@@ -47,7 +47,27 @@ fn batch_error(expected: String, found: String) -> Error {
     }
 }
 
-impl StoredBatch<'_> {
+impl<'a> StoredBatch<'a> {
+    /// A batch of `views` cut `crop_height x crop_width` from `pixels`, with the
+    /// values as stored: no mean subtracted, every channel scaled by 1.
+    pub fn raw(
+        pixels: &'a [u8],
+        stored: Shape,
+        crop_height: usize,
+        crop_width: usize,
+        views: &'a [ViewPlacement],
+    ) -> StoredBatch<'a> {
+        StoredBatch {
+            pixels,
+            stored,
+            crop_height,
+            crop_width,
+            views,
+            subtract_mean: false,
+            scale: [1.0; 3],
+        }
+    }
+
     /// The shape of each view: the stored channels, cropped.
     pub fn view_shape(&self) -> Shape {
         Shape::new(self.stored.channels, self.crop_height, self.crop_width)
@@ -225,16 +245,7 @@ mod tests {
             ..Default::default()
         };
         let batch = |views: &[ViewPlacement]| {
-            StoredBatch {
-                pixels: &pixels,
-                stored: Shape::new(1, 3, 4),
-                crop_height: 2,
-                crop_width: 3,
-                views,
-                subtract_mean: false,
-                scale: [1.0; 3],
-            }
-            .validate()
+            StoredBatch::raw(&pixels, Shape::new(1, 3, 4), 2, 3, views).validate()
         };
         assert!(
             batch(&[view])

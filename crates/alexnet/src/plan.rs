@@ -504,9 +504,8 @@ fn plan_lrn(label: &str, n: &LrnSpec, shape: Shape) -> Result<LrnGeometry> {
 }
 
 fn plan_pool(label: &str, p: &PoolSpec, shape: Shape) -> Result<PoolGeometry> {
-    let side = |s| PoolGeometry::output_side(s, p.size, p.stride);
-    let (Some(h), Some(w)) = (side(shape.height), side(shape.width)) else {
-        return Err(shape_error(
+    PoolGeometry::new(shape, p.size, p.stride).ok_or_else(|| {
+        shape_error(
             label,
             format!(
                 "an input of at least {s}x{s} and size, stride of at least 1",
@@ -514,13 +513,7 @@ fn plan_pool(label: &str, p: &PoolSpec, shape: Shape) -> Result<PoolGeometry> {
             ),
             format!("{shape}, size {} stride {}", p.size, p.stride),
             None,
-        ));
-    };
-    Ok(PoolGeometry {
-        input: shape,
-        output: Shape::new(shape.channels, h, w),
-        size: p.size,
-        stride: p.stride,
+        )
     })
 }
 
@@ -636,16 +629,24 @@ mod tests {
         }
     }
 
+    /// Asserts that planning `spec` fails with an error saying each of `words`.
+    fn refused_saying(spec: &NetSpec, words: &[&str]) {
+        let err = Plan::new(spec).unwrap_err().to_string();
+        for word in words {
+            assert!(err.contains(word), "{err}");
+        }
+    }
+
     #[test]
     fn groups_that_do_not_divide_are_rejected_naming_the_layer() {
         let mut spec = NetSpec::preset("alexnet").unwrap();
         if let LayerSpec::Conv(c) = &mut spec.layers[4] {
             c.out = 255;
         }
-        let err = Plan::new(&spec).unwrap_err().to_string();
-        assert!(err.contains("layer 5 (conv2)"), "{err}");
-        assert!(err.contains("divisible by groups = 2"), "{err}");
-        assert!(err.contains("255 output"), "{err}");
+        refused_saying(
+            &spec,
+            &["layer 5 (conv2)", "divisible by groups = 2", "255 output"],
+        );
     }
 
     #[test]
@@ -662,11 +663,7 @@ mod tests {
         if let LayerSpec::Lrn(n) = &mut spec.layers[2] {
             n.size = 4;
         }
-        let err = Plan::new(&spec).unwrap_err().to_string();
-        assert!(
-            err.contains("layer 3 (lrn)") && err.contains("odd"),
-            "{err}"
-        );
+        refused_saying(&spec, &["layer 3 (lrn)", "odd"]);
     }
 
     #[test]
@@ -675,19 +672,14 @@ mod tests {
         // The preset's second layer is conv1's ReLU.
         assert_eq!(spec.layers[1], LayerSpec::Relu);
         spec.layers.insert(2, LayerSpec::Tanh);
-        let err = Plan::new(&spec).unwrap_err().to_string();
-        assert!(err.contains("layer 3 (tanh)"), "{err}");
+        refused_saying(&spec, &["layer 3 (tanh)"]);
     }
 
     #[test]
     fn a_net_without_a_classifier_is_refused() {
         let mut spec = NetSpec::preset("cifar").unwrap();
         spec.layers.pop();
-        let err = Plan::new(&spec).unwrap_err().to_string();
-        assert!(
-            err.contains("output") && err.contains("10 class scores"),
-            "{err}"
-        );
+        refused_saying(&spec, &["output", "10 class scores"]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Helpers for testing this crate, and any backend, against the reference:
-//! random inputs, comparing tensors with a tolerance relative to their scale, and
-//! a miniature of the paper's net that has every kind of layer it has.
+//! random inputs, comparing tensors with a tolerance relative to their scale,
+//! geometries that must fit, and a miniature of the paper's net that has every
+//! kind of layer it has.
 
+use crate::layers::{ConvGeometry, LrnGeometry, PoolGeometry, Shape};
 use crate::rng::Rng;
 use crate::spec::{LayerSpec, NetSpec};
 
@@ -17,6 +19,36 @@ pub fn ties(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| ((rng.uniform() * 7.0).floor() - 3.0) as f32)
         .collect()
+}
+
+/// The convolution geometry of a test case, which is written to fit.
+pub fn conv(
+    input: Shape,
+    out: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+) -> ConvGeometry {
+    ConvGeometry::new(input, out, kernel, stride, pad, groups).expect("the kernel fits")
+}
+
+/// The pooling geometry of a test case, which is written to fit.
+pub fn pool(input: Shape, size: usize, stride: usize) -> PoolGeometry {
+    PoolGeometry::new(input, size, stride).expect("the window fits")
+}
+
+/// The paper's response normalisation (Section 3.3: n = 5, alpha = 1e-4,
+/// beta = 0.75, k = 2) over `shape`, within each of `groups` towers.
+pub fn paper_lrn(shape: Shape, groups: usize) -> LrnGeometry {
+    LrnGeometry {
+        shape,
+        size: 5,
+        alpha: 1e-4,
+        beta: 0.75,
+        k: 2.0,
+        groups,
+    }
 }
 
 /// Panics, naming the tensor and the worst position, unless

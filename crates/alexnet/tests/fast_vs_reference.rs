@@ -12,26 +12,14 @@ mod common;
 
 use alexnet::cpu::fast::buffers::ConvBuffers;
 use alexnet::cpu::{fast, reference};
-use alexnet::layers::{
-    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
-};
+use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, Shape};
 use alexnet::precision::BF16_MIN_BATCH;
 use alexnet::rng::Rng;
+use alexnet::testing::{conv, paper_lrn, pool};
 use alexnet::{Precision, Products};
 use common::{assert_close, operand, product_modes, random};
 
 const TOL: f32 = 1e-5;
-
-fn conv(
-    input: Shape,
-    out: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    groups: usize,
-) -> ConvGeometry {
-    ConvGeometry::new(input, out, kernel, stride, pad, groups).expect("the kernel fits")
-}
 
 /// Random inputs of one convolution check; gradients start non-zero to check
 /// that they accumulate.
@@ -152,15 +140,14 @@ fn assert_within_bf16_error(what: &str, ours: &[f32], exact: &[f32], direct: &[f
     );
 }
 
-fn check_bf16_winograd(
-    name: &str,
+/// The fast convolution's forward output and gradients, with the input gradient.
+fn fast_conv(
     g: &ConvGeometry,
     n: usize,
     case: &ConvCase,
-    exact: &ConvResults,
-    direct: &ConvResults,
     products: Products,
-) {
+    buffers: &ConvBuffers,
+) -> ConvResults {
     let ConvCase {
         x,
         w,
@@ -169,11 +156,8 @@ fn check_bf16_winograd(
         dw0,
         db0,
     } = case;
-    // One set of buffers for all the calls, as a backend keeps them.
-    let buffers = ConvBuffers::default();
     let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products, &buffers, false);
-    assert_within_bf16_error(&format!("{name} forward"), &y, &exact.y, &direct.y);
+    fast::conv::forward(g, n, x, w, b, &mut y, products, buffers, false);
     let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
     fast::conv::backward(
         g,
@@ -185,11 +169,25 @@ fn check_bf16_winograd(
         &mut db,
         Some(&mut dx),
         products,
-        &buffers,
+        buffers,
     );
-    assert_within_bf16_error(&format!("{name} dw"), &dw, &exact.dw, &direct.dw);
-    assert_close(&format!("{name} db"), &db, &exact.db, TOL);
-    assert_within_bf16_error(&format!("{name} dx"), &dx, &exact.dx, &direct.dx);
+    ConvResults { y, dw, db, dx }
+}
+
+fn check_bf16_winograd(
+    name: &str,
+    g: &ConvGeometry,
+    n: usize,
+    case: &ConvCase,
+    exact: &ConvResults,
+    direct: &ConvResults,
+    products: Products,
+) {
+    let ours = fast_conv(g, n, case, products, &ConvBuffers::default());
+    assert_within_bf16_error(&format!("{name} forward"), &ours.y, &exact.y, &direct.y);
+    assert_within_bf16_error(&format!("{name} dw"), &ours.dw, &exact.dw, &direct.dw);
+    assert_close(&format!("{name} db"), &ours.db, &exact.db, TOL);
+    assert_within_bf16_error(&format!("{name} dx"), &ours.dx, &exact.dx, &direct.dx);
 }
 
 fn check_conv_against(
@@ -200,53 +198,32 @@ fn check_conv_against(
     expected: &ConvResults,
     products: Products,
 ) {
-    let ConvCase {
-        x,
-        w,
-        b,
-        dy,
-        dw0,
-        db0,
-    } = case;
     // One set of buffers for all the calls, as a backend keeps them.
     let buffers = ConvBuffers::default();
-    let mut y = vec![f32::NAN; n * g.output.len()];
-    fast::conv::forward(g, n, x, w, b, &mut y, products, &buffers, false);
-    assert_close(&format!("{name} forward"), &y, &expected.y, TOL);
+    let ours = fast_conv(g, n, case, products, &buffers);
+    assert_close(&format!("{name} forward"), &ours.y, &expected.y, TOL);
+    assert_close(&format!("{name} dw"), &ours.dw, &expected.dw, TOL);
+    assert_close(&format!("{name} db"), &ours.db, &expected.db, TOL);
+    assert_close(&format!("{name} dx"), &ours.dx, &expected.dx, TOL);
+
     // With the ReLU after it: the same values, rectified.
-    let mut rectified = vec![f32::NAN; y.len()];
+    let (x, w, b) = (&case.x, &case.w, &case.b);
+    let mut rectified = vec![f32::NAN; ours.y.len()];
     fast::conv::forward(g, n, x, w, b, &mut rectified, products, &buffers, true);
-    let expected_rectified: Vec<f32> = y.iter().map(|v| v.max(0.0)).collect();
+    let expected_rectified: Vec<f32> = ours.y.iter().map(|v| v.max(0.0)).collect();
     assert_eq!(
         rectified, expected_rectified,
         "{name}: forward with the ReLU"
     );
 
-    let (mut dw, mut db, mut dx) = (dw0.clone(), db0.clone(), vec![f32::NAN; n * g.input.len()]);
-    fast::conv::backward(
-        g,
-        n,
-        x,
-        w,
-        dy,
-        &mut dw,
-        &mut db,
-        Some(&mut dx),
-        products,
-        &buffers,
-    );
-    assert_close(&format!("{name} dw"), &dw, &expected.dw, TOL);
-    assert_close(&format!("{name} db"), &db, &expected.db, TOL);
-    assert_close(&format!("{name} dx"), &dx, &expected.dx, TOL);
-
     // Without an input gradient the parameter gradients are the same.
-    let (mut dw_none, mut db_none) = (dw0.clone(), db0.clone());
+    let (mut dw_none, mut db_none) = (case.dw0.clone(), case.db0.clone());
     fast::conv::backward(
         g,
         n,
         x,
         w,
-        dy,
+        &case.dy,
         &mut dw_none,
         &mut db_none,
         None,
@@ -571,39 +548,21 @@ fn check_lrn(g: LrnGeometry, n: usize, seed: u64) {
 
 #[test]
 fn lrn_small_and_paper_sizes() {
-    let paper = |shape, groups| LrnGeometry {
-        shape,
-        size: 5,
-        alpha: 1e-4,
-        beta: 0.75,
-        k: 2.0,
-        groups,
-    };
-    check_lrn(paper(Shape::new(7, 3, 4), 1), 2, 1);
-    check_lrn(paper(Shape::new(8, 3, 3), 2), 2, 2);
+    check_lrn(paper_lrn(Shape::new(7, 3, 4), 1), 2, 1);
+    check_lrn(paper_lrn(Shape::new(8, 3, 3), 2), 2, 2);
     check_lrn(
         LrnGeometry {
             size: 3,
             beta: 0.5,
             k: 1.0,
-            ..paper(Shape::new(6, 2, 5), 3)
+            ..paper_lrn(Shape::new(6, 2, 5), 3)
         },
         1,
         3,
     );
-    check_lrn(paper(Shape::new(96, 55, 55), 2), 1, 4);
-    check_lrn(paper(Shape::new(256, 27, 27), 2), 1, 5);
-    check_lrn(paper(Shape::new(96, 55, 55), 1), 1, 6);
-}
-
-fn pool(input: Shape, size: usize, stride: usize) -> PoolGeometry {
-    let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
-    PoolGeometry {
-        input,
-        output: Shape::new(input.channels, side(input.height), side(input.width)),
-        size,
-        stride,
-    }
+    check_lrn(paper_lrn(Shape::new(96, 55, 55), 2), 1, 4);
+    check_lrn(paper_lrn(Shape::new(256, 27, 27), 2), 1, 5);
+    check_lrn(paper_lrn(Shape::new(96, 55, 55), 1), 1, 6);
 }
 
 #[test]
@@ -763,29 +722,21 @@ fn check_lrn_max_pool(lrn: LrnGeometry, size: usize, stride: usize, n: usize, se
 
 #[test]
 fn lrn_then_max_pool_in_one_pass() {
-    let paper = |shape, groups| LrnGeometry {
-        shape,
-        size: 5,
-        alpha: 1e-4,
-        beta: 0.75,
-        k: 2.0,
-        groups,
-    };
-    check_lrn_max_pool(paper(Shape::new(6, 7, 7), 2), 3, 2, 2, 1);
-    check_lrn_max_pool(paper(Shape::new(5, 9, 8), 1), 2, 2, 3, 2);
+    check_lrn_max_pool(paper_lrn(Shape::new(6, 7, 7), 2), 3, 2, 2, 1);
+    check_lrn_max_pool(paper_lrn(Shape::new(5, 9, 8), 1), 2, 2, 3, 2);
     check_lrn_max_pool(
         LrnGeometry {
             size: 3,
             beta: 0.5,
             k: 1.0,
-            ..paper(Shape::new(4, 10, 11), 1)
+            ..paper_lrn(Shape::new(4, 10, 11), 1)
         },
         3,
         3,
         1,
         3,
     );
-    check_lrn_max_pool(paper(Shape::new(3, 9, 9), 1), 2, 4, 2, 4);
-    check_lrn_max_pool(paper(Shape::new(96, 55, 55), 2), 3, 2, 1, 5);
-    check_lrn_max_pool(paper(Shape::new(256, 27, 27), 2), 3, 2, 1, 6);
+    check_lrn_max_pool(paper_lrn(Shape::new(3, 9, 9), 1), 2, 4, 2, 4);
+    check_lrn_max_pool(paper_lrn(Shape::new(96, 55, 55), 2), 3, 2, 1, 5);
+    check_lrn_max_pool(paper_lrn(Shape::new(256, 27, 27), 2), 3, 2, 1, 6);
 }

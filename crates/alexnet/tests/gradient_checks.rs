@@ -5,10 +5,9 @@
 //! to about 1e-8 relative, so 1e-6 catches any wrong term.
 
 use alexnet::cpu::reference as r;
-use alexnet::layers::{
-    ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Shape,
-};
+use alexnet::layers::{ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, Shape};
 use alexnet::rng::Rng;
+use alexnet::testing::pool;
 
 const EPS: f64 = 1e-6;
 const TOL: f64 = 1e-6;
@@ -191,13 +190,7 @@ fn lrn_gradients() {
 fn pooling_gradients() {
     let input = Shape::new(2, 7, 7);
     for (size, stride) in [(3, 2), (2, 2)] {
-        let side = |s| PoolGeometry::output_side(s, size, stride).unwrap();
-        let g = PoolGeometry {
-            input,
-            output: Shape::new(2, side(7), side(7)),
-            size,
-            stride,
-        };
+        let g = pool(input, size, stride);
         let n = 2;
         let mut rng = Rng::new(4);
         // Distinct values: a finite difference across a tie would be meaningless.

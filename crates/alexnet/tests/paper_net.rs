@@ -52,6 +52,21 @@ fn spread_out_params(net: &mut impl Model, rng: &mut Rng) -> Vec<Vec<f32>> {
     values
 }
 
+/// Asserts each parameter tensor of `net`, as `ours` reads it by index, close to
+/// the readable net's tensor of the same index in `theirs`.
+fn each_param_close(
+    what: &str,
+    net: &impl Model,
+    ours: impl Fn(usize) -> Vec<f32>,
+    theirs: Vec<&[f32]>,
+    tol: f32,
+) {
+    for (i, theirs) in theirs.into_iter().enumerate() {
+        let name = &net.plan().params[i].name;
+        assert_close(&format!("{what} {name}"), &ours(i), theirs, tol);
+    }
+}
+
 /// Trains `Network` on `backend` and the readable net side by side for three
 /// steps and checks that they agree to `tol` (relative to each tensor's size).
 fn agrees_with_network<B: Backend>(backend: B, what: &str, tol: f32) {
@@ -89,27 +104,19 @@ fn agrees_with_network<B: Backend>(backend: B, what: &str, tol: f32) {
             &[paper_loss],
             tol,
         );
-        for (i, grad) in grads.tensors().into_iter().enumerate() {
-            let name = &net.plan().params[i].name;
-            assert_close(
-                &format!("{what} step {step} grad {name}"),
-                &net.param_grad(i),
-                grad,
-                tol,
-            );
-        }
+        let what = format!("{what} step {step} grad");
+        each_param_close(&what, &net, |i| net.param_grad(i), grads.tensors(), tol);
         net.sgd_step(&sgd);
         paper.update(&grads, &sgd);
     }
-    for (i, values) in paper.params.tensors().into_iter().enumerate() {
-        let name = &net.plan().params[i].name;
-        assert_close(
-            &format!("{what} final {name}"),
-            &net.param_values(i),
-            values,
-            tol,
-        );
-    }
+    let what = format!("{what} final");
+    each_param_close(
+        &what,
+        &net,
+        |i| net.param_values(i),
+        paper.params.tensors(),
+        tol,
+    );
     let test_logits = net.predict(&images).unwrap();
     let paper_logits = paper.forward(BATCH, &images, None).fc8;
     assert_close(

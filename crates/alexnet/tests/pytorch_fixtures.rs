@@ -189,6 +189,22 @@ fn relative_error(ours: &[f32], theirs: &[f32]) -> f64 {
 
 /// Replays the fixture's five steps on `backend` and measures every compared tensor.
 #[allow(clippy::too_many_lines)] // the fixture's steps replayed in its order, each finding beside its step
+/// `ours` against `theirs` as a tensor of `kind`, with `floor` added to its bound.
+fn finding(tensor: String, kind: Kind, ours: &[f32], theirs: &[f32], floor: f64) -> Finding {
+    Finding {
+        error: relative_error(ours, theirs),
+        bound: kind.tolerance() + floor,
+        tensor,
+        kind,
+    }
+}
+
+/// `ours` against the fixture's tensor `key`, as a tensor of `kind`.
+fn against(fx: &Fixture, key: String, kind: Kind, ours: &[f32]) -> Finding {
+    let theirs = fx.values(&key);
+    finding(key, kind, ours, theirs, 0.0)
+}
+
 fn replay<B: Backend>(backend: B, fx: &Fixture) -> Vec<Finding> {
     let spec = NetSpec::from_toml(fx.meta("spec"), &fx.name)
         .unwrap_or_else(|e| panic!("{}: the stored description does not parse: {e}", fx.name));
@@ -259,14 +275,6 @@ fn replay<B: Backend>(backend: B, fx: &Fixture) -> Vec<Finding> {
         .count();
 
     let mut findings = Vec::new();
-    let mut measure = |tensor: String, kind: Kind, ours: &[f32], theirs: &[f32], floor: f64| {
-        findings.push(Finding {
-            error: relative_error(ours, theirs),
-            bound: kind.tolerance() + floor,
-            tensor,
-            kind,
-        });
-    };
     for step in 0..steps {
         let masks: Vec<Vec<f32>> = (0..dropout_layers)
             .map(|k| fx.values(&format!("mask.{step}.{k}")).to_vec())
@@ -280,27 +288,14 @@ fn replay<B: Backend>(backend: B, fx: &Fixture) -> Vec<Finding> {
         net.set_next_dropout_masks(&masks).unwrap();
         net.forward(Mode::Train);
         if step == 0 {
-            measure(
-                "logits".into(),
-                Kind::Logits,
-                &net.logits(),
-                fx.values("logits"),
-                0.0,
-            );
+            findings.push(against(fx, "logits".into(), Kind::Logits, &net.logits()));
         }
         let loss = net.backward(&labels).unwrap();
-        let key = format!("loss.{step}");
-        measure(key.clone(), Kind::Loss, &[loss], fx.values(&key), 0.0);
+        findings.push(against(fx, format!("loss.{step}"), Kind::Loss, &[loss]));
         if step == 0 {
             for (index, name, _) in &params {
-                let key = format!("grad.{name}");
-                measure(
-                    key.clone(),
-                    Kind::Grad,
-                    &net.param_grad(*index),
-                    fx.values(&key),
-                    0.0,
-                );
+                let grad = net.param_grad(*index);
+                findings.push(against(fx, format!("grad.{name}"), Kind::Grad, &grad));
             }
         }
         net.sgd_step(&sgd);
@@ -309,29 +304,28 @@ fn replay<B: Backend>(backend: B, fx: &Fixture) -> Vec<Finding> {
         let values = net.param_values(*index);
         let key = format!("final.{name}");
         let theirs = fx.values(&key);
-        measure(key, Kind::Final, &values, theirs, 0.0);
+        findings.push(finding(key, Kind::Final, &values, theirs, 0.0));
 
         let start = fx.values(&format!("param.{name}"));
         let ours_moved: Vec<f32> = values.iter().zip(start).map(|(a, b)| a - b).collect();
         let theirs_moved: Vec<f32> = theirs.iter().zip(start).map(|(a, b)| a - b).collect();
         let largest: Vec<f32> = start.iter().chain(theirs).copied().collect();
         let floor = displacement_floor(steps, &largest, &theirs_moved);
-        measure(
+        findings.push(finding(
             format!("final.{name} - param.{name}"),
             Kind::Displacement,
             &ours_moved,
             &theirs_moved,
             floor,
-        );
+        ));
 
-        let key = format!("velocity.{name}");
-        measure(
-            key.clone(),
+        let velocity = net.param_velocity(*index);
+        findings.push(against(
+            fx,
+            format!("velocity.{name}"),
             Kind::Velocity,
-            &net.param_velocity(*index),
-            fx.values(&key),
-            0.0,
-        );
+            &velocity,
+        ));
     }
     findings
 }

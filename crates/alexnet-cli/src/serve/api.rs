@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use super::decode::{Decoded, Preparation};
 use super::worker::{Answer, Job};
 use super::{Index, Server};
+use crate::classify::ranked_json;
 
 /// The page at `/`: one file, scripts and styles inside, nothing fetched elsewhere.
 const PAGE: &str = include_str!("page.html");
@@ -470,17 +471,7 @@ async fn classify(
             Ok((row, decoded)) => {
                 let logits = &answer.logits[row * classes..][..classes];
                 let probabilities = softmax_rows(logits, classes);
-                let ranked: Vec<Value> = top_k(&probabilities, top)
-                    .into_iter()
-                    .map(|c| {
-                        json!({
-                            "class": c,
-                            "id": preprocess.class_ids.get(c),
-                            "name": preprocess.class_name(c),
-                            "probability": probabilities[c],
-                        })
-                    })
-                    .collect();
+                let ranked = ranked_json(preprocess, &probabilities, &top_k(&probabilities, top));
                 json!({"image": name, "top": ranked, "decode_ms": 1e3 * decoded.seconds})
             }
             Err(e) => json!({"image": name, "error": e}),

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use sha1::Sha1;
-use sha2::{Digest, Sha256};
+
+use crate::digest::{file_digest, hex};
 
 /// Tries of one download within one command (each resumes the last).
 const TRIES: usize = 3;
@@ -37,12 +38,12 @@ impl Check {
     fn verify(&self, path: &Path) -> Result<Option<String>> {
         Ok(match self {
             Check::Sha256Prefix(prefix) => {
-                let digest = hex(&digest_file::<Sha256>(path)?);
+                let digest = crate::digest::file_sha256(path)?;
                 (!digest.starts_with(prefix.as_str()))
                     .then(|| format!("its SHA-256 is {digest}, which does not start with {prefix}"))
             }
             Check::Sha1(expected) => {
-                let digest = hex(&digest_file::<Sha1>(path)?);
+                let digest = hex(&file_digest::<Sha1>(path)?);
                 (digest != *expected)
                     .then(|| format!("its SHA-1 is {digest}, not the published {expected}"))
             }
@@ -52,26 +53,6 @@ impl Check {
             }
         })
     }
-}
-
-fn digest_file<D: Digest>(path: &Path) -> Result<Vec<u8>> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = D::new();
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let read = file
-            .read(&mut chunk)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if read == 0 {
-            return Ok(hasher.finalize().to_vec());
-        }
-        hasher.update(&chunk[..read]);
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One file to have at `dest`, from `url`, meeting `check`.

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use alexnet::Backend;
-pub use alexnet::testing::{assert_close, paper_mini, random, ties};
+pub use alexnet::testing::{assert_close, conv, paper_lrn, paper_mini, pool, random, ties};
 use alexnet_cuda::{Algorithms, CudaBackend, CudaError};
 use cudarc::driver::CudaSlice;
 
@@ -49,11 +49,14 @@ pub fn new_gpu_with(
     CudaBackend::with_options(0, precision, algorithms).map_or_else(skip_or_fail, Some)
 }
 
-/// One fp32 backend shared by the op tests (creating one compiles the kernels).
-pub fn gpu() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let gpu = new_gpu(alexnet_cuda::Precision::F32);
+/// The backend in `cell`, created in `precision` (and named on stderr) by the
+/// first test that asks; creating one compiles the kernels.
+fn shared_gpu(
+    cell: &'static OnceLock<Option<CudaBackend>>,
+    precision: alexnet_cuda::Precision,
+) -> Option<&'static CudaBackend> {
+    cell.get_or_init(|| {
+        let gpu = new_gpu(precision);
         if let Some(gpu) = &gpu {
             eprintln!("testing on {}", gpu.describe());
         }
@@ -62,17 +65,16 @@ pub fn gpu() -> Option<&'static CudaBackend> {
     .as_ref()
 }
 
+/// One fp32 backend shared by the op tests.
+pub fn gpu() -> Option<&'static CudaBackend> {
+    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    shared_gpu(&GPU, alexnet_cuda::Precision::F32)
+}
+
 /// One bf16 backend shared by the bf16 op tests.
 pub fn bf16_gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let gpu = new_gpu(alexnet_cuda::Precision::Bf16);
-        if let Some(gpu) = &gpu {
-            eprintln!("testing on {}", gpu.describe());
-        }
-        gpu
-    })
-    .as_ref()
+    shared_gpu(&GPU, alexnet_cuda::Precision::Bf16)
 }
 
 /// `values` rounded to the nearest bf16 (ties to even), as bf16 mode rounds the

@@ -92,16 +92,18 @@ pub(super) fn translate(net: &Net<'_>, file: &str) -> Result<Chain> {
         }
         let top = follow(layer, &current, file)?;
         current = Some(top);
+        // This layer's weights, with or without a bias, stored transposed or not.
+        let weighted = |bias, transpose| Weighted {
+            name: layer.name.clone(),
+            raw,
+            bias,
+            transpose,
+        };
         let spec = match layer.kind.as_str() {
             "Flatten" => continue,
             "Convolution" => {
                 let p = conv_param(layer, &ctx)?;
-                chain.weighted.push(Weighted {
-                    name: layer.name.clone(),
-                    raw,
-                    bias: p.bias,
-                    transpose: false,
-                });
+                chain.weighted.push(weighted(p.bias, false));
                 LayerSpec::Conv(ConvSpec {
                     name: layer.name.clone(),
                     out: p.out,
@@ -115,12 +117,7 @@ pub(super) fn translate(net: &Net<'_>, file: &str) -> Result<Chain> {
             }
             "InnerProduct" => {
                 let p = inner_product_param(layer, &ctx)?;
-                chain.weighted.push(Weighted {
-                    name: layer.name.clone(),
-                    raw,
-                    bias: p.bias,
-                    transpose: p.transpose,
-                });
+                chain.weighted.push(weighted(p.bias, p.transpose));
                 // The last inner product gives the class scores.
                 let out = if raw == last_fc {
                     chain.classes = p.out;

@@ -16,6 +16,18 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// The geometry of `size x size` windows `stride` apart over `input`; `None`
+    /// when a window does not fit or size or stride is 0.
+    pub fn new(input: Shape, size: usize, stride: usize) -> Option<PoolGeometry> {
+        let side = |s| Self::output_side(s, size, stride);
+        Some(PoolGeometry {
+            input,
+            output: Shape::new(input.channels, side(input.height)?, side(input.width)?),
+            size,
+            stride,
+        })
+    }
+
     pub fn output_side(input: usize, size: usize, stride: usize) -> Option<usize> {
         if stride == 0 || size == 0 || input < size {
             return None;

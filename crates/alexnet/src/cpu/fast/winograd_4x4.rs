@@ -366,19 +366,7 @@ mod tests {
         let d: [f32; XI] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
         let k: [f32; 9] = std::array::from_fn(|i| (i as f32 * 0.91).cos());
         let u = transform_kernel(&k);
-        // V = B^T d B, by columns then rows.
-        let mut t = [0.0f32; XI];
-        for c in 0..SIDE {
-            let column = input_transform(std::array::from_fn(|r| d[r * SIDE + c]));
-            for r in 0..SIDE {
-                t[r * SIDE + c] = column[r];
-            }
-        }
-        let mut v = [0.0f32; XI];
-        for r in 0..SIDE {
-            v[r * SIDE..][..SIDE]
-                .copy_from_slice(&input_transform(t[r * SIDE..][..SIDE].try_into().unwrap()));
-        }
+        let v = transform_block(&d);
         let m: [f32; XI] = std::array::from_fn(|i| v[i] * u[i]);
         // Y = A^T m A.
         let mut s = [[0.0f32; SIDE]; OUT];
