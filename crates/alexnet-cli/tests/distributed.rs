@@ -397,3 +397,177 @@ fn a_launcher_it_cannot_join_is_refused() {
     assert!(!root.join("out").join("last.safetensors").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `eval` under mpirun: each process evaluates its part of every batch, rank 0
+/// prints the sums, which are the single process's figures.
+#[test]
+fn eval_splits_the_images_and_sums_the_counts() {
+    if mpirun(1).is_none() {
+        return;
+    }
+    let root = temp_dir("distributed-eval");
+    let data = dataset(&root);
+    let out = root.join("run");
+    alone(&data, &out, 3, &[]);
+    let checkpoint = last(&out).display().to_string();
+    let args = [
+        "--threads",
+        "1",
+        "eval",
+        "--checkpoint",
+        &checkpoint,
+        "--data",
+        &data.display().to_string(),
+        "--batch",
+        "7",
+    ]
+    .map(String::from);
+    let figures = |output: Output| -> Vec<String> {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // "60 images of 'test', centre crop: top-1 error ..% ... (0.1 s)": all but the time.
+        stdout
+            .lines()
+            .map(|l| l.split(" (").next().unwrap().to_string())
+            .collect()
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_alexnet"));
+    command.args(&args);
+    let expected = figures(succeeds(command));
+    assert_eq!(expected.len(), 1);
+    assert!(expected[0].starts_with("60 images"), "{expected:?}");
+    let mut command = mpirun(3).unwrap();
+    command.args(&args);
+    assert_eq!(figures(succeeds(command)), expected);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Two hosts made on this machine: network namespaces joined by a veth pair,
+/// each with its own address; removed when dropped.
+struct TwoHosts {
+    names: [String; 2],
+    agent: PathBuf,
+}
+
+const HOST_ADDRESSES: [&str; 2] = ["10.77.0.1", "10.77.0.2"];
+/// The veth ends' name, the same in both namespaces.
+const LINK: &str = "dpveth";
+
+impl TwoHosts {
+    /// The hosts, or `None` (with a message) where this user cannot make
+    /// network namespaces; with `ALEXNET_REQUIRE_NETNS=1` that fails the test.
+    fn make(dir: &Path) -> Option<TwoHosts> {
+        let tag = std::process::id();
+        let names = [format!("alexnet-h1-{tag}"), format!("alexnet-h2-{tag}")];
+        let hosts = TwoHosts {
+            agent: dir.join("launch-agent"),
+            names: names.clone(),
+        };
+        let [a, b] = &names;
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec![
+                "link", "add", LINK, "netns", a, "type", "veth", "peer", "name", LINK, "netns", b,
+            ],
+            vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", LINK],
+            vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", LINK],
+            vec!["-n", a, "link", "set", LINK, "up"],
+            vec!["-n", b, "link", "set", LINK, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let made = Command::new("ip").args(&step).output();
+            if !made.as_ref().is_ok_and(|o| o.status.success()) {
+                let why = made.map_or_else(
+                    |e| e.to_string(),
+                    |o| String::from_utf8_lossy(&o.stderr).into_owned(),
+                );
+                assert!(
+                    std::env::var("ALEXNET_REQUIRE_NETNS").as_deref() != Ok("1"),
+                    "ip {step:?}: {why} (and ALEXNET_REQUIRE_NETNS=1)"
+                );
+                eprintln!(
+                    "SKIPPED: cannot make network namespaces (root and iproute2 needed): {why}"
+                );
+                return None;
+            }
+        }
+        // mpirun starts its daemon on the second host through this agent, as
+        // it would through ssh: `agent HOST COMMAND...`.
+        let agent = format!(
+            "#!/bin/sh\nhost=$1; shift\ncase $host in\n  {}) ns={a};;\n  {}) ns={b};;\n  \
+             *) echo \"unknown host $host\" >&2; exit 1;;\nesac\nexec ip netns exec \"$ns\" /bin/sh -c \"$*\"\n",
+            HOST_ADDRESSES[0], HOST_ADDRESSES[1]
+        );
+        std::fs::write(&hosts.agent, agent).unwrap();
+        let chmod = Command::new("chmod").arg("+x").arg(&hosts.agent).status();
+        assert!(chmod.unwrap().success());
+        Some(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Two machines, tested on one: 2 processes in two network namespaces, their
+/// messages over TCP on the veth pair only (no shared memory), train 20 steps
+/// of the reference loops to the weights of one process.
+#[test]
+fn two_hosts_over_tcp_train_as_one_process_does() {
+    if mpirun(1).is_none() {
+        return;
+    }
+    let root = temp_dir("distributed-hosts");
+    let Some(hosts) = TwoHosts::make(&root) else {
+        return;
+    };
+    let data = dataset(&root);
+    let extra = ["--device", "cpu-reference"];
+    let single = root.join("one");
+    alone(&data, &single, 20, &extra);
+    let out = root.join("two");
+    let mut command = Command::new("ip");
+    command
+        .args([
+            "netns",
+            "exec",
+            &hosts.names[0],
+            "mpirun",
+            "--oversubscribe",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--host", &HOST_ADDRESSES.join(","), "-np", "2"])
+        .args(["--mca", "plm_rsh_agent", hosts.agent.to_str().unwrap()])
+        .args(["--mca", "btl", "tcp,self"])
+        .args([
+            "--mca",
+            "btl_tcp_if_include",
+            LINK,
+            "--mca",
+            "oob_tcp_if_include",
+            LINK,
+        ])
+        // Every process says where it runs.
+        .args([
+            "sh",
+            "-c",
+            "ip -brief addr show dpveth >&2; exec \"$@\"",
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_alexnet"))
+        .args(train_args(&data, &out, 20, &extra));
+    let stderr = String::from_utf8_lossy(&succeeds(command).stderr).into_owned();
+    for address in HOST_ADDRESSES {
+        assert!(stderr.contains(&format!("{address}/24")), "{stderr}");
+    }
+    assert_close(&last(&single), &last(&out), 1e-5);
+    drop(hosts);
+    std::fs::remove_dir_all(&root).unwrap();
+}
