@@ -38,17 +38,35 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// Parses `--device`: `cpu`, `cuda` (the first GPU) or `cuda:N`; clap reports an
-/// error with the flag's name.
+/// Parses `--device`: `cpu`, `cuda` (the first GPU; under mpirun, the GPU of
+/// this process's local rank) or `cuda:N`; clap reports an error with the
+/// flag's name.
 pub fn parse(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cpu-reference" => Ok(Device::Reference),
-        "cuda" => Ok(Device::Cuda(0)),
+        "cuda" => Ok(Device::Cuda(local_gpu(
+            std::env::var("OMPI_COMM_WORLD_LOCAL_RANK").ok().as_deref(),
+        )?)),
         _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
-            _ => Err("expected cpu or cuda:N (cuda:0 for the first GPU)".to_string()),
+            _ => {
+                Err("expected cpu, cuda:N (cuda:0 for the first GPU) or cpu-reference".to_string())
+            }
         },
+    }
+}
+
+/// The GPU of a process whose launcher gave it `local_rank` among the
+/// processes of its machine (one GPU each), or the first GPU alone.
+fn local_gpu(local_rank: Option<&str>) -> Result<usize, String> {
+    match local_rank {
+        None => Ok(0),
+        Some(text) => text.parse().map_err(|_| {
+            format!(
+                "OMPI_COMM_WORLD_LOCAL_RANK={text}: expected the process's local rank, a number"
+            )
+        }),
     }
 }
 
@@ -114,7 +132,8 @@ pub enum Parallel {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Placement {
     /// Where to run: cpu, or cuda:N (a binary built with the `cuda` feature; its
-    /// products in fp32, tf32 or bf16 as --precision says). A training run may be
+    /// products in fp32, tf32 or bf16 as --precision says), or cpu-reference
+    /// (the readable reference loops: slow, the same arithmetic on every CPU). A training run may be
     /// resumed elsewhere (checkpoints hold whole f32 tensors, wherever the net
     /// ran); only the same placement continues it bit for bit.
     #[arg(long, default_value = "cpu", value_parser = parse, conflicts_with = "devices")]
@@ -250,4 +269,20 @@ fn towers<B: alexnet::Backend + 'static>(
     Ok(Box::new(
         net.map_err(|e| anyhow::anyhow!("--parallel towers: {e}"))?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_gpu;
+
+    #[test]
+    fn cuda_alone_is_the_first_gpu_and_under_mpirun_the_local_ranks() {
+        assert_eq!(local_gpu(None), Ok(0));
+        assert_eq!(local_gpu(Some("3")), Ok(3));
+        assert!(
+            local_gpu(Some("x"))
+                .unwrap_err()
+                .contains("OMPI_COMM_WORLD_LOCAL_RANK=x")
+        );
+    }
 }

@@ -84,7 +84,7 @@ fn a_malformed_device_is_a_usage_error() {
     for device in ["gpu", "cuda:x", "cuda:-1", ""] {
         let text = fails(&["bench", "--arch", "cifar", "--device", device]);
         assert!(
-            text.contains("--device") && text.contains("expected cpu or cuda:N"),
+            text.contains("--device") && text.contains("expected cpu, cuda:N"),
             "--device {device:?}: {text}"
         );
     }
