@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dataset, temp_dir};
+use common::{SMALL_TRAIN, dataset, step_losses, temp_dir, tensors_by_name};
 
 /// `mpirun -np <processes> alexnet`, or `None` (with a message) where it is
 /// not installed; with `ALEXNET_REQUIRE_MPI=1` a missing one fails the test.
@@ -39,22 +39,9 @@ fn mpirun(processes: usize) -> Option<Command> {
 /// A run of the `cifar` preset on the generated dataset (200 training images,
 /// 40 held out: 12 steps an epoch), one thread per process.
 fn train_args(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--threads",
-        "1",
-        "train",
-        "--arch",
-        "cifar",
-        "--batch",
-        "16",
-        "--holdout",
-        "40",
-        "--log-every",
-        "1",
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["--threads", "1"].map(String::from).to_vec();
+    args.extend(SMALL_TRAIN.iter().map(|s| s.to_string()));
+    args.extend(["--log-every", "1", "--quiet"].map(String::from));
     args.extend(["--max-steps".into(), steps.to_string()]);
     args.extend(["--data".into(), data.display().to_string()]);
     args.extend(["--out".into(), out.display().to_string()]);
@@ -85,21 +72,20 @@ fn shared(processes: usize, data: &Path, out: &Path, steps: u64, extra: &[&str])
     String::from_utf8_lossy(&succeeds(command).stderr).into_owned()
 }
 
+/// A checkpoint's f32 tensors by name (the preprocessing's byte tensors left out).
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .filter(|(_, view)| view.dtype() == safetensors::Dtype::F32)
-        .map(|(name, view)| {
+    let read = |_: &str, view: &safetensors::tensor::TensorView| {
+        (view.dtype() == safetensors::Dtype::F32).then(|| {
             let values = view.data().chunks_exact(4);
-            let values = values.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            (name, values.collect())
+            values
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    };
+    tensors_by_name(path, read)
+        .into_iter()
+        .filter_map(|(name, values)| Some((name, values?)))
+        .collect()
 }
 
 /// Asserts that every tensor of two checkpoints agrees: max |a - b| at most
@@ -128,13 +114,6 @@ fn records(out: &Path, kind: &str) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["kind"] == kind)
-        .collect()
-}
-
-fn losses(out: &Path) -> Vec<f64> {
-    records(out, "step")
-        .iter()
-        .map(|v| v["loss"].as_f64().unwrap())
         .collect()
 }
 
@@ -170,7 +149,7 @@ fn processes_train_as_one_process_does() {
                 let stderr = shared(processes, &data, &out, steps, &extra);
                 // One summary and one report: rank 0 speaks, the others train silently.
                 assert_eq!(stderr.matches("stopped after").count(), 1, "{stderr}");
-                let (a, b) = (losses(&single), losses(&out));
+                let (a, b) = (step_losses(&single), step_losses(&out));
                 assert_eq!(a.len(), b.len(), "every step logged once");
                 for (x, y) in a.iter().zip(&b) {
                     assert!((x - y).abs() < 1e-4, "losses {a:?} against {b:?}");
