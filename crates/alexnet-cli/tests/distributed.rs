@@ -324,8 +324,9 @@ fn checkpoint_step(path: &Path) -> u64 {
 
 /// A process killed (SIGKILL) or stopped (SIGSTOP) mid-run ends the job with
 /// an error within a minute (a stopped one is named by the other after
-/// `--dist-timeout`); the last checkpoint stays intact, and resuming from it
-/// gives the weights of an uninterrupted run.
+/// `--dist-timeout`), and SIGTERM to mpirun stops every process with a
+/// checkpoint; the last checkpoint stays intact, and resuming from it gives
+/// the weights of an uninterrupted run.
 #[test]
 fn a_lost_process_stops_the_job_and_the_run_resumes() {
     if mpirun(1).is_none() {
@@ -333,17 +334,28 @@ fn a_lost_process_stops_the_job_and_the_run_resumes() {
     }
     let root = temp_dir("distributed-faults");
     let data = dataset(&root);
-    for (signal, named) in [("KILL", "rank 1"), ("STOP", "rank 1 did not check in")] {
+    // Killed or stopped, rank 1; SIGTERM to mpirun, which hands it to every
+    // process: they agree to stop after one step and rank 0 writes the checkpoint.
+    let cases = [
+        ("KILL", false, "rank 1"),
+        ("STOP", false, "rank 1 did not check in"),
+        ("TERM", true, "interrupted: checkpoint written"),
+    ];
+    for (signal, to_launcher, named) in cases {
         let out = root.join(signal);
         let launcher = start_long_run(&data, &out);
         let pids = ranks(&launcher, 2);
+        let target = if to_launcher { launcher.id() } else { pids[1] };
         let status = Command::new("kill")
-            .args([format!("-{signal}"), pids[1].to_string()])
+            .args([format!("-{signal}"), target.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         let stderr = ended_within_a_minute(launcher);
         assert!(stderr.contains(named), "{signal}: {stderr}");
+        if to_launcher {
+            assert_eq!(records(&out, "end")[0]["ending"], "stopped");
+        }
         // The checkpoint is whole, and the run continues from it to the
         // weights of a run never interrupted.
         let end = checkpoint_step(&last(&out)) + 6;
