@@ -274,7 +274,8 @@ impl Trainer {
         observers: &mut [&mut dyn Observer],
         stop: &StopRequest,
     ) -> Result<Outcome> {
-        self.stop = stop.clone();
+        // A stop agreed in an earlier call is spent.
+        (self.stop, self.stop_agreed) = (stop.clone(), false);
         while (self.state.epoch as usize) < self.settings.epochs {
             if let Some(ending) = self.train_epoch(observers, stop)? {
                 self.save_last()?;
