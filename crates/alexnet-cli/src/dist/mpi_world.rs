@@ -3,6 +3,7 @@
 //! MPI has no bf16 type), and the per-step check-in by point-to-point
 //! messages that are polled until the deadline.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use alexnet::cpu::fast::gemm_bf16::bf16_bits;
@@ -25,6 +26,9 @@ const PEER_LOST: i32 = 125;
 /// MPI's world communicator; MPI is finalised when it is dropped.
 pub struct Mpi {
     world: SimpleCommunicator,
+    /// What a sum sends: MPI reduces into a buffer apart from the one it
+    /// reads. Kept from call to call, so that a step's sums allocate nothing.
+    send: RefCell<Vec<f32>>,
     timeout: Duration,
     watchdog: Watchdog,
     // Last: finalises MPI after everything above is gone.
@@ -37,6 +41,7 @@ impl Mpi {
         let watchdog = Watchdog::start(world.rank() as usize, timeout)?;
         Ok(Mpi {
             world,
+            send: RefCell::new(Vec::new()),
             timeout,
             watchdog,
             _universe: universe,
@@ -54,8 +59,9 @@ impl Communicator for Mpi {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
-        // MPI reduces into a buffer apart from the one it reads.
-        let send = values.to_vec();
+        let mut send = self.send.borrow_mut();
+        send.clear();
+        send.extend_from_slice(values);
         let count = values.len();
         let what = || format!("a sum of {count} values across processes");
         self.watchdog.guard(what, || {
