@@ -11,6 +11,14 @@ then with the `alexnet` binary given:
     device (views cut there from stored bytes) with those computed on the CPU
     (views cut by the loader), which must agree to 1e-4 of their scale.
 
+With `--launcher "torchrun --no-python --standalone --nproc-per-node 1"` (any
+command that starts the binary, given after it), the one-device training runs
+again under that launcher with `--device cuda` (NCCL's group of one, whose sums
+go through NCCL as with more processes) and must give the plain run's losses;
+with `--timing-steps N` as well, the paper's net trains N steps at batch 128 on
+generated 256x256 images, plain and under the launcher, and the per-step cost of
+the launcher's sums is printed.
+
 Runs anywhere: `--device cpu --towers cpu,cpu` checks the same things on the CPU.
 Exits non-zero, saying why, if any check fails. Needs only Python's standard
 library.
@@ -68,6 +76,61 @@ def read_f32_tensor(path, name):
     return struct.unpack(f"<{len(body) // 4}f", body)
 
 
+def write_bmp_classes(folder, classes, per_class, side, rng):
+    """Class folders of `side` x `side` BMP images: noise, with a class's colour
+    in a band (the content only has to be learnable; this is for timing)."""
+    row = side * 3
+    header = b"BM" + struct.pack("<IHHI", 54 + row * side, 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, side, side, 1, 24, 0, row * side, 2835, 2835, 0, 0)
+    for c in range(classes):
+        (folder / f"class{c}").mkdir(parents=True)
+        band = bytes((40 * c + k * 70) % 256 for k in range(3)) * side
+        for i in range(per_class):
+            pixels = bytearray(rng.randbytes(row * side))
+            start = (c * side // classes) * row
+            pixels[start:start + 8 * row] = band * 8
+            (folder / f"class{c}" / f"{i}.bmp").write_bytes(header + pixels)
+
+
+def step_rates(run_dir):
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(l["images_per_s"], l.get("sum_s")) for l in lines if l.get("kind") == "step"]
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def time_launcher(args, root, rng, failures):
+    """The paper's net at batch 128, plain and under the launcher: images/s
+    (median over the steps after the first three) and seconds of sums a step."""
+    source = root / "photos"
+    write_bmp_classes(source, 8, 208, 256, rng)
+    data = root / "photos-data"
+    run(args.alexnet, "prepare", source, "--out", data)
+    rates = {}
+    for label, prefix in [("plain", []), ("launcher", args.launcher.split())]:
+        out = root / f"timing-{label}"
+        device = args.device if label == "plain" else launched_device(args.device)
+        run(*prefix, args.alexnet, "train", "--data", data, "--arch", "alexnet", "--batch", "128",
+            "--holdout", "128", "--max-steps", args.timing_steps, "--log-every", "1", "--quiet",
+            "--out", out, "--device", device)
+        steps = step_rates(out)[3:]
+        rates[label] = (median([r for r, _ in steps]), median([s for _, s in steps if s is not None]))
+        print(f"paper's net, batch 128, {label}: {rates[label][0]:.0f} images/s"
+              + (f", sums {rates[label][1] * 1e3:.1f} ms a step" if label == "launcher" else ""))
+    plain, launched = rates["plain"][0], rates["launcher"][0]
+    print(f"the launcher's per-step overhead: {100 * (plain / launched - 1):.1f}% (aim: under 3%)")
+    if not launched > 0:
+        failures.append("the run under the launcher reported no speed")
+
+
+def launched_device(device):
+    """Under a launcher a GPU is named `cuda`: the process's local rank's."""
+    return "cuda" if device.startswith("cuda") else device
+
+
 def placement(flag):
     return ["--devices", flag, "--parallel", "towers"] if "," in flag else ["--device", flag]
 
@@ -78,6 +141,9 @@ def main():
     parser.add_argument("--device", default="cuda:0", help="the one-device placement")
     parser.add_argument("--towers", default="cuda:0,cuda:0", help="the two towers' devices")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--launcher", help="a launcher command to train under as well (torchrun ...)")
+    parser.add_argument("--timing-steps", type=int, default=0,
+                        help="with --launcher: time this many steps of the paper's net, plain and launched")
     args = parser.parse_args()
     failures = []
 
@@ -93,9 +159,13 @@ def main():
         arch = NET
 
         runs = {}
-        for label, flag in [("one device", args.device), ("two towers", args.towers)]:
+        placements = [("one device", args.device), ("two towers", args.towers)]
+        if args.launcher:
+            placements.append(("launched", launched_device(args.device)))
+        for label, flag in placements:
             out = root / label.replace(" ", "-")
-            run(args.alexnet, "train", "--data", data, "--arch", arch, "--out", out, "--epochs", "3",
+            prefix = args.launcher.split() if label == "launched" else []
+            run(*prefix, args.alexnet, "train", "--data", data, "--arch", arch, "--out", out, "--epochs", "3",
                 "--max-steps", args.steps, "--holdout", "64", "--log-every", "1", "--quiet",
                 *placement(flag))
             losses = step_losses(out)
@@ -107,14 +177,18 @@ def main():
             elif not end < 0.8 * start:
                 failures.append(f"{label}: the loss did not fall ({start:.3f} -> {end:.3f})")
 
-        one, towers = runs["one device"][2], runs["two towers"][2]
-        # The two runs differ only in rounding, which training amplifies step by
-        # step; over the first ten steps it stays far below what a wrong exchange
-        # or a wrong mask does (order 1 from the first step).
-        worst = max((abs(a - b) / abs(a) for a, b in zip(one[:10], towers[:10])), default=0.0)
-        print(f"one device against two towers: largest relative loss difference over ten steps {worst:.2e}")
-        if len(towers) < 10 or worst > 1e-3:
-            failures.append(f"one device and two towers trained differently: {one[:10]} vs {towers[:10]}")
+        one = runs["one device"][2]
+        for label in [l for l in runs if l != "one device"]:
+            other = runs[label][2]
+            # The runs differ only in rounding, which training amplifies step by
+            # step; over the first ten steps it stays far below what a wrong
+            # exchange, mask or sum does (order 1 from the first step).
+            worst = max((abs(a - b) / abs(a) for a, b in zip(one[:10], other[:10])), default=0.0)
+            print(f"one device against {label}: largest relative loss difference over ten steps {worst:.2e}")
+            if len(other) < 10 or worst > 1e-3:
+                failures.append(f"one device and {label} trained differently: {one[:10]} vs {other[:10]}")
+        # Its checkpoint is the one-device run's kind; the loop below checks towers.
+        runs.pop("launched", None)
 
         for label, (out, flag, _) in runs.items():
             checkpoint = out / "last.safetensors"
@@ -133,6 +207,9 @@ def main():
             print(f"{label}: fc features on {flag} against the CPU: {diff:.2e} (scale {scale:.2e})")
             if len(here) != len(there) or diff > 1e-4 * scale:
                 failures.append(f"{label}: features on {flag} differ from the CPU's by {diff}")
+
+        if args.launcher and args.timing_steps:
+            time_launcher(args, root, rng, failures)
 
     if failures:
         print("\n".join(f"FAILED: {f}" for f in failures))

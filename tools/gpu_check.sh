@@ -7,6 +7,11 @@
 # (batch 128) and inference (batch 256) of the paper's net beside PyTorch eager,
 # in fp32, TF32 and bf16 (ours with --precision; PyTorch's bf16 under autocast),
 # then the paper's two towers (`--parallel towers`) on two GPUs, or both on one.
+# Data parallelism: the workflow trains once more under torchrun
+# (`python -m torch.distributed.run --no-python --standalone --nproc-per-node 1`,
+# NCCL's group of one) and must match the plain run; with the timings, the
+# paper's net at batch 128 under torchrun against the plain run (the per-step
+# overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
@@ -34,6 +39,7 @@ source tools/gpu_env.sh
 
 echo "== versions"
 echo "libraries looked for in: ${libs:-(none found)}"
+echo "NCCL (data parallelism): ${nccl_lib:-not found, so the torchrun checks fail}"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
@@ -75,7 +81,11 @@ echo "== workflow: prepare, train, eval and features on the GPU, one device and 
 gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 towers="cuda:0,cuda:0"
 [[ ${gpus:-0} -ge 2 ]] && towers="cuda:0,cuda:1"
-if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers"; then
+torchrun="$python -m torch.distributed.run --no-python --standalone --nproc-per-node 1"
+timing_steps=${TIMING_STEPS:-30}
+[[ "${SKIP_BENCH:-0}" == 1 ]] && timing_steps=0
+if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers" \
+    --launcher "$torchrun" --timing-steps "$timing_steps"; then
   echo "FAILED: the device workflow"
   status=1
 fi

@@ -16,3 +16,20 @@ print(":".join(dirs))
 PY
 )
 export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# cudarc opens NCCL as libnccl.so (and numbered names other than .so.2), while
+# PyTorch's wheels ship only libnccl.so.2 (site-packages/nvidia/nccl/lib): a
+# libnccl.so link to it, in a folder of its own, goes on the path too.
+nccl_lib=""
+for dir in ${libs//:/ }; do
+  if [[ -e "$dir/libnccl.so.2" ]]; then
+    nccl_lib="$dir/libnccl.so.2"
+    break
+  fi
+done
+if [[ -n "$nccl_lib" ]]; then
+  nccl_links="${TMPDIR:-/tmp}/alexnet-nccl-link"
+  mkdir -p "$nccl_links"
+  ln -sf "$nccl_lib" "$nccl_links/libnccl.so"
+  libs="$nccl_links:$libs"
+  export LD_LIBRARY_PATH="$nccl_links:$LD_LIBRARY_PATH"
+fi

@@ -38,16 +38,14 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// Parses `--device`: `cpu`, `cuda` (the first GPU; under mpirun, the GPU of
-/// this process's local rank) or `cuda:N`; clap reports an error with the
+/// Parses `--device`: `cpu`, `cuda` (the first GPU; under mpirun or torchrun,
+/// the GPU of this process's local rank) or `cuda:N`; clap reports an error with the
 /// flag's name.
 pub fn parse(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cpu-reference" => Ok(Device::Reference),
-        "cuda" => Ok(Device::Cuda(local_gpu(
-            std::env::var("OMPI_COMM_WORLD_LOCAL_RANK").ok().as_deref(),
-        )?)),
+        "cuda" => Ok(Device::Cuda(local_gpu(launchers_local_rank())?)),
         _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
             _ => {
@@ -57,16 +55,23 @@ pub fn parse(text: &str) -> Result<Device, String> {
     }
 }
 
-/// The GPU of a process whose launcher gave it `local_rank` among the
+/// The variable and value of this process's rank among the processes of its
+/// machine, where a launcher set it: mpirun's, or torchrun's.
+fn launchers_local_rank() -> Option<(&'static str, String)> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"]
+        .into_iter()
+        .find_map(|name| Some((name, std::env::var(name).ok()?)))
+}
+
+/// The GPU of a process whose launcher gave it a local rank among the
 /// processes of its machine (one GPU each), or the first GPU alone.
-fn local_gpu(local_rank: Option<&str>) -> Result<usize, String> {
+fn local_gpu(local_rank: Option<(&str, String)>) -> Result<usize, String> {
     match local_rank {
         None => Ok(0),
-        Some(text) => text.parse().map_err(|_| {
-            format!(
-                "OMPI_COMM_WORLD_LOCAL_RANK={text}: expected the process's local rank, a number"
-            )
-        }),
+        Some((name, text)) => text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={text}: expected the process's local rank, a number")),
     }
 }
 
@@ -276,13 +281,20 @@ mod tests {
     use super::local_gpu;
 
     #[test]
-    fn cuda_alone_is_the_first_gpu_and_under_mpirun_the_local_ranks() {
+    fn cuda_alone_is_the_first_gpu_and_under_a_launcher_the_local_ranks() {
+        let rank = |name: &'static str, text: &str| Some((name, text.to_string()));
         assert_eq!(local_gpu(None), Ok(0));
-        assert_eq!(local_gpu(Some("3")), Ok(3));
+        assert_eq!(local_gpu(rank("OMPI_COMM_WORLD_LOCAL_RANK", "3")), Ok(3));
+        assert_eq!(local_gpu(rank("LOCAL_RANK", "5")), Ok(5));
         assert!(
-            local_gpu(Some("x"))
+            local_gpu(rank("OMPI_COMM_WORLD_LOCAL_RANK", "x"))
                 .unwrap_err()
                 .contains("OMPI_COMM_WORLD_LOCAL_RANK=x")
+        );
+        assert!(
+            local_gpu(rank("LOCAL_RANK", "-1"))
+                .unwrap_err()
+                .contains("LOCAL_RANK=-1")
         );
     }
 }

@@ -1,12 +1,14 @@
 //! Data-parallel training across processes started by a launcher: under
 //! `mpirun -np N alexnet train ...` every process trains its part of each
 //! batch and the gradients are summed by MPI (`--features mpi`, Open MPI through
-//! the `mpi` crate). The launcher is recognised from its environment.
+//! the `mpi` crate); under `torchrun --no-python --nproc-per-node N alexnet
+//! train ... --device cuda` one process per GPU sums them with NCCL
+//! (`--features cuda`). The launcher is recognised from its environment
+//! ([`launcher`]).
 //!
-//! No process waits for the others forever: each step begins with a check-in
-//! (a small message to every other process, answered within `--dist-timeout`),
-//! which names the processes that did not answer, and every collective runs
-//! under a watchdog with the same deadline.
+//! No process waits for the others forever: each step has a check-in, answered
+//! within `--dist-timeout` (under MPI it names the processes that did not
+//! answer), and every collective runs under a watchdog with the same deadline.
 
 use std::time::Duration;
 
@@ -14,10 +16,13 @@ use alexnet_train::{Communicator, SingleProcess};
 use anyhow::{Result, bail};
 use clap::Args;
 
-/// How processes of one run wait for each other.
+use crate::device::Device;
+use launcher::{Launcher, Place};
+
+/// How processes of one run wait for each other and meet.
 #[derive(Args, Clone, Debug)]
 pub struct DistArgs {
-    /// Under mpirun: seconds a process waits for the others (at each step's
+    /// Under a launcher: seconds a process waits for the others (at each step's
     /// check-in, or inside a sum of gradients) before the run stops with an
     /// error naming the processes that did not answer.
     #[arg(
@@ -27,6 +32,11 @@ pub struct DistArgs {
         help_heading = "Several processes"
     )]
     pub dist_timeout: u64,
+    /// Under torchrun: the TCP port on MASTER_ADDR where NCCL's processes meet
+    /// (default MASTER_PORT + 1, beside torchrun's own store; an NCCL_COMM_ID
+    /// already in the environment is used as it is).
+    #[arg(long, value_name = "PORT", help_heading = "Several processes")]
+    pub dist_port: Option<u16>,
 }
 
 impl DistArgs {
@@ -38,69 +48,149 @@ impl DistArgs {
     }
 }
 
-/// The processes this one runs among, as the launcher's environment says:
-/// `OMPI_COMM_WORLD_SIZE` (Open MPI's `mpirun`); none is one process alone.
-/// Started by `torchrun` (its `WORLD_SIZE` above 1), which needs NCCL, not
-/// built yet: refused, rather than every process training alone into one
-/// folder.
-pub fn world_size() -> Result<usize> {
-    let Ok(text) = std::env::var("OMPI_COMM_WORLD_SIZE") else {
-        if let Ok(size) = std::env::var("WORLD_SIZE")
-            && size.trim() != "1"
-        {
-            bail!(
-                "WORLD_SIZE={size}: started by torchrun or another launcher that this build \
-                 cannot join (data parallelism runs under mpirun, with --features mpi); start \
-                 it with `mpirun -np N alexnet ...`"
-            );
-        }
-        return Ok(1);
+/// Where NCCL's processes meet under torchrun: `NCCL_COMM_ID`, set before
+/// any thread starts (NCCL reads it when it makes its id, and setting the
+/// environment while other threads may read it is not sound). Elsewhere, or
+/// with `NCCL_COMM_ID` already set, nothing changes.
+pub fn prepare_environment(args: &DistArgs) -> Result<()> {
+    let Launcher::Torchrun {
+        master_addr,
+        master_port,
+        ..
+    } = Launcher::from_env()?
+    else {
+        return Ok(());
     };
-    match text.parse::<usize>() {
-        Ok(size) if size >= 1 => Ok(size),
-        _ => bail!("OMPI_COMM_WORLD_SIZE={text}: expected a number of processes of at least 1"),
+    if std::env::var_os("NCCL_COMM_ID").is_some() {
+        return Ok(());
     }
+    let id = nccl_comm_id(&master_addr, master_port, args.dist_port)?;
+    // SAFETY: called from `main` before the thread pool (or any other thread)
+    // starts, so no other thread reads the environment meanwhile.
+    unsafe { std::env::set_var("NCCL_COMM_ID", id) };
+    Ok(())
+}
+
+/// `host:port` for NCCL: `--dist-port`, or the port after torchrun's store.
+fn nccl_comm_id(master_addr: &str, master_port: u16, dist_port: Option<u16>) -> Result<String> {
+    let port = match dist_port {
+        Some(0) => bail!("--dist-port 0: expected a TCP port from 1 to 65535"),
+        Some(port) => port,
+        None => master_port.checked_add(1).ok_or_else(|| {
+            anyhow::anyhow!(
+                "MASTER_PORT={master_port} leaves no port after it for NCCL: choose one with \
+                 --dist-port"
+            )
+        })?,
+    };
+    // NCCL reads an IPv6 address in brackets.
+    let host = if master_addr.contains(':') && !master_addr.starts_with('[') {
+        format!("[{master_addr}]")
+    } else {
+        master_addr.to_string()
+    };
+    Ok(format!("{host}:{port}"))
 }
 
 /// Worker threads per process when `--threads` is not given: the cores divided
-/// among the processes on this machine (`OMPI_COMM_WORLD_LOCAL_SIZE`).
+/// among the processes on this machine (`OMPI_COMM_WORLD_LOCAL_SIZE` under
+/// mpirun, `LOCAL_WORLD_SIZE` under torchrun).
 pub fn default_threads() -> Option<usize> {
-    let local: usize = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|&n| n > 1)?;
+    let local = Launcher::from_env().ok()?.place()?.local_size?;
+    if local <= 1 {
+        return None;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     Some((cores / local).max(1))
 }
 
-/// The communicator of this process: MPI's under a launcher, or this process alone.
-pub fn communicator(args: &DistArgs) -> Result<Box<dyn Communicator>> {
+/// The communicator of this process, whose net runs on `device`: MPI's under
+/// mpirun, NCCL's under torchrun (GPUs only), or this process alone.
+pub fn communicator(args: &DistArgs, device: Device) -> Result<Box<dyn Communicator>> {
     let timeout = args.timeout()?;
-    if world_size()? == 1 {
-        return Ok(Box::new(SingleProcess));
+    match Launcher::from_env()? {
+        Launcher::Alone => Ok(Box::new(SingleProcess)),
+        Launcher::Mpirun(place) if place.size == 1 => Ok(Box::new(SingleProcess)),
+        Launcher::Mpirun(place) => mpi_communicator(place, timeout),
+        Launcher::Torchrun { place, .. } => match device {
+            Device::Cuda(ordinal) => nccl_communicator(place, ordinal, timeout),
+            _ if place.size == 1 => Ok(Box::new(SingleProcess)),
+            other => bail!(
+                "started by torchrun as rank {} of {}: torchrun's processes sum their \
+                 gradients with NCCL, one GPU each (--device cuda); for processes on {other} \
+                 start them with `mpirun -np {} alexnet ...` (a binary built with --features mpi)",
+                place.rank,
+                place.size,
+                place.size
+            ),
+        },
     }
-    mpi_communicator(timeout)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl_communicator(
+    place: Place,
+    ordinal: usize,
+    _timeout: Duration,
+) -> Result<Box<dyn Communicator>> {
+    let _ = place;
+    Err(crate::device::without_cuda("--device", ordinal))
+}
+
+#[cfg(feature = "cuda")]
+fn nccl_communicator(
+    place: Place,
+    ordinal: usize,
+    timeout: Duration,
+) -> Result<Box<dyn Communicator>> {
+    Ok(Box::new(nccl_world::Nccl::new(place, ordinal, timeout)?))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_communicator(_timeout: Duration) -> Result<Box<dyn Communicator>> {
+fn mpi_communicator(place: Place, _timeout: Duration) -> Result<Box<dyn Communicator>> {
     bail!(
         "started by mpirun with {} processes, but this binary was built without MPI: build it \
          with `cargo build --release -p alexnet-cli --features mpi`",
-        world_size()?
+        place.size
     )
 }
 
 #[cfg(feature = "mpi")]
-fn mpi_communicator(timeout: Duration) -> Result<Box<dyn Communicator>> {
+fn mpi_communicator(_place: Place, timeout: Duration) -> Result<Box<dyn Communicator>> {
     let Some(universe) = mpi::initialize() else {
         bail!("MPI was initialised twice in one process");
     };
     Ok(Box::new(mpi_world::Mpi::new(universe, timeout)?))
 }
 
+pub mod launcher;
 #[cfg(feature = "mpi")]
 mod mpi_world;
-#[cfg(feature = "mpi")]
+#[cfg(feature = "cuda")]
+mod nccl_world;
+#[cfg(any(feature = "mpi", feature = "cuda"))]
 mod watchdog;
+
+#[cfg(test)]
+mod tests {
+    use super::nccl_comm_id;
+
+    #[test]
+    fn nccl_meets_beside_torchruns_store_or_at_the_port_given() {
+        assert_eq!(
+            nccl_comm_id("10.0.0.1", 29500, None).unwrap(),
+            "10.0.0.1:29501"
+        );
+        assert_eq!(
+            nccl_comm_id("node-a", 29500, Some(4000)).unwrap(),
+            "node-a:4000"
+        );
+        assert_eq!(
+            nccl_comm_id("fe80::1", 29500, None).unwrap(),
+            "[fe80::1]:29501"
+        );
+        let message = nccl_comm_id("h", 65535, None).unwrap_err().to_string();
+        assert!(message.contains("--dist-port"), "{message}");
+        assert!(nccl_comm_id("h", 1, Some(0)).is_err());
+    }
+}

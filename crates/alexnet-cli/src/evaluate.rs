@@ -43,7 +43,7 @@ pub struct EvalArgs {
 /// Evaluates as the flags say; under mpirun every process evaluates its part
 /// of each batch, and rank 0 prints the sums.
 pub fn run(args: EvalArgs, engine: &EngineSettings) -> Result<()> {
-    let comm = crate::dist::communicator(&args.dist)?;
+    let comm = crate::dist::communicator(&args.dist, args.placement.main_device())?;
     let path = args.weights.path()?;
     let ckpt = checkpoint::load_weights(&path)?;
     let preprocess = Preprocess::from_checkpoint(&ckpt)?;

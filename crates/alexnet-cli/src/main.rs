@@ -136,6 +136,15 @@ impl Command {
         }
     }
 
+    /// How the processes of a command that may run under a launcher meet.
+    fn dist_args(&self) -> Option<&dist::DistArgs> {
+        match self {
+            Command::Train(args) => Some(&args.dist),
+            Command::Eval(args) => Some(&args.dist),
+            _ => None,
+        }
+    }
+
     /// `--threads` of a command that uses threads without a backend.
     fn threads(&self) -> Option<usize> {
         match self {
@@ -174,6 +183,10 @@ impl Command {
 fn main() -> Result<()> {
     restore_default_sigpipe();
     let cli = Cli::parse();
+    if let Some(dist) = cli.command.dist_args() {
+        // Before any thread starts: it may set the environment.
+        dist::prepare_environment(dist)?;
+    }
     let placement = cli.command.placement();
     if let Some(placement) = placement {
         placement.validate()?;

@@ -163,8 +163,8 @@ impl TrainArgs {
 
 /// Trains as the flags say until done, `--max-steps`, or `stop` (Ctrl-C, SIGTERM, SIGHUP).
 pub fn run(args: TrainArgs, engine: &EngineSettings, stop: &StopRequest) -> Result<()> {
-    let comm = crate::dist::communicator(&args.dist)?;
-    if comm.size() > 1 && args.placement.parallel.is_some() {
+    let comm = crate::dist::communicator(&args.dist, args.placement.main_device())?;
+    if comm.shared() && args.placement.parallel.is_some() {
         bail!(
             "--parallel towers splits one net over devices; data-parallel training ({} processes) \
              takes a whole net per process: use one or the other",

@@ -367,25 +367,56 @@ fn a_lost_process_stops_the_job_and_the_run_resumes() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// Started by a launcher it cannot join (torchrun's `WORLD_SIZE`), a process
-/// refuses rather than training alone into a folder the others write too.
+/// What `torchrun --nproc-per-node 2` sets for its first process.
+const TORCHRUN_RANK_0: [(&str, &str); 6] = [
+    ("RANK", "0"),
+    ("WORLD_SIZE", "2"),
+    ("LOCAL_RANK", "0"),
+    ("LOCAL_WORLD_SIZE", "2"),
+    ("MASTER_ADDR", "127.0.0.1"),
+    ("MASTER_PORT", "29500"),
+];
+
+/// Started by torchrun (its environment, as it sets it) for CPU processes, or
+/// with a partial launcher environment, a process refuses with a message that
+/// says why, rather than training alone into a folder the others write too.
 #[test]
-fn a_launcher_it_cannot_join_is_refused() {
+fn launch_environments_it_cannot_join_are_refused() {
     let root = temp_dir("distributed-torchrun");
     let data = dataset(&root);
-    let output = Command::new(env!("CARGO_BIN_EXE_alexnet"))
-        .args(train_args(&data, &root.join("out"), 1, &[]))
-        .env("WORLD_SIZE", "2")
-        .env("RANK", "0")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let out = root.join("out");
+    let refusal = |env: &[(&str, &str)], extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_alexnet"))
+            .args(train_args(&data, &out, 1, extra))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let cpu = refusal(&TORCHRUN_RANK_0, &[]);
     assert!(
-        stderr.contains("WORLD_SIZE=2") && stderr.contains("mpirun"),
-        "{stderr}"
+        cpu.contains("torchrun as rank 0 of 2") && cpu.contains("mpirun -np 2"),
+        "{cpu}"
     );
-    assert!(!root.join("out").join("last.safetensors").exists());
+    let partial = refusal(&[("WORLD_SIZE", "2"), ("RANK", "0")], &[]);
+    assert!(
+        partial.contains("LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+        "{partial}"
+    );
+    let mut bad_port = TORCHRUN_RANK_0.to_vec();
+    bad_port.push(("MASTER_PORT", "65535"));
+    bad_port.remove(5);
+    let port = refusal(&bad_port, &["--device", "cuda"]);
+    assert!(
+        port.contains("MASTER_PORT=65535") && port.contains("--dist-port"),
+        "{port}"
+    );
+    if !cfg!(feature = "cuda") {
+        let gpu = refusal(&TORCHRUN_RANK_0, &["--device", "cuda"]);
+        assert!(gpu.contains("built without CUDA"), "{gpu}");
+    }
+    assert!(!out.join("last.safetensors").exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

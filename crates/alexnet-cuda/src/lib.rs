@@ -46,6 +46,7 @@ mod input;
 mod kernels;
 mod launch;
 mod layers;
+pub mod nccl;
 mod staging;
 
 use std::sync::{Arc, Mutex};

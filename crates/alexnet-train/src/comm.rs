@@ -16,6 +16,12 @@ pub trait Communicator {
     fn rank(&self) -> usize;
     /// How many processes share the run.
     fn size(&self) -> usize;
+    /// Whether the run's sums and check-ins go through this communicator:
+    /// with several processes, or in a launcher's group of one, whose sums
+    /// then cost what they would with more (to measure that cost).
+    fn shared(&self) -> bool {
+        self.size() > 1
+    }
     /// Replaces `values` by their element-wise sum over all processes.
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External>;
     /// [`all_reduce_sum`](Communicator::all_reduce_sum) with the values

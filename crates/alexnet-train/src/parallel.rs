@@ -92,7 +92,7 @@ pub fn reduce_gradients(
 /// An evaluation of each process's part of the images, summed into that of
 /// all of them (counts are exact in f32 up to 2^24 images).
 pub fn reduce_evaluation(comm: &dyn Communicator, part: Evaluation) -> Result<Evaluation> {
-    if comm.size() == 1 {
+    if !comm.shared() {
         return Ok(part);
     }
     let mut counts = vec![

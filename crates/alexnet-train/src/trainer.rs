@@ -176,7 +176,7 @@ impl Trainer {
             fresh(&config, &settings, wanted, &dataset, factory, share)?
         };
         let mut net = start.net;
-        if comm.size() > 1 {
+        if comm.shared() {
             // Every batch is whole (the last short one is dropped), so each
             // process's rows of the dropout masks start at the same place.
             let part = parallel::part_of(comm.as_ref());
@@ -441,7 +441,7 @@ impl Trainer {
     /// values as they are.
     fn reduce(&mut self, loss: f32, errors: usize, images: usize) -> Result<(f32, usize, usize)> {
         self.times = (0.0, 0.0);
-        if self.comm.size() == 1 {
+        if !self.comm.shared() {
             return Ok((loss, errors, images));
         }
         let started = Instant::now();
@@ -462,7 +462,7 @@ impl Trainer {
     /// processes, as agreed at the last step's check-in (a signal may reach
     /// them at different steps; all stop at the same one).
     fn stop_agreed(&self, stop: &StopRequest) -> bool {
-        if self.comm.size() == 1 {
+        if !self.comm.shared() {
             stop.is_requested()
         } else {
             self.stop_agreed
@@ -490,8 +490,8 @@ impl Trainer {
             images_per_s: window.images_per_s(),
             train_error: window.errors as f64 / window.images.max(1) as f64,
             elapsed_s: self.started.elapsed().as_secs_f64(),
-            wait_s: (self.comm.size() > 1).then(|| window.per_step(window.wait_s)),
-            sum_s: (self.comm.size() > 1).then(|| window.per_step(window.sum_s)),
+            wait_s: self.comm.shared().then(|| window.per_step(window.wait_s)),
+            sum_s: self.comm.shared().then(|| window.per_step(window.sum_s)),
         }
     }
 
@@ -514,7 +514,7 @@ impl Trainer {
             false,
             parallel::part_of(self.comm.as_ref()),
         )?;
-        if self.comm.size() > 1 {
+        if self.comm.shared() {
             self.check_in()?;
         }
         parallel::reduce_evaluation(self.comm.as_ref(), part)

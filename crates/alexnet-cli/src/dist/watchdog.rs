@@ -1,10 +1,11 @@
-//! A deadline on blocking MPI calls: a collective that does not finish within
-//! the run's timeout (another process stopped or died inside it) ends this
-//! process with an error, and `mpirun` then stops the rest of the job.
+//! A deadline on blocking MPI and NCCL calls: a collective that does not
+//! finish within the run's timeout (another process stopped or died inside it)
+//! ends this process with an error, and the launcher then stops the rest of
+//! the job.
 //!
-//! MPI gives no way to interrupt a blocking collective, and MPI may only be
-//! called from the main thread here, so the watchdog thread does not call MPI:
-//! it prints the error and exits the process at once.
+//! Neither gives a way to interrupt a blocking collective, and MPI may only be
+//! called from the main thread here, so the watchdog thread calls neither: it
+//! prints the error and exits the process at once.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ impl Watchdog {
         Ok(Watchdog { shared, timeout })
     }
 
-    /// Runs `call` (a blocking MPI call described by `what`) under the deadline.
+    /// Runs `call` (a blocking collective described by `what`) under the deadline.
     pub fn guard<R>(&self, what: impl FnOnce() -> String, call: impl FnOnce() -> R) -> R {
         self.set(Some(Armed {
             what: what(),
@@ -84,6 +85,6 @@ fn give_up(rank: usize, what: &str, timeout: Duration) -> ! {
         timeout.as_secs()
     );
     // SAFETY: `_exit` ends the process at once, without running destructors or
-    // atexit handlers, which could block on the MPI call the main thread is in.
+    // atexit handlers, which could block on the collective the main thread is in.
     unsafe { libc::_exit(TIMED_OUT) }
 }

@@ -1,0 +1,102 @@
+//! The communicator over an NCCL group, one process per GPU (under torchrun):
+//! sums, broadcasts and the per-step check-in are NCCL collectives, each under
+//! the watchdog's deadline. NCCL cannot say which process failed to join a
+//! collective, so a lost process is reported by the step it was lost at;
+//! torchrun names the process that died.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use alexnet_cuda::nccl::NcclGroup;
+use alexnet_train::{Communicator, External};
+
+use super::launcher::Place;
+use super::watchdog::Watchdog;
+
+pub struct Nccl {
+    /// Its calls reuse device buffers, so they need the group mutably.
+    group: RefCell<NcclGroup>,
+    watchdog: Watchdog,
+}
+
+impl Nccl {
+    /// Joins the group of `place` on GPU `ordinal` (every process of the run
+    /// must join within `timeout`).
+    pub fn new(place: Place, ordinal: usize, timeout: Duration) -> anyhow::Result<Nccl> {
+        let watchdog = Watchdog::start(place.rank, timeout)?;
+        let id = NcclGroup::id()?;
+        let what = || {
+            format!(
+                "joining the NCCL group of {} processes (NCCL_COMM_ID={})",
+                place.size,
+                std::env::var("NCCL_COMM_ID").unwrap_or_else(|_| "unset".into())
+            )
+        };
+        let group = watchdog.guard(what, || {
+            NcclGroup::join(ordinal, place.rank, place.size, id)
+        })?;
+        Ok(Nccl {
+            group: RefCell::new(group),
+            watchdog,
+        })
+    }
+}
+
+impl Communicator for Nccl {
+    fn rank(&self) -> usize {
+        self.group.borrow().rank()
+    }
+
+    fn size(&self) -> usize {
+        self.group.borrow().size()
+    }
+
+    /// A group of one under torchrun sums too, so that its steps cost what
+    /// they would with more processes (the overhead is measured that way).
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
+        let count = values.len();
+        let what = || format!("an NCCL sum of {count} values across processes");
+        self.watchdog
+            .guard(what, || self.group.borrow_mut().sum(values))?;
+        Ok(())
+    }
+
+    fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
+        let count = values.len();
+        let what = || format!("an NCCL bf16 sum of {count} values across processes");
+        self.watchdog
+            .guard(what, || self.group.borrow_mut().sum_bf16(values))?;
+        Ok(())
+    }
+
+    fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {
+        let count = values.len();
+        let what = || format!("an NCCL broadcast of {count} values from rank {root}");
+        self.watchdog
+            .guard(what, || self.group.borrow_mut().broadcast(values, root))?;
+        Ok(())
+    }
+
+    /// The largest step, the smallest (as the largest of `MAX - step`) and
+    /// whether any process was asked to stop, in one collective.
+    fn check_in(&self, step: u64, stop: bool) -> Result<bool, External> {
+        let mut said = [step, u64::MAX - step, u64::from(stop)];
+        let what = || format!("the check-in of step {step}");
+        self.watchdog
+            .guard(what, || self.group.borrow_mut().max(&mut said))?;
+        let (latest, earliest) = (said[0], u64::MAX - said[1]);
+        if latest != earliest {
+            return Err(format!(
+                "rank {} is at step {step} but the processes checked in at steps {earliest} to \
+                 {latest}: they were not started with the same settings",
+                self.rank()
+            )
+            .into());
+        }
+        Ok(said[2] != 0)
+    }
+}

@@ -1,0 +1,207 @@
+//! Sums across the processes of a data-parallel run through NVIDIA's NCCL, one
+//! process per GPU (cudarc's `nccl` module, opened at run time like the rest of
+//! CUDA). Values arrive from the host, are summed on the GPU by NCCL on a stream
+//! of its own, and go back; the group's rank 0 hands out the starting weights by
+//! [`NcclGroup::broadcast`].
+//!
+//! How the processes meet: NCCL's unique id. Under `torchrun` every process sets
+//! `NCCL_COMM_ID=host:port` before [`NcclGroup::id`], which then only encodes
+//! that address (the same id everywhere), and rank 0 listens there while the
+//! group forms. Under `mpirun` rank 0 makes a fresh id and MPI broadcasts its
+//! bytes to the others before they [`join`](NcclGroup::join).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::nccl::{Comm, Id, ReduceOp};
+
+use crate::error::CudaError;
+
+/// The bytes of an NCCL unique id.
+pub const ID_BYTES: usize = 128;
+
+/// This process's member of an NCCL group, on one GPU.
+pub struct NcclGroup {
+    comm: Comm,
+    stream: Arc<CudaStream>,
+    /// Device buffers the host's values are summed in, kept from call to call
+    /// (grown to the largest sum so far).
+    f32_sums: CudaSlice<f32>,
+    bf16_sums: CudaSlice<half::bf16>,
+    /// Kept for the bf16 sums' host side.
+    bf16_host: Vec<half::bf16>,
+}
+
+/// Opens `libnccl.so` by name and closes it again: cudarc panics when it is
+/// missing, and PyTorch's wheels ship it only as `libnccl.so.2`, a name cudarc
+/// does not look for.
+fn probe_library() -> Result<(), CudaError> {
+    // SAFETY: the probe only dlopens candidate file names and drops the handle.
+    if unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Ok(());
+    }
+    Err(CudaError::LibraryMissing {
+        library: "libnccl.so",
+        what: "NCCL, NVIDIA's collective communications",
+        hint: "put a folder holding libnccl.so on LD_LIBRARY_PATH (PyTorch's wheels ship \
+               site-packages/nvidia/nccl/lib/libnccl.so.2: make a libnccl.so link to it, as \
+               tools/gpu_env.sh does)",
+    })
+}
+
+fn nccl_failed(what: &str, error: &cudarc::nccl::result::NcclError) -> CudaError {
+    // SAFETY: NCCL returns a static string for every result code.
+    let message = unsafe {
+        std::ffi::CStr::from_ptr(cudarc::nccl::sys::ncclGetErrorString(error.0))
+            .to_string_lossy()
+            .into_owned()
+    };
+    CudaError::Call {
+        what: what.to_string(),
+        message: format!("NCCL: {message}"),
+    }
+}
+
+fn driver_failed(what: &str) -> impl Fn(cudarc::driver::DriverError) -> CudaError + '_ {
+    move |e| CudaError::call(what, e)
+}
+
+impl NcclGroup {
+    /// The id the group meets by: encodes `NCCL_COMM_ID` when it is set (the
+    /// same on every process), otherwise a fresh one that rank 0 must share.
+    pub fn id() -> Result<[u8; ID_BYTES], CudaError> {
+        probe_library()?;
+        let id = Id::new().map_err(|e| nccl_failed("making an NCCL id", &e))?;
+        Ok(id.internal().map(|c| c as u8))
+    }
+
+    /// Joins the group of `size` processes as `rank`, on GPU `ordinal`; blocks
+    /// until every process has joined.
+    pub fn join(
+        ordinal: usize,
+        rank: usize,
+        size: usize,
+        id: [u8; ID_BYTES],
+    ) -> Result<NcclGroup, CudaError> {
+        probe_library()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice {
+            ordinal,
+            message: e.to_string(),
+        })?;
+        let stream = ctx
+            .new_stream()
+            .map_err(driver_failed("creating NCCL's stream"))?;
+        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
+        let comm = Comm::from_rank(stream.clone(), rank, size, id).map_err(|e| {
+            nccl_failed(
+                &format!("joining the NCCL group as rank {rank} of {size}"),
+                &e,
+            )
+        })?;
+        let alloc = driver_failed("allocating NCCL's sum buffer");
+        Ok(NcclGroup {
+            f32_sums: stream.alloc_zeros(1).map_err(&alloc)?,
+            bf16_sums: stream.alloc_zeros(1).map_err(&alloc)?,
+            bf16_host: Vec::new(),
+            comm,
+            stream,
+        })
+    }
+
+    /// Replaces `values` by their element-wise sum over the group.
+    pub fn sum(&mut self, values: &mut [f32]) -> Result<(), CudaError> {
+        let n = values.len();
+        if self.f32_sums.len() < n {
+            self.f32_sums = self
+                .stream
+                .alloc_zeros(n)
+                .map_err(driver_failed("allocating NCCL's sum buffer"))?;
+        }
+        let mut device = self.f32_sums.slice_mut(..n);
+        self.stream
+            .memcpy_htod(values, &mut device)
+            .map_err(driver_failed("copying values to sum to the GPU"))?;
+        self.comm
+            .all_reduce_in_place(&mut device, &ReduceOp::Sum)
+            .map_err(|e| nccl_failed("an NCCL sum", &e))?;
+        self.stream
+            .memcpy_dtoh(&device, values)
+            .map_err(driver_failed("copying a sum back from the GPU"))?;
+        self.synchronize()
+    }
+
+    /// [`sum`](NcclGroup::sum) carried as bf16: each process's values are
+    /// rounded to bf16 (to nearest, ties to even) and NCCL sums in bf16.
+    pub fn sum_bf16(&mut self, values: &mut [f32]) -> Result<(), CudaError> {
+        let n = values.len();
+        if self.bf16_sums.len() < n {
+            self.bf16_sums = self
+                .stream
+                .alloc_zeros(n)
+                .map_err(driver_failed("allocating NCCL's bf16 sum buffer"))?;
+        }
+        self.bf16_host.clear();
+        self.bf16_host
+            .extend(values.iter().map(|&v| half::bf16::from_f32(v)));
+        let mut device = self.bf16_sums.slice_mut(..n);
+        self.stream
+            .memcpy_htod(&self.bf16_host, &mut device)
+            .map_err(driver_failed("copying values to sum to the GPU"))?;
+        self.comm
+            .all_reduce_in_place(&mut device, &ReduceOp::Sum)
+            .map_err(|e| nccl_failed("an NCCL bf16 sum", &e))?;
+        self.stream
+            .memcpy_dtoh(&device, &mut self.bf16_host)
+            .map_err(driver_failed("copying a sum back from the GPU"))?;
+        self.synchronize()?;
+        for (v, s) in values.iter_mut().zip(&self.bf16_host) {
+            *v = s.to_f32();
+        }
+        Ok(())
+    }
+
+    /// Replaces `values` by the element-wise largest over the group (exact:
+    /// the check-in's step numbers and stop flags).
+    pub fn max(&mut self, values: &mut [u64]) -> Result<(), CudaError> {
+        let mut device = self
+            .stream
+            .clone_htod(values)
+            .map_err(driver_failed("copying values to the GPU"))?;
+        self.comm
+            .all_reduce_in_place(&mut device, &ReduceOp::Max)
+            .map_err(|e| nccl_failed("an NCCL maximum", &e))?;
+        self.stream
+            .memcpy_dtoh(&device, values)
+            .map_err(driver_failed("copying a maximum back from the GPU"))?;
+        self.synchronize()
+    }
+
+    /// Replaces `values` on every process by those of process `root`.
+    pub fn broadcast(&mut self, values: &mut [f32], root: usize) -> Result<(), CudaError> {
+        let mut device = self
+            .stream
+            .clone_htod(values)
+            .map_err(driver_failed("copying values to the GPU"))?;
+        self.comm
+            .broadcast_in_place(&mut device, root as i32)
+            .map_err(|e| nccl_failed(&format!("an NCCL broadcast from rank {root}"), &e))?;
+        self.stream
+            .memcpy_dtoh(&device, values)
+            .map_err(driver_failed("copying a broadcast back from the GPU"))?;
+        self.synchronize()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream
+            .synchronize()
+            .map_err(driver_failed("waiting for NCCL's stream"))
+    }
+}
