@@ -254,12 +254,15 @@ impl Observer for Console {
             String::new()
         };
         eprintln!(
-            "epoch {}: train loss {:.4}, train error {:.2}%, validation top-1 {:.2}% top-5 {:.2}%{lr_change}",
+            "epoch {}: train loss {:.4}, train error {:.2}%, validation top-1 {:.2}% top-5 {:.2}%, \
+             waited {:.1} s of {:.1} s for data{lr_change}",
             line.epoch,
             line.train_loss,
             100.0 * line.train_error,
             100.0 * line.val_top1_error,
             100.0 * line.val_top5_error,
+            line.data_wait_s,
+            line.train_s,
         );
         Ok(())
     }

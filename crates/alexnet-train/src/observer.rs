@@ -50,6 +50,10 @@ pub struct StepLine {
     pub wait_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sum_s: Option<f64>,
+    /// Seconds per step waiting for the loader's batch: above zero, the
+    /// device waits for data.
+    #[serde(default)]
+    pub data_wait_s: f64,
 }
 
 /// The end of an epoch: its training figures and the validation error.
@@ -65,6 +69,12 @@ pub struct EpochLine {
     pub lr: f32,
     pub next_lr: f32,
     pub elapsed_s: f64,
+    /// Seconds this epoch's steps took (since the run began or resumed it,
+    /// validation apart), and of those, seconds waiting for the loader's batches.
+    #[serde(default)]
+    pub train_s: f64,
+    #[serde(default)]
+    pub data_wait_s: f64,
 }
 
 /// How a call of `Trainer::run` ended, for its last line.

@@ -133,6 +133,8 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The last step's seconds at the check-in and summing gradients.
     times: (f64, f64),
+    /// Time in the epoch in progress (since this trainer began it or took it up).
+    epoch_time: EpochTime,
     notices: Vec<String>,
     started: Instant,
 }
@@ -201,6 +203,7 @@ impl Trainer {
             stop: StopRequest::new(),
             stop_agreed: false,
             times: (0.0, 0.0),
+            epoch_time: EpochTime::default(),
             notices: start.notices,
             started: Instant::now(),
         })
@@ -356,12 +359,19 @@ impl Trainer {
         };
         notify(observers, |o| o.epoch_started(&start))?;
         let mut window = Window::new();
-        while let Some(batch) = loader.next_batch()? {
+        loop {
+            let asked = Instant::now();
+            let Some(batch) = loader.next_batch()? else {
+                break;
+            };
+            let data_wait_s = asked.elapsed().as_secs_f64();
             if self.stop_agreed(stop) {
                 return Ok(Some(Ending::Stopped));
             }
             let result = self.step(&batch)?;
-            window.add(&result);
+            window.add(&result, data_wait_s);
+            self.epoch_time.data_wait_s += data_wait_s;
+            self.epoch_time.train_s += asked.elapsed().as_secs_f64();
             let step = Step {
                 step: self.state.step,
                 loss: result.loss,
@@ -492,6 +502,7 @@ impl Trainer {
             elapsed_s: self.started.elapsed().as_secs_f64(),
             wait_s: self.comm.shared().then(|| window.per_step(window.wait_s)),
             sum_s: self.comm.shared().then(|| window.per_step(window.sum_s)),
+            data_wait_s: window.per_step(window.data_wait_s),
         }
     }
 
@@ -542,7 +553,10 @@ impl Trainer {
             lr: lr_used,
             next_lr: self.state.schedule.learning_rate,
             elapsed_s: self.started.elapsed().as_secs_f64(),
+            train_s: self.epoch_time.train_s,
+            data_wait_s: self.epoch_time.data_wait_s,
         };
+        self.epoch_time = EpochTime::default();
         notify(observers, |o| o.epoch_finished(&line))?;
         let state = &mut self.state;
         state.epoch += 1;
@@ -600,6 +614,14 @@ pub struct StepResult {
     pub sum_s: f64,
 }
 
+/// Seconds of an epoch's steps, and of those, waiting for the loader's
+/// batches (an input-bound run waits long).
+#[derive(Clone, Copy, Debug, Default)]
+struct EpochTime {
+    train_s: f64,
+    data_wait_s: f64,
+}
+
 /// The steps since the last step line: their images, errors and time.
 struct Window {
     started: Instant,
@@ -608,6 +630,7 @@ struct Window {
     errors: usize,
     wait_s: f64,
     sum_s: f64,
+    data_wait_s: f64,
 }
 
 impl Window {
@@ -619,10 +642,13 @@ impl Window {
             errors: 0,
             wait_s: 0.0,
             sum_s: 0.0,
+            data_wait_s: 0.0,
         }
     }
 
-    fn add(&mut self, step: &StepResult) {
+    /// A step taken, after `data_wait_s` seconds waiting for its batch.
+    fn add(&mut self, step: &StepResult, data_wait_s: f64) {
+        self.data_wait_s += data_wait_s;
         self.steps += 1;
         self.images += step.images;
         self.errors += step.top1_errors;

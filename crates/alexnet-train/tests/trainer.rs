@@ -218,6 +218,57 @@ fn observers_get_every_line_the_metrics_log_writes() {
     assert_eq!(logged_val, recorded_val);
 }
 
+/// Makes every step take at least `pause` longer.
+struct Slow {
+    pause: std::time::Duration,
+}
+
+impl StepHook for Slow {
+    fn before_update(&mut self, _net: &mut dyn Model, _step: u64) -> Result<(), External> {
+        std::thread::sleep(self.pause);
+        Ok(())
+    }
+}
+
+/// Each epoch line says how long its steps took and, of that, how long they
+/// waited for batches; a loader that keeps ahead of slow steps waits little.
+#[test]
+fn epochs_report_their_training_time_and_the_wait_for_data_within_it() {
+    let root = temp_dir("data-wait");
+    let data = dataset(&root);
+    let mut trainer = Trainer::new(config(&data, &root.join("run")), &on_cpu).unwrap();
+    let pause = std::time::Duration::from_millis(20);
+    trainer.set_step_hook(Box::new(Slow { pause }));
+    let mut record = Record::default();
+    trainer
+        .run(&mut [&mut record], &StopRequest::new())
+        .unwrap();
+
+    let [first, second] = &record.epochs[..] else {
+        panic!("expected two epoch lines, got {:?}", record.epochs);
+    };
+    let twelve_pauses = 12.0 * pause.as_secs_f64();
+    for line in [first, second] {
+        assert!(line.train_s >= twelve_pauses, "{line:?}");
+        assert!(
+            line.data_wait_s >= 0.0 && line.data_wait_s < 0.5 * line.train_s,
+            "{line:?}"
+        );
+    }
+    // Counted afresh each epoch, within the epoch's own time.
+    assert!(first.train_s <= first.elapsed_s, "{first:?}");
+    assert!(
+        second.train_s <= second.elapsed_s - first.elapsed_s,
+        "{first:?} {second:?}"
+    );
+    for line in &record.steps {
+        assert!(
+            line.data_wait_s >= 0.0 && line.data_wait_s < pause.as_secs_f64(),
+            "{line:?}"
+        );
+    }
+}
+
 #[test]
 fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
     let root = temp_dir("empty-eval");
