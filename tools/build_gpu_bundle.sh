@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what tools/gpu_check.sh runs on a GPU machine that has no Rust toolchain:
-# the `alexnet` binary with the CUDA backend, the alexnet-cuda test executables and
-# its step_phases example (where a training step's time goes),
+# the `alexnet` binary with the CUDA backend, the alexnet-cuda test executables,
+# its step_phases example (where a training step's time goes) and the data crate's
+# photo_dataset example (a JPEG dataset for timing training from disk),
 # stripped of debug information and copied into one folder (default gpu-bundle/,
 # ignored by git). Copy that folder next to a checkout of this repository on the
 # GPU machine and run `bash tools/gpu_check.sh`.
@@ -21,6 +22,7 @@ esac
 
 cargo build "${flag[@]}" -p alexnet-cli --features cuda
 cargo build "${flag[@]}" -p alexnet-cuda --example step_phases
+cargo build "${flag[@]}" -p alexnet-data --example photo_dataset
 # The test executables' paths, from cargo's JSON messages (one per test target).
 mapfile -t tests < <(
   cargo test "${flag[@]}" -p alexnet-cuda --no-run --message-format=json \
@@ -40,13 +42,14 @@ rm -rf "$out"
 mkdir -p "$out/tests"
 cp "target/$dir/alexnet" "$out/alexnet"
 cp "target/$dir/examples/step_phases" "$out/step_phases"
+cp "target/$dir/examples/photo_dataset" "$out/photo_dataset"
 for entry in "${tests[@]}"; do
   name=${entry%%$'\t'*}
   cp "${entry#*$'\t'}" "$out/tests/$name"
 done
 # Debug information is most of their size, and the bundle travels.
 if command -v strip >/dev/null; then
-  strip --strip-debug "$out/alexnet" "$out/step_phases" "$out"/tests/*
+  strip --strip-debug "$out/alexnet" "$out/step_phases" "$out/photo_dataset" "$out"/tests/*
 fi
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/null || true

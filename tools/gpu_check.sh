@@ -12,6 +12,8 @@
 # NCCL's group of one) and must match the plain run; with the timings, the
 # paper's net at batch 128 under torchrun against the plain run (the per-step
 # overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
+# Last, training from a JPEG dataset on disk (tools/end_to_end.py) against the
+# bench's step from stored bytes, with each epoch's wait for data.
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
@@ -109,6 +111,21 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     echo "FAILED: alexnet bench --parallel towers"
     status=1
   fi
+fi
+
+if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/photo_dataset" ]]; then
+  # Training from a JPEG dataset on disk against the bench's step from stored
+  # bytes (tools/end_to_end.py). E2E_PRECISIONS (default fp32) lists the modes;
+  # E2E_IMAGES (default 20000) the dataset's size.
+  for precision in ${E2E_PRECISIONS:-fp32}; do
+    echo "== end to end from a JPEG dataset on disk ($precision)"
+    if ! timeout "$step_timeout" "$python" tools/end_to_end.py --alexnet "$bundle/alexnet" \
+        --photo-dataset "$bundle/photo_dataset" --device cuda:0 --precision "$precision" \
+        --images "${E2E_IMAGES:-20000}"; then
+      echo "FAILED: end to end ($precision)"
+      status=1
+    fi
+  done
 fi
 
 if [[ $status == 0 ]]; then

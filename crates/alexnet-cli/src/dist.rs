@@ -94,14 +94,21 @@ fn nccl_comm_id(master_addr: &str, master_port: u16, dist_port: Option<u16>) -> 
 
 /// Worker threads per process when `--threads` is not given: the cores divided
 /// among the processes on this machine (`OMPI_COMM_WORLD_LOCAL_SIZE` under
-/// mpirun, `LOCAL_WORLD_SIZE` under torchrun).
+/// mpirun, `LOCAL_WORLD_SIZE` under torchrun); alone, the engine's default.
 pub fn default_threads() -> Option<usize> {
-    let local = Launcher::from_env().ok()?.place()?.local_size?;
-    if local <= 1 {
-        return None;
-    }
+    let local = local_processes()?;
+    (local > 1).then(cores_per_process)
+}
+
+/// This machine's cores divided among the run's processes on it (at least 1).
+pub fn cores_per_process() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Some((cores / local).max(1))
+    (cores / local_processes().unwrap_or(1).max(1)).max(1)
+}
+
+/// Processes of this run on this machine, where a launcher says.
+fn local_processes() -> Option<usize> {
+    Launcher::from_env().ok()?.place()?.local_size
 }
 
 /// The communicator of this process, whose net runs on `device`: MPI's under

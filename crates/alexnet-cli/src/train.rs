@@ -13,6 +13,7 @@ use alexnet_train::{
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
+use crate::device::Device;
 use crate::engine::EngineSettings;
 use crate::progress::Progress;
 
@@ -102,9 +103,12 @@ pub struct TrainArgs {
     /// Write a metrics line every this many steps (besides every epoch).
     #[arg(long, default_value_t = 100)]
     log_every: u64,
-    /// Loader worker threads.
-    #[arg(long, default_value_t = 1)]
-    loader_threads: usize,
+    /// Loader worker threads (decoding, cropping, colour). Default: on a GPU,
+    /// the machine's cores (divided among the processes on it), as the CPU has
+    /// nothing else to do and a GPU consumes JPEG decodes of several cores; on
+    /// the CPU, 1 (the net's threads take the cores).
+    #[arg(long)]
+    loader_threads: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -155,9 +159,19 @@ impl TrainArgs {
         config.seed = self.seed;
         config.checkpoint_every = self.checkpoint_every;
         config.log_every = self.log_every;
-        config.loader_threads = self.loader_threads;
+        config.loader_threads = self
+            .loader_threads
+            .unwrap_or_else(|| default_loader_threads(self.placement.main_device()));
         config.bf16_gradients = self.bf16_gradients;
         Ok(config)
+    }
+}
+
+/// Loader threads when `--loader-threads` is not given (see its help).
+fn default_loader_threads(device: Device) -> usize {
+    match device {
+        Device::Cuda(_) => crate::dist::cores_per_process(),
+        Device::Cpu | Device::Reference => 1,
     }
 }
 
