@@ -331,13 +331,13 @@ def print_report(meta, ours, pytorch):
 
 
 def print_columns(header, body):
-    """Prints `header`, a rule, and the rows of `body` (four strings each) as aligned columns: the first
-    left-aligned, the figures right-aligned. Shared with bench_pytorch_cuda.py."""
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
-    line = "  {:<{}} | {:>{}} | {:>{}} | {:>{}}"
+    """Prints `header`, a rule, and the rows of `body` (as many strings each as `header` has) as aligned
+    columns: the first left-aligned, the figures right-aligned. Shared with bench_pytorch_cuda.py."""
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def show(row):
-        print(line.format(row[0], widths[0], row[1], widths[1], row[2], widths[2], row[3], widths[3]))
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        print("  " + " | ".join(cells))
 
     show(header)
     print("  " + "-+-".join("-" * w for w in widths))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`alexnet bench --device cuda:0` beside PyTorch eager on the same GPU, same net, same rules.
+"""`alexnet bench --device cuda:0` beside PyTorch, eager and at its best, on the same GPU, same net, same rules.
 
 The net is the one tools/torch_nets.py builds from our description (default: the paper's `alexnet`, two
 towers as groups 2 and LRN within each tower), measured as tools/bench_pytorch.py measures it on the CPU:
@@ -11,7 +11,11 @@ or the logits), as our bench does: each step includes its transfers and a synchr
 
 PyTorch runs in fp32 with TF32 off (cuDNN would otherwise use TF32 for fp32 convolutions by default) and
 cudnn.benchmark on (it times the convolution algorithms once per shape: the strongest eager baseline).
-Unless --fp32-only, it also runs with TF32 allowed and under bf16 autocast. Our binary runs once per mode
+Unless --fp32-only, it also runs with TF32 allowed and under bf16 autocast. Unless --no-compile, each mode
+also runs as a speed-conscious user runs PyTorch: channels-last tensors and `torch.compile` (mode "default",
+which also fuses the composite per-tower LRN), cudnn.benchmark on; its compile time (the first steps) is
+reported apart and not counted in its speed. "PyTorch's best" is the faster of eager and compiled per row.
+Our binary runs once per mode
 PyTorch runs, with `--precision fp32|tf32|bf16`; only the fp32 run times the per-layer breakdown. A mode of
 ours that fails is reported with the end of its stderr in place of its figures; the other modes still count.
 
@@ -72,7 +76,27 @@ def sgd_step(net, x, y, mode, sgd, velocities, what):
         raise RuntimeError(f"loss became {value} ({mode}, {what})")
 
 
-def measure_training(arch, batch, seconds, mode):
+def prepared(net, images, compiled):
+    """The net (and a batch's layout) as PyTorch is run at its best: channels-last and compiled; as built
+    otherwise."""
+    if not compiled:
+        return net, (lambda x: x)
+    net = net.to(memory_format=torch.channels_last)
+    return torch.compile(net), (lambda x: x.contiguous(memory_format=torch.channels_last))
+
+
+def timed_with_compile(seconds, step, compiled):
+    """time_steps, after (when compiled) two steps timed apart: compiling happens in the first calls."""
+    compile_s = None
+    if compiled:
+        started = time.perf_counter()
+        step()
+        step()
+        compile_s = time.perf_counter() - started
+    return time_steps(seconds, step), compile_s
+
+
+def measure_training(arch, batch, seconds, mode, compiled=False):
     spec, net = bench_pytorch.build_net(arch)
     net = net.cuda().train()
     classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
@@ -83,20 +107,21 @@ def measure_training(arch, batch, seconds, mode):
     images, labels = bench_pytorch.random_batch(generator, batch, shape, classes)
     set_mode(mode)
     torch.cuda.reset_peak_memory_stats()
+    model, layout = prepared(net, images, compiled)
 
     def step():
-        x, y = images.cuda(non_blocking=False), labels.cuda(non_blocking=False)
-        sgd_step(net, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}")
+        x, y = layout(images.cuda(non_blocking=False)), labels.cuda(non_blocking=False)
+        sgd_step(model, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}")
 
-    per_step = time_steps(seconds, step)
+    per_step, compile_s = timed_with_compile(seconds, step, compiled)
     peak = torch.cuda.max_memory_allocated()
-    del net, velocities
+    del net, model, velocities
     torch.cuda.empty_cache()
     return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3,
-            "peak_device_bytes": peak}
+            "peak_device_bytes": peak, "compile_s": compile_s}
 
 
-def measure_training_from_bytes(arch, batch, seconds, mode):
+def measure_training_from_bytes(arch, batch, seconds, mode, compiled=False):
     """The training step from a batch of stored bytes in host memory, as `alexnet bench`'s "from stored bytes"
     row: stored images 1/8 larger than the input on each side go to the GPU as uint8, and each image's view
     (its own offset and reflection) is cut there, converted to float and centred, in a few batched tensor
@@ -120,19 +145,21 @@ def measure_training_from_bytes(arch, batch, seconds, mode):
     columns = columns[:, None, :].cuda()
     images = torch.arange(batch)[:, None, None].cuda()
     set_mode(mode)
+    model, layout = prepared(net, None, compiled)
 
     def step():
         stored, y = pixels.cuda(), labels.cuda()
-        x = stored[images, rows, columns].permute(0, 3, 1, 2).float() - 128.0
-        sgd_step(net, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}, from bytes")
+        x = layout(stored[images, rows, columns].permute(0, 3, 1, 2).float() - 128.0)
+        sgd_step(model, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}, from bytes")
 
-    per_step = time_steps(seconds, step)
-    del net, velocities
+    per_step, compile_s = timed_with_compile(seconds, step, compiled)
+    del net, model, velocities
     torch.cuda.empty_cache()
-    return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3}
+    return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3,
+            "compile_s": compile_s}
 
 
-def measure_inference(arch, batch, seconds, mode):
+def measure_inference(arch, batch, seconds, mode, compiled=False):
     spec, net = bench_pytorch.build_net(arch)
     net = net.cuda().eval()
     classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
@@ -140,16 +167,40 @@ def measure_inference(arch, batch, seconds, mode):
     generator = torch.Generator().manual_seed(bench_pytorch.DATA_SEED + 1)
     images, _ = bench_pytorch.random_batch(generator, batch, shape, classes)
     set_mode(mode)
+    model, layout = prepared(net, images, compiled)
 
     def step():
-        with torch.inference_mode(), autocast(mode):
-            logits = net(images.cuda())
+        # no_grad rather than inference_mode: compiled graphs are traced under it.
+        with torch.no_grad(), autocast(mode):
+            logits = model(layout(images.cuda()))
         logits.float().cpu()
 
-    per_batch = time_steps(seconds, step)
-    del net
+    per_batch, compile_s = timed_with_compile(seconds, step, compiled)
+    del net, model
     torch.cuda.empty_cache()
-    return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3}
+    return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3,
+            "compile_s": compile_s}
+
+
+def measure_mode(args, mode, compiled):
+    """PyTorch's three measurements in one mode, eager or compiled; a compiled run that fails (no
+    compiler on the machine, an unsupported operation) is reported, not fatal."""
+    kind = "compiled, channels-last" if compiled else "eager"
+    try:
+        train = measure_training(args.arch, args.train_batch, args.seconds, mode, compiled)
+        from_bytes = measure_training_from_bytes(args.arch, args.train_batch, args.seconds, mode, compiled)
+        infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode, compiled)
+    except Exception as e:  # noqa: BLE001 (torch.compile raises many kinds)
+        if not compiled:
+            raise
+        log(f"pytorch {mode} {kind}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        torch._dynamo.reset()
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+    log(f"pytorch {mode} {kind}: training {train['images_per_s']:.1f}, from bytes "
+        f"{from_bytes['images_per_s']:.1f}, inference {infer['images_per_s']:.1f} images/s")
+    if compiled:
+        torch._dynamo.reset()
+    return {"train": train, "train_from_bytes": from_bytes, "inference": infer}
 
 
 # The modes whose run also prints our per-layer breakdown.
@@ -201,8 +252,8 @@ def ratio(mine, theirs):
 
 def print_table(meta, ours, errors, pytorch):
     """`ours` and `errors` map a mode to our figures or to what went wrong; a mode in neither was not run."""
-    print(f"alexnet on the GPU beside PyTorch eager: {meta['arch']}, {meta['seconds']:g} s per measurement, "
-          f"{meta['date']}")
+    print(f"alexnet on the GPU beside PyTorch, eager and at its best: {meta['arch']}, {meta['seconds']:g} s per "
+          f"measurement, {meta['date']}")
     print(f"  GPU: {meta['versions']['gpu']}")
     print(f"  PyTorch {meta['versions']['torch']} (CUDA {meta['versions']['cuda_torch_built_with']}, "
           f"cuDNN {meta['versions']['cudnn']}), cudnn.benchmark on")
@@ -214,26 +265,40 @@ def print_table(meta, ours, errors, pytorch):
     if not ours and not errors:
         print("  ours: no figures")
     print()
-    header = ("measurement", "alexnet (ours)", "PyTorch", "ours/PyTorch")
+    header = ("measurement", "alexnet (ours)", "PyTorch eager", "ours/eager", "PyTorch compiled",
+              "PyTorch's best", "ours/best")
     body = []
+    compile_notes = []
     for mode, figures in pytorch.items():
         mine = ours.get(mode) or {}
         failed = "FAILED" if mode in errors else None
+        compiled = figures.get("compiled") or {}
+        if "error" in compiled:
+            compile_notes.append(f"  PyTorch compiled, {mode}: FAILED: {compiled['error']}")
         mine_t = next((t["images_per_s"] for t in mine.get("train", [])
                        if t.get("batch") == meta["train_batch"]), None)
         mine_i = (mine.get("inference") or {}).get("images_per_s")
         mine_b = (mine.get("train_stored") or {}).get("images_per_s")
-        t, i = figures["train"]["images_per_s"], figures["inference"]["images_per_s"]
-        b = figures["train_from_bytes"]["images_per_s"]
-        body.append((f"training, batch {meta['train_batch']}, {mode} (images/s)", failed or fmt(mine_t),
-                     fmt(t), ratio(mine_t, t)))
-        body.append((f"  the same from stored bytes (images/s)", failed or fmt(mine_b), fmt(b),
-                     ratio(mine_b, b)))
-        body.append((f"inference, batch {meta['infer_batch']}, {mode} (images/s)", failed or fmt(mine_i),
-                     fmt(i), ratio(mine_i, i)))
+        rows = [
+            (f"training, batch {meta['train_batch']}, {mode} (images/s)", mine_t, "train"),
+            ("  the same from stored bytes (images/s)", mine_b, "train_from_bytes"),
+            (f"inference, batch {meta['infer_batch']}, {mode} (images/s)", mine_i, "inference"),
+        ]
+        for label, mine_rate, key in rows:
+            eager = figures[key]["images_per_s"]
+            fast = (compiled.get(key) or {}).get("images_per_s")
+            best = max(eager, fast or 0.0)
+            body.append((label, failed or fmt(mine_rate), fmt(eager), ratio(mine_rate, eager), fmt(fast),
+                         fmt(best), ratio(mine_rate, best)))
+            if (compiled.get(key) or {}).get("compile_s") is not None:
+                compile_notes.append(f"  PyTorch compile time, {mode}, {key}: "
+                                     f"{compiled[key]['compile_s']:.1f} s (first two steps, not counted)")
         if mine.get("latency_batch1_ms") is not None:
-            body.append((f"latency, batch 1, {mode} (ms)", fmt(mine["latency_batch1_ms"], ".2f"), "-", "-"))
+            body.append((f"latency, batch 1, {mode} (ms)", fmt(mine["latency_batch1_ms"], ".2f"), "-", "-",
+                         "-", "-", "-"))
     bench_pytorch.print_columns(header, body)
+    for note in compile_notes:
+        print(note)
     for mode, error in errors.items():
         print(f"\n  ours, {mode}, FAILED: " + error.replace("\n", "\n    "))
     for mode in PER_LAYER_MODES:
@@ -258,6 +323,8 @@ def parse_args():
     parser.add_argument("--no-ours", action="store_true", help="measure PyTorch only")
     parser.add_argument("--fp32-only", action="store_true",
                         help="skip the tf32 and bf16 runs (PyTorch's and ours)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip PyTorch's channels-last + torch.compile runs (eager only)")
     parser.add_argument("--json-out", metavar="FILE", help="also write all figures as JSON to FILE")
     return parser.parse_args()
 
@@ -279,14 +346,9 @@ def main():
     modes = ["fp32"] + ([] if args.fp32_only else ["tf32", "bf16"])
     pytorch = {}
     for mode in modes:
-        train = measure_training(args.arch, args.train_batch, args.seconds, mode)
-        log(f"pytorch {mode}: training, batch {args.train_batch}: {train['images_per_s']:.1f} images/s")
-        from_bytes = measure_training_from_bytes(args.arch, args.train_batch, args.seconds, mode)
-        log(f"pytorch {mode}: training from bytes, batch {args.train_batch}: "
-            f"{from_bytes['images_per_s']:.1f} images/s")
-        infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode)
-        log(f"pytorch {mode}: inference, batch {args.infer_batch}: {infer['images_per_s']:.1f} images/s")
-        pytorch[mode] = {"train": train, "train_from_bytes": from_bytes, "inference": infer}
+        pytorch[mode] = measure_mode(args, mode, compiled=False)
+        if not args.no_compile:
+            pytorch[mode]["compiled"] = measure_mode(args, mode, compiled=True)
     # Ours runs after PyTorch has released the GPU, so the two never share it: once per mode, each run on
     # its own whether or not another failed.
     ours, errors = {}, {}

@@ -57,9 +57,11 @@ use alexnet::{Backend, Rows};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg, sys,
+    CudaContext, CudaEvent, CudaStream, DevicePtr, DevicePtrMut, PushKernelArg, sys,
 };
 
+/// The buffer type of [`CudaBackend`] (what `alexnet::BufferMut::Device` holds for it).
+pub use cudarc::driver::CudaSlice;
 pub use device::{KERNEL_NAMES, compile_kernels};
 pub use error::CudaError;
 
@@ -165,6 +167,10 @@ impl Backend for CudaBackend {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn buffer_mut<'a>(&self, buf: &'a mut CudaSlice<f32>, len: usize) -> alexnet::BufferMut<'a> {
+        alexnet::BufferMut::Device { buffer: buf, len }
     }
 
     fn alloc(&self, len: usize) -> alexnet::Result<CudaSlice<f32>> {

@@ -1,7 +1,8 @@
 //! Sums across the processes of a data-parallel run through NVIDIA's NCCL, one
 //! process per GPU (cudarc's `nccl` module, opened at run time like the rest of
-//! CUDA). Values arrive from the host, are summed on the GPU by NCCL on a stream
-//! of its own, and go back; the group's rank 0 hands out the starting weights by
+//! CUDA), on a stream of its own: gradients in the backend's own buffers
+//! ([`NcclGroup::average_in_place`]), or values from the host, summed on the GPU
+//! and sent back; the group's rank 0 hands out the starting weights by
 //! [`NcclGroup::broadcast`].
 //!
 //! How the processes meet: NCCL's unique id. Under `torchrun` every process sets
@@ -127,6 +128,21 @@ impl NcclGroup {
         self.stream
             .memcpy_dtoh(&device, values)
             .map_err(driver_failed("copying a sum back from the GPU"))?;
+        self.synchronize()
+    }
+
+    /// Replaces the first `len` values of `buffer`, a buffer of this GPU (a
+    /// backend's gradient), by their mean over the group, in place. Work
+    /// queued on other streams that writes `buffer` must have finished.
+    pub fn average_in_place(
+        &mut self,
+        buffer: &mut CudaSlice<f32>,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        let mut values = buffer.slice_mut(..len);
+        self.comm
+            .all_reduce_in_place(&mut values, &ReduceOp::Avg)
+            .map_err(|e| nccl_failed("an NCCL mean", &e))?;
         self.synchronize()
     }
 

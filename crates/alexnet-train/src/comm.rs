@@ -5,6 +5,7 @@
 //! the command line provides MPI's (`mpirun`), so that the same trainer code
 //! runs at every world size.
 
+use alexnet::BufferMut;
 use alexnet::cpu::fast::gemm_bf16::round_to_bf16;
 
 use crate::error::External;
@@ -29,6 +30,24 @@ pub trait Communicator {
     /// rounded to bf16 (to nearest, ties to even), so the result is a bf16
     /// value. Half the bytes of f32.
     fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External>;
+    /// Multiplies one process's gradient, the mean over its `images`, by
+    /// `images / all` and replaces it by its sum over the processes (the mean
+    /// over all `all` images of the batch), in place in the net backend's own
+    /// buffer. `Ok(false)`, leaving it as it was, where this communicator
+    /// cannot reach that kind of buffer (the caller then goes through the
+    /// host). Every process must pass the same kind of buffer.
+    fn weighted_sum_in_place(
+        &self,
+        grad: BufferMut<'_>,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Result<bool, External> {
+        match grad {
+            BufferMut::Host(values) => weighted_sum_on_host(self, values, images, all, bf16),
+            BufferMut::Device { .. } => Ok(false),
+        }
+    }
     /// Replaces `values` on every process by those of process `root`.
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External>;
     /// Says that this process has reached `step` (and whether it was asked to
@@ -68,7 +87,82 @@ impl Communicator for SingleProcess {
     }
 }
 
+/// [`Communicator::weighted_sum_in_place`] of values in host memory.
+pub fn weighted_sum_on_host<C: Communicator + ?Sized>(
+    comm: &C,
+    values: &mut [f32],
+    images: usize,
+    all: usize,
+    bf16: bool,
+) -> Result<bool, External> {
+    let weight = images as f32 / all.max(1) as f32;
+    values.iter_mut().for_each(|g| *g *= weight);
+    if bf16 {
+        comm.all_reduce_sum_bf16(values)?;
+    } else {
+        comm.all_reduce_sum(values)?;
+    }
+    Ok(true)
+}
+
 /// Rounds every value to the nearest bf16 value, in place.
 pub fn round_slice_to_bf16(values: &mut [f32]) {
     values.iter_mut().for_each(|v| *v = round_to_bf16(*v));
+}
+
+#[cfg(test)]
+mod tests {
+    use alexnet::BufferMut;
+
+    use super::{Communicator, External};
+
+    /// Rank 0 of two processes holding the same values: every sum doubles them.
+    struct Twins;
+
+    impl Communicator for Twins {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
+            values.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+        fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
+            super::round_slice_to_bf16(values);
+            self.all_reduce_sum(values)
+        }
+        fn broadcast(&self, _values: &mut [f32], _root: usize) -> Result<(), External> {
+            Ok(())
+        }
+        fn check_in(&self, _step: u64, stop: bool) -> Result<bool, External> {
+            Ok(stop)
+        }
+    }
+
+    #[test]
+    fn a_gradient_in_host_memory_is_weighted_and_summed_in_place() {
+        // 32 of the batch's 128 images here: a quarter, then the sum of two.
+        let mut values = vec![1.0, -3.0, 0.5];
+        let host = BufferMut::Host(&mut values);
+        assert!(Twins.weighted_sum_in_place(host, 32, 128, false).unwrap());
+        assert_eq!(values, [0.5, -1.5, 0.25]);
+        let mut values = vec![1.0 + 1.0 / 512.0];
+        let host = BufferMut::Host(&mut values);
+        assert!(Twins.weighted_sum_in_place(host, 1, 1, true).unwrap());
+        assert_eq!(values, [2.0], "rounded to bf16 before the sum");
+    }
+
+    #[test]
+    fn a_buffer_it_cannot_reach_is_left_to_the_caller() {
+        let mut elsewhere = vec![7.0f32];
+        let device = BufferMut::Device {
+            buffer: &mut elsewhere,
+            len: 1,
+        };
+        assert!(!Twins.weighted_sum_in_place(device, 1, 2, false).unwrap());
+        assert_eq!(elsewhere, [7.0]);
+    }
 }

@@ -38,7 +38,7 @@ mod preprocess;
 mod schedule;
 mod trainer;
 
-pub use comm::{Communicator, SingleProcess, round_slice_to_bf16};
+pub use comm::{Communicator, SingleProcess, round_slice_to_bf16, weighted_sum_on_host};
 pub use config::{Augmentation, RecipeOverrides, RunSettings, TrainConfig, fit_spec};
 pub use error::{Error, External, Result};
 pub use evaluate::{

@@ -8,7 +8,7 @@
 use alexnet::Model;
 use alexnet_data::Part;
 
-use crate::comm::Communicator;
+use crate::comm::{Communicator, weighted_sum_on_host};
 use crate::error::{Error, Result};
 use crate::evaluate::Evaluation;
 
@@ -66,7 +66,9 @@ pub fn reduce_step(
 
 /// Every parameter's gradient (each process's the mean over its `images`)
 /// replaced by the mean over the `all` images of the whole batch: scaled by
-/// `images / all`, then summed across the processes.
+/// `images / all`, then summed across the processes, in the backend's own
+/// buffers where the communicator reaches them (host memory for MPI, GPU
+/// memory for NCCL), else copied through the host.
 pub fn reduce_gradients(
     net: &mut dyn Model,
     comm: &dyn Communicator,
@@ -74,16 +76,18 @@ pub fn reduce_gradients(
     all: usize,
     bf16: bool,
 ) -> Result<()> {
-    let weight = images as f32 / all.max(1) as f32;
+    // A device's gradients are complete before another stream sums them.
+    net.synchronize();
     for index in 0..net.plan().params.len() {
-        let mut grad = net.param_grad(index);
-        grad.iter_mut().for_each(|g| *g *= weight);
-        if bf16 {
-            comm.all_reduce_sum_bf16(&mut grad)
-        } else {
-            comm.all_reduce_sum(&mut grad)
+        if let Some(grad) = net.param_grad_mut(index)
+            && comm
+                .weighted_sum_in_place(grad, images, all, bf16)
+                .map_err(Error::External)?
+        {
+            continue;
         }
-        .map_err(Error::External)?;
+        let mut grad = net.param_grad(index);
+        weighted_sum_on_host(comm, &mut grad, images, all, bf16).map_err(Error::External)?;
         net.set_param_grad(index, &grad)?;
     }
     Ok(())

@@ -11,10 +11,11 @@ use crate::input::StoredBatch;
 use crate::layers::{
     ConvGeometry, DropoutGeometry, LinearGeometry, LrnGeometry, PoolGeometry, Rows,
 };
+use crate::model::BufferMut;
 
 pub trait Backend: Send + Sync {
     /// A block of `f32` values owned by the backend.
-    type Buffer: Send;
+    type Buffer: Send + 'static;
 
     /// A short description for reports: "cpu (2 threads, avx512)".
     fn describe(&self) -> String;
@@ -28,6 +29,9 @@ pub trait Backend: Send + Sync {
     }
     /// Copies `src` into the start of `dst`.
     fn upload(&self, src: &[f32], dst: &mut Self::Buffer);
+    /// The first `len` values of `buf` where they live, for work done on them
+    /// in place from outside the engine (sums across processes).
+    fn buffer_mut<'a>(&self, buf: &'a mut Self::Buffer, len: usize) -> BufferMut<'a>;
     /// Copies `src` into the start of `dst` as [`Backend::upload`] does, for a
     /// network's input where [`Backend::overlaps_input_uploads`] says so: the
     /// caller alternates between two input buffers, so that `dst` was last used

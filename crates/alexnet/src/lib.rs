@@ -45,7 +45,7 @@ pub use backend::Backend;
 pub use cpu::{Cpu, ReferenceCpu};
 pub use error::{Error, Result};
 pub use layers::Rows;
-pub use model::{Mode, Model};
+pub use model::{BufferMut, Mode, Model};
 pub use net::Network;
 pub use optim::Sgd;
 pub use plan::Plan;

@@ -17,6 +17,20 @@ pub enum Mode {
     Test,
 }
 
+/// A backend's buffer where its values live, for work on them in place from
+/// outside the engine (a communicator summing gradients across processes).
+pub enum BufferMut<'a> {
+    /// Host memory.
+    Host(&'a mut [f32]),
+    /// A device's buffer as its backend holds it (`CudaSlice<f32>` for CUDA),
+    /// of which the first `len` values count: only code that knows the
+    /// backend can use it.
+    Device {
+        buffer: &'a mut dyn std::any::Any,
+        len: usize,
+    },
+}
+
 /// Seconds spent in each layer's forward and backward pass, when recorded.
 #[derive(Clone, Debug, Default)]
 pub struct LayerTimes {
@@ -66,6 +80,12 @@ pub trait Model {
     fn set_param_grad(&mut self, index: usize, values: &[f32]) -> Result<()> {
         let _ = (index, values);
         Err(unsupported("replacing gradients"))
+    }
+    /// A parameter tensor's gradient in the backend's own buffer, to be
+    /// summed across processes in place (no copy to and from the host).
+    fn param_grad_mut(&mut self, index: usize) -> Option<BufferMut<'_>> {
+        let _ = index;
+        None
     }
     /// Draws the dropout masks of this net's batch as images `images..` of a
     /// larger batch drawn from the same generator, so that processes sharing a

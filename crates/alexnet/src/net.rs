@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fusion::{Fusion, GradientStep, fusions, gradient_lens, gradient_step};
 use crate::input::StoredBatch;
 use crate::layers::Rows;
-use crate::model::{LayerTimes, Mode, Model};
+use crate::model::{BufferMut, LayerTimes, Mode, Model};
 use crate::optim::Sgd;
 use crate::plan::{Init, Op, ParamInfo, Plan};
 use crate::rng::Rng;
@@ -679,6 +679,11 @@ impl<B: Backend> Model for Network<B> {
         }
         self.backend.upload(values, &mut self.params[index].grad);
         Ok(())
+    }
+    fn param_grad_mut(&mut self, index: usize) -> Option<BufferMut<'_>> {
+        let param = &mut self.params[index];
+        let len = param.info.len();
+        Some(self.backend.buffer_mut(&mut param.grad, len))
     }
     fn set_dropout_offset(&mut self, images: usize) -> Result<()> {
         self.dropout_offset = images;

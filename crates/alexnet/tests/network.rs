@@ -514,6 +514,54 @@ fn a_share_of_a_batch_draws_its_rows_of_the_whole_batchs_dropout_masks() {
     }
 }
 
+/// On the CPU a parameter's gradient is reachable in place, as host memory
+/// (what a communicator sums across processes without copies), and what is
+/// written there is the gradient the update uses.
+#[test]
+fn a_gradient_changed_in_place_is_the_one_the_update_uses() {
+    let spec = paper_mini();
+    let mut rng = Rng::new(5);
+    for fast in [false, true] {
+        let mut net: Box<dyn Model> = if fast {
+            Box::new(Network::new(Cpu::new(), &spec, 2, 11).unwrap())
+        } else {
+            Box::new(Network::new(ReferenceCpu, &spec, 2, 11).unwrap())
+        };
+        let images = random(&mut rng, 2 * net.plan().input_shape().len(), 1.0);
+        net.set_input(&images).unwrap();
+        net.forward(Mode::Train);
+        net.backward(&[0, 1]).unwrap();
+        let index = net.param_index("fc6.weight").unwrap();
+        let before = net.param_grad(index);
+        let Some(alexnet::BufferMut::Host(grad)) = net.param_grad_mut(index) else {
+            panic!("a CPU gradient is host memory");
+        };
+        assert_eq!(grad, &before[..]);
+        grad.iter_mut().for_each(|g| *g *= 3.0);
+        let tripled: Vec<f32> = before.iter().map(|g| g * 3.0).collect();
+        assert_eq!(net.param_grad(index), tripled);
+        // Plain SGD (no momentum, no decay): the step is -lr times the gradient.
+        let values = net.param_values(index);
+        let sgd = Sgd {
+            learning_rate: 0.5,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        net.sgd_step(&sgd);
+        let moved: Vec<f32> = values
+            .iter()
+            .zip(&tripled)
+            .map(|(v, g)| v - 0.5 * g)
+            .collect();
+        assert_close(
+            "fc6.weight after the step",
+            &net.param_values(index),
+            &moved,
+            1e-6,
+        );
+    }
+}
+
 /// A net that ran a larger batch (a validation batch of a data-parallel
 /// process) trains a smaller one exactly as a net that never did: nothing of
 /// the larger batch's rows is read again.

@@ -7,8 +7,10 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
+use alexnet::BufferMut;
+use alexnet_cuda::CudaSlice;
 use alexnet_cuda::nccl::NcclGroup;
-use alexnet_train::{Communicator, External};
+use alexnet_train::{Communicator, External, weighted_sum_on_host};
 
 use super::launcher::Place;
 use super::watchdog::Watchdog;
@@ -71,6 +73,36 @@ impl Communicator for Nccl {
         self.watchdog
             .guard(what, || self.group.borrow_mut().sum_bf16(values))?;
         Ok(())
+    }
+
+    /// On the GPU, in place, when every process holds as many images (the
+    /// weighted sum is then NCCL's mean) and the sums are f32; otherwise
+    /// through the host.
+    fn weighted_sum_in_place(
+        &self,
+        grad: BufferMut<'_>,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Result<bool, External> {
+        let (buffer, len) = match grad {
+            BufferMut::Host(values) => {
+                return weighted_sum_on_host(self, values, images, all, bf16);
+            }
+            BufferMut::Device { buffer, len } => (buffer, len),
+        };
+        let even = images * self.size() == all;
+        let Some(buffer) = buffer.downcast_mut::<CudaSlice<f32>>() else {
+            return Ok(false);
+        };
+        if bf16 || !even {
+            return Ok(false);
+        }
+        let what = || format!("an NCCL mean of {len} gradient values across processes");
+        self.watchdog.guard(what, || {
+            self.group.borrow_mut().average_in_place(buffer, len)
+        })?;
+        Ok(true)
     }
 
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {

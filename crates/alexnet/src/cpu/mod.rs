@@ -211,6 +211,9 @@ macro_rules! host_buffers {
         fn upload(&self, src: &[f32], dst: &mut $buffer) {
             dst[..src.len()].copy_from_slice(src);
         }
+        fn buffer_mut<'a>(&self, buf: &'a mut $buffer, len: usize) -> crate::BufferMut<'a> {
+            crate::BufferMut::Host(&mut buf[..len])
+        }
         fn download(&self, src: &$buffer, dst: &mut [f32]) {
             dst.copy_from_slice(&src[..dst.len()]);
         }
