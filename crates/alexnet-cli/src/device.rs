@@ -94,6 +94,21 @@ pub fn cuda(ordinal: usize, engine: &EngineSettings) -> Result<alexnet_cuda::Cud
         .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
 }
 
+/// The backends of two towers on GPUs `a` and `b`, each reaching the other's
+/// memory directly where the GPUs allow (else the driver stages their copies
+/// through the host).
+#[cfg(feature = "cuda")]
+fn cuda_towers(
+    a: usize,
+    b: usize,
+    engine: &EngineSettings,
+) -> Result<Vec<alexnet_cuda::CudaBackend>> {
+    let (first, second) = (cuda(a, engine)?, cuda(b, engine)?);
+    alexnet_cuda::enable_peer_access(&first, &second)
+        .map_err(|e| anyhow::anyhow!("--devices cuda:{a},cuda:{b}: {e}"))?;
+    Ok(vec![first, second])
+}
+
 /// `with_backend!(device, engine, |backend| body)`: evaluates `body` (a `Result`)
 /// with `backend` bound to the CPU engine or, for `Device::Cuda`, the CUDA
 /// backend, both made with the settings `engine`.
@@ -232,12 +247,9 @@ impl Nets<'_> {
                 towers(vec![engine.cpu()?, engine.cpu()?], spec, max_batch, seed)
             }
             #[cfg(feature = "cuda")]
-            (Device::Cuda(a), Device::Cuda(b)) => towers(
-                vec![cuda(a, engine)?, cuda(b, engine)?],
-                spec,
-                max_batch,
-                seed,
-            ),
+            (Device::Cuda(a), Device::Cuda(b)) => {
+                towers(cuda_towers(a, b, engine)?, spec, max_batch, seed)
+            }
             #[cfg(not(feature = "cuda"))]
             (Device::Cuda(ordinal), _) | (_, Device::Cuda(ordinal)) => {
                 Err(without_cuda("--devices", ordinal))

@@ -1,7 +1,10 @@
-//! Moving blocks of rows between the towers' devices.
+//! Moving blocks of rows between the towers' devices, and letting two GPUs
+//! reach each other's buffers directly.
 
 use alexnet::Rows;
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, sys};
+
+use crate::{CudaBackend, CudaError};
 
 /// Panics unless both blocks of rows have the same shape and lie inside their
 /// buffers (a device copy past the end would corrupt other memory).
@@ -29,4 +32,48 @@ pub(crate) fn check_rows(
         src_rows.end() <= src.len() && dst_rows.end() <= dst.len(),
         "rows {what} past the end of a buffer"
     );
+}
+
+/// Lets each of two backends on different GPUs read and write the buffers
+/// the other allocates, where the hardware allows (`cuDeviceCanAccessPeer`),
+/// so that the towers' copies go from GPU to GPU instead of through host
+/// memory. Buffers come from each device's stream-ordered memory pool, which
+/// context peer access does not cover: access is granted on the pool
+/// (`cuMemPoolSetAccess`). Returns whether both directions were enabled; one
+/// GPU, or GPUs without a peer path, leave the copies staged as before.
+pub fn enable_peer_access(a: &CudaBackend, b: &CudaBackend) -> Result<bool, CudaError> {
+    let (dev_a, dev_b) = (a.ctx.cu_device(), b.ctx.cu_device());
+    if a.ordinal == b.ordinal {
+        return Ok(false);
+    }
+    for (owner, peer, peer_ordinal) in [(dev_a, dev_b, b.ordinal), (dev_b, dev_a, a.ordinal)] {
+        let mut can = 0;
+        // SAFETY: two valid device handles and an out-parameter.
+        unsafe { sys::cuDeviceCanAccessPeer(&mut can, peer, owner) }
+            .result()
+            .map_err(|e| CudaError::call("asking whether two GPUs can reach each other", e))?;
+        if can == 0 {
+            return Ok(false);
+        }
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: a valid device handle and an out-parameter; the pool is the
+        // one cudarc's stream-ordered allocations come from.
+        unsafe { sys::cuDeviceGetMemPool(&mut pool, owner) }
+            .result()
+            .map_err(|e| CudaError::call("finding a GPU's memory pool", e))?;
+        let access = sys::CUmemAccessDesc {
+            location: sys::CUmemLocation {
+                type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                __bindgen_anon_1: sys::CUmemLocation_st__bindgen_ty_1 {
+                    id: peer_ordinal as i32,
+                },
+            },
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: a valid pool and one access descriptor.
+        unsafe { sys::cuMemPoolSetAccess(pool, &access, 1) }
+            .result()
+            .map_err(|e| CudaError::call("letting a GPU reach another's memory pool", e))?;
+    }
+    Ok(true)
 }

@@ -64,6 +64,7 @@ use cudarc::driver::{
 pub use cudarc::driver::CudaSlice;
 pub use device::{KERNEL_NAMES, compile_kernels};
 pub use error::CudaError;
+pub use exchange::enable_peer_access;
 
 use exchange::check_rows;
 use input::InputScratch;
@@ -290,10 +291,9 @@ impl Backend for CudaBackend {
     /// One 2-D copy (rows of bytes at two pitches), queued on this backend's
     /// stream (after the caller's `wait_for(from)`). `cuMemcpy3DPeerAsync` names both
     /// contexts, so the same call serves two devices and one device named twice.
-    /// Peer access is not enabled (the buffers come from each device's
-    /// stream-ordered pool, which context peer access does not cover), so between
-    /// two devices the driver stages the copy through host memory; that path has
-    /// not run on a two-GPU machine yet.
+    /// Between two GPUs the copy goes directly where [`enable_peer_access`] has
+    /// granted each access to the other's memory pool, and is staged through host
+    /// memory by the driver otherwise; neither has run on a two-GPU machine yet.
     fn pull_rows(
         &self,
         from: &CudaBackend,
