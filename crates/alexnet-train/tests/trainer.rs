@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use alexnet::rng::Rng;
 use alexnet::{Cpu, Model, NetSpec, Network};
-use alexnet_data::testing::write_bar_idx;
+use alexnet_data::testing::write_bar_source;
 use alexnet_data::{Part, PrepareOptions, prepare_idx};
 use alexnet_train::{
     Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
@@ -24,11 +23,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 fn dataset(root: &Path) -> PathBuf {
-    let source = root.join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let mut rng = Rng::new(3);
-    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
-    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
+    let source = write_bar_source(root).unwrap();
     let data = root.join("data");
     prepare_idx(&source, None, &PrepareOptions::new(&data)).unwrap();
     data

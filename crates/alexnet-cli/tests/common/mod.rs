@@ -6,8 +6,7 @@ pub mod served;
 
 use std::path::{Path, PathBuf};
 
-use alexnet::rng::Rng;
-use alexnet_data::testing::write_bar_idx;
+use alexnet_data::testing::write_bar_source;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,11 +55,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 pub fn dataset(root: &Path) -> PathBuf {
-    let source = root.join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let mut rng = Rng::new(3);
-    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
-    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
+    let source = write_bar_source(root).unwrap();
     let data = root.join("data");
     ok(&[
         "prepare",
