@@ -21,6 +21,14 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh temporary folder (see [`temp_dir`]) with the generated dataset
+/// prepared in it (see [`dataset`]): the folder and the dataset.
+fn temp_dataset(name: &str) -> (PathBuf, PathBuf) {
+    let root = temp_dir(name);
+    let data = dataset(&root);
+    (root, data)
+}
+
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 fn dataset(root: &Path) -> PathBuf {
     let source = write_bar_source(root).unwrap();
@@ -72,8 +80,7 @@ impl Observer for StopAt {
 
 #[test]
 fn a_run_stopped_from_outside_and_resumed_ends_with_the_weights_of_an_uninterrupted_one() {
-    let root = temp_dir("resume");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("resume");
 
     let mut whole = Trainer::new(config(&data, &root.join("whole")), &on_cpu).unwrap();
     let outcome = whole.run(&mut [], &StopRequest::new()).unwrap();
@@ -130,8 +137,7 @@ impl StepHook for Spy {
 
 #[test]
 fn the_step_hook_runs_after_the_backward_pass_and_before_each_update() {
-    let root = temp_dir("hook");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("hook");
     let mut config = config(&data, &root.join("run"));
     config.max_steps = Some(4);
     let mut trainer = Trainer::new(config, &on_cpu).unwrap();
@@ -166,8 +172,7 @@ fn the_step_hook_runs_after_the_backward_pass_and_before_each_update() {
 
 #[test]
 fn observers_get_every_line_the_metrics_log_writes() {
-    let root = temp_dir("observers");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("observers");
     let out = root.join("run");
     let mut trainer = Trainer::new(config(&data, &out), &on_cpu).unwrap();
     let mut log = MetricsLog::open(&out).unwrap();
@@ -215,8 +220,7 @@ fn observers_get_every_line_the_metrics_log_writes() {
 
 #[test]
 fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
-    let root = temp_dir("empty-eval");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("empty-eval");
     let dataset = alexnet_data::Dataset::open(&data).unwrap();
     let spec = alexnet_train::fit_spec(&NetSpec::preset("cifar").unwrap(), &dataset, None);
     let mut net = on_cpu(&spec, 8, Some(1)).unwrap();

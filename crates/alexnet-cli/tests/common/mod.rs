@@ -53,6 +53,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh temporary folder (see [`temp_dir`]) with the generated dataset
+/// prepared in it (see [`dataset`]): the folder and the dataset.
+pub fn temp_dataset(name: &str) -> (PathBuf, PathBuf) {
+    let root = temp_dir(name);
+    let data = dataset(&root);
+    (root, data)
+}
+
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 pub fn dataset(root: &Path) -> PathBuf {
     let source = write_bar_source(root).unwrap();
