@@ -116,19 +116,19 @@ fn measure(args: BenchArgs, spec: NetSpec, mut net: Box<dyn Model>, threads: usi
     };
     let backend = net.describe();
 
+    let mut training = TrainingBench {
+        seconds: args.seconds,
+        net: net.as_mut(),
+        rng: &mut rng,
+        sgd: &sgd,
+    };
     let mut train = Vec::new();
     for &batch in &args.train_batch {
-        train.push(time_training(&args, net.as_mut(), &mut rng, batch, &sgd)?);
+        train.push(training.f32_batches(batch)?);
     }
     let train_peak = peak_resident_bytes();
     let train_stored = match args.train_batch.first() {
-        Some(&batch) => Some(time_stored_training(
-            &args,
-            net.as_mut(),
-            &mut rng,
-            batch,
-            &sgd,
-        )?),
+        Some(&batch) => Some(training.stored_batches(batch)?),
         None => None,
     };
     let (inference, latency) = time_inference(&args, net.as_mut(), &mut rng)?;
@@ -192,19 +192,61 @@ fn time_photo(args: &BenchArgs, path: &std::path::Path, input: Shape) -> Result<
     Ok(json!({"file": path.display().to_string(), "size": side, "ms_per_image": per_image * 1e3}))
 }
 
-/// Training steps on one random batch of `batch` f32 images, repeated.
-fn time_training(
-    args: &BenchArgs,
-    net: &mut dyn Model,
-    rng: &mut Rng,
-    batch: usize,
-    sgd: &Sgd,
-) -> Result<serde_json::Value> {
-    let plan = net.plan();
-    let data = random_batch(rng, batch, plan.input_shape().len(), plan.classes());
-    time_training_steps(args.seconds, batch, || {
-        Ok(net.train_step(&data.images, &data.labels, sgd)?)
-    })
+/// Training steps of `net` on random data, each kind timed for `seconds`.
+struct TrainingBench<'a> {
+    seconds: f64,
+    net: &'a mut dyn Model,
+    rng: &'a mut Rng,
+    sgd: &'a Sgd,
+}
+
+impl TrainingBench<'_> {
+    /// Training steps on one random batch of `batch` f32 images, repeated.
+    fn f32_batches(&mut self, batch: usize) -> Result<serde_json::Value> {
+        let plan = self.net.plan();
+        let data = random_batch(self.rng, batch, plan.input_shape().len(), plan.classes());
+        let (net, sgd) = (&mut *self.net, self.sgd);
+        time_training_steps(self.seconds, batch, || {
+            Ok(net.train_step(&data.images, &data.labels, sgd)?)
+        })
+    }
+
+    /// The trainer's own input path: stored bytes (here 1/8 larger than the input
+    /// on each side, as 256 is to the paper's 224) from which the backend cuts the
+    /// views, reflected and colour-shifted; a GPU does it on the device after
+    /// copying a quarter of the bytes an f32 batch needs.
+    fn stored_batches(&mut self, batch: usize) -> Result<serde_json::Value> {
+        let (net, rng, sgd) = (&mut *self.net, &mut *self.rng, self.sgd);
+        let input = net.plan().input_shape();
+        let classes = net.plan().classes();
+        let stored = Shape::new(
+            input.channels,
+            input.height + input.height / 8,
+            input.width + input.width / 8,
+        );
+        let pixels: Vec<u8> = (0..batch * stored.len())
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let views: Vec<ViewPlacement> = (0..batch)
+            .map(|image| ViewPlacement {
+                image,
+                y: rng.below(stored.height - input.height + 1),
+                x: rng.below(stored.width - input.width + 1),
+                flip: rng.below(2) == 1,
+                // In place of a mean image: values centred as the f32 batch's are.
+                shift: [-128.0; 3],
+            })
+            .collect();
+        let stored_batch = StoredBatch::raw(&pixels, stored, input.height, input.width, &views);
+        let labels = random_batch(rng, batch, 0, classes).labels;
+        time_training_steps(self.seconds, batch, || {
+            net.set_input_stored(&stored_batch)?;
+            net.forward(Mode::Train);
+            let loss = net.backward(&labels)?;
+            net.sgd_step(sgd);
+            Ok(loss)
+        })
+    }
 }
 
 /// `step` (one training step of `batch` images, returning its loss) repeated
@@ -224,48 +266,6 @@ fn time_training_steps(
     Ok(
         json!({"batch": batch, "images_per_s": batch as f64 / per_step, "ms_per_step": per_step * 1e3}),
     )
-}
-
-/// The trainer's own input path: stored bytes (here 1/8 larger than the input on
-/// each side, as 256 is to the paper's 224) from which the backend cuts the
-/// views, reflected and colour-shifted; a GPU does it on the device after copying
-/// a quarter of the bytes an f32 batch needs.
-fn time_stored_training(
-    args: &BenchArgs,
-    net: &mut dyn Model,
-    rng: &mut Rng,
-    batch: usize,
-    sgd: &Sgd,
-) -> Result<serde_json::Value> {
-    let input = net.plan().input_shape();
-    let classes = net.plan().classes();
-    let stored = Shape::new(
-        input.channels,
-        input.height + input.height / 8,
-        input.width + input.width / 8,
-    );
-    let pixels: Vec<u8> = (0..batch * stored.len())
-        .map(|_| rng.below(256) as u8)
-        .collect();
-    let views: Vec<ViewPlacement> = (0..batch)
-        .map(|image| ViewPlacement {
-            image,
-            y: rng.below(stored.height - input.height + 1),
-            x: rng.below(stored.width - input.width + 1),
-            flip: rng.below(2) == 1,
-            // In place of a mean image: values centred as the f32 batch's are.
-            shift: [-128.0; 3],
-        })
-        .collect();
-    let stored_batch = StoredBatch::raw(&pixels, stored, input.height, input.width, &views);
-    let labels = random_batch(rng, batch, 0, classes).labels;
-    time_training_steps(args.seconds, batch, || {
-        net.set_input_stored(&stored_batch)?;
-        net.forward(Mode::Train);
-        let loss = net.backward(&labels)?;
-        net.sgd_step(sgd);
-        Ok(loss)
-    })
 }
 
 /// Inference at `--infer-batch` (its report) and the seconds of one image.

@@ -84,7 +84,7 @@ pub struct ExperimentArgs {
 
 /// One network of an experiment.
 struct Variant {
-    name: &'static str,
+    name: String,
     spec: NetSpec,
     /// Drawn dashed in the figure (tanh, as in the paper's Figure 1).
     dashed: bool,
@@ -124,9 +124,9 @@ fn map_layers(spec: &NetSpec, f: impl FnMut(&LayerSpec) -> Option<LayerSpec>) ->
 
 impl Variant {
     /// A variant trained in fp32; `dashed` in the figure.
-    fn fp32(name: &'static str, spec: NetSpec, dashed: bool) -> Variant {
+    fn fp32(name: impl Into<String>, spec: NetSpec, dashed: bool) -> Variant {
         Variant {
-            name,
+            name: name.into(),
             spec,
             dashed,
             precision: Precision::F32,
@@ -136,7 +136,7 @@ impl Variant {
 
 /// The variants of an experiment, the base's own form first.
 fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
-    let same = |name| Variant::fp32(name, base.clone(), false);
+    let same = |name: &str| Variant::fp32(name, base.clone(), false);
     Ok(match experiment {
         Experiment::ReluVsTanh => {
             require(base, |l| matches!(l, LayerSpec::Relu), "no ReLU to replace")?;
@@ -149,12 +149,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
             });
             vec![same("relu"), Variant::fp32("tanh", tanh, true)]
         }
-        Experiment::Lrn => with_and_without(
-            base,
-            |l| matches!(l, LayerSpec::Lrn(_)),
-            ["with LRN", "without LRN"],
-            "no LRN layer to remove",
-        )?,
+        Experiment::Lrn => with_and_without(base, "LRN", |l| matches!(l, LayerSpec::Lrn(_)))?,
         Experiment::OverlappingPool => {
             let overlapping =
                 |l: &LayerSpec| matches!(l, LayerSpec::MaxPool(p) if p.size > p.stride);
@@ -173,12 +168,9 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
                 Variant::fp32("plain 2/2", plain, true),
             ]
         }
-        Experiment::Dropout => with_and_without(
-            base,
-            |l| matches!(l, LayerSpec::Dropout(_)),
-            ["with dropout", "without dropout"],
-            "no dropout layer to remove",
-        )?,
+        Experiment::Dropout => {
+            with_and_without(base, "dropout", |l| matches!(l, LayerSpec::Dropout(_)))?
+        }
         Experiment::Towers => vec![
             Variant::fp32("two towers", two_towers(base), false),
             Variant::fp32("one tower, half the kernels", one_tower(base), true),
@@ -186,7 +178,7 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
         Experiment::Precision => vec![
             same("fp32"),
             Variant {
-                name: "bf16 products",
+                name: "bf16 products".into(),
                 spec: base.clone(),
                 dashed: true,
                 precision: Precision::Bf16,
@@ -195,23 +187,22 @@ fn variants(experiment: Experiment, base: &NetSpec) -> Result<Vec<Variant>> {
     })
 }
 
-/// Refuses a base description without a layer the experiment changes.
-/// The base as it is and without its layers of one kind (those `is` picks),
-/// named `names`; refused, saying `missing`, where the base has none.
+/// The base as it is and without its `layer` layers (those `is` picks), named
+/// "with `layer`" and "without `layer`"; refused where the base has none.
 fn with_and_without(
     base: &NetSpec,
+    layer: &str,
     is: impl Fn(&LayerSpec) -> bool,
-    names: [&'static str; 2],
-    missing: &str,
 ) -> Result<Vec<Variant>> {
-    require(base, &is, missing)?;
+    require(base, &is, &format!("no {layer} layer to remove"))?;
     let without = map_layers(base, |l| (!is(l)).then(|| l.clone()));
     Ok(vec![
-        Variant::fp32(names[0], base.clone(), false),
-        Variant::fp32(names[1], without, true),
+        Variant::fp32(format!("with {layer}"), base.clone(), false),
+        Variant::fp32(format!("without {layer}"), without, true),
     ])
 }
 
+/// Refuses a base description without a layer the experiment changes.
 fn require(base: &NetSpec, wanted: impl Fn(&LayerSpec) -> bool, missing: &str) -> Result<()> {
     if !base.layers.iter().any(wanted) {
         bail!("the base description has {missing}");

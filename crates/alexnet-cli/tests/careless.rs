@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{
-    LONG_RUN, dataset, fails, kill, ok, small_train, start_training, step_values, temp_dir,
-};
+use common::{LONG_RUN, fails, kill, ok, small_train, start_training, step_values, temp_dataset};
 
 /// A short run's checkpoint on the generated dataset.
 fn trained(root: &Path, data: &Path) -> PathBuf {
@@ -131,8 +129,7 @@ fn with_spec(mut contents: Contents, from: &str, to: &str) -> Contents {
 
 #[test]
 fn hostile_checkpoints_are_refused_naming_what_is_wrong() {
-    let root = temp_dir("hostile");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("hostile");
     let good = trained(&root, &data);
     let image = grey_image(&root, 128);
     let classify = |ckpt: &Path| -> Vec<String> {
@@ -244,8 +241,7 @@ fn hostile_checkpoints_are_refused_naming_what_is_wrong() {
 
 #[test]
 fn careless_flags_are_refused_before_any_work() {
-    let root = temp_dir("careless");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("careless");
     let data = data.to_str().unwrap();
     let out = root.join("run");
     let out = out.to_str().unwrap();
@@ -338,8 +334,7 @@ fn careless_flags_are_refused_before_any_work() {
 
 #[test]
 fn classify_into_a_closed_pipe_ends_quietly() {
-    let root = temp_dir("pipe");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("pipe");
     let ckpt = trained(&root, &data);
     let image = grey_image(&root, 90);
     let image = image.to_str().unwrap();
@@ -379,8 +374,7 @@ fn libc_sigpipe() -> i32 {
 
 #[test]
 fn a_batch_schedulers_signals_stop_training_with_a_checkpoint() {
-    let root = temp_dir("signals");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("signals");
     for signal in ["TERM", "HUP"] {
         let out = root.join(format!("run-{signal}"));
         let child = start_training(&data, &out, 3, &[]);
@@ -407,8 +401,7 @@ fn logged_steps(out: &Path) -> Vec<u64> {
 
 #[test]
 fn a_killed_run_resumes_with_each_step_logged_once_and_no_stale_files() {
-    let root = temp_dir("killed");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("killed");
     let out = root.join("run");
     // Checkpoints every 4 steps; killed after at least 7 logged steps, so some
     // logged steps come after the last checkpoint.

@@ -112,6 +112,11 @@ fn torchvision_weights_classify_real_photos_as_pytorch_does() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The arguments of `import caffe MODEL OPTIONS... --out OUT`.
+fn import_caffe<'a>(model: &'a str, options: &[&'a str], out: &'a str) -> Vec<&'a str> {
+    [&["import", "caffe", model][..], options, &["--out", out]].concat()
+}
+
 #[test]
 fn caffe_weights_import_with_their_mean_and_definition() {
     let dir = temp_dir("import-caffe");
@@ -119,17 +124,11 @@ fn caffe_weights_import_with_their_mean_and_definition() {
     let model = repo_arg("fixtures/caffe-mini-caffenet.caffemodel");
     let mean = repo_arg("fixtures/caffe-mini-mean.binaryproto");
     let prototxt = repo_arg("fixtures/caffe-mini-caffenet.prototxt");
-    let said = ok(&[
-        "import",
-        "caffe",
+    let said = ok(&import_caffe(
         &model,
-        "--mean",
-        &mean,
-        "--prototxt",
-        &prototxt,
-        "--out",
+        &["--mean", &mean, "--prototxt", &prototxt],
         &ckpt,
-    ]);
+    ));
     assert!(said.contains("RawMinusMean"), "{said}");
     // PyTorch's logits following Caffe's conventions (BGR, mean image, LRN α/n,
     // round-up pooling) from our resized photos (tools/caffe_photo_reference.py).
@@ -140,27 +139,19 @@ fn caffe_weights_import_with_their_mean_and_definition() {
     // The paper's layout (normalise, then pool), from the old V1 layer format.
     let v1 = dir.join("alexnet-v1.safetensors").display().to_string();
     let v1_model = repo_arg("fixtures/caffe-mini-alexnet-v1.caffemodel");
-    ok(&["import", "caffe", &v1_model, "--mean", &mean, "--out", &v1]);
+    ok(&import_caffe(&v1_model, &["--mean", &mean], &v1));
     let alexnet = named_from(&reference, "alexnet/");
     classify_matches(&v1, &alexnet);
 
     // A definition of another net is refused, naming the difference.
     let other = repo_arg("fixtures/caffe-bvlc-alexnet-deploy.prototxt");
-    let said = fails(&[
-        "import",
-        "caffe",
-        &model,
-        "--prototxt",
-        &other,
-        "--out",
-        &ckpt,
-    ]);
+    let said = fails(&import_caffe(&model, &["--prototxt", &other], &ckpt));
     assert!(
         said.contains("caffe-bvlc-alexnet-deploy.prototxt"),
         "{said}"
     );
     // A file that is not a caffemodel is refused, naming it.
-    let said = fails(&["import", "caffe", &prototxt, "--out", &ckpt]);
+    let said = fails(&import_caffe(&prototxt, &[], &ckpt));
     assert!(said.contains("caffe-mini-caffenet.prototxt"), "{said}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use alexnet::rng::Rng;
 use common::{
-    LONG_RUN, TINY_RUN, dataset, fails, kill, ok, small_train, start_training, step_losses,
+    LONG_RUN, TINY_RUN, fails, kill, ok, small_train, start_training, step_losses, temp_dataset,
     temp_dir, tensors_by_name,
 };
 
@@ -32,8 +32,7 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> String {
 
 #[test]
 fn resuming_gives_the_same_weights_bit_for_bit() {
-    let root = temp_dir("resume");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("resume");
     // 200 training images in batches of 16: 12 steps per epoch, so 14 steps cross
     // an epoch end (validation, schedule, best checkpoint) and stop mid-epoch.
     let straight = root.join("straight");
@@ -89,8 +88,7 @@ fn resuming_gives_the_same_weights_bit_for_bit() {
 
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
-    let root = temp_dir("interrupt");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("interrupt");
     let out = root.join("run");
     // Many epochs, so the run is still going when the interrupt comes; it is
     // interrupted once training is under way, as Ctrl-C would.
@@ -116,8 +114,7 @@ fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() {
 
 #[test]
 fn a_diverging_run_stops_with_a_clear_message() {
-    let root = temp_dir("diverge");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("diverge");
     let out = root.join("run");
     let text = fails(&train_args(&data, &out, &["--lr", "1e30"]));
     assert!(text.contains("the loss became"), "{text}");
@@ -127,8 +124,7 @@ fn a_diverging_run_stops_with_a_clear_message() {
 #[test]
 #[allow(clippy::too_many_lines)] // one trained run through every command in turn: one story
 fn trained_checkpoints_serve_every_command() {
-    let root = temp_dir("commands");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("commands");
     let run = root.join("run");
     train(&data, &run, &["--lr", "0.002", "--device", "cpu"]);
     let best = run.join("best.safetensors");
@@ -345,8 +341,7 @@ fn the_papers_net_trains_on_photos() {
 
 #[test]
 fn an_experiment_trains_its_variants_and_reports() {
-    let root = temp_dir("experiment");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("experiment");
     let out = root.join("lrn");
     let args = [
         "experiment",
@@ -504,8 +499,7 @@ fn bench_reports_the_precision_and_the_bf16_kernel_it_ran() {
 #[test]
 #[allow(clippy::too_many_lines)] // two runs compared step by step, then every command on both
 fn two_towers_train_like_one_device_and_share_checkpoints() {
-    let root = temp_dir("towers");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("towers");
     // The paper's layout in miniature, shared with tools/device_workflow.py.
     let arch = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/two-tower-mini.toml");
     let run = |out: &Path, placement: &[&str]| {
@@ -709,8 +703,7 @@ fn two_towers_train_like_one_device_and_share_checkpoints() {
 /// cut with the same function.
 #[test]
 fn stored_batches_give_the_run_of_finished_views() {
-    let root = temp_dir("stored");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("stored");
     let run = |stored: bool, name: &str| -> (String, String, Vec<(String, Vec<u8>)>) {
         let out = root.join(name);
         let with = |args: &[&str]| {
@@ -795,8 +788,7 @@ fn pixels_like(image: &image::RgbImage, rows: std::ops::Range<u32>, colour: [u8;
 
 #[test]
 fn plot_draws_errors_and_loss_of_a_real_run_with_its_learning_rate_drop() {
-    let root = temp_dir("plot");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("plot");
     let run = root.join("run");
     train(
         &data,

@@ -273,104 +273,114 @@ impl ShardHeader {
 }
 
 /// Writes one shard: a placeholder header, the records as they come, then the real
-/// header once the count is known. The checksum is kept as the records stream
-/// past, so finishing never reads the file back.
+/// header once the count is known.
 pub(crate) struct ShardWriter {
-    path: PathBuf,
-    file: BufWriter<File>,
-    records: crc32fast::Hasher,
-    count: u64,
-    shape: [usize; 3],
+    shard: ShardFile,
 }
 
 impl ShardWriter {
     pub fn create(path: &Path, shape: [usize; 3]) -> Result<ShardWriter> {
-        let file = create_shard_file(path)?;
         Ok(ShardWriter {
-            path: path.to_path_buf(),
-            file,
-            records: crc32fast::Hasher::new(),
-            count: 0,
-            shape,
+            shard: ShardFile::create(path, shape)?,
         })
     }
 
     /// Appends one record; `pixels` must hold exactly one image in CHW order.
     pub fn push(&mut self, label: u32, pixels: &[u8]) -> Result<()> {
-        debug_assert_eq!(pixels.len(), self.shape.iter().product::<usize>());
-        let label = label.to_le_bytes();
-        self.records.update(&label);
-        self.records.update(pixels);
-        self.file.write_all(&label).map_err(io_error(&self.path))?;
-        self.file.write_all(pixels).map_err(io_error(&self.path))?;
-        self.count += 1;
+        debug_assert_eq!(pixels.len(), self.shard.shape.iter().product::<usize>());
+        self.shard.write(&label.to_le_bytes())?;
+        self.shard.write(pixels)?;
+        self.shard.count += 1;
         Ok(())
     }
 
     pub fn count(&self) -> u64 {
-        self.count
+        self.shard.count
     }
 
     /// Writes the real header, syncs the file, and returns its manifest entry.
     pub fn finish(self) -> Result<ShardInfo> {
-        let header = ShardHeader {
+        let ([channels, height, width], count) = (self.shard.shape, self.shard.count);
+        let header = self.shard.header().to_bytes();
+        let info = self.shard.finish(&header)?;
+        let record = record_bytes(channels, height, width).expect("shape checked by caller");
+        debug_assert_eq!(Some(info.bytes), shard_bytes(record, count));
+        Ok(info)
+    }
+}
+
+/// A shard file being written, raw or JPEG: a placeholder header of zeros, the
+/// bytes after it as they come, then the real header once the count of images is
+/// known. The CRC-32 of the bytes after the header is kept as they stream past,
+/// so finishing never reads the file back.
+pub(crate) struct ShardFile {
+    pub path: PathBuf,
+    file: BufWriter<File>,
+    body: crc32fast::Hasher,
+    /// The images written so far.
+    pub count: u64,
+    pub shape: [usize; 3],
+}
+
+impl ShardFile {
+    pub fn create(path: &Path, shape: [usize; 3]) -> Result<ShardFile> {
+        let file = File::create(path).map_err(io_error(path))?;
+        let mut file = BufWriter::with_capacity(1 << 20, file);
+        file.write_all(&[0u8; SHARD_HEADER_BYTES])
+            .map_err(io_error(path))?;
+        Ok(ShardFile {
+            path: path.to_path_buf(),
+            file,
+            body: crc32fast::Hasher::new(),
+            count: 0,
+            shape,
+        })
+    }
+
+    /// Appends `bytes` to what follows the header.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.body.update(bytes);
+        self.file.write_all(bytes).map_err(io_error(&self.path))
+    }
+
+    /// The real header's fields: the shape and the images written.
+    pub fn header(&self) -> ShardHeader {
+        ShardHeader {
             channels: self.shape[0] as u32,
             height: self.shape[1] as u32,
             width: self.shape[2] as u32,
             count: self.count,
         }
-        .to_bytes();
-        let info = finish_shard_file(&self.path, self.file, &header, &self.records, self.count)?;
-        let record = record_bytes(self.shape[0], self.shape[1], self.shape[2])
-            .expect("shape checked by caller");
-        debug_assert_eq!(Some(info.bytes), shard_bytes(record, self.count));
-        Ok(info)
     }
-}
 
-/// A new shard file at `path`, buffered, with a placeholder header of zeros
-/// that [`finish_shard_file`] overwrites once the records are written.
-pub(crate) fn create_shard_file(path: &Path) -> Result<BufWriter<File>> {
-    let file = File::create(path).map_err(io_error(path))?;
-    let mut file = BufWriter::with_capacity(1 << 20, file);
-    file.write_all(&[0u8; SHARD_HEADER_BYTES])
+    /// Flushes the file, writes the real `header` at the start, syncs, and returns
+    /// its manifest entry.
+    pub fn finish(self, header: &[u8; SHARD_HEADER_BYTES]) -> Result<ShardInfo> {
+        let path = &self.path;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| io_error(path)(e.into_error()))?;
+        let written = (|| {
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(header)?;
+            file.sync_all()?;
+            file.metadata()
+        })()
         .map_err(io_error(path))?;
-    Ok(file)
-}
-
-/// Ends a shard written behind a placeholder header: flushes it, writes the real
-/// `header` at the start, syncs, and returns its manifest entry. `body` is the
-/// CRC-32 of everything after the header, kept as it was written, so finishing
-/// never reads the file back.
-pub(crate) fn finish_shard_file(
-    path: &Path,
-    file: BufWriter<File>,
-    header: &[u8; SHARD_HEADER_BYTES],
-    body: &crc32fast::Hasher,
-    images: u64,
-) -> Result<ShardInfo> {
-    let mut file = file
-        .into_inner()
-        .map_err(|e| io_error(path)(e.into_error()))?;
-    let written = (|| {
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(header)?;
-        file.sync_all()?;
-        file.metadata()
-    })()
-    .map_err(io_error(path))?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(header);
-    crc.combine(body);
-    Ok(ShardInfo {
-        file: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        images,
-        bytes: written.len(),
-        crc32: crc.finalize(),
-    })
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(header);
+        crc.combine(&self.body);
+        Ok(ShardInfo {
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            images: self.count,
+            bytes: written.len(),
+            crc32: crc.finalize(),
+        })
+    }
 }
 
 /// The shard file name for shard `index` of `split`.

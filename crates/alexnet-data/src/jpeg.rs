@@ -17,17 +17,14 @@
 //! label against the classes), so a damaged index is found before any record is
 //! read. The manifest's CRC-32 covers the whole file, as for raw shards.
 
-use std::fs::File;
-use std::io::{BufWriter, Cursor, Write};
-use std::path::{Path, PathBuf};
+use std::io::Cursor;
+use std::path::Path;
 
 use image::codecs::jpeg::{JpegDecoder, JpegEncoder};
 use image::{ColorType, ExtendedColorType, ImageDecoder};
 
-use crate::error::{Result, dataset_error, io_error};
-use crate::format::{
-    SHARD_HEADER_BYTES, ShardHeader, ShardInfo, create_shard_file, finish_shard_file,
-};
+use crate::error::{Result, dataset_error};
+use crate::format::{SHARD_HEADER_BYTES, ShardFile, ShardHeader, ShardInfo};
 
 /// The first eight bytes of every JPEG shard.
 pub const JPEG_SHARD_MAGIC: [u8; 8] = *b"ALXJPEGS";
@@ -208,27 +205,17 @@ fn is_whole_stream(bytes: &[u8]) -> bool {
 /// Writes one JPEG shard: a placeholder header, the streams as they come, the
 /// index (kept in memory, 16 bytes a record) at the end, then the real header.
 pub(crate) struct JpegShardWriter {
-    path: PathBuf,
-    file: BufWriter<File>,
-    /// CRC-32 of everything after the header, kept as it is written.
-    body: crc32fast::Hasher,
+    shard: ShardFile,
     index: Vec<u8>,
     offset: u64,
-    count: u64,
-    shape: [usize; 3],
 }
 
 impl JpegShardWriter {
     pub fn create(path: &Path, shape: [usize; 3]) -> Result<JpegShardWriter> {
-        let file = create_shard_file(path)?;
         Ok(JpegShardWriter {
-            path: path.to_path_buf(),
-            file,
-            body: crc32fast::Hasher::new(),
+            shard: ShardFile::create(path, shape)?,
             index: Vec::new(),
             offset: SHARD_HEADER_BYTES as u64,
-            count: 0,
-            shape,
         })
     }
 
@@ -236,7 +223,7 @@ impl JpegShardWriter {
     pub fn push(&mut self, label: u32, jpeg: &[u8]) -> Result<()> {
         let length = u32::try_from(jpeg.len()).map_err(|_| {
             dataset_error(
-                &self.path,
+                &self.shard.path,
                 format!("a JPEG stream of {} bytes is over 4 GiB", jpeg.len()),
             )
         })?;
@@ -246,32 +233,25 @@ impl JpegShardWriter {
             label,
         };
         self.index.extend_from_slice(&entry.to_bytes());
-        self.body.update(jpeg);
-        self.file.write_all(jpeg).map_err(io_error(&self.path))?;
+        self.shard.write(jpeg)?;
         self.offset += jpeg.len() as u64;
-        self.count += 1;
+        self.shard.count += 1;
         Ok(())
     }
 
     pub fn count(&self) -> u64 {
-        self.count
+        self.shard.count
     }
 
     /// Writes the index and the real header, syncs the file, and returns its
     /// manifest entry.
     pub fn finish(mut self) -> Result<ShardInfo> {
-        self.file
-            .write_all(&self.index)
-            .map_err(io_error(&self.path))?;
-        self.body.update(&self.index);
-        let header = ShardHeader {
-            channels: self.shape[0] as u32,
-            height: self.shape[1] as u32,
-            width: self.shape[2] as u32,
-            count: self.count,
-        }
-        .to_bytes_as(&JPEG_SHARD_MAGIC, JPEG_SHARD_VERSION);
-        let info = finish_shard_file(&self.path, self.file, &header, &self.body, self.count)?;
+        self.shard.write(&self.index)?;
+        let header = self
+            .shard
+            .header()
+            .to_bytes_as(&JPEG_SHARD_MAGIC, JPEG_SHARD_VERSION);
+        let info = self.shard.finish(&header)?;
         debug_assert_eq!(info.bytes, self.offset + self.index.len() as u64);
         Ok(info)
     }

@@ -1,7 +1,7 @@
 //! Generated data for tests of this crate and of the crates above it: small
 //! MNIST-style datasets a net can learn.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use alexnet::rng::Rng;
 
@@ -27,4 +27,17 @@ pub fn write_bar_idx(dir: &Path, prefix: &str, count: usize, rng: &mut Rng) -> s
     }
     std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images)?;
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels)
+}
+
+/// Writes the source of the small datasets the trainer's and the command line's
+/// tests train on into `root/source` and returns that folder: MNIST-style IDX
+/// files of 240 training and 60 test images (see [`write_bar_idx`]), the same
+/// images every time.
+pub fn write_bar_source(root: &Path) -> std::io::Result<PathBuf> {
+    let source = root.join("source");
+    std::fs::create_dir_all(&source)?;
+    let mut rng = Rng::new(3);
+    write_bar_idx(&source, "train", 240, &mut rng)?;
+    write_bar_idx(&source, "t10k", 60, &mut rng)?;
+    Ok(source)
 }

@@ -26,12 +26,6 @@ const PHOTOS: &[(&str, &str)] = &[
     ("rocket", "rocket.jpg"),
 ];
 
-fn photo(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/photos")
-        .join(name)
-}
-
 /// A photo-like 500x375 image: smooth colour gradients, a few edges and mild noise
 /// (ImageNet's typical size; pure noise would be unlike any photograph).
 fn generated_photo(seed: u64) -> RgbImage {

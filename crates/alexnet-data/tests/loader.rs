@@ -23,6 +23,16 @@ fn raw(crop: usize) -> View {
     }
 }
 
+/// A generated CIFAR-style dataset of `train` training images in a fresh
+/// temporary folder (removed when the returned `TempDir` is dropped): the folder,
+/// the dataset, its training split and the images written.
+fn cifar_train(label: &str, train: usize) -> (TempDir, Dataset, Split, CifarSet) {
+    let tmp = TempDir::new(label);
+    let (ds, set) = cifar_dataset(&tmp, train);
+    let split = ds.split("train").unwrap();
+    (tmp, ds, split, set)
+}
+
 fn run(ds: &Dataset, split: &Split, config: LoaderConfig) -> Vec<Batch> {
     let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
     let mut batches = Vec::new();
@@ -67,9 +77,7 @@ fn locate(view: &[f32], pixels: &[u8]) -> (usize, usize, bool) {
 
 #[test]
 fn batches_are_identical_for_every_thread_count() {
-    let tmp = TempDir::new("determinism");
-    let (ds, _) = cifar_dataset(&tmp, 37);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("determinism", 37);
     let mut config = LoaderConfig::new(8, View::paper_train(CROP, CROP), 5, 2);
     config.threads = 0;
     let reference = run(&ds, &split, config.clone());
@@ -101,9 +109,7 @@ fn batches_are_identical_for_every_thread_count() {
 
 #[test]
 fn resuming_mid_epoch_gives_the_rest_of_the_same_epoch() {
-    let tmp = TempDir::new("resume-loader");
-    let (ds, _) = cifar_dataset(&tmp, 30);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("resume-loader", 30);
     let mut config = LoaderConfig::new(4, View::paper_train(CROP, CROP), 9, 1);
     let full = run(&ds, &split, config.clone());
     config.start_batch = 3;
@@ -117,9 +123,7 @@ fn resuming_mid_epoch_gives_the_rest_of_the_same_epoch() {
 
 #[test]
 fn subsets_holdout_and_drop_last() {
-    let tmp = TempDir::new("subset");
-    let (ds, _) = cifar_dataset(&tmp, 40);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("subset", 40);
     let (train, held) = holdout(split.len(), 10, 1);
     let mut config = LoaderConfig::new(4, View::centre(CROP, CROP), 1, 0);
     config.indices = Some(Arc::new(held.clone()));
@@ -154,9 +158,7 @@ fn subsets_holdout_and_drop_last() {
 
 #[test]
 fn ten_crop_geometry_and_order() {
-    let tmp = TempDir::new("tencrop");
-    let (ds, set) = cifar_dataset(&tmp, 6);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, set) = cifar_train("tencrop", 6);
     let mut config = LoaderConfig::new(4, View::ten_crop(CROP, CROP), 0, 0);
     config.shuffle = false;
     let batches = run(&ds, &split, config);
@@ -185,9 +187,7 @@ fn ten_crop_geometry_and_order() {
 
 #[test]
 fn centre_crop_and_mirror_are_exact() {
-    let tmp = TempDir::new("mirror");
-    let (ds, set) = cifar_dataset(&tmp, 64);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, set) = cifar_train("mirror", 64);
     let mut config = LoaderConfig::new(64, raw(CROP), 3, 0);
     config.view.mirror = true;
     let batch = run(&ds, &split, config).remove(0);
@@ -206,9 +206,7 @@ fn centre_crop_and_mirror_are_exact() {
 
 #[test]
 fn random_crops_subtract_the_mean_at_the_same_offset() {
-    let tmp = TempDir::new("meancrop");
-    let (ds, set) = cifar_dataset(&tmp, 48);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, set) = cifar_train("meancrop", 48);
     let mut view = raw(CROP);
     view.random_crop = true;
     view.mirror = true;
@@ -235,9 +233,7 @@ fn random_crops_subtract_the_mean_at_the_same_offset() {
 
 #[test]
 fn pca_colour_shift_is_per_image_and_along_the_components() {
-    let tmp = TempDir::new("pca");
-    let (ds, set) = cifar_dataset(&tmp, 400);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, set) = cifar_train("pca", 400);
     let mut view = raw(32);
     let plain = run(&ds, &split, LoaderConfig::new(400, view, 4, 0)).remove(0);
     view.pca_std = 0.5;
@@ -288,9 +284,7 @@ fn pca_colour_shift_is_per_image_and_along_the_components() {
 
 #[test]
 fn bad_settings_are_refused_by_name() {
-    let tmp = TempDir::new("badcfg");
-    let (ds, _) = cifar_dataset(&tmp, 4);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("badcfg", 4);
     let try_new = |config: LoaderConfig| {
         Loader::new(split.clone(), config, ds.mean_shared(), ds.info())
             .err()
@@ -319,9 +313,7 @@ fn bad_settings_are_refused_by_name() {
 
 #[test]
 fn recycled_buffers_give_the_same_batches() {
-    let tmp = TempDir::new("recycle");
-    let (ds, _) = cifar_dataset(&tmp, 20);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("recycle", 20);
     let config = LoaderConfig::new(3, View::paper_train(CROP, CROP), 2, 0);
     let reference = run(&ds, &split, config.clone());
     let mut loader = Loader::new(split, config, ds.mean_shared(), ds.info()).unwrap();
@@ -335,9 +327,7 @@ fn recycled_buffers_give_the_same_batches() {
 
 #[test]
 fn dropping_a_loader_mid_epoch_stops_its_workers() {
-    let tmp = TempDir::new("drop");
-    let (ds, _) = cifar_dataset(&tmp, 50);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("drop", 50);
     let mut config = LoaderConfig::new(2, View::paper_train(CROP, CROP), 2, 0);
     config.threads = 4;
     config.queue = 1;
@@ -351,9 +341,7 @@ fn dropping_a_loader_mid_epoch_stops_its_workers() {
 /// and for the ten test patches, with the mean subtracted and a channel scale.
 #[test]
 fn stored_batches_cut_to_the_same_views() {
-    let tmp = TempDir::new("stored");
-    let (ds, _) = cifar_dataset(&tmp, 21);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("stored", 21);
     let mean = ds.mean_shared();
     let scaled = View {
         channel_scale: [0.5, 0.25, 2.0],
@@ -398,9 +386,7 @@ fn stored_batches_cut_to_the_same_views() {
 /// short batch; stored batches too. A part beyond the number of parts is refused.
 #[test]
 fn parts_of_a_batch_put_together_are_the_whole_batch() {
-    let tmp = TempDir::new("parts");
-    let (ds, _) = cifar_dataset(&tmp, 23);
-    let split = ds.split("train").unwrap();
+    let (_tmp, ds, split, _) = cifar_train("parts", 23);
     for stored in [false, true] {
         let whole_config = LoaderConfig {
             stored,

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use alexnet_data::{Dataset, FolderOptions, PrepareOptions, load_photo, prepare_folder};
-use common::TempDir;
+use common::{TempDir, photo};
 
 const PHOTOS: &[(&str, &str)] = &[
     ("cat", "chelsea.png"),
@@ -15,12 +13,6 @@ const PHOTOS: &[(&str, &str)] = &[
     ("coins", "coins.png"),
     ("rocket", "rocket.jpg"),
 ];
-
-fn photo(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/photos")
-        .join(name)
-}
 
 #[test]
 fn real_photos_are_prepared_the_papers_way() {

@@ -282,35 +282,35 @@ fn wrong_type<T>(number: u32, value: &Value<'_>, expected: &str) -> DecodeResult
     })
 }
 
-/// Appends a repeated `float` field's values, packed or not (protobuf writers
-/// may use either encoding for the same field).
-pub fn push_f32(out: &mut Vec<f32>, field: &Field<'_>) -> DecodeResult<()> {
+/// Appends a repeated field's values, packed (a length-delimited value, which
+/// `packed` decodes) or one a field (which `single` reads): protobuf writers may
+/// use either encoding for the same field.
+fn push_repeated<T>(
+    out: &mut Vec<T>,
+    field: &Field<'_>,
+    packed: fn(&[u8]) -> DecodeResult<Vec<T>>,
+    single: fn(&Field<'_>) -> DecodeResult<T>,
+) -> DecodeResult<()> {
     match field.value {
-        Value::Fixed32(bits) => out.push(f32::from_bits(bits)),
-        Value::Bytes(bytes) => out.extend(packed_f32(bytes)?),
-        other => return wrong_type(field.number, &other, "float"),
+        Value::Bytes(bytes) => out.extend(packed(bytes)?),
+        _ => out.push(single(field)?),
     }
     Ok(())
+}
+
+/// Appends a repeated `float` field's values, packed or not.
+pub fn push_f32(out: &mut Vec<f32>, field: &Field<'_>) -> DecodeResult<()> {
+    push_repeated(out, field, packed_f32, float)
 }
 
 /// Appends a repeated `double` field's values, packed or not.
 pub fn push_f64(out: &mut Vec<f64>, field: &Field<'_>) -> DecodeResult<()> {
-    match field.value {
-        Value::Fixed64(bits) => out.push(f64::from_bits(bits)),
-        Value::Bytes(bytes) => out.extend(packed_f64(bytes)?),
-        other => return wrong_type(field.number, &other, "double"),
-    }
-    Ok(())
+    push_repeated(out, field, packed_f64, double)
 }
 
 /// Appends a repeated varint field's values, packed or not.
 pub fn push_varints(out: &mut Vec<u64>, field: &Field<'_>) -> DecodeResult<()> {
-    match field.value {
-        Value::Varint(v) => out.push(v),
-        Value::Bytes(bytes) => out.extend(packed_varints(bytes)?),
-        other => return wrong_type(field.number, &other, "varint"),
-    }
-    Ok(())
+    push_repeated(out, field, packed_varints, varint)
 }
 
 /// A singular varint field.
@@ -337,6 +337,14 @@ pub fn float(field: &Field<'_>) -> DecodeResult<f32> {
     match field.value {
         Value::Fixed32(bits) => Ok(f32::from_bits(bits)),
         other => wrong_type(field.number, &other, "float"),
+    }
+}
+
+/// A singular `double` field.
+pub fn double(field: &Field<'_>) -> DecodeResult<f64> {
+    match field.value {
+        Value::Fixed64(bits) => Ok(f64::from_bits(bits)),
+        other => wrong_type(field.number, &other, "double"),
     }
 }
 

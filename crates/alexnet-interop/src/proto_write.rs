@@ -78,6 +78,14 @@ impl Writer {
         encode_varint(((field as u64) << 3) | wire as u64, &mut self.buf);
     }
 
+    /// A fixed-width field (`wire` is `Fixed32` or `Fixed64`): its key, then
+    /// the value's little-endian `bytes`.
+    fn fixed(&mut self, field: u32, wire: WireType, bytes: &[u8]) -> &mut Self {
+        self.key(field, wire);
+        self.buf.extend_from_slice(bytes);
+        self
+    }
+
     /// An unsigned varint field (`uint32`, `uint64`, `bool`, enums).
     pub fn uint64(&mut self, field: u32, value: u64) -> &mut Self {
         self.key(field, WireType::Varint);
@@ -98,9 +106,7 @@ impl Writer {
     }
 
     pub fn fixed32(&mut self, field: u32, value: u32) -> &mut Self {
-        self.key(field, WireType::Fixed32);
-        self.buf.extend_from_slice(&value.to_le_bytes());
-        self
+        self.fixed(field, WireType::Fixed32, &value.to_le_bytes())
     }
 
     pub fn float(&mut self, field: u32, value: f32) -> &mut Self {
@@ -108,9 +114,7 @@ impl Writer {
     }
 
     pub fn fixed64(&mut self, field: u32, value: u64) -> &mut Self {
-        self.key(field, WireType::Fixed64);
-        self.buf.extend_from_slice(&value.to_le_bytes());
-        self
+        self.fixed(field, WireType::Fixed64, &value.to_le_bytes())
     }
 
     pub fn double(&mut self, field: u32, value: f64) -> &mut Self {

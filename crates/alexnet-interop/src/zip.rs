@@ -129,8 +129,6 @@ const ZIP64_END_LEN: usize = 56;
 const ZIP64_LOCATOR_LEN: usize = 20;
 /// The end record may be followed by a comment of at most this many bytes.
 const MAX_COMMENT: usize = 0xFFFF;
-/// The ZIP64 extra field's header id.
-const ZIP64_EXTRA: u16 = 0x0001;
 
 /// Whether `bytes` starts like a ZIP archive (a local file header).
 pub fn is_zip(bytes: &[u8]) -> bool {
@@ -448,6 +446,9 @@ fn read_central_header(
     Ok((entry, next))
 }
 
+/// The ZIP64 extra field's header id.
+const ZIP64_EXTRA: u16 = 0x0001;
+
 /// Sizes and offsets too large for 32 bits are stored as 0xFFFFFFFF in the header
 /// and given in full, in this order, in the ZIP64 extra field.
 fn apply_zip64_extra(
@@ -575,6 +576,19 @@ mod tests {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// The fields a local and a central header share, in the same order: flags,
+    /// method (stored), time and date, CRC-32 (left 0), both sizes and the name's
+    /// length.
+    fn put_entry_fields(out: &mut Vec<u8>, e: &Written) {
+        put16(out, 0);
+        put16(out, 0);
+        put32(out, 0);
+        put32(out, 0);
+        put32(out, e.data.len() as u32);
+        put32(out, e.data.len() as u32);
+        put16(out, e.name.len() as u16);
+    }
+
     /// Writes an archive; `zip64` adds the ZIP64 end record and locator, and puts
     /// the local header offsets in ZIP64 extra fields (0xFFFFFFFF in the header).
     fn archive(entries: &[Written], zip64: bool, comment: &[u8]) -> Vec<u8> {
@@ -584,13 +598,7 @@ mod tests {
             offsets.push(out.len());
             put32(&mut out, LOCAL_HEADER);
             put16(&mut out, 20);
-            put16(&mut out, 0);
-            put16(&mut out, 0);
-            put32(&mut out, 0);
-            put32(&mut out, 0);
-            put32(&mut out, e.data.len() as u32);
-            put32(&mut out, e.data.len() as u32);
-            put16(&mut out, e.name.len() as u16);
+            put_entry_fields(&mut out, e);
             put16(&mut out, e.local_extra as u16);
             out.extend_from_slice(e.name.as_bytes());
             out.extend(std::iter::repeat_n(b'Z', e.local_extra));
@@ -601,13 +609,7 @@ mod tests {
             put32(&mut out, CENTRAL_HEADER);
             put16(&mut out, 45);
             put16(&mut out, 45);
-            put16(&mut out, 0);
-            put16(&mut out, 0);
-            put32(&mut out, 0);
-            put32(&mut out, 0);
-            put32(&mut out, e.data.len() as u32);
-            put32(&mut out, e.data.len() as u32);
-            put16(&mut out, e.name.len() as u16);
+            put_entry_fields(&mut out, e);
             put16(&mut out, if zip64 { 12 } else { 0 });
             put16(&mut out, 0);
             put16(&mut out, 0);

@@ -98,16 +98,8 @@ fn import_path_reads_the_file() {
 
 #[test]
 fn reading_the_file_at_offsets_gives_what_reading_its_bytes_gives() {
-    for file in ["torchvision-mini.pth", "torchvision-mini-legacy.pth"] {
-        let path = fixtures().join(file);
-        let name = path.display().to_string();
-        let from_bytes = torchvision::import(&read(file), &name).unwrap();
-        let from_path = torchvision::import_path(&path).unwrap();
-        assert_eq!(from_path.spec, from_bytes.spec, "{file}");
-        assert_eq!(from_path.tensors, from_bytes.tensors, "{file}");
-        assert_eq!(from_path.input, from_bytes.input, "{file}");
-        assert_eq!(from_path.source, from_bytes.source, "{file}");
-    }
+    // The first two also import as torchvision's AlexNet.
+    let importable = ["torchvision-mini.pth", "torchvision-mini-legacy.pth"];
     for file in [
         "torchvision-mini.pth",
         "torchvision-mini-legacy.pth",
@@ -118,10 +110,19 @@ fn reading_the_file_at_offsets_gives_what_reading_its_bytes_gives() {
     ] {
         let path = fixtures().join(file);
         let name = path.display().to_string();
-        let from_bytes = torch::read(&read(file), &name).unwrap();
+        let bytes = read(file);
+        let from_bytes = torch::read(&bytes, &name).unwrap();
         let from_path = torch::read_file(&path).unwrap();
         assert_eq!(from_path.format, from_bytes.format, "{file}");
         assert_eq!(from_path.tensors, from_bytes.tensors, "{file}");
+        if importable.contains(&file) {
+            let from_bytes = torchvision::import(&bytes, &name).unwrap();
+            let from_path = torchvision::import_path(&path).unwrap();
+            assert_eq!(from_path.spec, from_bytes.spec, "{file}");
+            assert_eq!(from_path.tensors, from_bytes.tensors, "{file}");
+            assert_eq!(from_path.input, from_bytes.input, "{file}");
+            assert_eq!(from_path.source, from_bytes.source, "{file}");
+        }
     }
 }
 

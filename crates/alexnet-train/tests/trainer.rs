@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use alexnet::rng::Rng;
 use alexnet::{Cpu, Model, NetSpec, Network};
-use alexnet_data::testing::write_bar_idx;
+use alexnet_data::testing::write_bar_source;
 use alexnet_data::{Part, PrepareOptions, prepare_idx};
 use alexnet_train::{
     Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
@@ -22,13 +21,17 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh temporary folder (see [`temp_dir`]) with the generated dataset
+/// prepared in it (see [`dataset`]): the folder and the dataset.
+fn temp_dataset(name: &str) -> (PathBuf, PathBuf) {
+    let root = temp_dir(name);
+    let data = dataset(&root);
+    (root, data)
+}
+
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 fn dataset(root: &Path) -> PathBuf {
-    let source = root.join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let mut rng = Rng::new(3);
-    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
-    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
+    let source = write_bar_source(root).unwrap();
     let data = root.join("data");
     prepare_idx(&source, None, &PrepareOptions::new(&data)).unwrap();
     data
@@ -77,8 +80,7 @@ impl Observer for StopAt {
 
 #[test]
 fn a_run_stopped_from_outside_and_resumed_ends_with_the_weights_of_an_uninterrupted_one() {
-    let root = temp_dir("resume");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("resume");
 
     let mut whole = Trainer::new(config(&data, &root.join("whole")), &on_cpu).unwrap();
     let outcome = whole.run(&mut [], &StopRequest::new()).unwrap();
@@ -135,8 +137,7 @@ impl StepHook for Spy {
 
 #[test]
 fn the_step_hook_runs_after_the_backward_pass_and_before_each_update() {
-    let root = temp_dir("hook");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("hook");
     let mut config = config(&data, &root.join("run"));
     config.max_steps = Some(4);
     let mut trainer = Trainer::new(config, &on_cpu).unwrap();
@@ -171,8 +172,7 @@ fn the_step_hook_runs_after_the_backward_pass_and_before_each_update() {
 
 #[test]
 fn observers_get_every_line_the_metrics_log_writes() {
-    let root = temp_dir("observers");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("observers");
     let out = root.join("run");
     let mut trainer = Trainer::new(config(&data, &out), &on_cpu).unwrap();
     let mut log = MetricsLog::open(&out).unwrap();
@@ -271,8 +271,7 @@ fn epochs_report_their_training_time_and_the_wait_for_data_within_it() {
 
 #[test]
 fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
-    let root = temp_dir("empty-eval");
-    let data = dataset(&root);
+    let (root, data) = temp_dataset("empty-eval");
     let dataset = alexnet_data::Dataset::open(&data).unwrap();
     let spec = alexnet_train::fit_spec(&NetSpec::preset("cifar").unwrap(), &dataset, None);
     let mut net = on_cpu(&spec, 8, Some(1)).unwrap();

@@ -204,26 +204,26 @@ impl PaperNet {
         let mut d = vec![0.0; a.fc8.len()];
         let loss = r::softmax_cross_entropy(g.fc8.outputs, n, &a.fc8, labels, &mut d);
 
-        let d = linear_back(&g.fc8, n, &a.dropout7, &p.fc8, &d, &mut grads.fc8);
+        let d = weighted_back(&g.fc8, n, &a.dropout7, &p.fc8, &d, &mut grads.fc8);
         let d = dropout_back(&g.dropout7, n, &masks.dropout7, &d);
         let d = relu_back(&a.fc7, d);
-        let d = linear_back(&g.fc7, n, &a.dropout6, &p.fc7, &d, &mut grads.fc7);
+        let d = weighted_back(&g.fc7, n, &a.dropout6, &p.fc7, &d, &mut grads.fc7);
         let d = dropout_back(&g.dropout6, n, &masks.dropout6, &d);
         let d = relu_back(&a.fc6, d);
-        let d = linear_back(&g.fc6, n, &a.pool5, &p.fc6, &d, &mut grads.fc6);
+        let d = weighted_back(&g.fc6, n, &a.pool5, &p.fc6, &d, &mut grads.fc6);
 
         let d = max_pool_back(&g.pool5, n, &a.conv5, &d);
         let d = relu_back(&a.conv5, d);
-        let d = conv_back(&g.conv5, n, &a.conv4, &p.conv5, &d, &mut grads.conv5);
+        let d = weighted_back(&g.conv5, n, &a.conv4, &p.conv5, &d, &mut grads.conv5);
         let d = relu_back(&a.conv4, d);
-        let d = conv_back(&g.conv4, n, &a.conv3, &p.conv4, &d, &mut grads.conv4);
+        let d = weighted_back(&g.conv4, n, &a.conv3, &p.conv4, &d, &mut grads.conv4);
         let d = relu_back(&a.conv3, d);
-        let d = conv_back(&g.conv3, n, &a.pool2, &p.conv3, &d, &mut grads.conv3);
+        let d = weighted_back(&g.conv3, n, &a.pool2, &p.conv3, &d, &mut grads.conv3);
 
         let d = max_pool_back(&g.pool2, n, &a.lrn2, &d);
         let d = lrn_back(&g.lrn2, n, &a.conv2, &d);
         let d = relu_back(&a.conv2, d);
-        let d = conv_back(&g.conv2, n, &a.pool1, &p.conv2, &d, &mut grads.conv2);
+        let d = weighted_back(&g.conv2, n, &a.pool1, &p.conv2, &d, &mut grads.conv2);
 
         let d = max_pool_back(&g.pool1, n, &a.lrn1, &d);
         let d = lrn_back(&g.lrn1, n, &a.conv1, &d);
@@ -371,31 +371,46 @@ fn dropout(g: &DropoutGeometry, n: usize, mask: Option<&[f32]>, x: &[f32]) -> Ve
     y
 }
 
-fn conv_back(
-    g: &ConvGeometry,
-    n: usize,
-    x: &[f32],
-    p: &WeightBias,
-    dy: &[f32],
-    grads: &mut WeightBias,
-) -> Vec<f32> {
-    let mut dx = vec![0.0; n * g.input.len()];
-    let (dw, db) = (&mut grads.weight, &mut grads.bias);
-    r::conv_backward(g, n, x, &p.weight, dy, dw, db, Some(&mut dx));
-    dx
+/// The reference backward pass of a weighted layer: `r::conv_backward` or
+/// `r::linear_backward`.
+type WeightedBackward<G> =
+    fn(&G, usize, &[f32], &[f32], &[f32], &mut [f32], &mut [f32], Option<&mut [f32]>);
+
+/// The two weighted layers (convolution, fully connected), so that one function
+/// runs the backward pass of either.
+trait Weighted: Sized {
+    const BACKWARD: WeightedBackward<Self>;
+    /// The length of one image's input.
+    fn input_len(&self) -> usize;
 }
 
-fn linear_back(
-    g: &LinearGeometry,
+impl Weighted for ConvGeometry {
+    const BACKWARD: WeightedBackward<Self> = r::conv_backward;
+    fn input_len(&self) -> usize {
+        self.input.len()
+    }
+}
+
+impl Weighted for LinearGeometry {
+    const BACKWARD: WeightedBackward<Self> = r::linear_backward;
+    fn input_len(&self) -> usize {
+        self.inputs
+    }
+}
+
+/// Adds the layer's weight and bias gradients to `grads`; returns the gradient
+/// with respect to its input `x`.
+fn weighted_back<G: Weighted>(
+    g: &G,
     n: usize,
     x: &[f32],
     p: &WeightBias,
     dy: &[f32],
     grads: &mut WeightBias,
 ) -> Vec<f32> {
-    let mut dx = vec![0.0; n * g.inputs];
+    let mut dx = vec![0.0; n * g.input_len()];
     let (dw, db) = (&mut grads.weight, &mut grads.bias);
-    r::linear_backward(g, n, x, &p.weight, dy, dw, db, Some(&mut dx));
+    G::BACKWARD(g, n, x, &p.weight, dy, dw, db, Some(&mut dx));
     dx
 }
 

@@ -6,8 +6,7 @@ pub mod served;
 
 use std::path::{Path, PathBuf};
 
-use alexnet::rng::Rng;
-use alexnet_data::testing::write_bar_idx;
+use alexnet_data::testing::write_bar_source;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,13 +53,17 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh temporary folder (see [`temp_dir`]) with the generated dataset
+/// prepared in it (see [`dataset`]): the folder and the dataset.
+pub fn temp_dataset(name: &str) -> (PathBuf, PathBuf) {
+    let root = temp_dir(name);
+    let data = dataset(&root);
+    (root, data)
+}
+
 /// A prepared 10-class dataset of 28x28 grey images: 240 training, 60 test.
 pub fn dataset(root: &Path) -> PathBuf {
-    let source = root.join("source");
-    std::fs::create_dir_all(&source).unwrap();
-    let mut rng = Rng::new(3);
-    write_bar_idx(&source, "train", 240, &mut rng).unwrap();
-    write_bar_idx(&source, "t10k", 60, &mut rng).unwrap();
+    let source = write_bar_source(root).unwrap();
     let data = root.join("data");
     ok(&[
         "prepare",

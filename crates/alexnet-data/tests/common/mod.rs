@@ -9,6 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use alexnet_data::{Dataset, PrepareOptions};
 
+/// A real photograph of tests/photos (CC0 / public domain, see photos/README.md).
+pub fn photo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/photos")
+        .join(name)
+}
+
 /// A directory under the system's temporary folder, removed when dropped.
 pub struct TempDir(PathBuf);
 

@@ -186,6 +186,15 @@ pub fn matmul_f32_strided(
 mod tests {
     use super::*;
 
+    /// `data` read as rows `row_stride` apart, each row's values side by side.
+    fn rows(data: &[f32], row_stride: usize) -> Strided<'_> {
+        Strided {
+            data,
+            row_stride,
+            column_stride: 1,
+        }
+    }
+
     #[test]
     fn strided_products_read_and_write_only_their_windows() {
         // a: 3x4 inside rows of 6 (from offset 1); b: 4x5 read transposed with
@@ -193,11 +202,7 @@ mod tests {
         let (m, n, k) = (3, 5, 4);
         let a_data: Vec<f32> = (0..20).map(|i| (i as f32 * 0.7).sin()).collect();
         let b_data: Vec<f32> = (0..40).map(|i| (i as f32 * 0.3).cos()).collect();
-        let a = Strided {
-            data: &a_data[1..],
-            row_stride: 6,
-            column_stride: 1,
-        };
+        let a = rows(&a_data[1..], 6);
         let b = Strided {
             data: &b_data,
             row_stride: 1,
@@ -226,11 +231,7 @@ mod tests {
     #[should_panic(expected = "matmul operand too short")]
     fn strided_products_refuse_windows_past_the_end() {
         let data = vec![0.0f32; 10];
-        let a = Strided {
-            data: &data,
-            row_stride: 4,
-            column_stride: 1,
-        };
+        let a = rows(&data, 4);
         let mut c = vec![0.0f32; 9];
         // 3 rows of 4 would need 12 values.
         matmul_f32_strided(3, 3, 4, a, a, &mut c, 3, false);
@@ -240,11 +241,7 @@ mod tests {
     #[should_panic(expected = "matmul operand too short")]
     fn strided_products_refuse_strides_whose_offsets_overflow() {
         let data = vec![0.0f32; 10];
-        let huge = Strided {
-            data: &data,
-            row_stride: usize::MAX / 2 + 1,
-            column_stride: 1,
-        };
+        let huge = rows(&data, usize::MAX / 2 + 1);
         let mut c = vec![0.0f32; 9];
         // (3 - 1) * row_stride wraps to 0 in unchecked arithmetic.
         matmul_f32_strided(3, 3, 1, huge, huge, &mut c, 3, false);
