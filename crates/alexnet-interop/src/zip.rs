@@ -129,6 +129,8 @@ const ZIP64_END_LEN: usize = 56;
 const ZIP64_LOCATOR_LEN: usize = 20;
 /// The end record may be followed by a comment of at most this many bytes.
 const MAX_COMMENT: usize = 0xFFFF;
+/// The ZIP64 extra field's header id.
+const ZIP64_EXTRA: u16 = 0x0001;
 
 /// Whether `bytes` starts like a ZIP archive (a local file header).
 pub fn is_zip(bytes: &[u8]) -> bool {
@@ -445,9 +447,6 @@ fn read_central_header(
     let entry = locate_data(source, file, name, &header)?;
     Ok((entry, next))
 }
-
-/// The ZIP64 extra field's header id.
-const ZIP64_EXTRA: u16 = 0x0001;
 
 /// Sizes and offsets too large for 32 bits are stored as 0xFFFFFFFF in the header
 /// and given in full, in this order, in the ZIP64 extra field.
