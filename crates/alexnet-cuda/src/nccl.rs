@@ -13,8 +13,8 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use cudarc::nccl::{Comm, Id, ReduceOp};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
 use crate::error::CudaError;
 
@@ -29,8 +29,39 @@ pub struct NcclGroup {
     /// (grown to the largest sum so far).
     f32_sums: CudaSlice<f32>,
     bf16_sums: CudaSlice<half::bf16>,
+    u64_values: CudaSlice<u64>,
     /// Kept for the bf16 sums' host side.
     bf16_host: Vec<half::bf16>,
+}
+
+/// Copies `host` into the start of `device` (grown first if it is shorter),
+/// reduces it over the group in place by `op`, and copies the result back.
+fn staged<T: NcclType + DeviceRepr + ValidAsZeroBits>(
+    comm: &Comm,
+    stream: &Arc<CudaStream>,
+    device: &mut CudaSlice<T>,
+    host: &mut [T],
+    op: ReduceOp,
+    what: &str,
+) -> Result<(), CudaError> {
+    let n = host.len();
+    if device.len() < n {
+        *device = stream
+            .alloc_zeros(n)
+            .map_err(driver_failed("allocating NCCL's buffer"))?;
+    }
+    let mut values = device.slice_mut(..n);
+    stream
+        .memcpy_htod(host, &mut values)
+        .map_err(driver_failed("copying values to the GPU"))?;
+    comm.all_reduce_in_place(&mut values, &op)
+        .map_err(|e| nccl_failed(what, &e))?;
+    stream
+        .memcpy_dtoh(&values, host)
+        .map_err(driver_failed("copying a result back from the GPU"))?;
+    stream
+        .synchronize()
+        .map_err(driver_failed("waiting for NCCL's stream"))
 }
 
 /// Opens `libnccl.so` by name and closes it again: cudarc panics when it is
@@ -103,6 +134,7 @@ impl NcclGroup {
         Ok(NcclGroup {
             f32_sums: stream.alloc_zeros(1).map_err(&alloc)?,
             bf16_sums: stream.alloc_zeros(1).map_err(&alloc)?,
+            u64_values: stream.alloc_zeros(1).map_err(&alloc)?,
             bf16_host: Vec::new(),
             comm,
             stream,
@@ -111,24 +143,15 @@ impl NcclGroup {
 
     /// Replaces `values` by their element-wise sum over the group.
     pub fn sum(&mut self, values: &mut [f32]) -> Result<(), CudaError> {
-        let n = values.len();
-        if self.f32_sums.len() < n {
-            self.f32_sums = self
-                .stream
-                .alloc_zeros(n)
-                .map_err(driver_failed("allocating NCCL's sum buffer"))?;
-        }
-        let mut device = self.f32_sums.slice_mut(..n);
-        self.stream
-            .memcpy_htod(values, &mut device)
-            .map_err(driver_failed("copying values to sum to the GPU"))?;
-        self.comm
-            .all_reduce_in_place(&mut device, &ReduceOp::Sum)
-            .map_err(|e| nccl_failed("an NCCL sum", &e))?;
-        self.stream
-            .memcpy_dtoh(&device, values)
-            .map_err(driver_failed("copying a sum back from the GPU"))?;
-        self.synchronize()
+        let sums = &mut self.f32_sums;
+        staged(
+            &self.comm,
+            &self.stream,
+            sums,
+            values,
+            ReduceOp::Sum,
+            "an NCCL sum",
+        )
     }
 
     /// Replaces the first `len` values of `buffer`, a buffer of this GPU (a
@@ -149,27 +172,18 @@ impl NcclGroup {
     /// [`sum`](NcclGroup::sum) carried as bf16: each process's values are
     /// rounded to bf16 (to nearest, ties to even) and NCCL sums in bf16.
     pub fn sum_bf16(&mut self, values: &mut [f32]) -> Result<(), CudaError> {
-        let n = values.len();
-        if self.bf16_sums.len() < n {
-            self.bf16_sums = self
-                .stream
-                .alloc_zeros(n)
-                .map_err(driver_failed("allocating NCCL's bf16 sum buffer"))?;
-        }
         self.bf16_host.clear();
         self.bf16_host
             .extend(values.iter().map(|&v| half::bf16::from_f32(v)));
-        let mut device = self.bf16_sums.slice_mut(..n);
-        self.stream
-            .memcpy_htod(&self.bf16_host, &mut device)
-            .map_err(driver_failed("copying values to sum to the GPU"))?;
-        self.comm
-            .all_reduce_in_place(&mut device, &ReduceOp::Sum)
-            .map_err(|e| nccl_failed("an NCCL bf16 sum", &e))?;
-        self.stream
-            .memcpy_dtoh(&device, &mut self.bf16_host)
-            .map_err(driver_failed("copying a sum back from the GPU"))?;
-        self.synchronize()?;
+        let (sums, host) = (&mut self.bf16_sums, &mut self.bf16_host);
+        staged(
+            &self.comm,
+            &self.stream,
+            sums,
+            host,
+            ReduceOp::Sum,
+            "an NCCL bf16 sum",
+        )?;
         for (v, s) in values.iter_mut().zip(&self.bf16_host) {
             *v = s.to_f32();
         }
@@ -179,17 +193,15 @@ impl NcclGroup {
     /// Replaces `values` by the element-wise largest over the group (exact:
     /// the check-in's step numbers and stop flags).
     pub fn max(&mut self, values: &mut [u64]) -> Result<(), CudaError> {
-        let mut device = self
-            .stream
-            .clone_htod(values)
-            .map_err(driver_failed("copying values to the GPU"))?;
-        self.comm
-            .all_reduce_in_place(&mut device, &ReduceOp::Max)
-            .map_err(|e| nccl_failed("an NCCL maximum", &e))?;
-        self.stream
-            .memcpy_dtoh(&device, values)
-            .map_err(driver_failed("copying a maximum back from the GPU"))?;
-        self.synchronize()
+        let sums = &mut self.u64_values;
+        staged(
+            &self.comm,
+            &self.stream,
+            sums,
+            values,
+            ReduceOp::Max,
+            "an NCCL maximum",
+        )
     }
 
     /// Replaces `values` on every process by those of process `root`.

@@ -45,8 +45,23 @@ pub trait Communicator {
     ) -> Result<bool, External> {
         match grad {
             BufferMut::Host(values) => weighted_sum_on_host(self, values, images, all, bf16),
-            BufferMut::Device { .. } => Ok(false),
+            BufferMut::Device { buffer, len } => {
+                self.weighted_sum_on_device(buffer, len, images, all, bf16)
+            }
         }
+    }
+    /// [`weighted_sum_in_place`](Communicator::weighted_sum_in_place) of the
+    /// first `len` values of a device's buffer: none by default.
+    fn weighted_sum_on_device(
+        &self,
+        buffer: &mut dyn std::any::Any,
+        len: usize,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Result<bool, External> {
+        let _ = (buffer, len, images, all, bf16);
+        Ok(false)
     }
     /// Replaces `values` on every process by those of process `root`.
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External>;

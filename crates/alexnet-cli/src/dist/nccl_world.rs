@@ -4,13 +4,13 @@
 //! collective, so a lost process is reported by the step it was lost at;
 //! torchrun names the process that died.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::time::Duration;
 
-use alexnet::BufferMut;
-use alexnet_cuda::CudaSlice;
 use alexnet_cuda::nccl::NcclGroup;
-use alexnet_train::{Communicator, External, weighted_sum_on_host};
+use alexnet_cuda::{CudaError, CudaSlice};
+use alexnet_train::{Communicator, External};
 
 use super::launcher::Place;
 use super::watchdog::Watchdog;
@@ -44,6 +44,19 @@ impl Nccl {
     }
 }
 
+impl Nccl {
+    /// Runs `call` on the group under the watchdog's deadline.
+    fn guarded(
+        &self,
+        what: String,
+        call: impl FnOnce(&mut NcclGroup) -> Result<(), CudaError>,
+    ) -> Result<(), External> {
+        let mut group = self.group.borrow_mut();
+        self.watchdog.guard(|| what, || call(&mut group))?;
+        Ok(())
+    }
+}
+
 impl Communicator for Nccl {
     fn rank(&self) -> usize {
         self.group.borrow().rank()
@@ -60,37 +73,29 @@ impl Communicator for Nccl {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
-        let count = values.len();
-        let what = || format!("an NCCL sum of {count} values across processes");
-        self.watchdog
-            .guard(what, || self.group.borrow_mut().sum(values))?;
-        Ok(())
+        let what = format!("an NCCL sum of {} values across processes", values.len());
+        self.guarded(what, |group| group.sum(values))
     }
 
     fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
-        let count = values.len();
-        let what = || format!("an NCCL bf16 sum of {count} values across processes");
-        self.watchdog
-            .guard(what, || self.group.borrow_mut().sum_bf16(values))?;
-        Ok(())
+        let what = format!(
+            "an NCCL bf16 sum of {} values across processes",
+            values.len()
+        );
+        self.guarded(what, |group| group.sum_bf16(values))
     }
 
     /// On the GPU, in place, when every process holds as many images (the
     /// weighted sum is then NCCL's mean) and the sums are f32; otherwise
     /// through the host.
-    fn weighted_sum_in_place(
+    fn weighted_sum_on_device(
         &self,
-        grad: BufferMut<'_>,
+        buffer: &mut dyn Any,
+        len: usize,
         images: usize,
         all: usize,
         bf16: bool,
     ) -> Result<bool, External> {
-        let (buffer, len) = match grad {
-            BufferMut::Host(values) => {
-                return weighted_sum_on_host(self, values, images, all, bf16);
-            }
-            BufferMut::Device { buffer, len } => (buffer, len),
-        };
         let even = images * self.size() == all;
         let Some(buffer) = buffer.downcast_mut::<CudaSlice<f32>>() else {
             return Ok(false);
@@ -98,28 +103,25 @@ impl Communicator for Nccl {
         if bf16 || !even {
             return Ok(false);
         }
-        let what = || format!("an NCCL mean of {len} gradient values across processes");
-        self.watchdog.guard(what, || {
-            self.group.borrow_mut().average_in_place(buffer, len)
-        })?;
+        let what = format!("an NCCL mean of {len} gradient values across processes");
+        self.guarded(what, |group| group.average_in_place(buffer, len))?;
         Ok(true)
     }
 
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {
-        let count = values.len();
-        let what = || format!("an NCCL broadcast of {count} values from rank {root}");
-        self.watchdog
-            .guard(what, || self.group.borrow_mut().broadcast(values, root))?;
-        Ok(())
+        let what = format!(
+            "an NCCL broadcast of {} values from rank {root}",
+            values.len()
+        );
+        self.guarded(what, |group| group.broadcast(values, root))
     }
 
     /// The largest step, the smallest (as the largest of `MAX - step`) and
     /// whether any process was asked to stop, in one collective.
     fn check_in(&self, step: u64, stop: bool) -> Result<bool, External> {
         let mut said = [step, u64::MAX - step, u64::from(stop)];
-        let what = || format!("the check-in of step {step}");
-        self.watchdog
-            .guard(what, || self.group.borrow_mut().max(&mut said))?;
+        let what = format!("the check-in of step {step}");
+        self.guarded(what, |group| group.max(&mut said))?;
         let (latest, earliest) = (said[0], u64::MAX - said[1]);
         if latest != earliest {
             return Err(format!(
