@@ -20,6 +20,7 @@ pub trait Backend: Send + Sync {
     /// A short description for reports: "cpu (2 threads, avx512)".
     fn describe(&self) -> String;
 
+    // Memory: buffers, copies to and from the host.
     /// A zeroed buffer of `len` values.
     fn alloc(&self, len: usize) -> Result<Self::Buffer>;
     /// The memory buffers live in, in bytes, where the backend knows it: a net
@@ -54,6 +55,8 @@ pub trait Backend: Send + Sync {
     fn fill(&self, buf: &mut Self::Buffer, value: f32);
     /// Copies the first `len` values of `src` into `dst`.
     fn copy(&self, len: usize, src: &Self::Buffer, dst: &mut Self::Buffer);
+
+    // Input: batches cut from stored images where they live.
     /// Cuts the views of a validated `batch` into `dst` as [`crate::input::cut_view`]
     /// does, with `mean` (one value per stored byte) where the batch subtracts it.
     fn cut_views(&self, batch: &StoredBatch, mean: Option<&Self::Buffer>, dst: &mut Self::Buffer);
@@ -62,6 +65,8 @@ pub trait Backend: Send + Sync {
     fn cuts_views(&self) -> bool {
         false
     }
+
+    // Ordering and exchange between backends (the towers' devices).
     /// Waits until queued work has finished (for timing); a no-op on the CPU.
     fn synchronize(&self) {}
     /// Makes the work queued on this backend from now on wait for the work queued
@@ -91,6 +96,7 @@ pub trait Backend: Send + Sync {
     /// backend's; the same number of rows of the same length): `dst += src`.
     fn add_rows(&self, src: &Self::Buffer, src_rows: Rows, dst: &mut Self::Buffer, dst_rows: Rows);
 
+    // Layers, forward and backward (`crate::layers` gives their semantics).
     fn conv_forward(
         &self,
         g: &ConvGeometry,
@@ -170,6 +176,8 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
+
+    // LRN and max pooling fused into one operation, with its record.
     /// What a fused LRN + max pooling's forward pass keeps for its backward pass
     /// instead of the LRN's output: on every backend here, each pooled output's
     /// winning position within its window (`ky * size + kx`), one byte each.
@@ -210,6 +218,8 @@ pub trait Backend: Send + Sync {
         dy: &Self::Buffer,
         dx: &mut Self::Buffer,
     );
+
+    // Training: dropout, the loss and the SGD update.
     /// Fills the first `values.count * values.len` values of `mask` with the values
     /// `values` picks out of the dropout mask seeded by `seed`
     /// ([`crate::layers::dropout::fill_mask_rows`]; all of a network's mask is
