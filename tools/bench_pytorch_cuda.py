@@ -169,9 +169,11 @@ def measure_inference(arch, batch, seconds, mode, compiled=False):
     set_mode(mode)
     model, layout = prepared(net, images, compiled)
 
+    # Eager at its best runs under inference_mode; compiled graphs are traced under no_grad.
+    no_autograd = torch.no_grad if compiled else torch.inference_mode
+
     def step():
-        # no_grad rather than inference_mode: compiled graphs are traced under it.
-        with torch.no_grad(), autocast(mode):
+        with no_autograd(), autocast(mode):
             logits = model(layout(images.cuda()))
         logits.float().cpu()
 

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import shlex
 import struct
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def time_launcher(args, root, rng, failures):
     data = root / "photos-data"
     run(args.alexnet, "prepare", source, "--out", data)
     rates = {}
-    for label, prefix in [("plain", []), ("launcher", args.launcher.split())]:
+    for label, prefix in [("plain", []), ("launcher", shlex.split(args.launcher))]:
         out = root / f"timing-{label}"
         device = args.device if label == "plain" else launched_device(args.device)
         run(*prefix, args.alexnet, "train", "--data", data, "--arch", "alexnet", "--batch", "128",
@@ -145,6 +146,8 @@ def main():
     parser.add_argument("--timing-steps", type=int, default=0,
                         help="with --launcher: time this many steps of the paper's net, plain and launched")
     args = parser.parse_args()
+    if args.timing_steps and not (args.launcher and args.timing_steps > 3):
+        parser.error("--timing-steps goes with --launcher and needs more than 3 steps (the first 3 are not timed)")
     failures = []
 
     with tempfile.TemporaryDirectory(prefix="alexnet-workflow-") as tmp:
@@ -164,7 +167,7 @@ def main():
             placements.append(("launched", launched_device(args.device)))
         for label, flag in placements:
             out = root / label.replace(" ", "-")
-            prefix = args.launcher.split() if label == "launched" else []
+            prefix = shlex.split(args.launcher) if label == "launched" else []
             run(*prefix, args.alexnet, "train", "--data", data, "--arch", arch, "--out", out, "--epochs", "3",
                 "--max-steps", args.steps, "--holdout", "64", "--log-every", "1", "--quiet",
                 *placement(flag))

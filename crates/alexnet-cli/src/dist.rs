@@ -75,6 +75,9 @@ pub fn prepare_environment(args: &DistArgs) -> Result<()> {
 fn nccl_comm_id(master_addr: &str, master_port: u16, dist_port: Option<u16>) -> Result<String> {
     let port = match dist_port {
         Some(0) => bail!("--dist-port 0: expected a TCP port from 1 to 65535"),
+        Some(port) if port == master_port => bail!(
+            "--dist-port {port} is MASTER_PORT, where torchrun's own store listens: choose another"
+        ),
         Some(port) => port,
         None => master_port.checked_add(1).ok_or_else(|| {
             anyhow::anyhow!(
@@ -199,5 +202,9 @@ mod tests {
         let message = nccl_comm_id("h", 65535, None).unwrap_err().to_string();
         assert!(message.contains("--dist-port"), "{message}");
         assert!(nccl_comm_id("h", 1, Some(0)).is_err());
+        let message = nccl_comm_id("h", 29500, Some(29500))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("torchrun's own store"), "{message}");
     }
 }

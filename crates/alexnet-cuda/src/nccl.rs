@@ -13,13 +13,117 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
-use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
+};
+use cudarc::nccl::result::{self as nccl, NcclError};
+use cudarc::nccl::sys::{ncclComm_t, ncclRedOp_t, ncclUniqueId};
+use cudarc::nccl::{Id, NcclType};
 
 use crate::error::CudaError;
 
 /// The bytes of an NCCL unique id.
 pub const ID_BYTES: usize = 128;
+
+/// NCCL's communicator. cudarc's own aborts it when dropped, which can drop
+/// sends still on their way to another machine; this one is closed in order
+/// ([`Comm::close`]: finalized, which flushes them, then destroyed) and
+/// aborted only when dropped unclosed (an error path).
+struct Comm {
+    raw: ncclComm_t,
+    rank: usize,
+    size: usize,
+}
+
+impl Comm {
+    fn join(rank: usize, size: usize, id: ncclUniqueId) -> Result<Comm, NcclError> {
+        let (ranks, me) = (as_int(size), as_int(rank));
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: an out-parameter for the communicator and an id of the
+        // group's 128 bytes; NCCL checks the rank against the size.
+        unsafe { nccl::comm_init_rank(&mut raw, ranks, id, me) }?;
+        Ok(Comm { raw, rank, size })
+    }
+
+    /// Reduces the first `len` values of `buffer` across the group by `op`,
+    /// in place, queued on `stream`.
+    fn all_reduce_in_place<T: NcclType>(
+        &self,
+        stream: &CudaStream,
+        buffer: &mut impl DevicePtrMut<T>,
+        op: ncclRedOp_t,
+    ) -> Result<(), NcclError> {
+        let len = buffer.len();
+        let (ptr, _written) = buffer.device_ptr_mut(stream);
+        // SAFETY: `ptr` holds `len` values of `T` on this communicator's GPU;
+        // NCCL reads and writes them in place, in stream order.
+        unsafe {
+            nccl::all_reduce(
+                ptr as *const _,
+                ptr as *mut _,
+                len,
+                T::as_nccl_type(),
+                op,
+                self.raw,
+                stream.cu_stream() as _,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Replaces `buffer` on every member by that of member `root`, queued on `stream`.
+    fn broadcast_in_place<T: NcclType>(
+        &self,
+        stream: &CudaStream,
+        buffer: &mut impl DevicePtrMut<T>,
+        root: usize,
+    ) -> Result<(), NcclError> {
+        let len = buffer.len();
+        let (ptr, _written) = buffer.device_ptr_mut(stream);
+        // SAFETY: as in `all_reduce_in_place`.
+        unsafe {
+            nccl::broadcast(
+                ptr as *const _,
+                ptr as *mut _,
+                len,
+                T::as_nccl_type(),
+                as_int(root),
+                self.raw,
+                stream.cu_stream() as _,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Finalizes (waiting for what is still being sent) and destroys the
+    /// communicator; afterwards dropping it does nothing.
+    fn close(&mut self) -> Result<(), NcclError> {
+        if self.raw.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a communicator made by `join`, not yet destroyed.
+        unsafe { nccl::comm_finalize(self.raw) }?;
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        // SAFETY: finalized above; never used again.
+        unsafe { nccl::comm_destroy(raw) }?;
+        Ok(())
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            // SAFETY: a communicator made by `join`, not yet destroyed. Its
+            // error is of no use to a process that is ending the group anyway.
+            let _ = unsafe { nccl::comm_abort(self.raw) };
+        }
+    }
+}
+
+/// Ranks and sizes as NCCL's `int`s (the launchers' variables are checked to fit).
+fn as_int(value: usize) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
 
 /// This process's member of an NCCL group, on one GPU.
 pub struct NcclGroup {
@@ -41,7 +145,7 @@ fn staged<T: NcclType + DeviceRepr + ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
     device: &mut CudaSlice<T>,
     host: &mut [T],
-    op: ReduceOp,
+    op: ncclRedOp_t,
     what: &str,
 ) -> Result<(), CudaError> {
     let n = host.len();
@@ -54,7 +158,7 @@ fn staged<T: NcclType + DeviceRepr + ValidAsZeroBits>(
     stream
         .memcpy_htod(host, &mut values)
         .map_err(driver_failed("copying values to the GPU"))?;
-    comm.all_reduce_in_place(&mut values, &op)
+    comm.all_reduce_in_place(stream, &mut values, op)
         .map_err(|e| nccl_failed(what, &e))?;
     stream
         .memcpy_dtoh(&values, host)
@@ -81,7 +185,7 @@ fn probe_library() -> Result<(), CudaError> {
     })
 }
 
-fn nccl_failed(what: &str, error: &cudarc::nccl::result::NcclError) -> CudaError {
+fn nccl_failed(what: &str, error: &NcclError) -> CudaError {
     // SAFETY: NCCL returns a static string for every result code.
     let message = unsafe {
         std::ffi::CStr::from_ptr(cudarc::nccl::sys::ncclGetErrorString(error.0))
@@ -123,8 +227,10 @@ impl NcclGroup {
         let stream = ctx
             .new_stream()
             .map_err(driver_failed("creating NCCL's stream"))?;
-        let id = Id::uninit(id.map(|b| b as std::ffi::c_char));
-        let comm = Comm::from_rank(stream.clone(), rank, size, id).map_err(|e| {
+        let id = ncclUniqueId {
+            internal: id.map(|b| b as std::ffi::c_char),
+        };
+        let comm = Comm::join(rank, size, id).map_err(|e| {
             nccl_failed(
                 &format!("joining the NCCL group as rank {rank} of {size}"),
                 &e,
@@ -149,7 +255,7 @@ impl NcclGroup {
             &self.stream,
             sums,
             values,
-            ReduceOp::Sum,
+            ncclRedOp_t::ncclSum,
             "an NCCL sum",
         )
     }
@@ -164,7 +270,7 @@ impl NcclGroup {
     ) -> Result<(), CudaError> {
         let mut values = buffer.slice_mut(..len);
         self.comm
-            .all_reduce_in_place(&mut values, &ReduceOp::Avg)
+            .all_reduce_in_place(&self.stream, &mut values, ncclRedOp_t::ncclAvg)
             .map_err(|e| nccl_failed("an NCCL mean", &e))?;
         self.synchronize()
     }
@@ -181,7 +287,7 @@ impl NcclGroup {
             &self.stream,
             sums,
             host,
-            ReduceOp::Sum,
+            ncclRedOp_t::ncclSum,
             "an NCCL bf16 sum",
         )?;
         for (v, s) in values.iter_mut().zip(&self.bf16_host) {
@@ -199,7 +305,7 @@ impl NcclGroup {
             &self.stream,
             sums,
             values,
-            ReduceOp::Max,
+            ncclRedOp_t::ncclMax,
             "an NCCL maximum",
         )
     }
@@ -211,7 +317,7 @@ impl NcclGroup {
             .clone_htod(values)
             .map_err(driver_failed("copying values to the GPU"))?;
         self.comm
-            .broadcast_in_place(&mut device, root as i32)
+            .broadcast_in_place(&self.stream, &mut device, root)
             .map_err(|e| nccl_failed(&format!("an NCCL broadcast from rank {root}"), &e))?;
         self.stream
             .memcpy_dtoh(&device, values)
@@ -220,11 +326,21 @@ impl NcclGroup {
     }
 
     pub fn rank(&self) -> usize {
-        self.comm.rank()
+        self.comm.rank
     }
 
     pub fn size(&self) -> usize {
-        self.comm.world_size()
+        self.comm.size
+    }
+
+    /// Leaves the group in order, once every process is done with it: what
+    /// this one still sends is delivered first. Dropped without it (an error
+    /// path), the group is aborted.
+    pub fn close(&mut self) -> Result<(), CudaError> {
+        self.synchronize()?;
+        self.comm
+            .close()
+            .map_err(|e| nccl_failed("closing the NCCL group", &e))
     }
 
     fn synchronize(&self) -> Result<(), CudaError> {

@@ -82,8 +82,8 @@ impl Launcher {
             "LOCAL_RANK",
             "LOCAL_WORLD_SIZE",
         )?;
-        let master_addr = get("MASTER_ADDR").unwrap_or_default();
-        if master_addr.trim().is_empty() {
+        let master_addr = get("MASTER_ADDR").unwrap_or_default().trim().to_string();
+        if master_addr.is_empty() {
             bail!("MASTER_ADDR is empty: expected the address of the run's first machine");
         }
         let port_text = get("MASTER_PORT").unwrap_or_default();
@@ -126,8 +126,12 @@ fn mpirun_place(get: &impl Fn(&str) -> Option<String>) -> Result<Place> {
 
 /// Refuses ranks that cannot be: a rank at or past the size, no processes.
 fn check_place(place: &Place, rank: &str, size: &str, local: &str, local_size: &str) -> Result<()> {
-    if place.size == 0 {
-        bail!("{size}=0: expected a number of processes of at least 1");
+    if place.size == 0 || place.size > i32::MAX as usize {
+        bail!(
+            "{size}={}: expected a number of processes from 1 to {}",
+            place.size,
+            i32::MAX
+        );
     }
     if place.rank >= place.size {
         bail!(
@@ -250,9 +254,21 @@ mod tests {
         assert!(with("RANK", "8").contains("RANK=8 with WORLD_SIZE=8"));
         assert!(with("RANK", "x").contains("RANK=x: expected a whole number"));
         assert!(with("WORLD_SIZE", "0").contains("WORLD_SIZE=0"));
+        assert!(with("WORLD_SIZE", "4294967296").contains("from 1 to 2147483647"));
         assert!(with("LOCAL_RANK", "4").contains("LOCAL_RANK=4 with LOCAL_WORLD_SIZE=4"));
         assert!(with("MASTER_PORT", "70000").contains("MASTER_PORT=70000"));
         assert!(with("MASTER_ADDR", " ").contains("MASTER_ADDR is empty"));
+        let Launcher::Torchrun { master_addr, .. } = launcher(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "1"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", " 10.0.0.1\n"),
+            ("MASTER_PORT", "29500"),
+        ])
+        .unwrap() else {
+            panic!("torchrun's environment");
+        };
+        assert_eq!(master_addr, "10.0.0.1");
         let message = error(&[("OMPI_COMM_WORLD_SIZE", "2")]);
         assert!(
             message.contains("OMPI_COMM_WORLD_RANK is not set"),

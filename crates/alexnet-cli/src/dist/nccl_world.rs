@@ -57,6 +57,21 @@ impl Nccl {
     }
 }
 
+/// Leaves the group in order at the end of the run (every process has made its
+/// last collective by then), flushing what this one still sends; under the
+/// deadline, as a peer that died may keep it waiting.
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        let group = self.group.get_mut();
+        let closed = self
+            .watchdog
+            .guard(|| "closing the NCCL group".into(), || group.close());
+        if let Err(e) = closed {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
 impl Communicator for Nccl {
     fn rank(&self) -> usize {
         self.group.borrow().rank()
