@@ -63,6 +63,11 @@ pub trait Communicator {
         let _ = (buffer, len, images, all, bf16);
         Ok(false)
     }
+    /// The sums this communicator runs in the background while the caller
+    /// goes on (gradients summed during the backward pass), if it has them.
+    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
+        None
+    }
     /// Replaces `values` on every process by those of process `root`.
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External>;
     /// Says that this process has reached `step` (and whether it was asked to
@@ -72,6 +77,17 @@ pub trait Communicator {
     /// that an error can name the processes that did not check in within the
     /// communicator's deadline (stopped or lost): a run never hangs on one.
     fn check_in(&self, step: u64, stop: bool) -> Result<bool, External>;
+}
+
+/// Sums across the processes that run while the caller goes on, in the order
+/// they were started, apart from the communicator's other calls (which may be
+/// made meanwhile). Every process starts the same sums in the same order.
+pub trait BackgroundSums {
+    /// Starts summing `values` over the processes, in f32 or carried as bf16
+    /// (as [`Communicator::all_reduce_sum_bf16`]).
+    fn start(&self, values: Vec<f32>, bf16: bool) -> Result<(), External>;
+    /// Waits for the oldest sum started and not yet finished, and returns it.
+    fn finish(&self) -> Result<Vec<f32>, External>;
 }
 
 /// One process alone: sums are the values themselves.

@@ -49,7 +49,17 @@ pub struct TrainConfig {
     /// With several processes: sum their gradients carried as bf16 (half the
     /// bytes) instead of f32.
     pub bf16_gradients: bool,
+    /// With several processes: gradients are summed in buckets of this many
+    /// bytes, each started as soon as the backward pass has finished its
+    /// gradients, where the communicator sums in the background; 0 sums them
+    /// one tensor at a time after the backward pass.
+    pub bucket_bytes: usize,
 }
+
+/// The default size of a bucket of gradients summed during the backward pass
+/// (as PyTorch's DDP): large enough that a sum is not dominated by its
+/// latency, small enough that the first starts early.
+pub const BUCKET_BYTES: usize = 25 << 20;
 
 impl TrainConfig {
     /// The paper's recipe for `arch` on `data`, writing into `out`, with the
@@ -72,6 +82,7 @@ impl TrainConfig {
             log_every: 100,
             loader_threads: 1,
             bf16_gradients: false,
+            bucket_bytes: BUCKET_BYTES,
         }
     }
 }

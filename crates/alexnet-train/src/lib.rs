@@ -38,8 +38,10 @@ mod preprocess;
 mod schedule;
 mod trainer;
 
-pub use comm::{Communicator, SingleProcess, round_slice_to_bf16, weighted_sum_on_host};
-pub use config::{Augmentation, RecipeOverrides, RunSettings, TrainConfig, fit_spec};
+pub use comm::{
+    BackgroundSums, Communicator, SingleProcess, round_slice_to_bf16, weighted_sum_on_host,
+};
+pub use config::{Augmentation, BUCKET_BYTES, RecipeOverrides, RunSettings, TrainConfig, fit_spec};
 pub use error::{Error, External, Result};
 pub use evaluate::{
     Evaluation, check_compatible, eval_view, evaluate, load_batch, top_k, wants_stored,

@@ -5,11 +5,11 @@
 //! momentum are applied after that, identically everywhere, so every process
 //! keeps the same weights; rank 0 hands out the starting ones.
 
-use alexnet::Model;
+use alexnet::{BufferMut, Model};
 use alexnet_data::Part;
 
-use crate::comm::{Communicator, weighted_sum_on_host};
-use crate::error::{Error, Result};
+use crate::comm::{BackgroundSums, Communicator, weighted_sum_on_host};
+use crate::error::{Error, External, Result};
 use crate::evaluate::Evaluation;
 
 /// This process's part of every batch.
@@ -32,6 +32,19 @@ pub fn check_batch(batch: usize, comm: &dyn Communicator) -> Result<()> {
             "--batch {batch} is smaller than the {} processes: every process needs at least one \
              image of each batch",
             comm.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a step whose processes held `all` images of a batch of `batch`:
+/// gradient buckets weigh each process's gradient by the whole batch before
+/// its sum starts, and every batch of a shared run is whole.
+pub fn check_whole_batch(all: usize, batch: usize) -> Result<()> {
+    if all != batch {
+        return Err(Error::Run(format!(
+            "the processes held {all} images of a batch of {batch}: they were not started with \
+             the same settings"
         )));
     }
     Ok(())
@@ -79,18 +92,185 @@ pub fn reduce_gradients(
     // A device's gradients are complete before another stream sums them.
     net.synchronize();
     for index in 0..net.plan().params.len() {
-        if let Some(grad) = net.param_grad_mut(index)
-            && comm
-                .weighted_sum_in_place(grad, images, all, bf16)
-                .map_err(Error::External)?
-        {
-            continue;
-        }
-        let mut grad = net.param_grad(index);
-        weighted_sum_on_host(comm, &mut grad, images, all, bf16).map_err(Error::External)?;
-        net.set_param_grad(index, &grad)?;
+        reduce_gradient(net, comm, index, (images, all), bf16)?;
     }
     Ok(())
+}
+
+/// One parameter's gradient, of `images` of the batch's `all`, weighted and
+/// summed across the processes as [`reduce_gradients`] says.
+fn reduce_gradient(
+    net: &mut dyn Model,
+    comm: &dyn Communicator,
+    index: usize,
+    (images, all): (usize, usize),
+    bf16: bool,
+) -> Result<()> {
+    if let Some(grad) = net.param_grad_mut(index)
+        && comm
+            .weighted_sum_in_place(grad, images, all, bf16)
+            .map_err(Error::External)?
+    {
+        return Ok(());
+    }
+    let mut grad = net.param_grad(index);
+    weighted_sum_on_host(comm, &mut grad, images, all, bf16).map_err(Error::External)?;
+    net.set_param_grad(index, &grad)?;
+    Ok(())
+}
+
+/// Gradients summed in buckets while the backward pass runs, as a
+/// communicator with [`BackgroundSums`] allows: each gradient the pass hands
+/// over is weighted as [`reduce_gradients`] weighs it and copied into the
+/// bucket being filled; a bucket whose next gradient would take it past its
+/// size starts its sum at once, so the sums of the fully connected layers
+/// (the last layers, ready first, 96% of the paper's net's bytes) run while
+/// the convolutions' gradients are computed. A gradient the pass does not
+/// hand over in host memory (a GPU's) is summed after the pass, as
+/// [`reduce_gradients`] does. Buffers are kept from step to step.
+pub struct GradientBuckets {
+    /// Values a bucket holds before its sum starts (at least one gradient).
+    capacity: usize,
+    /// This process's images of the batch, and the whole batch's.
+    images: (usize, usize),
+    bf16: bool,
+    filling: Bucket,
+    /// Buckets whose sums were started, oldest first.
+    running: std::collections::VecDeque<Bucket>,
+    /// Buffers of finished buckets, for the next step's.
+    spare: Vec<Vec<f32>>,
+    /// Which parameters went into a bucket this step.
+    handed: Vec<bool>,
+    /// The first error of a sum started during the pass.
+    failed: Option<External>,
+}
+
+/// Gradients copied back to back: `(parameter index, length)` and the values.
+#[derive(Default)]
+struct Bucket {
+    params: Vec<(usize, usize)>,
+    values: Vec<f32>,
+}
+
+impl GradientBuckets {
+    /// Buckets of `bytes` of f32 values (at least one value).
+    pub fn new(bytes: usize) -> GradientBuckets {
+        GradientBuckets {
+            capacity: (bytes / 4).max(1),
+            images: (1, 1),
+            bf16: false,
+            filling: Bucket::default(),
+            running: Default::default(),
+            spare: Vec::new(),
+            handed: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Prepares for a backward pass over `images` of a batch of `all` images
+    /// of a net with `params` parameter tensors.
+    pub fn begin(&mut self, params: usize, images: usize, all: usize, bf16: bool) {
+        self.images = (images, all);
+        self.bf16 = bf16;
+        self.handed.clear();
+        self.handed.resize(params, false);
+        self.failed = None;
+    }
+
+    /// Takes in a gradient the backward pass has finished.
+    pub fn ready(&mut self, sums: &dyn BackgroundSums, index: usize, grad: BufferMut<'_>) {
+        let BufferMut::Host(values) = grad else {
+            return;
+        };
+        let fill = self.filling.values.len();
+        if fill > 0 && fill + values.len() > self.capacity {
+            self.start(sums);
+        }
+        if self.filling.values.is_empty() {
+            self.filling.values = self.spare.pop().unwrap_or_default();
+            self.filling.values.clear();
+        }
+        let weight = self.images.0 as f32 / self.images.1.max(1) as f32;
+        self.filling.params.push((index, values.len()));
+        self.filling
+            .values
+            .extend(values.iter().map(|g| g * weight));
+        self.handed[index] = true;
+        if self.filling.values.len() >= self.capacity {
+            self.start(sums);
+        }
+    }
+
+    /// Starts the sum of the bucket being filled.
+    fn start(&mut self, sums: &dyn BackgroundSums) {
+        let mut bucket = std::mem::take(&mut self.filling);
+        let values = std::mem::take(&mut bucket.values);
+        if let Err(error) = sums.start(values, self.bf16) {
+            self.failed.get_or_insert(error);
+        }
+        self.running.push_back(bucket);
+    }
+
+    /// At the end of the backward pass: starts the last bucket.
+    pub fn end_pass(&mut self, sums: &dyn BackgroundSums) {
+        if !self.filling.params.is_empty() {
+            self.start(sums);
+        }
+    }
+
+    /// After the backward pass and [`end_pass`](GradientBuckets::end_pass):
+    /// sums what was not handed over, then waits for every bucket and puts
+    /// its sums back into the net's gradients.
+    pub fn finish(
+        &mut self,
+        net: &mut dyn Model,
+        comm: &dyn Communicator,
+        sums: &dyn BackgroundSums,
+    ) -> Result<()> {
+        self.end_pass(sums);
+        if let Some(error) = self.failed.take() {
+            return Err(Error::External(error));
+        }
+        let rest: Vec<usize> = (0..self.handed.len())
+            .filter(|&i| !self.handed[i])
+            .collect();
+        if !rest.is_empty() {
+            net.synchronize();
+            for index in rest {
+                reduce_gradient(net, comm, index, self.images, self.bf16)?;
+            }
+        }
+        while let Some(bucket) = self.running.pop_front() {
+            let values = sums.finish().map_err(Error::External)?;
+            self.put_back(net, &bucket, &values)?;
+            self.spare.push(values);
+        }
+        Ok(())
+    }
+
+    /// Copies a bucket's sums into the gradients it holds.
+    fn put_back(&self, net: &mut dyn Model, bucket: &Bucket, values: &[f32]) -> Result<()> {
+        let expected: usize = bucket.params.iter().map(|(_, len)| len).sum();
+        if values.len() != expected {
+            return Err(Error::External(
+                format!(
+                    "a sum of gradients came back with {} values instead of {expected}",
+                    values.len()
+                )
+                .into(),
+            ));
+        }
+        let mut offset = 0;
+        for &(index, len) in &bucket.params {
+            let sum = &values[offset..offset + len];
+            match net.param_grad_mut(index) {
+                Some(BufferMut::Host(grad)) => grad.copy_from_slice(sum),
+                _ => net.set_param_grad(index, sum)?,
+            }
+            offset += len;
+        }
+        Ok(())
+    }
 }
 
 /// An evaluation of each process's part of the images, summed into that of

@@ -34,7 +34,7 @@ use crate::evaluate::{
 };
 use crate::hooks::{NetFactory, StepHook, StopRequest};
 use crate::observer::{EndLine, EpochLine, EpochStart, Observer, Step, StepLine};
-use crate::parallel;
+use crate::parallel::{self, GradientBuckets, check_whole_batch};
 use crate::preprocess::Preprocess;
 use crate::schedule::ScheduleState;
 
@@ -133,6 +133,9 @@ pub struct Trainer {
     stop_agreed: bool,
     /// The last step's seconds at the check-in and summing gradients.
     times: (f64, f64),
+    /// Where gradients are summed during the backward pass (several
+    /// processes, a communicator that sums in the background, buckets asked for).
+    buckets: Option<GradientBuckets>,
     /// Time in the epoch in progress (since this trainer began it or took it up).
     epoch_time: EpochTime,
     notices: Vec<String>,
@@ -190,6 +193,8 @@ impl Trainer {
         let preprocess = run_preprocess(&dataset, start.inherited, pixels, &net.spec().name)?;
         let data = Data::new(dataset, train, &settings, &preprocess, net.as_ref())?;
         let stored = wants_stored(net.as_ref());
+        let overlap = comm.shared() && comm.background_sums().is_some() && config.bucket_bytes > 0;
+        let buckets = overlap.then(|| GradientBuckets::new(config.bucket_bytes));
         Ok(Trainer {
             config,
             settings,
@@ -203,6 +208,7 @@ impl Trainer {
             stop: StopRequest::new(),
             stop_agreed: false,
             times: (0.0, 0.0),
+            buckets,
             epoch_time: EpochTime::default(),
             notices: start.notices,
             started: Instant::now(),
@@ -410,7 +416,7 @@ impl Trainer {
         load_batch(self.net.as_mut(), batch)?;
         self.net.forward(Mode::Train);
         let logits = self.net.logits();
-        let loss = self.net.backward(&batch.labels)?;
+        let loss = self.backward(batch)?;
         let classes = self.net.plan().classes();
         let (loss, top1_errors, images) = self.reduce(
             loss,
@@ -446,6 +452,24 @@ impl Trainer {
         Ok(result)
     }
 
+    /// The backward pass, with the sums of its gradients started as it goes
+    /// where buckets are in use.
+    fn backward(&mut self, batch: &Batch) -> Result<f32> {
+        let (Some(buckets), Some(sums)) = (self.buckets.as_mut(), self.comm.background_sums())
+        else {
+            return Ok(self.net.backward(&batch.labels)?);
+        };
+        let params = self.net.plan().params.len();
+        let bf16 = self.config.bf16_gradients;
+        // Every batch of a shared run is whole (see `with_communicator`).
+        buckets.begin(params, batch.count, self.settings.batch, bf16);
+        let loss = self.net.backward_each(&batch.labels, &mut |index, grad| {
+            buckets.ready(sums, index, grad)
+        })?;
+        buckets.end_pass(sums);
+        Ok(loss)
+    }
+
     /// With several processes: the loss, errors and images of the whole batch,
     /// and every parameter's gradient replaced by the whole batch's. Alone: the
     /// values as they are.
@@ -460,7 +484,13 @@ impl Trainer {
         let comm = self.comm.as_ref();
         let (loss, errors, all) = parallel::reduce_step(comm, loss, errors, images)?;
         let bf16 = self.config.bf16_gradients;
-        parallel::reduce_gradients(self.net.as_mut(), comm, images, all, bf16)?;
+        match (self.buckets.as_mut(), comm.background_sums()) {
+            (Some(buckets), Some(sums)) => {
+                check_whole_batch(all, self.settings.batch)?;
+                buckets.finish(self.net.as_mut(), comm, sums)?;
+            }
+            _ => parallel::reduce_gradients(self.net.as_mut(), comm, images, all, bf16)?,
+        }
         self.times = (
             (checked_in - started).as_secs_f64(),
             checked_in.elapsed().as_secs_f64(),

@@ -10,8 +10,8 @@ use alexnet::{Cpu, Model, NetSpec, Network};
 use alexnet_data::testing::write_bar_source;
 use alexnet_data::{Part, PrepareOptions, prepare_idx};
 use alexnet_train::{
-    Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
-    Trainer,
+    BackgroundSums, Communicator, Ending, External, MetricsLog, Observer, Record, Step, StepHook,
+    StopRequest, TrainConfig, Trainer,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -296,5 +296,139 @@ fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
     assert!(err.contains("'test' has no images"), "{err}");
     let some = evaluate(net.as_mut(), vec![0, 1, 2]).unwrap();
     assert!((0.0..=1.0).contains(&some.top1_error()));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// What the mirrored communicator was asked to do, in order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Call {
+    /// A background sum of this many values started.
+    Start(usize),
+    CheckIn,
+    Finish,
+}
+
+/// Rank 0 of two processes whose twin holds exactly its values: every sum
+/// doubles them. With `background`, it also sums in the background (doubling
+/// at the start, handing back at the finish), and logs the order of calls.
+struct Mirrored {
+    background: bool,
+    calls: Arc<Mutex<Vec<Call>>>,
+    running: Mutex<std::collections::VecDeque<Vec<f32>>>,
+}
+
+impl Mirrored {
+    fn new(background: bool) -> (Mirrored, Arc<Mutex<Vec<Call>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let comm = Mirrored {
+            background,
+            calls: calls.clone(),
+            running: Mutex::default(),
+        };
+        (comm, calls)
+    }
+}
+
+impl Communicator for Mirrored {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
+        values.iter_mut().for_each(|v| *v *= 2.0);
+        Ok(())
+    }
+    fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
+        alexnet_train::round_slice_to_bf16(values);
+        self.all_reduce_sum(values)
+    }
+    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
+        self.background.then_some(self as &dyn BackgroundSums)
+    }
+    fn broadcast(&self, _values: &mut [f32], _root: usize) -> Result<(), External> {
+        Ok(())
+    }
+    fn check_in(&self, _step: u64, stop: bool) -> Result<bool, External> {
+        self.calls.lock().unwrap().push(Call::CheckIn);
+        Ok(stop)
+    }
+}
+
+impl BackgroundSums for Mirrored {
+    fn start(&self, mut values: Vec<f32>, bf16: bool) -> Result<(), External> {
+        self.calls.lock().unwrap().push(Call::Start(values.len()));
+        if bf16 {
+            self.all_reduce_sum_bf16(&mut values)?;
+        } else {
+            self.all_reduce_sum(&mut values)?;
+        }
+        self.running.lock().unwrap().push_back(values);
+        Ok(())
+    }
+    fn finish(&self) -> Result<Vec<f32>, External> {
+        self.calls.lock().unwrap().push(Call::Finish);
+        Ok(self
+            .running
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a sum was started"))
+    }
+}
+
+/// Gradients summed in buckets started during the backward pass give exactly
+/// the weights of sums after it (the same arithmetic, other buffers), in f32
+/// and in bf16; every step starts its buckets before its check-in (which
+/// follows the backward pass) and no bucket but one holding a single tensor
+/// is larger than asked.
+#[test]
+fn gradients_summed_in_buckets_during_the_backward_pass_train_as_sums_after_it() {
+    let (root, data) = temp_dataset("buckets");
+    for bf16 in [false, true] {
+        let train = |name: &str, background: bool| {
+            let mut config = config(&data, &root.join(format!("{name}-{bf16}")));
+            config.recipe.epochs = Some(1);
+            config.bf16_gradients = bf16;
+            config.bucket_bytes = 64 << 10;
+            let (comm, calls) = Mirrored::new(background);
+            let mut trainer = Trainer::with_communicator(config, &on_cpu, Box::new(comm)).unwrap();
+            trainer.run(&mut [], &StopRequest::new()).unwrap();
+            let calls = calls.lock().unwrap().clone();
+            (all_params(trainer.net()), calls)
+        };
+        let (after, calls) = train("after", false);
+        assert!(!calls.iter().any(|c| matches!(c, Call::Start(_))));
+        let (during, calls) = train("during", true);
+        assert_eq!(during, after, "bf16 {bf16}");
+
+        let sizes: Vec<usize> = (0..after.len()).map(|i| after[i].len()).collect();
+        let mut checked = 0;
+        for (index, step) in calls.split(|c| *c == Call::CheckIn).enumerate() {
+            // Between two check-ins: the finishes of a step, then the next
+            // step's starts (none after a validation's check-in or the last step).
+            let starts: Vec<usize> = step
+                .iter()
+                .filter_map(|c| match c {
+                    Call::Start(len) => Some(*len),
+                    _ => None,
+                })
+                .collect();
+            if starts.is_empty() {
+                continue;
+            }
+            assert!(starts.len() > 1, "step {index}: one bucket {starts:?}");
+            assert_eq!(starts.iter().sum::<usize>(), sizes.iter().sum::<usize>());
+            for len in &starts {
+                assert!(*len <= (64 << 10) / 4 || sizes.contains(len), "{len}");
+            }
+            checked += 1;
+        }
+        assert_eq!(
+            checked, 12,
+            "steps whose buckets started before their check-in"
+        );
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -118,6 +118,26 @@ pub trait Model {
     /// Zeroes the parameter gradients, then adds the gradient of the mean
     /// cross-entropy of the last forward pass against `labels`. Returns the loss.
     fn backward(&mut self, labels: &[u32]) -> Result<f32>;
+    /// [`backward`](Model::backward), handing every parameter's gradient to
+    /// `ready` once the pass has finished it (the last layers' first), so that
+    /// work on it (a sum across processes) can start while the rest of the
+    /// pass runs. A device's buffer is finished in its backend's queue order:
+    /// [`synchronize`](Model::synchronize) before reading it from elsewhere.
+    /// By default, after the whole pass, the gradients that
+    /// [`param_grad_mut`](Model::param_grad_mut) reaches, last first.
+    fn backward_each(
+        &mut self,
+        labels: &[u32],
+        ready: &mut dyn FnMut(usize, BufferMut<'_>),
+    ) -> Result<f32> {
+        let loss = self.backward(labels)?;
+        for index in (0..self.plan().params.len()).rev() {
+            if let Some(grad) = self.param_grad_mut(index) {
+                ready(index, grad);
+            }
+        }
+        Ok(loss)
+    }
     /// One SGD update of every parameter that is not frozen.
     fn sgd_step(&mut self, sgd: &Sgd);
     /// Starts (or stops) recording the time of each layer's passes.

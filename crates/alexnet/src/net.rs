@@ -449,7 +449,18 @@ impl<B: Backend> Network<B> {
     /// Backward through `layers`, last first, starting from the gradient of the
     /// last one's output in gradient buffer `current`; returns the buffer that then
     /// holds the gradient of the first one's input.
-    pub(crate) fn backward_layers(&mut self, layers: Range<usize>, mut current: usize) -> usize {
+    pub(crate) fn backward_layers(&mut self, layers: Range<usize>, current: usize) -> usize {
+        self.backward_layers_each(layers, current, &mut |_, _| {})
+    }
+
+    /// [`Network::backward_layers`], handing each parameter's gradient to
+    /// `ready` as soon as its layer's backward pass has written it.
+    fn backward_layers_each(
+        &mut self,
+        layers: Range<usize>,
+        mut current: usize,
+        ready: &mut dyn FnMut(usize, BufferMut<'_>),
+    ) -> usize {
         let n = self.batch;
         // `current` holds the gradient of the layer's output; each non-in-place
         // layer writes its input gradient into the other buffer and the roles swap.
@@ -462,8 +473,23 @@ impl<B: Backend> Network<B> {
                 self.backend.synchronize();
                 times.backward[index] += started.elapsed().as_secs_f64();
             }
+            self.hand_over_gradients(index, ready);
         }
         current
+    }
+
+    /// Hands the gradients of layer `index`'s weight and bias, which its
+    /// backward pass has just finished, to `ready`.
+    fn hand_over_gradients(&mut self, index: usize, ready: &mut dyn FnMut(usize, BufferMut<'_>)) {
+        let (Op::Conv { weight, .. } | Op::Linear { weight, .. }) = self.plan.layers[index].op
+        else {
+            return;
+        };
+        for param in [weight, weight + 1] {
+            let p = &mut self.params[param];
+            let len = p.info.len();
+            ready(param, self.backend.buffer_mut(&mut p.grad, len));
+        }
     }
 
     /// Activation buffer `index` of the plan (0 is the input).
@@ -860,6 +886,13 @@ impl<B: Backend> Model for Network<B> {
     /// Zeroes the parameter gradients, then adds the gradient of the mean
     /// cross-entropy of the last forward pass against `labels`. Returns the loss.
     fn backward(&mut self, labels: &[u32]) -> Result<f32> {
+        self.backward_each(labels, &mut |_, _| {})
+    }
+    fn backward_each(
+        &mut self,
+        labels: &[u32],
+        ready: &mut dyn FnMut(usize, BufferMut<'_>),
+    ) -> Result<f32> {
         let n = self.batch;
         let classes = self.plan.classes();
         check_labels(labels, n, classes)?;
@@ -872,7 +905,7 @@ impl<B: Backend> Model for Network<B> {
             labels,
             &mut self.gradients[0],
         );
-        self.backward_layers(0..self.plan.layers.len(), 0);
+        self.backward_layers_each(0..self.plan.layers.len(), 0, ready);
         Ok(loss)
     }
     /// Freezes (or unfreezes) a parameter tensor: frozen ones are not updated.

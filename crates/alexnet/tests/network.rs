@@ -562,6 +562,45 @@ fn a_gradient_changed_in_place_is_the_one_the_update_uses() {
     }
 }
 
+/// The backward pass hands over each parameter's gradient once, as soon as
+/// its layer is done (the last layers' first, so that sums across processes
+/// can start while the convolutions' gradients are computed), and what it
+/// hands over is already the final gradient, in the buffer the update reads.
+#[test]
+fn each_gradient_is_handed_over_once_finished_last_layers_first() {
+    let spec = paper_mini();
+    let mut rng = Rng::new(6);
+    let mut net = Network::new(Cpu::new(), &spec, 2, 12).unwrap();
+    let images = random(&mut rng, 2 * net.plan().input_shape().len(), 1.0);
+    net.set_input(&images).unwrap();
+    net.forward(Mode::Train);
+    let mut handed: Vec<(usize, Vec<f32>)> = Vec::new();
+    net.backward_each(&[1, 0], &mut |index, grad| match grad {
+        alexnet::BufferMut::Host(values) => handed.push((index, values.to_vec())),
+        alexnet::BufferMut::Device { .. } => panic!("a CPU gradient is host memory"),
+    })
+    .unwrap();
+    let params = net.plan().params.len();
+    let order: Vec<usize> = handed.iter().map(|(index, _)| *index).collect();
+    // Weight then bias of each layer, the layers from last to first.
+    let expected: Vec<usize> = (0..params / 2)
+        .rev()
+        .flat_map(|layer| [2 * layer, 2 * layer + 1])
+        .collect();
+    assert_eq!(order, expected);
+    for (index, values) in &handed {
+        assert_eq!(&net.param_grad(*index), values, "{index}");
+    }
+    // The same gradients as the plain backward pass.
+    let mut again = Network::new(Cpu::new(), &spec, 2, 12).unwrap();
+    again.set_input(&images).unwrap();
+    again.forward(Mode::Train);
+    again.backward(&[1, 0]).unwrap();
+    for (index, values) in &handed {
+        assert_eq!(&again.param_grad(*index), values, "{index}");
+    }
+}
+
 /// A net that ran a larger batch (a validation batch of a data-parallel
 /// process) trains a smaller one exactly as a net that never did: nothing of
 /// the larger batch's rows is read again.
