@@ -167,13 +167,23 @@ fn mpi_communicator(place: Place, _timeout: Duration) -> Result<Box<dyn Communic
 
 #[cfg(feature = "mpi")]
 fn mpi_communicator(_place: Place, timeout: Duration) -> Result<Box<dyn Communicator>> {
-    let Some(universe) = mpi::initialize() else {
+    use mpi::Threading;
+    // Several threads calling MPI let gradients be summed during the backward
+    // pass; an MPI without that sums them after it.
+    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
         bail!("MPI was initialised twice in one process");
     };
-    Ok(Box::new(mpi_world::Mpi::new(universe, timeout)?))
+    let threads_allowed = threading == Threading::Multiple;
+    Ok(Box::new(mpi_world::Mpi::new(
+        universe,
+        threads_allowed,
+        timeout,
+    )?))
 }
 
 pub mod launcher;
+#[cfg(feature = "mpi")]
+mod mpi_sums;
 #[cfg(feature = "mpi")]
 mod mpi_world;
 #[cfg(feature = "cuda")]

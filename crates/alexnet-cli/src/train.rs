@@ -116,6 +116,17 @@ pub struct TrainArgs {
     /// bytes of f32; each partial sum rounded to bf16).
     #[arg(long, help_heading = "Several processes")]
     bf16_gradients: bool,
+    /// Under mpirun: sum the gradients in buckets of this many MiB, each
+    /// started on a thread of its own as soon as the backward pass has
+    /// finished its gradients, while the pass goes on; 0 sums them after the
+    /// pass, one tensor at a time.
+    #[arg(
+        long,
+        default_value_t = 25,
+        value_name = "MIB",
+        help_heading = "Several processes"
+    )]
+    bucket_mb: u32,
     #[command(flatten)]
     pub dist: crate::dist::DistArgs,
     #[command(flatten)]
@@ -163,6 +174,7 @@ impl TrainArgs {
             .loader_threads
             .unwrap_or_else(|| default_loader_threads(self.placement.main_device()));
         config.bf16_gradients = self.bf16_gradients;
+        config.bucket_bytes = (self.bucket_mb as usize) << 20;
         Ok(config)
     }
 }

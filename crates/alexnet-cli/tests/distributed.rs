@@ -132,6 +132,10 @@ fn last(out: &Path) -> PathBuf {
 /// gradient changes and training amplifies it (measured: up to 1e-2 of a bias
 /// after 12 steps for 2 of 7 seeds, and losses 1e-2 apart after 20 steps). So
 /// on them the test compares the first step's weights and velocities.
+///
+/// Each case sums the gradients another way: in one 25 MiB bucket (the
+/// default; the whole net here) started as the backward pass ends, in 1 MiB
+/// buckets started during it, and after it, tensor by tensor.
 #[test]
 fn processes_train_as_one_process_does() {
     if mpirun(1).is_none() {
@@ -139,9 +143,14 @@ fn processes_train_as_one_process_does() {
     }
     let root = temp_dir("distributed");
     let data = dataset(&root);
-    for (device, steps) in [("cpu-reference", 1), ("cpu-reference", 20), ("cpu", 1)] {
+    let cases = [
+        ("cpu-reference", 1, "25"),
+        ("cpu-reference", 20, "1"),
+        ("cpu", 1, "0"),
+    ];
+    for (device, steps, bucket_mb) in cases {
         {
-            let extra = ["--device", device];
+            let extra = ["--device", device, "--bucket-mb", bucket_mb];
             let single = root.join(format!("one-{device}-{steps}"));
             alone(&data, &single, steps, &extra);
             for processes in [2, 3] {
@@ -149,6 +158,14 @@ fn processes_train_as_one_process_does() {
                 let stderr = shared(processes, &data, &out, steps, &extra);
                 // One summary and one report: rank 0 speaks, the others train silently.
                 assert_eq!(stderr.matches("stopped after").count(), 1, "{stderr}");
+                let how = match bucket_mb {
+                    "0" => "gradients summed after the backward pass".to_string(),
+                    mib => format!("gradients summed in buckets of {mib} MiB during the backward"),
+                };
+                assert!(
+                    stderr.contains(&format!("{processes} processes, {how}")),
+                    "{stderr}"
+                );
                 let (a, b) = (step_losses(&single), step_losses(&out));
                 assert_eq!(a.len(), b.len(), "every step logged once");
                 for (x, y) in a.iter().zip(&b) {

@@ -234,7 +234,7 @@ impl Trainer {
         };
         format!(
             "training {} ({} parameters) on {} ({train_images} training images{held_out}), batch {}, \
-             {} epochs, on {}{}",
+             {} epochs, on {}{}{}",
             self.net.spec().name,
             self.net.plan().parameter_count(),
             self.settings.dataset,
@@ -246,6 +246,30 @@ impl Trainer {
             } else {
                 ""
             },
+            self.sharing(),
+        )
+    }
+
+    /// With several processes: how many, and how their gradients are summed.
+    fn sharing(&self) -> String {
+        if !self.comm.shared() {
+            return String::new();
+        }
+        let carried = if self.config.bf16_gradients {
+            " as bf16"
+        } else {
+            ""
+        };
+        let when = match self.buckets {
+            Some(_) => format!(
+                "in buckets of {} MiB during the backward pass",
+                self.config.bucket_bytes as f64 / f64::from(1 << 20)
+            ),
+            None => "after the backward pass".into(),
+        };
+        format!(
+            "; {} processes, gradients summed{carried} {when}",
+            self.comm.size()
         )
     }
 

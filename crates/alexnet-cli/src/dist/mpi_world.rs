@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use alexnet::cpu::fast::gemm_bf16::bf16_bits;
-use alexnet_train::{Communicator, External};
+use alexnet_train::{BackgroundSums, Communicator, External};
 use mpi::collective::{SystemOperation, UserOperation};
 use mpi::datatype::{DynBuffer, DynBufferMut};
 use mpi::environment::Universe;
@@ -16,6 +16,7 @@ use mpi::request::{Request, Scope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator as _, CommunicatorCollectives, Root};
 
+use super::mpi_sums::SumThread;
 use super::watchdog::Watchdog;
 
 /// The tag of check-in messages.
@@ -31,19 +32,38 @@ pub struct Mpi {
     send: RefCell<Vec<f32>>,
     timeout: Duration,
     watchdog: Watchdog,
+    /// Sums on a thread of their own while this one computes, where MPI
+    /// allows calls from several threads.
+    sums: Option<SumThread>,
     // Last: finalises MPI after everything above is gone.
     _universe: Universe,
 }
 
 impl Mpi {
-    pub fn new(universe: Universe, timeout: Duration) -> anyhow::Result<Mpi> {
+    /// The world of `universe`, whose MPI allows calls from several threads
+    /// where `threads_allowed`.
+    pub fn new(
+        universe: Universe,
+        threads_allowed: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Mpi> {
         let world = universe.world();
-        let watchdog = Watchdog::start(world.rank() as usize, timeout)?;
+        let rank = world.rank() as usize;
+        let watchdog = Watchdog::start(rank, timeout)?;
+        // A stopped process is named by the check-in that follows the
+        // backward pass, after `timeout`; sums started during the pass wait
+        // longer, so that the check-in is the one to report it.
+        let sums = if threads_allowed {
+            Some(SumThread::start(world.duplicate(), rank, 2 * timeout)?)
+        } else {
+            None
+        };
         Ok(Mpi {
             world,
             send: RefCell::new(Vec::new()),
             timeout,
             watchdog,
+            sums,
             _universe: universe,
         })
     }
@@ -64,26 +84,21 @@ impl Communicator for Mpi {
         send.extend_from_slice(values);
         let count = values.len();
         let what = || format!("a sum of {count} values across processes");
-        self.watchdog.guard(what, || {
-            self.world
-                .all_reduce_into(&send[..], &mut *values, SystemOperation::sum())
-        });
+        self.watchdog
+            .guard(what, || sum_into(&self.world, &send, values));
         Ok(())
     }
 
     fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
-        let send: Vec<u16> = values.iter().map(|&v| bf16_bits(v)).collect();
-        let mut sum = vec![0u16; send.len()];
-        let add = UserOperation::commutative(add_bf16);
         let count = values.len();
         let what = || format!("a bf16 sum of {count} values across processes");
-        self.watchdog.guard(what, || {
-            self.world.all_reduce_into(&send[..], &mut sum[..], &add)
-        });
-        for (v, s) in values.iter_mut().zip(&sum) {
-            *v = bf16_value(*s);
-        }
+        self.watchdog
+            .guard(what, || sum_bf16_in_place(&self.world, values));
         Ok(())
+    }
+
+    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
+        self.sums.as_ref().map(|sums| sums as &dyn BackgroundSums)
     }
 
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {
@@ -175,6 +190,22 @@ fn poll_until<'a, S: Scope<'a>>(requests: &mut [Option<Request<'a, [u64], S>>], 
         // writing a checkpoint: wait ever longer, up to a millisecond.
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+/// The element-wise sum of every process's `send` into `into`.
+pub(super) fn sum_into(world: &SimpleCommunicator, send: &[f32], into: &mut [f32]) {
+    world.all_reduce_into(send, into, SystemOperation::sum());
+}
+
+/// Replaces `values` by their sum over the processes carried as bf16.
+pub(super) fn sum_bf16_in_place(world: &SimpleCommunicator, values: &mut [f32]) {
+    let send: Vec<u16> = values.iter().map(|&v| bf16_bits(v)).collect();
+    let mut sum = vec![0u16; send.len()];
+    let add = UserOperation::commutative(add_bf16);
+    world.all_reduce_into(&send[..], &mut sum[..], &add);
+    for (v, s) in values.iter_mut().zip(&sum) {
+        *v = bf16_value(*s);
     }
 }
 
