@@ -103,6 +103,17 @@ pub fn default_threads() -> Option<usize> {
     (local > 1).then(cores_per_process)
 }
 
+/// MiB of a bucket of gradients summed during the backward pass when
+/// `--bucket-mb` is not given: none (sums after the pass) when a launcher says
+/// every process runs on this machine, else PyTorch DDP's 25.
+pub fn default_bucket_mb() -> u32 {
+    let place = Launcher::from_env().ok().and_then(|l| l.place());
+    match place {
+        Some(place) if place.local_size == Some(place.size) => 0,
+        _ => 25,
+    }
+}
+
 /// This machine's cores divided among the run's processes on it (at least 1).
 pub fn cores_per_process() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -115,13 +126,17 @@ fn local_processes() -> Option<usize> {
 }
 
 /// The communicator of this process, whose net runs on `device`: MPI's under
-/// mpirun, NCCL's under torchrun (GPUs only), or this process alone.
+/// mpirun (with NCCL's sums for GPUs where the binary has both), NCCL's under
+/// torchrun (GPUs only), or this process alone.
 pub fn communicator(args: &DistArgs, device: Device) -> Result<Box<dyn Communicator>> {
     let timeout = args.timeout()?;
     match Launcher::from_env()? {
         Launcher::Alone => Ok(Box::new(SingleProcess)),
         Launcher::Mpirun(place) if place.size == 1 => Ok(Box::new(SingleProcess)),
-        Launcher::Mpirun(place) => mpi_communicator(place, timeout),
+        Launcher::Mpirun(place) => match device {
+            Device::Cuda(ordinal) => mpi_nccl_communicator(place, ordinal, timeout),
+            _ => mpi_communicator(place, timeout),
+        },
         Launcher::Torchrun { place, .. } => match device {
             Device::Cuda(ordinal) => nccl_communicator(place, ordinal, timeout),
             _ if place.size == 1 => Ok(Box::new(SingleProcess)),
@@ -167,21 +182,49 @@ fn mpi_communicator(place: Place, _timeout: Duration) -> Result<Box<dyn Communic
 
 #[cfg(feature = "mpi")]
 fn mpi_communicator(_place: Place, timeout: Duration) -> Result<Box<dyn Communicator>> {
+    Ok(Box::new(start_mpi(timeout)?))
+}
+
+/// MPI's world, initialised for calls from several threads where it allows
+/// them (gradients are then summed during the backward pass; an MPI without
+/// that sums them after it).
+#[cfg(feature = "mpi")]
+fn start_mpi(timeout: Duration) -> Result<mpi_world::Mpi> {
     use mpi::Threading;
-    // Several threads calling MPI let gradients be summed during the backward
-    // pass; an MPI without that sums them after it.
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Multiple) else {
         bail!("MPI was initialised twice in one process");
     };
     let threads_allowed = threading == Threading::Multiple;
-    Ok(Box::new(mpi_world::Mpi::new(
-        universe,
-        threads_allowed,
-        timeout,
+    mpi_world::Mpi::new(universe, threads_allowed, timeout)
+}
+
+/// GPU processes under mpirun: NCCL sums (its id handed out by MPI) where
+/// the binary has both; without CUDA `--device cuda` fails where the net is
+/// made, and without MPI the run is refused as for CPU processes.
+#[cfg(all(feature = "mpi", feature = "cuda"))]
+fn mpi_nccl_communicator(
+    place: Place,
+    ordinal: usize,
+    timeout: Duration,
+) -> Result<Box<dyn Communicator>> {
+    let mpi = start_mpi(timeout)?;
+    Ok(Box::new(mpi_nccl::MpiNccl::new(
+        mpi, place, ordinal, timeout,
     )?))
 }
 
+#[cfg(not(all(feature = "mpi", feature = "cuda")))]
+fn mpi_nccl_communicator(
+    place: Place,
+    _ordinal: usize,
+    timeout: Duration,
+) -> Result<Box<dyn Communicator>> {
+    mpi_communicator(place, timeout)
+}
+
 pub mod launcher;
+#[cfg(all(feature = "mpi", feature = "cuda"))]
+mod mpi_nccl;
 #[cfg(feature = "mpi")]
 mod mpi_sums;
 #[cfg(feature = "mpi")]

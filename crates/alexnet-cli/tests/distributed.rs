@@ -133,9 +133,9 @@ fn last(out: &Path) -> PathBuf {
 /// after 12 steps for 2 of 7 seeds, and losses 1e-2 apart after 20 steps). So
 /// on them the test compares the first step's weights and velocities.
 ///
-/// Each case sums the gradients another way: in one 25 MiB bucket (the
-/// default; the whole net here) started as the backward pass ends, in 1 MiB
-/// buckets started during it, and after it, tensor by tensor.
+/// Each case sums the gradients another way: in one 25 MiB bucket (the whole
+/// net here) started as the backward pass ends, in 1 MiB buckets started
+/// during it, and after it, tensor by tensor (the default on one machine).
 #[test]
 fn processes_train_as_one_process_does() {
     if mpirun(1).is_none() {
@@ -292,7 +292,16 @@ fn children(parent: u32) -> Vec<u32> {
 /// the checkpoint of step 8 is written.
 fn start_long_run(data: &Path, out: &Path) -> Child {
     let mut command = mpirun(2).unwrap();
-    let extra = ["--checkpoint-every", "4", "--dist-timeout", "5"];
+    // Buckets summed during the backward pass, on a thread of their own: a
+    // stopped process is still named by the check-in, not by a sum's deadline.
+    let extra = [
+        "--checkpoint-every",
+        "4",
+        "--dist-timeout",
+        "5",
+        "--bucket-mb",
+        "1",
+    ];
     command.args(train_args(data, out, 100_000, &extra));
     let child = command
         .stdout(Stdio::piped())
@@ -606,6 +615,9 @@ fn two_hosts_over_tcp_train_as_one_process_does() {
     for address in HOST_ADDRESSES {
         assert!(stderr.contains(&format!("{address}/24")), "{stderr}");
     }
+    // Across machines, the default: buckets summed during the backward pass.
+    let buckets = "2 processes, gradients summed in buckets of 25 MiB during the backward pass";
+    assert!(stderr.contains(buckets), "{stderr}");
     assert_close(&last(&single), &last(&out), 1e-5);
     drop(hosts);
     std::fs::remove_dir_all(&root).unwrap();

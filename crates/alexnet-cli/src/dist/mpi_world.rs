@@ -155,6 +155,15 @@ impl Communicator for Mpi {
 }
 
 impl Mpi {
+    /// Replaces `bytes` on every process by those of process `root`.
+    pub fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
+        let count = bytes.len();
+        let what = || format!("a broadcast of {count} bytes from rank {root}");
+        let root = self.world.process_at_rank(root as i32);
+        self.watchdog
+            .guard(what, || root.broadcast_into(&mut *bytes));
+    }
+
     /// Ends the whole job: `missing` did not check in at `step` in time.
     fn lost(&self, step: u64, missing: &[i32]) -> ! {
         let names: Vec<String> = missing.iter().map(|r| format!("rank {r}")).collect();

@@ -8,7 +8,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::time::Duration;
 
-use alexnet_cuda::nccl::NcclGroup;
+use alexnet_cuda::nccl::{ID_BYTES, NcclGroup};
 use alexnet_cuda::{CudaError, CudaSlice};
 use alexnet_train::{Communicator, External};
 
@@ -22,18 +22,28 @@ pub struct Nccl {
 }
 
 impl Nccl {
-    /// Joins the group of `place` on GPU `ordinal` (every process of the run
-    /// must join within `timeout`).
+    /// Joins the group of `place` on GPU `ordinal` by the id `NCCL_COMM_ID`
+    /// encodes (torchrun's processes; every one must join within `timeout`).
     pub fn new(place: Place, ordinal: usize, timeout: Duration) -> anyhow::Result<Nccl> {
-        let watchdog = Watchdog::start(place.rank, timeout)?;
         let id = NcclGroup::id()?;
-        let what = || {
-            format!(
-                "joining the NCCL group of {} processes (NCCL_COMM_ID={})",
-                place.size,
-                std::env::var("NCCL_COMM_ID").unwrap_or_else(|_| "unset".into())
-            )
-        };
+        let met = format!(
+            "NCCL_COMM_ID={}",
+            std::env::var("NCCL_COMM_ID").unwrap_or_else(|_| "unset".into())
+        );
+        Nccl::join(place, ordinal, timeout, id, &met)
+    }
+
+    /// Joins the group of `place` on GPU `ordinal` by `id`, which rank 0 made
+    /// and every process was given as `met` says.
+    pub fn join(
+        place: Place,
+        ordinal: usize,
+        timeout: Duration,
+        id: [u8; ID_BYTES],
+        met: &str,
+    ) -> anyhow::Result<Nccl> {
+        let watchdog = Watchdog::start(place.rank, timeout)?;
+        let what = || format!("joining the NCCL group of {} processes ({met})", place.size);
         let group = watchdog.guard(what, || {
             NcclGroup::join(ordinal, place.rank, place.size, id)
         })?;
