@@ -155,7 +155,8 @@ impl Communicator for Mpi {
 }
 
 impl Mpi {
-    /// Replaces `bytes` on every process by those of process `root`.
+    /// Replaces `bytes` on every process by those of process `root` (NCCL's id).
+    #[cfg(feature = "cuda")]
     pub fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
         let count = bytes.len();
         let what = || format!("a broadcast of {count} bytes from rank {root}");
