@@ -145,44 +145,27 @@ pub fn round_slice_to_bf16(values: &mut [f32]) {
 mod tests {
     use alexnet::BufferMut;
 
-    use super::{Communicator, External};
-
-    /// Rank 0 of two processes holding the same values: every sum doubles them.
-    struct Twins;
-
-    impl Communicator for Twins {
-        fn rank(&self) -> usize {
-            0
-        }
-        fn size(&self) -> usize {
-            2
-        }
-        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
-            values.iter_mut().for_each(|v| *v *= 2.0);
-            Ok(())
-        }
-        fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
-            super::round_slice_to_bf16(values);
-            self.all_reduce_sum(values)
-        }
-        fn broadcast(&self, _values: &mut [f32], _root: usize) -> Result<(), External> {
-            Ok(())
-        }
-        fn check_in(&self, _step: u64, stop: bool) -> Result<bool, External> {
-            Ok(stop)
-        }
-    }
+    use super::Communicator;
+    use crate::testing::Mirrored;
 
     #[test]
     fn a_gradient_in_host_memory_is_weighted_and_summed_in_place() {
         // 32 of the batch's 128 images here: a quarter, then the sum of two.
         let mut values = vec![1.0, -3.0, 0.5];
         let host = BufferMut::Host(&mut values);
-        assert!(Twins.weighted_sum_in_place(host, 32, 128, false).unwrap());
+        assert!(
+            Mirrored::default()
+                .weighted_sum_in_place(host, 32, 128, false)
+                .unwrap()
+        );
         assert_eq!(values, [0.5, -1.5, 0.25]);
         let mut values = vec![1.0 + 1.0 / 512.0];
         let host = BufferMut::Host(&mut values);
-        assert!(Twins.weighted_sum_in_place(host, 1, 1, true).unwrap());
+        assert!(
+            Mirrored::default()
+                .weighted_sum_in_place(host, 1, 1, true)
+                .unwrap()
+        );
         assert_eq!(values, [2.0], "rounded to bf16 before the sum");
     }
 
@@ -193,7 +176,11 @@ mod tests {
             buffer: &mut elsewhere,
             len: 1,
         };
-        assert!(!Twins.weighted_sum_in_place(device, 1, 2, false).unwrap());
+        assert!(
+            !Mirrored::default()
+                .weighted_sum_in_place(device, 1, 2, false)
+                .unwrap()
+        );
         assert_eq!(elsewhere, [7.0]);
     }
 }

@@ -36,6 +36,7 @@ mod observer;
 mod parallel;
 mod preprocess;
 mod schedule;
+pub mod testing;
 mod trainer;
 
 pub use comm::{

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use alexnet::{Cpu, Model, NetSpec, Network};
 use alexnet_data::testing::write_bar_source;
 use alexnet_data::{Part, PrepareOptions, prepare_idx};
+use alexnet_train::testing::{Call, Mirrored};
 use alexnet_train::{
-    BackgroundSums, Communicator, Ending, External, MetricsLog, Observer, Record, Step, StepHook,
-    StopRequest, TrainConfig, Trainer,
+    Ending, External, MetricsLog, Observer, Record, Step, StepHook, StopRequest, TrainConfig,
+    Trainer,
 };
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -297,85 +298,6 @@ fn evaluating_no_images_is_refused_rather_than_reported_perfect() {
     let some = evaluate(net.as_mut(), vec![0, 1, 2]).unwrap();
     assert!((0.0..=1.0).contains(&some.top1_error()));
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-/// What the mirrored communicator was asked to do, in order.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Call {
-    /// A background sum of this many values started.
-    Start(usize),
-    CheckIn,
-    Finish,
-}
-
-/// Rank 0 of two processes whose twin holds exactly its values: every sum
-/// doubles them. With `background`, it also sums in the background (doubling
-/// at the start, handing back at the finish), and logs the order of calls.
-struct Mirrored {
-    background: bool,
-    calls: Arc<Mutex<Vec<Call>>>,
-    running: Mutex<std::collections::VecDeque<Vec<f32>>>,
-}
-
-impl Mirrored {
-    fn new(background: bool) -> (Mirrored, Arc<Mutex<Vec<Call>>>) {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let comm = Mirrored {
-            background,
-            calls: calls.clone(),
-            running: Mutex::default(),
-        };
-        (comm, calls)
-    }
-}
-
-impl Communicator for Mirrored {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn size(&self) -> usize {
-        2
-    }
-    fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), External> {
-        values.iter_mut().for_each(|v| *v *= 2.0);
-        Ok(())
-    }
-    fn all_reduce_sum_bf16(&self, values: &mut [f32]) -> Result<(), External> {
-        alexnet_train::round_slice_to_bf16(values);
-        self.all_reduce_sum(values)
-    }
-    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
-        self.background.then_some(self as &dyn BackgroundSums)
-    }
-    fn broadcast(&self, _values: &mut [f32], _root: usize) -> Result<(), External> {
-        Ok(())
-    }
-    fn check_in(&self, _step: u64, stop: bool) -> Result<bool, External> {
-        self.calls.lock().unwrap().push(Call::CheckIn);
-        Ok(stop)
-    }
-}
-
-impl BackgroundSums for Mirrored {
-    fn start(&self, mut values: Vec<f32>, bf16: bool) -> Result<(), External> {
-        self.calls.lock().unwrap().push(Call::Start(values.len()));
-        if bf16 {
-            self.all_reduce_sum_bf16(&mut values)?;
-        } else {
-            self.all_reduce_sum(&mut values)?;
-        }
-        self.running.lock().unwrap().push_back(values);
-        Ok(())
-    }
-    fn finish(&self) -> Result<Vec<f32>, External> {
-        self.calls.lock().unwrap().push(Call::Finish);
-        Ok(self
-            .running
-            .lock()
-            .unwrap()
-            .pop_front()
-            .expect("a sum was started"))
-    }
 }
 
 /// Gradients summed in buckets started during the backward pass give exactly
