@@ -137,7 +137,7 @@ pub struct GradientBuckets {
     filling: Bucket,
     /// Buckets whose sums were started, oldest first.
     running: std::collections::VecDeque<Bucket>,
-    /// Buffers of finished buckets, for the next step's.
+    /// Buffers of finished buckets, for the next step's (the first bucket's last).
     spare: Vec<Vec<f32>>,
     /// Which parameters went into a bucket this step.
     handed: Vec<bool>,
@@ -240,11 +240,17 @@ impl GradientBuckets {
                 reduce_gradient(net, comm, index, self.images, self.bf16)?;
             }
         }
+        let mut finished = Vec::with_capacity(self.running.len());
         while let Some(bucket) = self.running.pop_front() {
-            let values = sums.finish().map_err(Error::External)?;
+            let mut values = sums.finish().map_err(Error::External)?;
             self.put_back(net, &bucket, &values)?;
-            self.spare.push(values);
+            // The first step's buckets grew as they filled.
+            values.shrink_to_fit();
+            finished.push(values);
         }
+        // Popped first to last by the next step's buckets, so that each gets
+        // the buffer of its own size (the buckets are the same every step).
+        self.spare.extend(finished.into_iter().rev());
         Ok(())
     }
 
@@ -303,4 +309,54 @@ pub fn reduce_evaluation(comm: &dyn Communicator, part: Evaluation) -> Result<Ev
         loss_sum: f64::from(counts[3]),
         confusion,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use alexnet::rng::Rng;
+    use alexnet::testing::paper_mini;
+    use alexnet::{Cpu, Mode, Model, Network};
+
+    use super::GradientBuckets;
+    use crate::testing::Mirrored;
+
+    /// Steps of the same net fill the same buckets, so each bucket takes back
+    /// the buffer it had: the buffers hold one copy of the gradients, and
+    /// after the first step none is allocated again.
+    #[test]
+    fn each_bucket_reuses_a_buffer_of_its_own_size() {
+        let spec = paper_mini();
+        let mut net = Network::new(Cpu::new(), &spec, 2, 3).unwrap();
+        let mut rng = Rng::new(4);
+        let images: Vec<f32> = (0..2 * net.plan().input_shape().len())
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let (comm, _) = Mirrored::new(true);
+        let sums = &comm;
+        let params = net.plan().params.len();
+        let gradient_values: usize = net.plan().params.iter().map(|p| p.len()).sum();
+        let mut buckets = GradientBuckets::new(64 << 10);
+        let mut addresses = Vec::new();
+        for _ in 0..5 {
+            net.set_input(&images).unwrap();
+            net.forward(Mode::Train);
+            buckets.begin(params, 2, 4, false);
+            net.backward_each(&[0, 1], &mut |i, g| buckets.ready(sums, i, g))
+                .unwrap();
+            buckets.end_pass(sums);
+            buckets.finish(&mut net, &comm, sums).unwrap();
+            let mut now: Vec<usize> = buckets.spare.iter().map(|b| b.as_ptr() as usize).collect();
+            now.sort_unstable();
+            addresses.push(now);
+        }
+        let sizes: Vec<usize> = buckets.spare.iter().map(Vec::len).collect();
+        let capacities: Vec<usize> = buckets.spare.iter().map(Vec::capacity).collect();
+        assert!(sizes.len() > 3, "{sizes:?}");
+        assert_eq!(capacities, sizes);
+        assert_eq!(sizes.iter().sum::<usize>(), gradient_values);
+        assert!(
+            addresses[1..].iter().all(|a| *a == addresses[1]),
+            "{addresses:?}"
+        );
+    }
 }
