@@ -1,6 +1,8 @@
 //! How fast the loader turns stored 256x256 RGB images into the paper's 224x224
 //! training inputs (random crop, reflection, PCA colour shift, mean subtraction),
-//! on one thread, on synthetic data.
+//! on one thread, on synthetic data; then how fast it delivers the stored images
+//! themselves (decoded, for JPEG), as for a GPU that cuts the views, on one
+//! worker thread and on one per core.
 //!
 //! `cargo run -p alexnet-data --example loader_bench [-- images seconds]
 //! [--encoding raw|jpeg] [--quality Q] [--photos DIR]`
@@ -167,9 +169,20 @@ fn main() {
         .map(|i| (i % stored) as u32)
         .collect();
     let indices = std::sync::Arc::new(indices);
-    for (threads, label) in [(0, "in the caller's thread"), (1, "one worker thread")] {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_cores = format!("{cores} worker threads");
+    let runs = [
+        (false, 0, "in the caller's thread"),
+        (false, 1, "one worker thread"),
+        // As a GPU trainer asks: the stored images, whose views the GPU cuts.
+        (true, 1, "stored, one worker"),
+        (true, cores, all_cores.as_str()),
+    ];
+    for (stored, threads, label) in runs {
         let mut config = LoaderConfig::new(128, View::paper_train(224, 224), 1, 0);
         config.threads = threads;
+        config.stored = stored;
+        config.queue = config.queue.max(threads);
         config.indices = Some(indices.clone());
         let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
         // One batch first, so page faults of the first touch are not timed.
@@ -186,11 +199,21 @@ fn main() {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let rate = done as f64 / elapsed;
+        let written = if stored {
+            format!(
+                "{:.2} GB/s of stored bytes",
+                rate * (3 * 256 * 256) as f64 / 1e9
+            )
+        } else {
+            format!(
+                "{:.2} GB/s of f32 written",
+                rate * (3 * 224 * 224 * 4) as f64 / 1e9
+            )
+        };
         println!(
-            "{label:>23}: {rate:>6.0} images/s ({:.0} µs per image, {:.2} GB/s of f32 written); \
+            "{label:>23}: {rate:>6.0} images/s ({:.0} µs per image per thread, {written}); \
              resident: {}",
-            1e6 / rate,
-            rate * (3 * 224 * 224 * 4) as f64 / 1e9,
+            1e6 * threads.max(1) as f64 / rate,
             resident_memory()
         );
     }
