@@ -2,7 +2,8 @@
 # Builds what tools/gpu_check.sh runs on a GPU machine that has no Rust toolchain:
 # the `alexnet` binary with the CUDA backend, the alexnet-cuda test executables,
 # its step_phases example (where a training step's time goes) and the data crate's
-# photo_dataset example (a JPEG dataset for timing training from disk),
+# photo_dataset example (a JPEG dataset for timing training from disk) and
+# loader_bench (how fast this machine's cores decode JPEGs for the GPU),
 # stripped of debug information and copied into one folder (default gpu-bundle/,
 # ignored by git). Copy that folder next to a checkout of this repository on the
 # GPU machine and run `bash tools/gpu_check.sh`.
@@ -22,7 +23,7 @@ esac
 
 cargo build "${flag[@]}" -p alexnet-cli --features cuda
 cargo build "${flag[@]}" -p alexnet-cuda --example step_phases
-cargo build "${flag[@]}" -p alexnet-data --example photo_dataset
+cargo build "${flag[@]}" -p alexnet-data --example photo_dataset --example loader_bench
 # The test executables' paths, from cargo's JSON messages (one per test target).
 mapfile -t tests < <(
   cargo test "${flag[@]}" -p alexnet-cuda --no-run --message-format=json \
@@ -43,13 +44,15 @@ mkdir -p "$out/tests"
 cp "target/$dir/alexnet" "$out/alexnet"
 cp "target/$dir/examples/step_phases" "$out/step_phases"
 cp "target/$dir/examples/photo_dataset" "$out/photo_dataset"
+cp "target/$dir/examples/loader_bench" "$out/loader_bench"
 for entry in "${tests[@]}"; do
   name=${entry%%$'\t'*}
   cp "${entry#*$'\t'}" "$out/tests/$name"
 done
 # Debug information is most of their size, and the bundle travels.
 if command -v strip >/dev/null; then
-  strip --strip-debug "$out/alexnet" "$out/step_phases" "$out/photo_dataset" "$out"/tests/*
+  strip --strip-debug "$out/alexnet" "$out/step_phases" "$out/photo_dataset" "$out/loader_bench" \
+    "$out"/tests/*
 fi
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/null || true

@@ -12,8 +12,9 @@
 # NCCL's group of one) and must match the plain run; with the timings, the
 # paper's net at batch 128 under torchrun against the plain run (the per-step
 # overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
-# Last, training from a JPEG dataset on disk (tools/end_to_end.py) against the
-# bench's step from stored bytes, with each epoch's wait for data.
+# Last, how fast the CPU decodes JPEGs for the GPU (loader_bench), and training
+# from a JPEG dataset on disk (tools/end_to_end.py) against the bench's step
+# from stored bytes, with each epoch's wait for data.
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
@@ -109,6 +110,17 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   if ! timeout "$step_timeout" "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
       --train-batch 128 --infer-batch 256 --layer-steps 2; then
     echo "FAILED: alexnet bench --parallel towers"
+    status=1
+  fi
+fi
+
+if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/loader_bench" ]]; then
+  # How many JPEGs a second the machine's cores decode for the GPU (the
+  # "N worker threads" line): beside the training rates above, whether the CPU
+  # can feed the GPU or nvJPEG is needed.
+  echo "== JPEG decoding on the CPU (loader_bench)"
+  if ! timeout 120 "$bundle/loader_bench" 512 2 --encoding jpeg; then
+    echo "FAILED: loader_bench"
     status=1
   fi
 fi
