@@ -51,7 +51,7 @@ impl SumThread {
     ) -> std::io::Result<SumThread> {
         let (jobs, queue) = mpsc::channel();
         let (finished, done) = mpsc::channel();
-        let watchdog = Watchdog::start(rank, timeout)?;
+        let watchdog = Watchdog::start(rank, timeout, "twice --dist-timeout")?;
         let comm = Moved(comm);
         let thread = std::thread::Builder::new()
             .name("dist-sums".into())

@@ -49,7 +49,7 @@ impl Mpi {
     ) -> anyhow::Result<Mpi> {
         let world = universe.world();
         let rank = world.rank() as usize;
-        let watchdog = Watchdog::start(rank, timeout)?;
+        let watchdog = Watchdog::start(rank, timeout, "--dist-timeout")?;
         // A stopped process is named by the check-in that follows the
         // backward pass, after `timeout`; sums started during the pass wait
         // longer, so that the check-in is the one to report it.

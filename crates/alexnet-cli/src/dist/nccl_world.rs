@@ -42,7 +42,7 @@ impl Nccl {
         id: [u8; ID_BYTES],
         met: &str,
     ) -> anyhow::Result<Nccl> {
-        let watchdog = Watchdog::start(place.rank, timeout)?;
+        let watchdog = Watchdog::start(place.rank, timeout, "--dist-timeout")?;
         let what = || format!("joining the NCCL group of {} processes ({met})", place.size);
         let group = watchdog.guard(what, || {
             NcclGroup::join(ordinal, place.rank, place.size, id)

@@ -32,13 +32,14 @@ pub struct Watchdog {
 const TIMED_OUT: i32 = 124;
 
 impl Watchdog {
-    /// Starts the watching thread of process `rank`.
-    pub fn start(rank: usize, timeout: Duration) -> std::io::Result<Watchdog> {
+    /// Starts the watching thread of process `rank`, whose deadline
+    /// `timeout` comes from the setting `limit` (named in its error).
+    pub fn start(rank: usize, timeout: Duration, limit: &'static str) -> std::io::Result<Watchdog> {
         let shared = Arc::new(Shared::default());
         let watched = shared.clone();
         std::thread::Builder::new()
             .name("dist-watchdog".into())
-            .spawn(move || watch(&watched, rank, timeout))?;
+            .spawn(move || watch(&watched, rank, timeout, limit))?;
         Ok(Watchdog { shared, timeout })
     }
 
@@ -60,14 +61,14 @@ impl Watchdog {
 }
 
 /// The watching thread: sleeps until a deadline passes while armed.
-fn watch(shared: &Shared, rank: usize, timeout: Duration) {
+fn watch(shared: &Shared, rank: usize, timeout: Duration, limit: &str) {
     let mut armed = shared.armed.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let wait = match armed.as_ref() {
             None => Duration::from_secs(3600),
             Some(call) => match call.deadline.checked_duration_since(Instant::now()) {
                 Some(left) => left,
-                None => give_up(rank, &call.what, timeout),
+                None => give_up(rank, &call.what, timeout, limit),
             },
         };
         armed = shared
@@ -78,9 +79,9 @@ fn watch(shared: &Shared, rank: usize, timeout: Duration) {
     }
 }
 
-fn give_up(rank: usize, what: &str, timeout: Duration) -> ! {
+fn give_up(rank: usize, what: &str, timeout: Duration, limit: &str) -> ! {
     eprintln!(
-        "error: rank {rank}: {what} did not finish within {} s (--dist-timeout): another process \
+        "error: rank {rank}: {what} did not finish within {} s ({limit}): another process \
          stopped, died or is far behind; the last checkpoint is intact, continue with --resume",
         timeout.as_secs()
     );
