@@ -107,7 +107,10 @@ pub fn default_threads() -> Option<usize> {
 /// `--bucket-mb` is not given: none (sums after the pass) when a launcher says
 /// every process runs on this machine, else PyTorch DDP's 25.
 pub fn default_bucket_mb() -> u32 {
-    let place = Launcher::from_env().ok().and_then(|l| l.place());
+    bucket_mb_for(Launcher::from_env().ok().and_then(|l| l.place()))
+}
+
+fn bucket_mb_for(place: Option<Place>) -> u32 {
     match place {
         Some(place) if place.local_size == Some(place.size) => 0,
         _ => 25,
@@ -236,7 +239,26 @@ mod watchdog;
 
 #[cfg(test)]
 mod tests {
-    use super::nccl_comm_id;
+    use super::launcher::Place;
+    use super::{bucket_mb_for, nccl_comm_id};
+
+    #[test]
+    fn gradients_go_in_buckets_by_default_only_across_machines() {
+        let place = |size, local_size| Place {
+            rank: 0,
+            size,
+            local_rank: 0,
+            local_size,
+        };
+        assert_eq!(bucket_mb_for(Some(place(4, Some(4)))), 0, "one machine");
+        assert_eq!(bucket_mb_for(Some(place(4, Some(2)))), 25, "two machines");
+        assert_eq!(
+            bucket_mb_for(Some(place(4, None))),
+            25,
+            "the launcher does not say"
+        );
+        assert_eq!(bucket_mb_for(None), 25);
+    }
 
     #[test]
     fn nccl_meets_beside_torchruns_store_or_at_the_port_given() {
