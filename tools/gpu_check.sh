@@ -12,6 +12,8 @@
 # NCCL's group of one) and must match the plain run; with the timings, the
 # paper's net at batch 128 under torchrun against the plain run (the per-step
 # overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
+# Then bf16's per-layer times with the convolutions' operands in NCHW and in NHWC
+# (--bf16-conv-layout), and the layout each shape chose when timed.
 # Last, how fast the CPU decodes JPEGs for the GPU (loader_bench), and training
 # from a JPEG dataset on disk (tools/end_to_end.py) against the bench's step
 # from stored bytes, with each epoch's wait for data.
@@ -112,6 +114,23 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
     echo "FAILED: alexnet bench --parallel towers"
     status=1
   fi
+fi
+
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+  # bf16 convolutions in each layout of their operands (the benchmark above
+  # lets each shape take the faster): the per-layer tables side by side, and
+  # the layout each shape chose.
+  for layout in nchw nhwc; do
+    echo "== bf16 convolutions, operands in $layout (--bf16-conv-layout $layout)"
+    if ! timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
+        --bf16-conv-layout "$layout" --seconds 2 --train-batch 128 --infer-batch 256 --layer-steps 3; then
+      echo "FAILED: alexnet bench --bf16-conv-layout $layout"
+      status=1
+    fi
+  done
+  echo "== bf16 convolutions: the layout each shape chose (ALEXNET_CUDNN_LOG=1)"
+  ALEXNET_CUDNN_LOG=1 timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
+      --seconds 0 --train-batch 128 --infer-batch 256 --layer-steps 1 2>&1 | grep "chosen," || status=1
 fi
 
 if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/loader_bench" ]]; then

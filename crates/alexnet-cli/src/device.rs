@@ -85,12 +85,12 @@ pub fn without_cuda(flag: &str, ordinal: usize) -> anyhow::Error {
 }
 
 /// The CUDA backend on GPU `ordinal`, its products in the `--precision` given
-/// and its convolutions' algorithms as `--conv-algorithms` says;
+/// and its convolutions as `--conv-algorithms` and `--bf16-conv-layout` say;
 /// fails with the reason (no driver, a CUDA library not found, no such device)
 /// rather than panicking.
 #[cfg(feature = "cuda")]
 pub fn cuda(ordinal: usize, engine: &EngineSettings) -> Result<alexnet_cuda::CudaBackend> {
-    alexnet_cuda::CudaBackend::with_options(ordinal, engine.gpu_precision, engine.cuda_algorithms())
+    alexnet_cuda::CudaBackend::with_settings(ordinal, engine.cuda_settings())
         .map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"))
 }
 

@@ -1,5 +1,6 @@
 //! The compute engine's settings, one value built in `main` from the global flags
-//! (`--threads`, `--precision`, `--bf16-kernel`, `--conv-algorithms`) and the
+//! (`--threads`, `--precision`, `--bf16-kernel`, `--conv-algorithms`,
+//! `--bf16-conv-layout`) and the
 //! command's device, then handed to whatever builds a backend. Nothing here is
 //! process-global: two values (an experiment's fp32 and bf16 variants) live side
 //! by side.
@@ -45,6 +46,18 @@ pub enum ConvAlgorithmsArg {
     Exact,
 }
 
+/// How bf16 convolutions hand cuDNN their operands (--device cuda:N, bf16).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Bf16LayoutArg {
+    /// Each shape timed in both layouts, the faster kept.
+    #[default]
+    Timed,
+    /// The engine's NCHW.
+    Nchw,
+    /// Channels last, what cuDNN's tensor-core kernels read.
+    Nhwc,
+}
+
 /// Which bf16 kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KernelArg {
@@ -80,6 +93,11 @@ pub struct EngineArgs {
     /// the CPU's results).
     #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
     pub conv_algorithms: Option<ConvAlgorithmsArg>,
+    /// The layout of the bf16 operands a GPU's convolutions get in bf16: each
+    /// shape timed in both and the faster kept [default], or NCHW or NHWC always
+    /// (the same results; for comparing their speed).
+    #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
+    pub bf16_conv_layout: Option<Bf16LayoutArg>,
     /// Hand the CPU stored images to cut the views from, as a GPU is (the same
     /// results; for testing that path without a GPU).
     #[arg(long, help_heading = "Engine", hide = true)]
@@ -94,6 +112,7 @@ impl EngineArgs {
             precision: self.precision.or(outer.precision),
             bf16_kernel: self.bf16_kernel.or(outer.bf16_kernel),
             conv_algorithms: self.conv_algorithms.or(outer.conv_algorithms),
+            bf16_conv_layout: self.bf16_conv_layout.or(outer.bf16_conv_layout),
             stored_batches: self.stored_batches || outer.stored_batches,
         }
     }
@@ -117,6 +136,8 @@ pub struct EngineSettings {
     pub gpu_precision: Precision,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub conv_algorithms: ConvAlgorithmsArg,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub bf16_conv_layout: Bf16LayoutArg,
     /// The one pool of worker threads the command runs on (`main` runs the
     /// command inside it) and every CPU backend's layers run on: a layer called
     /// from one of its threads just runs, with nothing handed across pools.
@@ -137,6 +158,7 @@ impl EngineSettings {
         let precision = flags.precision.unwrap_or(PrecisionArg::Fp32);
         let kernel = flags.bf16_kernel.unwrap_or(KernelArg::Auto);
         let conv_algorithms = flags.conv_algorithms.unwrap_or_default();
+        let bf16_conv_layout = flags.bf16_conv_layout.unwrap_or_default();
         let threads = flags.threads;
         if let Some(threads) = threads
             && !(1..=MAX_THREADS).contains(&threads)
@@ -165,6 +187,7 @@ impl EngineSettings {
             products,
             gpu_precision: precision.precision(),
             conv_algorithms,
+            bf16_conv_layout,
             pool: Arc::new(pool),
             stored_batches: flags.stored_batches,
         })
@@ -201,12 +224,21 @@ impl EngineSettings {
         self.pool.current_num_threads()
     }
 
-    /// The CUDA backend's choice of convolution algorithms.
+    /// What a CUDA backend is made with: `--precision`, `--conv-algorithms` and
+    /// `--bf16-conv-layout`.
     #[cfg(feature = "cuda")]
-    pub fn cuda_algorithms(&self) -> alexnet_cuda::Algorithms {
-        match self.conv_algorithms {
-            ConvAlgorithmsArg::Fastest => alexnet_cuda::Algorithms::Fastest,
-            ConvAlgorithmsArg::Exact => alexnet_cuda::Algorithms::Exact,
+    pub fn cuda_settings(&self) -> alexnet_cuda::CudaSettings {
+        alexnet_cuda::CudaSettings {
+            precision: self.gpu_precision,
+            algorithms: match self.conv_algorithms {
+                ConvAlgorithmsArg::Fastest => alexnet_cuda::Algorithms::Fastest,
+                ConvAlgorithmsArg::Exact => alexnet_cuda::Algorithms::Exact,
+            },
+            bf16_layout: match self.bf16_conv_layout {
+                Bf16LayoutArg::Timed => alexnet_cuda::Bf16Layout::Timed,
+                Bf16LayoutArg::Nchw => alexnet_cuda::Bf16Layout::Nchw,
+                Bf16LayoutArg::Nhwc => alexnet_cuda::Bf16Layout::Nhwc,
+            },
         }
     }
 }

@@ -331,12 +331,13 @@ mod tests {
                     "{name} --help and {flag}"
                 );
             }
-            let cuda = help.contains("--conv-algorithms");
-            assert_eq!(
-                cuda,
-                cfg!(feature = "cuda") && computing.contains(&name.as_str()),
-                "{name} --help and --conv-algorithms"
-            );
+            for flag in ["--conv-algorithms", "--bf16-conv-layout"] {
+                assert_eq!(
+                    help.contains(flag),
+                    cfg!(feature = "cuda") && computing.contains(&name.as_str()),
+                    "{name} --help and {flag}"
+                );
+            }
         }
     }
 }

@@ -33,7 +33,12 @@ fn commands_without_an_engine_do_not_list_its_flags() {
         let mut args = command.to_vec();
         args.push("--help");
         let help = ok(&args);
-        for flag in ["--precision", "--bf16-kernel", "--conv-algorithms"] {
+        for flag in [
+            "--precision",
+            "--bf16-kernel",
+            "--conv-algorithms",
+            "--bf16-conv-layout",
+        ] {
             assert!(
                 !help.contains(flag),
                 "{command:?} --help lists {flag}:\n{help}"

@@ -1,19 +1,25 @@
 //! bf16 values on the device, for [`Precision::Bf16`](crate::Precision::Bf16):
 //! the element type of the scratch buffers that hold the operands of the matrix
-//! products, rounded from the f32 values the network keeps.
+//! products, rounded from the f32 values the network keeps; the conversions
+//! between the two (in the engine's NCHW layout, or transposed to NHWC for
+//! cuDNN's channels-last convolutions); and bf16 mode's convolutions, which
+//! hand cuDNN their operands in the layout of the shape's plan.
 //!
 //! A local type rather than `half::bf16` (cudarc's `f16` feature) keeps the
 //! dependency tree as it is; the device sees the same 16-bit pattern.
 
+use std::sync::{Arc, MutexGuard};
+
+use alexnet::layers::ConvGeometry;
 use cudarc::cudnn::CudnnDataType;
 use cudarc::cudnn::sys::cudnnDataType_t;
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits};
-use std::sync::MutexGuard;
+use cudarc::driver::{
+    CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
-use cudarc::driver::PushKernelArg;
-
-use crate::CudaBackend;
-use crate::launch::per_value;
+use crate::dnn::{Dnn, DnnError, Layout};
+use crate::launch::{int, per_value};
+use crate::{Convolutions, CudaBackend};
 
 /// One bf16 value: the upper 16 bits of the f32 it rounds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,7 +62,7 @@ pub(crate) struct Bf16Scratch {
 }
 
 fn grow(
-    stream: &std::sync::Arc<CudaStream>,
+    stream: &Arc<CudaStream>,
     buffer: &mut CudaSlice<Bf16>,
     len: usize,
 ) -> Result<(), DriverError> {
@@ -69,7 +75,7 @@ fn grow(
 }
 
 impl Bf16Scratch {
-    pub fn new(stream: &std::sync::Arc<CudaStream>) -> Result<Bf16Scratch, DriverError> {
+    pub fn new(stream: &Arc<CudaStream>) -> Result<Bf16Scratch, DriverError> {
         Ok(Bf16Scratch {
             input: stream.alloc_zeros::<Bf16>(1)?,
             output: stream.alloc_zeros::<Bf16>(1)?,
@@ -80,7 +86,7 @@ impl Bf16Scratch {
     /// Makes each buffer hold at least the given number of values.
     pub fn reserve(
         &mut self,
-        stream: &std::sync::Arc<CudaStream>,
+        stream: &Arc<CudaStream>,
         input: usize,
         output: usize,
         weights: usize,
@@ -141,5 +147,202 @@ impl CudaBackend {
         let mut args = self.stream.launch_builder(&self.kernels.bf16_to_f32);
         args.arg(src).arg(dst).arg(&accumulate).arg(&len64);
         self.launch(args, per_value(len), "bf16_to_f32");
+    }
+}
+
+/// A block of NCHW values as the engine keeps them: `images` times `channels`
+/// planes of `plane` values. A filter is one too: its output channels are the
+/// images, the inputs of its group the channels, its k x k window the plane.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Planes {
+    pub images: usize,
+    pub channels: usize,
+    pub plane: usize,
+}
+
+impl Planes {
+    pub fn len(self) -> usize {
+        self.images * self.channels * self.plane
+    }
+
+    /// A convolution's input, output and filter over `n` images.
+    pub fn of_conv(g: &ConvGeometry, n: usize) -> [Planes; 3] {
+        [
+            Planes {
+                images: n,
+                channels: g.input.channels,
+                plane: g.input.height * g.input.width,
+            },
+            Planes {
+                images: n,
+                channels: g.output.channels,
+                plane: g.out_plane(),
+            },
+            Planes {
+                images: g.output.channels,
+                channels: g.in_per_group(),
+                plane: g.kernel * g.kernel,
+            },
+        ]
+    }
+
+    /// The launch of the transposing conversions (`f32_to_bf16_nhwc`,
+    /// `bf16_nhwc_to_f32`): a block per image, per 32 channels and per 32
+    /// positions, of 32 x 8 threads.
+    fn transpose_launch(self) -> LaunchConfig {
+        const TILE: usize = 32;
+        let tiles = |v: usize| {
+            u32::try_from(v.div_ceil(TILE))
+                .ok()
+                .filter(|&t| t <= 65535)
+                .expect("at most 65535 tiles of channels or positions")
+        };
+        LaunchConfig {
+            grid_dim: (
+                u32::try_from(self.images)
+                    .ok()
+                    .filter(|&i| i <= i32::MAX as u32)
+                    .expect("at most 2^31 - 1 images"),
+                tiles(self.channels),
+                tiles(self.plane),
+            ),
+            block_dim: (TILE as u32, 8, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+impl CudaBackend {
+    /// `dst` = the NCHW f32 values `src` of `planes` rounded to bf16, in `layout`:
+    /// as they are (NCHW) or transposed to channels last (NHWC).
+    pub(crate) fn convert_to_bf16_in(
+        &self,
+        layout: Layout,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<Bf16>,
+        planes: Planes,
+    ) {
+        if layout == Layout::Nchw {
+            return self.convert_to_bf16(src, dst, planes.len());
+        }
+        if planes.len() == 0 {
+            return;
+        }
+        let (channels, plane) = (int(planes.channels), int(planes.plane));
+        let mut args = self.stream.launch_builder(&self.kernels.f32_to_bf16_nhwc);
+        args.arg(src).arg(dst).arg(&channels).arg(&plane);
+        self.launch(args, planes.transpose_launch(), "f32_to_bf16_nhwc");
+    }
+
+    /// The bf16 values `src` of `planes`, held in `layout`, widened into the NCHW
+    /// f32 buffer `dst` (`+=` with `accumulate`).
+    pub(crate) fn convert_to_f32_from(
+        &self,
+        layout: Layout,
+        src: &CudaSlice<Bf16>,
+        dst: &mut CudaSlice<f32>,
+        planes: Planes,
+        accumulate: bool,
+    ) {
+        if layout == Layout::Nchw {
+            return self.convert_to_f32(src, dst, planes.len(), accumulate);
+        }
+        if planes.len() == 0 {
+            return;
+        }
+        let (channels, plane, accumulate) = (
+            int(planes.channels),
+            int(planes.plane),
+            i32::from(accumulate),
+        );
+        let mut args = self.stream.launch_builder(&self.kernels.bf16_nhwc_to_f32);
+        args.arg(src)
+            .arg(dst)
+            .arg(&channels)
+            .arg(&plane)
+            .arg(&accumulate);
+        self.launch(args, planes.transpose_launch(), "bf16_nhwc_to_f32");
+    }
+}
+
+impl CudaBackend {
+    /// cuDNN's bf16 convolutions, locked (after the bf16 scratch buffers, which
+    /// are always locked first), with the device's context current.
+    fn bf16_convolutions(&self) -> MutexGuard<'_, Convolutions> {
+        self.bind();
+        self.lock(&self.dnn)
+    }
+
+    /// A convolution's forward pass in bf16 mode: bf16 copies of `x` and `w` in
+    /// the layout of the shape's plan, a bf16 output (cuDNN's one bf16
+    /// configuration), widened into `y` (the bias is added apart).
+    pub(crate) fn conv_forward_bf16(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), DnnError> {
+        let [input, output, weights] = Planes::of_conv(g, n);
+        let mut scratch = self.bf16_scratch(input.len(), output.len(), weights.len());
+        let s = &mut *scratch;
+        let mut dnn = self.bf16_convolutions();
+        let dnn = bf16_dnn(&mut dnn);
+        let layout = dnn.layout(g, n)?;
+        self.convert_to_bf16_in(layout, x, &mut s.input, input);
+        self.convert_to_bf16_in(layout, w, &mut s.weights, weights);
+        dnn.forward(g, n, &s.input, &s.weights, &mut s.output)?;
+        self.convert_to_f32_from(layout, &s.output, y, output, false);
+        Ok(())
+    }
+
+    /// The weight and input gradients of a convolution in bf16 mode: bf16 copies
+    /// of `x`, `dy` and `w` in the plan's layout, bf16 gradients out, the weight
+    /// gradient then added to `dw` in f32 and the input gradient written to `dx`
+    /// as f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv_backward_bf16(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        dw: &mut CudaSlice<f32>,
+        dx: Option<&mut CudaSlice<f32>>,
+    ) {
+        let [input, output, weights] = Planes::of_conv(g, n);
+        let mut scratch = self.bf16_scratch(input.len(), output.len(), weights.len());
+        let s = &mut *scratch;
+        let mut dnn = self.bf16_convolutions();
+        let dnn = bf16_dnn(&mut dnn);
+        let layout = dnn
+            .layout(g, n)
+            .unwrap_or_else(|e| self.fail(&format!("cuDNN convolution plan {g:?} x {n}"), e));
+        self.convert_to_bf16_in(layout, x, &mut s.input, input);
+        self.convert_to_bf16_in(layout, dy, &mut s.output, output);
+        // The weight gradient of this batch alone (beta = 0) into the weights'
+        // buffer, then accumulated in f32.
+        if let Err(e) = dnn.backward_filter(g, n, &s.input, &s.output, &mut s.weights, false) {
+            self.fail(&format!("cuDNN convolution backward-filter {g:?} x {n}"), e);
+        }
+        self.convert_to_f32_from(layout, &s.weights, dw, weights, true);
+        if let Some(dx) = dx {
+            // Stream order: the accumulation above has read the buffer before the
+            // weights overwrite it, and the input gradient may overwrite `x`'s copy.
+            self.convert_to_bf16_in(layout, w, &mut s.weights, weights);
+            if let Err(e) = dnn.backward_data(g, n, &s.weights, &s.output, &mut s.input) {
+                self.fail(&format!("cuDNN convolution backward-data {g:?} x {n}"), e);
+            }
+            self.convert_to_f32_from(layout, &s.input, dx, input, false);
+        }
+    }
+}
+
+fn bf16_dnn(convolutions: &mut Convolutions) -> &mut Dnn<Bf16> {
+    match convolutions {
+        Convolutions::Bf16(dnn) => dnn,
+        Convolutions::F32(_) => unreachable!("bf16 mode has bf16 convolutions"),
     }
 }

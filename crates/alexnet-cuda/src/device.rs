@@ -12,12 +12,13 @@ use cudarc::driver::CudaContext;
 use cudarc::driver::sys::cudaError_enum;
 
 use crate::bf16::Bf16Scratch;
-use crate::dnn::{self, Dnn};
+use crate::dnn::{self, Dnn, Layout};
 use crate::input::InputScratch;
 use crate::kernels;
 use crate::staging::Staging;
 use crate::{
-    Algorithms, BackwardScratch, Convolutions, CudaBackend, CudaError, LossScratch, Precision,
+    BackwardScratch, Bf16Layout, Convolutions, CudaBackend, CudaError, CudaSettings, LossScratch,
+    Precision,
 };
 
 /// Opens each library the backend needs by name and closes it again, so that a
@@ -85,7 +86,7 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 24] = [
+pub const KERNEL_NAMES: [&str; 26] = [
     "fill",
     "relu_forward",
     "relu_backward",
@@ -110,6 +111,8 @@ pub const KERNEL_NAMES: [&str; 24] = [
     "sgd_update",
     "f32_to_bf16",
     "bf16_to_f32",
+    "f32_to_bf16_nhwc",
+    "bf16_nhwc_to_f32",
 ];
 
 impl CudaBackend {
@@ -118,31 +121,30 @@ impl CudaBackend {
         CudaBackend::with_precision(ordinal, Precision::F32)
     }
 
-    /// The backend on device `ordinal` with the given rounding of matrix products
-    /// and the fastest convolution algorithms ([`Algorithms::Fastest`]).
+    /// The backend on device `ordinal` with the given rounding of matrix products,
+    /// the fastest convolution algorithms and, in bf16, the faster layout.
     pub fn with_precision(ordinal: usize, precision: Precision) -> Result<CudaBackend, CudaError> {
-        CudaBackend::with_options(ordinal, precision, Algorithms::default())
+        CudaBackend::with_settings(
+            ordinal,
+            CudaSettings {
+                precision,
+                ..CudaSettings::default()
+            },
+        )
     }
 
-    /// The backend on device `ordinal` with the given rounding of matrix products
-    /// and choice of convolution algorithms.
+    /// The backend on device `ordinal` with the given settings.
     ///
     /// Fails with [`CudaError::LibraryMissing`] when the driver or a CUDA library
     /// cannot be opened and [`CudaError::NoDevice`] when the driver finds no such
     /// GPU ([`CudaError::is_no_gpu`] tells these apart from real failures).
-    pub fn with_options(
-        ordinal: usize,
-        precision: Precision,
-        algorithms: Algorithms,
-    ) -> Result<CudaBackend, CudaError> {
+    pub fn with_settings(ordinal: usize, settings: CudaSettings) -> Result<CudaBackend, CudaError> {
         probe_libraries()?;
         // cudarc panics rather than returning an error when a symbol it needs is
         // missing from a library that did open (an older driver or library than
         // its bindings expect); setting up is where that would first happen, so a
         // panic here becomes an error too.
-        match catch_unwind(AssertUnwindSafe(|| {
-            CudaBackend::build(ordinal, precision, algorithms)
-        })) {
+        match catch_unwind(AssertUnwindSafe(|| CudaBackend::build(ordinal, settings))) {
             Ok(result) => result,
             Err(payload) => Err(CudaError::Call {
                 what: format!("setting up cuda:{ordinal}"),
@@ -151,11 +153,12 @@ impl CudaBackend {
         }
     }
 
-    pub(crate) fn build(
-        ordinal: usize,
-        precision: Precision,
-        algorithms: Algorithms,
-    ) -> Result<CudaBackend, CudaError> {
+    pub(crate) fn build(ordinal: usize, settings: CudaSettings) -> Result<CudaBackend, CudaError> {
+        let CudaSettings {
+            precision,
+            algorithms,
+            bf16_layout,
+        } = settings;
         let no_device = |e: cudarc::driver::DriverError| match e.0 {
             cudaError_enum::CUDA_ERROR_NO_DEVICE | cudaError_enum::CUDA_ERROR_INVALID_DEVICE => {
                 CudaError::NoDevice {
@@ -215,16 +218,23 @@ impl CudaBackend {
             .result()
             .map_err(|e| CudaError::call("setting cuBLAS's math mode", e))?;
         let dnn_error = |e| CudaError::call("creating cuDNN", e);
+        let nchw = [Layout::Nchw];
         let dnn = match precision {
             Precision::F32 => Convolutions::F32(
-                Dnn::new(stream.clone(), cudnnMathType_t::CUDNN_FMA_MATH, algorithms)
-                    .map_err(dnn_error)?,
+                Dnn::new(
+                    stream.clone(),
+                    cudnnMathType_t::CUDNN_FMA_MATH,
+                    algorithms,
+                    &nchw,
+                )
+                .map_err(dnn_error)?,
             ),
             Precision::Tf32 => Convolutions::F32(
                 Dnn::new(
                     stream.clone(),
                     cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
                     algorithms,
+                    &nchw,
                 )
                 .map_err(dnn_error)?,
             ),
@@ -233,6 +243,7 @@ impl CudaBackend {
                     stream.clone(),
                     cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
                     algorithms,
+                    bf16_layouts(bf16_layout),
                 )
                 .map_err(dnn_error)?,
             ),
@@ -284,6 +295,16 @@ impl CudaBackend {
 
     pub(crate) fn fail(&self, what: &str, error: impl std::fmt::Display) -> ! {
         panic!("cuda:{}: {what}: {error}", self.ordinal)
+    }
+}
+
+/// The layouts bf16 plans are built in: both (NCHW first, which wins ties) or
+/// the one asked for.
+fn bf16_layouts(layout: Bf16Layout) -> &'static [Layout] {
+    match layout {
+        Bf16Layout::Timed => &[Layout::Nchw, Layout::Nhwc],
+        Bf16Layout::Nchw => &[Layout::Nchw],
+        Bf16Layout::Nhwc => &[Layout::Nhwc],
     }
 }
 

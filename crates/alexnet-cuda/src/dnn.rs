@@ -3,13 +3,25 @@
 //!
 //! The engine's layout is cuDNN's: NCHW activations, `[out, in / groups, k, k]`
 //! weights, and cuDNN's group count is exactly the engine's `groups` (the paper's
-//! towers), so no layout conversion happens anywhere.
+//! towers), so f32 convolutions run on the network's own buffers.
 //!
 //! The element type is f32, or [`Bf16`] in bf16 mode. cuDNN's legacy API runs a
 //! bf16 convolution only as `PSEUDO_BFLOAT16_CONFIG`: input, filter and output
 //! all bf16, computed in f32 (the convolution descriptor's type). The backend
 //! therefore hands it bf16 copies of its f32 operands and turns the bf16 result
 //! back into f32.
+//!
+//! # Layouts
+//!
+//! Those copies are made anyway, so in bf16 mode they can be made in either
+//! [`Layout`]: NCHW as the engine keeps them, or NHWC (channels last, filters
+//! `[out, k, k, in / groups]`), the layout cuDNN's tensor-core kernels read; given
+//! NCHW, cuDNN may transpose internally before and after them. The kernels that
+//! round the operands transpose them at the same cost (one read, one write each).
+//! Each plan is built for every layout the backend allows (both by default) and
+//! the one whose three chosen passes take the least time together is kept; a
+//! layout whose plan fails, or whose choice fell back to cuDNN's untimed
+//! heuristics, only wins where nothing timed does. fp32 and TF32 plans are NCHW.
 //!
 //! # Choosing algorithms
 //!
@@ -190,23 +202,48 @@ impl Drop for Handle {
     }
 }
 
-/// An NCHW tensor descriptor.
+/// How a convolution's tensors are laid out in memory. Dimensions are always
+/// given to cuDNN in NCHW order; the layout says where each value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `[n, c, h, w]`: the engine's own layout.
+    Nchw,
+    /// `[n, h, w, c]`: channels last (filters `[k, r, s, c]`).
+    Nhwc,
+}
+
+impl Layout {
+    fn format(self) -> cudnnTensorFormat_t {
+        match self {
+            Layout::Nchw => cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+            Layout::Nhwc => cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        }
+    }
+}
+
+/// A 4-d tensor descriptor.
 struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    fn new(data_type: cudnnDataType_t, dims: [usize; 4]) -> Result<TensorDesc, DnnError> {
+    fn new(
+        data_type: cudnnDataType_t,
+        layout: Layout,
+        dims: [usize; 4],
+    ) -> Result<TensorDesc, DnnError> {
         // Wrapped at once so that it is destroyed if setting it fails.
         let desc = TensorDesc(
             result::create_tensor_descriptor().map_err(failed("cudnnCreateTensorDescriptor"))?,
         );
         // SAFETY: a live descriptor.
         unsafe {
-            result::set_tensor4d_descriptor(
-                desc.0,
-                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                data_type,
-                dims.map(dim),
-            )
+            result::set_tensor4d_descriptor(desc.0, layout.format(), data_type, dims.map(dim))
         }
         .map_err(failed("cudnnSetTensor4dDescriptor"))?;
         Ok(desc)
@@ -222,22 +259,22 @@ impl Drop for TensorDesc {
     }
 }
 
-/// A `[out, in / groups, k, k]` filter descriptor.
+/// A `[out, in / groups, k, k]` filter descriptor (dimensions in that order,
+/// values in `layout`).
 struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    fn new(data_type: cudnnDataType_t, dims: [usize; 4]) -> Result<FilterDesc, DnnError> {
+    fn new(
+        data_type: cudnnDataType_t,
+        layout: Layout,
+        dims: [usize; 4],
+    ) -> Result<FilterDesc, DnnError> {
         let desc = FilterDesc(
             result::create_filter_descriptor().map_err(failed("cudnnCreateFilterDescriptor"))?,
         );
         // SAFETY: a live descriptor.
         unsafe {
-            result::set_filter4d_descriptor(
-                desc.0,
-                data_type,
-                cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                dims.map(dim),
-            )
+            result::set_filter4d_descriptor(desc.0, data_type, layout.format(), dims.map(dim))
         }
         .map_err(failed("cudnnSetFilter4dDescriptor"))?;
         Ok(desc)
@@ -743,11 +780,15 @@ struct PassPlan {
     conv: ConvDesc,
     /// Bytes of workspace the algorithm needs.
     workspace: usize,
+    /// Milliseconds cuDNN measured, or `None` where the choice came from its
+    /// (untimed) heuristics.
+    time: Option<f32>,
 }
 
 /// The descriptors of one convolution shape and the algorithm chosen for each pass.
 /// The convolution itself always computes in f32.
 struct ConvPlan {
+    layout: Layout,
     x: TensorDesc,
     y: TensorDesc,
     w: FilterDesc,
@@ -756,6 +797,15 @@ struct ConvPlan {
     backward_filter: PassPlan,
     /// Bytes of workspace the largest of the three algorithms needs.
     workspace: usize,
+}
+
+impl ConvPlan {
+    /// The three passes' measured milliseconds together, or `None` where any
+    /// pass's algorithm was not timed.
+    fn time(&self) -> Option<f32> {
+        let passes = [&self.forward, &self.backward_data, &self.backward_filter];
+        passes.iter().map(|p| p.time).sum()
+    }
 }
 
 /// Scratch tensors of a shape's sizes, and a workspace, for the timing trials:
@@ -781,6 +831,8 @@ pub(crate) struct Dnn<T> {
     /// The math type the mode asks for; the searches start from it.
     math: cudnnMathType_t,
     policy: Policy,
+    /// The layouts each plan is built for, the fastest kept (see "Layouts").
+    layouts: Vec<Layout>,
     /// `ALEXNET_CUDNN_LOG=1`: print each plan's choices to stderr.
     log: bool,
     _element: std::marker::PhantomData<T>,
@@ -796,13 +848,17 @@ unsafe impl<T> Send for Dnn<T> {}
 impl<T: Element> Dnn<T> {
     /// cuDNN on `stream`, with `math` for every convolution: FMA math (fp32
     /// mode) or tensor-op math (TF32 with f32 tensors, bf16 with bf16 ones). The
-    /// precision policy follows from these two.
+    /// precision policy follows from these two. Each plan is built in every one
+    /// of `layouts` (at least one) and the fastest kept.
     pub(crate) fn new(
         stream: Arc<CudaStream>,
         math: cudnnMathType_t,
         algorithms: Algorithms,
+        layouts: &[Layout],
     ) -> Result<Dnn<T>, DnnError> {
+        assert!(!layouts.is_empty(), "a plan needs a layout to be built in");
         Ok(Dnn {
+            layouts: layouts.to_vec(),
             plans: HashMap::new(),
             workspace: None,
             handle: Handle::new(&stream)?,
@@ -838,17 +894,67 @@ impl<T: Element> Dnn<T> {
         Ok(k)
     }
 
+    /// The layout the plan for this shape runs in (building the plan first, if
+    /// this shape is new): the operands must be handed over in it.
+    pub(crate) fn layout(&mut self, g: &ConvGeometry, n: usize) -> Result<Layout, DnnError> {
+        let k = self.prepare(g, n)?;
+        Ok(self.plans[&k].layout)
+    }
+
+    /// The plan in each allowed layout, and the fastest of them (see "Layouts").
     fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan, DnnError> {
+        let mut best: Option<ConvPlan> = None;
+        let mut failures = Vec::new();
+        for &layout in &self.layouts {
+            match self.build_in(layout, g, n) {
+                Ok(plan) => {
+                    if best.as_ref().is_none_or(|b| faster(&plan, b)) {
+                        best = Some(plan);
+                    }
+                }
+                Err(e) => failures.push(format!("{}: {e}", layout.name())),
+            }
+        }
+        let failed = failures.join("; ");
+        match best {
+            Some(plan) => {
+                if self.log && self.layouts.len() > 1 {
+                    let time = plan
+                        .time()
+                        .map_or("untimed".into(), |t| format!("{t:.3} ms"));
+                    let note = if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (failed: {failed})")
+                    };
+                    eprintln!(
+                        "alexnet-cuda: cuDNN plan for {g:?} x {n}: {} chosen, {time} for the three \
+                         passes{note}",
+                        plan.layout.name()
+                    );
+                }
+                Ok(plan)
+            }
+            None => Err(DnnError(failed)),
+        }
+    }
+
+    /// The plan of one shape in one layout: its descriptors and each pass's
+    /// algorithm, timed.
+    fn build_in(&self, layout: Layout, g: &ConvGeometry, n: usize) -> Result<ConvPlan, DnnError> {
         let x = TensorDesc::new(
             T::DATA_TYPE,
+            layout,
             [n, g.input.channels, g.input.height, g.input.width],
         )?;
         let y = TensorDesc::new(
             T::DATA_TYPE,
+            layout,
             [n, g.output.channels, g.output.height, g.output.width],
         )?;
         let w = FilterDesc::new(
             T::DATA_TYPE,
+            layout,
             [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
         )?;
         // The searches run with the mode's math type; each pass's final
@@ -862,7 +968,7 @@ impl<T: Element> Dnn<T> {
         };
 
         let mut log = String::new();
-        let mut trial = self.trial(g, n, &shapes, &search_conv, &mut log)?;
+        let mut trial = self.trial(layout, g, n, &shapes, &search_conv, &mut log)?;
         let mut choose =
             |pass| self.choose(pass, g, n, &shapes, &search_conv, &mut trial, &mut log);
         let forward = choose(Pass::Forward)?;
@@ -879,6 +985,7 @@ impl<T: Element> Dnn<T> {
             eprint!("{log}");
         }
         Ok(ConvPlan {
+            layout,
             x,
             y,
             w,
@@ -894,6 +1001,7 @@ impl<T: Element> Dnn<T> {
     /// [`TIMING_WORKSPACE_CAP`]), and starts the plan's log with the shape.
     fn trial(
         &self,
+        layout: Layout,
         g: &ConvGeometry,
         n: usize,
         shapes: &Shapes<'_>,
@@ -946,7 +1054,7 @@ impl<T: Element> Dnn<T> {
             let _ = writeln!(
                 log,
                 "alexnet-cuda: cuDNN plan: n={n} c={} h={} w={} -> k={} {}x{}, kernel {} stride {} \
-                 pad {} groups {}, {data} tensors; policy {}; timing workspace {}{note}",
+                 pad {} groups {}, {data} tensors in {}; policy {}; timing workspace {}{note}",
                 g.input.channels,
                 g.input.height,
                 g.input.width,
@@ -957,6 +1065,7 @@ impl<T: Element> Dnn<T> {
                 g.stride,
                 g.pad,
                 g.groups,
+                layout.name(),
                 self.policy.describe(),
                 bytes(given),
             );
@@ -996,10 +1105,12 @@ impl<T: Element> Dnn<T> {
         if self.log {
             log_choice(log, pass, &judged, &chosen, algo, workspace, &note);
         }
+        let time = (judged.ranking == Ranking::Timed).then_some(chosen.time);
         Ok(PassPlan {
             algo,
             conv,
             workspace,
+            time,
         })
     }
 
@@ -1225,6 +1336,18 @@ impl<T: Element> Dnn<T> {
             )
         }
         .map_err(failed("cudnnConvolutionBackwardFilter"))
+    }
+}
+
+/// Whether plan `a` beats plan `b` of the same shape in another layout: the
+/// less time for the three passes together; a plan with an untimed pass loses to
+/// one timed throughout, and of two such plans the first built (the engine's
+/// NCHW) stays.
+fn faster(a: &ConvPlan, b: &ConvPlan) -> bool {
+    match (a.time(), b.time()) {
+        (Some(a), Some(b)) => a < b,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Kernels {
     pub sgd_update: CudaFunction,
     pub f32_to_bf16: CudaFunction,
     pub bf16_to_f32: CudaFunction,
+    pub f32_to_bf16_nhwc: CudaFunction,
+    pub bf16_nhwc_to_f32: CudaFunction,
 }
 
 /// Stack for the thread NVRTC runs on. A compiler may recurse deeply, and the
@@ -151,5 +153,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         sgd_update: f("sgd_update")?,
         f32_to_bf16: f("f32_to_bf16")?,
         bf16_to_f32: f("bf16_to_f32")?,
+        f32_to_bf16_nhwc: f("f32_to_bf16_nhwc")?,
+        bf16_nhwc_to_f32: f("bf16_nhwc_to_f32")?,
     })
 }

@@ -103,6 +103,33 @@ pub enum Algorithms {
     Exact,
 }
 
+/// How bf16 mode lays out the bf16 copies of a convolution's operands that it
+/// hands cuDNN (fp32 and TF32 hand cuDNN the network's own NCHW buffers). Either
+/// way the copies are made by one kernel that rounds (and, for NHWC, transposes),
+/// and the results are the same sums; only cuDNN's algorithms, and so their speed,
+/// differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bf16Layout {
+    /// Each convolution shape's algorithms are timed in both layouts and the
+    /// faster kept.
+    #[default]
+    Timed,
+    /// NCHW, the engine's layout (cuDNN may transpose internally for its
+    /// tensor-core kernels).
+    Nchw,
+    /// NHWC (channels last), what cuDNN's tensor-core kernels read.
+    Nhwc,
+}
+
+/// What a backend is made with beside its device: how its matrix products round
+/// and how its convolutions' algorithms are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaSettings {
+    pub precision: Precision,
+    pub algorithms: Algorithms,
+    pub bf16_layout: Bf16Layout,
+}
+
 /// One CUDA device: a context, one stream every operation is queued on (so they
 /// run in the order the network calls them, with no further synchronisation),
 /// and the cuBLAS and cuDNN handles bound to that stream.
@@ -483,21 +510,9 @@ impl Backend for CudaBackend {
         b: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        let (x_len, y_len) = (n * g.input.len(), n * g.output.len());
+        let y_len = n * g.output.len();
         let result = if self.precision == Precision::Bf16 {
-            // bf16 copies of the operands in, a bf16 output out (the one data type
-            // configuration cuDNN offers for bf16), then back to f32.
-            let mut scratch = self.bf16_scratch(x_len, y_len, g.weight_len());
-            let s = &mut *scratch;
-            self.convert_to_bf16(x, &mut s.input, x_len);
-            self.convert_to_bf16(w, &mut s.weights, g.weight_len());
-            self.bind();
-            let result = match &mut *self.lock(&self.dnn) {
-                Convolutions::Bf16(dnn) => dnn.forward(g, n, &s.input, &s.weights, &mut s.output),
-                Convolutions::F32(_) => unreachable!("bf16 mode has bf16 convolutions"),
-            };
-            self.convert_to_f32(&s.output, y, y_len, false);
-            result
+            self.conv_forward_bf16(g, n, x, w, y)
         } else {
             self.bind();
             match &mut *self.lock(&self.dnn) {

@@ -19,6 +19,11 @@
 //!   that nothing else is lost.
 //!
 //! Bias gradients are f32 sums of f32 gradients in every mode: 1e-5.
+//!
+//! Each convolution runs three times: with its bf16 operands handed to cuDNN in
+//! NCHW, in NHWC (rounded and transposed by one kernel, the results transposed
+//! back), and in whichever of the two the backend timed faster; the shapes put
+//! channels and plane positions across the transposing kernels' 32-wide tiles.
 //! The tests skip without a GPU, like the others.
 
 mod common;
@@ -26,7 +31,10 @@ mod common;
 use alexnet::layers::{ConvGeometry, LinearGeometry, Shape};
 use alexnet::rng::Rng;
 use alexnet::{Backend, ReferenceCpu};
-use common::{assert_close, bf16_gpu, conv, random, round_to_bf16, to_device, to_host};
+use alexnet_cuda::Bf16Layout;
+use common::{
+    assert_close, bf16_gpu, bf16_gpu_in, conv, random, round_to_bf16, to_device, to_host,
+};
 
 const EXACT_TOL: f32 = 1e-2;
 const ROUNDED_CONV_TOL: f32 = 5e-3;
@@ -123,8 +131,17 @@ fn conv_on<B: Backend>(
     }
 }
 
+/// The convolution in each layout of its bf16 operands, against the reference.
 fn check_conv(label: &str, g: ConvGeometry, n: usize) {
-    let Some(gpu) = bf16_gpu() else { return };
+    for layout in [Bf16Layout::Nchw, Bf16Layout::Nhwc, Bf16Layout::Timed] {
+        check_conv_in(&format!("{label}, {layout:?} layout"), layout, g, n);
+    }
+}
+
+fn check_conv_in(label: &str, layout: Bf16Layout, g: ConvGeometry, n: usize) {
+    let Some(gpu) = bf16_gpu_in(layout) else {
+        return;
+    };
     let inputs = Inputs::new(
         29,
         n * g.input.len(),
@@ -159,6 +176,17 @@ fn bf16_convolution_two_towers() {
         "bf16 conv 16x13x13 -> 32 groups 2, 3x3/1 pad 1",
         conv(Shape::new(16, 13, 13), 32, 3, 1, 1, 2),
         4,
+    );
+}
+
+#[test]
+fn bf16_convolution_across_the_transposing_tiles() {
+    // 40 input and 48 output channels (20 inputs per group), 9x9 planes: every
+    // tile of 32 channels or positions has a partial one beside it.
+    check_conv(
+        "bf16 conv 40x9x9 -> 48 groups 2, 3x3/1 pad 1",
+        conv(Shape::new(40, 9, 9), 48, 3, 1, 1, 2),
+        3,
     );
 }
 

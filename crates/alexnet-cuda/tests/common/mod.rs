@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use alexnet::Backend;
 pub use alexnet::testing::{assert_close, conv, paper_lrn, paper_mini, pool, random, ties};
-use alexnet_cuda::{Algorithms, CudaBackend, CudaError};
+use alexnet_cuda::{Algorithms, Bf16Layout, CudaBackend, CudaError, CudaSettings};
 use cudarc::driver::CudaSlice;
 
 /// Whether a missing GPU must fail the test instead of skipping it.
@@ -46,17 +46,30 @@ pub fn new_gpu_with(
     precision: alexnet_cuda::Precision,
     algorithms: Algorithms,
 ) -> Option<CudaBackend> {
-    CudaBackend::with_options(0, precision, algorithms).map_or_else(skip_or_fail, Some)
+    new_gpu_with_settings(CudaSettings {
+        precision,
+        algorithms,
+        ..CudaSettings::default()
+    })
 }
 
-/// The backend in `cell`, created in `precision` (and named on stderr) by the
-/// first test that asks; creating one compiles the kernels.
+/// A new backend on device 0 with the given settings, or `None`.
+pub fn new_gpu_with_settings(settings: CudaSettings) -> Option<CudaBackend> {
+    CudaBackend::with_settings(0, settings).map_or_else(skip_or_fail, Some)
+}
+
+/// The backend in `cell`, created with `settings` (and named on stderr) by the
+/// first test that asks; creating one compiles the kernels. Its fp32
+/// convolutions sum directly, as [`new_gpu`]'s.
 fn shared_gpu(
     cell: &'static OnceLock<Option<CudaBackend>>,
-    precision: alexnet_cuda::Precision,
+    settings: CudaSettings,
 ) -> Option<&'static CudaBackend> {
     cell.get_or_init(|| {
-        let gpu = new_gpu(precision);
+        let gpu = new_gpu_with_settings(CudaSettings {
+            algorithms: Algorithms::Exact,
+            ..settings
+        });
         if let Some(gpu) = &gpu {
             eprintln!("testing on {}", gpu.describe());
         }
@@ -65,16 +78,42 @@ fn shared_gpu(
     .as_ref()
 }
 
+fn in_precision(precision: alexnet_cuda::Precision) -> CudaSettings {
+    CudaSettings {
+        precision,
+        ..CudaSettings::default()
+    }
+}
+
 /// One fp32 backend shared by the op tests.
 pub fn gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    shared_gpu(&GPU, alexnet_cuda::Precision::F32)
+    shared_gpu(&GPU, in_precision(alexnet_cuda::Precision::F32))
 }
 
-/// One bf16 backend shared by the bf16 op tests.
+/// One bf16 backend shared by the bf16 op tests (each convolution in the faster
+/// layout).
 pub fn bf16_gpu() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    shared_gpu(&GPU, alexnet_cuda::Precision::Bf16)
+    bf16_gpu_in(Bf16Layout::Timed)
+}
+
+/// One bf16 backend per layout of its convolutions' operands, shared.
+pub fn bf16_gpu_in(layout: Bf16Layout) -> Option<&'static CudaBackend> {
+    static TIMED: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static NCHW: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static NHWC: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    let cell = match layout {
+        Bf16Layout::Timed => &TIMED,
+        Bf16Layout::Nchw => &NCHW,
+        Bf16Layout::Nhwc => &NHWC,
+    };
+    shared_gpu(
+        cell,
+        CudaSettings {
+            bf16_layout: layout,
+            ..in_precision(alexnet_cuda::Precision::Bf16)
+        },
+    )
 }
 
 /// `values` rounded to the nearest bf16 (ties to even), as bf16 mode rounds the
