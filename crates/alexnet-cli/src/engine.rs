@@ -54,7 +54,7 @@ pub enum Bf16LayoutArg {
     Timed,
     /// The engine's NCHW.
     Nchw,
-    /// Channels last, what cuDNN's tensor-core kernels read.
+    /// Channels last, the layout cuDNN's tensor-core kernels are written for.
     Nhwc,
 }
 
@@ -95,7 +95,7 @@ pub struct EngineArgs {
     pub conv_algorithms: Option<ConvAlgorithmsArg>,
     /// The layout of the bf16 operands a GPU's convolutions get in bf16: each
     /// shape timed in both and the faster kept [default], or NCHW or NHWC always
-    /// (the same results; for comparing their speed).
+    /// (results equal to rounding; for comparing their speed).
     #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
     pub bf16_conv_layout: Option<Bf16LayoutArg>,
     /// Hand the CPU stored images to cut the views from, as a GPU is (the same

@@ -15,13 +15,18 @@
 //!
 //! Those copies are made anyway, so in bf16 mode they can be made in either
 //! [`Layout`]: NCHW as the engine keeps them, or NHWC (channels last, filters
-//! `[out, k, k, in / groups]`), the layout cuDNN's tensor-core kernels read; given
-//! NCHW, cuDNN may transpose internally before and after them. The kernels that
-//! round the operands transpose them at the same cost (one read, one write each).
-//! Each plan is built for every layout the backend allows (both by default) and
-//! the one whose three chosen passes take the least time together is kept; a
-//! layout whose plan fails, or whose choice fell back to cuDNN's untimed
-//! heuristics, only wins where nothing timed does. fp32 and TF32 plans are NCHW.
+//! `[out, k, k, in / groups]`), the layout cuDNN's tensor-core kernels are written
+//! for (given NCHW, cuDNN may transpose internally around them; channel counts
+//! that are not a multiple of 8, as conv1's three inputs, may keep a shape off
+//! them in either layout). The kernels that round the operands transpose them
+//! with the same bytes moved (one read, one write each), though with idle threads
+//! where a tile holds few channels; the conversions are not timed, so the
+//! comparison leaves that difference out. Each plan is built for every layout the
+//! backend allows (both by default) and kept by [`Rank`]: a plan that keeps the
+//! precision policy first, then one timed throughout, then the least time for
+//! its three passes together (a shape only ever run forward, as inference's, is
+//! still judged by all three). A layout whose plan fails loses to any that
+//! works, with a warning. fp32 and TF32 plans are NCHW.
 //!
 //! # Choosing algorithms
 //!
@@ -699,6 +704,9 @@ struct Judged {
     /// Per entry, why it was turned down (`None`: allowed).
     rejections: Vec<Option<String>>,
     ranking: Ranking,
+    /// Where the choice had to break the policy's promise (bf16's determinism),
+    /// what to tell the user if this plan is kept.
+    warning: Option<String>,
 }
 
 impl Judged {
@@ -715,6 +723,7 @@ impl Judged {
             results,
             rejections,
             ranking,
+            warning: None,
         }
     }
 
@@ -783,6 +792,8 @@ struct PassPlan {
     /// Milliseconds cuDNN measured, or `None` where the choice came from its
     /// (untimed) heuristics.
     time: Option<f32>,
+    /// Set where the algorithm breaks the policy's promise (see [`Judged`]).
+    warning: Option<String>,
 }
 
 /// The descriptors of one convolution shape and the algorithm chosen for each pass.
@@ -800,11 +811,43 @@ struct ConvPlan {
 }
 
 impl ConvPlan {
+    fn passes(&self) -> [&PassPlan; 3] {
+        [&self.forward, &self.backward_data, &self.backward_filter]
+    }
+
+    /// How the plan ranks against the same shape's plan in another layout.
+    fn rank(&self) -> Rank {
+        Rank {
+            keeps_policy: self.passes().iter().all(|p| p.warning.is_none()),
+            time: self.passes().iter().map(|p| p.time).sum(),
+        }
+    }
+}
+
+/// What decides between one shape's plans in two layouts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rank {
+    /// No pass breaks the precision policy's promise.
+    keeps_policy: bool,
     /// The three passes' measured milliseconds together, or `None` where any
     /// pass's algorithm was not timed.
-    fn time(&self) -> Option<f32> {
-        let passes = [&self.forward, &self.backward_data, &self.backward_filter];
-        passes.iter().map(|p| p.time).sum()
+    time: Option<f32>,
+}
+
+impl Rank {
+    /// Whether a plan of this rank beats one of rank `other`: one that keeps
+    /// the policy beats one that does not; then one timed throughout beats one
+    /// that is not, and the lesser time wins. A tie keeps `other` (the plan built
+    /// first: the engine's NCHW).
+    fn beats(self, other: Rank) -> bool {
+        if self.keeps_policy != other.keeps_policy {
+            return self.keeps_policy;
+        }
+        match (self.time, other.time) {
+            (Some(a), Some(b)) => a < b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 }
 
@@ -908,7 +951,7 @@ impl<T: Element> Dnn<T> {
         for &layout in &self.layouts {
             match self.build_in(layout, g, n) {
                 Ok(plan) => {
-                    if best.as_ref().is_none_or(|b| faster(&plan, b)) {
+                    if best.as_ref().is_none_or(|b| plan.rank().beats(b.rank())) {
                         best = Some(plan);
                     }
                 }
@@ -918,18 +961,24 @@ impl<T: Element> Dnn<T> {
         let failed = failures.join("; ");
         match best {
             Some(plan) => {
+                for warning in plan.passes().iter().filter_map(|p| p.warning.as_ref()) {
+                    eprintln!("{warning}");
+                }
+                if !failed.is_empty() {
+                    // Once per shape: a layout that cannot be planned at all is
+                    // worth knowing about even though the other one runs.
+                    eprintln!(
+                        "warning: cuDNN could not plan the convolution {g:?} x {n} in every layout \
+                         allowed; using {}. {failed}",
+                        plan.layout.name()
+                    );
+                }
                 if self.log && self.layouts.len() > 1 {
-                    let time = plan
-                        .time()
-                        .map_or("untimed".into(), |t| format!("{t:.3} ms"));
-                    let note = if failed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (failed: {failed})")
-                    };
+                    let time = plan.rank().time;
+                    let time = time.map_or("untimed".into(), |t| format!("{t:.3} ms"));
                     eprintln!(
                         "alexnet-cuda: cuDNN plan for {g:?} x {n}: {} chosen, {time} for the three \
-                         passes{note}",
+                         passes",
                         plan.layout.name()
                     );
                 }
@@ -1111,6 +1160,7 @@ impl<T: Element> Dnn<T> {
             conv,
             workspace,
             time,
+            warning: judged.warning,
         })
     }
 
@@ -1165,13 +1215,16 @@ impl<T: Element> Dnn<T> {
                         ),
                     };
                     if let Some(chosen) = relaxed.chosen {
-                        eprintln!(
+                        let warning = format!(
                             "warning: no deterministic cuDNN {pass_name} algorithm for the bf16 \
                              convolution {g:?} x {n}; using algorithm {}, whose sums may round \
                              partial results to bf16",
                             relaxed.results[chosen].algo
                         );
-                        heuristic = relaxed;
+                        heuristic = Judged {
+                            warning: Some(warning),
+                            ..relaxed
+                        };
                     }
                 }
                 if heuristic.chosen.is_none() {
@@ -1336,18 +1389,6 @@ impl<T: Element> Dnn<T> {
             )
         }
         .map_err(failed("cudnnConvolutionBackwardFilter"))
-    }
-}
-
-/// Whether plan `a` beats plan `b` of the same shape in another layout: the
-/// less time for the three passes together; a plan with an untimed pass loses to
-/// one timed throughout, and of two such plans the first built (the engine's
-/// NCHW) stays.
-fn faster(a: &ConvPlan, b: &ConvPlan) -> bool {
-    match (a.time(), b.time()) {
-        (Some(a), Some(b)) => a < b,
-        (Some(_), None) => true,
-        (None, _) => false,
     }
 }
 
@@ -1624,6 +1665,27 @@ mod tests {
     const CONVERSION: u32 = cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION as u32;
     const DETERMINISTIC: u32 = cudnnDeterminism_t::CUDNN_DETERMINISTIC as u32;
     const NOT_SUPPORTED: u32 = 3000;
+
+    fn rank(keeps_policy: bool, time: Option<f32>) -> Rank {
+        Rank { keeps_policy, time }
+    }
+
+    #[test]
+    fn a_layout_wins_by_keeping_the_policy_then_by_being_timed_then_by_time() {
+        let (fast, slow) = (Some(1.0), Some(2.0));
+        assert!(rank(true, fast).beats(rank(true, slow)));
+        assert!(!rank(true, slow).beats(rank(true, fast)));
+        // A tie keeps the plan built first.
+        assert!(!rank(true, fast).beats(rank(true, fast)));
+        // A faster plan that breaks bf16's determinism loses to a slower one.
+        assert!(!rank(false, fast).beats(rank(true, slow)));
+        assert!(rank(true, slow).beats(rank(false, fast)));
+        // Timed throughout beats partly untimed, whatever the time.
+        assert!(rank(true, slow).beats(rank(true, None)));
+        assert!(!rank(true, None).beats(rank(true, slow)));
+        assert!(!rank(true, None).beats(rank(true, None)));
+        assert!(rank(false, fast).beats(rank(false, slow)));
+    }
 
     fn perf(algo: u32, math_type: u32, time: f32) -> Perf {
         Perf {

@@ -106,8 +106,9 @@ pub enum Algorithms {
 /// How bf16 mode lays out the bf16 copies of a convolution's operands that it
 /// hands cuDNN (fp32 and TF32 hand cuDNN the network's own NCHW buffers). Either
 /// way the copies are made by one kernel that rounds (and, for NHWC, transposes),
-/// and the results are the same sums; only cuDNN's algorithms, and so their speed,
-/// differ.
+/// and the products are the same; cuDNN's algorithms differ, and so do their
+/// speed and the order of their sums (results agree to rounding, not bit for bit;
+/// under `Timed` the choice, and so the last bits, may differ from run to run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Bf16Layout {
     /// Each convolution shape's algorithms are timed in both layouts and the
@@ -117,12 +118,14 @@ pub enum Bf16Layout {
     /// NCHW, the engine's layout (cuDNN may transpose internally for its
     /// tensor-core kernels).
     Nchw,
-    /// NHWC (channels last), what cuDNN's tensor-core kernels read.
+    /// NHWC (channels last), the layout cuDNN's tensor-core kernels are written
+    /// for.
     Nhwc,
 }
 
-/// What a backend is made with beside its device: how its matrix products round
-/// and how its convolutions' algorithms are chosen.
+/// What a backend is made with beside its device: how its matrix products round,
+/// which convolution algorithms fp32 may choose, and, in bf16, the layout of the
+/// convolutions' operands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CudaSettings {
     pub precision: Precision,
