@@ -21,14 +21,35 @@ extern "C" __global__ void f32_to_bf16(const float* src, unsigned short* dst, u6
     dst[i] = round_to_bf16(src[i]);
 }
 
-/* bf16 mode: a bf16 result back to f32 (exact), overwriting dst or, with
-   accumulate, adding to it (parameter gradients accumulate). */
-extern "C" __global__ void bf16_to_f32(const unsigned short* src, float* dst, int accumulate,
+/* What happens to a bf16 result once it is widened to f32 (exact), before it is
+   stored: added to what dst holds (accumulate: parameter gradients accumulate),
+   or given its channel's bias (bias not null: a convolution's output) and then,
+   with rectify, its ReLU, in the order and arithmetic of bias_add and
+   relu_forward, so the output needs no further pass. */
+struct Widening {
+    const float* bias;
+    int accumulate, rectify;
+};
+
+__device__ __forceinline__ float widened(Widening how, unsigned short value, int channel,
+                                         float held) {
+    float v = widen_bf16(value);
+    if (how.accumulate) return held + v;
+    if (how.bias == 0) return v;
+    v = v + how.bias[channel];
+    return how.rectify ? fmaxf(v, 0.0f) : v;
+}
+
+/* bf16 mode: a bf16 result back to f32 in the engine's layout (NCHW blocks of
+   `channels` planes of `plane` values, which the bias needs), as Widening says. */
+extern "C" __global__ void bf16_to_f32(const unsigned short* src, float* dst, const float* bias,
+                                       int accumulate, int rectify, int channels, u64 plane,
                                        u64 len) {
     u64 i = global_index();
     if (i >= len) return;
-    float value = widen_bf16(src[i]);
-    dst[i] = accumulate ? dst[i] + value : value;
+    Widening how = {bias, accumulate, rectify};
+    int channel = bias ? (int)((i / plane) % (u64)channels) : 0;
+    dst[i] = widened(how, src[i], channel, accumulate ? dst[i] : 0.0f);
 }
 
 /* bf16 mode with channels-last convolutions (NHWC). The engine keeps each image
@@ -85,10 +106,10 @@ extern "C" __global__ void f32_to_bf16_nhwc(const float* src, unsigned short* ds
     }
 }
 
-/* dst (NCHW, f32) = src (NHWC, bf16) widened, overwriting or, with accumulate,
-   adding to dst. */
-extern "C" __global__ void bf16_nhwc_to_f32(const unsigned short* src, float* dst, int channels,
-                                            int plane, int accumulate) {
+/* dst (NCHW, f32) = src (NHWC, bf16) widened, as Widening says. */
+extern "C" __global__ void bf16_nhwc_to_f32(const unsigned short* src, float* dst, const float* bias,
+                                            int accumulate, int rectify, int channels, int plane) {
+    Widening how = {bias, accumulate, rectify};
     __shared__ unsigned int tile[TILE][TILE + 1];
     TileSpan s = tile_span(channels, plane);
     int tid = threadIdx.y * TILE + threadIdx.x;
@@ -101,8 +122,8 @@ extern "C" __global__ void bf16_nhwc_to_f32(const unsigned short* src, float* ds
     for (int c = threadIdx.y; c < s.cs; c += TILE_ROWS) {
         if ((int)threadIdx.x < s.positions) {
             u64 to = s.image + (u64)(s.c0 + c) * plane + s.p0 + threadIdx.x;
-            float value = widen_bf16((unsigned short)tile[c][threadIdx.x]);
-            dst[to] = accumulate ? dst[to] + value : value;
+            float held = accumulate ? dst[to] : 0.0f;
+            dst[to] = widened(how, (unsigned short)tile[c][threadIdx.x], s.c0 + c, held);
         }
     }
 }

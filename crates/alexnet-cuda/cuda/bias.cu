@@ -1,10 +1,15 @@
 /* The bias of convolutions and fully connected layers, whose products run in
    cuDNN and cuBLAS. */
 
-/* y[img][c][p] += b[c]: convolution bias (plane = H*W) and linear bias (plane = 1). */
-extern "C" __global__ void bias_add(float* y, const float* b, int channels, u64 plane, u64 len) {
+/* y[img][c][p] += b[c]: convolution bias (plane = H*W) and linear bias (plane = 1);
+   with rectify, then y = max(y, 0) (a convolution and its ReLU, as relu_forward
+   computes it), so the ReLU needs no pass of its own. */
+extern "C" __global__ void bias_add(float* y, const float* b, int channels, u64 plane,
+                                    int rectify, u64 len) {
     u64 i = global_index();
-    if (i < len) y[i] += b[(i / plane) % channels];
+    if (i >= len) return;
+    float value = y[i] + b[(i / plane) % channels];
+    y[i] = rectify ? fmaxf(value, 0.0f) : value;
 }
 
 /* db[c] += sum over images and positions of dy[img][c][p]; one block per channel. */

@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 
 use crate::dnn::{Dnn, DnnError, Layout};
-use crate::launch::{int, per_value};
+use crate::launch::{NULL_POINTER, int, per_value};
 use crate::{Convolutions, CudaBackend};
 
 /// One bf16 value: the upper 16 bits of the f32 it rounds.
@@ -131,23 +131,21 @@ impl CudaBackend {
         args.arg(src).arg(dst).arg(&len64);
         self.launch(args, per_value(len), "f32_to_bf16");
     }
+}
 
-    /// `dst[..len] = f32(src[..len])`, or `+=` with `accumulate`.
-    pub(crate) fn convert_to_f32(
-        &self,
-        src: &CudaSlice<Bf16>,
-        dst: &mut CudaSlice<f32>,
-        len: usize,
-        accumulate: bool,
-    ) {
-        if len == 0 {
-            return;
-        }
-        let (accumulate, len64) = (i32::from(accumulate), len as u64);
-        let mut args = self.stream.launch_builder(&self.kernels.bf16_to_f32);
-        args.arg(src).arg(dst).arg(&accumulate).arg(&len64);
-        self.launch(args, per_value(len), "bf16_to_f32");
-    }
+/// What [`CudaBackend::convert_to_f32_from`] does with each widened value.
+#[derive(Clone, Copy)]
+pub(crate) enum Widen<'a> {
+    /// Stores it.
+    Overwrite,
+    /// Adds it to what the destination holds (parameter gradients).
+    Accumulate,
+    /// Adds its channel's bias, then (with `rectify`) takes its ReLU: a
+    /// convolution's output, finished in the same pass.
+    Bias {
+        bias: &'a CudaSlice<f32>,
+        rectify: bool,
+    },
 }
 
 /// A block of NCHW values as the engine keeps them: `images` times `channels`
@@ -235,33 +233,48 @@ impl CudaBackend {
     }
 
     /// The bf16 values `src` of `planes`, held in `layout`, widened into the NCHW
-    /// f32 buffer `dst` (`+=` with `accumulate`).
+    /// f32 buffer `dst` as `how` says.
     pub(crate) fn convert_to_f32_from(
         &self,
         layout: Layout,
         src: &CudaSlice<Bf16>,
         dst: &mut CudaSlice<f32>,
         planes: Planes,
-        accumulate: bool,
+        how: Widen<'_>,
     ) {
-        if layout == Layout::Nchw {
-            return self.convert_to_f32(src, dst, planes.len(), accumulate);
-        }
-        if planes.len() == 0 {
+        let len = planes.len();
+        if len == 0 {
             return;
         }
-        let (channels, plane, accumulate) = (
-            int(planes.channels),
-            int(planes.plane),
-            i32::from(accumulate),
-        );
-        let mut args = self.stream.launch_builder(&self.kernels.bf16_nhwc_to_f32);
-        args.arg(src)
-            .arg(dst)
-            .arg(&channels)
-            .arg(&plane)
-            .arg(&accumulate);
-        self.launch(args, planes.transpose_launch(), "bf16_nhwc_to_f32");
+        let (accumulate, bias, rectify) = match how {
+            Widen::Overwrite => (0, None, 0),
+            Widen::Accumulate => (1, None, 0),
+            Widen::Bias { bias, rectify } => (0, Some(bias), i32::from(rectify)),
+        };
+        let (channels, plane) = (int(planes.channels), planes.plane);
+        let (kernel, config, name) = match layout {
+            Layout::Nchw => (&self.kernels.bf16_to_f32, per_value(len), "bf16_to_f32"),
+            Layout::Nhwc => (
+                &self.kernels.bf16_nhwc_to_f32,
+                planes.transpose_launch(),
+                "bf16_nhwc_to_f32",
+            ),
+        };
+        let mut args = self.stream.launch_builder(kernel);
+        args.arg(src).arg(dst);
+        match bias {
+            Some(bias) => args.arg(bias),
+            None => args.arg(&NULL_POINTER),
+        };
+        args.arg(&accumulate).arg(&rectify).arg(&channels);
+        // The flat kernel takes 64-bit plane and length, the tiled one a 32-bit
+        // plane (its grid covers the rest).
+        let (plane64, plane32, len64) = (plane as u64, int(plane), len as u64);
+        match layout {
+            Layout::Nchw => args.arg(&plane64).arg(&len64),
+            Layout::Nhwc => args.arg(&plane32),
+        };
+        self.launch(args, config, name);
     }
 }
 
@@ -275,14 +288,18 @@ impl CudaBackend {
 
     /// A convolution's forward pass in bf16 mode: bf16 copies of `x` and `w` in
     /// the layout of the shape's plan, a bf16 output (cuDNN's one bf16
-    /// configuration), widened into `y` (the bias is added apart).
+    /// configuration), widened into `y` with the bias `b` added and, with
+    /// `rectify`, the ReLU taken, in one pass.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv_forward_bf16(
         &self,
         g: &ConvGeometry,
         n: usize,
         x: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
+        rectify: bool,
     ) -> Result<(), DnnError> {
         let [input, output, weights] = Planes::of_conv(g, n);
         let mut scratch = self.bf16_scratch(input.len(), output.len(), weights.len());
@@ -293,7 +310,8 @@ impl CudaBackend {
         self.convert_to_bf16_in(layout, x, &mut s.input, input);
         self.convert_to_bf16_in(layout, w, &mut s.weights, weights);
         dnn.forward(g, n, &s.input, &s.weights, &mut s.output)?;
-        self.convert_to_f32_from(layout, &s.output, y, output, false);
+        let finish = Widen::Bias { bias: b, rectify };
+        self.convert_to_f32_from(layout, &s.output, y, output, finish);
         Ok(())
     }
 
@@ -327,7 +345,7 @@ impl CudaBackend {
         if let Err(e) = dnn.backward_filter(g, n, &s.input, &s.output, &mut s.weights, false) {
             self.fail(&format!("cuDNN convolution backward-filter {g:?} x {n}"), e);
         }
-        self.convert_to_f32_from(layout, &s.weights, dw, weights, true);
+        self.convert_to_f32_from(layout, &s.weights, dw, weights, Widen::Accumulate);
         if let Some(dx) = dx {
             // Stream order: the accumulation above has read the buffer before the
             // weights overwrite it, and the input gradient may overwrite `x`'s copy.
@@ -335,7 +353,7 @@ impl CudaBackend {
             if let Err(e) = dnn.backward_data(g, n, &s.weights, &s.output, &mut s.input) {
                 self.fail(&format!("cuDNN convolution backward-data {g:?} x {n}"), e);
             }
-            self.convert_to_f32_from(layout, &s.input, dx, input, false);
+            self.convert_to_f32_from(layout, &s.input, dx, input, Widen::Overwrite);
         }
     }
 }

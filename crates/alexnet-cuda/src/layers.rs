@@ -9,7 +9,8 @@ use crate::CudaBackend;
 use crate::launch::{LrnArgs, int, per_plane_value, per_row, per_value};
 
 impl CudaBackend {
-    /// `y[img][c][p] += b[c]` over `len` values of `channels` planes of `plane`.
+    /// `y[img][c][p] += b[c]` over `len` values of `channels` planes of `plane`,
+    /// then with `rectify` `y = max(y, 0)` (a ReLU in the same pass).
     pub(crate) fn bias_add(
         &self,
         b: &CudaSlice<f32>,
@@ -17,13 +18,20 @@ impl CudaBackend {
         channels: usize,
         plane: usize,
         len: usize,
+        rectify: bool,
     ) {
         if len == 0 {
             return;
         }
         let (channels, plane, len64) = (int(channels), plane as u64, len as u64);
+        let rectify = i32::from(rectify);
         let mut args = self.stream.launch_builder(&self.kernels.bias_add);
-        args.arg(y).arg(b).arg(&channels).arg(&plane).arg(&len64);
+        args.arg(y)
+            .arg(b)
+            .arg(&channels)
+            .arg(&plane)
+            .arg(&rectify)
+            .arg(&len64);
         self.launch(args, per_value(len), "bias_add");
     }
 

@@ -193,6 +193,39 @@ struct LossScratch {
     host: Vec<f32>,
 }
 
+impl CudaBackend {
+    /// `y = conv(x, w) + b`, and with `rectify` its ReLU, in the pass that adds
+    /// the bias.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward_then(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rectify: bool,
+    ) {
+        if self.precision == Precision::Bf16 {
+            if let Err(e) = self.conv_forward_bf16(g, n, x, w, b, y, rectify) {
+                self.fail(&format!("cuDNN convolution forward {g:?} x {n}"), e);
+            }
+            return;
+        }
+        self.bind();
+        let result = match &mut *self.lock(&self.dnn) {
+            Convolutions::F32(dnn) => dnn.forward(g, n, x, w, y),
+            Convolutions::Bf16(_) => unreachable!("only bf16 mode has bf16 convolutions"),
+        };
+        if let Err(e) = result {
+            self.fail(&format!("cuDNN convolution forward {g:?} x {n}"), e);
+        }
+        let y_len = n * g.output.len();
+        self.bias_add(b, y, g.output.channels, g.out_plane(), y_len, rectify);
+    }
+}
+
 impl Backend for CudaBackend {
     type Buffer = CudaSlice<f32>;
 
@@ -513,20 +546,21 @@ impl Backend for CudaBackend {
         b: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) {
-        let y_len = n * g.output.len();
-        let result = if self.precision == Precision::Bf16 {
-            self.conv_forward_bf16(g, n, x, w, y)
-        } else {
-            self.bind();
-            match &mut *self.lock(&self.dnn) {
-                Convolutions::F32(dnn) => dnn.forward(g, n, x, w, y),
-                Convolutions::Bf16(_) => unreachable!("only bf16 mode has bf16 convolutions"),
-            }
-        };
-        if let Err(e) = result {
-            self.fail(&format!("cuDNN convolution forward {g:?} x {n}"), e);
-        }
-        self.bias_add(b, y, g.output.channels, g.out_plane(), y_len);
+        self.conv_forward_then(g, n, x, w, b, y, false);
+    }
+
+    /// The ReLU is taken by the pass that adds the bias (in bf16, the one that
+    /// widens the output too), so `y` is written once after cuDNN's sum.
+    fn conv_relu_forward(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) {
+        self.conv_forward_then(g, n, x, w, b, y, true);
     }
 
     fn conv_backward(
@@ -595,7 +629,7 @@ impl Backend for CudaBackend {
         } else {
             self.gemm(config, w, x, y);
         }
-        self.bias_add(b, y, g.outputs, 1, n * g.outputs);
+        self.bias_add(b, y, g.outputs, 1, n * g.outputs, false);
     }
 
     /// `dW += dy^T x` is, column-major, `dW^T (in x out) += x^T (in x n) . op_T(dy^T)`;

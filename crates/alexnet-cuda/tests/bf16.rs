@@ -41,9 +41,11 @@ const ROUNDED_CONV_TOL: f32 = 5e-3;
 const ROUNDED_LINEAR_TOL: f32 = 1e-4;
 const BIAS_TOL: f32 = 1e-5;
 
-/// What one layer's forward and backward gave.
+/// What one layer's forward and backward gave (for a convolution, `relu` is
+/// its forward pass with the ReLU; fully connected layers leave it empty).
 struct Results {
     y: Vec<f32>,
+    relu: Vec<f32>,
     dw: Vec<f32>,
     db: Vec<f32>,
     dx: Vec<f32>,
@@ -89,6 +91,7 @@ impl Inputs {
 fn compare(label: &str, ours: &Results, exact: &Results, rounded: &Results, rounded_tol: f32) {
     for (name, a, e, r) in [
         ("y", &ours.y, &exact.y, &rounded.y),
+        ("relu(y)", &ours.relu, &exact.relu, &rounded.relu),
         ("dw", &ours.dw, &exact.dw, &rounded.dw),
         ("dx", &ours.dx, &exact.dx, &rounded.dx),
     ] {
@@ -119,12 +122,15 @@ fn conv_on<B: Backend>(
     );
     let y_len = n * g.output.len();
     let mut y = upload(&vec![0.0; y_len]);
+    backend.conv_relu_forward(g, n, &x, &w, &b, &mut y);
+    let relu = download(&y, y_len);
     backend.conv_forward(g, n, &x, &w, &b, &mut y);
     let (mut dw, mut db) = (upload(&inputs.dw0), upload(&inputs.db0));
     let mut dx = upload(&vec![0.0; inputs.x.len()]);
     backend.conv_backward(g, n, &x, &w, &dy, &mut dw, &mut db, Some(&mut dx));
     Results {
         y: download(&y, y_len),
+        relu,
         dw: download(&dw, inputs.w.len()),
         db: download(&db, inputs.b.len()),
         dx: download(&dx, inputs.x.len()),
@@ -227,7 +233,13 @@ fn bf16_fully_connected_layer() {
             &mut db,
             Some(&mut dx),
         );
-        Results { y, dw, db, dx }
+        Results {
+            y,
+            relu: Vec::new(),
+            dw,
+            db,
+            dx,
+        }
     };
     let (x, w, b, dy) = (
         to_device(gpu, &inputs.x),
@@ -242,6 +254,7 @@ fn bf16_fully_connected_layer() {
     gpu.linear_backward(&g, n, &x, &w, &dy, &mut dw, &mut db, Some(&mut dx));
     let ours = Results {
         y: to_host(gpu, &y, n * g.outputs),
+        relu: Vec::new(),
         dw: to_host(gpu, &dw, inputs.w.len()),
         db: to_host(gpu, &db, inputs.b.len()),
         dx: to_host(gpu, &dx, inputs.x.len()),

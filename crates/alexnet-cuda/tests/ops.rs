@@ -94,6 +94,21 @@ fn check_conv(label: &str, g: ConvGeometry, n: usize, with_dx: bool) {
             tol,
         );
     }
+
+    // The convolution with its ReLU taken in the bias's pass.
+    let mut relu_ref = vec![0.0; y_ref.len()];
+    cpu.conv_relu_forward(&g, n, &x, &w, &b, &mut relu_ref);
+    assert!(
+        relu_ref.contains(&0.0) && relu_ref.iter().any(|&v| v > 0.0),
+        "{label}: the ReLU test needs outputs on both sides of zero"
+    );
+    gpu.conv_relu_forward(&g, n, &xd, &wd, &bd, &mut yd);
+    assert_close(
+        &format!("{label} relu(y)"),
+        &to_host(gpu, &yd, y_ref.len()),
+        &relu_ref,
+        tol,
+    );
 }
 
 #[test]
