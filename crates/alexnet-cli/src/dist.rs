@@ -104,14 +104,18 @@ pub fn default_threads() -> Option<usize> {
 }
 
 /// MiB of a bucket of gradients summed during the backward pass when
-/// `--bucket-mb` is not given: none (sums after the pass) when a launcher says
-/// every process runs on this machine, else PyTorch DDP's 25.
-pub fn default_bucket_mb() -> u32 {
-    bucket_mb_for(Launcher::from_env().ok().and_then(|l| l.place()))
+/// `--bucket-mb` is not given, for processes whose nets run on `device`: on a
+/// GPU, PyTorch DDP's 25 (NCCL sums each gradient on the GPU while the pass
+/// goes on); on CPUs none (sums after the pass) when a launcher says every
+/// process runs on this machine, where summing takes the cores the pass
+/// computes on, else 25.
+pub fn default_bucket_mb(device: Device) -> u32 {
+    bucket_mb_for(Launcher::from_env().ok().and_then(|l| l.place()), device)
 }
 
-fn bucket_mb_for(place: Option<Place>) -> u32 {
+fn bucket_mb_for(place: Option<Place>, device: Device) -> u32 {
     match place {
+        _ if matches!(device, Device::Cuda(_)) => 25,
         Some(place) if place.local_size == Some(place.size) => 0,
         _ => 25,
     }
@@ -241,6 +245,7 @@ mod watchdog;
 mod tests {
     use super::launcher::Place;
     use super::{bucket_mb_for, nccl_comm_id};
+    use crate::device::Device;
 
     #[test]
     fn gradients_go_in_buckets_by_default_only_across_machines() {
@@ -250,14 +255,30 @@ mod tests {
             local_rank: 0,
             local_size,
         };
-        assert_eq!(bucket_mb_for(Some(place(4, Some(4)))), 0, "one machine");
-        assert_eq!(bucket_mb_for(Some(place(4, Some(2)))), 25, "two machines");
+        let cpu = Device::Cpu;
         assert_eq!(
-            bucket_mb_for(Some(place(4, None))),
+            bucket_mb_for(Some(place(4, Some(4))), cpu),
+            0,
+            "one machine"
+        );
+        assert_eq!(
+            bucket_mb_for(Some(place(4, Some(2))), cpu),
+            25,
+            "two machines"
+        );
+        assert_eq!(
+            bucket_mb_for(Some(place(4, None)), cpu),
             25,
             "the launcher does not say"
         );
-        assert_eq!(bucket_mb_for(None), 25);
+        assert_eq!(bucket_mb_for(None, cpu), 25);
+        // GPUs sum during the pass on one machine too.
+        let gpu = Device::Cuda(0);
+        assert_eq!(
+            bucket_mb_for(Some(place(4, Some(4))), gpu),
+            25,
+            "one machine"
+        );
     }
 
     #[test]

@@ -118,10 +118,12 @@ pub struct TrainArgs {
     bf16_gradients: bool,
     /// Under mpirun: sum the gradients in buckets of this many MiB, each
     /// started on a thread of its own as soon as the backward pass has
-    /// finished its gradients, while the pass goes on; 0 sums them after the
-    /// pass, one tensor at a time. Default: 25 when the processes span
-    /// several machines, 0 when they share one (where the sums take the
-    /// cores the pass computes on, and buckets measured 2% slower).
+    /// finished its gradients, while the pass goes on; on GPUs (mpirun or
+    /// torchrun) any size but 0 starts each gradient's NCCL sum on the GPU as
+    /// soon as the pass has finished it. 0 sums them after the pass, one
+    /// tensor at a time. Default: 25 on GPUs and when CPU processes span
+    /// several machines, 0 when CPU processes share one (where the sums take
+    /// the cores the pass computes on, and buckets measured 2% slower).
     #[arg(long, value_name = "MIB", help_heading = "Several processes")]
     bucket_mb: Option<u32>,
     #[command(flatten)]
@@ -173,7 +175,7 @@ impl TrainArgs {
         config.bf16_gradients = self.bf16_gradients;
         let bucket_mb = self
             .bucket_mb
-            .unwrap_or_else(crate::dist::default_bucket_mb);
+            .unwrap_or_else(|| crate::dist::default_bucket_mb(self.placement.main_device()));
         config.bucket_bytes = (bucket_mb as usize) << 20;
         Ok(config)
     }

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, ValidAsZeroBits,
 };
@@ -272,6 +273,37 @@ impl NcclGroup {
         self.comm
             .all_reduce_in_place(&self.stream, &mut values, ncclRedOp_t::ncclAvg)
             .map_err(|e| nccl_failed("an NCCL mean", &e))?;
+        self.synchronize()
+    }
+
+    /// Starts [`average_in_place`](NcclGroup::average_in_place) without
+    /// waiting for it: NCCL's stream first waits (an event) for the work already
+    /// queued on the stream `buffer` belongs to (the backward pass that wrote
+    /// it), so the caller's stream goes on with the rest of the pass while NCCL
+    /// sums. Nothing may touch `buffer` until [`wait`](NcclGroup::wait)
+    /// returns.
+    pub fn start_average_in_place(
+        &mut self,
+        buffer: &mut CudaSlice<f32>,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        let written = buffer
+            .stream()
+            .record_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .map_err(driver_failed(
+                "recording the end of a gradient's computation",
+            ))?;
+        self.stream
+            .wait(&written)
+            .map_err(driver_failed("ordering NCCL's stream after the gradient"))?;
+        let mut values = buffer.slice_mut(..len);
+        self.comm
+            .all_reduce_in_place(&self.stream, &mut values, ncclRedOp_t::ncclAvg)
+            .map_err(|e| nccl_failed("starting an NCCL mean", &e))
+    }
+
+    /// Waits for every sum started on NCCL's stream.
+    pub fn wait(&self) -> Result<(), CudaError> {
         self.synchronize()
     }
 

@@ -88,6 +88,28 @@ pub trait BackgroundSums {
     fn start(&self, values: Vec<f32>, bf16: bool) -> Result<(), External>;
     /// Waits for the oldest sum started and not yet finished, and returns it.
     fn finish(&self) -> Result<Vec<f32>, External>;
+    /// Starts [`Communicator::weighted_sum_on_device`] of a gradient in a
+    /// device's buffer without waiting for it (on GPUs: on the communicator's
+    /// stream, after the work already queued on the buffer's). `Ok(false)`,
+    /// starting nothing, where it cannot (the caller sums that gradient after
+    /// the backward pass); none by default. The buffer must not be touched
+    /// again before [`finish_on_device`](BackgroundSums::finish_on_device).
+    fn start_on_device(
+        &self,
+        buffer: &mut dyn std::any::Any,
+        len: usize,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Result<bool, External> {
+        let _ = (buffer, len, images, all, bf16);
+        Ok(false)
+    }
+    /// Waits for every sum [`start_on_device`](BackgroundSums::start_on_device)
+    /// started.
+    fn finish_on_device(&self) -> Result<(), External> {
+        Ok(())
+    }
 }
 
 /// One process alone: sums are the values themselves.

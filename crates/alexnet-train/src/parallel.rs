@@ -125,9 +125,12 @@ fn reduce_gradient(
 /// bucket being filled; a bucket whose next gradient would take it past its
 /// size starts its sum at once, so the sums of the fully connected layers
 /// (the last layers, ready first, 96% of the paper's net's bytes) run while
-/// the convolutions' gradients are computed. A gradient the pass does not
-/// hand over in host memory (a GPU's) is summed after the pass, as
-/// [`reduce_gradients`] does. Buffers are kept from step to step.
+/// the convolutions' gradients are computed. A gradient the pass hands over in
+/// a device's memory (a GPU's) has its sum started there at once, where the
+/// communicator can ([`BackgroundSums::start_on_device`]: NCCL's, on its own
+/// stream), one tensor at a time; any other (or one the pass does not hand
+/// over) is summed after the pass, as [`reduce_gradients`] does. Buffers are
+/// kept from step to step.
 pub struct GradientBuckets {
     /// Values a bucket holds before its sum starts (at least one gradient).
     capacity: usize,
@@ -179,8 +182,18 @@ impl GradientBuckets {
 
     /// Takes in a gradient the backward pass has finished.
     pub fn ready(&mut self, sums: &dyn BackgroundSums, index: usize, grad: BufferMut<'_>) {
-        let BufferMut::Host(values) = grad else {
-            return;
+        let values = match grad {
+            BufferMut::Host(values) => values,
+            BufferMut::Device { buffer, len } => {
+                let (images, all) = self.images;
+                match sums.start_on_device(buffer, len, images, all, self.bf16) {
+                    Ok(started) => self.handed[index] = started,
+                    Err(error) => {
+                        self.failed.get_or_insert(error);
+                    }
+                }
+                return;
+            }
         };
         let fill = self.filling.values.len();
         if fill > 0 && fill + values.len() > self.capacity {
@@ -228,9 +241,13 @@ impl GradientBuckets {
         sums: &dyn BackgroundSums,
     ) -> Result<()> {
         self.end_pass(sums);
+        // The device sums first: they were started first, and the fallback
+        // below may read the same device's buffers.
+        let on_device = sums.finish_on_device();
         if let Some(error) = self.failed.take() {
             return Err(Error::External(error));
         }
+        on_device.map_err(Error::External)?;
         let rest: Vec<usize> = (0..self.handed.len())
             .filter(|&i| !self.handed[i])
             .collect();
@@ -317,8 +334,129 @@ mod tests {
     use alexnet::testing::paper_mini;
     use alexnet::{Cpu, Mode, Model, Network};
 
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use alexnet::BufferMut;
+
     use super::GradientBuckets;
+    use crate::External;
+    use crate::comm::{BackgroundSums, SingleProcess};
     use crate::testing::Mirrored;
+
+    /// Sums that run on a "device" whose buffers are `Vec<f32>`: each started
+    /// sum is recorded and stands for two processes holding the same values
+    /// (weighted, then doubled); `accept` false declines every one.
+    struct DeviceSums {
+        accept: bool,
+        started: RefCell<Vec<(usize, usize, usize)>>,
+        finished: RefCell<usize>,
+    }
+
+    impl BackgroundSums for DeviceSums {
+        fn start(&self, _values: Vec<f32>, _bf16: bool) -> Result<(), External> {
+            panic!("no gradient is in host memory here")
+        }
+        fn finish(&self) -> Result<Vec<f32>, External> {
+            panic!("no bucket was started")
+        }
+        fn start_on_device(
+            &self,
+            buffer: &mut dyn Any,
+            len: usize,
+            images: usize,
+            all: usize,
+            _bf16: bool,
+        ) -> Result<bool, External> {
+            if !self.accept {
+                return Ok(false);
+            }
+            let values = buffer.downcast_mut::<Vec<f32>>().expect("a test buffer");
+            let weight = images as f32 / all as f32;
+            values[..len].iter_mut().for_each(|v| *v *= 2.0 * weight);
+            self.started.borrow_mut().push((len, images, all));
+            Ok(true)
+        }
+        fn finish_on_device(&self) -> Result<(), External> {
+            *self.finished.borrow_mut() += 1;
+            Ok(())
+        }
+    }
+
+    fn device_sums(accept: bool) -> DeviceSums {
+        DeviceSums {
+            accept,
+            started: RefCell::new(Vec::new()),
+            finished: RefCell::new(0),
+        }
+    }
+
+    /// Gradients handed over in a device's buffers start their sums there, in
+    /// the order handed over, and are waited for once, at the end; nothing is
+    /// summed again after the pass.
+    #[test]
+    fn device_gradients_start_their_sums_on_the_device_as_they_are_handed_over() {
+        let mut net = Network::new(Cpu::new(), &paper_mini(), 2, 3).unwrap();
+        let params = net.plan().params.len();
+        let before: Vec<Vec<f32>> = (0..params).map(|i| net.param_grad(i)).collect();
+        let sums = device_sums(true);
+        let mut buckets = GradientBuckets::new(64 << 10);
+        buckets.begin(params, 1, 4, false);
+        let mut device: Vec<Vec<f32>> = (0..params).map(|i| vec![1.0; i + 3]).collect();
+        for index in (0..params).rev() {
+            let len = index + 2;
+            let buffer: &mut dyn Any = &mut device[index];
+            buckets.ready(&sums, index, BufferMut::Device { buffer, len });
+        }
+        assert_eq!(
+            *sums.finished.borrow(),
+            0,
+            "waited for before the pass ended"
+        );
+        buckets.finish(&mut net, &SingleProcess, &sums).unwrap();
+        assert_eq!(*sums.finished.borrow(), 1);
+        let started = sums.started.borrow();
+        let expected: Vec<_> = (0..params).rev().map(|i| (i + 2, 1, 4)).collect();
+        assert_eq!(*started, expected);
+        for (index, values) in device.iter().enumerate() {
+            // The first `len` values summed (2 x 1/4), the one past left.
+            assert!(values[..index + 2].iter().all(|&v| v == 0.5), "{values:?}");
+            assert_eq!(values[index + 2], 1.0);
+        }
+        let after: Vec<Vec<f32>> = (0..params).map(|i| net.param_grad(i)).collect();
+        assert_eq!(after, before, "the net's own gradients were summed again");
+    }
+
+    /// A communicator that cannot sum a device's buffer leaves the gradient to
+    /// the sums after the pass (through the net, as without buckets).
+    #[test]
+    fn device_gradients_it_cannot_sum_are_summed_after_the_pass() {
+        let mut net = Network::new(Cpu::new(), &paper_mini(), 2, 3).unwrap();
+        let params = net.plan().params.len();
+        for index in 0..params {
+            let len = net.param_grad(index).len();
+            net.set_param_grad(index, &vec![3.0; len]).unwrap();
+        }
+        let sums = device_sums(false);
+        let mut buckets = GradientBuckets::new(64 << 10);
+        buckets.begin(params, 1, 4, false);
+        let mut device = vec![1.0f32; 8];
+        for index in (0..params).rev() {
+            let buffer: &mut dyn Any = &mut device;
+            buckets.ready(&sums, index, BufferMut::Device { buffer, len: 8 });
+        }
+        buckets.finish(&mut net, &SingleProcess, &sums).unwrap();
+        assert!(sums.started.borrow().is_empty());
+        assert_eq!(device, vec![1.0; 8], "a declined buffer was changed");
+        for index in 0..params {
+            // One process alone: its gradient weighted by 1/4 of the batch.
+            let grad = net.param_grad(index);
+            assert!(
+                grad.iter().all(|&g| g == 0.75),
+                "parameter {index}: {grad:?}"
+            );
+        }
+    }
 
     /// Steps of the same net fill the same buckets, so each bucket takes back
     /// the buffer it had: the buffers hold one copy of the gradients, and

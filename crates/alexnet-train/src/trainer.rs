@@ -22,7 +22,7 @@ use std::time::Instant;
 use alexnet::checkpoint::{self, Checkpoint, SaveOptions};
 use alexnet::rng::Rng;
 use alexnet::spec::PixelScale;
-use alexnet::{Mode, Model, NetSpec, Sgd};
+use alexnet::{BufferMut, Mode, Model, NetSpec, Sgd};
 use alexnet_data::{Batch, Dataset, Loader, LoaderConfig, Split, View, holdout};
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +136,9 @@ pub struct Trainer {
     /// Where gradients are summed during the backward pass (several
     /// processes, a communicator that sums in the background, buckets asked for).
     buckets: Option<GradientBuckets>,
+    /// The net's gradients are in a device's memory (a GPU's), where buckets
+    /// start each one's sum on its own.
+    device_gradients: bool,
     /// Time in the epoch in progress (since this trainer began it or took it up).
     epoch_time: EpochTime,
     notices: Vec<String>,
@@ -195,6 +198,7 @@ impl Trainer {
         let stored = wants_stored(net.as_ref());
         let overlap = comm.shared() && comm.background_sums().is_some() && config.bucket_bytes > 0;
         let buckets = overlap.then(|| GradientBuckets::new(config.bucket_bytes));
+        let device_gradients = gradients_on_device(net.as_mut());
         Ok(Trainer {
             config,
             settings,
@@ -209,6 +213,7 @@ impl Trainer {
             stop_agreed: false,
             times: (0.0, 0.0),
             buckets,
+            device_gradients,
             epoch_time: EpochTime::default(),
             notices: start.notices,
             started: Instant::now(),
@@ -261,6 +266,9 @@ impl Trainer {
             ""
         };
         let when = match self.buckets {
+            Some(_) if self.device_gradients => {
+                "during the backward pass, each on the device as the pass finishes it".into()
+            }
             Some(_) => format!(
                 "in buckets of {} MiB during the backward pass",
                 self.config.bucket_bytes as f64 / f64::from(1 << 20)
@@ -1004,4 +1012,10 @@ fn load_initial_weights(
         )]
     };
     Ok((Preprocess::from_checkpoint(&ckpt).ok(), notices))
+}
+
+/// Whether the net keeps its gradients in a device's memory (its first
+/// parameter's, as all of a net's are on one backend).
+fn gradients_on_device(net: &mut dyn Model) -> bool {
+    matches!(net.param_grad_mut(0), Some(BufferMut::Device { .. }))
 }

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::time::Duration;
 
 use alexnet_cuda::nccl::{ID_BYTES, NcclGroup};
-use alexnet_train::{Communicator, External};
+use alexnet_train::{BackgroundSums, Communicator, External};
 
 use super::launcher::Place;
 use super::mpi_world::Mpi;
@@ -61,6 +61,9 @@ impl Communicator for MpiNccl {
     ) -> Result<bool, External> {
         self.nccl
             .weighted_sum_on_device(buffer, len, images, all, bf16)
+    }
+    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
+        self.nccl.background_sums()
     }
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {
         self.nccl.broadcast(values, root)

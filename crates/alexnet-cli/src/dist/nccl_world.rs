@@ -6,11 +6,12 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use alexnet_cuda::nccl::{ID_BYTES, NcclGroup};
 use alexnet_cuda::{CudaError, CudaSlice};
-use alexnet_train::{Communicator, External};
+use alexnet_train::{BackgroundSums, Communicator, External};
 
 use super::launcher::Place;
 use super::watchdog::Watchdog;
@@ -19,6 +20,8 @@ pub struct Nccl {
     /// Its calls reuse device buffers, so they need the group mutably.
     group: RefCell<NcclGroup>,
     watchdog: Watchdog,
+    /// Sums of host values started in the background, oldest first.
+    host_sums: RefCell<VecDeque<Vec<f32>>>,
 }
 
 impl Nccl {
@@ -50,11 +53,29 @@ impl Nccl {
         Ok(Nccl {
             group: RefCell::new(group),
             watchdog,
+            host_sums: RefCell::new(VecDeque::new()),
         })
     }
 }
 
 impl Nccl {
+    /// `buffer` as a GPU buffer whose weighted sum is NCCL's mean: every
+    /// process holds as many images and the sums are f32. `None` otherwise
+    /// (the sum then goes through the host).
+    fn meanable<'a>(
+        &self,
+        buffer: &'a mut dyn Any,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Option<&'a mut CudaSlice<f32>> {
+        let even = images * self.size() == all;
+        if bf16 || !even {
+            return None;
+        }
+        buffer.downcast_mut::<CudaSlice<f32>>()
+    }
+
     /// Runs `call` on the group under the watchdog's deadline.
     fn guarded(
         &self,
@@ -121,16 +142,18 @@ impl Communicator for Nccl {
         all: usize,
         bf16: bool,
     ) -> Result<bool, External> {
-        let even = images * self.size() == all;
-        let Some(buffer) = buffer.downcast_mut::<CudaSlice<f32>>() else {
+        let Some(buffer) = self.meanable(buffer, images, all, bf16) else {
             return Ok(false);
         };
-        if bf16 || !even {
-            return Ok(false);
-        }
         let what = format!("an NCCL mean of {len} gradient values across processes");
         self.guarded(what, |group| group.average_in_place(buffer, len))?;
         Ok(true)
+    }
+
+    /// Each gradient's mean started on NCCL's stream as the backward pass
+    /// hands it over (see [`BackgroundSums`]).
+    fn background_sums(&self) -> Option<&dyn BackgroundSums> {
+        Some(self)
     }
 
     fn broadcast(&self, values: &mut [f32], root: usize) -> Result<(), External> {
@@ -157,5 +180,49 @@ impl Communicator for Nccl {
             .into());
         }
         Ok(said[2] != 0)
+    }
+}
+
+/// The sums of the backward pass. A GPU's gradients are NCCL means started on
+/// NCCL's stream as each is handed over, waited for once after the pass (under
+/// the deadline); values in host memory (none, for a net on a GPU) are summed
+/// at once and handed back in order.
+impl BackgroundSums for Nccl {
+    fn start(&self, mut values: Vec<f32>, bf16: bool) -> Result<(), External> {
+        if bf16 {
+            self.all_reduce_sum_bf16(&mut values)?;
+        } else {
+            self.all_reduce_sum(&mut values)?;
+        }
+        self.host_sums.borrow_mut().push_back(values);
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<Vec<f32>, External> {
+        self.host_sums
+            .borrow_mut()
+            .pop_front()
+            .ok_or_else(|| "a sum was waited for that was never started".into())
+    }
+
+    fn start_on_device(
+        &self,
+        buffer: &mut dyn Any,
+        len: usize,
+        images: usize,
+        all: usize,
+        bf16: bool,
+    ) -> Result<bool, External> {
+        let Some(buffer) = self.meanable(buffer, images, all, bf16) else {
+            return Ok(false);
+        };
+        let what = format!("starting an NCCL mean of {len} gradient values across processes");
+        self.guarded(what, |group| group.start_average_in_place(buffer, len))?;
+        Ok(true)
+    }
+
+    fn finish_on_device(&self) -> Result<(), External> {
+        let what = "the NCCL means of the backward pass's gradients".to_string();
+        self.guarded(what, |group| group.wait())
     }
 }
