@@ -248,7 +248,7 @@ mod tests {
     use crate::device::Device;
 
     #[test]
-    fn gradients_go_in_buckets_by_default_only_across_machines() {
+    fn gradients_go_in_buckets_by_default_on_gpus_and_across_machines() {
         let place = |size, local_size| Place {
             rank: 0,
             size,

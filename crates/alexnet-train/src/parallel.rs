@@ -185,6 +185,11 @@ impl GradientBuckets {
         let values = match grad {
             BufferMut::Host(values) => values,
             BufferMut::Device { buffer, len } => {
+                // After a failed start this process's collectives no longer
+                // match the others': start no more (the step ends in error).
+                if self.failed.is_some() {
+                    return;
+                }
                 let (images, all) = self.images;
                 match sums.start_on_device(buffer, len, images, all, self.bf16) {
                     Ok(started) => self.handed[index] = started,
@@ -271,6 +276,14 @@ impl GradientBuckets {
         Ok(())
     }
 
+    /// After a step that ends in an error: waits for the device sums started,
+    /// which write the net's own buffers (their error, if any, is not the one
+    /// to report). Host buckets are left: they write only their own buffers,
+    /// and waiting for them could wait on the process that failed.
+    pub fn abandon(&self, sums: &dyn BackgroundSums) {
+        let _ = sums.finish_on_device();
+    }
+
     /// Copies a bucket's sums into the gradients it holds.
     fn put_back(&self, net: &mut dyn Model, bucket: &Bucket, values: &[f32]) -> Result<()> {
         let expected: usize = bucket.params.iter().map(|(_, len)| len).sum();
@@ -349,6 +362,9 @@ mod tests {
     /// (weighted, then doubled); `accept` false declines every one.
     struct DeviceSums {
         accept: bool,
+        /// Fails the start of this many-th sum (counting from 1), if any.
+        fail_at: Option<usize>,
+        tried: RefCell<usize>,
         started: RefCell<Vec<(usize, usize, usize)>>,
         finished: RefCell<usize>,
     }
@@ -371,6 +387,10 @@ mod tests {
             if !self.accept {
                 return Ok(false);
             }
+            *self.tried.borrow_mut() += 1;
+            if self.fail_at == Some(*self.tried.borrow()) {
+                return Err("the stand-in's start failed".into());
+            }
             let values = buffer.downcast_mut::<Vec<f32>>().expect("a test buffer");
             let weight = images as f32 / all as f32;
             values[..len].iter_mut().for_each(|v| *v *= 2.0 * weight);
@@ -386,6 +406,8 @@ mod tests {
     fn device_sums(accept: bool) -> DeviceSums {
         DeviceSums {
             accept,
+            fail_at: None,
+            tried: RefCell::new(0),
             started: RefCell::new(Vec::new()),
             finished: RefCell::new(0),
         }
@@ -398,6 +420,10 @@ mod tests {
     fn device_gradients_start_their_sums_on_the_device_as_they_are_handed_over() {
         let mut net = Network::new(Cpu::new(), &paper_mini(), 2, 3).unwrap();
         let params = net.plan().params.len();
+        for index in 0..params {
+            let len = net.param_grad(index).len();
+            net.set_param_grad(index, &vec![3.0; len]).unwrap();
+        }
         let before: Vec<Vec<f32>> = (0..params).map(|i| net.param_grad(i)).collect();
         let sums = device_sums(true);
         let mut buckets = GradientBuckets::new(64 << 10);
@@ -419,12 +445,47 @@ mod tests {
         let expected: Vec<_> = (0..params).rev().map(|i| (i + 2, 1, 4)).collect();
         assert_eq!(*started, expected);
         for (index, values) in device.iter().enumerate() {
-            // The first `len` values summed (2 x 1/4), the one past left.
+            // The buffer handed over is the one summed (2 x 1/4).
             assert!(values[..index + 2].iter().all(|&v| v == 0.5), "{values:?}");
-            assert_eq!(values[index + 2], 1.0);
         }
         let after: Vec<Vec<f32>> = (0..params).map(|i| net.param_grad(i)).collect();
         assert_eq!(after, before, "the net's own gradients were summed again");
+    }
+
+    /// A start that fails ends the step in that error, after the sums already
+    /// started were waited for; no further sum is started (this process's
+    /// collectives would no longer match the others').
+    #[test]
+    fn a_failed_start_on_the_device_ends_the_step_after_waiting_for_the_others() {
+        let mut net = Network::new(Cpu::new(), &paper_mini(), 2, 3).unwrap();
+        let params = net.plan().params.len();
+        assert!(params > 3);
+        let sums = DeviceSums {
+            fail_at: Some(2),
+            ..device_sums(true)
+        };
+        let mut buckets = GradientBuckets::new(64 << 10);
+        buckets.begin(params, 1, 4, false);
+        let mut device = vec![1.0f32; 8];
+        for index in (0..params).rev() {
+            let buffer: &mut dyn Any = &mut device;
+            buckets.ready(&sums, index, BufferMut::Device { buffer, len: 8 });
+        }
+        assert_eq!(
+            *sums.tried.borrow(),
+            2,
+            "sums were started after the failure"
+        );
+        let error = buckets.finish(&mut net, &SingleProcess, &sums).unwrap_err();
+        assert!(
+            error.to_string().contains("the stand-in's start failed"),
+            "{error}"
+        );
+        assert_eq!(
+            *sums.finished.borrow(),
+            1,
+            "the started sum was not waited for"
+        );
     }
 
     /// A communicator that cannot sum a device's buffer leaves the gradient to

@@ -265,8 +265,12 @@ impl Trainer {
         } else {
             ""
         };
+        // On a GPU, NCCL means in place: f32 sums of an even split only.
+        let device_means = self.device_gradients
+            && !self.config.bf16_gradients
+            && self.settings.batch.is_multiple_of(self.comm.size());
         let when = match self.buckets {
-            Some(_) if self.device_gradients => {
+            Some(_) if device_means => {
                 "during the backward pass, each on the device as the pass finishes it".into()
             }
             Some(_) => format!(
@@ -448,13 +452,17 @@ impl Trainer {
         load_batch(self.net.as_mut(), batch)?;
         self.net.forward(Mode::Train);
         let logits = self.net.logits();
-        let loss = self.backward(batch)?;
-        let classes = self.net.plan().classes();
-        let (loss, top1_errors, images) = self.reduce(
-            loss,
-            top1_errors(&logits, &batch.labels, classes),
-            batch.count,
-        )?;
+        let errors = top1_errors(&logits, &batch.labels, self.net.plan().classes());
+        let reduced = self
+            .backward(batch)
+            .and_then(|loss| self.reduce(loss, errors, batch.count));
+        let (loss, top1_errors, images) = match reduced {
+            Ok(reduced) => reduced,
+            Err(error) => {
+                self.abandon_sums();
+                return Err(error);
+            }
+        };
         if !loss.is_finite() {
             return Err(Error::Diverged {
                 loss,
@@ -500,6 +508,15 @@ impl Trainer {
         })?;
         buckets.end_pass(sums);
         Ok(loss)
+    }
+
+    /// On a step's way out with an error: waits for the sums still running on
+    /// the net's own buffers (a GPU's, on the communicator's stream), so that
+    /// none writes a buffer after the net is gone.
+    fn abandon_sums(&mut self) {
+        if let (Some(buckets), Some(sums)) = (self.buckets.as_ref(), self.comm.background_sums()) {
+            buckets.abandon(sums);
+        }
     }
 
     /// With several processes: the loss, errors and images of the whole batch,
