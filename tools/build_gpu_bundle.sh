@@ -5,8 +5,10 @@
 # photo_dataset example (a JPEG dataset for timing training from disk) and
 # loader_bench (how fast this machine's cores decode JPEGs for the GPU),
 # stripped of debug information and copied into one folder (default gpu-bundle/,
-# ignored by git). Copy that folder next to a checkout of this repository on the
-# GPU machine and run `bash tools/gpu_check.sh`.
+# ignored by git), with Fashion-MNIST's four IDX files (30 MB) where this machine
+# has them (tools/fetch_fashion_mnist.sh), for the GPU's bf16 accuracy check.
+# Copy that folder next to a checkout of this repository on the GPU machine and
+# run `bash tools/gpu_check.sh`.
 #
 #   bash tools/build_gpu_bundle.sh [OUT_DIR]
 #   PROFILE=dev bash tools/build_gpu_bundle.sh   # the (optimised) dev profile: quicker to build
@@ -53,6 +55,13 @@ done
 if command -v strip >/dev/null; then
   strip --strip-debug "$out/alexnet" "$out/step_phases" "$out/photo_dataset" "$out/loader_bench" \
     "$out"/tests/*
+fi
+fashion=${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+if [[ -f "$fashion/train-images-idx3-ubyte.gz" ]]; then
+  mkdir -p "$out/fashion-mnist"
+  cp "$fashion"/*-ubyte.gz "$out/fashion-mnist/"
+else
+  echo "note: no Fashion-MNIST in $fashion: the GPU check will skip its bf16 accuracy step"
 fi
 git rev-parse HEAD > "$out/COMMIT" 2>/dev/null || true
 git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/null || true

@@ -13,7 +13,9 @@
 # paper's net at batch 128 under torchrun against the plain run (the per-step
 # overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
 # Then bf16's per-layer times with the convolutions' operands in NCHW and in NHWC
-# (--bf16-conv-layout), and the layout each shape chose when timed.
+# (--bf16-conv-layout), and the layout each shape chose when timed; bf16's
+# accuracy against fp32 on Fashion-MNIST (experiment precision, 3 seeds) where the
+# bundle carries the data.
 # Last, how fast the CPU decodes JPEGs for the GPU (loader_bench), and training
 # from a JPEG dataset on disk (tools/end_to_end.py) against the bench's step
 # from stored bytes, with each epoch's wait for data.
@@ -133,6 +135,26 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
       --seconds 0 --train-batch 128 --infer-batch 256 --layer-steps 1 2>&1 | grep -E "chosen,|^warning"; then
     echo "FAILED: alexnet bench --precision bf16 with ALEXNET_CUDNN_LOG=1 (or no plan said which layout)"
     status=1
+  fi
+fi
+
+if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+  # bf16's accuracy contract: the cifar preset on Fashion-MNIST, fp32 against
+  # bf16 products, 3 seeds of 4 epochs each; the test errors must end within
+  # 0.5 points (read results.md's table).
+  if [[ -f "$bundle/fashion-mnist/train-images-idx3-ubyte.gz" ]]; then
+    echo "== bf16 accuracy on the GPU: experiment precision on Fashion-MNIST (3 seeds)"
+    work=$(mktemp -d)
+    if timeout "$step_timeout" "$bundle/alexnet" prepare "$bundle/fashion-mnist" --out "$work/data" >/dev/null \
+        && timeout "$step_timeout" "$bundle/alexnet" experiment precision --data "$work/data" --device cuda:0 \
+          --out "$work/precision"; then
+      echo "(the table above is also in $work/precision/results.md)"
+    else
+      echo "FAILED: experiment precision on the GPU"
+      status=1
+    fi
+  else
+    echo "SKIPPED: bf16 accuracy on the GPU (no fashion-mnist/ in $bundle)"
   fi
 fi
 
