@@ -76,11 +76,13 @@ for test in "$bundle"/tests/*; do
 done
 
 if [[ -x "$bundle/step_phases" ]]; then
-  echo "== where a training step's time goes (batch 128, fp32)"
-  if ! timeout "$step_timeout" "$bundle/step_phases" 128 10; then
-    echo "FAILED: step_phases"
-    status=1
-  fi
+  for precision in fp32 bf16; do
+    echo "== where a training step's time goes (batch 128, $precision)"
+    if ! timeout "$step_timeout" "$bundle/step_phases" 128 10 "$precision"; then
+      echo "FAILED: step_phases $precision"
+      status=1
+    fi
+  done
 fi
 
 echo "== workflow: prepare, train, eval and features on the GPU, one device and two towers"

@@ -2,7 +2,9 @@
 //! batch 128, each phase followed by a wait for the GPU, so each figure is that
 //! phase alone. `alexnet bench` times whole steps; this splits them.
 //!
-//!   cargo run --release -p alexnet-cuda --example step_phases [-- BATCH [STEPS]]
+//!   cargo run --release -p alexnet-cuda --example step_phases [-- BATCH [STEPS [PRECISION]]]
+//!
+//! PRECISION is fp32 (the default), tf32 or bf16, as `--precision` takes them.
 //!
 //! Phases: uploading an f32 batch (the bench's input); uploading 256x256 stored
 //! bytes and cutting 227x227 views on the GPU (the training loader's input); the
@@ -15,16 +17,25 @@ use alexnet::input::{StoredBatch, ViewPlacement};
 use alexnet::layers::Shape;
 use alexnet::rng::Rng;
 use alexnet::{Backend, Mode, Model, NetSpec, Network, Sgd};
-use alexnet_cuda::CudaBackend;
+use alexnet_cuda::{CudaBackend, Precision};
+
+const USAGE: &str = "arguments: BATCH [STEPS [fp32|tf32|bf16]]";
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("arguments: BATCH [STEPS]"))
-        .collect();
-    let batch = args.first().copied().unwrap_or(128);
-    let steps = args.get(1).copied().unwrap_or(10);
-    let backend = match CudaBackend::new(0) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| {
+        args.get(i)
+            .map_or(default, |a| a.parse().unwrap_or_else(|_| panic!("{USAGE}")))
+    };
+    let batch = number(0, 128);
+    let steps = number(1, 10);
+    let precision = match args.get(2).map(String::as_str) {
+        None | Some("fp32") => Precision::F32,
+        Some("tf32") => Precision::Tf32,
+        Some("bf16") => Precision::Bf16,
+        Some(_) => panic!("{USAGE}"),
+    };
+    let backend = match CudaBackend::with_precision(0, precision) {
         Ok(backend) => backend,
         Err(e) => {
             eprintln!("SKIPPED: no CUDA backend: {e}");
