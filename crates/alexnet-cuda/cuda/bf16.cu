@@ -106,6 +106,22 @@ extern "C" __global__ void f32_to_bf16_nhwc(const float* src, unsigned short* ds
     }
 }
 
+/* f32_to_bf16_nhwc for blocks of few channels (conv1's three input channels,
+   and its filters'), where a tile would hold a few rows of 32 and leave most of
+   its threads idle: one thread per NHWC value, in order, so the writes are one
+   contiguous run and the reads `channels` interleaved runs. */
+extern "C" __global__ void f32_to_bf16_nhwc_few(const float* src, unsigned short* dst,
+                                                int channels, int plane, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    u64 per_image = (u64)channels * (u64)plane;
+    u64 image = i / per_image;
+    unsigned int within = (unsigned int)(i - image * per_image);
+    unsigned int p = within / (unsigned int)channels;
+    unsigned int c = within - p * (unsigned int)channels;
+    dst[i] = round_to_bf16(src[image * per_image + (u64)c * plane + p]);
+}
+
 /* dst (NCHW, f32) = src (NHWC, bf16) widened, as Widening says. */
 extern "C" __global__ void bf16_nhwc_to_f32(const unsigned short* src, float* dst, const float* bias,
                                             int accumulate, int rectify, int channels, int plane) {

@@ -133,6 +133,11 @@ impl CudaBackend {
     }
 }
 
+/// At most this many channels, NCHW f32 values go to NHWC bf16 by one thread
+/// per value (`f32_to_bf16_nhwc_few`) rather than by tiles of 32 channels, most
+/// of whose threads would idle.
+const FEW_CHANNELS: usize = 8;
+
 /// What [`CudaBackend::convert_to_f32_from`] does with each widened value.
 #[derive(Clone, Copy)]
 pub(crate) enum Widen<'a> {
@@ -223,10 +228,23 @@ impl CudaBackend {
         if layout == Layout::Nchw {
             return self.convert_to_bf16(src, dst, planes.len());
         }
-        if planes.len() == 0 {
+        let len = planes.len();
+        if len == 0 {
             return;
         }
         let (channels, plane) = (int(planes.channels), int(planes.plane));
+        if planes.channels <= FEW_CHANNELS {
+            let len64 = len as u64;
+            let mut args = self
+                .stream
+                .launch_builder(&self.kernels.f32_to_bf16_nhwc_few);
+            args.arg(src)
+                .arg(dst)
+                .arg(&channels)
+                .arg(&plane)
+                .arg(&len64);
+            return self.launch(args, per_value(len), "f32_to_bf16_nhwc_few");
+        }
         let mut args = self.stream.launch_builder(&self.kernels.f32_to_bf16_nhwc);
         args.arg(src).arg(dst).arg(&channels).arg(&plane);
         self.launch(args, planes.transpose_launch(), "f32_to_bf16_nhwc");

@@ -86,7 +86,7 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 26] = [
+pub const KERNEL_NAMES: [&str; 27] = [
     "fill",
     "relu_forward",
     "relu_backward",
@@ -112,6 +112,7 @@ pub const KERNEL_NAMES: [&str; 26] = [
     "f32_to_bf16",
     "bf16_to_f32",
     "f32_to_bf16_nhwc",
+    "f32_to_bf16_nhwc_few",
     "bf16_nhwc_to_f32",
 ];
 

@@ -19,9 +19,9 @@
 //! for (given NCHW, cuDNN may transpose internally around them; channel counts
 //! that are not a multiple of 8, as conv1's three inputs, may keep a shape off
 //! them in either layout). The kernels that round the operands transpose them
-//! with the same bytes moved (one read, one write each), though with idle threads
-//! where a tile holds few channels; the conversions are not timed, so the
-//! comparison leaves that difference out. Each plan is built for every layout the
+//! with the same bytes moved (one read, one write each), if somewhat slower than
+//! the flat conversions; the conversions are not timed, so the comparison
+//! leaves that difference out. Each plan is built for every layout the
 //! backend allows (both by default) and kept by [`Rank`]: a plan that keeps the
 //! precision policy first, then one timed throughout, then the least time for
 //! its three passes together (a shape only ever run forward, as inference's, is

@@ -70,6 +70,7 @@ pub(crate) struct Kernels {
     pub f32_to_bf16: CudaFunction,
     pub bf16_to_f32: CudaFunction,
     pub f32_to_bf16_nhwc: CudaFunction,
+    pub f32_to_bf16_nhwc_few: CudaFunction,
     pub bf16_nhwc_to_f32: CudaFunction,
 }
 
@@ -154,6 +155,7 @@ pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels, CudaError> {
         f32_to_bf16: f("f32_to_bf16")?,
         bf16_to_f32: f("bf16_to_f32")?,
         f32_to_bf16_nhwc: f("f32_to_bf16_nhwc")?,
+        f32_to_bf16_nhwc_few: f("f32_to_bf16_nhwc_few")?,
         bf16_nhwc_to_f32: f("bf16_nhwc_to_f32")?,
     })
 }

@@ -23,7 +23,9 @@
 //! Each convolution runs three times: with its bf16 operands handed to cuDNN in
 //! NCHW, in NHWC (rounded and transposed by one kernel, the results transposed
 //! back), and in whichever of the two the backend timed faster; the shapes put
-//! channels and plane positions across the transposing kernels' 32-wide tiles.
+//! channels and plane positions across the transposing kernels' 32-wide tiles,
+//! and blocks of at most 8 channels (conv1's input, filters of 3 and 8 inputs per
+//! group) through the one-thread-per-value conversion.
 //! The tests skip without a GPU, like the others.
 
 mod common;
