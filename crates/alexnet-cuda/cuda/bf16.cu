@@ -116,10 +116,10 @@ extern "C" __global__ void f32_to_bf16_nhwc_few(const float* src, unsigned short
     if (i >= len) return;
     u64 per_image = (u64)channels * (u64)plane;
     u64 image = i / per_image;
-    unsigned int within = (unsigned int)(i - image * per_image);
-    unsigned int p = within / (unsigned int)channels;
-    unsigned int c = within - p * (unsigned int)channels;
-    dst[i] = round_to_bf16(src[image * per_image + (u64)c * plane + p]);
+    u64 within = i - image * per_image;
+    u64 p = within / (u64)channels;
+    u64 c = within - p * (u64)channels;
+    dst[i] = round_to_bf16(src[image * per_image + c * (u64)plane + p]);
 }
 
 /* dst (NCHW, f32) = src (NHWC, bf16) widened, as Widening says. */
