@@ -56,6 +56,10 @@ pub enum Bf16LayoutArg {
     Nchw,
     /// Channels last, the layout cuDNN's tensor-core kernels are written for.
     Nhwc,
+    /// Channels last through cuDNN's graph API, its engines timed.
+    Graph,
+    /// Both layouts and the graph API timed, the fastest kept.
+    TimedWithGraph,
 }
 
 /// Which bf16 kernel to run.
@@ -93,9 +97,10 @@ pub struct EngineArgs {
     /// the CPU's results).
     #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
     pub conv_algorithms: Option<ConvAlgorithmsArg>,
-    /// The layout of the bf16 operands a GPU's convolutions get in bf16: each
-    /// shape timed in both and the faster kept [default], or NCHW or NHWC always
-    /// (results equal to rounding; for comparing their speed).
+    /// How a GPU's convolutions get their bf16 operands: each shape timed in
+    /// both layouts and the faster kept [default], NCHW or NHWC always, NHWC
+    /// through cuDNN's graph API, or all three timed (results equal to
+    /// rounding; for comparing their speed).
     #[arg(long, value_enum, help_heading = "Engine", hide = !cfg!(feature = "cuda"))]
     pub bf16_conv_layout: Option<Bf16LayoutArg>,
     /// Hand the CPU stored images to cut the views from, as a GPU is (the same
@@ -238,6 +243,8 @@ impl EngineSettings {
                 Bf16LayoutArg::Timed => alexnet_cuda::Bf16Layout::Timed,
                 Bf16LayoutArg::Nchw => alexnet_cuda::Bf16Layout::Nchw,
                 Bf16LayoutArg::Nhwc => alexnet_cuda::Bf16Layout::Nhwc,
+                Bf16LayoutArg::Graph => alexnet_cuda::Bf16Layout::Graph,
+                Bf16LayoutArg::TimedWithGraph => alexnet_cuda::Bf16Layout::TimedWithGraph,
             },
         }
     }

@@ -12,7 +12,7 @@ use cudarc::driver::CudaContext;
 use cudarc::driver::sys::cudaError_enum;
 
 use crate::bf16::Bf16Scratch;
-use crate::dnn::{self, Dnn, Layout};
+use crate::dnn::{self, Dnn, Layout, Route};
 use crate::input::InputScratch;
 use crate::kernels;
 use crate::staging::Staging;
@@ -219,7 +219,7 @@ impl CudaBackend {
             .result()
             .map_err(|e| CudaError::call("setting cuBLAS's math mode", e))?;
         let dnn_error = |e| CudaError::call("creating cuDNN", e);
-        let nchw = [Layout::Nchw];
+        let nchw = [Route::Legacy(Layout::Nchw)];
         let dnn = match precision {
             Precision::F32 => Convolutions::F32(
                 Dnn::new(
@@ -244,7 +244,7 @@ impl CudaBackend {
                     stream.clone(),
                     cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
                     algorithms,
-                    bf16_layouts(bf16_layout),
+                    bf16_routes(bf16_layout),
                 )
                 .map_err(dnn_error)?,
             ),
@@ -299,13 +299,19 @@ impl CudaBackend {
     }
 }
 
-/// The layouts bf16 plans are built in: both (NCHW first, which wins ties) or
-/// the one asked for.
-fn bf16_layouts(layout: Bf16Layout) -> &'static [Layout] {
+/// The routes bf16 plans are built on: the legacy API in both layouts (NCHW
+/// first, which wins ties) or the one asked for.
+fn bf16_routes(layout: Bf16Layout) -> &'static [Route] {
     match layout {
-        Bf16Layout::Timed => &[Layout::Nchw, Layout::Nhwc],
-        Bf16Layout::Nchw => &[Layout::Nchw],
-        Bf16Layout::Nhwc => &[Layout::Nhwc],
+        Bf16Layout::Timed => &[Route::Legacy(Layout::Nchw), Route::Legacy(Layout::Nhwc)],
+        Bf16Layout::Nchw => &[Route::Legacy(Layout::Nchw)],
+        Bf16Layout::Nhwc => &[Route::Legacy(Layout::Nhwc)],
+        Bf16Layout::Graph => &[Route::Graph],
+        Bf16Layout::TimedWithGraph => &[
+            Route::Legacy(Layout::Nchw),
+            Route::Legacy(Layout::Nhwc),
+            Route::Graph,
+        ],
     }
 }
 

@@ -91,6 +91,8 @@ use cudarc::driver::{
 use crate::Algorithms;
 use crate::bf16::Bf16;
 
+mod graph;
+
 /// What a convolution's tensors may hold: f32, or bf16 (computed in f32). Both
 /// take their scaling factors (alpha, beta) as f32.
 pub(crate) trait Element:
@@ -229,6 +231,33 @@ impl Layout {
         match self {
             Layout::Nchw => "NCHW",
             Layout::Nhwc => "NHWC",
+        }
+    }
+}
+
+/// Which of cuDNN's APIs a plan goes through, and with which layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// The legacy API (`cudnnConvolution*`, algorithms timed by
+    /// `cudnnFind*AlgorithmEx`), operands in this layout.
+    Legacy(Layout),
+    /// The graph API (see [`graph`]), operands NHWC.
+    Graph,
+}
+
+impl Route {
+    /// The layout the operands are handed over in.
+    fn layout(self) -> Layout {
+        match self {
+            Route::Legacy(layout) => layout,
+            Route::Graph => Layout::Nhwc,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Route::Legacy(layout) => layout.name(),
+            Route::Graph => "NHWC through the graph API",
         }
     }
 }
@@ -851,6 +880,48 @@ impl Rank {
     }
 }
 
+/// A shape's plan on one of the routes.
+enum Plan {
+    Legacy(ConvPlan),
+    Graph(graph::GraphPlan),
+}
+
+impl Plan {
+    fn route(&self) -> Route {
+        match self {
+            Plan::Legacy(plan) => Route::Legacy(plan.layout),
+            Plan::Graph(_) => Route::Graph,
+        }
+    }
+
+    fn rank(&self) -> Rank {
+        match self {
+            Plan::Legacy(plan) => plan.rank(),
+            Plan::Graph(plan) => plan.rank(),
+        }
+    }
+
+    fn workspace(&self) -> usize {
+        match self {
+            Plan::Legacy(plan) => plan.workspace,
+            Plan::Graph(plan) => plan.workspace,
+        }
+    }
+
+    /// Where a pass breaks the policy's promise (graph plans never do: their
+    /// engines that would are not chosen).
+    fn warnings(&self) -> Vec<&String> {
+        match self {
+            Plan::Legacy(plan) => plan
+                .passes()
+                .iter()
+                .filter_map(|p| p.warning.as_ref())
+                .collect(),
+            Plan::Graph(_) => Vec::new(),
+        }
+    }
+}
+
 /// Scratch tensors of a shape's sizes, and a workspace, for the timing trials:
 /// the trials write their outputs, so the network's buffers are never used.
 /// All zeros: the trials read each other's outputs, and zeros stay finite (the
@@ -867,15 +938,15 @@ struct Trial<T> {
 pub(crate) struct Dnn<T> {
     // Field order is drop order: the plans' descriptors, the workspace, then the
     // handle.
-    plans: HashMap<ConvKey, ConvPlan>,
+    plans: HashMap<ConvKey, Plan>,
     workspace: Option<CudaSlice<u8>>,
     handle: Handle,
     stream: Arc<CudaStream>,
     /// The math type the mode asks for; the searches start from it.
     math: cudnnMathType_t,
     policy: Policy,
-    /// The layouts each plan is built for, the fastest kept (see "Layouts").
-    layouts: Vec<Layout>,
+    /// The routes each plan is built on, the fastest kept (see "Layouts").
+    routes: Vec<Route>,
     /// `ALEXNET_CUDNN_LOG=1`: print each plan's choices to stderr.
     log: bool,
     _element: std::marker::PhantomData<T>,
@@ -891,17 +962,17 @@ unsafe impl<T> Send for Dnn<T> {}
 impl<T: Element> Dnn<T> {
     /// cuDNN on `stream`, with `math` for every convolution: FMA math (fp32
     /// mode) or tensor-op math (TF32 with f32 tensors, bf16 with bf16 ones). The
-    /// precision policy follows from these two. Each plan is built in every one
-    /// of `layouts` (at least one) and the fastest kept.
+    /// precision policy follows from these two. Each plan is built on every one
+    /// of `routes` (at least one) and the fastest kept.
     pub(crate) fn new(
         stream: Arc<CudaStream>,
         math: cudnnMathType_t,
         algorithms: Algorithms,
-        layouts: &[Layout],
+        routes: &[Route],
     ) -> Result<Dnn<T>, DnnError> {
-        assert!(!layouts.is_empty(), "a plan needs a layout to be built in");
+        assert!(!routes.is_empty(), "a plan needs a route to be built on");
         Ok(Dnn {
-            layouts: layouts.to_vec(),
+            routes: routes.to_vec(),
             plans: HashMap::new(),
             workspace: None,
             handle: Handle::new(&stream)?,
@@ -921,16 +992,13 @@ impl<T: Element> Dnn<T> {
         if !self.plans.contains_key(&k) {
             let plan = self.build(g, n)?;
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
-            if plan.workspace > have {
+            let need = plan.workspace();
+            if need > have {
                 // Drop the old workspace first so both never exist at once.
                 self.workspace = None;
-                self.workspace =
-                    Some(self.stream.alloc_zeros::<u8>(plan.workspace).map_err(|e| {
-                        DnnError::call(
-                            &format!("allocating {} of cuDNN workspace", bytes(plan.workspace)),
-                            e,
-                        )
-                    })?);
+                self.workspace = Some(self.stream.alloc_zeros::<u8>(need).map_err(|e| {
+                    DnnError::call(&format!("allocating {} of cuDNN workspace", bytes(need)), e)
+                })?);
             }
             self.plans.insert(k, plan);
         }
@@ -941,45 +1009,49 @@ impl<T: Element> Dnn<T> {
     /// this shape is new): the operands must be handed over in it.
     pub(crate) fn layout(&mut self, g: &ConvGeometry, n: usize) -> Result<Layout, DnnError> {
         let k = self.prepare(g, n)?;
-        Ok(self.plans[&k].layout)
+        Ok(self.plans[&k].route().layout())
     }
 
-    /// The plan in each allowed layout, and the fastest of them (see "Layouts").
-    fn build(&self, g: &ConvGeometry, n: usize) -> Result<ConvPlan, DnnError> {
-        let mut best: Option<ConvPlan> = None;
+    /// The plan on each allowed route, and the fastest of them (see "Layouts").
+    fn build(&self, g: &ConvGeometry, n: usize) -> Result<Plan, DnnError> {
+        let mut best: Option<Plan> = None;
         let mut failures = Vec::new();
-        for &layout in &self.layouts {
-            match self.build_in(layout, g, n) {
+        for &route in &self.routes {
+            let built = match route {
+                Route::Legacy(layout) => self.build_in(layout, g, n).map(Plan::Legacy),
+                Route::Graph => self.build_graph(g, n).map(Plan::Graph),
+            };
+            match built {
                 Ok(plan) => {
                     if best.as_ref().is_none_or(|b| plan.rank().beats(b.rank())) {
                         best = Some(plan);
                     }
                 }
-                Err(e) => failures.push(format!("{}: {e}", layout.name())),
+                Err(e) => failures.push(format!("{}: {e}", route.name())),
             }
         }
         let failed = failures.join("; ");
         match best {
             Some(plan) => {
-                for warning in plan.passes().iter().filter_map(|p| p.warning.as_ref()) {
+                for warning in plan.warnings() {
                     eprintln!("{warning}");
                 }
                 if !failed.is_empty() {
                     // Once per shape: a layout that cannot be planned at all is
                     // worth knowing about even though the other one runs.
                     eprintln!(
-                        "warning: cuDNN could not plan the convolution {g:?} x {n} in every layout \
+                        "warning: cuDNN could not plan the convolution {g:?} x {n} on every route \
                          allowed; using {}. {failed}",
-                        plan.layout.name()
+                        plan.route().name()
                     );
                 }
-                if self.log && self.layouts.len() > 1 {
+                if self.log && self.routes.len() > 1 {
                     let time = plan.rank().time;
                     let time = time.map_or("untimed".into(), |t| format!("{t:.3} ms"));
                     eprintln!(
                         "alexnet-cuda: cuDNN plan for {g:?} x {n}: {} chosen, {time} for the three \
                          passes",
-                        plan.layout.name()
+                        plan.route().name()
                     );
                 }
                 Ok(plan)
@@ -1071,30 +1143,9 @@ impl<T: Element> Dnn<T> {
             }
         }
         let want = want.min(TIMING_WORKSPACE_CAP);
-        let alloc = |len: usize, what: &str| {
-            self.stream.alloc_zeros::<T>(len).map_err(|e| {
-                DnnError::call(&format!("allocating the {what} for cuDNN's timings"), e)
-            })
-        };
-        let x = alloc(n * g.input.len(), "input")?;
-        let y = alloc(n * g.output.len(), "output")?;
-        let w = alloc(g.weight_len(), "weights")?;
-        // Without workspace the trials still time every algorithm that needs none.
-        let (workspace, note) = if want == 0 {
-            (None, String::new())
-        } else {
-            match self.stream.alloc_zeros::<u8>(want) {
-                Ok(ws) => (Some(ws), String::new()),
-                Err(e) => (None, format!(" (allocating {} failed: {e})", bytes(want))),
-            }
-        };
-        // The allocations and zero fills are queued on the stream; the trials are
-        // to see them done whichever stream cuDNN times on.
-        self.stream
-            .synchronize()
-            .map_err(|e| DnnError::call("synchronising before cuDNN's timings", e))?;
+        let (trial, note) = self.scratch(g, n, want)?;
         if self.log {
-            let given = workspace.as_ref().map_or(0, |w| w.len());
+            let given = trial.workspace.as_ref().map_or(0, |w| w.len());
             let data = if T::DATA_TYPE == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
                 "bf16"
             } else {
@@ -1119,7 +1170,40 @@ impl<T: Element> Dnn<T> {
                 bytes(given),
             );
         }
-        Ok(Trial { x, y, w, workspace })
+        Ok(trial)
+    }
+
+    /// Zeroed scratch tensors of the shape's sizes and, if it can be had, `want`
+    /// bytes of workspace (else none, and a note saying why), done on the stream.
+    fn scratch(
+        &self,
+        g: &ConvGeometry,
+        n: usize,
+        want: usize,
+    ) -> Result<(Trial<T>, String), DnnError> {
+        let alloc = |len: usize, what: &str| {
+            self.stream.alloc_zeros::<T>(len).map_err(|e| {
+                DnnError::call(&format!("allocating the {what} for cuDNN's timings"), e)
+            })
+        };
+        let x = alloc(n * g.input.len(), "input")?;
+        let y = alloc(n * g.output.len(), "output")?;
+        let w = alloc(g.weight_len(), "weights")?;
+        // Without workspace the trials still time every algorithm that needs none.
+        let (workspace, note) = if want == 0 {
+            (None, String::new())
+        } else {
+            match self.stream.alloc_zeros::<u8>(want) {
+                Ok(ws) => (Some(ws), String::new()),
+                Err(e) => (None, format!(" (allocating {} failed: {e})", bytes(want))),
+            }
+        };
+        // The allocations and zero fills are queued on the stream; the trials are
+        // to see them done whichever stream cuDNN times on.
+        self.stream
+            .synchronize()
+            .map_err(|e| DnnError::call("synchronising before cuDNN's timings", e))?;
+        Ok((Trial { x, y, w, workspace }, note))
     }
 
     /// Times (or, failing that, ranks) one pass's algorithms, applies the policy
@@ -1266,7 +1350,18 @@ impl<T: Element> Dnn<T> {
         y: &mut CudaSlice<T>,
     ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
-        let plan = &self.plans[&k];
+        let stream = &*self.stream;
+        let (x_ptr, _x) = x.device_ptr(stream);
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (y_ptr, _y) = y.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
+        let plan = match &self.plans[&k] {
+            Plan::Legacy(plan) => plan,
+            // SAFETY: as below, for the graph plan's tensors.
+            Plan::Graph(plan) => unsafe {
+                return plan.execute(Pass::Forward, &self.handle, [x_ptr, w_ptr, y_ptr], ws);
+            },
+        };
         let Algo::Forward(algo) = plan.forward.algo else {
             unreachable!("the forward plan holds a forward algorithm")
         };
@@ -1274,11 +1369,6 @@ impl<T: Element> Dnn<T> {
             T::ONE.into_scaling_parameter(),
             T::ZERO.into_scaling_parameter(),
         );
-        let stream = &*self.stream;
-        let (x_ptr, _x) = x.device_ptr(stream);
-        let (w_ptr, _w) = w.device_ptr(stream);
-        let (y_ptr, _y) = y.device_ptr_mut(stream);
-        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
         // SAFETY: the descriptors were built from this geometry and batch, the
         // engine sizes every buffer for at least `n` images of it, and the
         // workspace is at least as large as the plan asked for.
@@ -1312,7 +1402,19 @@ impl<T: Element> Dnn<T> {
         dx: &mut CudaSlice<T>,
     ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
-        let plan = &self.plans[&k];
+        let stream = &*self.stream;
+        let (w_ptr, _w) = w.device_ptr(stream);
+        let (dy_ptr, _dy) = dy.device_ptr(stream);
+        let (dx_ptr, _dx) = dx.device_ptr_mut(stream);
+        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
+        let plan = match &self.plans[&k] {
+            Plan::Legacy(plan) => plan,
+            // SAFETY: as in `forward`.
+            Plan::Graph(plan) => unsafe {
+                let tensors = [dx_ptr, w_ptr, dy_ptr];
+                return plan.execute(Pass::BackwardData, &self.handle, tensors, ws);
+            },
+        };
         let Algo::BackwardData(algo) = plan.backward_data.algo else {
             unreachable!("the backward-data plan holds a backward-data algorithm")
         };
@@ -1320,11 +1422,6 @@ impl<T: Element> Dnn<T> {
             T::ONE.into_scaling_parameter(),
             T::ZERO.into_scaling_parameter(),
         );
-        let stream = &*self.stream;
-        let (w_ptr, _w) = w.device_ptr(stream);
-        let (dy_ptr, _dy) = dy.device_ptr(stream);
-        let (dx_ptr, _dx) = dx.device_ptr_mut(stream);
-        let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_data(
@@ -1359,17 +1456,29 @@ impl<T: Element> Dnn<T> {
         accumulate: bool,
     ) -> Result<(), DnnError> {
         let k = self.prepare(g, n)?;
-        let plan = &self.plans[&k];
-        let Algo::BackwardFilter(algo) = plan.backward_filter.algo else {
-            unreachable!("the backward-filter plan holds a backward-filter algorithm")
-        };
-        let alpha = T::ONE.into_scaling_parameter();
-        let beta = if accumulate { T::ONE } else { T::ZERO }.into_scaling_parameter();
         let stream = &*self.stream;
         let (x_ptr, _x) = x.device_ptr(stream);
         let (dy_ptr, _dy) = dy.device_ptr(stream);
         let (dw_ptr, _dw) = dw.device_ptr_mut(stream);
         let (ws, ws_len, _ws) = workspace_arg(&mut self.workspace, stream);
+        let plan = match &self.plans[&k] {
+            Plan::Legacy(plan) => plan,
+            Plan::Graph(_) if accumulate => {
+                return Err(DnnError(
+                    "graph API plans overwrite the weight gradient; it is accumulated apart".into(),
+                ));
+            }
+            // SAFETY: as in `forward`.
+            Plan::Graph(plan) => unsafe {
+                let tensors = [x_ptr, dw_ptr, dy_ptr];
+                return plan.execute(Pass::BackwardFilter, &self.handle, tensors, ws);
+            },
+        };
+        let Algo::BackwardFilter(algo) = plan.backward_filter.algo else {
+            unreachable!("the backward-filter plan holds a backward-filter algorithm")
+        };
+        let alpha = T::ONE.into_scaling_parameter();
+        let beta = if accumulate { T::ONE } else { T::ZERO }.into_scaling_parameter();
         // SAFETY: as in `forward`.
         unsafe {
             result::convolution_backward_filter(

@@ -121,6 +121,12 @@ pub enum Bf16Layout {
     /// NHWC (channels last), the layout cuDNN's tensor-core kernels are written
     /// for.
     Nhwc,
+    /// NHWC through cuDNN's graph (backend) API, the route cuDNN recommends and
+    /// PyTorch takes: its heuristics' engines for each pass, each timed and the
+    /// fastest kept. Not yet part of `Timed`: it has not run on a GPU.
+    Graph,
+    /// `Timed` with the graph API's plan competing too.
+    TimedWithGraph,
 }
 
 /// What a backend is made with beside its device: how its matrix products round,

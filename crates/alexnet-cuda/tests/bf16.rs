@@ -139,9 +139,16 @@ fn conv_on<B: Backend>(
     }
 }
 
-/// The convolution in each layout of its bf16 operands, against the reference.
+/// The convolution in each layout of its bf16 operands (and through cuDNN's
+/// graph API), against the reference.
 fn check_conv(label: &str, g: ConvGeometry, n: usize) {
-    for layout in [Bf16Layout::Nchw, Bf16Layout::Nhwc, Bf16Layout::Timed] {
+    for layout in [
+        Bf16Layout::Nchw,
+        Bf16Layout::Nhwc,
+        Bf16Layout::Graph,
+        Bf16Layout::Timed,
+        Bf16Layout::TimedWithGraph,
+    ] {
         check_conv_in(&format!("{label}, {layout:?} layout"), layout, g, n);
     }
 }

@@ -97,15 +97,19 @@ pub fn bf16_gpu() -> Option<&'static CudaBackend> {
     bf16_gpu_in(Bf16Layout::Timed)
 }
 
-/// One bf16 backend per layout of its convolutions' operands, shared.
+/// One bf16 backend per layout (and route) of its convolutions' operands, shared.
 pub fn bf16_gpu_in(layout: Bf16Layout) -> Option<&'static CudaBackend> {
     static TIMED: OnceLock<Option<CudaBackend>> = OnceLock::new();
     static NCHW: OnceLock<Option<CudaBackend>> = OnceLock::new();
     static NHWC: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static GRAPH: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static TIMED_WITH_GRAPH: OnceLock<Option<CudaBackend>> = OnceLock::new();
     let cell = match layout {
         Bf16Layout::Timed => &TIMED,
         Bf16Layout::Nchw => &NCHW,
         Bf16Layout::Nhwc => &NHWC,
+        Bf16Layout::Graph => &GRAPH,
+        Bf16Layout::TimedWithGraph => &TIMED_WITH_GRAPH,
     };
     shared_gpu(
         cell,

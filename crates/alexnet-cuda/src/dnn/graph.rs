@@ -1,0 +1,817 @@
+//! Convolutions through cuDNN's graph (backend) API, the route cuDNN recommends
+//! and PyTorch's convolutions take: each pass is an operation graph of one
+//! convolution over NHWC tensors (filters `[out, k, k, in / groups]`; cuDNN
+//! infers the group count from the input's and the filter's channels), cuDNN's
+//! heuristics (mode A) propose engine configurations, and each one the
+//! precision policy allows is built into an execution plan and timed on scratch
+//! tensors, the fastest kept, as the legacy route times its algorithms.
+//!
+//! The policy reads each engine's numerical notes (see [`rejection`]). Engines
+//! that compile their kernels at run time are passed over: compiling costs
+//! seconds per shape, and a plain convolution has precompiled engines.
+//!
+//! The operations are built with `beta = 0` (the output is overwritten): bf16
+//! mode widens and accumulates the weight gradient in f32 itself.
+
+use std::ffi::c_void;
+use std::fmt::Write as _;
+
+use alexnet::layers::ConvGeometry;
+use cudarc::cudnn::sys::{
+    self, cudnnBackendAttributeName_t as Attr, cudnnBackendAttributeType_t as Kind,
+    cudnnBackendBehaviorNote_t as Behavior, cudnnBackendDescriptorType_t as DescKind,
+    cudnnBackendNumericalNote_t as Note, cudnnDataType_t,
+};
+use cudarc::driver::DevicePtrMut;
+
+use super::{
+    Dnn, DnnError, Element, Handle, Pass, Rank, TIMING_WORKSPACE_CAP, Trial, bytes, workspace_arg,
+};
+
+/// The unique ids of a pass's three tensors, the same in every pass: the
+/// input (or its gradient), the filter (or its gradient), the output (or its
+/// gradient).
+const UIDS: [i64; 3] = [1, 2, 3];
+
+/// The most engine configurations timed per pass (cuDNN ranks them, best first).
+const MAX_CANDIDATES: usize = 16;
+
+/// Executions timed per candidate, after one untimed.
+const TIMED_RUNS: usize = 3;
+
+/// The bytes cuDNN may assume each tensor's address is aligned to (the
+/// backend's buffers start on allocation boundaries, at least 256 bytes).
+const ALIGNMENT: i64 = 16;
+
+/// One backend descriptor, destroyed when dropped.
+struct Desc(sys::cudnnBackendDescriptor_t);
+
+impl Desc {
+    fn new(kind: DescKind) -> Result<Desc, DnnError> {
+        let mut raw: sys::cudnnBackendDescriptor_t = std::ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer.
+        unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) }
+            .result()
+            .map_err(|e| DnnError::call(&format!("cudnnBackendCreateDescriptor({kind:?})"), e))?;
+        Ok(Desc(raw))
+    }
+
+    /// Sets `attr` to `values`, of the C type `kind` names.
+    ///
+    /// # Safety
+    /// `V` must have the size and layout of the C type `kind` stands for.
+    unsafe fn set<V>(&self, attr: Attr, kind: Kind, values: &[V]) -> Result<(), DnnError> {
+        let count = i64::try_from(values.len()).expect("a short attribute list");
+        // SAFETY: a live descriptor, and `count` values of the right C type (the
+        // caller's promise); cuDNN copies them.
+        unsafe { sys::cudnnBackendSetAttribute(self.0, attr, kind, count, values.as_ptr().cast()) }
+            .result()
+            .map_err(|e| DnnError::call(&format!("cudnnBackendSetAttribute({attr:?})"), e))
+    }
+
+    fn set_i64s(&self, attr: Attr, values: &[i64]) -> Result<(), DnnError> {
+        // SAFETY: CUDNN_TYPE_INT64 is int64_t.
+        unsafe { self.set(attr, Kind::CUDNN_TYPE_INT64, values) }
+    }
+
+    fn set_f32(&self, attr: Attr, value: f32) -> Result<(), DnnError> {
+        // SAFETY: CUDNN_TYPE_FLOAT is float.
+        unsafe { self.set(attr, Kind::CUDNN_TYPE_FLOAT, &[value]) }
+    }
+
+    fn set_data_type(&self, attr: Attr, value: cudnnDataType_t) -> Result<(), DnnError> {
+        // SAFETY: CUDNN_TYPE_DATA_TYPE is the cudnnDataType_t enum.
+        unsafe { self.set(attr, Kind::CUDNN_TYPE_DATA_TYPE, &[value]) }
+    }
+
+    fn set_descs(&self, attr: Attr, values: &[&Desc]) -> Result<(), DnnError> {
+        let raw: Vec<sys::cudnnBackendDescriptor_t> = values.iter().map(|d| d.0).collect();
+        // SAFETY: CUDNN_TYPE_BACKEND_DESCRIPTOR is cudnnBackendDescriptor_t.
+        unsafe { self.set(attr, Kind::CUDNN_TYPE_BACKEND_DESCRIPTOR, &raw) }
+    }
+
+    fn set_handle(&self, attr: Attr, handle: &Handle) -> Result<(), DnnError> {
+        // SAFETY: CUDNN_TYPE_HANDLE is cudnnHandle_t.
+        unsafe { self.set(attr, Kind::CUDNN_TYPE_HANDLE, &[handle.raw]) }
+    }
+
+    fn finalize(&self, what: &str) -> Result<(), DnnError> {
+        // SAFETY: a live descriptor.
+        unsafe { sys::cudnnBackendFinalize(self.0) }
+            .result()
+            .map_err(|e| DnnError::call(&format!("finalizing the {what}"), e))
+    }
+
+    /// Up to `N` values of `attr`, read as `V` (C enums as `i32`).
+    ///
+    /// # Safety
+    /// `V` must have the size of the C type `kind` stands for, and every bit
+    /// pattern must be a valid `V`.
+    unsafe fn get<V: Copy + Default, const N: usize>(
+        &self,
+        attr: Attr,
+        kind: Kind,
+    ) -> Result<Vec<V>, DnnError> {
+        let mut values = [V::default(); N];
+        let mut count = 0i64;
+        // SAFETY: room for `N` values of the right size, and a valid count pointer.
+        unsafe {
+            sys::cudnnBackendGetAttribute(
+                self.0,
+                attr,
+                kind,
+                N as i64,
+                &mut count,
+                values.as_mut_ptr().cast(),
+            )
+        }
+        .result()
+        .map_err(|e| DnnError::call(&format!("cudnnBackendGetAttribute({attr:?})"), e))?;
+        let count = usize::try_from(count).unwrap_or(0).min(N);
+        Ok(values[..count].to_vec())
+    }
+
+    fn get_i64(&self, attr: Attr) -> Result<i64, DnnError> {
+        // SAFETY: CUDNN_TYPE_INT64 is int64_t; any bits are an i64.
+        let values = unsafe { self.get::<i64, 1>(attr, Kind::CUDNN_TYPE_INT64)? };
+        values
+            .first()
+            .copied()
+            .ok_or_else(|| DnnError(format!("cuDNN returned no value for {attr:?}")))
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created in `new` and destroyed only here.
+        if let Err(e) = unsafe { sys::cudnnBackendDestroyDescriptor(self.0) }.result() {
+            eprintln!("alexnet-cuda: cudnnBackendDestroyDescriptor: {e}");
+        }
+    }
+}
+
+/// The strides of a channels-last tensor of dimensions `[n, c, h, w]` (a filter
+/// `[k, c, r, s]` alike).
+fn nhwc_strides([_, c, h, w]: [usize; 4]) -> [i64; 4] {
+    let [c, h, w] = [c, h, w].map(|v| v as i64);
+    [c * h * w, 1, w * c, c]
+}
+
+/// A channels-last tensor of `dims` (given in NCHW order) with the unique id `uid`.
+fn tensor(uid: i64, data_type: cudnnDataType_t, dims: [usize; 4]) -> Result<Desc, DnnError> {
+    let desc = Desc::new(DescKind::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
+    desc.set_data_type(Attr::CUDNN_ATTR_TENSOR_DATA_TYPE, data_type)?;
+    desc.set_i64s(Attr::CUDNN_ATTR_TENSOR_DIMENSIONS, &dims.map(|d| d as i64))?;
+    desc.set_i64s(Attr::CUDNN_ATTR_TENSOR_STRIDES, &nhwc_strides(dims))?;
+    desc.set_i64s(Attr::CUDNN_ATTR_TENSOR_UNIQUE_ID, &[uid])?;
+    desc.set_i64s(Attr::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, &[ALIGNMENT])?;
+    desc.finalize("tensor descriptor")?;
+    Ok(desc)
+}
+
+/// The convolution's geometry: cross-correlation computed in f32.
+fn convolution(g: &ConvGeometry) -> Result<Desc, DnnError> {
+    let desc = Desc::new(DescKind::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
+    let (stride, pad) = (g.stride as i64, g.pad as i64);
+    desc.set_data_type(
+        Attr::CUDNN_ATTR_CONVOLUTION_COMP_TYPE,
+        cudnnDataType_t::CUDNN_DATA_FLOAT,
+    )?;
+    // SAFETY: CUDNN_TYPE_CONVOLUTION_MODE is the cudnnConvolutionMode_t enum.
+    unsafe {
+        desc.set(
+            Attr::CUDNN_ATTR_CONVOLUTION_CONV_MODE,
+            Kind::CUDNN_TYPE_CONVOLUTION_MODE,
+            &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION],
+        )?;
+    }
+    desc.set_i64s(Attr::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, &[2])?;
+    desc.set_i64s(Attr::CUDNN_ATTR_CONVOLUTION_DILATIONS, &[1, 1])?;
+    desc.set_i64s(
+        Attr::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES,
+        &[stride, stride],
+    )?;
+    desc.set_i64s(Attr::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, &[pad, pad])?;
+    desc.set_i64s(Attr::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, &[pad, pad])?;
+    desc.finalize("convolution descriptor")?;
+    Ok(desc)
+}
+
+/// The operation of `pass` over the tensors `[x, w, y]` (the gradients where the
+/// pass writes them): output overwritten.
+fn operation(pass: Pass, [x, w, y]: [&Desc; 3], conv: &Desc) -> Result<Desc, DnnError> {
+    use Attr::*;
+    let (kind, [x_attr, w_attr, y_attr, conv_attr, alpha, beta]) = match pass {
+        Pass::Forward => (
+            DescKind::CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
+            [
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA,
+            ],
+        ),
+        Pass::BackwardData => (
+            DescKind::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+            [
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA,
+            ],
+        ),
+        Pass::BackwardFilter => (
+            DescKind::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+            [
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+                CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA,
+            ],
+        ),
+    };
+    let op = Desc::new(kind)?;
+    op.set_descs(x_attr, &[x])?;
+    op.set_descs(w_attr, &[w])?;
+    op.set_descs(y_attr, &[y])?;
+    op.set_descs(conv_attr, &[conv])?;
+    op.set_f32(alpha, 1.0)?;
+    op.set_f32(beta, 0.0)?;
+    op.finalize(&format!("{} operation", pass.name()))?;
+    Ok(op)
+}
+
+/// The engine configurations cuDNN's heuristics of `mode` propose for `graph`,
+/// best first.
+fn engine_configs(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<Desc>, DnnError> {
+    let heuristics = Desc::new(DescKind::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+    heuristics.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[graph])?;
+    // SAFETY: CUDNN_TYPE_HEUR_MODE is the cudnnBackendHeurMode_t enum.
+    unsafe {
+        heuristics.set(
+            Attr::CUDNN_ATTR_ENGINEHEUR_MODE,
+            Kind::CUDNN_TYPE_HEUR_MODE,
+            &[mode],
+        )?;
+    }
+    heuristics.finalize("engine heuristics")?;
+    let mut count = 0i64;
+    // SAFETY: asks for the count only (no elements requested, none written).
+    unsafe {
+        sys::cudnnBackendGetAttribute(
+            heuristics.0,
+            Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+            Kind::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            0,
+            &mut count,
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(|e| DnnError::call("counting the heuristics' engine configurations", e))?;
+    let count = usize::try_from(count).unwrap_or(0).min(MAX_CANDIDATES);
+    let configs = (0..count)
+        .map(|_| Desc::new(DescKind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut raw: Vec<sys::cudnnBackendDescriptor_t> = configs.iter().map(|c| c.0).collect();
+    let mut returned = 0i64;
+    // SAFETY: `count` created descriptors for cuDNN to fill.
+    unsafe {
+        sys::cudnnBackendGetAttribute(
+            heuristics.0,
+            Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS,
+            Kind::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            count as i64,
+            &mut returned,
+            raw.as_mut_ptr().cast(),
+        )
+    }
+    .result()
+    .map_err(|e| DnnError::call("reading the heuristics' engine configurations", e))?;
+    let returned = usize::try_from(returned).unwrap_or(0).min(count);
+    Ok(configs.into_iter().take(returned).collect())
+}
+
+/// What an engine configuration's engine says of itself.
+struct Engine {
+    /// cuDNN's number for the engine (knob choices aside).
+    index: i64,
+    /// Its numerical notes (`cudnnBackendNumericalNote_t` values).
+    notes: Vec<i32>,
+    /// Its behaviour notes (`cudnnBackendBehaviorNote_t` values).
+    behaviour: Vec<i32>,
+}
+
+impl Engine {
+    fn of(config: &Desc) -> Result<Engine, DnnError> {
+        let engine = Desc::new(DescKind::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
+        let mut raw = [engine.0];
+        let mut count = 0i64;
+        // SAFETY: one created engine descriptor for cuDNN to fill.
+        unsafe {
+            sys::cudnnBackendGetAttribute(
+                config.0,
+                Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
+                Kind::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                1,
+                &mut count,
+                raw.as_mut_ptr().cast(),
+            )
+        }
+        .result()
+        .map_err(|e| DnnError::call("reading an engine configuration's engine", e))?;
+        // SAFETY (both): C enums are int-sized; any i32 is a valid i32. The
+        // policy needs the numerical notes; the behaviour notes and the index
+        // only inform, so an older cuDNN without them loses nothing.
+        let notes = unsafe {
+            engine.get::<i32, 16>(
+                Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE,
+                Kind::CUDNN_TYPE_NUMERICAL_NOTE,
+            )?
+        };
+        let behaviour = unsafe {
+            engine.get::<i32, 16>(
+                Attr::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE,
+                Kind::CUDNN_TYPE_BEHAVIOR_NOTE,
+            )
+        };
+        Ok(Engine {
+            index: engine
+                .get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)
+                .unwrap_or(-1),
+            notes,
+            behaviour: behaviour.unwrap_or_default(),
+        })
+    }
+
+    fn has(&self, note: Note) -> bool {
+        self.notes.contains(&(note as i32))
+    }
+
+    /// "engine 12 (tensor core, nondeterministic)".
+    fn name(&self) -> String {
+        let named = [
+            (Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE, "tensor core"),
+            (
+                Note::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS,
+                "down-converts",
+            ),
+            (
+                Note::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION,
+                "reduced-precision sums",
+            ),
+            (Note::CUDNN_NUMERICAL_NOTE_FFT, "FFT"),
+            (
+                Note::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC,
+                "nondeterministic",
+            ),
+            (Note::CUDNN_NUMERICAL_NOTE_WINOGRAD, "Winograd"),
+        ];
+        let notes: Vec<&str> = named
+            .iter()
+            .filter(|(n, _)| self.has(*n))
+            .map(|(_, s)| *s)
+            .collect();
+        if notes.is_empty() {
+            format!("engine {}", self.index)
+        } else {
+            format!("engine {} ({})", self.index, notes.join(", "))
+        }
+    }
+}
+
+/// Why the precision policy turns down an engine with these numerical notes for
+/// `pass`, or `None` if it may run. The graph API's notes are coarser than the
+/// legacy algorithms: fp32's exact policy excludes every Winograd engine, not
+/// only the non-fused one.
+fn rejection(policy: super::Policy, pass: Pass, engine: &Engine) -> Option<&'static str> {
+    use super::Policy;
+    if engine.has(Note::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) {
+        return Some("sums in reduced precision");
+    }
+    let transform = [
+        Note::CUDNN_NUMERICAL_NOTE_FFT,
+        Note::CUDNN_NUMERICAL_NOTE_WINOGRAD,
+        Note::CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4,
+        Note::CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6,
+        Note::CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13,
+    ]
+    .iter()
+    .any(|&n| engine.has(n));
+    match policy {
+        Policy::Fp32 | Policy::Fp32Fastest
+            if engine.has(Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) =>
+        {
+            Some("fp32 mode runs no tensor-core engine (TF32 rounding)")
+        }
+        Policy::Fp32 if transform => {
+            Some("fp32 mode excludes FFT and Winograd engines (their transforms round beyond fp32)")
+        }
+        Policy::Fp32 | Policy::Fp32Fastest | Policy::Tf32
+            if engine.has(Note::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) =>
+        {
+            Some("would round the f32 operands to a 16-bit type")
+        }
+        Policy::Bf16
+            if pass != Pass::Forward && engine.has(Note::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) =>
+        {
+            Some("non-deterministic (unordered sums, which may round partial sums to bf16)")
+        }
+        _ => None,
+    }
+}
+
+/// One pass's execution plan and what it was built from.
+struct GraphPass {
+    /// Dropped first: the execution plan, then the configuration and graph it
+    /// was made from.
+    plan: Desc,
+    _made_from: Vec<Desc>,
+    /// Bytes of workspace the plan needs.
+    workspace: usize,
+    /// Milliseconds per execution, measured.
+    time: f32,
+}
+
+impl GraphPass {
+    /// Runs the pass on the tensors at `[x, w, y]` (device addresses, in the
+    /// order of [`UIDS`]) with `workspace` (at least [`GraphPass::workspace`]
+    /// bytes, or null when that is 0).
+    ///
+    /// # Safety
+    /// The addresses must hold tensors of the plan's shape and element type.
+    unsafe fn execute(
+        &self,
+        handle: &Handle,
+        tensors: [u64; 3],
+        workspace: *mut c_void,
+    ) -> Result<(), DnnError> {
+        let pack = Desc::new(DescKind::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+        let pointers = tensors.map(|t| t as *mut c_void);
+        pack.set_i64s(Attr::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &UIDS)?;
+        // SAFETY: CUDNN_TYPE_VOID_PTR is void*.
+        unsafe {
+            pack.set(
+                Attr::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+                Kind::CUDNN_TYPE_VOID_PTR,
+                &pointers,
+            )?;
+            pack.set(
+                Attr::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+                Kind::CUDNN_TYPE_VOID_PTR,
+                &[workspace],
+            )?;
+        }
+        pack.finalize("variant pack")?;
+        // SAFETY: a live handle, a finalized plan, and tensors and workspace as
+        // the caller promises.
+        unsafe { sys::cudnnBackendExecute(handle.raw, self.plan.0, pack.0) }
+            .result()
+            .map_err(|e| DnnError::call("cudnnBackendExecute", e))
+    }
+}
+
+/// A convolution shape's three passes through the graph API.
+pub(super) struct GraphPlan {
+    forward: GraphPass,
+    backward_data: GraphPass,
+    backward_filter: GraphPass,
+    /// Bytes of workspace the largest of the three needs.
+    pub(super) workspace: usize,
+}
+
+impl GraphPlan {
+    fn pass(&self, pass: Pass) -> &GraphPass {
+        match pass {
+            Pass::Forward => &self.forward,
+            Pass::BackwardData => &self.backward_data,
+            Pass::BackwardFilter => &self.backward_filter,
+        }
+    }
+
+    /// Runs `pass` on the tensors at `[x, w, y]` (device addresses; the one the
+    /// pass writes is overwritten) with `workspace`.
+    ///
+    /// # Safety
+    /// The addresses must hold tensors of the plan's shape and element type,
+    /// and `workspace` at least [`GraphPlan::workspace`] bytes (null if 0).
+    pub(super) unsafe fn execute(
+        &self,
+        pass: Pass,
+        handle: &Handle,
+        tensors: [u64; 3],
+        workspace: *mut c_void,
+    ) -> Result<(), DnnError> {
+        // SAFETY: the caller's promise.
+        unsafe { self.pass(pass).execute(handle, tensors, workspace) }
+    }
+
+    /// Every pass is timed and keeps the policy (engines that break it are
+    /// never chosen).
+    pub(super) fn rank(&self) -> Rank {
+        Rank {
+            keeps_policy: true,
+            time: Some(self.forward.time + self.backward_data.time + self.backward_filter.time),
+        }
+    }
+}
+
+impl<T: Element> Dnn<T> {
+    /// The plan of one shape through the graph API: each pass's engines timed.
+    pub(super) fn build_graph(&self, g: &ConvGeometry, n: usize) -> Result<GraphPlan, DnnError> {
+        let mut log = String::new();
+        if self.log {
+            let _ = writeln!(
+                log,
+                "alexnet-cuda: cuDNN graph plan: n={n} c={} h={} w={} -> k={} {}x{}, kernel {} \
+                 stride {} pad {} groups {}, NHWC; policy {}",
+                g.input.channels,
+                g.input.height,
+                g.input.width,
+                g.output.channels,
+                g.output.height,
+                g.output.width,
+                g.kernel,
+                g.stride,
+                g.pad,
+                g.groups,
+                self.policy.describe(),
+            );
+        }
+        // Scratch tensors for the timings; workspace is added as candidates ask.
+        let (mut trial, _) = self.scratch(g, n, 0)?;
+        let result = (|| {
+            let forward = self.graph_pass(Pass::Forward, g, n, &mut trial, &mut log)?;
+            let backward_data = self.graph_pass(Pass::BackwardData, g, n, &mut trial, &mut log)?;
+            let backward_filter =
+                self.graph_pass(Pass::BackwardFilter, g, n, &mut trial, &mut log)?;
+            let workspace = forward
+                .workspace
+                .max(backward_data.workspace)
+                .max(backward_filter.workspace);
+            Ok(GraphPlan {
+                forward,
+                backward_data,
+                backward_filter,
+                workspace,
+            })
+        })();
+        if self.log {
+            eprint!("{log}");
+        }
+        result
+    }
+
+    /// One pass's graph, its engines from the heuristics (the fallback list
+    /// where mode A proposes nothing that runs), each the policy allows timed,
+    /// the fastest kept.
+    fn graph_pass(
+        &self,
+        pass: Pass,
+        g: &ConvGeometry,
+        n: usize,
+        trial: &mut Trial<T>,
+        log: &mut String,
+    ) -> Result<GraphPass, DnnError> {
+        let x = tensor(
+            UIDS[0],
+            T::DATA_TYPE,
+            [n, g.input.channels, g.input.height, g.input.width],
+        )?;
+        let w = tensor(
+            UIDS[1],
+            T::DATA_TYPE,
+            [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
+        )?;
+        let y = tensor(
+            UIDS[2],
+            T::DATA_TYPE,
+            [n, g.output.channels, g.output.height, g.output.width],
+        )?;
+        let conv = convolution(g)?;
+        let op = operation(pass, [&x, &w, &y], &conv)?;
+        let graph = Desc::new(DescKind::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
+        graph.set_handle(Attr::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, &self.handle)?;
+        graph.set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&op])?;
+        graph.finalize(&format!("{} operation graph", pass.name()))?;
+
+        let mut turned_down = Vec::new();
+        let mut best: Option<(Desc, Desc, usize, f32)> = None;
+        for mode in [
+            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
+            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
+        ] {
+            let configs = match engine_configs(&graph, mode) {
+                Ok(configs) => configs,
+                Err(e) => {
+                    turned_down.push(format!("heuristics {mode:?}: {e}"));
+                    continue;
+                }
+            };
+            for config in configs {
+                match self.try_engine(pass, &config, trial) {
+                    Ok((engine, plan, workspace, time)) => {
+                        let _ = writeln!(
+                            log,
+                            "  {}: {}, {time:.3} ms, workspace {}",
+                            pass.name(),
+                            engine.name(),
+                            bytes(workspace)
+                        );
+                        if best.as_ref().is_none_or(|b| time < b.3) {
+                            best = Some((plan, config, workspace, time));
+                        }
+                    }
+                    Err(why) => turned_down.push(why),
+                }
+            }
+            if best.is_some() {
+                break;
+            }
+        }
+        for why in &turned_down {
+            let _ = writeln!(log, "    {}: passed over: {why}", pass.name());
+        }
+        let Some((plan, config, workspace, time)) = best else {
+            return Err(DnnError(format!(
+                "no cuDNN graph engine for the {} pass of the convolution {g:?} x {n} runs under \
+                 the precision policy ({}): {}",
+                pass.name(),
+                self.policy.describe(),
+                if turned_down.is_empty() {
+                    "the heuristics proposed none".to_string()
+                } else {
+                    turned_down.join("; ")
+                }
+            )));
+        };
+        let _ = writeln!(log, "  {}: chosen {time:.3} ms", pass.name());
+        Ok(GraphPass {
+            plan,
+            _made_from: vec![config, graph, op, conv, x, w, y],
+            workspace,
+            time,
+        })
+    }
+
+    /// One engine configuration judged by the policy, built into a plan and
+    /// timed on the scratch tensors; the reason where it cannot be used.
+    fn try_engine(
+        &self,
+        pass: Pass,
+        config: &Desc,
+        trial: &mut Trial<T>,
+    ) -> Result<(Engine, Desc, usize, f32), String> {
+        let engine = Engine::of(config).map_err(|e| e.to_string())?;
+        let name = engine.name();
+        if let Some(why) = rejection(self.policy, pass, &engine) {
+            return Err(format!("{name}: {why}"));
+        }
+        if engine
+            .behaviour
+            .contains(&(Behavior::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as i32))
+        {
+            return Err(format!("{name}: compiles its kernels at run time"));
+        }
+        let plan = Desc::new(DescKind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)
+            .and_then(|plan| {
+                plan.set_handle(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, &self.handle)?;
+                plan.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
+                plan.finalize("execution plan")?;
+                Ok(plan)
+            })
+            .map_err(|e| format!("{name}: {e}"))?;
+        let workspace = plan
+            .get_i64(Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let workspace = usize::try_from(workspace)
+            .map_err(|_| format!("{name}: a workspace of {workspace} bytes"))?;
+        if workspace > TIMING_WORKSPACE_CAP {
+            return Err(format!(
+                "{name}: needs {} of workspace, more than the timings' {}",
+                bytes(workspace),
+                bytes(TIMING_WORKSPACE_CAP)
+            ));
+        }
+        self.grow_trial_workspace(trial, workspace)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let pass = GraphPass {
+            plan,
+            _made_from: Vec::new(),
+            workspace,
+            time: 0.0,
+        };
+        let time = self
+            .time_graph_pass(&pass, trial)
+            .map_err(|e| format!("{name}: {e}"))?;
+        Ok((engine, pass.plan, workspace, time))
+    }
+
+    /// Makes the trials' workspace at least `len` bytes.
+    fn grow_trial_workspace(&self, trial: &mut Trial<T>, len: usize) -> Result<(), DnnError> {
+        if len > trial.workspace.as_ref().map_or(0, |w| w.len()) {
+            trial.workspace = None;
+            trial.workspace = Some(self.stream.alloc_zeros::<u8>(len).map_err(|e| {
+                DnnError::call(&format!("allocating {} of timing workspace", bytes(len)), e)
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Milliseconds per execution of `pass` on the scratch tensors: one run
+    /// untimed (first launches load modules), then the mean of [`TIMED_RUNS`].
+    fn time_graph_pass(&self, pass: &GraphPass, trial: &mut Trial<T>) -> Result<f32, DnnError> {
+        let stream = &*self.stream;
+        let (x, _x) = trial.x.device_ptr_mut(stream);
+        let (w, _w) = trial.w.device_ptr_mut(stream);
+        let (y, _y) = trial.y.device_ptr_mut(stream);
+        let (ws, _, _ws) = workspace_arg(&mut trial.workspace, stream);
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = |what| {
+            stream
+                .record_event(timing)
+                .map_err(|e| DnnError::call(&format!("recording the {what} of a timing"), e))
+        };
+        // SAFETY: the scratch tensors have the shape's sizes and element type,
+        // and the workspace at least the plan's bytes (grown above).
+        unsafe { pass.execute(&self.handle, [x, w, y], ws)? };
+        let start = event("start")?;
+        for _ in 0..TIMED_RUNS {
+            // SAFETY: as above.
+            unsafe { pass.execute(&self.handle, [x, w, y], ws)? };
+        }
+        let end = event("end")?;
+        let total = start
+            .elapsed_ms(&end)
+            .map_err(|e| DnnError::call("reading a timing", e))?;
+        Ok(total / TIMED_RUNS as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Policy;
+    use super::*;
+
+    fn engine(notes: &[Note]) -> Engine {
+        Engine {
+            index: 0,
+            notes: notes.iter().map(|&n| n as i32).collect(),
+            behaviour: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn channels_last_strides() {
+        // [n, c, h, w] = [2, 3, 4, 5]: c is innermost, then w, then h.
+        assert_eq!(nhwc_strides([2, 3, 4, 5]), [60, 1, 15, 3]);
+    }
+
+    #[test]
+    fn bf16_turns_down_unordered_backward_sums_and_reduced_precision() {
+        let nondeterministic = engine(&[
+            Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE,
+            Note::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC,
+        ]);
+        assert!(rejection(Policy::Bf16, Pass::Forward, &nondeterministic).is_none());
+        assert!(rejection(Policy::Bf16, Pass::BackwardData, &nondeterministic).is_some());
+        assert!(rejection(Policy::Bf16, Pass::BackwardFilter, &nondeterministic).is_some());
+        let reduced = engine(&[Note::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION]);
+        assert!(rejection(Policy::Bf16, Pass::Forward, &reduced).is_some());
+        let tensor_core = engine(&[Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE]);
+        for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+            assert!(rejection(Policy::Bf16, pass, &tensor_core).is_none());
+        }
+    }
+
+    #[test]
+    fn fp32_turns_down_tensor_cores_and_exact_fp32_transforms() {
+        let tensor_core = engine(&[Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE]);
+        assert!(rejection(Policy::Fp32, Pass::Forward, &tensor_core).is_some());
+        assert!(rejection(Policy::Fp32Fastest, Pass::Forward, &tensor_core).is_some());
+        assert!(rejection(Policy::Tf32, Pass::Forward, &tensor_core).is_none());
+        let winograd = engine(&[Note::CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4]);
+        assert!(rejection(Policy::Fp32, Pass::Forward, &winograd).is_some());
+        assert!(rejection(Policy::Fp32Fastest, Pass::Forward, &winograd).is_none());
+        let down = engine(&[Note::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS]);
+        assert!(rejection(Policy::Tf32, Pass::Forward, &down).is_some());
+        assert!(rejection(Policy::Fp32, Pass::Forward, &engine(&[])).is_none());
+    }
+
+    #[test]
+    fn engines_are_named_with_their_notes() {
+        let mut e = engine(&[
+            Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE,
+            Note::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC,
+        ]);
+        e.index = 12;
+        assert_eq!(e.name(), "engine 12 (tensor core, nondeterministic)");
+        assert_eq!(engine(&[]).name(), "engine 0");
+    }
+}
