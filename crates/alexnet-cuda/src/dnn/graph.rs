@@ -33,8 +33,13 @@ use super::{
 /// gradient).
 const UIDS: [i64; 3] = [1, 2, 3];
 
-/// The most engine configurations timed per pass (cuDNN ranks them, best first).
+/// The most engine configurations timed per pass: the first this many that the
+/// policy allows, in cuDNN's order (best first).
 const MAX_CANDIDATES: usize = 16;
+
+/// The most engine configurations read from one heuristics query (cuDNN 9
+/// proposes a few dozen for a convolution).
+const MAX_CONFIGS: usize = 256;
 
 /// Executions timed per candidate, after one untimed.
 const TIMED_RUNS: usize = 3;
@@ -275,7 +280,10 @@ fn engine_configs(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec
     }
     .result()
     .map_err(|e| DnnError::call("counting the heuristics' engine configurations", e))?;
-    let count = usize::try_from(count).unwrap_or(0).min(MAX_CANDIDATES);
+    let count = usize::try_from(count).unwrap_or(0).min(MAX_CONFIGS);
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     let configs = (0..count)
         .map(|_| Desc::new(DescKind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
         .collect::<Result<Vec<_>, _>>()?;
@@ -427,6 +435,25 @@ fn rejection(policy: super::Policy, pass: Pass, engine: &Engine) -> Option<&'sta
     }
 }
 
+/// An engine configuration's engine, if the policy lets `pass` run on it and
+/// it needs no compiling at run time; else why not.
+fn admit(policy: super::Policy, pass: Pass, config: &Desc) -> Result<Engine, String> {
+    let engine = Engine::of(config).map_err(|e| e.to_string())?;
+    if let Some(why) = rejection(policy, pass, &engine) {
+        return Err(format!("{}: {why}", engine.name()));
+    }
+    if engine
+        .behaviour
+        .contains(&(Behavior::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as i32))
+    {
+        return Err(format!(
+            "{}: compiles its kernels at run time",
+            engine.name()
+        ));
+    }
+    Ok(engine)
+}
+
 /// One pass's execution plan and what it was built from.
 struct GraphPass {
     /// Dropped first: the execution plan, then the configuration and graph it
@@ -452,29 +479,45 @@ impl GraphPass {
         tensors: [u64; 3],
         workspace: *mut c_void,
     ) -> Result<(), DnnError> {
-        let pack = Desc::new(DescKind::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
-        let pointers = tensors.map(|t| t as *mut c_void);
-        pack.set_i64s(Attr::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &UIDS)?;
-        // SAFETY: CUDNN_TYPE_VOID_PTR is void*.
-        unsafe {
-            pack.set(
-                Attr::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-                Kind::CUDNN_TYPE_VOID_PTR,
-                &pointers,
-            )?;
-            pack.set(
-                Attr::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
-                Kind::CUDNN_TYPE_VOID_PTR,
-                &[workspace],
-            )?;
-        }
-        pack.finalize("variant pack")?;
+        let pack = variant_pack(tensors, workspace)?;
+        // SAFETY: the caller's promise.
+        unsafe { self.run(handle, &pack) }
+    }
+
+    /// Runs the plan on the tensors and workspace of `pack`.
+    ///
+    /// # Safety
+    /// As for [`GraphPass::execute`], for the pack's addresses.
+    unsafe fn run(&self, handle: &Handle, pack: &Desc) -> Result<(), DnnError> {
         // SAFETY: a live handle, a finalized plan, and tensors and workspace as
         // the caller promises.
         unsafe { sys::cudnnBackendExecute(handle.raw, self.plan.0, pack.0) }
             .result()
             .map_err(|e| DnnError::call("cudnnBackendExecute", e))
     }
+}
+
+/// The addresses of a pass's tensors `[x, w, y]` (in the order of [`UIDS`])
+/// and its workspace, as cuDNN takes them.
+fn variant_pack(tensors: [u64; 3], workspace: *mut c_void) -> Result<Desc, DnnError> {
+    let pack = Desc::new(DescKind::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+    let pointers = tensors.map(|t| t as *mut c_void);
+    pack.set_i64s(Attr::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &UIDS)?;
+    // SAFETY: CUDNN_TYPE_VOID_PTR is void*.
+    unsafe {
+        pack.set(
+            Attr::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
+            Kind::CUDNN_TYPE_VOID_PTR,
+            &pointers,
+        )?;
+        pack.set(
+            Attr::CUDNN_ATTR_VARIANT_PACK_WORKSPACE,
+            Kind::CUDNN_TYPE_VOID_PTR,
+            &[workspace],
+        )?;
+    }
+    pack.finalize("variant pack")?;
+    Ok(pack)
 }
 
 /// A convolution shape's three passes through the graph API.
@@ -524,7 +567,14 @@ impl GraphPlan {
 
 impl<T: Element> Dnn<T> {
     /// The plan of one shape through the graph API: each pass's engines timed.
+    /// bf16 only: its operations overwrite their outputs, and fp32 accumulates
+    /// weight gradients in cuDNN (`beta = 1`).
     pub(super) fn build_graph(&self, g: &ConvGeometry, n: usize) -> Result<GraphPlan, DnnError> {
+        if self.policy != super::Policy::Bf16 {
+            return Err(DnnError(
+                "the graph API route serves bf16 convolutions only".into(),
+            ));
+        }
         let mut log = String::new();
         if self.log {
             let _ = writeln!(
@@ -614,9 +664,21 @@ impl<T: Element> Dnn<T> {
                     continue;
                 }
             };
+            let mut tried = 0;
             for config in configs {
-                match self.try_engine(pass, &config, trial) {
-                    Ok((engine, plan, workspace, time)) => {
+                let engine = match admit(self.policy, pass, &config) {
+                    Ok(engine) => engine,
+                    Err(why) => {
+                        turned_down.push(why);
+                        continue;
+                    }
+                };
+                if tried == MAX_CANDIDATES {
+                    break;
+                }
+                tried += 1;
+                match self.build_and_time(&engine, &config, trial) {
+                    Ok((plan, workspace, time)) => {
                         let _ = writeln!(
                             log,
                             "  {}: {}, {time:.3} ms, workspace {}",
@@ -660,25 +722,15 @@ impl<T: Element> Dnn<T> {
         })
     }
 
-    /// One engine configuration judged by the policy, built into a plan and
-    /// timed on the scratch tensors; the reason where it cannot be used.
-    fn try_engine(
+    /// An admitted engine configuration built into a plan and timed on the
+    /// scratch tensors; the reason where it cannot be used.
+    fn build_and_time(
         &self,
-        pass: Pass,
+        engine: &Engine,
         config: &Desc,
         trial: &mut Trial<T>,
-    ) -> Result<(Engine, Desc, usize, f32), String> {
-        let engine = Engine::of(config).map_err(|e| e.to_string())?;
+    ) -> Result<(Desc, usize, f32), String> {
         let name = engine.name();
-        if let Some(why) = rejection(self.policy, pass, &engine) {
-            return Err(format!("{name}: {why}"));
-        }
-        if engine
-            .behaviour
-            .contains(&(Behavior::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as i32))
-        {
-            return Err(format!("{name}: compiles its kernels at run time"));
-        }
         let plan = Desc::new(DescKind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)
             .and_then(|plan| {
                 plan.set_handle(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, &self.handle)?;
@@ -710,7 +762,7 @@ impl<T: Element> Dnn<T> {
         let time = self
             .time_graph_pass(&pass, trial)
             .map_err(|e| format!("{name}: {e}"))?;
-        Ok((engine, pass.plan, workspace, time))
+        Ok((pass.plan, workspace, time))
     }
 
     /// Makes the trials' workspace at least `len` bytes.
@@ -738,13 +790,16 @@ impl<T: Element> Dnn<T> {
                 .record_event(timing)
                 .map_err(|e| DnnError::call(&format!("recording the {what} of a timing"), e))
         };
+        // One pack for every run, so that the timed window holds the
+        // executions alone.
+        let pack = variant_pack([x, w, y], ws)?;
         // SAFETY: the scratch tensors have the shape's sizes and element type,
         // and the workspace at least the plan's bytes (grown above).
-        unsafe { pass.execute(&self.handle, [x, w, y], ws)? };
+        unsafe { pass.run(&self.handle, &pack)? };
         let start = event("start")?;
         for _ in 0..TIMED_RUNS {
             // SAFETY: as above.
-            unsafe { pass.execute(&self.handle, [x, w, y], ws)? };
+            unsafe { pass.run(&self.handle, &pack)? };
         }
         let end = event("end")?;
         let total = start
