@@ -536,6 +536,29 @@ impl Split {
         Ok((pixels, label))
     }
 
+    /// [`Split::read`], the CHW pixels written to `out` (one image's bytes)
+    /// rather than returned: for a JPEG split, decoded straight into `out`
+    /// (a batch) without passing through `buf`'s planes. Returns the label.
+    pub fn read_into(&self, i: usize, buf: &mut DecodeBuffer, out: &mut [u8]) -> Result<u32> {
+        let (shard, k) = self.locate(i);
+        let Some(layout) = &shard.jpeg else {
+            let (pixels, label) = self.raw_record(shard, k);
+            out.copy_from_slice(pixels);
+            return Ok(label);
+        };
+        let (bytes, label) = layout.record(&shard.map, k);
+        jpeg::decode_into(bytes, self.inner.shape, buf, out).map_err(|reason| {
+            dataset_error(
+                &shard.path,
+                format!(
+                    "record {k} (image {i} of split '{}'): {reason}",
+                    self.inner.name
+                ),
+            )
+        })?;
+        Ok(label)
+    }
+
     /// Image `i`'s label alone (nothing is decoded).
     pub fn label(&self, i: usize) -> u32 {
         let (shard, k) = self.locate(i);

@@ -25,6 +25,7 @@ use image::{ColorType, ExtendedColorType, ImageDecoder};
 
 use crate::error::{Result, dataset_error};
 use crate::format::{SHARD_HEADER_BYTES, ShardFile, ShardHeader, ShardInfo};
+use crate::pixels::deinterleave;
 
 /// The first eight bytes of every JPEG shard.
 pub const JPEG_SHARD_MAGIC: [u8; 8] = *b"ALXJPEGS";
@@ -301,7 +302,7 @@ fn interleave(pixels: &[u8], plane: usize) -> Vec<u8> {
 pub struct DecodeBuffer {
     /// The decoder's output, interleaved RGB (unused for grey images).
     interleaved: Vec<u8>,
-    /// The image as the loader reads it: CHW.
+    /// The image as [`Split::read`](crate::Split::read) returns it: CHW.
     planar: Vec<u8>,
 }
 
@@ -312,7 +313,27 @@ pub(crate) fn decode<'a>(
     shape: [usize; 3],
     buf: &'a mut DecodeBuffer,
 ) -> std::result::Result<&'a [u8], String> {
+    let mut planar = std::mem::take(&mut buf.planar);
+    planar.resize(shape.iter().product(), 0);
+    let decoded = decode_into(bytes, shape, buf, &mut planar);
+    buf.planar = planar;
+    decoded.map(|()| &buf.planar[..])
+}
+
+/// [`decode`], the CHW pixels written to `out` (exactly the image's bytes long)
+/// instead of `buf`'s own planes: straight into a batch.
+pub(crate) fn decode_into(
+    bytes: &[u8],
+    shape: [usize; 3],
+    buf: &mut DecodeBuffer,
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
     let [channels, height, width] = shape;
+    assert_eq!(
+        out.len(),
+        channels * height * width,
+        "decode_into: the output holds one image"
+    );
     if !is_whole_stream(bytes) {
         return Err("not a whole JPEG stream (it must start FF D8 and end FF D9)".into());
     }
@@ -332,33 +353,19 @@ pub(crate) fn decode<'a>(
         ));
     }
     let plane = height * width;
-    buf.planar.resize(channels * plane, 0);
     let target = if channels == 1 {
-        &mut buf.planar
+        &mut out[..]
     } else {
         buf.interleaved.resize(3 * plane, 0);
-        &mut buf.interleaved
+        &mut buf.interleaved[..]
     };
     decoder
         .read_image(target)
         .map_err(|e| format!("cannot decode the JPEG: {e}"))?;
     if channels == 3 {
-        deinterleave(&buf.interleaved, &mut buf.planar, plane);
+        deinterleave(&buf.interleaved, out, plane);
     }
-    Ok(&buf.planar)
-}
-
-/// Interleaved RGB to CHW planes. (About a tenth of the loader's time per JPEG
-/// image; blocking the loop for the compiler did not make it faster on the
-/// baseline x86-64 target.)
-fn deinterleave(rgb: &[u8], out: &mut [u8], plane: usize) {
-    let (r, rest) = out.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
-    for (((px, r), g), b) in rgb.chunks_exact(3).zip(r).zip(g).zip(b) {
-        *r = px[0];
-        *g = px[1];
-        *b = px[2];
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -410,19 +417,6 @@ mod tests {
         bad[sof + 9] = 0;
         let err = decode(&bad, shape, &mut buf).unwrap_err();
         assert!(err.contains("cannot read the JPEG header"), "{err}");
-    }
-
-    #[test]
-    fn deinterleave_makes_planes() {
-        let plane = 70;
-        let rgb: Vec<u8> = (0..3 * plane).map(|i| i as u8).collect();
-        let mut out = vec![0u8; 3 * plane];
-        deinterleave(&rgb, &mut out, plane);
-        for p in 0..plane {
-            for c in 0..3 {
-                assert_eq!(out[c * plane + p], rgb[3 * p + c]);
-            }
-        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod jpeg;
 pub mod loader;
+mod pixels;
 pub mod prepare;
 mod stats;
 pub mod testing;

@@ -678,7 +678,6 @@ impl Plan {
         for j in 0..count {
             let position = first + j;
             let index = self.order[position];
-            let (pixels, label) = self.split.read(index as usize, scratch)?;
             // Every draw is made whether or not the view uses it, so turning one
             // augmentation on or off leaves the others' draws unchanged.
             let mut rng = Rng::new(derive_seed(&[
@@ -709,10 +708,14 @@ impl Plan {
                 let at = if view.random_crop { (oy, ox) } else { centre };
                 placements.push(place(at, view.mirror && flip));
             }
-            if self.stored {
-                out.pixels[j * stored.len()..][..stored.len()].copy_from_slice(pixels);
+            let label = if self.stored {
+                // Straight into the batch: no copy through the decode buffer.
+                let dst = &mut out.pixels[j * stored.len()..][..stored.len()];
+                let label = self.split.read_into(index as usize, scratch, dst)?;
                 out.placements.extend_from_slice(&placements);
+                label
             } else {
+                let (pixels, label) = self.split.read(index as usize, scratch)?;
                 let dst = &mut out.images[j * views * per_view..][..views * per_view];
                 for (placement, dst) in placements.iter().zip(dst.chunks_exact_mut(per_view)) {
                     cut_view(
@@ -725,7 +728,8 @@ impl Plan {
                         &view.channel_scale,
                     );
                 }
-            }
+                label
+            };
             out.labels.push(label);
             out.indices.push(index);
         }
