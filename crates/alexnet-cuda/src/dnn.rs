@@ -908,8 +908,7 @@ impl Plan {
         }
     }
 
-    /// Where a pass breaks the policy's promise (graph plans never do: their
-    /// engines that would are not chosen).
+    /// Where a pass breaks the policy's promise.
     fn warnings(&self) -> Vec<&String> {
         match self {
             Plan::Legacy(plan) => plan
@@ -917,7 +916,7 @@ impl Plan {
                 .iter()
                 .filter_map(|p| p.warning.as_ref())
                 .collect(),
-            Plan::Graph(_) => Vec::new(),
+            Plan::Graph(plan) => plan.warnings().collect(),
         }
     }
 }

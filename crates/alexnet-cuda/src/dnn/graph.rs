@@ -25,7 +25,8 @@ use cudarc::cudnn::sys::{
 use cudarc::driver::DevicePtrMut;
 
 use super::{
-    Dnn, DnnError, Element, Handle, Pass, Rank, TIMING_WORKSPACE_CAP, Trial, bytes, workspace_arg,
+    Dnn, DnnError, Element, Handle, Pass, Policy, Rank, TIMING_WORKSPACE_CAP, Trial, bytes,
+    workspace_arg,
 };
 
 /// The unique ids of a pass's three tensors, the same in every pass: the
@@ -398,8 +399,7 @@ impl Engine {
 /// `pass`, or `None` if it may run. The graph API's notes are coarser than the
 /// legacy algorithms: fp32's exact policy excludes every Winograd engine, not
 /// only the non-fused one.
-fn rejection(policy: super::Policy, pass: Pass, engine: &Engine) -> Option<&'static str> {
-    use super::Policy;
+fn rejection(policy: Policy, pass: Pass, engine: &Engine) -> Option<&'static str> {
     if engine.has(Note::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) {
         return Some("sums in reduced precision");
     }
@@ -437,7 +437,7 @@ fn rejection(policy: super::Policy, pass: Pass, engine: &Engine) -> Option<&'sta
 
 /// An engine configuration's engine, if the policy lets `pass` run on it and
 /// it needs no compiling at run time; else why not.
-fn admit(policy: super::Policy, pass: Pass, config: &Desc) -> Result<Engine, String> {
+fn admit(policy: Policy, pass: Pass, config: &Desc) -> Result<Engine, String> {
     let engine = Engine::of(config).map_err(|e| e.to_string())?;
     if let Some(why) = rejection(policy, pass, &engine) {
         return Err(format!("{}: {why}", engine.name()));
@@ -454,6 +454,15 @@ fn admit(policy: super::Policy, pass: Pass, config: &Desc) -> Result<Engine, Str
     Ok(engine)
 }
 
+/// A candidate built and timed: its plan, the configuration it was made from,
+/// its workspace in bytes and its milliseconds per execution.
+struct Timed {
+    plan: Desc,
+    config: Desc,
+    workspace: usize,
+    time: f32,
+}
+
 /// One pass's execution plan and what it was built from.
 struct GraphPass {
     /// Dropped first: the execution plan, then the configuration and graph it
@@ -464,6 +473,9 @@ struct GraphPass {
     workspace: usize,
     /// Milliseconds per execution, measured.
     time: f32,
+    /// Set where the engine breaks the policy's promise (bf16's backward
+    /// passes when no deterministic engine runs).
+    warning: Option<String>,
 }
 
 impl GraphPass {
@@ -555,13 +567,22 @@ impl GraphPlan {
         unsafe { self.pass(pass).execute(handle, tensors, workspace) }
     }
 
-    /// Every pass is timed and keeps the policy (engines that break it are
-    /// never chosen).
+    fn passes(&self) -> [&GraphPass; 3] {
+        [&self.forward, &self.backward_data, &self.backward_filter]
+    }
+
+    /// Every pass is timed; the plan keeps the policy unless a pass had to
+    /// take an engine that breaks it.
     pub(super) fn rank(&self) -> Rank {
         Rank {
-            keeps_policy: true,
-            time: Some(self.forward.time + self.backward_data.time + self.backward_filter.time),
+            keeps_policy: self.passes().iter().all(|p| p.warning.is_none()),
+            time: Some(self.passes().iter().map(|p| p.time).sum()),
         }
+    }
+
+    /// Where a pass breaks the policy's promise.
+    pub(super) fn warnings(&self) -> impl Iterator<Item = &String> {
+        self.passes().into_iter().filter_map(|p| p.warning.as_ref())
     }
 }
 
@@ -570,7 +591,7 @@ impl<T: Element> Dnn<T> {
     /// bf16 only: its operations overwrite their outputs, and fp32 accumulates
     /// weight gradients in cuDNN (`beta = 1`).
     pub(super) fn build_graph(&self, g: &ConvGeometry, n: usize) -> Result<GraphPlan, DnnError> {
-        if self.policy != super::Policy::Bf16 {
+        if self.policy != Policy::Bf16 {
             return Err(DnnError(
                 "the graph API route serves bf16 convolutions only".into(),
             ));
@@ -651,13 +672,76 @@ impl<T: Element> Dnn<T> {
         graph.set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&op])?;
         graph.finalize(&format!("{} operation graph", pass.name()))?;
 
+        let (mut best, mut turned_down) = self.search(self.policy, pass, &graph, trial, log);
+        let mut warning = None;
+        if best.is_none() && self.policy == Policy::Bf16 && pass != Pass::Forward {
+            // As on the legacy route: bf16 asks for deterministic backward
+            // passes for precision's sake only, so rather than stop, run one
+            // that is not, and say so.
+            let (relaxed, more) = self.search(Policy::Tf32, pass, &graph, trial, log);
+            turned_down.extend(more);
+            if relaxed.is_some() {
+                warning = Some(format!(
+                    "warning: no deterministic cuDNN graph engine for the {} pass of the bf16 \
+                     convolution {g:?} x {n}; using one whose sums may round partial results to \
+                     bf16",
+                    pass.name()
+                ));
+                best = relaxed;
+            }
+        }
+        for why in &turned_down {
+            let _ = writeln!(log, "    {}: passed over: {why}", pass.name());
+        }
+        let Some(Timed {
+            plan,
+            config,
+            workspace,
+            time,
+        }) = best
+        else {
+            return Err(DnnError(format!(
+                "no cuDNN graph engine for the {} pass of the convolution {g:?} x {n} runs under \
+                 the precision policy ({}): {}",
+                pass.name(),
+                self.policy.describe(),
+                if turned_down.is_empty() {
+                    "the heuristics proposed none".to_string()
+                } else {
+                    turned_down.join("; ")
+                }
+            )));
+        };
+        let _ = writeln!(log, "  {}: chosen {time:.3} ms", pass.name());
+        Ok(GraphPass {
+            plan,
+            _made_from: vec![config, graph, op, conv, x, w, y],
+            workspace,
+            time,
+            warning,
+        })
+    }
+
+    /// The engine configurations `graph`'s heuristics propose (mode A, then the
+    /// fallback list where mode A has none that runs), each that `policy` admits
+    /// built and timed, at most [`MAX_CANDIDATES`] per list: the fastest (its
+    /// plan, configuration, workspace and time) and why the others were passed
+    /// over.
+    fn search(
+        &self,
+        policy: Policy,
+        pass: Pass,
+        graph: &Desc,
+        trial: &mut Trial<T>,
+        log: &mut String,
+    ) -> (Option<Timed>, Vec<String>) {
         let mut turned_down = Vec::new();
-        let mut best: Option<(Desc, Desc, usize, f32)> = None;
+        let mut best: Option<Timed> = None;
         for mode in [
             sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
             sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
         ] {
-            let configs = match engine_configs(&graph, mode) {
+            let configs = match engine_configs(graph, mode) {
                 Ok(configs) => configs,
                 Err(e) => {
                     turned_down.push(format!("heuristics {mode:?}: {e}"));
@@ -666,7 +750,7 @@ impl<T: Element> Dnn<T> {
             };
             let mut tried = 0;
             for config in configs {
-                let engine = match admit(self.policy, pass, &config) {
+                let engine = match admit(policy, pass, &config) {
                     Ok(engine) => engine,
                     Err(why) => {
                         turned_down.push(why);
@@ -686,8 +770,13 @@ impl<T: Element> Dnn<T> {
                             engine.name(),
                             bytes(workspace)
                         );
-                        if best.as_ref().is_none_or(|b| time < b.3) {
-                            best = Some((plan, config, workspace, time));
+                        if best.as_ref().is_none_or(|b| time < b.time) {
+                            best = Some(Timed {
+                                plan,
+                                config,
+                                workspace,
+                                time,
+                            });
                         }
                     }
                     Err(why) => turned_down.push(why),
@@ -697,29 +786,7 @@ impl<T: Element> Dnn<T> {
                 break;
             }
         }
-        for why in &turned_down {
-            let _ = writeln!(log, "    {}: passed over: {why}", pass.name());
-        }
-        let Some((plan, config, workspace, time)) = best else {
-            return Err(DnnError(format!(
-                "no cuDNN graph engine for the {} pass of the convolution {g:?} x {n} runs under \
-                 the precision policy ({}): {}",
-                pass.name(),
-                self.policy.describe(),
-                if turned_down.is_empty() {
-                    "the heuristics proposed none".to_string()
-                } else {
-                    turned_down.join("; ")
-                }
-            )));
-        };
-        let _ = writeln!(log, "  {}: chosen {time:.3} ms", pass.name());
-        Ok(GraphPass {
-            plan,
-            _made_from: vec![config, graph, op, conv, x, w, y],
-            workspace,
-            time,
-        })
+        (best, turned_down)
     }
 
     /// An admitted engine configuration built into a plan and timed on the
@@ -758,6 +825,7 @@ impl<T: Element> Dnn<T> {
             _made_from: Vec::new(),
             workspace,
             time: 0.0,
+            warning: None,
         };
         let time = self
             .time_graph_pass(&pass, trial)
@@ -811,7 +879,6 @@ impl<T: Element> Dnn<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Policy;
     use super::*;
 
     fn engine(notes: &[Note]) -> Engine {
