@@ -28,7 +28,8 @@
 # skips the timings (tests and workflow only). STEP_TIMEOUT (default 300) bounds each
 # test executable, the workflow and the benchmark in seconds, so that a hang in one
 # still leaves the others' results. Exits non-zero if a test, the
-# workflow or a benchmark (any mode, or the towers) fails.
+# workflow or a benchmark (any mode, or the towers) fails. Each step's header says
+# how many seconds the check had run when it began; the last line, its wall time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +46,13 @@ fi
 
 source tools/gpu_env.sh
 
-echo "== versions"
+# Each step's header with the seconds since the check began, so that a run's
+# log shows where its time went.
+section() {
+  echo "== $1   [${SECONDS}s]"
+}
+
+section "versions"
 echo "libraries looked for in: ${libs:-(none found)}"
 echo "NCCL (data parallelism): ${nccl_lib:-not found, so the torchrun checks fail}"
 if command -v nvidia-smi >/dev/null; then
@@ -62,7 +69,7 @@ else
   status=1
 fi
 
-echo "== tests (ALEXNET_REQUIRE_GPU=1)"
+section "tests (ALEXNET_REQUIRE_GPU=1)"
 export ALEXNET_REQUIRE_GPU=1
 # Test threads get 16 MiB stacks instead of 2: CUDA's libraries run on them (cuDNN
 # times algorithms on the calling thread), and an overflow inside C++ code is a bare
@@ -78,7 +85,7 @@ done
 
 if [[ -x "$bundle/step_phases" ]]; then
   for precision in fp32 bf16; do
-    echo "== where a training step's time goes (batch 128, $precision)"
+    section "where a training step's time goes (batch 128, $precision)"
     if ! timeout "$step_timeout" "$bundle/step_phases" 128 10 "$precision"; then
       echo "FAILED: step_phases $precision"
       status=1
@@ -86,7 +93,7 @@ if [[ -x "$bundle/step_phases" ]]; then
   done
 fi
 
-echo "== workflow: prepare, train, eval and features on the GPU, one device and two towers"
+section "workflow: prepare, train, eval and features on the GPU, one device and two towers"
 # GPUs as CUDA numbers them (after CUDA_VISIBLE_DEVICES), from PyTorch.
 gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 towers="cuda:0,cuda:0"
@@ -101,7 +108,7 @@ if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bund
 fi
 
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
-  echo "== benchmark"
+  section "benchmark"
   if ! timeout "$step_timeout" "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
       --json-out "${BENCH_JSON:-/dev/null}"; then
     echo "FAILED: the benchmark"
@@ -113,7 +120,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # The paper's layout: one tower per GPU, or both on GPU 0 where there is one.
   # Printed beside the one-GPU figures above; PyTorch has no two-device
   # counterpart of this net to compare with.
-  echo "== two towers: --devices $towers --parallel towers (fp32)"
+  section "two towers: --devices $towers --parallel towers (fp32)"
   if ! timeout "$step_timeout" "$bundle/alexnet" bench --devices "$towers" --parallel towers --seconds "$seconds" \
       --train-batch 128 --infer-batch 256 --layer-steps 2; then
     echo "FAILED: alexnet bench --parallel towers"
@@ -127,14 +134,14 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # the per-layer tables side by side, and the route each shape chose when all
   # three compete.
   for layout in nchw nhwc graph; do
-    echo "== bf16 convolutions, operands in $layout (--bf16-conv-layout $layout)"
+    section "bf16 convolutions, operands in $layout (--bf16-conv-layout $layout)"
     if ! timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
         --bf16-conv-layout "$layout" --seconds 2 --train-batch 128 --infer-batch 256 --layer-steps 3; then
       echo "FAILED: alexnet bench --bf16-conv-layout $layout"
       status=1
     fi
   done
-  echo "== bf16 convolutions: the route each shape chose (ALEXNET_CUDNN_LOG=1, --bf16-conv-layout timed-with-graph)"
+  section "bf16 convolutions: the route each shape chose (ALEXNET_CUDNN_LOG=1, --bf16-conv-layout timed-with-graph)"
   if ! ALEXNET_CUDNN_LOG=1 timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
       --bf16-conv-layout timed-with-graph --seconds 0 --train-batch 128 --infer-batch 256 --layer-steps 1 2>&1 \
       | grep -E "chosen|^warning|graph plan"; then
@@ -148,7 +155,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   # bf16 products, 3 seeds of 4 epochs each; the test errors must end within
   # 0.5 points (read results.md's table).
   if [[ -f "$bundle/fashion-mnist/train-images-idx3-ubyte.gz" ]]; then
-    echo "== bf16 accuracy on the GPU: experiment precision on Fashion-MNIST (3 seeds)"
+    section "bf16 accuracy on the GPU: experiment precision on Fashion-MNIST (3 seeds)"
     work=$(mktemp -d)
     if timeout "$step_timeout" "$bundle/alexnet" prepare "$bundle/fashion-mnist" --out "$work/data" >/dev/null \
         && timeout "$step_timeout" "$bundle/alexnet" experiment precision --data "$work/data" --device cuda:0 \
@@ -167,7 +174,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/loader_bench" ]]; then
   # How many JPEGs a second the machine's cores decode for the GPU (the
   # "N worker threads" line): beside the training rates above, whether the CPU
   # can feed the GPU or nvJPEG is needed.
-  echo "== JPEG decoding on the CPU (loader_bench)"
+  section "JPEG decoding on the CPU (loader_bench)"
   if ! timeout 120 "$bundle/loader_bench" 512 2 --encoding jpeg; then
     echo "FAILED: loader_bench"
     status=1
@@ -179,7 +186,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/photo_dataset" ]]; then
   # bytes (tools/end_to_end.py). E2E_PRECISIONS (default fp32) lists the modes;
   # E2E_IMAGES (default 20000) the dataset's size.
   for precision in ${E2E_PRECISIONS:-fp32}; do
-    echo "== end to end from a JPEG dataset on disk ($precision)"
+    section "end to end from a JPEG dataset on disk ($precision)"
     if ! timeout "$step_timeout" "$python" tools/end_to_end.py --alexnet "$bundle/alexnet" \
         --photo-dataset "$bundle/photo_dataset" --device cuda:0 --precision "$precision" \
         --images "${E2E_IMAGES:-20000}"; then
@@ -190,8 +197,9 @@ if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/photo_dataset" ]]; then
 fi
 
 if [[ $status == 0 ]]; then
-  echo "== GPU check passed"
+  section "GPU check passed"
 else
-  echo "== GPU check FAILED (see above)"
+  section "GPU check FAILED (see above)"
 fi
+echo "GPU check wall time: ${SECONDS} s"
 exit $status
