@@ -1152,18 +1152,9 @@ impl<T: Element> Dnn<T> {
             };
             let _ = writeln!(
                 log,
-                "alexnet-cuda: cuDNN plan: n={n} c={} h={} w={} -> k={} {}x{}, kernel {} stride {} \
-                 pad {} groups {}, {data} tensors in {}; policy {}; timing workspace {}{note}",
-                g.input.channels,
-                g.input.height,
-                g.input.width,
-                g.output.channels,
-                g.output.height,
-                g.output.width,
-                g.kernel,
-                g.stride,
-                g.pad,
-                g.groups,
+                "alexnet-cuda: cuDNN plan: {}, {data} tensors in {}; policy {}; timing workspace \
+                 {}{note}",
+                shape_line(g, n),
                 layout.name(),
                 self.policy.describe(),
                 bytes(given),
@@ -1700,6 +1691,24 @@ impl Shapes<'_> {
         results.truncate(usize::try_from(returned).unwrap_or(0).min(max));
         Ok(results)
     }
+}
+
+/// A convolution shape for the log: "n=128 c=3 h=224 w=224 -> k=96 55x55,
+/// kernel 11 stride 4 pad 2 groups 1".
+fn shape_line(g: &ConvGeometry, n: usize) -> String {
+    format!(
+        "n={n} c={} h={} w={} -> k={} {}x{}, kernel {} stride {} pad {} groups {}",
+        g.input.channels,
+        g.input.height,
+        g.input.width,
+        g.output.channels,
+        g.output.height,
+        g.output.width,
+        g.kernel,
+        g.stride,
+        g.pad,
+        g.groups,
+    )
 }
 
 /// The cuDNN library's version, as `major.minor.patch`.

@@ -524,15 +524,8 @@ impl Split {
             return Ok(self.raw_record(shard, k));
         };
         let (bytes, label) = layout.record(&shard.map, k);
-        let pixels = jpeg::decode(bytes, self.inner.shape, buf).map_err(|reason| {
-            dataset_error(
-                &shard.path,
-                format!(
-                    "record {k} (image {i} of split '{}'): {reason}",
-                    self.inner.name
-                ),
-            )
-        })?;
+        let pixels = jpeg::decode(bytes, self.inner.shape, buf)
+            .map_err(|reason| self.record_error(shard, k, i, reason))?;
         Ok((pixels, label))
     }
 
@@ -547,16 +540,21 @@ impl Split {
             return Ok(label);
         };
         let (bytes, label) = layout.record(&shard.map, k);
-        jpeg::decode_into(bytes, self.inner.shape, buf, out).map_err(|reason| {
-            dataset_error(
-                &shard.path,
-                format!(
-                    "record {k} (image {i} of split '{}'): {reason}",
-                    self.inner.name
-                ),
-            )
-        })?;
+        jpeg::decode_into(bytes, self.inner.shape, buf, out)
+            .map_err(|reason| self.record_error(shard, k, i, reason))?;
         Ok(label)
+    }
+
+    /// The error for record `k` of `shard` (image `i` of the split) that did not
+    /// decode, naming the file, the record and why.
+    fn record_error(&self, shard: &Shard, k: usize, i: usize, reason: String) -> crate::Error {
+        dataset_error(
+            &shard.path,
+            format!(
+                "record {k} (image {i} of split '{}'): {reason}",
+                self.inner.name
+            ),
+        )
     }
 
     /// Image `i`'s label alone (nothing is decoded).

@@ -26,7 +26,7 @@ use cudarc::driver::DevicePtrMut;
 
 use super::{
     Dnn, DnnError, Element, Handle, Pass, Policy, Rank, TIMING_WORKSPACE_CAP, Trial, bytes,
-    workspace_arg,
+    shape_line, workspace_arg,
 };
 
 /// The unique ids of a pass's three tensors, the same in every pass: the
@@ -600,18 +600,8 @@ impl<T: Element> Dnn<T> {
         if self.log {
             let _ = writeln!(
                 log,
-                "alexnet-cuda: cuDNN graph plan: n={n} c={} h={} w={} -> k={} {}x{}, kernel {} \
-                 stride {} pad {} groups {}, NHWC; policy {}",
-                g.input.channels,
-                g.input.height,
-                g.input.width,
-                g.output.channels,
-                g.output.height,
-                g.output.width,
-                g.kernel,
-                g.stride,
-                g.pad,
-                g.groups,
+                "alexnet-cuda: cuDNN graph plan: {}, NHWC; policy {}",
+                shape_line(g, n),
                 self.policy.describe(),
             );
         }
