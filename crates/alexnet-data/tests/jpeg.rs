@@ -213,6 +213,31 @@ fn jpeg_photos_are_close_to_raw_and_load_deterministically() {
     for threads in [1, 3] {
         assert_eq!(batches(&jpeg, &jpeg_split, view, threads), from_jpeg);
     }
+    // Stored batches (as a GPU takes them, decoded straight into the batch)
+    // hold each image exactly as `read` decodes it, in the caller's thread and
+    // in workers, with the batches' buffers reused.
+    for threads in [0, 2] {
+        let mut config = LoaderConfig::new(4, view, 7, 1);
+        config.threads = threads;
+        config.stored = true;
+        let mut loader =
+            Loader::new(jpeg_split.clone(), config, jpeg.mean_shared(), jpeg.info()).unwrap();
+        let mut seen = 0;
+        while let Some(batch) = loader.next_batch().unwrap() {
+            for (j, &index) in batch.indices.iter().enumerate() {
+                let (pixels, label) = &jpeg_images[index as usize];
+                assert_eq!(
+                    &batch.pixels[j * plane..][..plane],
+                    &pixels[..],
+                    "image {index}"
+                );
+                assert_eq!(batch.labels[j], *label);
+            }
+            seen += batch.count;
+            loader.recycle(batch);
+        }
+        assert_eq!(seen, jpeg_split.len());
+    }
     // Raw pixels of a JPEG split cannot be borrowed: `image` says to use `read`.
     let panic = std::panic::catch_unwind(|| jpeg_split.image(0).1).unwrap_err();
     let message = panic.downcast_ref::<String>().unwrap();
@@ -442,11 +467,12 @@ fn an_image_that_does_not_decode_stops_the_epoch_with_an_error() {
     );
 
     // In split order, batches of 4: batches 0 and 2 are whole, batch 1 fails, in
-    // the caller's thread and with workers alike.
-    for threads in [0, 2] {
+    // the caller's thread and with workers alike, and for stored batches too.
+    for (threads, stored) in [(0, false), (2, false), (0, true), (2, true)] {
         let mut config = LoaderConfig::new(4, View::centre(12, 12), 1, 0);
         config.shuffle = false;
         config.threads = threads;
+        config.stored = stored;
         let mut loader = Loader::new(split.clone(), config, ds.mean_shared(), ds.info()).unwrap();
         assert_eq!(loader.next_batch().unwrap().unwrap().index, 0);
         let err = loader.next_batch().unwrap_err().to_string();
