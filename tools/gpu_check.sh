@@ -25,7 +25,8 @@
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
-# skips the timings (tests and workflow only). STEP_TIMEOUT (default 300) bounds each
+# skips the timings (tests and workflow only); SANITIZE=1 adds the bf16 and op tests
+# under compute-sanitizer. STEP_TIMEOUT (default 300) bounds each
 # test executable, the workflow and the benchmark in seconds, so that a hang in one
 # still leaves the others' results. Exits non-zero if a test, the
 # workflow or a benchmark (any mode, or the towers) fails. Each step's header says
@@ -82,6 +83,19 @@ for test in "$bundle"/tests/*; do
     status=1
   fi
 done
+# SANITIZE=1: the bf16 and op tests once more under compute-sanitizer's memcheck
+# (out-of-bounds and misaligned accesses in our kernels and in what cuDNN is
+# handed), where the machine has it; several times slower, so not by default.
+if [[ "${SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
+  for test in "$bundle"/tests/bf16 "$bundle"/tests/ops; do
+    [[ -x "$test" ]] || continue
+    echo "-- $(basename "$test") under compute-sanitizer"
+    if ! timeout "$step_timeout" compute-sanitizer --tool memcheck --error-exitcode 1 "$test"; then
+      echo "FAILED: $(basename "$test") under compute-sanitizer"
+      status=1
+    fi
+  done
+fi
 
 if [[ -x "$bundle/step_phases" ]]; then
   for precision in fp32 bf16; do
