@@ -151,6 +151,46 @@ pub struct EngineSettings {
     pub stored_batches: bool,
 }
 
+/// The engine flags given that do nothing on `device` (or in the precision
+/// asked for), each said as a note: a CPU kernel on a GPU, cuDNN's choices on a
+/// CPU, bf16's layout outside bf16.
+fn unused_flags(flags: &EngineArgs, device: Device) -> Vec<String> {
+    let mut notes = Vec::new();
+    let bf16 = flags.precision == Some(PrecisionArg::Bf16);
+    match device {
+        Device::Cuda(ordinal) => {
+            if flags.bf16_kernel.is_some_and(|k| k != KernelArg::Auto) {
+                notes.push(format!(
+                    "--bf16-kernel chooses a CPU kernel; it does nothing on cuda:{ordinal}"
+                ));
+            }
+            if flags.bf16_conv_layout.is_some() && !bf16 {
+                notes.push(
+                    "--bf16-conv-layout applies to bf16 convolutions (--precision bf16); it does \
+                     nothing in this precision"
+                        .into(),
+                );
+            }
+        }
+        Device::Cpu | Device::Reference => {
+            if flags.conv_algorithms.is_some() {
+                notes.push(
+                    "--conv-algorithms chooses cuDNN's algorithms; it does nothing on the CPU"
+                        .into(),
+                );
+            }
+            if flags.bf16_conv_layout.is_some() {
+                notes.push(
+                    "--bf16-conv-layout chooses how cuDNN gets bf16 operands; it does nothing on \
+                     the CPU"
+                        .into(),
+                );
+            }
+        }
+    }
+    notes
+}
+
 /// The most worker threads `--threads` takes: far beyond any machine's cores,
 /// low enough that a typo does not try to start millions of threads.
 pub const MAX_THREADS: usize = 1024;
@@ -170,15 +210,11 @@ impl EngineSettings {
         {
             bail!("--threads {threads}: expected 1 to {MAX_THREADS} worker threads");
         }
+        for note in unused_flags(flags, device) {
+            eprintln!("note: {note}");
+        }
         let products = match device {
-            Device::Cuda(ordinal) => {
-                if kernel != KernelArg::Auto {
-                    eprintln!(
-                        "note: --bf16-kernel chooses a CPU kernel; it does nothing on cuda:{ordinal}"
-                    );
-                }
-                Products::default()
-            }
+            Device::Cuda(_) => Products::default(),
             Device::Cpu | Device::Reference => cpu_products(precision, kernel)?,
         };
         let mut pool = ThreadPoolBuilder::new().thread_name(|i| format!("alexnet-{i}"));
@@ -287,4 +323,48 @@ fn cpu_products(precision: PrecisionArg, kernel: KernelArg) -> Result<Products> 
         precision,
         bf16_kernel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> EngineArgs {
+        EngineArgs::default()
+    }
+
+    #[test]
+    fn flags_that_do_nothing_where_they_are_given_are_noted() {
+        assert!(unused_flags(&flags(), Device::Cpu).is_empty());
+        assert!(unused_flags(&flags(), Device::Cuda(0)).is_empty());
+
+        let cudnn_flags = EngineArgs {
+            conv_algorithms: Some(ConvAlgorithmsArg::Exact),
+            bf16_conv_layout: Some(Bf16LayoutArg::Graph),
+            ..flags()
+        };
+        let on_cpu = unused_flags(&cudnn_flags, Device::Cpu);
+        assert_eq!(on_cpu.len(), 2, "{on_cpu:?}");
+        assert!(
+            on_cpu[0].contains("--conv-algorithms") && on_cpu[1].contains("--bf16-conv-layout")
+        );
+        // On a GPU, --conv-algorithms applies; the bf16 layout only in bf16.
+        let in_fp32 = unused_flags(&cudnn_flags, Device::Cuda(1));
+        assert_eq!(in_fp32.len(), 1, "{in_fp32:?}");
+        assert!(in_fp32[0].contains("--precision bf16"), "{in_fp32:?}");
+        let in_bf16 = EngineArgs {
+            precision: Some(PrecisionArg::Bf16),
+            ..cudnn_flags
+        };
+        assert!(unused_flags(&in_bf16, Device::Cuda(0)).is_empty());
+
+        let cpu_kernel = EngineArgs {
+            bf16_kernel: Some(KernelArg::Portable),
+            ..flags()
+        };
+        let on_gpu = unused_flags(&cpu_kernel, Device::Cuda(2));
+        assert_eq!(on_gpu.len(), 1);
+        assert!(on_gpu[0].contains("cuda:2"), "{on_gpu:?}");
+        assert!(unused_flags(&cpu_kernel, Device::Cpu).is_empty());
+    }
 }
