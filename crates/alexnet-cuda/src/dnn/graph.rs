@@ -454,6 +454,58 @@ fn admit(policy: Policy, pass: Pass, config: &Desc) -> Result<Engine, String> {
     Ok(engine)
 }
 
+/// One pass's operation graph (a single convolution) and the descriptors it
+/// is made of, the graph first so that it is dropped first.
+struct PassGraph {
+    graph: Desc,
+    _operation: Desc,
+    _convolution: Desc,
+    _tensors: [Desc; 3],
+}
+
+impl PassGraph {
+    /// The graph of `pass` over `n` images of `g`, tensors of `data_type`.
+    /// `handle` may be left out where cuDNN allows it (9.8 and later), as the
+    /// descriptor test does without a GPU.
+    fn new(
+        pass: Pass,
+        g: &ConvGeometry,
+        n: usize,
+        data_type: cudnnDataType_t,
+        handle: Option<&Handle>,
+    ) -> Result<PassGraph, DnnError> {
+        let x = tensor(
+            UIDS[0],
+            data_type,
+            [n, g.input.channels, g.input.height, g.input.width],
+        )?;
+        let w = tensor(
+            UIDS[1],
+            data_type,
+            [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
+        )?;
+        let y = tensor(
+            UIDS[2],
+            data_type,
+            [n, g.output.channels, g.output.height, g.output.width],
+        )?;
+        let conv = convolution(g)?;
+        let op = operation(pass, [&x, &w, &y], &conv)?;
+        let graph = Desc::new(DescKind::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
+        if let Some(handle) = handle {
+            graph.set_handle(Attr::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, handle)?;
+        }
+        graph.set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&op])?;
+        graph.finalize(&format!("{} operation graph", pass.name()))?;
+        Ok(PassGraph {
+            graph,
+            _operation: op,
+            _convolution: conv,
+            _tensors: [x, w, y],
+        })
+    }
+}
+
 /// A candidate built and timed: its plan, the configuration it was made from,
 /// its workspace in bytes and its milliseconds per execution.
 struct Timed {
@@ -468,7 +520,7 @@ struct GraphPass {
     /// Dropped first: the execution plan, then the configuration and graph it
     /// was made from.
     plan: Desc,
-    _made_from: Vec<Desc>,
+    _made_from: Option<(Desc, PassGraph)>,
     /// Bytes of workspace the plan needs.
     workspace: usize,
     /// Milliseconds per execution, measured.
@@ -640,35 +692,14 @@ impl<T: Element> Dnn<T> {
         trial: &mut Trial<T>,
         log: &mut String,
     ) -> Result<GraphPass, DnnError> {
-        let x = tensor(
-            UIDS[0],
-            T::DATA_TYPE,
-            [n, g.input.channels, g.input.height, g.input.width],
-        )?;
-        let w = tensor(
-            UIDS[1],
-            T::DATA_TYPE,
-            [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
-        )?;
-        let y = tensor(
-            UIDS[2],
-            T::DATA_TYPE,
-            [n, g.output.channels, g.output.height, g.output.width],
-        )?;
-        let conv = convolution(g)?;
-        let op = operation(pass, [&x, &w, &y], &conv)?;
-        let graph = Desc::new(DescKind::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
-        graph.set_handle(Attr::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, &self.handle)?;
-        graph.set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&op])?;
-        graph.finalize(&format!("{} operation graph", pass.name()))?;
-
-        let (mut best, mut turned_down) = self.search(self.policy, pass, &graph, trial, log);
+        let graph = PassGraph::new(pass, g, n, T::DATA_TYPE, Some(&self.handle))?;
+        let (mut best, mut turned_down) = self.search(self.policy, pass, &graph.graph, trial, log);
         let mut warning = None;
         if best.is_none() && self.policy == Policy::Bf16 && pass != Pass::Forward {
             // As on the legacy route: bf16 asks for deterministic backward
             // passes for precision's sake only, so rather than stop, run one
             // that is not, and say so.
-            let (relaxed, more) = self.search(Policy::Tf32, pass, &graph, trial, log);
+            let (relaxed, more) = self.search(Policy::Tf32, pass, &graph.graph, trial, log);
             turned_down.extend(more);
             if relaxed.is_some() {
                 warning = Some(format!(
@@ -705,7 +736,7 @@ impl<T: Element> Dnn<T> {
         let _ = writeln!(log, "  {}: chosen {time:.3} ms", pass.name());
         Ok(GraphPass {
             plan,
-            _made_from: vec![config, graph, op, conv, x, w, y],
+            _made_from: Some((config, graph)),
             workspace,
             time,
             warning,
@@ -812,7 +843,7 @@ impl<T: Element> Dnn<T> {
             .map_err(|e| format!("{name}: {e}"))?;
         let pass = GraphPass {
             plan,
-            _made_from: Vec::new(),
+            _made_from: None,
             workspace,
             time: 0.0,
             warning: None,
@@ -877,6 +908,109 @@ mod tests {
             notes: notes.iter().map(|&n| n as i32).collect(),
             behaviour: Vec::new(),
         }
+    }
+
+    /// cuDNN's library, opened by the path `ALEXNET_CUDNN_LIB` names
+    /// (tools/ci/fetch_cudnn.sh) unless it is on the loader's path already:
+    /// once open, cudarc's calls by its usual name reach it. `false` where it
+    /// is nowhere (the test then skips, unless ALEXNET_REQUIRE_CUDNN=1).
+    fn open_cudnn() -> bool {
+        // SAFETY: only tries to open the library, as cudarc would.
+        if unsafe { sys::is_culib_present() } {
+            return true;
+        }
+        let Some(path) = std::env::var_os("ALEXNET_CUDNN_LIB") else {
+            return false;
+        };
+        // SAFETY: cuDNN's initialisers have no preconditions; the library stays
+        // open for the rest of the process, as cudarc keeps its own.
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(library) => {
+                std::mem::forget(library);
+                true
+            }
+            Err(e) => panic!("ALEXNET_CUDNN_LIB={}: {e}", path.to_string_lossy()),
+        }
+    }
+
+    fn geometry(
+        input: [usize; 3],
+        out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> ConvGeometry {
+        let [c, h, w] = input;
+        ConvGeometry::new(
+            alexnet::layers::Shape::new(c, h, w),
+            out,
+            k,
+            stride,
+            pad,
+            groups,
+        )
+        .expect("a geometry that fits")
+    }
+
+    /// Every descriptor the graph route builds (tensors, convolution, each
+    /// pass's operation and graph) for the paper's five convolutions and the
+    /// GPU tests' shapes is accepted by cuDNN itself, which checks types,
+    /// counts and that the output's size follows from the input's, the
+    /// filter's and the geometry (and the group count from the channels). No
+    /// GPU is needed for these; planning and running the graphs does.
+    #[test]
+    fn cudnn_accepts_the_descriptors_of_every_pass() {
+        if !open_cudnn() {
+            assert!(
+                std::env::var_os("ALEXNET_REQUIRE_CUDNN").is_none_or(|v| v != "1"),
+                "ALEXNET_REQUIRE_CUDNN=1 but cuDNN is not found (set ALEXNET_CUDNN_LIB)"
+            );
+            println!("skipped: cuDNN not found (tools/ci/fetch_cudnn.sh and ALEXNET_CUDNN_LIB)");
+            return;
+        }
+        let shapes = [
+            geometry([3, 224, 224], 96, 11, 4, 2, 1),
+            geometry([96, 27, 27], 256, 5, 1, 2, 2),
+            geometry([256, 13, 13], 384, 3, 1, 1, 1),
+            geometry([384, 13, 13], 384, 3, 1, 1, 2),
+            geometry([384, 13, 13], 256, 3, 1, 1, 2),
+            geometry([16, 13, 13], 32, 3, 1, 1, 2),
+            geometry([40, 9, 9], 48, 3, 1, 1, 2),
+        ];
+        for g in &shapes {
+            for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+                for data_type in [
+                    cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+                    cudnnDataType_t::CUDNN_DATA_FLOAT,
+                ] {
+                    if let Err(e) = PassGraph::new(pass, g, 4, data_type, None) {
+                        panic!("{} of {g:?} in {data_type:?}: {e}", pass.name());
+                    }
+                }
+            }
+        }
+        // And it does check: an output one row short of what conv2 makes is
+        // refused when the operation is finalized.
+        let g = &shapes[1];
+        let mut short = *g;
+        short.output.height -= 1;
+        let t = |uid, dims| tensor(uid, cudnnDataType_t::CUDNN_DATA_BFLOAT16, dims).unwrap();
+        let x = t(1, [4, g.input.channels, g.input.height, g.input.width]);
+        let w = t(2, [g.output.channels, g.in_per_group(), g.kernel, g.kernel]);
+        let y = t(
+            3,
+            [
+                4,
+                short.output.channels,
+                short.output.height,
+                short.output.width,
+            ],
+        );
+        let err = operation(Pass::Forward, [&x, &w, &y], &convolution(g).unwrap())
+            .err()
+            .expect("an output of the wrong size is refused");
+        assert!(err.to_string().contains("forward operation"), "{err}");
     }
 
     #[test]

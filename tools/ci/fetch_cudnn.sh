@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Fetches cuDNN's libraries (tools/ci/cudnn-requirements.txt: one wheel, pinned by
+# sha256, without its dependencies) into .cudnn-ci/ of the checkout and prints the
+# path of libcudnn.so.9 (for ALEXNET_CUDNN_LIB). Reused while the requirements file
+# is unchanged. No GPU is needed to load them: the graph API descriptor test builds
+# and finalizes descriptors on the CPU.
+#
+#   export ALEXNET_CUDNN_LIB="$(bash tools/ci/fetch_cudnn.sh)"
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DIR=.cudnn-ci
+REQUIREMENTS=tools/ci/cudnn-requirements.txt
+PYTHON=${ALEXNET_BASE_PYTHON:-python3}
+
+want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+stamp="$DIR/.made-from"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "fetching cuDNN into $DIR from $REQUIREMENTS" >&2
+    rm -rf "$DIR"
+    mkdir -p "$DIR/wheel"
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-input --no-deps \
+        --require-hashes --only-binary=:all: --python-version 3.11 \
+        --platform manylinux_2_27_x86_64 -r "$REQUIREMENTS" -d "$DIR/wheel" >&2
+    "$PYTHON" - "$DIR" <<'PY'
+import pathlib, sys, zipfile
+out = pathlib.Path(sys.argv[1])
+(wheel,) = (out / "wheel").glob("*.whl")
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith("nvidia/cudnn/lib/") and ".so" in name:
+            target = out / "lib" / pathlib.Path(name).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+PY
+    rm -rf "$DIR/wheel"
+    echo "$want" >"$stamp"
+fi
+test -f "$DIR/lib/libcudnn.so.9"
+echo "$PWD/$DIR/lib/libcudnn.so.9"
