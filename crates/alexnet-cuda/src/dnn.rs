@@ -1769,6 +1769,60 @@ fn log_choice(
     }
 }
 
+/// cuDNN without a GPU, for the tests of descriptors: cuDNN builds and checks
+/// them on the host.
+#[cfg(test)]
+mod cudnn_on_cpu {
+    use alexnet::layers::{ConvGeometry, Shape};
+
+    /// Opens cuDNN's library by the path `ALEXNET_CUDNN_LIB` names
+    /// (tools/ci/fetch_cudnn.sh) unless it is on the loader's path already:
+    /// once open, cudarc's calls by its usual name reach it. Where it is
+    /// nowhere, says the test is skipped and returns false (or fails, with
+    /// ALEXNET_REQUIRE_CUDNN=1).
+    pub(super) fn open() -> bool {
+        // SAFETY: only tries to open the library, as cudarc would.
+        if unsafe { cudarc::cudnn::sys::is_culib_present() } {
+            return true;
+        }
+        let Some(path) = std::env::var_os("ALEXNET_CUDNN_LIB") else {
+            assert!(
+                std::env::var_os("ALEXNET_REQUIRE_CUDNN").is_none_or(|v| v != "1"),
+                "ALEXNET_REQUIRE_CUDNN=1 but cuDNN is not found (set ALEXNET_CUDNN_LIB)"
+            );
+            println!("skipped: cuDNN not found (tools/ci/fetch_cudnn.sh and ALEXNET_CUDNN_LIB)");
+            return false;
+        };
+        // SAFETY: cuDNN's initialisers have no preconditions; the library stays
+        // open for the rest of the process, as cudarc keeps its own.
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(library) => {
+                std::mem::forget(library);
+                true
+            }
+            Err(e) => panic!("ALEXNET_CUDNN_LIB={}: {e}", path.to_string_lossy()),
+        }
+    }
+
+    /// The paper's five convolutions (the towers as groups) and the GPU tests'
+    /// shapes.
+    pub(super) fn shapes() -> Vec<ConvGeometry> {
+        let geometry = |[c, h, w]: [usize; 3], out, k, stride, pad, groups| {
+            ConvGeometry::new(Shape::new(c, h, w), out, k, stride, pad, groups)
+                .expect("a geometry that fits")
+        };
+        vec![
+            geometry([3, 224, 224], 96, 11, 4, 2, 1),
+            geometry([96, 27, 27], 256, 5, 1, 2, 2),
+            geometry([256, 13, 13], 384, 3, 1, 1, 1),
+            geometry([384, 13, 13], 384, 3, 1, 1, 2),
+            geometry([384, 13, 13], 256, 3, 1, 1, 2),
+            geometry([16, 13, 13], 32, 3, 1, 1, 2),
+            geometry([40, 9, 9], 48, 3, 1, 1, 2),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The policy and the ranking are plain logic over cuDNN's reports, checked
@@ -1991,6 +2045,50 @@ mod tests {
         );
         assert_eq!(judged.chosen, Some(2));
         assert_eq!(judged.passed_over().0.len(), 2);
+    }
+
+    /// The legacy route's descriptors, in both layouts and both element types,
+    /// describe each shape as the engine sees it: cuDNN's own output size for
+    /// the input, the filter (in / groups channels) and the convolution (with
+    /// its group count) is the engine's. Needs cuDNN's library, not a GPU.
+    #[test]
+    fn cudnn_agrees_with_the_engine_on_every_legacy_shape() {
+        if !super::cudnn_on_cpu::open() {
+            return;
+        }
+        let n = 4;
+        for g in super::cudnn_on_cpu::shapes() {
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                for data_type in [
+                    cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+                ] {
+                    let x = TensorDesc::new(
+                        data_type,
+                        layout,
+                        [n, g.input.channels, g.input.height, g.input.width],
+                    )
+                    .unwrap();
+                    let w = FilterDesc::new(
+                        data_type,
+                        layout,
+                        [g.output.channels, g.in_per_group(), g.kernel, g.kernel],
+                    )
+                    .unwrap();
+                    let conv = ConvDesc::new(&g, cudnnMathType_t::CUDNN_TENSOR_OP_MATH).unwrap();
+                    let mut dims: [c_int; 4] = [0; 4];
+                    let [dn, dc, dh, dw] = &mut dims;
+                    // SAFETY: live descriptors and four valid out-pointers.
+                    unsafe {
+                        sys::cudnnGetConvolution2dForwardOutputDim(conv.0, x.0, w.0, dn, dc, dh, dw)
+                    }
+                    .result()
+                    .unwrap_or_else(|e| panic!("{g:?} in {layout:?}, {data_type:?}: {e}"));
+                    let want = [n, g.output.channels, g.output.height, g.output.width];
+                    assert_eq!(dims.map(|d| d as usize), want, "{g:?} in {layout:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -900,6 +900,7 @@ impl<T: Element> Dnn<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cudnn_on_cpu;
     use super::*;
 
     fn engine(notes: &[Note]) -> Engine {
@@ -910,49 +911,6 @@ mod tests {
         }
     }
 
-    /// cuDNN's library, opened by the path `ALEXNET_CUDNN_LIB` names
-    /// (tools/ci/fetch_cudnn.sh) unless it is on the loader's path already:
-    /// once open, cudarc's calls by its usual name reach it. `false` where it
-    /// is nowhere (the test then skips, unless ALEXNET_REQUIRE_CUDNN=1).
-    fn open_cudnn() -> bool {
-        // SAFETY: only tries to open the library, as cudarc would.
-        if unsafe { sys::is_culib_present() } {
-            return true;
-        }
-        let Some(path) = std::env::var_os("ALEXNET_CUDNN_LIB") else {
-            return false;
-        };
-        // SAFETY: cuDNN's initialisers have no preconditions; the library stays
-        // open for the rest of the process, as cudarc keeps its own.
-        match unsafe { libloading::Library::new(&path) } {
-            Ok(library) => {
-                std::mem::forget(library);
-                true
-            }
-            Err(e) => panic!("ALEXNET_CUDNN_LIB={}: {e}", path.to_string_lossy()),
-        }
-    }
-
-    fn geometry(
-        input: [usize; 3],
-        out: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-    ) -> ConvGeometry {
-        let [c, h, w] = input;
-        ConvGeometry::new(
-            alexnet::layers::Shape::new(c, h, w),
-            out,
-            k,
-            stride,
-            pad,
-            groups,
-        )
-        .expect("a geometry that fits")
-    }
-
     /// Every descriptor the graph route builds (tensors, convolution, each
     /// pass's operation and graph) for the paper's five convolutions and the
     /// GPU tests' shapes is accepted by cuDNN itself, which checks types,
@@ -961,23 +919,10 @@ mod tests {
     /// GPU is needed for these; planning and running the graphs does.
     #[test]
     fn cudnn_accepts_the_descriptors_of_every_pass() {
-        if !open_cudnn() {
-            assert!(
-                std::env::var_os("ALEXNET_REQUIRE_CUDNN").is_none_or(|v| v != "1"),
-                "ALEXNET_REQUIRE_CUDNN=1 but cuDNN is not found (set ALEXNET_CUDNN_LIB)"
-            );
-            println!("skipped: cuDNN not found (tools/ci/fetch_cudnn.sh and ALEXNET_CUDNN_LIB)");
+        if !cudnn_on_cpu::open() {
             return;
         }
-        let shapes = [
-            geometry([3, 224, 224], 96, 11, 4, 2, 1),
-            geometry([96, 27, 27], 256, 5, 1, 2, 2),
-            geometry([256, 13, 13], 384, 3, 1, 1, 1),
-            geometry([384, 13, 13], 384, 3, 1, 1, 2),
-            geometry([384, 13, 13], 256, 3, 1, 1, 2),
-            geometry([16, 13, 13], 32, 3, 1, 1, 2),
-            geometry([40, 9, 9], 48, 3, 1, 1, 2),
-        ];
+        let shapes = cudnn_on_cpu::shapes();
         for g in &shapes {
             for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
                 for data_type in [
