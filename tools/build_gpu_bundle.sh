@@ -8,7 +8,8 @@
 # ignored by git), with Fashion-MNIST's four IDX files (30 MB) where this machine
 # has them (tools/fetch_fashion_mnist.sh), for the GPU's bf16 accuracy check.
 # Copy that folder next to a checkout of this repository on the GPU machine and
-# run `bash tools/gpu_check.sh`.
+# run `bash tools/gpu_check.sh`; or carry the compressed copy, gpu-bundle.tar.xz
+# (also written), which gpu_check.sh unpacks when the folder is not there.
 #
 #   bash tools/build_gpu_bundle.sh [OUT_DIR]
 #   PROFILE=dev bash tools/build_gpu_bundle.sh   # the (optimised) dev profile: quicker to build
@@ -68,3 +69,11 @@ git status --short -- crates Cargo.toml Cargo.lock > "$out/UNCOMMITTED" 2>/dev/n
 echo "built ($profile) into $out:"
 ls -l "$out" "$out/tests"
 du -sh "$out"
+# The folder as one xz-compressed tar beside it: the binaries shrink about 4x,
+# so bundle, data and checkout fit the 64 MiB a device call carries (the folder
+# alone, data included, does not). gpu_check.sh unpacks it where the folder is
+# missing.
+archive="$out.tar.xz"
+tar -C "$(dirname "$out")" -cf - "$(basename "$out")" | xz -T0 -6 > "$archive.part"
+mv "$archive.part" "$archive"
+echo "and compressed: $archive ($(du -h "$archive" | cut -f1)); carry that instead of the folder"

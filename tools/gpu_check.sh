@@ -23,6 +23,7 @@
 #
 #   bash tools/build_gpu_bundle.sh            # on the build machine: makes gpu-bundle/
 #   bash tools/gpu_check.sh [BUNDLE_DIR]      # on the GPU machine, from a checkout
+#                                             # (BUNDLE_DIR.tar.xz is unpacked if the folder is missing)
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
 # skips the timings (tests and workflow only); SANITIZE=1 adds the bf16 and op tests
@@ -40,6 +41,13 @@ seconds=${SECONDS_PER_MEASUREMENT:-5}
 step_timeout=${STEP_TIMEOUT:-300}
 status=0
 
+if [[ ! -x "$bundle/alexnet" && -f "$bundle.tar.xz" ]]; then
+  # The compressed bundle that build_gpu_bundle.sh writes beside the folder
+  # (Python's tarfile, so that neither tar nor xz need be installed here).
+  echo "unpacking $bundle.tar.xz"
+  "$python" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' \
+    "$bundle.tar.xz" "$(dirname "$bundle")"
+fi
 if [[ ! -x "$bundle/alexnet" ]]; then
   echo "error: $bundle/alexnet not found; build the bundle with tools/build_gpu_bundle.sh" >&2
   exit 2
