@@ -68,6 +68,14 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 fi
 "$python" -c 'import torch; print(f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}")'
+# The properties cuDNN plans with, beside the H100 fixture written from NVIDIA's
+# published figures that the CPU planning test (dnn::graph) plans for: where they
+# differ, this device's (printed) can replace or join it.
+cudnn_device="${TMPDIR:-/tmp}/cudnn-device.json"
+if "$python" tools/cudnn_device_properties.py read "$cudnn_device"; then
+  cat "$cudnn_device"
+  "$python" tools/cudnn_device_properties.py compare fixtures/cudnn-device-h100.json "$cudnn_device"
+fi
 # A one-image run of the small net: the backend's own description (device,
 # driver, cuBLAS, cuDNN, NVRTC), and a first sign that it works at all.
 if ours=$(timeout "$step_timeout" "$bundle/alexnet" bench --device cuda:0 --arch cifar --seconds 0 --train-batch 2 \

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fetches cuDNN's libraries (tools/ci/cudnn-requirements.txt: one wheel, pinned by
-# sha256, without its dependencies) into .cudnn-ci/ of the checkout and prints the
-# path of libcudnn.so.9 (for ALEXNET_CUDNN_LIB). Reused while the requirements file
-# is unchanged. No GPU is needed to load them: the graph API descriptor test builds
-# and finalizes descriptors on the CPU.
+# Fetches cuDNN's libraries and cuBLASLt (tools/ci/cudnn-requirements.txt: two
+# wheels, pinned by sha256, without their dependencies) into .cudnn-ci/lib of the
+# checkout and prints the path of libcudnn.so.9 (for ALEXNET_CUDNN_LIB; the tests
+# open libcublasLt.so.13 beside it). Reused while the requirements file is
+# unchanged. No GPU is needed to load them: the graph API tests build and finalize
+# descriptors and plans on the CPU.
 #
 #   export ALEXNET_CUDNN_LIB="$(bash tools/ci/fetch_cudnn.sh)"
 set -euo pipefail
@@ -25,16 +26,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$PYTHON" - "$DIR" <<'PY'
 import pathlib, sys, zipfile
 out = pathlib.Path(sys.argv[1])
-(wheel,) = (out / "wheel").glob("*.whl")
-with zipfile.ZipFile(wheel) as z:
-    for name in z.namelist():
-        if name.startswith("nvidia/cudnn/lib/") and ".so" in name:
+wanted = lambda name: (name.startswith("nvidia/cudnn/lib/") and ".so" in name) or name.endswith(
+    "/lib/libcublasLt.so.13"
+)
+for wheel in sorted((out / "wheel").glob("*.whl")):
+    with zipfile.ZipFile(wheel) as z:
+        for name in filter(wanted, z.namelist()):
             target = out / "lib" / pathlib.Path(name).name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(z.read(name))
+            with z.open(name) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
 PY
     rm -rf "$DIR/wheel"
     echo "$want" >"$stamp"
 fi
 test -f "$DIR/lib/libcudnn.so.9"
+test -f "$DIR/lib/libcublasLt.so.13"
 echo "$PWD/$DIR/lib/libcudnn.so.9"

@@ -1804,6 +1804,46 @@ mod cudnn_on_cpu {
         }
     }
 
+    /// [`open`], and cuBLASLt, which some of cuDNN's engines open as their
+    /// execution plans are built (cuDNN aborts the process where it cannot):
+    /// from the loader's path, else from beside `ALEXNET_CUDNN_LIB` (cuDNN's
+    /// own opening by name then finds the one already open). Where it is
+    /// nowhere, says the test is skipped and returns false (or fails, with
+    /// ALEXNET_REQUIRE_CUDNN=1).
+    pub(super) fn open_with_cublaslt() -> bool {
+        const NAME: &str = "libcublasLt.so.13";
+        if !open() {
+            return false;
+        }
+        let keep = |library: libloading::Library| std::mem::forget(library);
+        // SAFETY (both): cuBLASLt's initialisers have no preconditions; it
+        // stays open for the rest of the process, as cuDNN would keep it.
+        if let Ok(library) = unsafe { libloading::Library::new(NAME) } {
+            keep(library);
+            return true;
+        }
+        let beside = std::env::var_os("ALEXNET_CUDNN_LIB")
+            .map(std::path::PathBuf::from)
+            .and_then(|cudnn| Some(cudnn.parent()?.join(NAME)))
+            .filter(|path| path.exists());
+        let Some(path) = beside else {
+            assert!(
+                std::env::var_os("ALEXNET_REQUIRE_CUDNN").is_none_or(|v| v != "1"),
+                "ALEXNET_REQUIRE_CUDNN=1 but {NAME} is neither on the loader's path nor beside \
+                 ALEXNET_CUDNN_LIB (tools/ci/fetch_cudnn.sh puts it there)"
+            );
+            println!("skipped: {NAME} not found (tools/ci/fetch_cudnn.sh)");
+            return false;
+        };
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(library) => {
+                keep(library);
+                true
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+
     /// The paper's five convolutions (the towers as groups) and the GPU tests'
     /// shapes.
     pub(super) fn shapes() -> Vec<ConvGeometry> {

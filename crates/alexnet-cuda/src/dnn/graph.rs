@@ -2,13 +2,18 @@
 //! and PyTorch's convolutions take: each pass is an operation graph of one
 //! convolution over NHWC tensors (filters `[out, k, k, in / groups]`; cuDNN
 //! infers the group count from the input's and the filter's channels), cuDNN's
-//! heuristics (mode A) propose engine configurations, and each one the
-//! precision policy allows is built into an execution plan and timed on scratch
-//! tensors, the fastest kept, as the legacy route times its algorithms.
+//! heuristics (modes A and B, then the fallback list: [`HEURISTICS`]) propose
+//! engine configurations, and each one the precision policy allows is built
+//! into an execution plan and timed on scratch tensors, the fastest kept, as the
+//! legacy route times its algorithms.
 //!
 //! The policy reads each engine's numerical notes (see [`rejection`]). Engines
 //! that compile their kernels at run time are passed over: compiling costs
 //! seconds per shape, and a plain convolution has precompiled engines.
+//!
+//! Everything but the timings and executions also runs without a GPU, for a
+//! device described by its properties (cuDNN 9.8 and later): the tests plan
+//! every pass for an H100 so on the CPU.
 //!
 //! The operations are built with `beta = 0` (the output is overwritten): bf16
 //! mode widens and accumulates the weight gradient in f32 itself.
@@ -35,7 +40,7 @@ use super::{
 const UIDS: [i64; 3] = [1, 2, 3];
 
 /// The most engine configurations timed per pass: the first this many that the
-/// policy allows, in cuDNN's order (best first).
+/// policy allows, in the heuristics' order (best first).
 const MAX_CANDIDATES: usize = 16;
 
 /// The most engine configurations read from one heuristics query (cuDNN 9
@@ -253,11 +258,33 @@ fn operation(pass: Pass, [x, w, y]: [&Desc; 3], conv: &Desc) -> Result<Desc, Dnn
     Ok(op)
 }
 
-/// The engine configurations cuDNN's heuristics of `mode` propose for `graph`,
-/// best first.
-fn engine_configs(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<Desc>, DnnError> {
+/// The device cuDNN's heuristics and execution plans are made for: the GPU
+/// behind a handle, or one described by its properties (cuDNN 9.8 and later
+/// plan without a GPU then, as the tests on the CPU do).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Gpu(&'a Handle),
+    #[cfg(test)]
+    Described(&'a Desc),
+}
+
+/// The engine configurations cuDNN's heuristics of `mode` propose for `graph`
+/// on `target`, best first.
+fn engine_configs(
+    graph: &Desc,
+    mode: sys::cudnnBackendHeurMode_t,
+    target: Target<'_>,
+) -> Result<Vec<Desc>, DnnError> {
     let heuristics = Desc::new(DescKind::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
     heuristics.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[graph])?;
+    match target {
+        // The operation graph carries the handle.
+        Target::Gpu(_) => {}
+        #[cfg(test)]
+        Target::Described(properties) => {
+            heuristics.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, &[properties])?
+        }
+    }
     // SAFETY: CUDNN_TYPE_HEUR_MODE is the cudnnBackendHeurMode_t enum.
     unsafe {
         heuristics.set(
@@ -452,6 +479,86 @@ fn admit(policy: Policy, pass: Pass, config: &Desc) -> Result<Engine, String> {
         ));
     }
     Ok(engine)
+}
+
+/// The execution plan of an engine configuration (`name` says which, in
+/// errors) on `target`, and the bytes of workspace it needs; why not where it
+/// cannot be built or needs more workspace than the timings may allocate.
+fn execution_plan(name: &str, config: &Desc, target: Target<'_>) -> Result<(Desc, usize), String> {
+    let plan = Desc::new(DescKind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)
+        .and_then(|plan| {
+            match target {
+                Target::Gpu(handle) => {
+                    plan.set_handle(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?
+                }
+                #[cfg(test)]
+                Target::Described(properties) => {
+                    plan.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_DEVICEPROP, &[properties])?
+                }
+            }
+            plan.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
+            plan.finalize("execution plan")?;
+            Ok(plan)
+        })
+        .map_err(|e| format!("{name}: {e}"))?;
+    let workspace = plan
+        .get_i64(Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let workspace = usize::try_from(workspace)
+        .map_err(|_| format!("{name}: a workspace of {workspace} bytes"))?;
+    if workspace > TIMING_WORKSPACE_CAP {
+        return Err(format!(
+            "{name}: needs {} of workspace, more than the timings' {}",
+            bytes(workspace),
+            bytes(TIMING_WORKSPACE_CAP)
+        ));
+    }
+    Ok((plan, workspace))
+}
+
+/// The heuristics asked, in turn, for engine configurations: mode A (quick),
+/// then mode B (slower, and alone in proposing tensor-core engines for some
+/// shapes: the weight gradients of the paper's conv4 and conv5 on an H100,
+/// where mode A proposes none), then the fallback list.
+const HEURISTICS: [sys::cudnnBackendHeurMode_t; 3] = [
+    sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
+    sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_B,
+    sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
+];
+
+/// The first [`MAX_CANDIDATES`] engine configurations that `policy` admits
+/// for `pass` among those the [`HEURISTICS`] propose for `graph` on `target`
+/// (in their order: a list is asked only while fewer were admitted), each with
+/// its engine; why every other one read was passed over goes to `turned_down`.
+/// The lists overlap, so a configuration may come twice.
+fn admitted(
+    policy: Policy,
+    pass: Pass,
+    graph: &Desc,
+    target: Target<'_>,
+    turned_down: &mut Vec<String>,
+) -> Vec<(Engine, Desc)> {
+    let mut admitted = Vec::new();
+    for mode in HEURISTICS {
+        if admitted.len() == MAX_CANDIDATES {
+            break;
+        }
+        let configs = match engine_configs(graph, mode, target) {
+            Ok(configs) => configs,
+            Err(e) => {
+                turned_down.push(format!("heuristics {mode:?}: {e}"));
+                continue;
+            }
+        };
+        for config in configs {
+            match admit(policy, pass, &config) {
+                Ok(_) if admitted.len() == MAX_CANDIDATES => break,
+                Ok(engine) => admitted.push((engine, config)),
+                Err(why) => turned_down.push(why),
+            }
+        }
+    }
+    admitted
 }
 
 /// One pass's operation graph (a single convolution) and the descriptors it
@@ -681,9 +788,8 @@ impl<T: Element> Dnn<T> {
         result
     }
 
-    /// One pass's graph, its engines from the heuristics (the fallback list
-    /// where mode A proposes nothing that runs), each the policy allows timed,
-    /// the fastest kept.
+    /// One pass's graph, its engines from the heuristics ([`admitted`]), each
+    /// timed, the fastest kept.
     fn graph_pass(
         &self,
         pass: Pass,
@@ -743,11 +849,9 @@ impl<T: Element> Dnn<T> {
         })
     }
 
-    /// The engine configurations `graph`'s heuristics propose (mode A, then the
-    /// fallback list where mode A has none that runs), each that `policy` admits
-    /// built and timed, at most [`MAX_CANDIDATES`] per list: the fastest (its
-    /// plan, configuration, workspace and time) and why the others were passed
-    /// over.
+    /// The engine configurations [`admitted`] for `graph` under `policy`, each
+    /// built and timed: the fastest (its plan, configuration, workspace and
+    /// time) and why the others were passed over.
     fn search(
         &self,
         policy: Policy,
@@ -758,53 +862,27 @@ impl<T: Element> Dnn<T> {
     ) -> (Option<Timed>, Vec<String>) {
         let mut turned_down = Vec::new();
         let mut best: Option<Timed> = None;
-        for mode in [
-            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
-            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
-        ] {
-            let configs = match engine_configs(graph, mode) {
-                Ok(configs) => configs,
-                Err(e) => {
-                    turned_down.push(format!("heuristics {mode:?}: {e}"));
-                    continue;
-                }
-            };
-            let mut tried = 0;
-            for config in configs {
-                let engine = match admit(policy, pass, &config) {
-                    Ok(engine) => engine,
-                    Err(why) => {
-                        turned_down.push(why);
-                        continue;
+        let target = Target::Gpu(&self.handle);
+        for (engine, config) in admitted(policy, pass, graph, target, &mut turned_down) {
+            match self.build_and_time(&engine, &config, trial) {
+                Ok((plan, workspace, time)) => {
+                    let _ = writeln!(
+                        log,
+                        "  {}: {}, {time:.3} ms, workspace {}",
+                        pass.name(),
+                        engine.name(),
+                        bytes(workspace)
+                    );
+                    if best.as_ref().is_none_or(|b| time < b.time) {
+                        best = Some(Timed {
+                            plan,
+                            config,
+                            workspace,
+                            time,
+                        });
                     }
-                };
-                if tried == MAX_CANDIDATES {
-                    break;
                 }
-                tried += 1;
-                match self.build_and_time(&engine, &config, trial) {
-                    Ok((plan, workspace, time)) => {
-                        let _ = writeln!(
-                            log,
-                            "  {}: {}, {time:.3} ms, workspace {}",
-                            pass.name(),
-                            engine.name(),
-                            bytes(workspace)
-                        );
-                        if best.as_ref().is_none_or(|b| time < b.time) {
-                            best = Some(Timed {
-                                plan,
-                                config,
-                                workspace,
-                                time,
-                            });
-                        }
-                    }
-                    Err(why) => turned_down.push(why),
-                }
-            }
-            if best.is_some() {
-                break;
+                Err(why) => turned_down.push(why),
             }
         }
         (best, turned_down)
@@ -819,26 +897,7 @@ impl<T: Element> Dnn<T> {
         trial: &mut Trial<T>,
     ) -> Result<(Desc, usize, f32), String> {
         let name = engine.name();
-        let plan = Desc::new(DescKind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)
-            .and_then(|plan| {
-                plan.set_handle(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, &self.handle)?;
-                plan.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
-                plan.finalize("execution plan")?;
-                Ok(plan)
-            })
-            .map_err(|e| format!("{name}: {e}"))?;
-        let workspace = plan
-            .get_i64(Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)
-            .map_err(|e| format!("{name}: {e}"))?;
-        let workspace = usize::try_from(workspace)
-            .map_err(|_| format!("{name}: a workspace of {workspace} bytes"))?;
-        if workspace > TIMING_WORKSPACE_CAP {
-            return Err(format!(
-                "{name}: needs {} of workspace, more than the timings' {}",
-                bytes(workspace),
-                bytes(TIMING_WORKSPACE_CAP)
-            ));
-        }
+        let (plan, workspace) = execution_plan(&name, config, Target::Gpu(&self.handle))?;
         self.grow_trial_workspace(trial, workspace)
             .map_err(|e| format!("{name}: {e}"))?;
         let pass = GraphPass {
@@ -956,6 +1015,120 @@ mod tests {
             .err()
             .expect("an output of the wrong size is refused");
         assert!(err.to_string().contains("forward operation"), "{err}");
+    }
+
+    /// An H100 SXM (80 GB HBM3) as cuDNN describes a device, written from
+    /// NVIDIA's published properties of that GPU (tools/cudnn_device_properties.py
+    /// reads a real device's, for comparison). Compiled in, so that the test
+    /// binary carries it to a GPU machine.
+    const H100: &str = include_str!("../../../../fixtures/cudnn-device-h100.json");
+
+    /// A device described by the properties cuDNN serializes (JSON, the
+    /// fields of `cudaDeviceProp` it plans with).
+    fn described_device(json: &str) -> Result<Desc, DnnError> {
+        let properties = Desc::new(DescKind::CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR)?;
+        // SAFETY: CUDNN_TYPE_CHAR is char; cuDNN copies the bytes.
+        unsafe {
+            properties.set(
+                Attr::CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION,
+                Kind::CUDNN_TYPE_CHAR,
+                json.as_bytes(),
+            )?;
+        }
+        properties.finalize("device properties")?;
+        Ok(properties)
+    }
+
+    /// For every pass of every shape in bf16, cuDNN's heuristics propose
+    /// engines the policy admits, and cuDNN builds their execution plans,
+    /// planned for an H100 described by its properties
+    /// (`fixtures/cudnn-device-h100.json`) rather than read from a GPU, as
+    /// cuDNN 9.8 and later allow: the route's heuristics, engine notes,
+    /// admission and plans, everything but the timings and executions, which
+    /// need the GPU. A backward pass may relax bf16's determinism as the route
+    /// does ([`Dnn::graph_pass`]); the test says where it had to.
+    #[test]
+    fn cudnn_plans_every_bf16_pass_for_a_described_h100() {
+        if !cudnn_on_cpu::open_with_cublaslt() {
+            return;
+        }
+        let properties =
+            described_device(H100).unwrap_or_else(|e| panic!("cudnn-device-h100.json: {e}"));
+        let target = Target::Described(&properties);
+        for g in &cudnn_on_cpu::shapes() {
+            for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+                let graph =
+                    PassGraph::new(pass, g, 128, cudnnDataType_t::CUDNN_DATA_BFLOAT16, None)
+                        .unwrap_or_else(|e| panic!("{} of {g:?}: {e}", pass.name()));
+                let mut turned_down = Vec::new();
+                let mut planned = Vec::new();
+                let mut tensor_cores = false;
+                for policy in [Policy::Bf16, Policy::Tf32] {
+                    if policy == Policy::Tf32 && (pass == Pass::Forward || !planned.is_empty()) {
+                        break;
+                    }
+                    for (engine, config) in
+                        admitted(policy, pass, &graph.graph, target, &mut turned_down)
+                    {
+                        match execution_plan(&engine.name(), &config, target) {
+                            Ok((_, workspace)) => {
+                                tensor_cores |= engine.has(Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
+                                planned.push(format!(
+                                    "{}{} [{}]",
+                                    engine.name(),
+                                    if policy == Policy::Bf16 {
+                                        ""
+                                    } else {
+                                        " relaxed"
+                                    },
+                                    bytes(workspace)
+                                ));
+                            }
+                            Err(why) => turned_down.push(why),
+                        }
+                    }
+                }
+                assert!(
+                    !planned.is_empty(),
+                    "no plan for the {} pass of {g:?} x 128: {}",
+                    pass.name(),
+                    turned_down.join("; ")
+                );
+                // bf16 pays only on tensor cores.
+                assert!(
+                    tensor_cores,
+                    "no tensor-core plan for the {} pass of {g:?} x 128: {}",
+                    pass.name(),
+                    planned.join(", ")
+                );
+                turned_down.sort();
+                turned_down.dedup();
+                println!(
+                    "{} {}: {} planned: {}; passed over: {}",
+                    shape_line(g, 128),
+                    pass.name(),
+                    planned.len(),
+                    planned.join(", "),
+                    turned_down.join("; ")
+                );
+            }
+        }
+    }
+
+    /// cuDNN reads every property it plans with: a description that lacks
+    /// one is refused, so the fixture above is a whole description.
+    #[test]
+    fn a_device_description_without_its_multiprocessor_count_is_refused() {
+        if !cudnn_on_cpu::open() {
+            return;
+        }
+        let without: String = H100
+            .lines()
+            .filter(|line| !line.contains("\"multiProcessorCount\""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(without, H100.trim_end(), "the fixture names the count");
+        assert!(described_device(&without).is_err());
     }
 
     #[test]
