@@ -88,6 +88,10 @@ fi
 
 section "tests (ALEXNET_REQUIRE_GPU=1)"
 export ALEXNET_REQUIRE_GPU=1
+# The NCCL id test opens PyTorch's libnccl.so.2 through a link of its own.
+if [[ -n "$nccl_lib" ]]; then
+  export ALEXNET_NCCL_LIB="$nccl_lib"
+fi
 # Test threads get 16 MiB stacks instead of 2: CUDA's libraries run on them (cuDNN
 # times algorithms on the calling thread), and an overflow inside C++ code is a bare
 # segmentation fault.

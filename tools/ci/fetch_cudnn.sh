@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fetches cuDNN's libraries and cuBLASLt (tools/ci/cudnn-requirements.txt: two
-# wheels, pinned by sha256, without their dependencies) into .cudnn-ci/lib of the
-# checkout and prints the path of libcudnn.so.9 (for ALEXNET_CUDNN_LIB; the tests
-# open libcublasLt.so.13 beside it). Reused while the requirements file is
-# unchanged. No GPU is needed to load them: the graph API tests build and finalize
-# descriptors and plans on the CPU.
+# Fetches cuDNN's libraries, cuBLASLt and NCCL (tools/ci/cudnn-requirements.txt:
+# three wheels, pinned by sha256, without their dependencies) into .cudnn-ci/lib of
+# the checkout and prints the path of libcudnn.so.9 (for ALEXNET_CUDNN_LIB; the
+# tests open libcublasLt.so.13 beside it, and libnccl.so.2 as ALEXNET_NCCL_LIB). Reused while the
+# requirements file is unchanged. No GPU is needed to load them: the graph API
+# tests build and finalize descriptors and plans on the CPU, the NCCL test makes ids.
 #
 #   export ALEXNET_CUDNN_LIB="$(bash tools/ci/fetch_cudnn.sh)"
 set -euo pipefail
@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 import pathlib, sys, zipfile
 out = pathlib.Path(sys.argv[1])
 wanted = lambda name: (name.startswith("nvidia/cudnn/lib/") and ".so" in name) or name.endswith(
-    "/lib/libcublasLt.so.13"
+    ("/lib/libcublasLt.so.13", "/lib/libnccl.so.2")
 )
 for wheel in sorted((out / "wheel").glob("*.whl")):
     with zipfile.ZipFile(wheel) as z:
@@ -43,4 +43,5 @@ PY
 fi
 test -f "$DIR/lib/libcudnn.so.9"
 test -f "$DIR/lib/libcublasLt.so.13"
+test -f "$DIR/lib/libnccl.so.2"
 echo "$PWD/$DIR/lib/libcudnn.so.9"
