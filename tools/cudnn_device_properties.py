@@ -28,7 +28,11 @@ MAX_JSON = 1 << 16
 
 
 def cudnn():
-    return ctypes.CDLL(os.environ.get("ALEXNET_CUDNN_LIB", "libcudnn.so.9"))
+    name = os.environ.get("ALEXNET_CUDNN_LIB", "libcudnn.so.9")
+    try:
+        return ctypes.CDLL(name)
+    except OSError as e:
+        sys.exit(f"cannot open cuDNN ({name}; set ALEXNET_CUDNN_LIB): {e}")
 
 
 def call(lib, name, *args):

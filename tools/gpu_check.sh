@@ -27,7 +27,11 @@
 #
 # SECONDS_PER_MEASUREMENT (default 5) sets the length of each timing; SKIP_BENCH=1
 # skips the timings (tests and workflow only); SANITIZE=1 adds the bf16 and op tests
-# under compute-sanitizer. STEP_TIMEOUT (default 300) bounds each
+# under compute-sanitizer. STEPS (default all) names the steps to run, from
+#   tests phases workflow bench towers bf16 accuracy loader e2e
+# (the versions always come first), so that one check can be split between calls
+# of a limited length; BUDGET (seconds, default none) skips each step that would
+# begin after it, so that a run under a time limit still ends with its summary. STEP_TIMEOUT (default 300) bounds each
 # test executable, the workflow and the benchmark in seconds, so that a hang in one
 # still leaves the others' results. Exits non-zero if a test, the
 # workflow or a benchmark (any mode, or the towers) fails. Each step's header says
@@ -36,6 +40,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bundle=${1:-gpu-bundle}
+all_steps="tests phases workflow bench towers bf16 accuracy loader e2e"
+timings="bench towers bf16 accuracy loader e2e"
+steps=${STEPS:-$all_steps}
+budget=${BUDGET:-0}
+skipped=""
+for step in $steps; do
+  if [[ " $all_steps " != *" $step "* ]]; then
+    echo "error: STEPS names '$step'; the steps are: $all_steps" >&2
+    exit 2
+  fi
+done
 python=${PYTHON:-python3}
 seconds=${SECONDS_PER_MEASUREMENT:-5}
 step_timeout=${STEP_TIMEOUT:-300}
@@ -59,6 +74,20 @@ source tools/gpu_env.sh
 # log shows where its time went.
 section() {
   echo "== $1   [${SECONDS}s]"
+}
+
+# Whether step $1 runs: named in STEPS, not a timing under SKIP_BENCH=1, and
+# begun within BUDGET.
+runs() {
+  [[ " $steps " == *" $1 "* ]] || return 1
+  if [[ "${SKIP_BENCH:-0}" == 1 && " $timings " == *" $1 "* ]]; then
+    return 1
+  fi
+  if (( budget > 0 && SECONDS >= budget )); then
+    echo "== SKIPPED $1: the check has run ${SECONDS}s of its BUDGET of ${budget}s"
+    skipped="$skipped $1"
+    return 1
+  fi
 }
 
 section "versions"
@@ -86,7 +115,6 @@ else
   status=1
 fi
 
-section "tests (ALEXNET_REQUIRE_GPU=1)"
 export ALEXNET_REQUIRE_GPU=1
 # The NCCL id test opens PyTorch's libnccl.so.2 through a link of its own.
 if [[ -n "$nccl_lib" ]]; then
@@ -96,28 +124,31 @@ fi
 # times algorithms on the calling thread), and an overflow inside C++ code is a bare
 # segmentation fault.
 export RUST_MIN_STACK=16777216
-for test in "$bundle"/tests/*; do
-  echo "-- $(basename "$test")"
-  if ! timeout "$step_timeout" "$test"; then
-    echo "FAILED: $(basename "$test")"
-    status=1
-  fi
-done
-# SANITIZE=1: the bf16 and op tests once more under compute-sanitizer's memcheck
-# (out-of-bounds and misaligned accesses in our kernels and in what cuDNN is
-# handed), where the machine has it; several times slower, so not by default.
-if [[ "${SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
-  for test in "$bundle"/tests/bf16 "$bundle"/tests/ops; do
-    [[ -x "$test" ]] || continue
-    echo "-- $(basename "$test") under compute-sanitizer"
-    if ! timeout "$step_timeout" compute-sanitizer --tool memcheck --error-exitcode 1 "$test"; then
-      echo "FAILED: $(basename "$test") under compute-sanitizer"
+if runs tests; then
+  section "tests (ALEXNET_REQUIRE_GPU=1)"
+  for test in "$bundle"/tests/*; do
+    echo "-- $(basename "$test")"
+    if ! timeout "$step_timeout" "$test"; then
+      echo "FAILED: $(basename "$test")"
       status=1
     fi
   done
+  # SANITIZE=1: the bf16 and op tests once more under compute-sanitizer's memcheck
+  # (out-of-bounds and misaligned accesses in our kernels and in what cuDNN is
+  # handed), where the machine has it; several times slower, so not by default.
+  if [[ "${SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null; then
+    for test in "$bundle"/tests/bf16 "$bundle"/tests/ops; do
+      [[ -x "$test" ]] || continue
+      echo "-- $(basename "$test") under compute-sanitizer"
+      if ! timeout "$step_timeout" compute-sanitizer --tool memcheck --error-exitcode 1 "$test"; then
+        echo "FAILED: $(basename "$test") under compute-sanitizer"
+        status=1
+      fi
+    done
+  fi
 fi
 
-if [[ -x "$bundle/step_phases" ]]; then
+if runs phases && [[ -x "$bundle/step_phases" ]]; then
   for precision in fp32 bf16; do
     section "where a training step's time goes (batch 128, $precision)"
     if ! timeout "$step_timeout" "$bundle/step_phases" 128 10 "$precision"; then
@@ -127,21 +158,23 @@ if [[ -x "$bundle/step_phases" ]]; then
   done
 fi
 
-section "workflow: prepare, train, eval and features on the GPU, one device and two towers"
 # GPUs as CUDA numbers them (after CUDA_VISIBLE_DEVICES), from PyTorch.
 gpus=$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 towers="cuda:0,cuda:0"
 [[ ${gpus:-0} -ge 2 ]] && towers="cuda:0,cuda:1"
-torchrun="$python -m torch.distributed.run --no-python --standalone --nproc-per-node 1"
-timing_steps=${TIMING_STEPS:-30}
-[[ "${SKIP_BENCH:-0}" == 1 ]] && timing_steps=0
-if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers" \
-    --launcher "$torchrun" --timing-steps "$timing_steps"; then
-  echo "FAILED: the device workflow"
-  status=1
+if runs workflow; then
+  section "workflow: prepare, train, eval and features on the GPU, one device and two towers"
+  torchrun="$python -m torch.distributed.run --no-python --standalone --nproc-per-node 1"
+  timing_steps=${TIMING_STEPS:-30}
+  [[ "${SKIP_BENCH:-0}" == 1 ]] && timing_steps=0
+  if ! timeout "$step_timeout" "$python" tools/device_workflow.py --alexnet "$bundle/alexnet" --device cuda:0 --towers "$towers" \
+      --launcher "$torchrun" --timing-steps "$timing_steps"; then
+    echo "FAILED: the device workflow"
+    status=1
+  fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+if runs bench; then
   section "benchmark"
   if ! timeout "$step_timeout" "$python" tools/bench_pytorch_cuda.py --alexnet-bin "$bundle/alexnet" --seconds "$seconds" \
       --json-out "${BENCH_JSON:-/dev/null}"; then
@@ -150,7 +183,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+if runs towers; then
   # The paper's layout: one tower per GPU, or both on GPU 0 where there is one.
   # Printed beside the one-GPU figures above; PyTorch has no two-device
   # counterpart of this net to compare with.
@@ -162,7 +195,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+if runs bf16; then
   # bf16 convolutions in each layout of their operands, and through the graph
   # API (the benchmark above lets each shape take the faster legacy layout):
   # the per-layer tables side by side, and the route each shape chose when all
@@ -184,7 +217,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
+if runs accuracy; then
   # bf16's accuracy contract: the cifar preset on Fashion-MNIST, fp32 against
   # bf16 products, 3 seeds of 4 epochs each; the test errors must end within
   # 0.5 points (read results.md's table).
@@ -204,7 +237,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/loader_bench" ]]; then
+if runs loader && [[ -x "$bundle/loader_bench" ]]; then
   # How many JPEGs a second the machine's cores decode for the GPU (the
   # "N worker threads" line): beside the training rates above, whether the CPU
   # can feed the GPU or nvJPEG is needed.
@@ -215,7 +248,7 @@ if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/loader_bench" ]]; then
   fi
 fi
 
-if [[ "${SKIP_BENCH:-0}" != 1 && -x "$bundle/photo_dataset" ]]; then
+if runs e2e && [[ -x "$bundle/photo_dataset" ]]; then
   # Training from a JPEG dataset on disk against the bench's step from stored
   # bytes (tools/end_to_end.py). E2E_PRECISIONS (default fp32) lists the modes;
   # E2E_IMAGES (default 20000) the dataset's size.
@@ -234,6 +267,9 @@ if [[ $status == 0 ]]; then
   section "GPU check passed"
 else
   section "GPU check FAILED (see above)"
+fi
+if [[ -n "$skipped" ]]; then
+  echo "steps not run within the BUDGET of ${budget}s:$skipped (run them with STEPS=\"${skipped# }\")"
 fi
 echo "GPU check wall time: ${SECONDS} s"
 exit $status
