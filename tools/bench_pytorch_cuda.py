@@ -21,6 +21,9 @@ ours that fails is reported with the end of its stderr in place of its figures; 
 
     python3 tools/bench_pytorch_cuda.py --alexnet-bin gpu-bundle/alexnet
     python3 tools/bench_pytorch_cuda.py --no-ours --seconds 2 --fp32-only
+
+`--torch-device cpu` runs PyTorch's side on the CPU instead: a rehearsal of the script (eager and compiled,
+every mode) on a machine without a GPU, whose figures say nothing of a GPU's.
 """
 
 import argparse
@@ -58,8 +61,22 @@ def set_mode(mode):
     torch.backends.cudnn.allow_tf32 = tf32
 
 
-def autocast(mode):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=(mode == "bf16"))
+def autocast(mode, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(mode == "bf16"))
+
+
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device):
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def release_memory(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def sgd_step(net, x, y, mode, sgd, velocities, what):
@@ -67,7 +84,7 @@ def sgd_step(net, x, y, mode, sgd, velocities, what):
     loss back (which waits for the GPU) and fails if it is not finite."""
     lr, momentum, weight_decay = sgd
     net.zero_grad(set_to_none=True)
-    with autocast(mode):
+    with autocast(mode, x.device):
         loss = F.cross_entropy(net(x), y)
     loss.backward()
     bench_pytorch.paper_sgd_step_in_place(net, lr, momentum, weight_decay, velocities)
@@ -96,9 +113,9 @@ def timed_with_compile(seconds, step, compiled):
     return time_steps(seconds, step), compile_s
 
 
-def measure_training(arch, batch, seconds, mode, compiled=False):
+def measure_training(arch, batch, seconds, mode, device, compiled=False):
     spec, net = bench_pytorch.build_net(arch)
-    net = net.cuda().train()
+    net = net.to(device).train()
     classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
     shape = bench_pytorch.input_shape(spec)
     lr, momentum, weight_decay = bench_pytorch.sgd_settings(spec)
@@ -106,28 +123,28 @@ def measure_training(arch, batch, seconds, mode, compiled=False):
     generator = torch.Generator().manual_seed(bench_pytorch.DATA_SEED)
     images, labels = bench_pytorch.random_batch(generator, batch, shape, classes)
     set_mode(mode)
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     model, layout = prepared(net, images, compiled)
 
     def step():
-        x, y = layout(images.cuda(non_blocking=False)), labels.cuda(non_blocking=False)
+        x, y = layout(images.to(device)), labels.to(device)
         sgd_step(model, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}")
 
     per_step, compile_s = timed_with_compile(seconds, step, compiled)
-    peak = torch.cuda.max_memory_allocated()
+    peak = peak_memory(device)
     del net, model, velocities
-    torch.cuda.empty_cache()
+    release_memory(device)
     return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3,
             "peak_device_bytes": peak, "compile_s": compile_s}
 
 
-def measure_training_from_bytes(arch, batch, seconds, mode, compiled=False):
+def measure_training_from_bytes(arch, batch, seconds, mode, device, compiled=False):
     """The training step from a batch of stored bytes in host memory, as `alexnet bench`'s "from stored bytes"
     row: stored images 1/8 larger than the input on each side go to the GPU as uint8, and each image's view
     (its own offset and reflection) is cut there, converted to float and centred, in a few batched tensor
     operations (advanced indexing), as a user who moves the crop onto the GPU would write it."""
     spec, net = bench_pytorch.build_net(arch)
-    net = net.cuda().train()
+    net = net.to(device).train()
     classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
     channels, height, width = bench_pytorch.input_shape(spec)
     stored_h, stored_w = height + height // 8, width + width // 8
@@ -139,29 +156,29 @@ def measure_training_from_bytes(arch, batch, seconds, mode, compiled=False):
     top = torch.randint(0, stored_h - height + 1, (batch,), generator=generator)
     left = torch.randint(0, stored_w - width + 1, (batch,), generator=generator)
     flip = torch.randint(0, 2, (batch,), generator=generator).bool()
-    rows = (top[:, None] + torch.arange(height))[:, :, None].cuda()
+    rows = (top[:, None] + torch.arange(height))[:, :, None].to(device)
     columns = torch.arange(width)
     columns = torch.where(flip[:, None], left[:, None] + width - 1 - columns, left[:, None] + columns)
-    columns = columns[:, None, :].cuda()
-    images = torch.arange(batch)[:, None, None].cuda()
+    columns = columns[:, None, :].to(device)
+    images = torch.arange(batch)[:, None, None].to(device)
     set_mode(mode)
     model, layout = prepared(net, None, compiled)
 
     def step():
-        stored, y = pixels.cuda(), labels.cuda()
+        stored, y = pixels.to(device), labels.to(device)
         x = layout(stored[images, rows, columns].permute(0, 3, 1, 2).float() - 128.0)
         sgd_step(model, x, y, mode, (lr, momentum, weight_decay), velocities, f"batch {batch}, from bytes")
 
     per_step, compile_s = timed_with_compile(seconds, step, compiled)
     del net, model, velocities
-    torch.cuda.empty_cache()
+    release_memory(device)
     return {"batch": batch, "images_per_s": batch / per_step, "ms_per_step": per_step * 1e3,
             "compile_s": compile_s}
 
 
-def measure_inference(arch, batch, seconds, mode, compiled=False):
+def measure_inference(arch, batch, seconds, mode, device, compiled=False):
     spec, net = bench_pytorch.build_net(arch)
-    net = net.cuda().eval()
+    net = net.to(device).eval()
     classes = int(bench_pytorch.spec_value(spec, None, "classes", 1000))
     shape = bench_pytorch.input_shape(spec)
     generator = torch.Generator().manual_seed(bench_pytorch.DATA_SEED + 1)
@@ -173,13 +190,13 @@ def measure_inference(arch, batch, seconds, mode, compiled=False):
     no_autograd = torch.no_grad if compiled else torch.inference_mode
 
     def step():
-        with no_autograd(), autocast(mode):
-            logits = model(layout(images.cuda()))
+        with no_autograd(), autocast(mode, device):
+            logits = model(layout(images.to(device)))
         logits.float().cpu()
 
     per_batch, compile_s = timed_with_compile(seconds, step, compiled)
     del net, model
-    torch.cuda.empty_cache()
+    release_memory(device)
     return {"batch": batch, "images_per_s": batch / per_batch, "ms_per_batch": per_batch * 1e3,
             "compile_s": compile_s}
 
@@ -188,10 +205,12 @@ def measure_mode(args, mode, compiled):
     """PyTorch's three measurements in one mode, eager or compiled; a compiled run that fails (no
     compiler on the machine, an unsupported operation) is reported, not fatal."""
     kind = "compiled, channels-last" if compiled else "eager"
+    device = torch.device(args.torch_device)
     try:
-        train = measure_training(args.arch, args.train_batch, args.seconds, mode, compiled)
-        from_bytes = measure_training_from_bytes(args.arch, args.train_batch, args.seconds, mode, compiled)
-        infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode, compiled)
+        train = measure_training(args.arch, args.train_batch, args.seconds, mode, device, compiled)
+        from_bytes = measure_training_from_bytes(args.arch, args.train_batch, args.seconds, mode, device,
+                                                 compiled)
+        infer = measure_inference(args.arch, args.infer_batch, args.seconds, mode, device, compiled)
     except Exception as e:  # noqa: BLE001 (torch.compile raises many kinds)
         if not compiled:
             raise
@@ -230,10 +249,14 @@ def run_ours(args, mode):
         return None, f"`{' '.join(command)}` printed no figures ({e})\n{tail}".rstrip()
 
 
-def versions():
-    props = torch.cuda.get_device_properties(0)
+def versions(device):
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu = f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / GIB:.0f} GiB"
+    else:
+        gpu = f"none: PyTorch on {device} (a rehearsal, not a GPU's figures)"
     return {
-        "gpu": f"{props.name}, sm_{props.major}{props.minor}, {props.total_memory / GIB:.0f} GiB",
+        "gpu": gpu,
         "torch": torch.__version__,
         "cuda_torch_built_with": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
@@ -328,13 +351,16 @@ def parse_args():
     parser.add_argument("--no-compile", action="store_true",
                         help="skip PyTorch's channels-last + torch.compile runs (eager only)")
     parser.add_argument("--json-out", metavar="FILE", help="also write all figures as JSON to FILE")
+    parser.add_argument("--torch-device", default="cuda",
+                        help="PyTorch's device (cpu: a rehearsal of the script without a GPU)")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    if not torch.cuda.is_available():
-        log("error: PyTorch sees no CUDA device")
+    device = torch.device(args.torch_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        log("error: PyTorch sees no CUDA device (--torch-device cpu rehearses the script without one)")
         return 2
     if not args.no_ours and not args.alexnet_bin.is_file():
         log(f"error: {args.alexnet_bin} does not exist; build it with tools/build_gpu_bundle.sh or use --no-ours")
@@ -342,7 +368,7 @@ def main():
     torch.backends.cudnn.benchmark = True
     meta = {
         "arch": args.arch, "seconds": args.seconds, "train_batch": args.train_batch,
-        "infer_batch": args.infer_batch, "versions": versions(),
+        "infer_batch": args.infer_batch, "versions": versions(device),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     modes = ["fp32"] + ([] if args.fp32_only else ["tf32", "bf16"])

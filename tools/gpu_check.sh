@@ -12,9 +12,10 @@
 # NCCL's group of one) and must match the plain run; with the timings, the
 # paper's net at batch 128 under torchrun against the plain run (the per-step
 # overhead of NCCL's sums). TIMING_STEPS (default 30) sets that run's length.
-# Then bf16's per-layer times with the convolutions' operands in NCHW, in NHWC
-# and in NHWC through cuDNN's graph API (--bf16-conv-layout), and the route each
-# shape chose when all three are timed; bf16's
+# Then bf16's per-layer times with the convolutions' operands in NCHW, in NHWC,
+# in NHWC through cuDNN's graph API, and as bf16 values in f32 on TF32 tensor
+# cores (--bf16-conv-layout), and the route each shape chose when all four are
+# timed; bf16's
 # accuracy against fp32 on Fashion-MNIST (experiment precision, 3 seeds) where the
 # bundle carries the data.
 # Last, how fast the CPU decodes JPEGs for the GPU (loader_bench), and training
@@ -196,11 +197,11 @@ if runs towers; then
 fi
 
 if runs bf16; then
-  # bf16 convolutions in each layout of their operands, and through the graph
-  # API (the benchmark above lets each shape take the faster legacy layout):
-  # the per-layer tables side by side, and the route each shape chose when all
-  # three compete.
-  for layout in nchw nhwc graph; do
+  # bf16 convolutions in each layout of their operands, through the graph API,
+  # and as bf16 values on TF32 tensor cores (the benchmark above lets each shape
+  # take the faster legacy layout): the per-layer tables side by side, and the
+  # route each shape chose when all four compete.
+  for layout in nchw nhwc graph tf32; do
     section "bf16 convolutions, operands in $layout (--bf16-conv-layout $layout)"
     if ! timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
         --bf16-conv-layout "$layout" --seconds 2 --train-batch 128 --infer-batch 256 --layer-steps 3; then
@@ -208,9 +209,9 @@ if runs bf16; then
       status=1
     fi
   done
-  section "bf16 convolutions: the route each shape chose (ALEXNET_CUDNN_LOG=1, --bf16-conv-layout timed-with-graph)"
+  section "bf16 convolutions: the route each shape chose (ALEXNET_CUDNN_LOG=1, --bf16-conv-layout timed-all)"
   if ! ALEXNET_CUDNN_LOG=1 timeout "$step_timeout" "$bundle/alexnet" --precision bf16 bench --device cuda:0 \
-      --bf16-conv-layout timed-with-graph --seconds 0 --train-batch 128 --infer-batch 256 --layer-steps 1 2>&1 \
+      --bf16-conv-layout timed-all --seconds 0 --train-batch 128 --infer-batch 256 --layer-steps 1 2>&1 \
       | grep -E "chosen|^warning|graph plan"; then
     echo "FAILED: alexnet bench --precision bf16 with ALEXNET_CUDNN_LOG=1 (or no plan said which layout)"
     status=1

@@ -21,6 +21,15 @@ extern "C" __global__ void f32_to_bf16(const float* src, unsigned short* dst, u6
     dst[i] = round_to_bf16(src[i]);
 }
 
+/* bf16 mode through cuDNN's fp32 algorithms on TF32 tensor cores: dst[i] = the
+   f32 value of bf16(src[i]), which TF32 holds exactly, so the products are those
+   of the bf16 operands. */
+extern "C" __global__ void f32_round_to_bf16(const float* src, float* dst, u64 len) {
+    u64 i = global_index();
+    if (i >= len) return;
+    dst[i] = widen_bf16(round_to_bf16(src[i]));
+}
+
 /* What happens to a bf16 result once it is widened to f32 (exact), before it is
    stored: added to what dst holds (accumulate: parameter gradients accumulate),
    or given its channel's bias (bias not null: a convolution's output) and then,

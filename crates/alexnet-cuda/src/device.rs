@@ -11,14 +11,14 @@ use cudarc::cudnn::sys::cudnnMathType_t;
 use cudarc::driver::CudaContext;
 use cudarc::driver::sys::cudaError_enum;
 
+use crate::bf16::Bf16Convolutions;
 use crate::bf16::Bf16Scratch;
 use crate::dnn::{self, Dnn, Layout, Route};
 use crate::input::InputScratch;
 use crate::kernels;
 use crate::staging::Staging;
 use crate::{
-    BackwardScratch, Bf16Layout, Convolutions, CudaBackend, CudaError, CudaSettings, LossScratch,
-    Precision,
+    BackwardScratch, Convolutions, CudaBackend, CudaError, CudaSettings, LossScratch, Precision,
 };
 
 /// Opens each library the backend needs by name and closes it again, so that a
@@ -86,7 +86,7 @@ pub fn compile_kernels(arch: &str) -> Result<String, CudaError> {
 }
 
 /// The names of the kernels' entry points (what [`compile_kernels`]' PTX must define).
-pub const KERNEL_NAMES: [&str; 27] = [
+pub const KERNEL_NAMES: [&str; 28] = [
     "fill",
     "relu_forward",
     "relu_backward",
@@ -110,6 +110,7 @@ pub const KERNEL_NAMES: [&str; 27] = [
     "softmax_xent",
     "sgd_update",
     "f32_to_bf16",
+    "f32_round_to_bf16",
     "bf16_to_f32",
     "f32_to_bf16_nhwc",
     "f32_to_bf16_nhwc_few",
@@ -239,15 +240,9 @@ impl CudaBackend {
                 )
                 .map_err(dnn_error)?,
             ),
-            Precision::Bf16 => Convolutions::Bf16(
-                Dnn::new(
-                    stream.clone(),
-                    cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
-                    algorithms,
-                    bf16_routes(bf16_layout),
-                )
-                .map_err(dnn_error)?,
-            ),
+            Precision::Bf16 => Convolutions::Bf16(Box::new(
+                Bf16Convolutions::new(&stream, bf16_layout).map_err(dnn_error)?,
+            )),
         };
         let bf16 = match precision {
             Precision::Bf16 => {
@@ -296,22 +291,6 @@ impl CudaBackend {
 
     pub(crate) fn fail(&self, what: &str, error: impl std::fmt::Display) -> ! {
         panic!("cuda:{}: {what}: {error}", self.ordinal)
-    }
-}
-
-/// The routes bf16 plans are built on: the legacy API in both layouts (NCHW
-/// first, which wins ties) or the one asked for.
-fn bf16_routes(layout: Bf16Layout) -> &'static [Route] {
-    match layout {
-        Bf16Layout::Timed => &[Route::Legacy(Layout::Nchw), Route::Legacy(Layout::Nhwc)],
-        Bf16Layout::Nchw => &[Route::Legacy(Layout::Nchw)],
-        Bf16Layout::Nhwc => &[Route::Legacy(Layout::Nhwc)],
-        Bf16Layout::Graph => &[Route::Graph],
-        Bf16Layout::TimedWithGraph => &[
-            Route::Legacy(Layout::Nchw),
-            Route::Legacy(Layout::Nhwc),
-            Route::Graph,
-        ],
     }
 }
 

@@ -56,6 +56,12 @@
 //!   round every partial sum to bf16's 8-bit mantissa.
 //! - TF32: everything, except a math type that would convert the f32 operands to
 //!   16-bit types.
+//! - bf16 values in f32 tensors ([`Dnn::for_bf16_values`]: bf16 mode's f32 copies
+//!   of the operands rounded to bf16): tensor-op math, whose TF32 holds every
+//!   bf16 value exactly, so the products are those of the bf16 operands and the
+//!   sums f32; no algorithm that transforms the operands first (FFT,
+//!   FFT_TILING, WINOGRAD, WINOGRAD_NONFUSED: the transformed values are no
+//!   longer bf16 values), and no math type that converts them to a 16-bit type.
 //!
 //! If no algorithm passes, the convolution fails with an error that names the
 //! shape and every algorithm cuDNN offered with the reason it was turned down.
@@ -113,9 +119,9 @@ impl Element for Bf16 {
 }
 
 /// Everything that fixes a convolution's descriptors: the geometry and the batch.
-type ConvKey = [usize; 11];
+pub(crate) type ConvKey = [usize; 11];
 
-fn key(g: &ConvGeometry, n: usize) -> ConvKey {
+pub(crate) fn key(g: &ConvGeometry, n: usize) -> ConvKey {
     [
         g.input.channels,
         g.input.height,
@@ -139,7 +145,7 @@ const TIMING_WORKSPACE_CAP: usize = 1 << 30;
 /// Why a convolution could not be planned or run: the cuDNN (or CUDA) call and
 /// its status, or a shape for which no algorithm passed the precision policy.
 #[derive(Debug)]
-pub(crate) struct DnnError(String);
+pub(crate) struct DnnError(pub(crate) String);
 
 impl DnnError {
     fn call(what: &str, error: impl fmt::Display) -> DnnError {
@@ -501,6 +507,17 @@ impl Algo {
         )
     }
 
+    /// WINOGRAD, whose transforms (fused, unlike WINOGRAD_NONFUSED) stay within
+    /// fp32's rounding but still make new operands of the old.
+    fn is_winograd(self) -> bool {
+        matches!(
+            self,
+            Algo::Forward(FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD)
+                | Algo::BackwardData(BwdDataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD)
+                | Algo::BackwardFilter(BwdFilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD)
+        )
+    }
+
     /// The algorithms cuDNN's documentation ("Reproducibility") names as summing
     /// with atomic adds: backward-filter ALGO_0 and ALGO_3, backward-data ALGO_0.
     fn uses_atomics(self) -> bool {
@@ -623,6 +640,9 @@ enum Policy {
     Tf32,
     /// bf16 tensors (computed in f32 on tensor cores).
     Bf16,
+    /// f32 tensors holding bf16 values, tensor-op math: TF32 holds them
+    /// exactly, so the products are the bf16 operands' and the sums f32.
+    Bf16Values,
 }
 
 impl Policy {
@@ -647,6 +667,9 @@ impl Policy {
             Policy::Fp32Fastest => "fp32: FMA math only, any algorithm",
             Policy::Tf32 => "tf32: any algorithm",
             Policy::Bf16 => "bf16: deterministic backward passes only",
+            Policy::Bf16Values => {
+                "bf16 values in f32: tensor-op math, no FFT, FFT_TILING or Winograd"
+            }
         }
     }
 
@@ -663,7 +686,11 @@ impl Policy {
     /// Whether an algorithm can be excluded before it is run: fp32's transform
     /// algorithms need no timing workspace.
     fn excludes_algo(self, algo: Algo) -> bool {
-        self == Policy::Fp32 && algo.is_transform()
+        match self {
+            Policy::Fp32 => algo.is_transform(),
+            Policy::Bf16Values => algo.is_transform() || algo.is_winograd(),
+            _ => false,
+        }
     }
 
     /// Why a result may not be used, or `None` if it may.
@@ -699,9 +726,16 @@ impl Policy {
                     math_name(perf.math_type)
                 ))
             }
-            Policy::Tf32 if math == cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION => {
+            Policy::Tf32 | Policy::Bf16Values
+                if math == cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION =>
+            {
                 Some("would round the f32 operands to a 16-bit type".into())
             }
+            Policy::Bf16Values if algo.is_transform() || algo.is_winograd() => Some(
+                "transforms the operands before its products (they would no longer be products \
+                 of bf16 values)"
+                    .into(),
+            ),
             Policy::Bf16 if pass != Pass::Forward && perf.determinism == NON_DETERMINISTIC => Some(
                 "reported non-deterministic (unordered sums, which may round partial sums to bf16)"
                     .into(),
@@ -855,12 +889,12 @@ impl ConvPlan {
 
 /// What decides between one shape's plans in two layouts.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Rank {
+pub(crate) struct Rank {
     /// No pass breaks the precision policy's promise.
-    keeps_policy: bool,
+    pub(crate) keeps_policy: bool,
     /// The three passes' measured milliseconds together, or `None` where any
     /// pass's algorithm was not timed.
-    time: Option<f32>,
+    pub(crate) time: Option<f32>,
 }
 
 impl Rank {
@@ -868,7 +902,7 @@ impl Rank {
     /// the policy beats one that does not; then one timed throughout beats one
     /// that is not, and the lesser time wins. A tie keeps `other` (the plan built
     /// first: the engine's NCHW).
-    fn beats(self, other: Rank) -> bool {
+    pub(crate) fn beats(self, other: Rank) -> bool {
         if self.keeps_policy != other.keeps_policy {
             return self.keeps_policy;
         }
@@ -951,6 +985,21 @@ pub(crate) struct Dnn<T> {
     _element: std::marker::PhantomData<T>,
 }
 
+impl Dnn<f32> {
+    /// cuDNN on `stream` for f32 tensors that hold bf16 values (bf16 mode's
+    /// rounded copies of its operands): NCHW, tensor-op math, under the bf16
+    /// values policy (see "Choosing algorithms"), so that TF32 tensor cores
+    /// compute exactly the products of the bf16 operands, summed in f32.
+    pub(crate) fn for_bf16_values(stream: Arc<CudaStream>) -> Result<Dnn<f32>, DnnError> {
+        Dnn::with_policy(
+            stream,
+            cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            Policy::Bf16Values,
+            &[Route::Legacy(Layout::Nchw)],
+        )
+    }
+}
+
 // SAFETY: the raw cuDNN handle and descriptors make `Dnn` neither Send nor Sync
 // because cuDNN forbids concurrent use of one handle. `Dnn` is only ever reached
 // through the backend's `Mutex`, so one thread at a time uses it; cuDNN allows a
@@ -969,6 +1018,16 @@ impl<T: Element> Dnn<T> {
         algorithms: Algorithms,
         routes: &[Route],
     ) -> Result<Dnn<T>, DnnError> {
+        let policy = Policy::of(T::DATA_TYPE, math, algorithms);
+        Dnn::with_policy(stream, math, policy, routes)
+    }
+
+    fn with_policy(
+        stream: Arc<CudaStream>,
+        math: cudnnMathType_t,
+        policy: Policy,
+        routes: &[Route],
+    ) -> Result<Dnn<T>, DnnError> {
         assert!(!routes.is_empty(), "a plan needs a route to be built on");
         Ok(Dnn {
             routes: routes.to_vec(),
@@ -977,7 +1036,7 @@ impl<T: Element> Dnn<T> {
             handle: Handle::new(&stream)?,
             stream,
             math,
-            policy: Policy::of(T::DATA_TYPE, math, algorithms),
+            policy,
             log: std::env::var_os("ALEXNET_CUDNN_LOG").is_some_and(|v| v == "1"),
             _element: std::marker::PhantomData,
         })
@@ -1002,6 +1061,13 @@ impl<T: Element> Dnn<T> {
             self.plans.insert(k, plan);
         }
         Ok(k)
+    }
+
+    /// How the plan for this shape ranks (building it first, if this shape is
+    /// new), against a plan of another kind for the same shape.
+    pub(crate) fn rank(&mut self, g: &ConvGeometry, n: usize) -> Result<Rank, DnnError> {
+        let k = self.prepare(g, n)?;
+        Ok(self.plans[&k].rank())
     }
 
     /// The layout the plan for this shape runs in (building the plan first, if
@@ -2028,8 +2094,42 @@ mod tests {
     }
 
     #[test]
+    fn bf16_values_run_only_direct_products_on_tensor_cores() {
+        let p = Policy::Bf16Values;
+        for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
+            for algo in Algo::all(pass) {
+                let number = match algo {
+                    Algo::Forward(a) => a as u32,
+                    Algo::BackwardData(a) => a as u32,
+                    Algo::BackwardFilter(a) => a as u32,
+                };
+                let name = algo.name();
+                // Every transform, fused Winograd too: its products are of
+                // transformed operands, no longer bf16 values.
+                let transforms = name.contains("FFT") || name.contains("WINOGRAD");
+                assert_eq!(p.excludes_algo(algo), transforms, "{pass:?} {name}");
+                for math in [TENSOR_OP, DEFAULT, FMA] {
+                    assert_eq!(
+                        p.rejection(pass, &perf(number, math, 1.0)).is_some(),
+                        transforms,
+                        "{pass:?} {name} math {math}"
+                    );
+                }
+                // A 16-bit conversion could leave bf16's exponent range (fp16).
+                assert!(p.rejection(pass, &perf(number, CONVERSION, 1.0)).is_some());
+            }
+        }
+        // Non-deterministic sums are f32 sums here: allowed.
+        let mut unordered = perf(0, TENSOR_OP, 1.0);
+        unordered.determinism = NON_DETERMINISTIC;
+        assert!(p.rejection(Pass::BackwardFilter, &unordered).is_none());
+        let tensor_op = math_type(TENSOR_OP).unwrap();
+        assert_eq!(p.run_math(tensor_op), tensor_op);
+    }
+
+    #[test]
     fn failures_and_unknown_values_are_rejected_everywhere() {
-        for p in [Policy::Fp32, Policy::Tf32, Policy::Bf16] {
+        for p in [Policy::Fp32, Policy::Tf32, Policy::Bf16, Policy::Bf16Values] {
             let mut failed = perf(1, FMA, 1.0);
             failed.status = NOT_SUPPORTED;
             assert!(p.rejection(Pass::Forward, &failed).is_some());

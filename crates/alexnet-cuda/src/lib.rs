@@ -72,17 +72,18 @@ use launch::{
     LrnArgs, NO_TIMING, NULL_POINTER, PoolArgs, grow, int, per_plane_value, per_row, per_value,
 };
 
-use bf16::{Bf16, Bf16Scratch};
+use bf16::{Bf16Convolutions, Bf16Scratch};
 use dnn::Dnn;
 use kernels::Kernels;
 use staging::Staging;
 
 /// How matrix products round: the engine's one [`Precision`]. On this backend,
 /// bf16 fully connected layers give f32 results (cuBLAS GEMM with bf16 inputs and
-/// an f32 output). cuDNN's legacy API runs bf16 convolutions only with bf16
-/// outputs too, so a convolution's output, input gradient and weight gradient are
+/// an f32 output). cuDNN runs bf16 convolutions only with bf16 outputs too, so on
+/// bf16 tensors a convolution's output, input gradient and weight gradient are
 /// each rounded to bf16 once more before they return to f32 (the weight gradient
-/// then accumulates in f32), as under PyTorch's autocast. tf32 and bf16 need a GPU
+/// then accumulates in f32), as under PyTorch's autocast; on bf16 values in f32
+/// tensors ([`Bf16Layout::Tf32`]) they stay f32. tf32 and bf16 need a GPU
 /// of compute capability 8.0 (Ampere) or newer.
 pub use alexnet::Precision;
 
@@ -103,11 +104,12 @@ pub enum Algorithms {
     Exact,
 }
 
-/// How bf16 mode lays out the bf16 copies of a convolution's operands that it
-/// hands cuDNN (fp32 and TF32 hand cuDNN the network's own NCHW buffers). Either
-/// way the copies are made by one kernel that rounds (and, for NHWC, transposes),
-/// and the products are the same; cuDNN's algorithms differ, and so do their
-/// speed and the order of their sums (results agree to rounding, not bit for bit;
+/// How bf16 mode hands cuDNN a convolution's operands (fp32 and TF32 hand cuDNN
+/// the network's own NCHW buffers): as bf16 copies in a layout (or through the
+/// graph API), or as f32 copies holding bf16 values (`Tf32`). Every way the
+/// copies are made by one kernel that rounds (and, for NHWC, transposes), and
+/// the products are the same; cuDNN's algorithms differ, and so do their speed
+/// and the order of their sums (results agree to rounding, not bit for bit;
 /// under `Timed` the choice, and so the last bits, may differ from run to run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Bf16Layout {
@@ -125,8 +127,39 @@ pub enum Bf16Layout {
     /// PyTorch takes: its heuristics' engines for each pass, each timed and the
     /// fastest kept. Not yet part of `Timed`: it has not run on a GPU.
     Graph,
-    /// `Timed` with the graph API's plan competing too.
-    TimedWithGraph,
+    /// No bf16 tensors: f32 copies of the operands rounded to bf16 values,
+    /// through cuDNN's fp32 algorithms on TF32 tensor cores, which hold a bf16
+    /// value exactly (no algorithm that transforms the operands first): the same
+    /// products, f32 sums, and f32 results that need no widening pass. Not yet
+    /// part of `Timed`: it has not run on a GPU.
+    Tf32,
+    /// Every route competing: both legacy layouts, the graph API and `Tf32`.
+    TimedAll,
+}
+
+impl Bf16Layout {
+    /// The routes of its bf16 tensors' plans (none for `Tf32`), NCHW first, which
+    /// wins ties.
+    pub(crate) fn bf16_routes(self) -> &'static [dnn::Route] {
+        use dnn::{Layout, Route};
+        match self {
+            Bf16Layout::Timed => &[Route::Legacy(Layout::Nchw), Route::Legacy(Layout::Nhwc)],
+            Bf16Layout::Nchw => &[Route::Legacy(Layout::Nchw)],
+            Bf16Layout::Nhwc => &[Route::Legacy(Layout::Nhwc)],
+            Bf16Layout::Graph => &[Route::Graph],
+            Bf16Layout::Tf32 => &[],
+            Bf16Layout::TimedAll => &[
+                Route::Legacy(Layout::Nchw),
+                Route::Legacy(Layout::Nhwc),
+                Route::Graph,
+            ],
+        }
+    }
+
+    /// Whether TF32 on bf16 values competes.
+    pub(crate) fn bf16_values(self) -> bool {
+        matches!(self, Bf16Layout::Tf32 | Bf16Layout::TimedAll)
+    }
 }
 
 /// What a backend is made with beside its device: how its matrix products round,
@@ -175,10 +208,10 @@ pub struct CudaBackend {
     description: String,
 }
 
-/// cuDNN with f32 tensors (fp32 and TF32 modes) or bf16 ones (bf16 mode).
+/// cuDNN with f32 tensors (fp32 and TF32 modes), or bf16 mode's routes.
 enum Convolutions {
     F32(Dnn<f32>),
-    Bf16(Dnn<Bf16>),
+    Bf16(Box<Bf16Convolutions>),
 }
 
 /// What the backward passes of the LRN (plain or fused with max pooling) and of

@@ -80,7 +80,7 @@ fn kernels_compile_with_nvrtc() {
         return;
     }
     // bf16 mode's conversions are entry points like the others.
-    for name in ["f32_to_bf16", "bf16_to_f32"] {
+    for name in ["f32_to_bf16", "f32_round_to_bf16", "bf16_to_f32"] {
         assert!(
             alexnet_cuda::KERNEL_NAMES.contains(&name),
             "{name} is not among the kernels checked"

@@ -103,13 +103,15 @@ pub fn bf16_gpu_in(layout: Bf16Layout) -> Option<&'static CudaBackend> {
     static NCHW: OnceLock<Option<CudaBackend>> = OnceLock::new();
     static NHWC: OnceLock<Option<CudaBackend>> = OnceLock::new();
     static GRAPH: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    static TIMED_WITH_GRAPH: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static TF32: OnceLock<Option<CudaBackend>> = OnceLock::new();
+    static TIMED_ALL: OnceLock<Option<CudaBackend>> = OnceLock::new();
     let cell = match layout {
         Bf16Layout::Timed => &TIMED,
         Bf16Layout::Nchw => &NCHW,
         Bf16Layout::Nhwc => &NHWC,
         Bf16Layout::Graph => &GRAPH,
-        Bf16Layout::TimedWithGraph => &TIMED_WITH_GRAPH,
+        Bf16Layout::Tf32 => &TF32,
+        Bf16Layout::TimedAll => &TIMED_ALL,
     };
     shared_gpu(
         cell,
