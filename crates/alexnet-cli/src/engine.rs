@@ -62,6 +62,7 @@ pub enum Bf16LayoutArg {
     /// algorithms on TF32 tensor cores (the same products, f32 results).
     Tf32,
     /// Both layouts, the graph API and tf32 timed, the fastest kept.
+    #[value(alias = "timed-with-graph")]
     TimedAll,
 }
 

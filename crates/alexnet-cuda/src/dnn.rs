@@ -5,11 +5,12 @@
 //! weights, and cuDNN's group count is exactly the engine's `groups` (the paper's
 //! towers), so f32 convolutions run on the network's own buffers.
 //!
-//! The element type is f32, or [`Bf16`] in bf16 mode. cuDNN's legacy API runs a
-//! bf16 convolution only as `PSEUDO_BFLOAT16_CONFIG`: input, filter and output
-//! all bf16, computed in f32 (the convolution descriptor's type). The backend
-//! therefore hands it bf16 copies of its f32 operands and turns the bf16 result
-//! back into f32.
+//! The element type is f32, or [`Bf16`] for bf16 mode's bf16 tensors (bf16
+//! mode's other route hands f32 tensors of bf16 values to a `Dnn<f32>`, see
+//! [`Dnn::for_bf16_values`]). cuDNN's legacy API runs a bf16 convolution only as
+//! `PSEUDO_BFLOAT16_CONFIG`: input, filter and output all bf16, computed in f32
+//! (the convolution descriptor's type). The backend therefore hands it bf16
+//! copies of its f32 operands and turns the bf16 result back into f32.
 //!
 //! # Layouts
 //!
@@ -26,7 +27,7 @@
 //! precision policy first, then one timed throughout, then the least time for
 //! its three passes together (a shape only ever run forward, as inference's, is
 //! still judged by all three). A layout whose plan fails loses to any that
-//! works, with a warning. fp32 and TF32 plans are NCHW.
+//! works, with a warning. fp32, TF32 and bf16-values plans are NCHW.
 //!
 //! # Choosing algorithms
 //!
@@ -59,7 +60,7 @@
 //! - bf16 values in f32 tensors ([`Dnn::for_bf16_values`]: bf16 mode's f32 copies
 //!   of the operands rounded to bf16): tensor-op math, whose TF32 holds every
 //!   bf16 value exactly, so the products are those of the bf16 operands and the
-//!   sums f32; no algorithm that transforms the operands first (FFT,
+//!   sums f32 (a result timed with FMA math is as exact, and allowed); no algorithm that transforms the operands first (FFT,
 //!   FFT_TILING, WINOGRAD, WINOGRAD_NONFUSED: the transformed values are no
 //!   longer bf16 values), and no math type that converts them to a 16-bit type.
 //!
@@ -641,7 +642,8 @@ enum Policy {
     /// bf16 tensors (computed in f32 on tensor cores).
     Bf16,
     /// f32 tensors holding bf16 values, tensor-op math: TF32 holds them
-    /// exactly, so the products are the bf16 operands' and the sums f32.
+    /// exactly, so the products are the bf16 operands' and the sums f32 (as
+    /// with FMA math, which results may also report).
     Bf16Values,
 }
 
@@ -668,7 +670,8 @@ impl Policy {
             Policy::Tf32 => "tf32: any algorithm",
             Policy::Bf16 => "bf16: deterministic backward passes only",
             Policy::Bf16Values => {
-                "bf16 values in f32: tensor-op math, no FFT, FFT_TILING or Winograd"
+                "bf16 values in f32: tensor-op (TF32) or FMA math, both exact on them; no FFT, \
+                 FFT_TILING or Winograd"
             }
         }
     }
@@ -683,8 +686,9 @@ impl Policy {
         }
     }
 
-    /// Whether an algorithm can be excluded before it is run: fp32's transform
-    /// algorithms need no timing workspace.
+    /// Whether an algorithm can be excluded before it is run (it then needs no
+    /// timing workspace): fp32's transform algorithms, and every transform
+    /// under the bf16 values policy.
     fn excludes_algo(self, algo: Algo) -> bool {
         match self {
             Policy::Fp32 => algo.is_transform(),
@@ -887,7 +891,8 @@ impl ConvPlan {
     }
 }
 
-/// What decides between one shape's plans in two layouts.
+/// What decides between one shape's plans in two layouts, or on two routes
+/// (bf16 mode's bf16 tensors against its bf16 values).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Rank {
     /// No pass breaks the precision policy's promise.

@@ -192,7 +192,8 @@ pub struct CudaBackend {
     /// cuBLAS and cuDNN handles must not be used from two threads at once.
     blas: Mutex<CudaBlas>,
     dnn: Mutex<Convolutions>,
-    /// The bf16 operands of the products, in bf16 mode only. Where it is held
+    /// The bf16 operands of the products (and the f32 copies of bf16 values of
+    /// the convolutions on TF32), in bf16 mode only. Where it is held
     /// together with the cuBLAS or cuDNN handle, it is locked first.
     bf16: Option<Mutex<Bf16Scratch>>,
     /// Device buffers for the loss: labels in, per-image losses out.

@@ -448,7 +448,10 @@ fn rejection(policy: Policy, pass: Pass, engine: &Engine) -> Option<&'static str
         Policy::Fp32 if transform => {
             Some("fp32 mode excludes FFT and Winograd engines (their transforms round beyond fp32)")
         }
-        Policy::Fp32 | Policy::Fp32Fastest | Policy::Tf32
+        Policy::Bf16Values if transform => {
+            Some("transforms the operands before its products (no longer bf16 values)")
+        }
+        Policy::Fp32 | Policy::Fp32Fastest | Policy::Tf32 | Policy::Bf16Values
             if engine.has(Note::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) =>
         {
             Some("would round the f32 operands to a 16-bit type")
@@ -1165,6 +1168,9 @@ mod tests {
         assert!(rejection(Policy::Fp32Fastest, Pass::Forward, &winograd).is_none());
         let down = engine(&[Note::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS]);
         assert!(rejection(Policy::Tf32, Pass::Forward, &down).is_some());
+        assert!(rejection(Policy::Bf16Values, Pass::Forward, &down).is_some());
+        assert!(rejection(Policy::Bf16Values, Pass::Forward, &winograd).is_some());
+        assert!(rejection(Policy::Bf16Values, Pass::Forward, &tensor_core).is_none());
         assert!(rejection(Policy::Fp32, Pass::Forward, &engine(&[])).is_none());
     }
 
