@@ -1042,14 +1042,63 @@ mod tests {
         Ok(properties)
     }
 
-    /// For every pass of every shape in bf16, cuDNN's heuristics propose
-    /// engines the policy admits, and cuDNN builds their execution plans,
-    /// planned for an H100 described by its properties
+    /// What a pass's planning on the CPU gave: each planned engine (with
+    /// "relaxed" where bf16's determinism had to be) and its workspace, whether
+    /// one runs on tensor cores, and why the others were passed over.
+    struct Planned {
+        engines: Vec<String>,
+        tensor_cores: bool,
+        turned_down: Vec<String>,
+    }
+
+    /// The bf16 plans of `pass` over `n` images of `g` on `target`, chosen as
+    /// [`Dnn::graph_pass`] chooses its candidates (a backward pass relaxes
+    /// bf16's determinism where nothing else plans).
+    fn plans_for(target: Target<'_>, pass: Pass, g: &ConvGeometry, n: usize) -> Planned {
+        let graph = PassGraph::new(pass, g, n, cudnnDataType_t::CUDNN_DATA_BFLOAT16, None)
+            .unwrap_or_else(|e| panic!("{} of {g:?}: {e}", pass.name()));
+        let mut planned = Planned {
+            engines: Vec::new(),
+            tensor_cores: false,
+            turned_down: Vec::new(),
+        };
+        for policy in [Policy::Bf16, Policy::Tf32] {
+            if policy == Policy::Tf32 && (pass == Pass::Forward || !planned.engines.is_empty()) {
+                break;
+            }
+            let relaxed = if policy == Policy::Bf16 {
+                ""
+            } else {
+                " relaxed"
+            };
+            for (engine, config) in
+                admitted(policy, pass, &graph.graph, target, &mut planned.turned_down)
+            {
+                match execution_plan(&engine.name(), &config, target) {
+                    Ok((_, workspace)) => {
+                        planned.tensor_cores |= engine.has(Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
+                        let name = engine.name();
+                        planned
+                            .engines
+                            .push(format!("{name}{relaxed} [{}]", bytes(workspace)));
+                    }
+                    Err(why) => planned.turned_down.push(why),
+                }
+            }
+        }
+        planned.turned_down.sort();
+        planned.turned_down.dedup();
+        planned
+    }
+
+    /// For every pass of every shape in bf16 (batch 128, and inference's
+    /// forward pass at 256), cuDNN's heuristics propose engines the policy
+    /// admits, and cuDNN builds their execution plans, a tensor-core one among
+    /// them, planned for an H100 described by its properties
     /// (`fixtures/cudnn-device-h100.json`) rather than read from a GPU, as
     /// cuDNN 9.8 and later allow: the route's heuristics, engine notes,
     /// admission and plans, everything but the timings and executions, which
-    /// need the GPU. A backward pass may relax bf16's determinism as the route
-    /// does ([`Dnn::graph_pass`]); the test says where it had to.
+    /// need the GPU. Each pass's engines are printed.
     #[test]
     fn cudnn_plans_every_bf16_pass_for_a_described_h100() {
         if !cudnn_on_cpu::open_with_cublaslt() {
@@ -1058,61 +1107,24 @@ mod tests {
         let properties =
             described_device(H100).unwrap_or_else(|e| panic!("cudnn-device-h100.json: {e}"));
         let target = Target::Described(&properties);
+        let training = [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter].map(|p| (p, 128));
         for g in &cudnn_on_cpu::shapes() {
-            for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
-                let graph =
-                    PassGraph::new(pass, g, 128, cudnnDataType_t::CUDNN_DATA_BFLOAT16, None)
-                        .unwrap_or_else(|e| panic!("{} of {g:?}: {e}", pass.name()));
-                let mut turned_down = Vec::new();
-                let mut planned = Vec::new();
-                let mut tensor_cores = false;
-                for policy in [Policy::Bf16, Policy::Tf32] {
-                    if policy == Policy::Tf32 && (pass == Pass::Forward || !planned.is_empty()) {
-                        break;
-                    }
-                    for (engine, config) in
-                        admitted(policy, pass, &graph.graph, target, &mut turned_down)
-                    {
-                        match execution_plan(&engine.name(), &config, target) {
-                            Ok((_, workspace)) => {
-                                tensor_cores |= engine.has(Note::CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
-                                planned.push(format!(
-                                    "{}{} [{}]",
-                                    engine.name(),
-                                    if policy == Policy::Bf16 {
-                                        ""
-                                    } else {
-                                        " relaxed"
-                                    },
-                                    bytes(workspace)
-                                ));
-                            }
-                            Err(why) => turned_down.push(why),
-                        }
-                    }
-                }
-                assert!(
-                    !planned.is_empty(),
-                    "no plan for the {} pass of {g:?} x 128: {}",
-                    pass.name(),
-                    turned_down.join("; ")
-                );
+            for (pass, n) in training.into_iter().chain([(Pass::Forward, 256)]) {
+                let planned = plans_for(target, pass, g, n);
+                let what = format!("the {} pass of {g:?} x {n}", pass.name());
+                let why = planned.turned_down.join("; ");
+                assert!(!planned.engines.is_empty(), "no plan for {what}: {why}");
                 // bf16 pays only on tensor cores.
+                let engines = planned.engines.join(", ");
                 assert!(
-                    tensor_cores,
-                    "no tensor-core plan for the {} pass of {g:?} x 128: {}",
-                    pass.name(),
-                    planned.join(", ")
+                    planned.tensor_cores,
+                    "no tensor-core plan for {what}: {engines}"
                 );
-                turned_down.sort();
-                turned_down.dedup();
                 println!(
-                    "{} {}: {} planned: {}; passed over: {}",
-                    shape_line(g, 128),
+                    "{} {}: {} planned: {engines}; passed over: {why}",
+                    shape_line(g, n),
                     pass.name(),
-                    planned.len(),
-                    planned.join(", "),
-                    turned_down.join("; ")
+                    planned.engines.len(),
                 );
             }
         }
