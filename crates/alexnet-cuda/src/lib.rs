@@ -6,11 +6,11 @@
 //!
 //! - convolutions (forward, backward-data, backward-filter, with the paper's two
 //!   towers as cuDNN's group count) through cuDNN, the algorithm for each shape
-//!   chosen once and cached ([`dnn`](crate::dnn));
+//!   chosen once and cached (`dnn`);
 //! - fully connected layers through cuBLAS SGEMM;
 //! - everything else (ReLU, tanh, per-tower LRN, max/average pooling, dropout,
 //!   softmax cross-entropy, the SGD step, biases) in small CUDA C kernels compiled
-//!   by NVRTC when the backend is created ([`kernels`](crate::kernels)).
+//!   by NVRTC when the backend is created (`kernels`).
 //!
 //! [`Precision`] sets how the matrix products (convolutions and fully connected
 //! layers) round: fp32 (the default), TF32 or bf16 on tensor cores. In every mode

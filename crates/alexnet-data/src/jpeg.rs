@@ -5,7 +5,7 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 0..32 | the header of [`ShardHeader`](crate::format::ShardHeader), with magic `ALXJPEGS` and version 1 |
+//! | 0..32 | the header of [`ShardHeader`], with magic `ALXJPEGS` and version 1 |
 //! | 32..E | the JPEG streams, one per image, back to back in record order |
 //! | E..end | the index: per record its offset (u64, from the file's start), length (u32) and label (u32) |
 //!

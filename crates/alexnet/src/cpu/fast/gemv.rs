@@ -1,5 +1,5 @@
 //! Fully connected layers for a few images (fewer than
-//! [`BF16_MIN_BATCH`](super::gemm::BF16_MIN_BATCH): small-batch inference, the
+//! [`BF16_MIN_BATCH`](crate::precision::BF16_MIN_BATCH): small-batch inference, the
 //! batch-1 latency): `y = x W^T + b` a few rows of `W` at a time, each row
 //! streamed from memory once for all the images. A product at batch 1 reads
 //! every weight once per image, so it can run no faster than memory delivers
@@ -140,7 +140,7 @@ fn dot<W: Weight>(w: &[W], x: &[f32]) -> f32 {
 /// The AVX-512 kernels, one per weight type.
 pub struct Kernels;
 
-/// [`dot`] of [`ROWS_AT_ONCE`] weight rows with the same `x`: each run of 16
+/// `dot` of `ROWS_AT_ONCE` weight rows with the same `x`: each run of 16
 /// values of `x` is loaded once for all the rows, and each row has its own chain
 /// of fused multiply-adds, so no addition waits for another and the weights
 /// stream at the speed of memory.

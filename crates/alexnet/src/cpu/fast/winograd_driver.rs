@@ -1,6 +1,6 @@
 //! What the Winograd convolutions share. F(2x2, 3x3) (`winograd`, conv3-5) and
 //! F(4x4, 3x3) (`winograd_4x4`, conv1's phase planes) are one skeleton with
-//! other block sizes and transforms, a [`Tiling`] each: kernels transformed into
+//! other block sizes and transforms, a `Tiling` each: kernels transformed into
 //! the Winograd domain, a chunk of images' input blocks transformed, one product
 //! per domain point, the results transformed back (with the bias); and the
 //! weight gradient's way back through the same products. F(3x3, 3x3) on conv2's
