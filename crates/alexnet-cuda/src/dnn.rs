@@ -1981,6 +1981,15 @@ mod tests {
         }
     }
 
+    /// The algorithm's number, as cuDNN reports it.
+    fn number(algo: Algo) -> u32 {
+        match algo {
+            Algo::Forward(a) => a as u32,
+            Algo::BackwardData(a) => a as u32,
+            Algo::BackwardFilter(a) => a as u32,
+        }
+    }
+
     #[test]
     fn algorithm_names_are_short() {
         assert_eq!(algo_name(Pass::Forward, 1), "IMPLICIT_PRECOMP_GEMM");
@@ -2015,11 +2024,7 @@ mod tests {
         let p = Policy::Fp32;
         for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
             for algo in Algo::all(pass) {
-                let number = match algo {
-                    Algo::Forward(a) => a as u32,
-                    Algo::BackwardData(a) => a as u32,
-                    Algo::BackwardFilter(a) => a as u32,
-                };
+                let number = number(algo);
                 let name = algo.name();
                 let transform = ["FFT", "FFT_TILING", "WINOGRAD_NONFUSED"].contains(&name.as_str());
                 assert_eq!(algo.is_transform(), transform, "{pass:?} {name}");
@@ -2103,11 +2108,7 @@ mod tests {
         let p = Policy::Bf16Values;
         for pass in [Pass::Forward, Pass::BackwardData, Pass::BackwardFilter] {
             for algo in Algo::all(pass) {
-                let number = match algo {
-                    Algo::Forward(a) => a as u32,
-                    Algo::BackwardData(a) => a as u32,
-                    Algo::BackwardFilter(a) => a as u32,
-                };
+                let number = number(algo);
                 let name = algo.name();
                 // Every transform, fused Winograd too: its products are of
                 // transformed operands, no longer bf16 values.
