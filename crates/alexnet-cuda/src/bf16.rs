@@ -370,7 +370,7 @@ impl Bf16Convolutions {
     pub fn new(stream: &Arc<CudaStream>, layout: Bf16Layout) -> Result<Self, DnnError> {
         let routes = layout.bf16_routes();
         // bf16 tensors have one policy, whatever the algorithms setting.
-        let bf16 = match routes.is_empty() {
+        let mut bf16 = match routes.is_empty() {
             true => None,
             false => Some(Dnn::new(
                 stream.clone(),
@@ -379,10 +379,15 @@ impl Bf16Convolutions {
                 routes,
             )?),
         };
-        let values = match layout.bf16_values() {
+        let mut values = match layout.bf16_values() {
             true => Some(Dnn::for_bf16_values(stream.clone())?),
             false => None,
         };
+        // Where both compete, only the chosen plan's warnings are worth printing.
+        if let (Some(bf16), Some(values)) = (bf16.as_mut(), values.as_mut()) {
+            bf16.defer_warnings();
+            values.defer_warnings();
+        }
         Ok(Bf16Convolutions {
             bf16,
             values,
@@ -416,8 +421,16 @@ impl Bf16Convolutions {
             );
         }
         let route = choose(bf16, values)?;
-        if self.log && self.bf16.is_some() && self.values.is_some() {
-            eprintln!("alexnet-cuda: bf16 convolution {g:?} x {n}: {route:?} chosen");
+        if let (Some(bf16), Some(values)) = (self.bf16.as_mut(), self.values.as_mut()) {
+            let (on_bf16, on_values) = (bf16.take_warnings(g, n), values.take_warnings(g, n));
+            let warnings = match route {
+                Bf16Route::Bf16(_) => on_bf16,
+                Bf16Route::Values => on_values,
+            };
+            warnings.iter().for_each(|w| eprintln!("{w}"));
+            if self.log {
+                eprintln!("alexnet-cuda: bf16 convolution {g:?} x {n}: {route:?} chosen");
+            }
         }
         self.chosen.insert(key(g, n), route);
         Ok(route)

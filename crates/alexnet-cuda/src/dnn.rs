@@ -985,6 +985,9 @@ pub(crate) struct Dnn<T> {
     policy: Policy,
     /// The routes each plan is built on, the fastest kept (see "Layouts").
     routes: Vec<Route>,
+    /// Where the warnings of each plan built wait to be taken (printed only if
+    /// the plan is used), instead of being printed at once.
+    deferred: Option<HashMap<ConvKey, Vec<String>>>,
     /// `ALEXNET_CUDNN_LOG=1`: print each plan's choices to stderr.
     log: bool,
     _element: std::marker::PhantomData<T>,
@@ -1036,6 +1039,7 @@ impl<T: Element> Dnn<T> {
         assert!(!routes.is_empty(), "a plan needs a route to be built on");
         Ok(Dnn {
             routes: routes.to_vec(),
+            deferred: None,
             plans: HashMap::new(),
             workspace: None,
             handle: Handle::new(&stream)?,
@@ -1053,7 +1057,13 @@ impl<T: Element> Dnn<T> {
     fn prepare(&mut self, g: &ConvGeometry, n: usize) -> Result<ConvKey, DnnError> {
         let k = key(g, n);
         if !self.plans.contains_key(&k) {
-            let plan = self.build(g, n)?;
+            let (plan, warnings) = self.build(g, n)?;
+            match self.deferred.as_mut() {
+                Some(deferred) => {
+                    deferred.insert(k, warnings);
+                }
+                None => warnings.iter().for_each(|w| eprintln!("{w}")),
+            }
             let have = self.workspace.as_ref().map_or(0, |w| w.len());
             let need = plan.workspace();
             if need > have {
@@ -1066,6 +1076,22 @@ impl<T: Element> Dnn<T> {
             self.plans.insert(k, plan);
         }
         Ok(k)
+    }
+
+    /// Keeps each new plan's warnings (a pass that breaks the policy, a route
+    /// that could not be planned) for [`Dnn::take_warnings`] instead of printing
+    /// them: for a caller that may not use the plan.
+    pub(crate) fn defer_warnings(&mut self) {
+        self.deferred.get_or_insert_with(HashMap::new);
+    }
+
+    /// The warnings of this shape's plan, kept since it was built (see
+    /// [`Dnn::defer_warnings`]); none the second time.
+    pub(crate) fn take_warnings(&mut self, g: &ConvGeometry, n: usize) -> Vec<String> {
+        let deferred = self.deferred.as_mut();
+        deferred
+            .and_then(|d| d.remove(&key(g, n)))
+            .unwrap_or_default()
     }
 
     /// How the plan for this shape ranks (building it first, if this shape is
@@ -1083,7 +1109,7 @@ impl<T: Element> Dnn<T> {
     }
 
     /// The plan on each allowed route, and the fastest of them (see "Layouts").
-    fn build(&self, g: &ConvGeometry, n: usize) -> Result<Plan, DnnError> {
+    fn build(&self, g: &ConvGeometry, n: usize) -> Result<(Plan, Vec<String>), DnnError> {
         let mut best: Option<Plan> = None;
         let mut failures = Vec::new();
         for &route in &self.routes {
@@ -1103,17 +1129,15 @@ impl<T: Element> Dnn<T> {
         let failed = failures.join("; ");
         match best {
             Some(plan) => {
-                for warning in plan.warnings() {
-                    eprintln!("{warning}");
-                }
+                let mut warnings: Vec<String> = plan.warnings().into_iter().cloned().collect();
                 if !failed.is_empty() {
                     // Once per shape: a layout that cannot be planned at all is
                     // worth knowing about even though the other one runs.
-                    eprintln!(
+                    warnings.push(format!(
                         "warning: cuDNN could not plan the convolution {g:?} x {n} on every route \
                          allowed; using {}. {failed}",
                         plan.route().name()
-                    );
+                    ));
                 }
                 if self.log && self.routes.len() > 1 {
                     let time = plan.rank().time;
@@ -1124,7 +1148,7 @@ impl<T: Element> Dnn<T> {
                         plan.route().name()
                     );
                 }
-                Ok(plan)
+                Ok((plan, warnings))
             }
             None => Err(DnnError(failed)),
         }
